@@ -1,0 +1,144 @@
+// Package config owns Penstock's typed configuration: its defaults, how the YAML file, the
+// PENSTOCK_* environment and command-line flags are layered, and Validate with field paths.
+// It never opens a listener or touches the data directory.
+package config
+
+import (
+	"time"
+
+	"github.com/penstock/penstock/internal/redact"
+)
+
+// Config is the whole configuration of one `penstock serve` process. The koanf tag is the key
+// in the YAML file; the environment variable is PENSTOCK_ followed by the key path in upper
+// case with dots and dashes turned into underscores (api.listen -> PENSTOCK_API_LISTEN).
+type Config struct {
+	// DataDir holds everything Penstock stores on this machine: the embedded JetStream store,
+	// TLS material and key files. Created with 0700 permissions if missing.
+	DataDir string `koanf:"data_dir"`
+	Log     Log     `koanf:"log"`
+	API     API     `koanf:"api"`
+	Metrics Metrics `koanf:"metrics"`
+	Engine  Engine  `koanf:"engine"`
+}
+
+// Log configures the structured JSON log on standard error.
+type Log struct {
+	// Level is debug, info, warn or error.
+	Level string `koanf:"level"`
+}
+
+// API configures the HTTPS API listener. There is no plain-HTTP API listener.
+type API struct {
+	// Listen is the host:port of the HTTPS API.
+	Listen string `koanf:"listen"`
+	TLS    TLS    `koanf:"tls"`
+	Limits Limits `koanf:"limits"`
+	// ShutdownTimeout bounds how long in-flight requests may drain on SIGTERM before their
+	// connections are closed.
+	ShutdownTimeout time.Duration `koanf:"shutdown_timeout"`
+}
+
+// TLS selects the API's certificate. With CertFile and KeyFile empty, Penstock issues its own
+// certificate from an internal CA kept in the data directory.
+type TLS struct {
+	// CertFile and KeyFile are a PEM certificate chain and key supplied by the operator. They
+	// are read again on SIGHUP, without a restart.
+	CertFile string `koanf:"cert_file"`
+	KeyFile  string `koanf:"key_file"`
+	// SANs are extra DNS names or IP addresses for the internal certificate; localhost,
+	// 127.0.0.1 and ::1 are always included.
+	SANs []string `koanf:"sans"`
+}
+
+// Limits protect the API listener. Every limit must be positive: there is no "unlimited".
+type Limits struct {
+	// ConnRate is new connections per second accepted from one source IP; ConnBurst is how
+	// many may arrive at once. Connections beyond it are closed before the TLS handshake.
+	ConnRate  float64 `koanf:"conn_rate"`
+	ConnBurst int     `koanf:"conn_burst"`
+	// MaxConnsPerIP caps the connections one source IP holds open at the same time.
+	MaxConnsPerIP int `koanf:"max_conns_per_ip"`
+	// MaxConns caps all open connections on the listener.
+	MaxConns int `koanf:"max_conns"`
+	// RequestRate is requests per second from one source IP (RequestBurst at once); beyond
+	// it the API answers 429 with the code rate_limited.
+	RequestRate  float64 `koanf:"request_rate"`
+	RequestBurst int     `koanf:"request_burst"`
+	// MaxHeaderBytes and MaxBodyBytes bound a request's headers and body (413 beyond the body limit).
+	MaxHeaderBytes int   `koanf:"max_header_bytes"`
+	MaxBodyBytes   int64 `koanf:"max_body_bytes"`
+	// Timeouts against slow clients (slowloris) and idle keep-alive connections.
+	ReadHeaderTimeout time.Duration `koanf:"read_header_timeout"`
+	ReadTimeout       time.Duration `koanf:"read_timeout"`
+	WriteTimeout      time.Duration `koanf:"write_timeout"`
+	IdleTimeout       time.Duration `koanf:"idle_timeout"`
+}
+
+// Metrics configures the Prometheus endpoint. It is never served on the API listener.
+type Metrics struct {
+	// Listen is the host:port serving /metrics over plain HTTP; empty means off.
+	Listen string `koanf:"listen"`
+}
+
+// Engine selects the NATS JetStream engine: embedded in this process (the default, when
+// NATSURL is empty) or an external server.
+type Engine struct {
+	// SyncInterval is how often the embedded JetStream fsyncs its files: "always" (every
+	// acknowledged write is on disk before the acknowledgement) or a duration such as "1s",
+	// which is faster but loses up to that much acknowledged data on a power cut or kill -9.
+	SyncInterval string `koanf:"sync_interval"`
+	// ClientListen opens the embedded server's NATS client port on host:port; empty means no
+	// network port (Penstock reaches its engine in-process).
+	ClientListen string `koanf:"client_listen"`
+	// MaxStore and MaxMemory cap the embedded JetStream's file and memory storage in bytes;
+	// zero lets JetStream size them from the disk and the machine.
+	MaxStore  int64 `koanf:"max_store"`
+	MaxMemory int64 `koanf:"max_memory"`
+
+	// NATSURL points Penstock at an external NATS JetStream server or cluster instead of
+	// embedding one (nats:// or tls:// URLs, comma-separated).
+	NATSURL string `koanf:"nats_url"`
+	// Credentials for the external server: a .creds file, or a user and password, or a token.
+	NATSCredsFile string        `koanf:"nats_creds_file"`
+	NATSUser      string        `koanf:"nats_user"`
+	NATSPassword  redact.Secret `koanf:"nats_password"`
+	NATSToken     redact.Secret `koanf:"nats_token"`
+	// TLS towards the external server: a CA bundle to trust and an optional client certificate.
+	NATSCAFile   string `koanf:"nats_ca_file"`
+	NATSCertFile string `koanf:"nats_cert_file"`
+	NATSKeyFile  string `koanf:"nats_key_file"`
+	// Replicas is the replication factor of the streams and buckets Penstock creates (1 on one
+	// machine, 3 in a cluster).
+	Replicas int `koanf:"replicas"`
+}
+
+// Embedded reports whether Penstock runs its own NATS server.
+func (e Engine) Embedded() bool { return e.NATSURL == "" }
+
+// Default returns the configuration used where nothing is set.
+func Default() Config {
+	return Config{
+		DataDir: "./penstock-data",
+		Log:     Log{Level: "info"},
+		API: API{
+			Listen:          "127.0.0.1:8443",
+			ShutdownTimeout: 15 * time.Second,
+			Limits: Limits{
+				ConnRate:          20,
+				ConnBurst:         40,
+				MaxConnsPerIP:     64,
+				MaxConns:          4096,
+				RequestRate:       50,
+				RequestBurst:      100,
+				MaxHeaderBytes:    32 << 10,
+				MaxBodyBytes:      1 << 20,
+				ReadHeaderTimeout: 5 * time.Second,
+				ReadTimeout:       30 * time.Second,
+				WriteTimeout:      60 * time.Second,
+				IdleTimeout:       120 * time.Second,
+			},
+		},
+		Engine: Engine{SyncInterval: "always", Replicas: 1},
+	}
+}

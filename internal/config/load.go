@@ -1,0 +1,252 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"reflect"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/go-viper/mapstructure/v2"
+	"github.com/knadh/koanf/parsers/yaml"
+	"github.com/knadh/koanf/providers/confmap"
+	"github.com/knadh/koanf/providers/file"
+	"github.com/knadh/koanf/v2"
+	"github.com/spf13/pflag"
+)
+
+// EnvPrefix starts every environment variable Penstock reads.
+const EnvPrefix = "PENSTOCK_"
+
+// EnvConfigFile names the configuration file when no --config flag is given. It is the one
+// PENSTOCK_ variable that is not a configuration key.
+const EnvConfigFile = EnvPrefix + "CONFIG"
+
+// Sources says where configuration comes from. Later sources override earlier ones:
+// defaults, then File, then Environ, then the flags of Flags that were set.
+type Sources struct {
+	// File is a YAML file; empty means none.
+	File string
+	// Environ is the process environment as os.Environ returns it.
+	Environ []string
+	// Flags holds command-line flags; FlagKeys maps a flag's name to the key it sets.
+	Flags    *pflag.FlagSet
+	FlagKeys map[string]string
+}
+
+// Load builds the configuration from its sources and validates it. The error, if any, is a
+// FieldErrors naming every problem found, each with its field path.
+func Load(src Sources) (Config, error) {
+	cfg := Default()
+	var errs FieldErrors
+	k := koanf.New(".")
+
+	if src.File != "" {
+		fk := koanf.New(".")
+		if err := fk.Load(file.Provider(src.File), yaml.Parser()); err != nil {
+			return cfg, FieldErrors{{Path: src.File, Msg: cleanYAMLError(err)}}
+		}
+		for _, key := range fk.Keys() {
+			if _, ok := leafPaths[key]; ok {
+				continue
+			}
+			if sectionPaths[key] {
+				if m, isMap := fk.Get(key).(map[string]any); !isMap || len(m) > 0 {
+					errs = append(errs, FieldError{Path: key, Msg: "expected a mapping of keys"})
+				}
+				continue
+			}
+			errs = append(errs, FieldError{Path: key, Msg: "unknown key"})
+		}
+		if err := k.Merge(fk); err != nil {
+			return cfg, err
+		}
+	}
+
+	envMap := map[string]any{}
+	for _, kv := range src.Environ {
+		name, val, _ := strings.Cut(kv, "=")
+		if !strings.HasPrefix(name, EnvPrefix) || name == EnvConfigFile {
+			continue
+		}
+		key, ok := envKeys[name]
+		if !ok {
+			errs = append(errs, FieldError{Path: name, Msg: "unknown environment variable"})
+			continue
+		}
+		envMap[key] = envValue(key, val)
+	}
+	if err := k.Load(confmap.Provider(envMap, "."), nil); err != nil {
+		return cfg, err
+	}
+
+	if src.Flags != nil {
+		flagMap := map[string]any{}
+		src.Flags.Visit(func(f *pflag.Flag) {
+			if key, ok := src.FlagKeys[f.Name]; ok {
+				flagMap[key] = flagValue(f)
+			}
+		})
+		if err := k.Load(confmap.Provider(flagMap, "."), nil); err != nil {
+			return cfg, err
+		}
+	}
+
+	// Decode one leaf at a time so a type error names its own path.
+	for _, key := range k.Keys() {
+		t, ok := leafPaths[key]
+		if !ok {
+			continue // reported above
+		}
+		if err := decodeLeaf(&cfg, key, t, k.Get(key)); err != nil {
+			errs = append(errs, FieldError{Path: key, Msg: err.Error()})
+		}
+	}
+	errs = append(errs, cfg.validate()...)
+	if len(errs) > 0 {
+		errs.sort()
+		return cfg, errs
+	}
+	return cfg, nil
+}
+
+// envValue splits list-valued variables on commas.
+func envValue(key, val string) any {
+	if leafPaths[key].Kind() == reflect.Slice {
+		if val == "" {
+			return []string{}
+		}
+		return strings.Split(val, ",")
+	}
+	return val
+}
+
+func flagValue(f *pflag.Flag) any {
+	if sv, ok := f.Value.(pflag.SliceValue); ok {
+		return sv.GetSlice()
+	}
+	return f.Value.String()
+}
+
+func decodeLeaf(cfg *Config, key string, t reflect.Type, raw any) error {
+	field := fieldByPath(reflect.ValueOf(cfg).Elem(), strings.Split(key, "."))
+	dst := reflect.New(t)
+	dec, err := mapstructure.NewDecoder(&mapstructure.DecoderConfig{
+		DecodeHook: mapstructure.ComposeDecodeHookFunc(
+			mapstructure.StringToTimeDurationHookFunc(),
+			mapstructure.TextUnmarshallerHookFunc(),
+		),
+		WeaklyTypedInput: true,
+		Result:           dst.Interface(),
+	})
+	if err != nil {
+		return err
+	}
+	if err := dec.Decode(raw); err != nil {
+		return errors.New(describeDecodeError(t, raw))
+	}
+	field.Set(dst.Elem())
+	return nil
+}
+
+// describeDecodeError says what was expected without echoing the value, which may be a secret.
+func describeDecodeError(t reflect.Type, raw any) string {
+	want := t.Kind().String()
+	switch {
+	case t == reflect.TypeOf(time.Duration(0)):
+		want = "a duration such as 30s or 2m"
+	case t.Kind() == reflect.Slice:
+		want = "a list"
+	case t.Kind() == reflect.Float64:
+		want = "a number"
+	case t.Kind() >= reflect.Int && t.Kind() <= reflect.Int64:
+		want = "an integer"
+	case t.Kind() == reflect.Struct || t.Kind() == reflect.String:
+		want = "a string"
+	}
+	return fmt.Sprintf("expected %s, got %s", want, describeKind(raw))
+}
+
+func describeKind(raw any) string {
+	switch raw.(type) {
+	case string:
+		return "a string that does not parse"
+	case map[string]any:
+		return "a mapping"
+	case []any:
+		return "a list"
+	case nil:
+		return "nothing"
+	default:
+		return reflect.TypeOf(raw).Kind().String()
+	}
+}
+
+func fieldByPath(v reflect.Value, parts []string) reflect.Value {
+	for _, p := range parts {
+		t := v.Type()
+		for i := 0; i < t.NumField(); i++ {
+			if t.Field(i).Tag.Get("koanf") == p {
+				v = v.Field(i)
+				break
+			}
+		}
+	}
+	return v
+}
+
+// leafPaths maps every configuration key to its Go type, sectionPaths holds the keys that
+// are mappings of other keys, and envKeys maps PENSTOCK_ variable names to leaf keys. Both come from the struct tags, so a new field needs no other change.
+var leafPaths, sectionPaths, envKeys = func() (map[string]reflect.Type, map[string]bool, map[string]string) {
+	leaves := map[string]reflect.Type{}
+	sections := map[string]bool{}
+	var walk func(t reflect.Type, prefix string)
+	walk = func(t reflect.Type, prefix string) {
+		for i := 0; i < t.NumField(); i++ {
+			f := t.Field(i)
+			tag := f.Tag.Get("koanf")
+			if tag == "" {
+				continue
+			}
+			path := prefix + tag
+			if f.Type.Kind() == reflect.Struct && !reflect.PointerTo(f.Type).Implements(textUnmarshaler) {
+				sections[path] = true
+				walk(f.Type, path+".")
+				continue
+			}
+			leaves[path] = f.Type
+		}
+	}
+	walk(reflect.TypeOf(Config{}), "")
+	env := map[string]string{}
+	for p := range leaves {
+		env[EnvName(p)] = p
+	}
+	return leaves, sections, env
+}()
+
+var textUnmarshaler = reflect.TypeOf((*interface{ UnmarshalText([]byte) error })(nil)).Elem()
+
+// EnvName is the environment variable that sets key.
+func EnvName(key string) string {
+	return EnvPrefix + strings.ToUpper(strings.NewReplacer(".", "_", "-", "_").Replace(key))
+}
+
+// Keys lists every configuration key, sorted.
+func Keys() []string {
+	out := make([]string, 0, len(leafPaths))
+	for k := range leafPaths {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func cleanYAMLError(err error) string {
+	if errors.Is(err, os.ErrNotExist) {
+		return "file does not exist"
+	}
+	return err.Error()
+}

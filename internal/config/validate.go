@@ -1,0 +1,208 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// FieldError is one problem with one configuration key.
+type FieldError struct {
+	Path string // key path (api.limits.conn_rate), environment variable or file name
+	Msg  string
+}
+
+func (e FieldError) Error() string { return e.Path + ": " + e.Msg }
+
+// FieldErrors is every problem found in one configuration, one per line.
+type FieldErrors []FieldError
+
+func (es FieldErrors) Error() string {
+	lines := make([]string, len(es))
+	for i, e := range es {
+		lines[i] = e.Error()
+	}
+	return strings.Join(lines, "\n")
+}
+
+func (es FieldErrors) sort() {
+	sort.SliceStable(es, func(i, j int) bool { return es[i].Path < es[j].Path })
+}
+
+// Validate checks the values of an already-decoded configuration.
+func (c Config) Validate() error {
+	if errs := c.validate(); len(errs) > 0 {
+		errs.sort()
+		return errs
+	}
+	return nil
+}
+
+func (c Config) validate() FieldErrors {
+	var v validator
+	v.required("data_dir", c.DataDir)
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		v.add("log.level", "must be one of debug, info, warn, error")
+	}
+	v.hostPort("api.listen", c.API.Listen, true)
+	v.positiveDuration("api.shutdown_timeout", c.API.ShutdownTimeout)
+	if (c.API.TLS.CertFile == "") != (c.API.TLS.KeyFile == "") {
+		v.add("api.tls", "cert_file and key_file must be set together")
+	}
+	for i, san := range c.API.TLS.SANs {
+		if san == "" || strings.ContainsAny(san, " /:@") && net.ParseIP(san) == nil {
+			v.add(fmt.Sprintf("api.tls.sans[%d]", i), "must be a DNS name or an IP address")
+		}
+	}
+	l := c.API.Limits
+	v.positive("api.limits.conn_rate", l.ConnRate)
+	v.positive("api.limits.conn_burst", float64(l.ConnBurst))
+	v.positive("api.limits.max_conns_per_ip", float64(l.MaxConnsPerIP))
+	v.positive("api.limits.max_conns", float64(l.MaxConns))
+	if l.MaxConns > 0 && l.MaxConnsPerIP > l.MaxConns {
+		v.add("api.limits.max_conns_per_ip", "must not exceed api.limits.max_conns")
+	}
+	v.positive("api.limits.request_rate", l.RequestRate)
+	v.positive("api.limits.request_burst", float64(l.RequestBurst))
+	v.positive("api.limits.max_header_bytes", float64(l.MaxHeaderBytes))
+	v.positive("api.limits.max_body_bytes", float64(l.MaxBodyBytes))
+	v.positiveDuration("api.limits.read_header_timeout", l.ReadHeaderTimeout)
+	v.positiveDuration("api.limits.read_timeout", l.ReadTimeout)
+	v.positiveDuration("api.limits.write_timeout", l.WriteTimeout)
+	v.positiveDuration("api.limits.idle_timeout", l.IdleTimeout)
+	if c.Metrics.Listen != "" {
+		v.hostPort("metrics.listen", c.Metrics.Listen, false)
+		if c.Metrics.Listen == c.API.Listen {
+			v.add("metrics.listen", "must differ from api.listen: metrics are never served on the API listener")
+		}
+	}
+	c.Engine.validate(&v)
+	return v.errs
+}
+
+func (e Engine) validate(v *validator) {
+	if _, err := ParseSyncInterval(e.SyncInterval); err != nil {
+		v.add("engine.sync_interval", err.Error())
+	}
+	if e.ClientListen != "" {
+		v.hostPort("engine.client_listen", e.ClientListen, false)
+	}
+	if e.MaxStore < 0 {
+		v.add("engine.max_store", "must not be negative")
+	}
+	if e.MaxMemory < 0 {
+		v.add("engine.max_memory", "must not be negative")
+	}
+	if e.Replicas < 1 || e.Replicas > 5 {
+		v.add("engine.replicas", "must be between 1 and 5")
+	}
+	if e.Embedded() {
+		for path, set := range map[string]bool{
+			"engine.nats_creds_file": e.NATSCredsFile != "",
+			"engine.nats_user":       e.NATSUser != "",
+			"engine.nats_password":   !e.NATSPassword.IsZero(),
+			"engine.nats_token":      !e.NATSToken.IsZero(),
+			"engine.nats_ca_file":    e.NATSCAFile != "",
+			"engine.nats_cert_file":  e.NATSCertFile != "",
+			"engine.nats_key_file":   e.NATSKeyFile != "",
+		} {
+			if set {
+				v.add(path, "only applies with engine.nats_url")
+			}
+		}
+		return
+	}
+	for i, raw := range strings.Split(e.NATSURL, ",") {
+		u, err := url.Parse(strings.TrimSpace(raw))
+		path := "engine.nats_url"
+		if strings.Contains(e.NATSURL, ",") {
+			path = fmt.Sprintf("engine.nats_url[%d]", i)
+		}
+		switch {
+		case err != nil || u.Host == "":
+			v.add(path, "must be a URL such as nats://host:4222")
+		case u.Scheme != "nats" && u.Scheme != "tls":
+			v.add(path, "scheme must be nats or tls")
+		case u.User != nil:
+			v.add(path, "must not carry credentials: use engine.nats_user and engine.nats_password")
+		}
+	}
+	if e.ClientListen != "" {
+		v.add("engine.client_listen", "only applies to the embedded engine (engine.nats_url is set)")
+	}
+	auths := 0
+	for _, set := range []bool{e.NATSCredsFile != "", e.NATSUser != "", !e.NATSToken.IsZero()} {
+		if set {
+			auths++
+		}
+	}
+	if auths > 1 {
+		v.add("engine", "set only one of nats_creds_file, nats_user, nats_token")
+	}
+	if e.NATSUser != "" && e.NATSPassword.IsZero() {
+		v.add("engine.nats_password", "required with engine.nats_user")
+	}
+	if (e.NATSCertFile == "") != (e.NATSKeyFile == "") {
+		v.add("engine.nats_cert_file", "nats_cert_file and nats_key_file must be set together")
+	}
+}
+
+// ParseSyncInterval reads engine.sync_interval: "always" returns 0.
+func ParseSyncInterval(s string) (time.Duration, error) {
+	if s == "always" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("must be \"always\" or a positive duration such as 1s")
+	}
+	return d, nil
+}
+
+type validator struct{ errs FieldErrors }
+
+func (v *validator) add(path, msg string) { v.errs = append(v.errs, FieldError{Path: path, Msg: msg}) }
+
+func (v *validator) required(path, s string) {
+	if strings.TrimSpace(s) == "" {
+		v.add(path, "required")
+	}
+}
+
+func (v *validator) positive(path string, f float64) {
+	if f <= 0 {
+		v.add(path, "must be positive")
+	}
+}
+
+func (v *validator) positiveDuration(path string, d time.Duration) {
+	if d <= 0 {
+		v.add(path, "must be a positive duration")
+	}
+}
+
+func (v *validator) hostPort(path, s string, required bool) {
+	if s == "" {
+		if required {
+			v.add(path, "required")
+		}
+		return
+	}
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		v.add(path, "must be host:port")
+		return
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		v.add(path, "port must be a number from 0 to 65535")
+	}
+	if host == "" {
+		v.add(path, "host must be set (use 0.0.0.0 to listen on every interface)")
+	}
+}

@@ -1,0 +1,53 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Account is a connection into one NATS account with the helpers Penstock needs: KV buckets
+// and streams created with the engine's storage and replication defaults.
+type Account struct {
+	name     string
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	replicas int
+}
+
+// Name is the Penstock account name.
+func (a *Account) Name() string { return a.name }
+
+// JetStream is the account's JetStream context, for operations the helpers do not cover.
+func (a *Account) JetStream() jetstream.JetStream { return a.js }
+
+// Conn is the account's core NATS connection.
+func (a *Account) Conn() *nats.Conn { return a.nc }
+
+// KeyValue creates the bucket or updates it to cfg, on file storage with the engine's
+// replication unless cfg says otherwise.
+func (a *Account) KeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	if cfg.Replicas == 0 {
+		cfg.Replicas = a.replicas
+	}
+	kv, err := a.js.CreateOrUpdateKeyValue(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("key-value bucket %q: %w", cfg.Bucket, err)
+	}
+	return kv, nil
+}
+
+// Stream creates the stream or updates it to cfg, on file storage with the engine's
+// replication unless cfg says otherwise.
+func (a *Account) Stream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
+	if cfg.Replicas == 0 {
+		cfg.Replicas = a.replicas
+	}
+	s, err := a.js.CreateOrUpdateStream(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("stream %q: %w", cfg.Name, err)
+	}
+	return s, nil
+}

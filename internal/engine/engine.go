@@ -1,0 +1,193 @@
+// Package engine owns Penstock's connection to NATS JetStream: the embedded server (the
+// default) or an external one, the accounts data lives in, and the KV buckets and streams
+// inside them. Everything above it asks this package for an Account and never dials NATS or
+// starts a server itself. It never decides who may use an account: that is authorization's job.
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/penstock/penstock/internal/config"
+	"github.com/penstock/penstock/internal/redact"
+)
+
+// PlatformAccount holds control-plane state that no tenant can reach.
+const PlatformAccount = "platform"
+
+// healthBucket is where readiness probes write.
+const healthBucket = "penstock_health"
+
+// drainTimeout bounds how long Close waits for in-flight publishes and acknowledgements.
+const drainTimeout = 10 * time.Second
+
+// ErrAccountUnavailable means the engine cannot provide the named account (an external server
+// whose accounts are fixed by its operator).
+var ErrAccountUnavailable = errors.New("account not available on this engine")
+
+var accountName = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+
+// accounts maps a Penstock account name to a connection into the NATS account that holds it.
+// The embedded engine creates accounts on first use; an external server offers the one
+// account its credentials belong to. A clustered engine implements the same contract.
+type accounts interface {
+	connect(ctx context.Context, name string) (*nats.Conn, error)
+	close()
+}
+
+// Options configure Open.
+type Options struct {
+	// DataDir is where the embedded engine keeps its store (DataDir/jetstream) and files.
+	DataDir string
+	Config  config.Engine
+	// StoreKey encrypts the embedded JetStream store. Required for the embedded engine.
+	StoreKey redact.Secret
+	Logger   *slog.Logger
+	// NodeID names this process in readiness records; defaults to the server's ID.
+	NodeID string
+}
+
+// Engine is an open JetStream engine.
+type Engine struct {
+	log      *slog.Logger
+	accts    accounts
+	embedded *embedded // nil with an external server
+	replicas int
+	nodeID   string
+
+	mu    sync.Mutex
+	cache map[string]*Account
+
+	health    jetstream.KeyValue
+	closeOnce sync.Once
+}
+
+// Open starts the embedded engine or connects to the external one, then makes sure the
+// platform account and its health bucket exist.
+func Open(ctx context.Context, o Options) (*Engine, error) {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	e := &Engine{log: o.Logger, replicas: o.Config.Replicas, nodeID: o.NodeID, cache: map[string]*Account{}}
+	if e.replicas == 0 {
+		e.replicas = 1
+	}
+	if o.Config.Embedded() {
+		em, err := startEmbedded(o)
+		if err != nil {
+			return nil, err
+		}
+		e.embedded, e.accts = em, em
+		if e.nodeID == "" {
+			e.nodeID = em.ns.ID()
+		}
+	} else {
+		e.accts = &external{opts: o}
+		if e.nodeID == "" {
+			e.nodeID = nats.NewInbox()[len(nats.InboxPrefix):]
+		}
+	}
+	plat, err := e.Account(ctx, PlatformAccount)
+	if err != nil {
+		e.Close()
+		return nil, err
+	}
+	e.health, err = plat.KeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      healthBucket,
+		Description: "readiness probes: one key per node",
+		History:     1,
+	})
+	if err != nil {
+		e.Close()
+		return nil, fmt.Errorf("create health bucket: %w", err)
+	}
+	return e, nil
+}
+
+// Embedded reports whether this process runs the NATS server.
+func (e *Engine) Embedded() bool { return e.embedded != nil }
+
+// ClientURL is the embedded server's NATS client URL, or "" when it has no network port.
+func (e *Engine) ClientURL() string {
+	if e.embedded == nil || e.embedded.ns.ClientURL() == "" || !e.embedded.listening {
+		return ""
+	}
+	return e.embedded.ns.ClientURL()
+}
+
+// Account returns the named account, creating it on the embedded engine if it is new.
+func (e *Engine) Account(ctx context.Context, name string) (*Account, error) {
+	if !accountName.MatchString(name) {
+		return nil, fmt.Errorf("account name %q: must be 1-63 of a-z, 0-9, _ and -, starting with a letter or digit", name)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if a, ok := e.cache[name]; ok {
+		return a, nil
+	}
+	nc, err := e.accts.connect(ctx, name)
+	if err != nil {
+		return nil, fmt.Errorf("account %q: %w", name, err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("account %q: jetstream: %w", name, err)
+	}
+	if _, err := js.AccountInfo(ctx); err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("account %q: jetstream not available: %w", name, err)
+	}
+	a := &Account{name: name, nc: nc, js: js, replicas: e.replicas}
+	e.cache[name] = a
+	return a, nil
+}
+
+// Ready proves the engine is reachable and writable: it writes this node's key in the health
+// bucket and reads it back.
+func (e *Engine) Ready(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	stamp := []byte(time.Now().UTC().Format(time.RFC3339Nano))
+	rev, err := e.health.Put(ctx, "node."+e.nodeID, stamp)
+	if err != nil {
+		return fmt.Errorf("write: %w", err)
+	}
+	got, err := e.health.Get(ctx, "node."+e.nodeID)
+	if err != nil {
+		return fmt.Errorf("read: %w", err)
+	}
+	if got.Revision() < rev {
+		return fmt.Errorf("read revision %d, wrote %d", got.Revision(), rev)
+	}
+	return nil
+}
+
+// Close drains every account connection, then shuts the embedded server down and waits for
+// it to finish writing. It is safe to call more than once.
+func (e *Engine) Close() {
+	e.closeOnce.Do(func() {
+		e.mu.Lock()
+		for _, a := range e.cache {
+			_ = a.nc.Drain()
+		}
+		deadline := time.Now().Add(drainTimeout)
+		for _, a := range e.cache {
+			for !a.nc.IsClosed() && time.Now().Before(deadline) {
+				time.Sleep(5 * time.Millisecond)
+			}
+			a.nc.Close()
+		}
+		e.cache = nil
+		e.mu.Unlock()
+		e.accts.close()
+	})
+}

@@ -50,7 +50,7 @@ func startEmbedded(o Options) (*embedded, error) {
 	opts := &server.Options{
 		ServerName:         "penstock",
 		JetStream:          true,
-		StoreDir:           filepath.Join(o.DataDir, "jetstream"),
+		StoreDir:           o.DataDir, // JetStream keeps its files in DataDir/jetstream
 		JetStreamMaxStore:  o.Config.MaxStore,
 		JetStreamMaxMemory: o.Config.MaxMemory,
 		JetStreamCipher:    server.AES,
@@ -91,7 +91,7 @@ func startEmbedded(o Options) (*embedded, error) {
 	if err != nil {
 		return nil, fmt.Errorf("embedded engine: %w", err)
 	}
-	ns.SetLoggerV2(&natsLogger{log: o.Logger.With("component", "nats")}, false, false, false)
+	ns.SetLoggerV2(&natsLogger{log: o.Logger.With("source", "nats")}, false, false, false)
 	opts.CustomClientAuthentication.(*authenticator).srv = ns
 	ns.Start()
 	if !ns.ReadyForConnections(30 * time.Second) {
@@ -193,10 +193,11 @@ func LoadOrCreateKeyFile(path string) (redact.Secret, error) {
 	return redact.NewSecret(s), nil
 }
 
-// natsLogger sends the NATS server's log lines to slog.
+// natsLogger sends the NATS server's log lines to slog. Its notices (the start-up banner,
+// "server is ready") are debug lines: Penstock logs its own start-up.
 type natsLogger struct{ log *slog.Logger }
 
-func (l *natsLogger) Noticef(format string, v ...any) { l.log.Info(fmt.Sprintf(format, v...)) }
+func (l *natsLogger) Noticef(format string, v ...any) { l.log.Debug(fmt.Sprintf(format, v...)) }
 func (l *natsLogger) Warnf(format string, v ...any)   { l.log.Warn(fmt.Sprintf(format, v...)) }
 func (l *natsLogger) Fatalf(format string, v ...any)  { l.log.Error(fmt.Sprintf(format, v...)) }
 func (l *natsLogger) Errorf(format string, v ...any)  { l.log.Error(fmt.Sprintf(format, v...)) }

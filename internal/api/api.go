@@ -1,0 +1,148 @@
+// Package api owns Penstock's HTTPS API: routes, their OpenAPI description, the error body
+// every failure uses, and the middleware between the edge and the handlers. It never opens a
+// listener (the app does) and never stores anything itself (the domain packages do).
+package api
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"runtime/debug"
+	"strconv"
+	"time"
+
+	"github.com/danielgtaylor/huma/v2"
+	"github.com/danielgtaylor/huma/v2/adapters/humago"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/penstock/penstock/internal/config"
+	"github.com/penstock/penstock/internal/edge"
+)
+
+// Readiness is what /readyz asks: can the engine be written to and read from now.
+type Readiness interface {
+	Ready(ctx context.Context) error
+}
+
+// Options are the API's dependencies.
+type Options struct {
+	Version  string
+	Logger   *slog.Logger
+	Ready    Readiness
+	Limits   config.Limits
+	Edge     *edge.Metrics
+	Registry prometheus.Registerer
+}
+
+// Handler builds the API's http.Handler: edge request limits, panic recovery, access log and
+// metrics around the routes.
+func Handler(o Options) http.Handler {
+	mux := http.NewServeMux()
+	cfg := huma.DefaultConfig("Penstock API", o.Version)
+	cfg.CreateHooks = nil // no $schema links in bodies
+	cfg.DocsPath = ""     // the docs page loads scripts from a CDN; the spec is at /openapi.json
+	cfg.Info.Description = "Penstock: secure multi-tenant message fabric and ETL pipelines."
+	hapi := humago.New(mux, cfg)
+
+	registerHealth(hapi, o)
+
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, NewError(http.StatusNotFound, "not_found", "no such route"))
+	})
+
+	requests := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "penstock_http_requests_total",
+		Help: "API requests served, by route pattern and status code.",
+	}, []string{"route", "code"})
+	latency := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "penstock_http_request_duration_seconds",
+		Help:    "API request latency, by route pattern.",
+		Buckets: prometheus.DefBuckets,
+	}, []string{"route"})
+	o.Registry.MustRegister(requests, latency)
+
+	var h http.Handler = mux
+	h = observe(h, o.Logger, requests, latency)
+	h = recoverPanics(h, o.Logger)
+	h = edge.Requests(o.Limits, o.Edge, func(w http.ResponseWriter, _ *http.Request, status int, code, msg string) {
+		writeError(w, NewError(status, code, msg))
+	})(h)
+	return securityHeaders(h)
+}
+
+func securityHeaders(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("Strict-Transport-Security", "max-age=31536000")
+		h.Set("X-Content-Type-Options", "nosniff")
+		h.Set("Cache-Control", "no-store")
+		next.ServeHTTP(w, r)
+	})
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// observe logs one line per request and records its metrics. It logs the path, never the
+// query string or headers, which can carry credentials.
+func observe(next http.Handler, log *slog.Logger, requests *prometheus.CounterVec, latency *prometheus.HistogramVec) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		sw := &statusWriter{ResponseWriter: w}
+		next.ServeHTTP(sw, r)
+		if sw.status == 0 {
+			sw.status = http.StatusOK
+		}
+		route := r.Pattern
+		if route == "" || route == "/" {
+			route = "unmatched"
+		}
+		d := time.Since(start)
+		requests.WithLabelValues(route, strconv.Itoa(sw.status)).Inc()
+		latency.WithLabelValues(route).Observe(d.Seconds())
+		log.Info("request", "method", r.Method, "path", r.URL.Path, "status", sw.status,
+			"duration_ms", float64(d.Microseconds())/1000, "remote", hostOfRemote(r.RemoteAddr), "proto", r.Proto)
+	})
+}
+
+func recoverPanics(next http.Handler, log *slog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if v := recover(); v != nil {
+				if v == http.ErrAbortHandler {
+					panic(v)
+				}
+				log.Error("handler panic", "path", r.URL.Path, "panic", v, "stack", string(debug.Stack()))
+				writeError(w, NewError(http.StatusInternalServerError, "internal", "internal error"))
+			}
+		}()
+		next.ServeHTTP(w, r)
+	})
+}
+
+func hostOfRemote(addr string) string {
+	for i := len(addr) - 1; i >= 0; i-- {
+		if addr[i] == ':' {
+			return addr[:i]
+		}
+	}
+	return addr
+}

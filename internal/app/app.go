@@ -1,0 +1,178 @@
+// Package app owns wiring: it builds every subsystem from the configuration, runs them and
+// shuts them down in order. It never prints to stdout or exits the process; that is the CLI's.
+package app
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/penstock/penstock/internal/api"
+	"github.com/penstock/penstock/internal/certs"
+	"github.com/penstock/penstock/internal/config"
+	"github.com/penstock/penstock/internal/edge"
+	"github.com/penstock/penstock/internal/engine"
+)
+
+// StoreKeyFile, inside the data directory, encrypts the embedded JetStream store.
+const StoreKeyFile = "jetstream.key"
+
+// App is one running Penstock process.
+type App struct {
+	cfg   config.Config
+	log   *slog.Logger
+	eng   *engine.Engine
+	certs *certs.Manager
+
+	apiSrv     *http.Server
+	apiLn      net.Listener
+	metricsSrv *http.Server
+	metricsLn  net.Listener
+}
+
+// New prepares the data directory, opens the engine and binds the listeners. Nothing is
+// served until Run.
+func New(ctx context.Context, cfg config.Config, log *slog.Logger, version string) (a *App, err error) {
+	a = &App{cfg: cfg, log: log}
+	defer func() {
+		if err != nil {
+			a.closeAll()
+		}
+	}()
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data directory: %w", err)
+	}
+	if a.certs, err = certs.NewManager(cfg.DataDir, cfg.API.TLS, log.With("component", "tls")); err != nil {
+		return nil, err
+	}
+
+	eo := engine.Options{DataDir: cfg.DataDir, Config: cfg.Engine, Logger: log.With("component", "engine")}
+	if cfg.Engine.Embedded() {
+		if eo.StoreKey, err = engine.LoadOrCreateKeyFile(filepath.Join(cfg.DataDir, StoreKeyFile)); err != nil {
+			return nil, err
+		}
+	}
+	if a.eng, err = engine.Open(ctx, eo); err != nil {
+		return nil, fmt.Errorf("engine: %w", err)
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	em := edge.NewMetrics(reg)
+	lim := cfg.API.Limits
+
+	ln, err := net.Listen("tcp", cfg.API.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("api.listen: %w", err)
+	}
+	a.apiLn = tls.NewListener(edge.NewListener(ln, lim, em), a.certs.TLSConfig())
+	a.apiSrv = &http.Server{
+		Handler: api.Handler(api.Options{
+			Version: version, Logger: log.With("component", "api"), Ready: a.eng,
+			Limits: lim, Edge: em, Registry: reg,
+		}),
+		TLSConfig:         a.certs.TLSConfig(),
+		MaxHeaderBytes:    lim.MaxHeaderBytes,
+		ReadHeaderTimeout: lim.ReadHeaderTimeout,
+		ReadTimeout:       lim.ReadTimeout,
+		WriteTimeout:      lim.WriteTimeout,
+		IdleTimeout:       lim.IdleTimeout,
+		ErrorLog:          slog.NewLogLogger(log.With("component", "http").Handler(), slog.LevelDebug),
+	}
+
+	if cfg.Metrics.Listen != "" {
+		if a.metricsLn, err = net.Listen("tcp", cfg.Metrics.Listen); err != nil {
+			return nil, fmt.Errorf("metrics.listen: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+		a.metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute}
+	}
+	return a, nil
+}
+
+// APIAddr is the address the API listens on.
+func (a *App) APIAddr() string { return a.apiLn.Addr().String() }
+
+// MetricsAddr is the metrics listener's address, or "" when metrics are off.
+func (a *App) MetricsAddr() string {
+	if a.metricsLn == nil {
+		return ""
+	}
+	return a.metricsLn.Addr().String()
+}
+
+// Reload re-reads what can change without a restart: the TLS certificate.
+func (a *App) Reload() error { return a.certs.Reload() }
+
+// Run serves until ctx is cancelled, then shuts down in two phases: stop accepting and let
+// in-flight requests finish for up to api.shutdown_timeout, then close what is left; the
+// engine closes last, after every request that could write to it is done.
+func (a *App) Run(ctx context.Context) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return serve(a.apiSrv, a.apiLn) })
+	if a.metricsSrv != nil {
+		g.Go(func() error { return serve(a.metricsSrv, a.metricsLn) })
+	}
+	a.log.Info("serving", "api", "https://"+a.APIAddr(), "metrics", a.MetricsAddr(),
+		"engine", engineMode(a.eng), "nats", a.eng.ClientURL(), "data_dir", a.cfg.DataDir, "ca", a.certs.CAPath())
+	g.Go(func() error {
+		<-gctx.Done()
+		a.log.Info("shutting down", "drain_timeout", a.cfg.API.ShutdownTimeout.String())
+		sctx, cancel := context.WithTimeout(context.Background(), a.cfg.API.ShutdownTimeout)
+		defer cancel()
+		var errs []error
+		for _, s := range []*http.Server{a.apiSrv, a.metricsSrv} {
+			if s == nil {
+				continue
+			}
+			if err := s.Shutdown(sctx); err != nil {
+				a.log.Warn("drain timed out; closing remaining connections", "error", err)
+				errs = append(errs, s.Close())
+			}
+		}
+		a.eng.Close()
+		a.log.Info("stopped")
+		return errors.Join(errs...)
+	})
+	return g.Wait()
+}
+
+func serve(s *http.Server, ln net.Listener) error {
+	if err := s.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+func engineMode(e *engine.Engine) string {
+	if e.Embedded() {
+		return "embedded"
+	}
+	return "external"
+}
+
+// closeAll releases what New opened when New fails part way.
+func (a *App) closeAll() {
+	if a.apiLn != nil {
+		a.apiLn.Close()
+	}
+	if a.metricsLn != nil {
+		a.metricsLn.Close()
+	}
+	if a.eng != nil {
+		a.eng.Close()
+	}
+}

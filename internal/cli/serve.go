@@ -1,0 +1,71 @@
+package cli
+
+import (
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/penstock/penstock/internal/app"
+)
+
+func serveCmd(environ []string) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run Penstock: the embedded engine and the HTTPS API",
+		Long: `Run Penstock. With no configuration it keeps its data in ./penstock-data, embeds a
+NATS JetStream engine and serves the HTTPS API on https://127.0.0.1:8443 with a
+certificate from its own CA (penstock-data/tls/ca.crt).
+
+SIGTERM or SIGINT drains in-flight requests and shuts the engine down cleanly;
+SIGHUP reloads the TLS certificate.`,
+		Args: cobra.NoArgs,
+	}
+	keys := configFlags(cmd.Flags())
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		cfg, err := loadConfig(cmd.Flags(), keys, environ)
+		if err != nil {
+			printConfigErrors(cmd.ErrOrStderr(), err)
+			return exitError{code: 2}
+		}
+		log := newLogger(cmd.ErrOrStderr(), cfg.Log.Level)
+		log.Info("starting", "version", Version(), "config", cfg)
+		a, err := app.New(cmd.Context(), cfg, log, Version())
+		if err != nil {
+			log.Error("start failed", "error", err)
+			return exitError{code: 1}
+		}
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+		done := make(chan struct{})
+		defer func() { <-done }()
+		go func() {
+			defer close(done)
+			for {
+				select {
+				case <-cmd.Context().Done():
+					return
+				case <-hup:
+					if err := a.Reload(); err != nil {
+						log.Error("reload failed; the previous certificate stays in use", "error", err)
+					}
+				}
+			}
+		}()
+		if err := a.Run(cmd.Context()); err != nil {
+			log.Error("stopped with error", "error", err)
+			return exitError{code: 1}
+		}
+		return nil
+	}
+	return cmd
+}
+
+func newLogger(w interface{ Write([]byte) (int, error) }, level string) *slog.Logger {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(level))
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l}))
+}

@@ -58,8 +58,13 @@ func Load(src Sources) (Config, error) {
 				}
 				continue
 			}
+			if leaf, t, ok := leafPrefix(key); ok {
+				errs = append(errs, FieldError{Path: leaf, Msg: describeDecodeError(t, map[string]any{})})
+				continue
+			}
 			errs = append(errs, FieldError{Path: key, Msg: "unknown key"})
 		}
+		errs = dedupe(errs)
 		if err := k.Merge(fk); err != nil {
 			return cfg, err
 		}
@@ -182,6 +187,29 @@ func describeKind(raw any) string {
 	default:
 		return reflect.TypeOf(raw).Kind().String()
 	}
+}
+
+// leafPrefix finds a leaf key that key lies under, which means a mapping was given where a
+// value belongs (nats_password: {nested: x}).
+func leafPrefix(key string) (string, reflect.Type, bool) {
+	for i := strings.LastIndexByte(key, '.'); i > 0; i = strings.LastIndexByte(key[:i], '.') {
+		if t, ok := leafPaths[key[:i]]; ok {
+			return key[:i], t, true
+		}
+	}
+	return "", nil, false
+}
+
+func dedupe(errs FieldErrors) FieldErrors {
+	seen := map[FieldError]bool{}
+	out := errs[:0]
+	for _, e := range errs {
+		if !seen[e] {
+			seen[e] = true
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 func fieldByPath(v reflect.Value, parts []string) reflect.Value {

@@ -78,7 +78,7 @@ func (c Config) validate() FieldErrors {
 	v.positiveDuration("api.limits.idle_timeout", l.IdleTimeout)
 	if c.Metrics.Listen != "" {
 		v.hostPort("metrics.listen", c.Metrics.Listen, false)
-		if c.Metrics.Listen == c.API.Listen {
+		if c.Metrics.Listen == c.API.Listen && !strings.HasSuffix(c.API.Listen, ":0") {
 			v.add("metrics.listen", "must differ from api.listen: metrics are never served on the API listener")
 		}
 	}

@@ -1,7 +1,6 @@
 package cli
 
 import (
-
 	"github.com/spf13/pflag"
 
 	"github.com/penstock/penstock/internal/config"
@@ -56,4 +55,3 @@ func lookupEnv(environ []string, name string) string {
 	}
 	return ""
 }
-

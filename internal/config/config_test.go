@@ -173,7 +173,7 @@ engine: {sync_interval: sometimes, replicas: 9}
 			name:    "unknown and mistyped environment variables",
 			environ: []string{"PENSTOCK_API_LISEN=x", "PENSTOCK_API_LIMITS_MAX_CONNS=lots", "PENSTOCK_CONFIG=/ignored/here"},
 			want: map[string]string{
-				"PENSTOCK_API_LISEN":    "unknown environment variable",
+				"PENSTOCK_API_LISEN":   "unknown environment variable",
 				"api.limits.max_conns": "expected an integer",
 			},
 		},

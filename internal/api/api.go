@@ -46,10 +46,6 @@ func Handler(o Options) http.Handler {
 
 	registerHealth(hapi, o)
 
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, NewError(http.StatusNotFound, "not_found", "no such route"))
-	})
-
 	requests := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "penstock_http_requests_total",
 		Help: "API requests served, by route pattern and status code.",
@@ -61,7 +57,7 @@ func Handler(o Options) http.Handler {
 	}, []string{"route"})
 	o.Registry.MustRegister(requests, latency)
 
-	var h http.Handler = mux
+	var h http.Handler = jsonMuxErrors(mux)
 	h = observe(h, o.Logger, requests, latency)
 	h = recoverPanics(h, o.Logger)
 	h = edge.Requests(o.Limits, o.Edge, func(w http.ResponseWriter, _ *http.Request, status int, code, msg string) {
@@ -69,6 +65,45 @@ func Handler(o Options) http.Handler {
 	})(h)
 	return securityHeaders(h)
 }
+
+// jsonMuxErrors answers requests the mux has no route for (404) or no method for (405, with
+// its Allow header) with the API's JSON error body instead of the mux's plain text.
+func jsonMuxErrors(mux *http.ServeMux) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h, pattern := mux.Handler(r)
+		if pattern != "" {
+			mux.ServeHTTP(w, r)
+			return
+		}
+		rec := &headerRecorder{header: http.Header{}}
+		h.ServeHTTP(rec, r)
+		if allow := rec.header.Get("Allow"); allow != "" {
+			w.Header().Set("Allow", allow)
+		}
+		switch rec.status {
+		case http.StatusMethodNotAllowed:
+			writeError(w, NewError(rec.status, "method_not_allowed", "method "+r.Method+" is not allowed here"))
+		case http.StatusNotFound, 0:
+			writeError(w, NewError(http.StatusNotFound, "not_found", "no such route"))
+		default: // the mux's redirects (cleaned paths)
+			for k, v := range rec.header {
+				w.Header()[k] = v
+			}
+			w.WriteHeader(rec.status)
+		}
+	})
+}
+
+// headerRecorder keeps the status and headers the mux's fallback handlers write, and drops
+// their plain-text bodies.
+type headerRecorder struct {
+	header http.Header
+	status int
+}
+
+func (r *headerRecorder) Header() http.Header         { return r.header }
+func (r *headerRecorder) Write(b []byte) (int, error) { return len(b), nil }
+func (r *headerRecorder) WriteHeader(code int)        { r.status = code }
 
 func securityHeaders(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -44,8 +44,8 @@ type App struct {
 
 // New prepares the data directory, opens the engine and binds the listeners. Nothing is
 // served until Run.
-func New(ctx context.Context, cfg config.Config, log *slog.Logger, version string) (a *App, err error) {
-	a = &App{cfg: cfg, log: log}
+func New(ctx context.Context, cfg config.Config, log *slog.Logger, version string) (_ *App, err error) {
+	a := &App{cfg: cfg, log: log}
 	defer func() {
 		if err != nil {
 			a.closeAll()

@@ -182,6 +182,16 @@ func TestHealthReadyAndMetrics(t *testing.T) {
 	if json.Unmarshal(body, &e); status != 404 || e.Code != "not_found" {
 		t.Errorf("unknown route = %d %s", status, body)
 	}
+	req, _ := http.NewRequest(http.MethodDelete, ta.url("/healthz"), nil)
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if json.Unmarshal(body, &e); resp.StatusCode != 405 || e.Code != "method_not_allowed" || !strings.Contains(resp.Header.Get("Allow"), "GET") {
+		t.Errorf("DELETE /healthz = %d %s (Allow %q)", resp.StatusCode, body, resp.Header.Get("Allow"))
+	}
 	if status, _ := get(t, c, ta.url("/metrics")); status != 404 {
 		t.Errorf("/metrics on the API listener = %d, want 404", status)
 	}
@@ -190,6 +200,7 @@ func TestHealthReadyAndMetrics(t *testing.T) {
 		`penstock_http_requests_total{code="200",route="GET /healthz"} 1`,
 		`penstock_http_requests_total{code="200",route="GET /readyz"} 1`,
 		`penstock_http_requests_total{code="404",route="unmatched"} 2`,
+		`penstock_http_requests_total{code="405",route="unmatched"} 1`,
 		`penstock_edge_rejected_total{reason="conn_rate"} 0`,
 		"go_goroutines",
 	} {

@@ -1,0 +1,405 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// binary is the penstock executable built once for the process tests.
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "penstock-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "penstock")
+	build := exec.Command("go", "build", "-race", "-o", binary, ".")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build penstock:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// proc is a running `penstock serve` child process.
+type proc struct {
+	t       *testing.T
+	cmd     *exec.Cmd
+	logs    *lockedBuffer
+	api     string // https://host:port
+	nats    string // nats://host:port, when the client port is open
+	dataDir string
+	exited  chan error
+}
+
+// serve starts `penstock serve` on random ports and waits for its "serving" log line.
+func serve(t *testing.T, dataDir string, extra ...string) *proc {
+	t.Helper()
+	args := append([]string{"serve", "--data-dir", dataDir, "--listen", "127.0.0.1:0"}, extra...)
+	cmd := exec.Command(binary, args...)
+	cmd.Env = append(os.Environ(), "PENSTOCK_API_SHUTDOWN_TIMEOUT=10s")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &proc{t: t, cmd: cmd, logs: &lockedBuffer{}, dataDir: dataDir, exited: make(chan error, 1)}
+	serving := make(chan map[string]any, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			line := sc.Bytes()
+			p.logs.Write(append(append([]byte{}, line...), '\n'))
+			var rec map[string]any
+			if json.Unmarshal(line, &rec) == nil && rec["msg"] == "serving" {
+				serving <- rec
+			}
+		}
+		p.exited <- cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			<-p.exited
+		}
+	})
+	select {
+	case rec := <-serving:
+		p.api, _ = rec["api"].(string)
+		p.nats, _ = rec["nats"].(string)
+	case err := <-p.exited:
+		t.Fatalf("penstock exited before serving: %v\n%s", err, p.logs.String())
+	case <-time.After(60 * time.Second):
+		t.Fatalf("penstock not serving after 60s:\n%s", p.logs.String())
+	}
+	return p
+}
+
+// stop sends sig and waits for the process to exit.
+func (p *proc) stop(sig syscall.Signal) error {
+	p.t.Helper()
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		p.t.Fatal(err)
+	}
+	select {
+	case err := <-p.exited:
+		return err
+	case <-time.After(60 * time.Second):
+		p.t.Fatalf("penstock did not exit on %v:\n%s", sig, p.logs.String())
+		return nil
+	}
+}
+
+func (p *proc) client() *http.Client {
+	pool := x509.NewCertPool()
+	pem, err := os.ReadFile(filepath.Join(p.dataDir, "tls", "ca.crt"))
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	pool.AppendCertsFromPEM(pem)
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+}
+
+func (p *proc) get(path string) (int, string) {
+	p.t.Helper()
+	resp, err := p.client().Get(p.api + path)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// engineConn connects to the embedded engine's client port as the platform account.
+func (p *proc) engineConn() (*nats.Conn, jetstream.JetStream) {
+	p.t.Helper()
+	token, err := os.ReadFile(filepath.Join(p.dataDir, "engine.token"))
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	nc, err := nats.Connect(p.nats, nats.UserInfo("platform", strings.TrimSpace(string(token))))
+	if err != nil {
+		p.t.Fatalf("connect to %s: %v", p.nats, err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	return nc, js
+}
+
+// kill -9 while writers are publishing: every write the engine acknowledged is there after a
+// restart, byte for byte.
+func TestKill9KeepsAcknowledgedWrites(t *testing.T) {
+	dir := t.TempDir()
+	p := serve(t, dir, "--nats-listen", "127.0.0.1:0")
+	nc, js := p.engineConn()
+	ctx := context.Background()
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "ACKED", Subjects: []string{"acked.>"}}); err != nil {
+		t.Fatal(err)
+	}
+
+	var (
+		mu    sync.Mutex
+		acked = map[uint64]string{}
+		wg    sync.WaitGroup
+	)
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				payload := fmt.Sprintf("writer-%d-msg-%d", w, i)
+				ack, err := js.Publish(ctx, fmt.Sprintf("acked.%d", w), []byte(payload))
+				if err != nil {
+					return // the server is gone
+				}
+				mu.Lock()
+				acked[ack.Sequence] = payload
+				mu.Unlock()
+			}
+		}()
+	}
+	time.Sleep(time.Second)
+	if err := p.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-p.exited
+	wg.Wait()
+	nc.Close()
+	if len(acked) < 50 {
+		t.Fatalf("only %d writes acknowledged before the kill", len(acked))
+	}
+
+	p2 := serve(t, dir, "--nats-listen", "127.0.0.1:0")
+	nc2, js2 := p2.engineConn()
+	defer nc2.Close()
+	s, err := js2.Stream(ctx, "ACKED")
+	if err != nil {
+		t.Fatalf("stream after kill -9: %v", err)
+	}
+	for seq, want := range acked {
+		m, err := s.GetMsg(ctx, seq)
+		if err != nil {
+			t.Fatalf("acknowledged message %d lost: %v", seq, err)
+		}
+		if string(m.Data) != want {
+			t.Fatalf("message %d = %q, want %q", seq, m.Data, want)
+		}
+	}
+	t.Logf("%d acknowledged writes, all present after kill -9 and restart", len(acked))
+	if status, body := p2.get("/readyz"); status != 200 {
+		t.Fatalf("readyz after restart = %d %s", status, body)
+	}
+}
+
+// SIGTERM drains and exits 0; a restart finds the data, the same CA and certificate.
+func TestGracefulRestart(t *testing.T) {
+	dir := t.TempDir()
+	p := serve(t, dir, "--nats-listen", "127.0.0.1:0")
+	nc, js := p.engineConn()
+	ctx := context.Background()
+	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "restart"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(ctx, "k", []byte("survives")); err != nil {
+		t.Fatal(err)
+	}
+	nc.Close()
+	if status, _ := p.get("/readyz"); status != 200 {
+		t.Fatalf("readyz = %d", status)
+	}
+	ca1, _ := os.ReadFile(filepath.Join(dir, "tls", "ca.crt"))
+	crt1, _ := os.ReadFile(filepath.Join(dir, "tls", "server.crt"))
+	if err := p.stop(syscall.SIGTERM); err != nil {
+		t.Fatalf("exit after SIGTERM: %v\n%s", err, p.logs.String())
+	}
+	if !strings.Contains(p.logs.String(), `"msg":"stopped"`) {
+		t.Fatalf("no clean stop logged:\n%s", p.logs.String())
+	}
+
+	p2 := serve(t, dir, "--nats-listen", "127.0.0.1:0")
+	nc2, js2 := p2.engineConn()
+	defer nc2.Close()
+	kv2, err := js2.KeyValue(ctx, "restart")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e, err := kv2.Get(ctx, "k"); err != nil || string(e.Value()) != "survives" {
+		t.Fatalf("after restart: %v, %v", e, err)
+	}
+	ca2, _ := os.ReadFile(filepath.Join(dir, "tls", "ca.crt"))
+	crt2, _ := os.ReadFile(filepath.Join(dir, "tls", "server.crt"))
+	if !bytes.Equal(ca1, ca2) || !bytes.Equal(crt1, crt2) {
+		t.Fatal("restart replaced the CA or the server certificate")
+	}
+	if err := p2.stop(syscall.SIGINT); err != nil {
+		t.Fatalf("exit after SIGINT: %v", err)
+	}
+}
+
+// SIGTERM while a request is in flight: the request completes before the process exits.
+func TestShutdownDrainsInFlightRequests(t *testing.T) {
+	p := serve(t, t.TempDir())
+	c := p.client()
+	// A request whose body is still being sent is in flight when the signal arrives.
+	pr, pw := io.Pipe()
+	req, _ := http.NewRequest(http.MethodPost, p.api+"/healthz", pr)
+	req.ContentLength = -1
+	result := make(chan int, 1)
+	go func() {
+		resp, err := c.Do(req)
+		if err != nil {
+			result <- -1
+			return
+		}
+		resp.Body.Close()
+		result <- resp.StatusCode
+	}()
+	pw.Write([]byte("partial"))
+	time.Sleep(200 * time.Millisecond)
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	select {
+	case err := <-p.exited:
+		t.Fatalf("exited with a request in flight: %v", err)
+	default:
+	}
+	pw.Close()
+	if status := <-result; status != http.StatusMethodNotAllowed {
+		t.Fatalf("in-flight request got %d, want its normal answer (405)", status)
+	}
+	if err := <-p.exited; err != nil {
+		t.Fatalf("exit: %v", err)
+	}
+}
+
+func TestSIGHUPReloadsOperatorCertificate(t *testing.T) {
+	dir := t.TempDir()
+	cp, kp := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	first := writeCert(t, cp, kp, "first")
+	p := serve(t, dir, "--tls-cert", cp, "--tls-key", kp)
+	addr := strings.TrimPrefix(p.api, "https://")
+	served := func() string {
+		c, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true}) // the test checks the certificate itself
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		return c.ConnectionState().PeerCertificates[0].Subject.CommonName
+	}
+	if got := served(); got != first {
+		t.Fatalf("serving %q, want %q", got, first)
+	}
+	second := writeCert(t, cp, kp, "second")
+	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for served() != second {
+		if time.Now().After(deadline) {
+			t.Fatalf("certificate not reloaded on SIGHUP:\n%s", p.logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := p.stop(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestExternalEngineMode(t *testing.T) {
+	c, err := net.DialTimeout("tcp", "127.0.0.1:4222", time.Second)
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("NATS at 127.0.0.1:4222 is down: %v (.ci/run starts it)", err)
+		}
+		t.Skipf("NATS at 127.0.0.1:4222 is down (%v): start it or run bash .ci/run", err)
+	}
+	c.Close()
+	dir := t.TempDir()
+	p := serve(t, dir, "--nats-url", "nats://127.0.0.1:4222")
+	if !strings.Contains(p.logs.String(), `"engine":"external"`) {
+		t.Fatalf("not in external mode:\n%s", p.logs.String())
+	}
+	if _, err := os.Stat(filepath.Join(dir, "jetstream")); !os.IsNotExist(err) {
+		t.Fatal("external mode created an embedded store")
+	}
+	out, err := exec.Command(binary, "status", "--server", p.api, "--data-dir", dir).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), `"status":"ready"`) {
+		t.Fatalf("penstock status: %v\n%s", err, out)
+	}
+	if err := p.stop(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestStartupRefusesBadConfigAndUnsafeKeys(t *testing.T) {
+	out, err := exec.Command(binary, "serve", "--listen", "nope", "--sync-interval", "sometimes").CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 {
+		t.Fatalf("bad flags: %v\n%s", err, out)
+	}
+	for _, want := range []string{"api.listen: must be host:port", "engine.sync_interval:"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+
+	dir := t.TempDir()
+	p := serve(t, dir)
+	if err := p.stop(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(filepath.Join(dir, "jetstream.key"), 0o644)
+	out, err = exec.Command(binary, "serve", "--data-dir", dir, "--listen", "127.0.0.1:0").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "readable by group or others") {
+		t.Fatalf("started with a world-readable key file: %v\n%s", err, out)
+	}
+}

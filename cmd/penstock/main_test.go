@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -22,6 +21,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/penstock/penstock/internal/testenv"
 )
 
 // binary is the penstock executable built once for the process tests.
@@ -45,28 +46,11 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // proc is a running `penstock serve` child process.
 type proc struct {
 	t       *testing.T
 	cmd     *exec.Cmd
-	logs    *lockedBuffer
+	logs    *testenv.LogBuffer
 	api     string // https://host:port
 	nats    string // nats://host:port, when the client port is open
 	dataDir string
@@ -86,7 +70,7 @@ func serve(t *testing.T, dataDir string, extra ...string) *proc {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	p := &proc{t: t, cmd: cmd, logs: &lockedBuffer{}, dataDir: dataDir, exited: make(chan error, 1)}
+	p := &proc{t: t, cmd: cmd, logs: &testenv.LogBuffer{}, dataDir: dataDir, exited: make(chan error, 1)}
 	serving := make(chan map[string]any, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)
@@ -325,7 +309,7 @@ func TestShutdownDrainsInFlightRequests(t *testing.T) {
 func TestSIGHUPReloadsOperatorCertificate(t *testing.T) {
 	dir := t.TempDir()
 	cp, kp := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	first := writeCert(t, cp, kp, "first")
+	first := testenv.WriteCert(t, cp, kp, "first").Subject.CommonName
 	p := serve(t, dir, "--tls-cert", cp, "--tls-key", kp)
 	addr := strings.TrimPrefix(p.api, "https://")
 	served := func() string {
@@ -339,7 +323,7 @@ func TestSIGHUPReloadsOperatorCertificate(t *testing.T) {
 	if got := served(); got != first {
 		t.Fatalf("serving %q, want %q", got, first)
 	}
-	second := writeCert(t, cp, kp, "second")
+	second := testenv.WriteCert(t, cp, kp, "second").Subject.CommonName
 	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
@@ -356,16 +340,9 @@ func TestSIGHUPReloadsOperatorCertificate(t *testing.T) {
 }
 
 func TestExternalEngineMode(t *testing.T) {
-	c, err := net.DialTimeout("tcp", "127.0.0.1:4222", time.Second)
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("NATS at 127.0.0.1:4222 is down: %v (.ci/run starts it)", err)
-		}
-		t.Skipf("NATS at 127.0.0.1:4222 is down (%v): start it or run bash .ci/run", err)
-	}
-	c.Close()
+	testenv.RequireNATS(t)
 	dir := t.TempDir()
-	p := serve(t, dir, "--nats-url", "nats://127.0.0.1:4222")
+	p := serve(t, dir, "--nats-url", testenv.NATSURL)
 	if !strings.Contains(p.logs.String(), `"engine":"external"`) {
 		t.Fatalf("not in external mode:\n%s", p.logs.String())
 	}

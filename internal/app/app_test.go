@@ -1,7 +1,6 @@
 package app
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -21,29 +20,12 @@ import (
 	"github.com/penstock/penstock/internal/certs"
 	"github.com/penstock/penstock/internal/config"
 	"github.com/penstock/penstock/internal/redact"
+	"github.com/penstock/penstock/internal/testenv"
 )
-
-// syncBuffer collects log output from the server's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 type testApp struct {
 	*App
-	logs *syncBuffer
+	logs *testenv.LogBuffer
 	pool *x509.CertPool
 	stop func()
 }
@@ -62,7 +44,7 @@ func startApp(t *testing.T, mutate func(*config.Config)) *testApp {
 	if err := cfg.Validate(); err != nil {
 		t.Fatalf("test config: %v", err)
 	}
-	logs := &syncBuffer{}
+	logs := &testenv.LogBuffer{}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ctx, cancel := context.WithCancel(context.Background())
 	a, err := New(ctx, cfg, log, "test")
@@ -425,10 +407,10 @@ func TestSlowHeadersAreCut(t *testing.T) {
 // Secrets planted in the configuration and the data directory appear in no log line and no
 // response, across successful and failing requests.
 func TestSecretsStayOutOfLogsAndResponses(t *testing.T) {
-	requireExternalNATS(t)
+	testenv.RequireNATS(t)
 	const planted = "planted-secret-7d3e9a"
 	ta := startApp(t, func(c *config.Config) {
-		c.Engine.NATSURL = "nats://127.0.0.1:4222" // this server has no auth; the credentials are ignored by it
+		c.Engine.NATSURL = testenv.NATSURL // this server has no auth; the credentials are ignored by it
 		c.Engine.NATSUser = "svc"
 		c.Engine.NATSPassword = redact.NewSecret(planted)
 		c.API.Limits.RequestBurst = 5
@@ -475,17 +457,4 @@ func TestSecretsStayOutOfLogsAndResponses(t *testing.T) {
 			t.Errorf("secret %d appears in a response", i)
 		}
 	}
-}
-
-func requireExternalNATS(t *testing.T) {
-	t.Helper()
-	c, err := net.DialTimeout("tcp", "127.0.0.1:4222", time.Second)
-	if err == nil {
-		c.Close()
-		return
-	}
-	if os.Getenv("CI") != "" {
-		t.Fatalf("NATS at 127.0.0.1:4222 is down: %v (.ci/run starts it)", err)
-	}
-	t.Skipf("NATS at 127.0.0.1:4222 is down (%v): start it or run bash .ci/run", err)
 }

@@ -3,19 +3,15 @@ package certs_test
 import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"log/slog"
-	"math/big"
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/penstock/penstock/internal/certs"
 	"github.com/penstock/penstock/internal/config"
+	"github.com/penstock/penstock/internal/testenv"
 )
 
 var discard = slog.New(slog.DiscardHandler)
@@ -74,29 +70,10 @@ func TestInternalCA(t *testing.T) {
 	}
 }
 
-// writeSelfSigned writes a certificate for localhost and returns its serial.
-func writeSelfSigned(t *testing.T, certPath, keyPath string) *big.Int {
-	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
-	tmpl := &x509.Certificate{
-		SerialNumber: serial, Subject: pkix.Name{CommonName: "operator"}, DNSNames: []string{"localhost"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kb, _ := x509.MarshalECPrivateKey(key)
-	os.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
-	os.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
-	return serial
-}
-
 func TestOperatorCertificateReload(t *testing.T) {
 	dir := t.TempDir()
 	cp, kp := filepath.Join(dir, "c.pem"), filepath.Join(dir, "k.pem")
-	first := writeSelfSigned(t, cp, kp)
+	first := testenv.WriteCert(t, cp, kp, "first").SerialNumber
 	m, err := certs.NewManager(dir, config.TLS{CertFile: cp, KeyFile: kp}, discard)
 	if err != nil {
 		t.Fatal(err)
@@ -110,7 +87,7 @@ func TestOperatorCertificateReload(t *testing.T) {
 	if m.Current().Leaf.SerialNumber.Cmp(first) != 0 {
 		t.Fatal("not serving the operator's certificate")
 	}
-	second := writeSelfSigned(t, cp, kp)
+	second := testenv.WriteCert(t, cp, kp, "second").SerialNumber
 	if err := m.Reload(); err != nil {
 		t.Fatal(err)
 	}

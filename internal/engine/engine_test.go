@@ -19,10 +19,8 @@ import (
 	"github.com/penstock/penstock/internal/config"
 	"github.com/penstock/penstock/internal/engine"
 	"github.com/penstock/penstock/internal/redact"
+	"github.com/penstock/penstock/internal/testenv"
 )
-
-// externalURL is the machine's NATS JetStream server that external mode is tested against.
-const externalURL = "nats://127.0.0.1:4222"
 
 func storeKey(t *testing.T) redact.Secret {
 	t.Helper()
@@ -48,25 +46,11 @@ func openEmbedded(t *testing.T, dir string, key redact.Secret, mutate func(*conf
 	return e
 }
 
-// requireExternal skips on a laptop without NATS and fails in CI, where .ci/run starts it.
-func requireExternal(t *testing.T) {
-	t.Helper()
-	c, err := net.DialTimeout("tcp", "127.0.0.1:4222", time.Second)
-	if err == nil {
-		c.Close()
-		return
-	}
-	if os.Getenv("CI") != "" {
-		t.Fatalf("external NATS at %s is down: %v (.ci/run starts it)", externalURL, err)
-	}
-	t.Skipf("external NATS at %s is down (%v): start nats-server -js -p 4222, or run bash .ci/run", externalURL, err)
-}
-
 func openExternal(t *testing.T) *engine.Engine {
 	t.Helper()
-	requireExternal(t)
+	testenv.RequireNATS(t)
 	cfg := config.Default().Engine
-	cfg.NATSURL = externalURL
+	cfg.NATSURL = testenv.NATSURL
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	e, err := engine.Open(ctx, engine.Options{Config: cfg})

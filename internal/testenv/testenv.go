@@ -1,0 +1,105 @@
+// Package testenv owns what Penstock's tests share: finding the machine's services, writing
+// operator certificates, collecting logs from goroutines. It is imported by tests only and
+// never by the server.
+package testenv
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"net"
+	"os"
+	"sync"
+	"testing"
+	"time"
+)
+
+// NATSURL is the machine's NATS JetStream server, the external engine in tests.
+const NATSURL = "nats://127.0.0.1:4222"
+
+// RequireNATS needs the machine's NATS JetStream server.
+func RequireNATS(t testing.TB) {
+	t.Helper()
+	Require(t, "NATS JetStream", "127.0.0.1:4222", "nats-server -js -a 127.0.0.1 -p 4222")
+}
+
+// Require needs a TCP service at addr. On a laptop without it the test skips, saying how to
+// start it; with CI set (where .ci/services starts every service) it fails.
+func Require(t testing.TB, name, addr, start string) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err == nil {
+		c.Close()
+		return
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatalf("%s at %s is down: %v (.ci/services starts it)", name, addr, err)
+	}
+	t.Skipf("%s at %s is down (%v): start it (%s) or run bash .ci/run", name, addr, err, start)
+}
+
+// WriteCert writes a self-signed ECDSA certificate for localhost with common name cn and its
+// key, as an operator would supply them. Each file is replaced by a rename, so a server
+// reading them never sees half a file.
+func WriteCert(t testing.TB, certPath, keyPath, cn string) *x509.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial, Subject: pkix.Name{CommonName: cn}, DNSNames: []string{"localhost"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for path, block := range map[string]*pem.Block{
+		keyPath:  {Type: "EC PRIVATE KEY", Bytes: kb},
+		certPath: {Type: "CERTIFICATE", Bytes: der},
+	} {
+		if err := os.WriteFile(path+".tmp", pem.EncodeToMemory(block), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(path+".tmp", path); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cert
+}
+
+// LogBuffer collects output written from several goroutines.
+type LogBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *LogBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *LogBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}

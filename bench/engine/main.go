@@ -20,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/penstock/penstock/internal/config"
+	"github.com/penstock/penstock/internal/datadir"
 	"github.com/penstock/penstock/internal/engine"
 )
 
@@ -49,7 +50,7 @@ func main() {
 			if err != nil {
 				return nil, nil, err
 			}
-			key, err := engine.LoadOrCreateKeyFile(dir + "/store.key")
+			key, err := datadir.LoadOrCreateKey(dir + "/store.key")
 			if err != nil {
 				return nil, nil, err
 			}

@@ -60,9 +60,15 @@ type proc struct {
 // serve starts `penstock serve` on random ports and waits for its "serving" log line.
 func serve(t *testing.T, dataDir string, extra ...string) *proc {
 	t.Helper()
+	return serveEnv(t, dataDir, nil, extra...)
+}
+
+// serveEnv is serve with extra environment variables.
+func serveEnv(t *testing.T, dataDir string, env []string, extra ...string) *proc {
+	t.Helper()
 	args := append([]string{"serve", "--data-dir", dataDir, "--listen", "127.0.0.1:0"}, extra...)
 	cmd := exec.Command(binary, args...)
-	cmd.Env = append(os.Environ(), "PENSTOCK_API_SHUTDOWN_TIMEOUT=10s")
+	cmd.Env = append(append(os.Environ(), "PENSTOCK_API_SHUTDOWN_TIMEOUT=10s"), env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -162,6 +168,11 @@ func (p *proc) engineConn() (*nats.Conn, jetstream.JetStream) {
 func TestKill9KeepsAcknowledgedWrites(t *testing.T) {
 	dir := t.TempDir()
 	p := serve(t, dir, "--nats-listen", "127.0.0.1:0")
+	// The guarantee rests on the server fsyncing every write: a kill -9 alone keeps the page
+	// cache, so the test also checks the running server's policy.
+	if !strings.Contains(p.logs.String(), `"sync":"always"`) {
+		t.Fatalf("default server does not sync every write:\n%s", p.logs.String())
+	}
 	nc, js := p.engineConn()
 	ctx := context.Background()
 	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "ACKED", Subjects: []string{"acked.>"}}); err != nil {
@@ -378,5 +389,58 @@ func TestStartupRefusesBadConfigAndUnsafeKeys(t *testing.T) {
 	out, err = exec.Command(binary, "serve", "--data-dir", dir, "--listen", "127.0.0.1:0").CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "readable by group or others") {
 		t.Fatalf("started with a world-readable key file: %v\n%s", err, out)
+	}
+}
+
+// Secrets stay out of everything a real serve prints or answers: a wrong password refused by
+// the engine, then the right one, the start-up configuration line, every request's log line and
+// every response.
+func TestSecretsNeverLeave(t *testing.T) {
+	engineDir := t.TempDir()
+	eng := serve(t, engineDir, "--nats-listen", "127.0.0.1:0")
+	tokenBytes, err := os.ReadFile(filepath.Join(engineDir, "engine.token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	token := strings.TrimSpace(string(tokenBytes))
+	storeKey, _ := os.ReadFile(filepath.Join(engineDir, "jetstream.key"))
+	const wrong = "planted-wrong-password-31f7"
+
+	clientDir := t.TempDir()
+	cmd := exec.Command(binary, "serve", "--data-dir", clientDir, "--listen", "127.0.0.1:0",
+		"--nats-url", eng.nats, "--nats-user", "platform")
+	cmd.Env = append(os.Environ(), "PENSTOCK_ENGINE_NATS_PASSWORD="+wrong)
+	out, err := cmd.CombinedOutput()
+	if err == nil {
+		t.Fatalf("started with a wrong engine password:\n%s", out)
+	}
+	if !strings.Contains(string(out), "Authorization Violation") {
+		t.Fatalf("refusal does not say why:\n%s", out)
+	}
+	if strings.Contains(string(out), wrong) {
+		t.Fatalf("the wrong password appears in the output:\n%s", out)
+	}
+
+	p := serveEnv(t, t.TempDir(), []string{"PENSTOCK_ENGINE_NATS_PASSWORD=" + token},
+		"--nats-url", eng.nats, "--nats-user", "platform")
+	var responses strings.Builder
+	for _, path := range []string{"/healthz", "/readyz", "/openapi.json", "/missing?password=" + token, "/readyz"} {
+		status, body := p.get(path)
+		fmt.Fprintf(&responses, "%d %s\n", status, body)
+	}
+	if err := p.stop(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	logs := p.logs.String() + eng.logs.String()
+	if !strings.Contains(p.logs.String(), `"engine.nats_password":"[redacted]"`) {
+		t.Fatalf("start-up configuration line missing or unredacted:\n%s", p.logs.String())
+	}
+	for name, secret := range map[string]string{"engine token": token, "store key": strings.TrimSpace(string(storeKey))} {
+		if strings.Contains(logs, secret) {
+			t.Errorf("the %s appears in the logs", name)
+		}
+		if strings.Contains(responses.String(), secret) {
+			t.Errorf("the %s appears in a response", name)
+		}
 	}
 }

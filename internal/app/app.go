@@ -10,8 +10,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -22,6 +22,7 @@ import (
 	"github.com/penstock/penstock/internal/api"
 	"github.com/penstock/penstock/internal/certs"
 	"github.com/penstock/penstock/internal/config"
+	"github.com/penstock/penstock/internal/datadir"
 	"github.com/penstock/penstock/internal/edge"
 	"github.com/penstock/penstock/internal/engine"
 )
@@ -36,14 +37,18 @@ type App struct {
 	eng   *engine.Engine
 	certs *certs.Manager
 
+	lock     *datadir.Lock
+	inflight atomic.Int64 // handlers in progress
+
 	apiSrv     *http.Server
 	apiLn      net.Listener
 	metricsSrv *http.Server
 	metricsLn  net.Listener
 }
 
-// New prepares the data directory, opens the engine and binds the listeners. Nothing is
-// served until Run.
+// New locks the data directory, binds the listeners, then opens the engine: a second
+// process on the same directory, or a port already taken, fails before the store is touched.
+// Nothing is served until Run.
 func New(ctx context.Context, cfg config.Config, log *slog.Logger, version string) (_ *App, err error) {
 	a := &App{cfg: cfg, log: log}
 	defer func() {
@@ -51,47 +56,22 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 			a.closeAll()
 		}
 	}()
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("data directory: %w", err)
+	if a.lock, err = datadir.Acquire(cfg.DataDir); err != nil {
+		return nil, err
 	}
 	if a.certs, err = certs.NewManager(cfg.DataDir, cfg.API.TLS, log.With("component", "tls")); err != nil {
 		return nil, err
-	}
-
-	eo := engine.Options{DataDir: cfg.DataDir, Config: cfg.Engine, Logger: log.With("component", "engine")}
-	if cfg.Engine.Embedded() {
-		if eo.StoreKey, err = engine.LoadOrCreateKeyFile(filepath.Join(cfg.DataDir, StoreKeyFile)); err != nil {
-			return nil, err
-		}
-	}
-	if a.eng, err = engine.Open(ctx, eo); err != nil {
-		return nil, fmt.Errorf("engine: %w", err)
 	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	em := edge.NewMetrics(reg)
 	lim := cfg.API.Limits
-
 	ln, err := net.Listen("tcp", cfg.API.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("api.listen: %w", err)
 	}
 	a.apiLn = tls.NewListener(edge.NewListener(ln, lim, em), a.certs.TLSConfig())
-	a.apiSrv = &http.Server{
-		Handler: api.Handler(api.Options{
-			Version: version, Logger: log.With("component", "api"), Ready: a.eng,
-			Limits: lim, Edge: em, Registry: reg,
-		}),
-		TLSConfig:         a.certs.TLSConfig(),
-		MaxHeaderBytes:    lim.MaxHeaderBytes,
-		ReadHeaderTimeout: lim.ReadHeaderTimeout,
-		ReadTimeout:       lim.ReadTimeout,
-		WriteTimeout:      lim.WriteTimeout,
-		IdleTimeout:       lim.IdleTimeout,
-		ErrorLog:          slog.NewLogLogger(log.With("component", "http").Handler(), slog.LevelDebug),
-	}
-
 	if cfg.Metrics.Listen != "" {
 		if a.metricsLn, err = net.Listen("tcp", cfg.Metrics.Listen); err != nil {
 			return nil, fmt.Errorf("metrics.listen: %w", err)
@@ -100,7 +80,43 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 		a.metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute}
 	}
+
+	eo := engine.Options{DataDir: cfg.DataDir, Config: cfg.Engine, Logger: log.With("component", "engine")}
+	if cfg.Engine.Embedded() {
+		if eo.StoreKey, err = datadir.LoadOrCreateKey(filepath.Join(cfg.DataDir, StoreKeyFile)); err != nil {
+			return nil, err
+		}
+	}
+	if a.eng, err = engine.Open(ctx, eo); err != nil {
+		return nil, fmt.Errorf("engine: %w", err)
+	}
+
+	handler := api.Handler(api.Options{
+		Version: version, Logger: log.With("component", "api"), Ready: a.eng,
+		Limits: lim, Edge: em, Registry: reg,
+	})
+	a.apiSrv = &http.Server{
+		Handler:           a.track(handler),
+		TLSConfig:         a.certs.TLSConfig(),
+		MaxHeaderBytes:    lim.MaxHeaderBytes,
+		ReadHeaderTimeout: lim.ReadHeaderTimeout,
+		ReadTimeout:       lim.ReadTimeout,
+		WriteTimeout:      lim.WriteTimeout,
+		IdleTimeout:       lim.IdleTimeout,
+		ConnContext:       em.ConnContext,
+		ConnState:         em.ConnState,
+		ErrorLog:          slog.NewLogLogger(log.With("component", "http").Handler(), slog.LevelDebug),
+	}
 	return a, nil
+}
+
+// track counts handlers in progress, so shutdown can wait for them before closing the engine.
+func (a *App) track(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		a.inflight.Add(1)
+		defer a.inflight.Add(-1)
+		next.ServeHTTP(w, r)
+	})
 }
 
 // APIAddr is the address the API listens on.
@@ -118,8 +134,10 @@ func (a *App) MetricsAddr() string {
 func (a *App) Reload() error { return a.certs.Reload() }
 
 // Run serves until ctx is cancelled, then shuts down in two phases: stop accepting and let
-// in-flight requests finish for up to api.shutdown_timeout, then close what is left; the
-// engine closes last, after every request that could write to it is done.
+// in-flight requests finish for up to api.shutdown_timeout; past that, close their
+// connections and give their handlers a last moment to return. The engine closes after the
+// handlers (a handler still stuck then gets engine.ErrClosed), and the data directory is
+// unlocked last.
 func (a *App) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return serve(a.apiSrv, a.apiLn) })
@@ -127,7 +145,8 @@ func (a *App) Run(ctx context.Context) error {
 		g.Go(func() error { return serve(a.metricsSrv, a.metricsLn) })
 	}
 	a.log.Info("serving", "api", "https://"+a.APIAddr(), "metrics", a.MetricsAddr(),
-		"engine", engineMode(a.eng), "nats", a.eng.ClientURL(), "data_dir", a.cfg.DataDir, "ca", a.certs.CAPath())
+		"engine", engineMode(a.eng), "sync", a.eng.Durability(), "nats", a.eng.ClientURL(),
+		"data_dir", a.cfg.DataDir, "ca", a.certs.CAPath())
 	g.Go(func() error {
 		<-gctx.Done()
 		a.log.Info("shutting down", "drain_timeout", a.cfg.API.ShutdownTimeout.String())
@@ -143,12 +162,21 @@ func (a *App) Run(ctx context.Context) error {
 				errs = append(errs, s.Close())
 			}
 		}
-		a.eng.Close()
+		for deadline := time.Now().Add(handlerGrace); a.inflight.Load() > 0 && time.Now().Before(deadline); {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if n := a.inflight.Load(); n > 0 {
+			a.log.Warn("closing the engine under running handlers", "handlers", n)
+		}
+		a.closeAll()
 		a.log.Info("stopped")
 		return errors.Join(errs...)
 	})
 	return g.Wait()
 }
+
+// handlerGrace is how long handlers whose connections were force-closed may take to return.
+const handlerGrace = 5 * time.Second
 
 func serve(s *http.Server, ln net.Listener) error {
 	if err := s.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -164,7 +192,8 @@ func engineMode(e *engine.Engine) string {
 	return "external"
 }
 
-// closeAll releases what New opened when New fails part way.
+// closeAll releases everything New opened, in reverse order; Run calls it at the end and
+// New when it fails part way.
 func (a *App) closeAll() {
 	if a.apiLn != nil {
 		a.apiLn.Close()
@@ -174,5 +203,8 @@ func (a *App) closeAll() {
 	}
 	if a.eng != nil {
 		a.eng.Close()
+	}
+	if err := a.lock.Release(); err != nil {
+		a.log.Warn("release data directory lock", "error", err)
 	}
 }

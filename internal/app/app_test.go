@@ -25,13 +25,22 @@ import (
 
 type testApp struct {
 	*App
-	logs *testenv.LogBuffer
-	pool *x509.CertPool
-	stop func()
+	done   chan error
+	cancel context.CancelFunc
+	logs   *testenv.LogBuffer
+	pool   *x509.CertPool
+	stop   func()
 }
 
 // startApp runs a real App on random loopback ports with a fresh data directory.
 func startApp(t *testing.T, mutate func(*config.Config)) *testApp {
+	t.Helper()
+	return startAppWith(t, mutate, nil)
+}
+
+// startAppWith also lets the test put its own routes in front of the API's, inside the
+// handler tracking that shutdown waits for.
+func startAppWith(t *testing.T, mutate func(*config.Config), routes func(api http.Handler) http.Handler) *testApp {
 	t.Helper()
 	cfg := config.Default()
 	cfg.DataDir = t.TempDir()
@@ -52,10 +61,13 @@ func startApp(t *testing.T, mutate func(*config.Config)) *testApp {
 		cancel()
 		t.Fatalf("new app: %v", err)
 	}
+	if routes != nil {
+		a.apiSrv.Handler = a.track(routes(a.apiSrv.Handler))
+	}
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
 	var once sync.Once
-	ta := &testApp{App: a, logs: logs}
+	ta := &testApp{App: a, logs: logs, done: done, cancel: cancel}
 	ta.stop = func() {
 		once.Do(func() {
 			cancel()
@@ -374,6 +386,12 @@ func TestRequestRateAndSizeLimits(t *testing.T) {
 	if status, _ := do(t, h1, req); status != http.StatusRequestHeaderFieldsTooLarge {
 		t.Fatalf("oversized header = %d, want 431", status)
 	}
+	for i := 0; metricValue(t, metrics(t, ta), "penstock_edge_conns_without_request_total") < 1; i++ {
+		if i == 100 {
+			t.Fatal("connection cut for an oversized header not counted")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	m := metrics(t, ta)
 	if n := metricValue(t, m, `penstock_edge_rejected_total{reason="request_rate"}`); n != float64(limited) {
 		t.Errorf("request_rate refusals counted %v, want %d", n, limited)
@@ -401,6 +419,106 @@ func TestSlowHeadersAreCut(t *testing.T) {
 	}
 	if strings.Contains(string(b), "200 OK") {
 		t.Fatalf("incomplete request answered: %q", b)
+	}
+	// The server closes the socket before it runs its connection-state hook.
+	for i := 0; metricValue(t, metrics(t, ta), "penstock_edge_conns_without_request_total") < 1; i++ {
+		if i == 100 {
+			t.Fatal("cut connection not counted")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Shutdown waits for a handler in progress, then closes the engine; the request gets its
+// answer. Past api.shutdown_timeout the connection is closed and the handler released.
+func TestShutdownDrainsHandlers(t *testing.T) {
+	started, release := make(chan struct{}), make(chan struct{})
+	slow := func(api http.Handler) http.Handler {
+		mux := http.NewServeMux()
+		mux.HandleFunc("GET /test/slow", func(w http.ResponseWriter, r *http.Request) {
+			close(started)
+			select {
+			case <-release:
+				w.Write([]byte("done"))
+			case <-r.Context().Done():
+			}
+		})
+		mux.Handle("/", api)
+		return mux
+	}
+	ta := startAppWith(t, nil, slow)
+	result := make(chan string, 1)
+	go func() {
+		resp, err := ta.client("", nil).Get(ta.url("/test/slow"))
+		if err != nil {
+			result <- err.Error()
+			return
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		result <- string(b)
+	}()
+	<-started
+	ta.cancel()
+	select {
+	case err := <-ta.done:
+		t.Fatalf("Run returned with a handler in progress: %v", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if err := ta.eng.Ready(context.Background()); err != nil {
+		t.Fatalf("engine closed under a running handler: %v", err)
+	}
+	close(release)
+	if got := <-result; got != "done" {
+		t.Fatalf("in-flight request got %q", got)
+	}
+	if err := <-ta.done; err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	ta.done <- nil // for the cleanup's stop
+}
+
+func TestShutdownTimeoutClosesStuckRequests(t *testing.T) {
+	started := make(chan struct{})
+	stuck := func(api http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			close(started)
+			<-r.Context().Done() // never answers
+		})
+	}
+	ta := startAppWith(t, func(c *config.Config) { c.API.ShutdownTimeout = 300 * time.Millisecond }, stuck)
+	go func() {
+		if resp, err := ta.client("", nil).Get(ta.url("/anything")); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	<-started
+	ta.cancel()
+	select {
+	case <-ta.done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run did not return after the shutdown timeout")
+	}
+	ta.done <- nil
+	if !strings.Contains(ta.logs.String(), "drain timed out") {
+		t.Fatalf("no forced close logged:\n%s", ta.logs.String())
+	}
+	if _, err := ta.eng.Account(context.Background(), "platform"); err == nil {
+		t.Fatal("engine still open after Run returned")
+	}
+}
+
+// A second process on the same data directory is refused before it touches the store.
+func TestDataDirectoryIsExclusive(t *testing.T) {
+	ta := startApp(t, nil)
+	cfg := ta.cfg
+	cfg.API.Listen, cfg.Metrics.Listen = "127.0.0.1:0", ""
+	_, err := New(context.Background(), cfg, slog.New(slog.DiscardHandler), "test")
+	if err == nil || !strings.Contains(err.Error(), "in use by another penstock process") {
+		t.Fatalf("second app on the same data directory: %v", err)
+	}
+	if status, _ := get(t, ta.client("", nil), ta.url("/readyz")); status != 200 {
+		t.Fatalf("first app after the refused second one: readyz %d", status)
 	}
 }
 

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/penstock/penstock/internal/config"
+	"github.com/penstock/penstock/internal/datadir"
 )
 
 // Files of the internal CA, relative to the data directory.
@@ -49,12 +50,16 @@ type Manager struct {
 
 	mu   sync.RWMutex
 	cert *tls.Certificate
+
+	now         func() time.Time // the clock; tests move it
+	renewMu     sync.Mutex       // one renewal at a time
+	lastRenewal time.Time        // guarded by renewMu
 }
 
 // NewManager loads the configured certificate, or creates the internal CA and a server
 // certificate covering localhost, 127.0.0.1, ::1 and cfg.SANs.
 func NewManager(dataDir string, cfg config.TLS, log *slog.Logger) (*Manager, error) {
-	m := &Manager{dataDir: dataDir, cfg: cfg, log: log}
+	m := &Manager{dataDir: dataDir, cfg: cfg, log: log, now: time.Now}
 	if err := m.Reload(); err != nil {
 		return nil, err
 	}
@@ -121,8 +126,31 @@ func (m *Manager) TLSConfig() *tls.Config {
 			tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
 			tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
 		},
-		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return m.Current(), nil },
-		NextProtos:     []string{"h2", "http/1.1"},
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			m.renewIfDue()
+			return m.Current(), nil
+		},
+		NextProtos: []string{"h2", "http/1.1"},
+	}
+}
+
+// renewIfDue reissues an internal certificate that is within renewBefore of expiry, so a
+// process that runs for a year never serves an expired one. It runs in the handshake that
+// notices, at most once an hour; other handshakes meanwhile get the current certificate.
+func (m *Manager) renewIfDue() {
+	if !m.Internal() || m.Current().Leaf.NotAfter.Sub(m.now()) > renewBefore {
+		return
+	}
+	if !m.renewMu.TryLock() {
+		return
+	}
+	defer m.renewMu.Unlock()
+	if m.now().Sub(m.lastRenewal) < time.Hour {
+		return
+	}
+	m.lastRenewal = m.now()
+	if err := m.Reload(); err != nil {
+		m.log.Error("renew internal certificate", "error", err)
 	}
 }
 
@@ -138,7 +166,7 @@ func (m *Manager) internal() (*tls.Certificate, error) {
 	names := wantedNames(m.cfg.SANs)
 	certPath, keyPath := filepath.Join(m.dataDir, serverCertFile), filepath.Join(m.dataDir, serverKeyFile)
 	if c, err := tls.LoadX509KeyPair(certPath, keyPath); err == nil {
-		if covers(c.Leaf, names) && time.Until(c.Leaf.NotAfter) > renewBefore && c.Leaf.CheckSignatureFrom(caCert) == nil {
+		if covers(c.Leaf, names) && c.Leaf.NotAfter.Sub(m.now()) > renewBefore && c.Leaf.CheckSignatureFrom(caCert) == nil {
 			return &c, nil
 		}
 	} else if !errors.Is(err, os.ErrNotExist) {
@@ -151,8 +179,8 @@ func (m *Manager) internal() (*tls.Certificate, error) {
 	tmpl := &x509.Certificate{
 		SerialNumber: serial(),
 		Subject:      pkix.Name{CommonName: "penstock", Organization: []string{"Penstock"}},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(serverValidity),
+		NotBefore:    m.now().Add(-time.Hour),
+		NotAfter:     m.now().Add(serverValidity),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}
@@ -219,8 +247,8 @@ func (m *Manager) loadOrCreateCA() (*x509.Certificate, *ecdsa.PrivateKey, error)
 	return cert, key, nil
 }
 
-// writePair writes a certificate and its key, both 0600, each through a temporary file and a
-// rename so a crash never leaves half a file.
+// writePair writes a certificate and its key, both 0600, each so that a crash never leaves
+// half a file.
 func writePair(certPath, keyPath string, der []byte, key *ecdsa.PrivateKey) error {
 	kb, err := x509.MarshalECPrivateKey(key)
 	if err != nil {
@@ -233,23 +261,7 @@ func writePair(certPath, keyPath string, der []byte, key *ecdsa.PrivateKey) erro
 }
 
 func writeFile(path string, data []byte) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("sync %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return datadir.WriteFile(path, data, 0o600, true)
 }
 
 func wantedNames(sans []string) []string {

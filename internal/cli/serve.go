@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -31,22 +32,25 @@ SIGHUP reloads the TLS certificate.`,
 			return exitError{code: 2}
 		}
 		log := newLogger(cmd.ErrOrStderr(), cfg.Log.Level)
+		// Take SIGHUP from the start: its default action would kill the process during a
+		// long engine recovery.
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+
 		log.Info("starting", "version", Version(), "config", cfg)
 		a, err := app.New(cmd.Context(), cfg, log, Version())
 		if err != nil {
 			log.Error("start failed", "error", err)
 			return exitError{code: 1}
 		}
-		hup := make(chan os.Signal, 1)
-		signal.Notify(hup, syscall.SIGHUP)
-		defer signal.Stop(hup)
-		done := make(chan struct{})
-		defer func() { <-done }()
+		ctx, cancel := context.WithCancel(cmd.Context())
+		reloads := make(chan struct{})
 		go func() {
-			defer close(done)
+			defer close(reloads)
 			for {
 				select {
-				case <-cmd.Context().Done():
+				case <-ctx.Done():
 					return
 				case <-hup:
 					if err := a.Reload(); err != nil {
@@ -55,7 +59,10 @@ SIGHUP reloads the TLS certificate.`,
 				}
 			}
 		}()
-		if err := a.Run(cmd.Context()); err != nil {
+		err = a.Run(ctx)
+		cancel()
+		<-reloads
+		if err != nil {
 			log.Error("stopped with error", "error", err)
 			return exitError{code: 1}
 		}

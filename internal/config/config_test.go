@@ -125,6 +125,17 @@ func TestErrorsNameFieldPaths(t *testing.T) {
 			},
 		},
 		{
+			name: "no silent coercion of YAML values",
+			file: "api:\n  limits:\n    max_conns: true\n    conn_burst: 2.9\n    conn_rate: '2.5'\n    read_timeout: 30\n  listen: 8443\n  tls:\n    sans: [a, 1]\n",
+			want: map[string]string{
+				"api.limits.max_conns":    "expected an integer, got a boolean",
+				"api.limits.conn_burst":   "expected an integer, got a fractional number",
+				"api.limits.read_timeout": "expected a duration",
+				"api.listen":              "expected a string, got a number",
+				"api.tls.sans":            "expected a list of strings",
+			},
+		},
+		{
 			name: "a section given a scalar",
 			file: "api: 5\n",
 			want: map[string]string{"api": "expected a mapping"},
@@ -168,6 +179,16 @@ engine: {sync_interval: sometimes, replicas: 9}
 			name: "external-only options with the embedded engine",
 			file: "engine:\n  nats_creds_file: /x.creds\n",
 			want: map[string]string{"engine.nats_creds_file": "only applies with engine.nats_url"},
+		},
+		{
+			name: "a password without a user",
+			file: "engine:\n  nats_url: nats://127.0.0.1:4222\n  nats_password: pw\n",
+			want: map[string]string{"engine.nats_password": "only applies with engine.nats_user"},
+		},
+		{
+			name: "the embedded client port off loopback",
+			file: "engine:\n  client_listen: 0.0.0.0:4222\n",
+			want: map[string]string{"engine.client_listen": "must be a loopback address"},
 		},
 		{
 			name:    "unknown and mistyped environment variables",
@@ -217,7 +238,7 @@ func TestFileProblems(t *testing.T) {
 // A value that fails to decode is described, never echoed: it may be a secret.
 func TestErrorsDoNotEchoValues(t *testing.T) {
 	_, err := config.Load(config.Sources{
-		File:    writeFile(t, "engine:\n  nats_password: {nested: hunter2-in-file}\napi:\n  limits:\n    max_conns: hunter2-typo\n"),
+		File:    writeFile(t, "engine:\n  nats_password: {nested: hunter2-in-file}\n  nats_token: [hunter2-list]\napi:\n  limits:\n    max_conns: hunter2-typo\n"),
 		Environ: []string{"PENSTOCK_ENGINE_REPLICAS=hunter2-env"},
 	})
 	if err == nil {
@@ -227,26 +248,63 @@ func TestErrorsDoNotEchoValues(t *testing.T) {
 		t.Fatalf("error echoes a value: %v", err)
 	}
 	got := fieldErrors(t, err)
-	for _, p := range []string{"engine.nats_password", "api.limits.max_conns", "engine.replicas"} {
+	for _, p := range []string{"engine.nats_password", "engine.nats_token", "api.limits.max_conns", "engine.replicas"} {
 		if _, ok := got[p]; !ok {
 			t.Errorf("no error for %s: %v", p, got)
 		}
 	}
 }
 
-func TestEveryKeyHasAnEnvironmentVariable(t *testing.T) {
+// The YAML parser quotes the input it could not use; the error keeps the line, not the value.
+func TestYAMLErrorsDoNotEchoValues(t *testing.T) {
+	for _, body := range []string{
+		"engine:\n  nats_password: !!int hunter2\n",
+		"engine:\n  nats_token: \"hunter2\n",
+		"api:\n  listen: [hunter2\n",
+	} {
+		_, err := config.Load(config.Sources{File: writeFile(t, body)})
+		if err == nil {
+			t.Fatalf("%q accepted", body)
+		}
+		if strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("YAML error echoes the value: %v", err)
+		}
+		if !strings.Contains(err.Error(), "not valid YAML") {
+			t.Errorf("error does not say what is wrong: %v", err)
+		}
+	}
+}
+
+// docs/configuration.md documents exactly the keys the code reads, and each key's environment
+// variable is recognised.
+func TestDocumentedKeysMatchTheCode(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/configuration.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	documented := map[string]bool{}
+	for _, line := range strings.Split(string(doc), "\n") {
+		if !strings.HasPrefix(line, "| `") {
+			continue
+		}
+		first := strings.Split(line, "|")[1]
+		for _, part := range strings.Split(first, "`") {
+			if part = strings.TrimSpace(part); part != "" && part != "," && !strings.Contains(part, " ") {
+				documented[part] = true
+			}
+		}
+	}
 	for _, k := range config.Keys() {
-		name := config.EnvName(k)
-		val := "x"
-		switch {
-		case strings.HasSuffix(k, "timeout"):
-			val = "3s"
-		case strings.Contains(k, "limits.") || strings.HasSuffix(k, "replicas") || strings.HasPrefix(k, "engine.max_"):
-			val = "3"
+		if !documented[k] {
+			t.Errorf("key %s is not in docs/configuration.md", k)
 		}
-		_, err := config.Load(config.Sources{Environ: []string{name + "=" + val}})
-		if err != nil && strings.Contains(err.Error(), "unknown environment variable") {
-			t.Errorf("%s (key %s) is not recognised: %v", name, k, err)
+		delete(documented, k)
+		if _, err := config.Load(config.Sources{Environ: []string{config.EnvName(k) + "=x"}}); err != nil &&
+			strings.Contains(err.Error(), "unknown environment variable") {
+			t.Errorf("%s is not recognised", config.EnvName(k))
 		}
+	}
+	for k := range documented {
+		t.Errorf("docs/configuration.md documents %s, which the code does not read", k)
 	}
 }

@@ -3,8 +3,10 @@ package config
 import (
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"reflect"
+	"regexp"
 	"sort"
 	"strings"
 	"time"
@@ -135,7 +137,13 @@ func flagValue(f *pflag.Flag) any {
 	return f.Value.String()
 }
 
+// decodeLeaf sets one key. Text (the environment, flags, quoted YAML) is parsed into the
+// field's type; other YAML values must already be of that type: true is not a number, 2.9 is
+// not an integer, 8443 is not a string.
 func decodeLeaf(cfg *Config, key string, t reflect.Type, raw any) error {
+	if !compatible(t, raw) {
+		return errors.New(describeDecodeError(t, raw))
+	}
 	field := fieldByPath(reflect.ValueOf(cfg).Elem(), strings.Split(key, "."))
 	dst := reflect.New(t)
 	dec, err := mapstructure.NewDecoder(&mapstructure.DecoderConfig{
@@ -156,6 +164,45 @@ func decodeLeaf(cfg *Config, key string, t reflect.Type, raw any) error {
 	return nil
 }
 
+func compatible(t reflect.Type, raw any) bool {
+	if _, isText := raw.(string); isText {
+		return true
+	}
+	switch k := t.Kind(); {
+	case t == reflect.TypeOf(time.Duration(0)):
+		return false // durations are written as text: 30s
+	case k >= reflect.Int && k <= reflect.Int64:
+		switch v := raw.(type) {
+		case int, int64, uint64:
+			return true
+		case float64:
+			return v == math.Trunc(v)
+		}
+		return false
+	case k == reflect.Float64:
+		switch raw.(type) {
+		case int, int64, uint64, float64:
+			return true
+		}
+		return false
+	case k == reflect.Slice:
+		if _, ok := raw.([]string); ok {
+			return true
+		}
+		items, ok := raw.([]any)
+		if !ok {
+			return false
+		}
+		for _, it := range items {
+			if _, ok := it.(string); !ok {
+				return false
+			}
+		}
+		return true
+	}
+	return false
+}
+
 // describeDecodeError says what was expected without echoing the value, which may be a secret.
 func describeDecodeError(t reflect.Type, raw any) string {
 	want := t.Kind().String()
@@ -163,7 +210,7 @@ func describeDecodeError(t reflect.Type, raw any) string {
 	case t == reflect.TypeOf(time.Duration(0)):
 		want = "a duration such as 30s or 2m"
 	case t.Kind() == reflect.Slice:
-		want = "a list"
+		want = "a list of strings"
 	case t.Kind() == reflect.Float64:
 		want = "a number"
 	case t.Kind() >= reflect.Int && t.Kind() <= reflect.Int64:
@@ -175,9 +222,18 @@ func describeDecodeError(t reflect.Type, raw any) string {
 }
 
 func describeKind(raw any) string {
-	switch raw.(type) {
+	switch v := raw.(type) {
 	case string:
 		return "a string that does not parse"
+	case float64:
+		if v != math.Trunc(v) {
+			return "a fractional number"
+		}
+		return "a number"
+	case int, int64, uint64:
+		return "a number"
+	case bool:
+		return "a boolean"
 	case map[string]any:
 		return "a mapping"
 	case []any:
@@ -272,9 +328,14 @@ func Keys() []string {
 	return out
 }
 
+// cleanYAMLError keeps the parser's location and reason but drops the quoted input it
+// includes, which may be a secret.
 func cleanYAMLError(err error) string {
 	if errors.Is(err, os.ErrNotExist) {
 		return "file does not exist"
 	}
-	return err.Error()
+	msg := quotedInput.ReplaceAllString(err.Error(), "[value]")
+	return "not valid YAML: " + strings.TrimPrefix(msg, "yaml: ")
 }
+
+var quotedInput = regexp.MustCompile("`[^`]*`|\"[^\"]*\"|'[^']*'")

@@ -92,6 +92,9 @@ func (e Engine) validate(v *validator) {
 	}
 	if e.ClientListen != "" {
 		v.hostPort("engine.client_listen", e.ClientListen, false)
+		if !isLoopback(e.ClientListen) {
+			v.add("engine.client_listen", "must be a loopback address (127.0.0.1, ::1 or localhost): the port has no TLS yet and accepts the platform credential")
+		}
 	}
 	if e.MaxStore < 0 {
 		v.add("engine.max_store", "must not be negative")
@@ -147,6 +150,9 @@ func (e Engine) validate(v *validator) {
 	}
 	if e.NATSUser != "" && e.NATSPassword.IsZero() {
 		v.add("engine.nats_password", "required with engine.nats_user")
+	}
+	if e.NATSUser == "" && !e.NATSPassword.IsZero() {
+		v.add("engine.nats_password", "only applies with engine.nats_user")
 	}
 	if (e.NATSCertFile == "") != (e.NATSKeyFile == "") {
 		v.add("engine.nats_cert_file", "nats_cert_file and nats_key_file must be set together")
@@ -205,4 +211,16 @@ func (v *validator) hostPort(path, s string, required bool) {
 	if host == "" {
 		v.add(path, "host must be set (use 0.0.0.0 to listen on every interface)")
 	}
+}
+
+func isLoopback(hostport string) bool {
+	host, _, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

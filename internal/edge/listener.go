@@ -38,7 +38,7 @@ func (l *Listener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		ip := hostOf(c.RemoteAddr())
+		ip := sourceOf(c.RemoteAddr().String())
 		if reason := l.admit(ip); reason != "" {
 			l.metrics.Reject(reason)
 			_ = c.Close()
@@ -50,17 +50,20 @@ func (l *Listener) Accept() (net.Conn, error) {
 }
 
 func (l *Listener) admit(ip string) string {
+	if l.open.Load() >= l.total {
+		return ReasonConnsTotal
+	}
 	now := time.Now()
 	l.table.mu.Lock()
 	defer l.table.mu.Unlock()
 	e := l.table.entryLocked(ip, now)
 	switch {
+	case e == nil:
+		return ReasonSources
 	case !e.lim.AllowN(now, 1):
 		return ReasonConnRate
 	case e.open >= l.perIP:
 		return ReasonConnsPerIP
-	case l.open.Load() >= l.total:
-		return ReasonConnsTotal
 	}
 	e.open++
 	l.open.Add(1)

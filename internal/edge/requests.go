@@ -1,6 +1,8 @@
 package edge
 
 import (
+	"errors"
+	"io"
 	"net/http"
 	"strconv"
 
@@ -11,14 +13,15 @@ import (
 // the same error body as every other error.
 type Refusal func(w http.ResponseWriter, r *http.Request, status int, code, msg string)
 
-// Requests limits the request rate per source IP and the size of request bodies. The source
-// IP is the connection's peer: forwarded-for headers are not trusted.
+// Requests limits the request rate per source (IPv4 address or IPv6 /64) and the size of
+// request bodies. The source is the connection's peer: forwarded-for headers are not trusted.
 func Requests(l config.Limits, m *Metrics, refuse Refusal) func(http.Handler) http.Handler {
 	table := newIPTable(l.RequestRate, l.RequestBurst)
 	maxBody := l.MaxBodyBytes
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if !table.allow(hostOfRequest(r)) {
+			markServed(r)
+			if !table.allow(sourceOf(r.RemoteAddr)) {
 				m.Reject(ReasonRequestRate)
 				w.Header().Set("Retry-After", strconv.Itoa(1))
 				refuse(w, r, http.StatusTooManyRequests, "rate_limited", "too many requests from this address; retry later")
@@ -31,21 +34,26 @@ func Requests(l config.Limits, m *Metrics, refuse Refusal) func(http.Handler) ht
 					"request body exceeds "+strconv.FormatInt(maxBody, 10)+" bytes")
 				return
 			}
-			r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+			r.Body = &countedLimit{ReadCloser: http.MaxBytesReader(w, r.Body, maxBody), m: m}
 			next.ServeHTTP(w, r)
 		})
 	}
 }
 
-func hostOfRequest(r *http.Request) string {
-	for i := len(r.RemoteAddr) - 1; i >= 0; i-- {
-		if r.RemoteAddr[i] == ':' {
-			h := r.RemoteAddr[:i]
-			if len(h) > 1 && h[0] == '[' {
-				h = h[1 : len(h)-1]
-			}
-			return h
-		}
+// countedLimit counts a body that turns out too large while it is read (chunked bodies
+// declare no length up front). The handler sees the *http.MaxBytesError and answers 413.
+type countedLimit struct {
+	io.ReadCloser
+	m       *Metrics
+	counted bool
+}
+
+func (c *countedLimit) Read(p []byte) (int, error) {
+	n, err := c.ReadCloser.Read(p)
+	var tooLarge *http.MaxBytesError
+	if err != nil && !c.counted && errors.As(err, &tooLarge) {
+		c.counted = true
+		c.m.Reject(ReasonBodyTooLarge)
 	}
-	return r.RemoteAddr
+	return n, err
 }

@@ -2,13 +2,10 @@ package engine
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
 	"path/filepath"
 	"strconv"
 	"time"
@@ -17,12 +14,13 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/penstock/penstock/internal/config"
+	"github.com/penstock/penstock/internal/datadir"
 	"github.com/penstock/penstock/internal/redact"
 )
 
 // TokenFile, inside the data directory, holds the credential that binds a connection to an
 // account of the embedded server. Penstock uses it in-process; an operator who enabled
-// engine.client_listen can use it with any NATS client (user = account name, password = token).
+// engine.client_listen can use it with any NATS client as user "platform".
 const TokenFile = "engine.token"
 
 type embedded struct {
@@ -41,7 +39,7 @@ func startEmbedded(o Options) (*embedded, error) {
 	if err != nil {
 		return nil, fmt.Errorf("engine.sync_interval: %w", err)
 	}
-	token, err := LoadOrCreateKeyFile(filepath.Join(o.DataDir, TokenFile))
+	token, err := datadir.LoadOrCreateKey(filepath.Join(o.DataDir, TokenFile))
 	if err != nil {
 		return nil, err
 	}
@@ -125,7 +123,9 @@ func (em *embedded) close() {
 }
 
 // authenticator binds a connection to the account named as its user, if it presents the
-// engine token and the account exists. It never leaves a connection in the global account.
+// engine token and the account exists. Penstock's own in-process connections may bind to any
+// account; a connection over the network (engine.client_listen) only to the platform account.
+// No connection is ever left in the global or system account.
 type authenticator struct {
 	token redact.Secret
 	srv   *server.Server
@@ -136,6 +136,9 @@ func (a *authenticator) Check(c server.ClientAuthentication) bool {
 	if o == nil || !a.token.Equal(redact.NewSecret(o.Password)) || !accountName.MatchString(o.Username) {
 		return false
 	}
+	if o.Username != PlatformAccount && !inProcess(c.RemoteAddress()) {
+		return false
+	}
 	acc, err := a.srv.LookupAccount(o.Username)
 	if err != nil {
 		return false
@@ -144,53 +147,10 @@ func (a *authenticator) Check(c server.ClientAuthentication) bool {
 	return true
 }
 
-// LoadOrCreateKeyFile reads a hex-encoded 256-bit secret, creating the file with 0600
-// permissions if it does not exist. A file readable by group or others is refused.
-func LoadOrCreateKeyFile(path string) (redact.Secret, error) {
-	b, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		raw := make([]byte, 32)
-		if _, err := rand.Read(raw); err != nil {
-			return redact.Secret{}, fmt.Errorf("generate %s: %w", filepath.Base(path), err)
-		}
-		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-			return redact.Secret{}, err
-		}
-		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-		if err != nil {
-			return redact.Secret{}, fmt.Errorf("create %s: %w", path, err)
-		}
-		if _, err := f.WriteString(hex.EncodeToString(raw) + "\n"); err != nil {
-			f.Close()
-			return redact.Secret{}, fmt.Errorf("write %s: %w", path, err)
-		}
-		if err := f.Sync(); err != nil {
-			f.Close()
-			return redact.Secret{}, fmt.Errorf("sync %s: %w", path, err)
-		}
-		if err := f.Close(); err != nil {
-			return redact.Secret{}, err
-		}
-		return LoadOrCreateKeyFile(path)
-	}
-	if err != nil {
-		return redact.Secret{}, fmt.Errorf("read %s: %w", path, err)
-	}
-	st, err := os.Stat(path)
-	if err != nil {
-		return redact.Secret{}, err
-	}
-	if st.Mode().Perm()&0o077 != 0 {
-		return redact.Secret{}, fmt.Errorf("%s is readable by group or others (mode %04o): run chmod 600 on it", path, st.Mode().Perm())
-	}
-	s := string(b)
-	for len(s) > 0 && (s[len(s)-1] == '\n' || s[len(s)-1] == '\r') {
-		s = s[:len(s)-1]
-	}
-	if raw, err := hex.DecodeString(s); err != nil || len(raw) != 32 {
-		return redact.Secret{}, fmt.Errorf("%s: must hold 64 hex characters (a 256-bit key)", path)
-	}
-	return redact.NewSecret(s), nil
+// inProcess reports whether a client connected through nats.InProcessServer, which uses an
+// in-memory pipe rather than a socket.
+func inProcess(addr net.Addr) bool {
+	return addr != nil && addr.Network() == "pipe"
 }
 
 // natsLogger sends the NATS server's log lines to slog. Its notices (the start-up banner,

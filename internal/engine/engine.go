@@ -29,6 +29,9 @@ const healthBucket = "penstock_health"
 // drainTimeout bounds how long Close waits for in-flight publishes and acknowledgements.
 const drainTimeout = 10 * time.Second
 
+// ErrClosed is returned by an engine after Close.
+var ErrClosed = errors.New("engine closed")
+
 // ErrAccountUnavailable means the engine cannot provide the named account (an external server
 // whose accounts are fixed by its operator).
 var ErrAccountUnavailable = errors.New("account not available on this engine")
@@ -63,8 +66,9 @@ type Engine struct {
 	replicas int
 	nodeID   string
 
-	mu    sync.Mutex
-	cache map[string]*Account
+	mu     sync.Mutex
+	cache  map[string]*Account
+	closed bool
 
 	health    jetstream.KeyValue
 	closeOnce sync.Once
@@ -123,6 +127,22 @@ func (e *Engine) ClientURL() string {
 	return e.embedded.ns.ClientURL()
 }
 
+// Durability is the fsync policy acknowledged writes get, as the running server reports it:
+// "always", an interval such as "1s", or "external" when another server decides.
+func (e *Engine) Durability() string {
+	if e.embedded == nil {
+		return "external"
+	}
+	jc := e.embedded.ns.JetStreamConfig()
+	if jc == nil {
+		return "unknown"
+	}
+	if jc.SyncAlways {
+		return "always"
+	}
+	return jc.SyncInterval.String()
+}
+
 // Account returns the named account, creating it on the embedded engine if it is new.
 func (e *Engine) Account(ctx context.Context, name string) (*Account, error) {
 	if !accountName.MatchString(name) {
@@ -130,6 +150,9 @@ func (e *Engine) Account(ctx context.Context, name string) (*Account, error) {
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if e.closed {
+		return nil, ErrClosed
+	}
 	if a, ok := e.cache[name]; ok {
 		return a, nil
 	}
@@ -154,6 +177,12 @@ func (e *Engine) Account(ctx context.Context, name string) (*Account, error) {
 // Ready proves the engine is reachable and writable: it writes this node's key in the health
 // bucket and reads it back.
 func (e *Engine) Ready(ctx context.Context) error {
+	e.mu.Lock()
+	closed := e.closed
+	e.mu.Unlock()
+	if closed {
+		return ErrClosed
+	}
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	stamp := []byte(time.Now().UTC().Format(time.RFC3339Nano))
@@ -176,6 +205,7 @@ func (e *Engine) Ready(ctx context.Context) error {
 func (e *Engine) Close() {
 	e.closeOnce.Do(func() {
 		e.mu.Lock()
+		e.closed = true
 		for _, a := range e.cache {
 			_ = a.nc.Drain()
 		}

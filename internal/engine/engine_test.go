@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/penstock/penstock/internal/config"
+	"github.com/penstock/penstock/internal/datadir"
 	"github.com/penstock/penstock/internal/engine"
 	"github.com/penstock/penstock/internal/redact"
 	"github.com/penstock/penstock/internal/testenv"
@@ -24,7 +25,7 @@ import (
 
 func storeKey(t *testing.T) redact.Secret {
 	t.Helper()
-	k, err := engine.LoadOrCreateKeyFile(filepath.Join(t.TempDir(), "store.key"))
+	k, err := datadir.LoadOrCreateKey(filepath.Join(t.TempDir(), "store.key"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -277,6 +278,30 @@ func TestEmbeddedRestartAndStoreEncryption(t *testing.T) {
 	}
 }
 
+// The durability the running server reports is the configured one, read back from the
+// server, not from Penstock's own configuration.
+func TestDurabilityIsWhatTheServerRuns(t *testing.T) {
+	for sync, want := range map[string]string{"always": "always", "1s": "1s"} {
+		e := openEmbedded(t, t.TempDir(), storeKey(t), func(c *config.Engine) { c.SyncInterval = sync })
+		if got := e.Durability(); got != want {
+			t.Errorf("sync_interval %s: server runs %s", sync, got)
+		}
+		e.Close()
+	}
+}
+
+func TestClosedEngineRefusesWork(t *testing.T) {
+	e := openEmbedded(t, t.TempDir(), storeKey(t), nil)
+	e.Close()
+	ctx := context.Background()
+	if _, err := e.Account(ctx, engine.PlatformAccount); !errors.Is(err, engine.ErrClosed) {
+		t.Fatalf("Account after Close: %v", err)
+	}
+	if err := e.Ready(ctx); !errors.Is(err, engine.ErrClosed) {
+		t.Fatalf("Ready after Close: %v", err)
+	}
+}
+
 func TestEmbeddedWrongStoreKeyFails(t *testing.T) {
 	dir := t.TempDir()
 	e := openEmbedded(t, dir, storeKey(t), nil)
@@ -322,8 +347,11 @@ func TestEmbeddedClientListen(t *testing.T) {
 	if !strings.HasPrefix(url, "nats://127.0.0.1:") {
 		t.Fatalf("client URL = %q", url)
 	}
-	token, err := engine.LoadOrCreateKeyFile(filepath.Join(dir, engine.TokenFile))
+	token, err := datadir.LoadOrCreateKey(filepath.Join(dir, engine.TokenFile))
 	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Account(context.Background(), "tenant-a"); err != nil {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct {
@@ -334,6 +362,8 @@ func TestEmbeddedClientListen(t *testing.T) {
 		{"wrong token", "platform", strings.Repeat("0", 64), false},
 		{"unknown account", "nobody", token.Reveal(), false},
 		{"global account", "$G", token.Reveal(), false},
+		{"system account", "$SYS", token.Reveal(), false},
+		{"existing tenant account over the network", "tenant-a", token.Reveal(), false},
 		{"platform", "platform", token.Reveal(), true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -353,33 +383,5 @@ func TestEmbeddedClientListen(t *testing.T) {
 				}
 			}
 		})
-	}
-}
-
-func TestKeyFile(t *testing.T) {
-	dir := t.TempDir()
-	p := filepath.Join(dir, "k")
-	k1, err := engine.LoadOrCreateKeyFile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, _ := os.Stat(p)
-	if st.Mode().Perm() != 0o600 {
-		t.Fatalf("mode %o, want 600", st.Mode().Perm())
-	}
-	k2, err := engine.LoadOrCreateKeyFile(p)
-	if err != nil || !k1.Equal(k2) {
-		t.Fatalf("second load: %v, equal=%v", err, k1.Equal(k2))
-	}
-	if err := os.Chmod(p, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := engine.LoadOrCreateKeyFile(p); err == nil || !strings.Contains(err.Error(), "chmod 600") {
-		t.Fatalf("world-readable key file: %v", err)
-	}
-	bad := filepath.Join(dir, "bad")
-	os.WriteFile(bad, []byte("short\n"), 0o600)
-	if _, err := engine.LoadOrCreateKeyFile(bad); err == nil || !strings.Contains(err.Error(), "64 hex") {
-		t.Fatalf("garbage key file: %v", err)
 	}
 }

@@ -20,6 +20,22 @@ type Config struct {
 	API     API     `koanf:"api"`
 	Metrics Metrics `koanf:"metrics"`
 	Engine  Engine  `koanf:"engine"`
+	Keyring Keyring `koanf:"keyring"`
+}
+
+// Keyring selects the master key (key-encryption key) that wraps every data key. With nothing
+// set, Penstock keeps it in data_dir/master.key (created on first start, 0600).
+type Keyring struct {
+	// MasterKey is a 256-bit key, 64 hex characters or base64; set it through
+	// PENSTOCK_KEYRING_MASTER_KEY rather than the file.
+	MasterKey redact.Secret `koanf:"master_key"`
+	// KMSURL keeps the master key in a KMS: awskms://, gcpkms://, azurekeyvault://,
+	// hashivault://, or base64key:// (a local key, for tests). It may hold credentials.
+	KMSURL redact.Secret `koanf:"kms_url"`
+	// PreviousMasterKey and PreviousKMSURL name the key being replaced during a rotation of a
+	// master_key or kms_url: everything it wrapped is rewrapped at start, then it can go.
+	PreviousMasterKey redact.Secret `koanf:"previous_master_key"`
+	PreviousKMSURL    redact.Secret `koanf:"previous_kms_url"`
 }
 
 // Log configures the structured JSON log on standard error.

@@ -2,12 +2,15 @@ package config
 
 import (
 	"fmt"
+
 	"net"
 	"net/url"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/penstock/penstock/internal/redact"
 )
 
 // FieldError is one problem with one configuration key.
@@ -83,6 +86,7 @@ func (c Config) validate() FieldErrors {
 		}
 	}
 	c.Engine.validate(&v)
+	c.Keyring.validate(&v)
 	return v.errs
 }
 
@@ -223,4 +227,24 @@ func isLoopback(hostport string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+func (k Keyring) validate(v *validator) {
+	if !k.MasterKey.IsZero() && !k.KMSURL.IsZero() {
+		v.add("keyring", "set master_key or kms_url, not both")
+	}
+	if !k.PreviousMasterKey.IsZero() && !k.PreviousKMSURL.IsZero() {
+		v.add("keyring", "set previous_master_key or previous_kms_url, not both")
+	}
+	if k.MasterKey.IsZero() && k.KMSURL.IsZero() && (!k.PreviousMasterKey.IsZero() || !k.PreviousKMSURL.IsZero()) {
+		v.add("keyring", "a previous key needs master_key or kms_url: the key file rotates with penstock keys rotate-master")
+	}
+	for path, s := range map[string]redact.Secret{"keyring.kms_url": k.KMSURL, "keyring.previous_kms_url": k.PreviousKMSURL} {
+		if s.IsZero() {
+			continue
+		}
+		if u, err := url.Parse(s.Reveal()); err != nil || u.Scheme == "" {
+			v.add(path, "must be a URL such as awskms://, gcpkms://, azurekeyvault://, hashivault:// or base64key://")
+		}
+	}
 }

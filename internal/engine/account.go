@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -50,4 +51,34 @@ func (a *Account) Stream(ctx context.Context, cfg jetstream.StreamConfig) (jetst
 		return nil, fmt.Errorf("stream %q: %w", cfg.Name, err)
 	}
 	return s, nil
+}
+
+// ErasableKeyValue is a KV bucket whose messages may be erased (overwritten on disk) with
+// SecureDeleteMsg: the stream has the layout KV buckets use but without deny_delete, which a
+// plain KV bucket sets and can never drop. Keys that must be shreddable live in one.
+func (a *Account) ErasableKeyValue(ctx context.Context, bucket, description string) (jetstream.KeyValue, error) {
+	_, err := a.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:              "KV_" + bucket,
+		Description:       description,
+		Subjects:          []string{"$KV." + bucket + ".>"},
+		MaxMsgsPerSubject: 1,
+		MaxBytes:          -1,
+		MaxMsgSize:        -1,
+		MaxMsgs:           -1,
+		MaxConsumers:      -1,
+		Storage:           jetstream.FileStorage,
+		Replicas:          a.replicas,
+		AllowRollup:       true,
+		AllowDirect:       true,
+		Duplicates:        2 * time.Minute,
+		Discard:           jetstream.DiscardNew,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("key-value bucket %q: %w", bucket, err)
+	}
+	kv, err := a.js.KeyValue(ctx, bucket)
+	if err != nil {
+		return nil, fmt.Errorf("key-value bucket %q: %w", bucket, err)
+	}
+	return kv, nil
 }

@@ -53,6 +53,7 @@ func startEmbedded(o Options) (*embedded, error) {
 		JetStreamMaxMemory: o.Config.MaxMemory,
 		JetStreamCipher:    server.AES,
 		JetStreamKey:       o.StoreKey.Reveal(),
+		JetStreamOldKey:    o.PreviousStoreKey.Reveal(),
 		NoSigs:             true,
 		DontListen:         true,
 		// Every account binding goes through authenticator; no connection lands in the

@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"regexp"
 	"sync"
 	"time"
@@ -53,7 +55,10 @@ type Options struct {
 	Config  config.Engine
 	// StoreKey encrypts the embedded JetStream store. Required for the embedded engine.
 	StoreKey redact.Secret
-	Logger   *slog.Logger
+	// PreviousStoreKey, after a key rotation, is the key the store was written with:
+	// JetStream reads with it and converts the store to StoreKey as it opens.
+	PreviousStoreKey redact.Secret
+	Logger           *slog.Logger
 	// NodeID names this process in readiness records; defaults to the server's ID.
 	NodeID string
 }
@@ -104,6 +109,14 @@ func Open(ctx context.Context, o Options) (*Engine, error) {
 		e.Close()
 		return nil, err
 	}
+	if e.embedded != nil {
+		// Recover every account's streams now, not on first use: a store key rotation
+		// converts only what is opened while the previous key is given.
+		if err := e.openStoredAccounts(ctx, o.DataDir); err != nil {
+			e.Close()
+			return nil, err
+		}
+	}
 	e.health, err = plat.KeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:      healthBucket,
 		Description: "readiness probes: one key per node",
@@ -114,6 +127,21 @@ func Open(ctx context.Context, o Options) (*Engine, error) {
 		return nil, fmt.Errorf("create health bucket: %w", err)
 	}
 	return e, nil
+}
+
+func (e *Engine) openStoredAccounts(ctx context.Context, dataDir string) error {
+	entries, err := os.ReadDir(filepath.Join(dataDir, "jetstream"))
+	if err != nil {
+		return fmt.Errorf("list stored accounts: %w", err)
+	}
+	for _, de := range entries {
+		if de.IsDir() && accountName.MatchString(de.Name()) {
+			if _, err := e.Account(ctx, de.Name()); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // Embedded reports whether this process runs the NATS server.

@@ -1,0 +1,99 @@
+// Package keyring owns Penstock's keys and every encryption of stored data: the master key
+// (key-encryption key) from a file, the environment or a KMS; per-scope data keys (Tink AEAD
+// keysets) wrapped by it; sealing records bound to their identity; rotation, re-encryption,
+// crypto-shredding; and the embedded JetStream's store key. It is the only package that
+// encrypts; it never logs, returns or stores key material in the clear.
+package keyring
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/penstock/penstock/internal/engine"
+)
+
+// Errors a caller can act on. None carries key material or plaintext.
+var (
+	// ErrDestroyed means the scope's keys were destroyed: its data is gone for good.
+	ErrDestroyed = errors.New("scope deleted: its keys were destroyed")
+	// ErrDecrypt means the ciphertext does not authenticate: tampered, or moved to another
+	// record, kind or scope.
+	ErrDecrypt = errors.New("ciphertext does not authenticate for this record")
+	// ErrMalformed means the bytes are not a Penstock ciphertext (truncated or garbage).
+	ErrMalformed = errors.New("not a penstock ciphertext")
+	// ErrUnknownKeyVersion means the ciphertext names a key version the scope does not have.
+	ErrUnknownKeyVersion = errors.New("ciphertext names an unknown key version")
+	// ErrNoKey means the scope has no data key yet, so nothing can have been sealed with it.
+	ErrNoKey = errors.New("scope has no data key")
+)
+
+// bucket holds wrapped data keys, tombstones of destroyed scopes and re-encryption jobs.
+const bucket = "penstock_keyring"
+
+// Keyring seals and opens records with per-scope data keys.
+type Keyring struct {
+	masters *masters
+	plat    *engine.Account
+	kv      jetstream.KeyValue
+	log     *slog.Logger
+
+	mu     sync.Mutex
+	cache  map[string]*dataKey // by scope key
+	stores map[string]*Sealed  // registered sealed stores, by bucket
+
+	jobs     sync.WaitGroup
+	jobCtx   context.Context
+	stopJobs context.CancelFunc
+	// afterRecord, when set by tests, runs after each record a job rewraps.
+	afterRecord func(done int)
+}
+
+// Master is the loaded master key, before the engine opens: the engine's store key is sealed
+// by it.
+type Master struct {
+	ms    *masters
+	store *storeKeys
+}
+
+// Options configure New.
+type Options struct {
+	Master   *Master
+	Platform *engine.Account
+	Logger   *slog.Logger
+}
+
+// New opens the keyring on the platform account: its bucket, and any re-encryption or master
+// rotation left unfinished by a previous process, which resume in the background.
+func New(ctx context.Context, o Options) (*Keyring, error) {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	kv, err := o.Platform.ErasableKeyValue(ctx, bucket, "data keys wrapped by the master key; tombstones; re-encryption jobs")
+	if err != nil {
+		return nil, fmt.Errorf("keyring: %w", err)
+	}
+	jctx, cancel := context.WithCancel(context.Background())
+	k := &Keyring{
+		masters: o.Master.ms, plat: o.Platform, kv: kv, log: o.Logger,
+		cache: map[string]*dataKey{}, stores: map[string]*Sealed{},
+		jobCtx: jctx, stopJobs: cancel,
+	}
+	if k.masters.previous != nil {
+		if err := k.finishMasterRotation(ctx, o.Master); err != nil {
+			cancel()
+			return nil, err
+		}
+	}
+	return k, nil
+}
+
+// Close stops background jobs (they resume at the next start) and waits for them.
+func (k *Keyring) Close() {
+	k.stopJobs()
+	k.jobs.Wait()
+}

@@ -1,0 +1,145 @@
+package keyring
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/penstock/penstock/internal/datadir"
+	"github.com/penstock/penstock/internal/redact"
+)
+
+// ErrRotateConfigured means the master key comes from configuration (an environment key or a
+// KMS), which Penstock cannot change: the operator rotates it through keyring.previous_*.
+var ErrRotateConfigured = errors.New("the master key comes from keyring.master_key or keyring.kms_url: " +
+	"set the new key there and the old one in keyring.previous_master_key or keyring.previous_kms_url, then restart")
+
+// RotateMaster replaces the master key file with a new key while Penstock runs: every data key
+// is rewrapped under the new key, the engine's store key is replaced (the store converts at
+// the next start, with the old key kept until then), then the new key file takes the old
+// one's place. Interrupted, it resumes at the next start.
+func (k *Keyring) RotateMaster(ctx context.Context, m *Master) error {
+	ms := k.masters
+	if !ms.fromFile {
+		return ErrRotateConfigured
+	}
+	ms.mu.Lock()
+	if !ms.fileRotation {
+		next := filepath.Join(ms.dataDir, masterKeyNextFile)
+		raw := make([]byte, 32)
+		if _, err := rand.Read(raw); err != nil {
+			ms.mu.Unlock()
+			return fmt.Errorf("generate master key: %w", err)
+		}
+		if err := datadir.WriteFile(next, []byte(hex.EncodeToString(raw)+"\n"), 0o600, false); err != nil {
+			ms.mu.Unlock()
+			return err
+		}
+		nm, err := rawMaster(redact.NewSecret(hex.EncodeToString(raw)), "file")
+		if err != nil {
+			ms.mu.Unlock()
+			return err
+		}
+		ms.previous.close()
+		ms.previous, ms.current, ms.fileRotation = ms.current, nm, true
+	}
+	ms.mu.Unlock()
+	return k.finishMasterRotation(ctx, m)
+}
+
+// finishMasterRotation moves everything wrapped by the previous master key to the current
+// one. It is idempotent: each step checks what is already done.
+func (k *Keyring) finishMasterRotation(ctx context.Context, m *Master) error {
+	ms := k.masters
+	cur := ms.cur()
+	keys, err := k.scopeKeys(ctx)
+	if err != nil {
+		return err
+	}
+	rewrapped := 0
+	for _, key := range keys {
+		done, err := k.rewrapScope(ctx, key, cur)
+		if err != nil {
+			return err
+		}
+		if done {
+			rewrapped++
+		}
+	}
+	sk := m.store
+	if sk.kek != cur.id {
+		if !sk.inUse.IsZero() {
+			// A new store key, and the one the engine runs with as the previous key.
+			nk, err := randomKey()
+			if err != nil {
+				return err
+			}
+			sk.current, sk.previous = nk, sk.inUse
+		}
+		if err := sk.write(ctx, cur); err != nil {
+			return err
+		}
+	}
+	ms.mu.Lock()
+	defer ms.mu.Unlock()
+	if ms.fileRotation {
+		next, file := filepath.Join(ms.dataDir, masterKeyNextFile), filepath.Join(ms.dataDir, MasterKeyFile)
+		if err := os.Rename(next, file); err != nil {
+			return fmt.Errorf("install new master key: %w", err)
+		}
+		if err := datadir.SyncDir(ms.dataDir); err != nil {
+			return err
+		}
+		ms.previous.close()
+		ms.previous, ms.fileRotation = nil, false
+	}
+	k.log.Info("master key rotated", "master", cur.id, "data_keys_rewrapped", rewrapped)
+	return nil
+}
+
+// rewrapScope rewraps one scope record under cur if another master key wrapped it.
+func (k *Keyring) rewrapScope(ctx context.Context, key string, cur *master) (bool, error) {
+	for attempt := 0; ; attempt++ {
+		if attempt == 10 {
+			return false, fmt.Errorf("keyring: rewrap %s: keeps changing, try again", key)
+		}
+		e, err := k.kv.Get(ctx, key)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			return false, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		var rec scopeRecord
+		if err := json.Unmarshal(e.Value(), &rec); err != nil {
+			return false, fmt.Errorf("keyring: %s: %w", key, err)
+		}
+		if !rec.Destroyed.IsZero() || rec.KEK == cur.id {
+			return false, nil
+		}
+		s, err := scopeFromKey(key[len("scope."):])
+		if err != nil {
+			return false, err
+		}
+		dk, err := k.unwrap(ctx, s, e)
+		if err != nil {
+			return false, err
+		}
+		b, err := k.wrap(ctx, s, dk.handle, &rec)
+		if err != nil {
+			return false, err
+		}
+		if _, err := k.kv.Update(ctx, key, b, e.Revision()); err == nil {
+			k.forget(s)
+			return true, nil
+		}
+		// Changed meanwhile (a rotation of this scope): read it again.
+	}
+}

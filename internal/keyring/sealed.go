@@ -1,0 +1,172 @@
+package keyring
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Sealed is a KV bucket of records sealed with their scope's data key: the building block of
+// every store that keeps customer data or credentials. Re-encryption jobs walk every Sealed
+// store the keyring has opened.
+type Sealed struct {
+	k    *Keyring
+	kv   jetstream.KeyValue
+	kind string
+}
+
+// Entry describes a sealed record without its value.
+type Entry struct {
+	ID         string
+	Revision   uint64
+	Updated    time.Time
+	KeyVersion int
+}
+
+var idPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,128}$`)
+
+// ErrNotFound means no record has that id in that scope.
+var ErrNotFound = errors.New("record not found")
+
+// Sealed opens (creating if needed) a bucket in the platform account whose records are of
+// kind, and registers it for re-encryption.
+func (k *Keyring) Sealed(ctx context.Context, bucketName, kind string) (*Sealed, error) {
+	if !kindPattern.MatchString(kind) {
+		return nil, fmt.Errorf("kind %q: must be 1-63 of a-z, 0-9, _, . and -", kind)
+	}
+	kv, err := k.plat.KeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucketName, History: 1,
+		Description: kind + " records, sealed with their scope's data key"})
+	if err != nil {
+		return nil, err
+	}
+	s := &Sealed{k: k, kv: kv, kind: kind}
+	k.mu.Lock()
+	k.stores[bucketName] = s
+	k.mu.Unlock()
+	return s, nil
+}
+
+func checkID(id string) error {
+	if !idPattern.MatchString(id) {
+		return fmt.Errorf("name %q: must be 1-128 of A-Z, a-z, 0-9, _ and -", id)
+	}
+	return nil
+}
+
+func sealedKey(sc Scope, id string) string { return sc.key() + "." + id }
+
+// Put seals value and stores it, returning the record's new revision.
+func (s *Sealed) Put(ctx context.Context, sc Scope, id string, value []byte) (uint64, error) {
+	if err := checkID(id); err != nil {
+		return 0, err
+	}
+	ct, err := s.k.Seal(ctx, sc, s.kind, id, value)
+	if err != nil {
+		return 0, err
+	}
+	return s.kv.Put(ctx, sealedKey(sc, id), ct)
+}
+
+// Get opens a record.
+func (s *Sealed) Get(ctx context.Context, sc Scope, id string) ([]byte, Entry, error) {
+	if err := checkID(id); err != nil {
+		return nil, Entry{}, err
+	}
+	if err := sc.Validate(); err != nil {
+		return nil, Entry{}, err
+	}
+	e, err := s.kv.Get(ctx, sealedKey(sc, id))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		if err := s.k.checkDestroyed(ctx, sc); err != nil {
+			return nil, Entry{}, err
+		}
+		return nil, Entry{}, ErrNotFound
+	}
+	if err != nil {
+		return nil, Entry{}, fmt.Errorf("read %s: %w", s.kind, err)
+	}
+	pt, err := s.k.Unseal(ctx, sc, s.kind, id, e.Value())
+	if err != nil {
+		return nil, Entry{}, err
+	}
+	return pt, s.entry(ctx, sc, e), nil
+}
+
+// Delete removes a record and its history.
+func (s *Sealed) Delete(ctx context.Context, sc Scope, id string) error {
+	if err := checkID(id); err != nil {
+		return err
+	}
+	if err := sc.Validate(); err != nil {
+		return err
+	}
+	if _, err := s.kv.Get(ctx, sealedKey(sc, id)); errors.Is(err, jetstream.ErrKeyNotFound) {
+		return ErrNotFound
+	}
+	return s.kv.Purge(ctx, sealedKey(sc, id))
+}
+
+// List describes the scope's records, sorted by id. A destroyed scope yields ErrDestroyed.
+func (s *Sealed) List(ctx context.Context, sc Scope) ([]Entry, error) {
+	if err := sc.Validate(); err != nil {
+		return nil, err
+	}
+	if err := s.k.checkDestroyed(ctx, sc); err != nil {
+		return nil, err
+	}
+	keys, err := s.keys(ctx, sc)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Entry, 0, len(keys))
+	for _, key := range keys {
+		e, err := s.kv.Get(ctx, key)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, s.entry(ctx, sc, e))
+	}
+	return out, nil
+}
+
+// keys lists the bucket keys of the scope's own records (not those of scopes under it), sorted.
+func (s *Sealed) keys(ctx context.Context, sc Scope) ([]string, error) {
+	lister, err := s.kv.ListKeysFiltered(ctx, sc.key()+".*")
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", s.kind, err)
+	}
+	var keys []string
+	for key := range lister.Keys() {
+		keys = append(keys, key)
+	}
+	sort.Strings(keys)
+	return keys, nil
+}
+
+func (s *Sealed) entry(ctx context.Context, sc Scope, e jetstream.KeyValueEntry) Entry {
+	out := Entry{ID: e.Key()[strings.LastIndexByte(e.Key(), '.')+1:], Revision: e.Revision(), Updated: e.Created()}
+	if id, err := KeyID(e.Value()); err == nil {
+		if dk, err := s.k.dataKeyFor(ctx, sc, false); err == nil {
+			out.KeyVersion = dk.versions[id]
+		}
+	}
+	return out
+}
+
+// checkDestroyed returns ErrDestroyed if the scope or one above it was destroyed.
+func (k *Keyring) checkDestroyed(ctx context.Context, sc Scope) error {
+	_, err := k.dataKeyFor(ctx, sc, false)
+	if errors.Is(err, ErrDestroyed) {
+		return err
+	}
+	return nil
+}

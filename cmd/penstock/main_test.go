@@ -385,7 +385,7 @@ func TestStartupRefusesBadConfigAndUnsafeKeys(t *testing.T) {
 	if err := p.stop(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	os.Chmod(filepath.Join(dir, "jetstream.key"), 0o644)
+	os.Chmod(filepath.Join(dir, "master.key"), 0o644)
 	out, err = exec.Command(binary, "serve", "--data-dir", dir, "--listen", "127.0.0.1:0").CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "readable by group or others") {
 		t.Fatalf("started with a world-readable key file: %v\n%s", err, out)
@@ -403,7 +403,8 @@ func TestSecretsNeverLeave(t *testing.T) {
 		t.Fatal(err)
 	}
 	token := strings.TrimSpace(string(tokenBytes))
-	storeKey, _ := os.ReadFile(filepath.Join(engineDir, "jetstream.key"))
+	masterKey, _ := os.ReadFile(filepath.Join(engineDir, "master.key"))
+	adminToken, _ := os.ReadFile(filepath.Join(engineDir, "admin.token"))
 	const wrong = "planted-wrong-password-31f7"
 
 	clientDir := t.TempDir()
@@ -435,7 +436,9 @@ func TestSecretsNeverLeave(t *testing.T) {
 	if !strings.Contains(p.logs.String(), `"engine.nats_password":"[redacted]"`) {
 		t.Fatalf("start-up configuration line missing or unredacted:\n%s", p.logs.String())
 	}
-	for name, secret := range map[string]string{"engine token": token, "store key": strings.TrimSpace(string(storeKey))} {
+	for name, secret := range map[string]string{
+		"engine token": token, "master key": strings.TrimSpace(string(masterKey)), "admin token": strings.TrimSpace(string(adminToken)),
+	} {
 		if strings.Contains(logs, secret) {
 			t.Errorf("the %s appears in the logs", name)
 		}

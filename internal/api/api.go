@@ -17,6 +17,8 @@ import (
 
 	"github.com/penstock/penstock/internal/config"
 	"github.com/penstock/penstock/internal/edge"
+	"github.com/penstock/penstock/internal/keyring"
+	"github.com/penstock/penstock/internal/secrets"
 )
 
 // Readiness is what /readyz asks: can the engine be written to and read from now.
@@ -32,6 +34,13 @@ type Options struct {
 	Limits   config.Limits
 	Edge     *edge.Metrics
 	Registry prometheus.Registerer
+
+	// AdminTokenHash is the SHA-256 of the platform administrator's bootstrap token, which
+	// every /v1/ route requires.
+	AdminTokenHash [32]byte
+	Keyring        *keyring.Keyring
+	Master         *keyring.Master
+	Secrets        *secrets.Store
 }
 
 // Handler builds the API's http.Handler: edge request limits, panic recovery, access log and
@@ -42,9 +51,14 @@ func Handler(o Options) http.Handler {
 	cfg.CreateHooks = nil // no $schema links in bodies
 	cfg.DocsPath = ""     // the docs page loads scripts from a CDN; the spec is at /openapi.json
 	cfg.Info.Description = "Penstock: secure multi-tenant message fabric and ETL pipelines."
+	cfg.Components.SecuritySchemes = map[string]*huma.SecurityScheme{
+		"adminToken": {Type: "http", Scheme: "bearer", Description: "the platform administrator's token (data_dir/admin.token)"},
+	}
 	hapi := humago.New(mux, cfg)
 
 	registerHealth(hapi, o)
+	registerKeys(hapi, o)
+	registerSecrets(hapi, o)
 
 	requests := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "penstock_http_requests_total",
@@ -58,6 +72,7 @@ func Handler(o Options) http.Handler {
 	o.Registry.MustRegister(requests, latency)
 
 	var h http.Handler = jsonMuxErrors(mux)
+	h = requireAdmin(h, o.AdminTokenHash)
 	h = observe(h, o.Logger, requests, latency)
 	h = recoverPanics(h, o.Logger)
 	h = edge.Requests(o.Limits, o.Edge, func(w http.ResponseWriter, _ *http.Request, status int, code, msg string) {

@@ -4,6 +4,7 @@ package app
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -25,10 +26,14 @@ import (
 	"github.com/penstock/penstock/internal/datadir"
 	"github.com/penstock/penstock/internal/edge"
 	"github.com/penstock/penstock/internal/engine"
+	"github.com/penstock/penstock/internal/keyring"
+	"github.com/penstock/penstock/internal/secrets"
 )
 
-// StoreKeyFile, inside the data directory, encrypts the embedded JetStream store.
-const StoreKeyFile = "jetstream.key"
+// AdminTokenFile, inside the data directory, holds the platform administrator's bootstrap
+// token (256 bits, hex): the bearer token every /v1/ route requires until identity and access
+// arrive. The CLI reads it from there.
+const AdminTokenFile = "admin.token"
 
 // App is one running Penstock process.
 type App struct {
@@ -38,6 +43,8 @@ type App struct {
 	certs *certs.Manager
 
 	lock     *datadir.Lock
+	master   *keyring.Master
+	keys     *keyring.Keyring
 	inflight atomic.Int64 // handlers in progress
 
 	apiSrv     *http.Server
@@ -81,19 +88,45 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 		a.metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute}
 	}
 
+	if a.master, err = keyring.LoadMaster(ctx, cfg.DataDir, cfg.Keyring); err != nil {
+		return nil, err
+	}
 	eo := engine.Options{DataDir: cfg.DataDir, Config: cfg.Engine, Logger: log.With("component", "engine")}
 	if cfg.Engine.Embedded() {
-		if eo.StoreKey, err = datadir.LoadOrCreateKey(filepath.Join(cfg.DataDir, StoreKeyFile)); err != nil {
-			return nil, err
-		}
+		eo.StoreKey, eo.PreviousStoreKey = a.master.StoreKey()
 	}
 	if a.eng, err = engine.Open(ctx, eo); err != nil {
 		return nil, fmt.Errorf("engine: %w", err)
+	}
+	if cfg.Engine.Embedded() {
+		if err := a.master.StoreKeyInUse(ctx); err != nil {
+			return nil, err
+		}
+	}
+	plat, err := a.eng.Account(ctx, engine.PlatformAccount)
+	if err != nil {
+		return nil, err
+	}
+	if a.keys, err = keyring.New(ctx, keyring.Options{Master: a.master, Platform: plat, Logger: log.With("component", "keyring")}); err != nil {
+		return nil, err
+	}
+	store, err := secrets.New(ctx, a.keys)
+	if err != nil {
+		return nil, err
+	}
+	if err := a.keys.ResumeJobs(ctx); err != nil {
+		return nil, err
+	}
+	adminToken, err := datadir.LoadOrCreateKey(filepath.Join(cfg.DataDir, AdminTokenFile))
+	if err != nil {
+		return nil, err
 	}
 
 	handler := api.Handler(api.Options{
 		Version: version, Logger: log.With("component", "api"), Ready: a.eng,
 		Limits: lim, Edge: em, Registry: reg,
+		AdminTokenHash: sha256.Sum256([]byte(adminToken.Reveal())),
+		Keyring:        a.keys, Master: a.master, Secrets: store,
 	})
 	a.apiSrv = &http.Server{
 		Handler:           a.track(handler),
@@ -201,8 +234,14 @@ func (a *App) closeAll() {
 	if a.metricsLn != nil {
 		a.metricsLn.Close()
 	}
+	if a.keys != nil {
+		a.keys.Close() // background jobs first: they write through the engine
+	}
 	if a.eng != nil {
 		a.eng.Close()
+	}
+	if a.master != nil {
+		a.master.Close()
 	}
 	if err := a.lock.Release(); err != nil {
 		a.log.Warn("release data directory lock", "error", err)

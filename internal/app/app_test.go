@@ -19,6 +19,7 @@ import (
 
 	"github.com/penstock/penstock/internal/certs"
 	"github.com/penstock/penstock/internal/config"
+	"github.com/penstock/penstock/internal/keyring"
 	"github.com/penstock/penstock/internal/redact"
 	"github.com/penstock/penstock/internal/testenv"
 )
@@ -536,7 +537,7 @@ func TestSecretsStayOutOfLogsAndResponses(t *testing.T) {
 	})
 	embedded := startApp(t, nil)
 	secrets := []string{planted}
-	for _, f := range []string{StoreKeyFile, "engine.token"} {
+	for _, f := range []string{keyring.MasterKeyFile, AdminTokenFile, "engine.token"} {
 		b, err := os.ReadFile(filepath.Join(embedded.cfg.DataDir, f))
 		if err != nil {
 			t.Fatal(err)

@@ -106,6 +106,9 @@ func (s *Sealed) Delete(ctx context.Context, sc Scope, id string) error {
 	if err := sc.Validate(); err != nil {
 		return err
 	}
+	if err := s.k.checkDestroyed(ctx, sc); err != nil {
+		return err
+	}
 	if _, err := s.kv.Get(ctx, sealedKey(sc, id)); errors.Is(err, jetstream.ErrKeyNotFound) {
 		return ErrNotFound
 	}

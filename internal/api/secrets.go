@@ -1,0 +1,101 @@
+package api
+
+import (
+	"context"
+	"net/http"
+
+	"github.com/danielgtaylor/huma/v2"
+
+	"github.com/penstock/penstock/internal/keyring"
+	"github.com/penstock/penstock/internal/redact"
+	"github.com/penstock/penstock/internal/secrets"
+)
+
+type appPath struct {
+	Tenant      string `path:"tenant" pattern:"^[a-z0-9][a-z0-9-]{0,62}$" doc:"Tenant"`
+	Environment string `path:"environment" pattern:"^[a-z0-9][a-z0-9-]{0,62}$" doc:"Environment"`
+	Application string `path:"application" pattern:"^[a-z0-9][a-z0-9-]{0,62}$" doc:"Application"`
+}
+
+func (p appPath) scope() keyring.Scope {
+	return keyring.Scope{Tenant: p.Tenant, Environment: p.Environment, Application: p.Application}
+}
+
+// secretPath repeats appPath's fields: huma reads parameters from one struct level only.
+type secretPath struct {
+	Tenant      string `path:"tenant" pattern:"^[a-z0-9][a-z0-9-]{0,62}$" doc:"Tenant"`
+	Environment string `path:"environment" pattern:"^[a-z0-9][a-z0-9-]{0,62}$" doc:"Environment"`
+	Application string `path:"application" pattern:"^[a-z0-9][a-z0-9-]{0,62}$" doc:"Application"`
+	Name        string `path:"name" pattern:"^[A-Za-z0-9_-]{1,128}$" doc:"Secret name"`
+}
+
+func (p secretPath) scope() keyring.Scope {
+	return appPath{p.Tenant, p.Environment, p.Application}.scope()
+}
+
+type putSecretInput struct {
+	Tenant      string `path:"tenant" pattern:"^[a-z0-9][a-z0-9-]{0,62}$" doc:"Tenant"`
+	Environment string `path:"environment" pattern:"^[a-z0-9][a-z0-9-]{0,62}$" doc:"Environment"`
+	Application string `path:"application" pattern:"^[a-z0-9][a-z0-9-]{0,62}$" doc:"Application"`
+	Name        string `path:"name" pattern:"^[A-Za-z0-9_-]{1,128}$" doc:"Secret name"`
+	Body        struct {
+		Value string `json:"value" minLength:"1" maxLength:"65536" writeOnly:"true" doc:"The secret value; never returned"`
+	}
+}
+
+type metaOutput struct{ Body secrets.Meta }
+
+type listOutput struct {
+	Body struct {
+		Secrets []secrets.Meta `json:"secrets"`
+	}
+}
+
+const secretsPath = "/v1/tenants/{tenant}/environments/{environment}/applications/{application}/secrets"
+
+func registerSecrets(hapi huma.API, o Options) {
+	huma.Register(hapi, huma.Operation{
+		OperationID: "secret-put", Method: http.MethodPut, Path: secretsPath + "/{name}",
+		Summary: "Store a secret (write-only: its value is never returned)",
+		Tags:    []string{"secrets"}, Security: adminSecurity,
+		Errors: []int{http.StatusGone},
+	}, func(ctx context.Context, in *putSecretInput) (*metaOutput, error) {
+		p := secretPath{in.Tenant, in.Environment, in.Application, in.Name}
+		m, err := o.Secrets.Put(ctx, p.scope(), in.Name, redact.NewSecret(in.Body.Value))
+		if err != nil {
+			return nil, keyError(o, "put secret", err)
+		}
+		return &metaOutput{Body: m}, nil
+	})
+
+	huma.Register(hapi, huma.Operation{
+		OperationID: "secret-list", Method: http.MethodGet, Path: secretsPath,
+		Summary: "List an application's secrets: names, revisions, times, never values",
+		Tags:    []string{"secrets"}, Security: adminSecurity,
+		Errors: []int{http.StatusGone},
+	}, func(ctx context.Context, in *appPath) (*listOutput, error) {
+		list, err := o.Secrets.List(ctx, in.scope())
+		if err != nil {
+			return nil, keyError(o, "list secrets", err)
+		}
+		out := &listOutput{}
+		out.Body.Secrets = list
+		if out.Body.Secrets == nil {
+			out.Body.Secrets = []secrets.Meta{}
+		}
+		return out, nil
+	})
+
+	huma.Register(hapi, huma.Operation{
+		OperationID: "secret-delete", Method: http.MethodDelete, Path: secretsPath + "/{name}",
+		Summary: "Delete a secret",
+		Tags:    []string{"secrets"}, Security: adminSecurity,
+		DefaultStatus: http.StatusNoContent,
+		Errors:        []int{http.StatusNotFound, http.StatusGone},
+	}, func(ctx context.Context, in *secretPath) (*struct{}, error) {
+		if err := o.Secrets.Delete(ctx, in.scope(), in.Name); err != nil {
+			return nil, keyError(o, "delete secret", err)
+		}
+		return nil, nil
+	})
+}

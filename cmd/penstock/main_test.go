@@ -447,3 +447,82 @@ func TestSecretsNeverLeave(t *testing.T) {
 		}
 	}
 }
+
+// cli runs the penstock binary as a client of p, with stdin, and returns its exit code and output.
+func (p *proc) cli(stdin string, args ...string) (int, string) {
+	p.t.Helper()
+	cmd := exec.Command(binary, append(args, "--server", p.api, "--data-dir", p.dataDir)...)
+	cmd.Stdin = strings.NewReader(stdin)
+	out, err := cmd.CombinedOutput()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		p.t.Fatal(err)
+	}
+	return code, string(out)
+}
+
+// The keys and secrets commands against a running server, across a master key rotation and
+// restarts: every secret stays readable, the store opens with its new key, and a destroyed
+// scope answers "deleted".
+func TestKeysAndSecretsCommands(t *testing.T) {
+	dir := t.TempDir()
+	p := serve(t, dir)
+	const value = "cli-secret-value-0c4d"
+	app := "acme/production/billing"
+	for _, step := range []struct {
+		stdin string
+		args  []string
+		code  int
+		want  string
+	}{
+		{value + "\n", []string{"secrets", "put", "--app", app, "db-password"}, 0, "db-password stored"},
+		{"other\n", []string{"secrets", "put", "--app", "globex/test/etl", "token"}, 0, "token stored"},
+		{"", []string{"secrets", "list", "--app", app}, 0, "db-password"},
+		{"", []string{"keys", "rotate", "--scope", app}, 0, "version 2"},
+		{"", []string{"keys", "rotate-master"}, 0, "master key is now local:"},
+		{"", []string{"keys", "status"}, 0, "acme/production/billing  2"},
+		{"", []string{"keys", "rotate", "--scope", "Bad/Scope"}, 1, "body.scope"},
+		{"", []string{"secrets", "put", "--app", "acme/production", "x"}, 1, "tenant/environment/application"},
+	} {
+		code, out := p.cli(step.stdin, step.args...)
+		if code != step.code || !strings.Contains(out, step.want) {
+			t.Fatalf("penstock %s: exit %d, want %d with %q:\n%s", strings.Join(step.args, " "), code, step.code, step.want, out)
+		}
+		if strings.Contains(out, value) {
+			t.Fatalf("penstock %s printed the secret value", strings.Join(step.args, " "))
+		}
+	}
+	if err := p.stop(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+
+	// Restart twice: the first start converts the store to the key made by rotate-master, the
+	// second needs no old key.
+	for i := range 2 {
+		p = serve(t, dir)
+		code, out := p.cli("", "secrets", "list", "--app", app)
+		if code != 0 || !strings.Contains(out, "db-password") || !strings.Contains(out, "  2\n") {
+			t.Fatalf("restart %d: list: %d\n%s\n%s", i, code, out, p.logs.String())
+		}
+		if i == 0 {
+			if err := p.stop(syscall.SIGTERM); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if code, out := p.cli("", "keys", "destroy", "--scope", "acme", "--confirm", "acme"); code != 0 {
+		t.Fatalf("destroy: %d %s", code, out)
+	}
+	code, out := p.cli("", "secrets", "list", "--app", app)
+	if code != 1 || !strings.Contains(out, "scope.deleted") {
+		t.Fatalf("list after destroy: %d %s", code, out)
+	}
+	if code, out := p.cli("", "secrets", "list", "--app", "globex/test/etl"); code != 0 || !strings.Contains(out, "token") {
+		t.Fatalf("other tenant after destroy: %d %s", code, out)
+	}
+	if strings.Contains(p.logs.String(), value) {
+		t.Fatal("the secret value appears in the server log")
+	}
+}

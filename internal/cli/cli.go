@@ -34,7 +34,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer, environ [
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.SetArgs(args)
-	root.AddCommand(serveCmd(environ), versionCmd(), configCmd(environ), statusCmd())
+	root.AddCommand(serveCmd(environ), versionCmd(), configCmd(environ), statusCmd(), keysCmd(), secretsCmd())
 	err := root.ExecuteContext(ctx)
 	var ee exitError
 	switch {

@@ -19,13 +19,19 @@ import (
 
 // clientFlags are shared by every command that talks to the API.
 type clientFlags struct {
-	server, ca, dataDir string
+	server, ca, dataDir, tokenFile string
 }
 
 func (f *clientFlags) add(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.server, "server", "https://127.0.0.1:8443", "Penstock API URL")
 	cmd.Flags().StringVar(&f.ca, "ca", "", "CA certificate to trust (default: the internal CA in --data-dir)")
-	cmd.Flags().StringVar(&f.dataDir, "data-dir", "./penstock-data", "data directory whose internal CA to trust")
+	cmd.Flags().StringVar(&f.dataDir, "data-dir", "./penstock-data", "data directory whose internal CA (and admin token) to use")
+}
+
+// addAdmin adds the client flags and --token-file, for commands that need the administrator.
+func (f *clientFlags) addAdmin(cmd *cobra.Command) {
+	f.add(cmd)
+	cmd.Flags().StringVar(&f.tokenFile, "token-file", "", "the platform administrator's token (default: admin.token in --data-dir)")
 }
 
 // httpClient trusts only the configured CA: the internal one by default, never the system

@@ -1,0 +1,147 @@
+package cli
+
+import (
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/penstock/penstock/internal/keyring"
+)
+
+func keysCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "keys", Short: "Master key and data keys: status, rotation, destruction (platform admin)"}
+	cmd.AddCommand(keysStatusCmd(), keysRotateCmd(), keysRotateMasterCmd(), keysDestroyCmd())
+	return cmd
+}
+
+func keysStatusCmd() *cobra.Command {
+	var cf clientFlags
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show scopes, key versions, rotation times and re-encryption jobs (never key material)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var st keyring.Status
+			if err := cf.call(cmd.Context(), "GET", "/v1/keys", nil, &st); err != nil {
+				return err
+			}
+			printKeyStatus(cmd.OutOrStdout(), st)
+			return nil
+		},
+	}
+	cf.addAdmin(cmd)
+	return cmd
+}
+
+func printKeyStatus(w io.Writer, st keyring.Status) {
+	fmt.Fprintf(w, "master key: %s (%s)\n", st.Master.ID, st.Master.Source)
+	if st.Master.Previous != "" {
+		fmt.Fprintf(w, "previous master key: %s (rotation in progress)\n", st.Master.Previous)
+	}
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "\nSCOPE\tVERSIONS\tPRIMARY\tCREATED\tROTATED\tSTATE")
+	for _, s := range st.Scopes {
+		state := "active"
+		if !s.Destroyed.IsZero() {
+			state = "destroyed " + stamp(s.Destroyed)
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\n", s.Scope, s.Versions, s.Primary, stamp(s.Created), stamp(s.Rotated), state)
+	}
+	tw.Flush()
+	if len(st.Jobs) > 0 {
+		tw = tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "\nRE-ENCRYPTION\tTO VERSION\tDONE\tREWRAPPED\tSTARTED\tFINISHED")
+		for _, j := range st.Jobs {
+			finished := stamp(j.Finished)
+			if j.Error != "" {
+				finished = "failed: " + j.Error
+			}
+			fmt.Fprintf(tw, "%s\t%d\t%d/%d\t%d\t%s\t%s\n", j.Scope, j.Version, j.Done, j.Total, j.Rewrap, stamp(j.Started), finished)
+		}
+		tw.Flush()
+	}
+}
+
+func stamp(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+func keysRotateCmd() *cobra.Command {
+	var (
+		cf    clientFlags
+		scope string
+	)
+	cmd := &cobra.Command{
+		Use:   "rotate --scope TENANT[/ENVIRONMENT[/APPLICATION]]",
+		Short: "Give a scope a new primary data key; its records are re-encrypted in the background",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var out struct {
+				Scope   string `json:"scope"`
+				Version int    `json:"version"`
+			}
+			if err := cf.call(cmd.Context(), "POST", "/v1/keys/rotate", map[string]string{"scope": scope}, &out); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s: primary key is now version %d; re-encryption runs in the background (penstock keys status)\n", out.Scope, out.Version)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&scope, "scope", "", "tenant, tenant/environment or tenant/environment/application")
+	_ = cmd.MarkFlagRequired("scope")
+	cf.addAdmin(cmd)
+	return cmd
+}
+
+func keysRotateMasterCmd() *cobra.Command {
+	var cf clientFlags
+	cmd := &cobra.Command{
+		Use:   "rotate-master",
+		Short: "Replace the master key file and rewrap every data key, without downtime",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var out struct {
+				Master string `json:"master"`
+			}
+			if err := cf.call(cmd.Context(), "POST", "/v1/keys/rotate-master", nil, &out); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "master key is now %s; every data key is rewrapped under it\n", out.Master)
+			return nil
+		},
+	}
+	cf.addAdmin(cmd)
+	return cmd
+}
+
+func keysDestroyCmd() *cobra.Command {
+	var (
+		cf             clientFlags
+		scope, confirm string
+	)
+	cmd := &cobra.Command{
+		Use:   "destroy --scope SCOPE --confirm SCOPE",
+		Short: "Crypto-shred a scope and the scopes under it: their data becomes unrecoverable",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			body := map[string]string{"scope": scope, "confirm": confirm}
+			if err := cf.call(cmd.Context(), "POST", "/v1/keys/destroy", body, nil); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s: keys destroyed; its data cannot be decrypted any more\n", scope)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&scope, "scope", "", "the scope to destroy")
+	cmd.Flags().StringVar(&confirm, "confirm", "", "repeat the scope: destruction cannot be undone")
+	_ = cmd.MarkFlagRequired("scope")
+	_ = cmd.MarkFlagRequired("confirm")
+	cf.addAdmin(cmd)
+	return cmd
+}

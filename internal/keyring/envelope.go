@@ -4,23 +4,22 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
-	"regexp"
 )
 
-// Ciphertext format, version 1:
+// Ciphertext format, version 1, which is Tink's AEAD output as it is:
 //
-//	0x01 | Tink AEAD output: 0x01 | key ID (4 bytes) | IV (12) | ciphertext | tag (16)
+//	0x01 | key ID (4 bytes) | IV (12) | ciphertext | tag (16)
 //
-// The Tink key ID names the data key version, so records sealed before a rotation stay
-// readable. The associated data binds the record's identity (scope, kind, id); it is not stored.
+// The first byte is the format version (Tink's "TINK" output prefix; a later format would use
+// another value), and the key ID names the data key version, so records sealed before a
+// rotation stay readable. The associated data binds the record's identity (scope, kind, id);
+// it is not stored. Using Tink's output unchanged saves a copy of every record.
 const (
 	formatV1     = 0x01
-	tinkPrefix   = 0x01
-	headerLen    = 1 + 1 + 4
+	headerLen    = 1 + 4
 	minCipherLen = headerLen + 12 + 16
 )
 
-var kindPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,62}$`)
 
 // associatedData is "penstock/v1", then scope, kind and id, each length-prefixed so no two
 // identities share a byte string.
@@ -37,7 +36,7 @@ func checkIdentity(s Scope, kind, id string) error {
 	if err := s.Validate(); err != nil {
 		return err
 	}
-	if !kindPattern.MatchString(kind) {
+	if !validName(kind, "_.-") {
 		return fmt.Errorf("kind %q: must be 1-63 of a-z, 0-9, _, . and -", kind)
 	}
 	if id == "" || len(id) > 1024 {
@@ -60,10 +59,7 @@ func (k *Keyring) Seal(ctx context.Context, s Scope, kind, id string, plaintext 
 	if err != nil {
 		return nil, fmt.Errorf("keyring: seal: %w", err)
 	}
-	out := make([]byte, 1+len(ct))
-	out[0] = formatV1
-	copy(out[1:], ct)
-	return out, nil
+	return ct, nil
 }
 
 // Unseal decrypts what Seal produced for the same scope, kind and id. Every failure is one of
@@ -83,7 +79,7 @@ func (k *Keyring) Unseal(ctx context.Context, s Scope, kind, id string, cipherte
 	if _, ok := dk.versions[keyID]; !ok {
 		return nil, ErrUnknownKeyVersion
 	}
-	pt, err := dk.aead.Decrypt(ciphertext[1:], associatedData(s, kind, id))
+	pt, err := dk.aead.Decrypt(ciphertext, associatedData(s, kind, id))
 	if err != nil {
 		return nil, ErrDecrypt
 	}
@@ -92,10 +88,10 @@ func (k *Keyring) Unseal(ctx context.Context, s Scope, kind, id string, cipherte
 
 // KeyID reads the data key ID a ciphertext was sealed with, checking only its framing.
 func KeyID(ciphertext []byte) (uint32, error) {
-	if len(ciphertext) < minCipherLen || ciphertext[0] != formatV1 || ciphertext[1] != tinkPrefix {
+	if len(ciphertext) < minCipherLen || ciphertext[0] != formatV1 {
 		return 0, ErrMalformed
 	}
-	return binary.BigEndian.Uint32(ciphertext[2:6]), nil
+	return binary.BigEndian.Uint32(ciphertext[1:5]), nil
 }
 
 // isPrimary reports whether a ciphertext was sealed with the scope's current primary key.

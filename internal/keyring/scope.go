@@ -2,7 +2,6 @@ package keyring
 
 import (
 	"fmt"
-	"regexp"
 	"strings"
 )
 
@@ -12,7 +11,23 @@ type Scope struct {
 	Tenant, Environment, Application string
 }
 
-var segment = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
+// validName reports whether s is 1-63 of a-z, 0-9 and extra, starting with a letter or digit.
+// It runs on every seal and open, so it is a loop rather than a regular expression.
+func validName(s, extra string) bool {
+	if len(s) == 0 || len(s) > 63 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
+		case i > 0 && strings.IndexByte(extra, c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
 
 // ParseScope reads "tenant", "tenant/environment" or "tenant/environment/application".
 func ParseScope(s string) (Scope, error) {
@@ -41,7 +56,7 @@ func (s Scope) Validate() error {
 		return fmt.Errorf("scope %q: needs a tenant, then optionally an environment and an application", s.String())
 	}
 	for _, seg := range segs {
-		if !segment.MatchString(seg) {
+		if !validName(seg, "-") {
 			return fmt.Errorf("scope %q: segment %q must be 1-63 of a-z, 0-9 and -, starting with a letter or digit", s.String(), seg)
 		}
 	}

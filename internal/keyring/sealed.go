@@ -37,7 +37,7 @@ var ErrNotFound = errors.New("record not found")
 // Sealed opens (creating if needed) a bucket in the platform account whose records are of
 // kind, and registers it for re-encryption.
 func (k *Keyring) Sealed(ctx context.Context, bucketName, kind string) (*Sealed, error) {
-	if !kindPattern.MatchString(kind) {
+	if !validName(kind, "_.-") {
 		return nil, fmt.Errorf("kind %q: must be 1-63 of a-z, 0-9, _, . and -", kind)
 	}
 	kv, err := k.plat.KeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucketName, History: 1,

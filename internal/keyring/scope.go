@@ -37,6 +37,9 @@ func ParseScope(s string) (Scope, error) {
 	}
 	var sc Scope
 	for i, p := range parts {
+		if p == "" {
+			return Scope{}, fmt.Errorf("scope %q: empty segment", s)
+		}
 		switch i {
 		case 0:
 			sc.Tenant = p

@@ -107,14 +107,14 @@ func SyncDir(dir string) error {
 func LoadOrCreateKey(path string) (redact.Secret, error) {
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
-		raw := make([]byte, 32)
-		if _, err := rand.Read(raw); err != nil {
-			return redact.Secret{}, fmt.Errorf("generate %s: %w", filepath.Base(path), err)
+		key, err := NewKey()
+		if err != nil {
+			return redact.Secret{}, err
 		}
 		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 			return redact.Secret{}, err
 		}
-		if err := WriteFile(path, []byte(hex.EncodeToString(raw)+"\n"), 0o600, false); err != nil && !errors.Is(err, os.ErrExist) {
+		if err := WriteKey(path, key); err != nil && !errors.Is(err, os.ErrExist) {
 			return redact.Secret{}, err
 		}
 		return LoadOrCreateKey(path)
@@ -134,4 +134,18 @@ func LoadOrCreateKey(path string) (redact.Secret, error) {
 		return redact.Secret{}, fmt.Errorf("%s: must hold 64 hex characters (a 256-bit key)", path)
 	}
 	return redact.NewSecret(s), nil
+}
+
+// NewKey returns a random 256-bit key as 64 hex characters.
+func NewKey() (redact.Secret, error) {
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		return redact.Secret{}, fmt.Errorf("generate key: %w", err)
+	}
+	return redact.NewSecret(hex.EncodeToString(raw)), nil
+}
+
+// WriteKey writes a key file (0600) that does not exist yet; it never replaces one.
+func WriteKey(path string, key redact.Secret) error {
+	return WriteFile(path, []byte(key.Reveal()+"\n"), 0o600, false)
 }

@@ -20,7 +20,6 @@ const (
 	minCipherLen = headerLen + 12 + 16
 )
 
-
 // associatedData is "penstock/v1", then scope, kind and id, each length-prefixed so no two
 // identities share a byte string.
 func associatedData(s Scope, kind, id string) []byte {

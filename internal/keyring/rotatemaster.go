@@ -2,8 +2,6 @@ package keyring
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,7 +11,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/penstock/penstock/internal/datadir"
-	"github.com/penstock/penstock/internal/redact"
 )
 
 // ErrRotateConfigured means the master key comes from configuration (an environment key or a
@@ -32,17 +29,16 @@ func (k *Keyring) RotateMaster(ctx context.Context, m *Master) error {
 	}
 	ms.mu.Lock()
 	if !ms.fileRotation {
-		next := filepath.Join(ms.dataDir, masterKeyNextFile)
-		raw := make([]byte, 32)
-		if _, err := rand.Read(raw); err != nil {
-			ms.mu.Unlock()
-			return fmt.Errorf("generate master key: %w", err)
-		}
-		if err := datadir.WriteFile(next, []byte(hex.EncodeToString(raw)+"\n"), 0o600, false); err != nil {
+		key, err := datadir.NewKey()
+		if err != nil {
 			ms.mu.Unlock()
 			return err
 		}
-		nm, err := rawMaster(redact.NewSecret(hex.EncodeToString(raw)), "file")
+		if err := datadir.WriteKey(filepath.Join(ms.dataDir, masterKeyNextFile), key); err != nil {
+			ms.mu.Unlock()
+			return err
+		}
+		nm, err := rawMaster(key, "file")
 		if err != nil {
 			ms.mu.Unlock()
 			return err
@@ -77,7 +73,7 @@ func (k *Keyring) finishMasterRotation(ctx context.Context, m *Master) error {
 	if sk.kek != cur.id {
 		if !sk.inUse.IsZero() {
 			// A new store key, and the one the engine runs with as the previous key.
-			nk, err := randomKey()
+			nk, err := datadir.NewKey()
 			if err != nil {
 				return err
 			}

@@ -2,8 +2,6 @@ package keyring
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -92,7 +90,7 @@ func loadStoreKeys(ctx context.Context, dataDir string, ms *masters) (*storeKeys
 	sk := &storeKeys{path: filepath.Join(dataDir, StoreKeysFile)}
 	b, err := os.ReadFile(sk.path)
 	if errors.Is(err, os.ErrNotExist) {
-		if sk.current, err = randomKey(); err != nil {
+		if sk.current, err = datadir.NewKey(); err != nil {
 			return nil, err
 		}
 		// A data directory from before the keyring: its plain key becomes the previous one,
@@ -156,12 +154,4 @@ func (sk *storeKeys) write(ctx context.Context, m *master) error {
 	}
 	sk.kek = m.id
 	return nil
-}
-
-func randomKey() (redact.Secret, error) {
-	raw := make([]byte, 32)
-	if _, err := rand.Read(raw); err != nil {
-		return redact.Secret{}, fmt.Errorf("generate store key: %w", err)
-	}
-	return redact.NewSecret(hex.EncodeToString(raw)), nil
 }

@@ -76,8 +76,11 @@ func TestSecrets(t *testing.T) {
 	}
 
 	for name, f := range map[string]func() error{
-		"tenant scope": func() error { _, err := s.Put(ctx, keyring.Scope{Tenant: "acme"}, "x", redact.NewSecret("v")); return err },
-		"empty value":  func() error { _, err := s.Put(ctx, app, "x", redact.Secret{}); return err },
+		"tenant scope": func() error {
+			_, err := s.Put(ctx, keyring.Scope{Tenant: "acme"}, "x", redact.NewSecret("v"))
+			return err
+		},
+		"empty value": func() error { _, err := s.Put(ctx, app, "x", redact.Secret{}); return err },
 		"huge value": func() error {
 			_, err := s.Put(ctx, app, "x", redact.NewSecret(strings.Repeat("v", secrets.MaxValueBytes+1)))
 			return err

@@ -126,6 +126,10 @@ func keyError(o Options, op string, err error) error {
 		return NewError(http.StatusGone, "scope.deleted", "the scope was deleted: its keys were destroyed and its data is unrecoverable")
 	case errors.Is(err, keyring.ErrNotFound):
 		return NewError(http.StatusNotFound, "secret.not_found", "no secret with that name")
+	case errors.Is(err, keyring.ErrInvalid):
+		return NewError(http.StatusUnprocessableEntity, "invalid_request", err.Error())
+	case errors.Is(err, keyring.ErrConflict):
+		return NewError(http.StatusConflict, "keys.conflict", "the keys changed concurrently; try again")
 	}
 	return internalError(o, op, err)
 }

@@ -55,13 +55,15 @@ func (a *Account) Stream(ctx context.Context, cfg jetstream.StreamConfig) (jetst
 
 // ErasableKeyValue is a KV bucket whose messages may be erased (overwritten on disk) with
 // SecureDeleteMsg: the stream has the layout KV buckets use but without deny_delete, which a
-// plain KV bucket sets and can never drop. Keys that must be shreddable live in one.
-func (a *Account) ErasableKeyValue(ctx context.Context, bucket, description string) (jetstream.KeyValue, error) {
+// plain KV bucket sets and can never drop. Keys that must be shreddable live in one. With
+// history 2 the value a write replaces stays until its writer erases it: a value pushed out by
+// the history limit is removed without being overwritten.
+func (a *Account) ErasableKeyValue(ctx context.Context, bucket, description string, history int64) (jetstream.KeyValue, error) {
 	_, err := a.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:              "KV_" + bucket,
 		Description:       description,
 		Subjects:          []string{"$KV." + bucket + ".>"},
-		MaxMsgsPerSubject: 1,
+		MaxMsgsPerSubject: history,
 		MaxBytes:          -1,
 		MaxMsgSize:        -1,
 		MaxMsgs:           -1,

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -46,6 +47,7 @@ func keysetAD(s Scope) []byte { return []byte("penstock/keyset/" + s.key()) }
 func (k *Keyring) dataKeyFor(ctx context.Context, s Scope, create bool) (*dataKey, error) {
 	k.mu.Lock()
 	dk, ok := k.cache[s.key()]
+	gen := k.gen
 	k.mu.Unlock()
 	if ok {
 		return dk, nil
@@ -54,36 +56,35 @@ func (k *Keyring) dataKeyFor(ctx context.Context, s Scope, create bool) (*dataKe
 		entry, err := k.kv.Get(ctx, recordKey(s))
 		switch {
 		case err == nil:
+			if err := k.checkAncestors(ctx, s); err != nil {
+				return nil, err
+			}
 			dk, err := k.unwrap(ctx, s, entry)
 			if err != nil {
 				return nil, err
 			}
 			k.mu.Lock()
-			k.cache[s.key()] = dk
+			if k.gen == gen { // nothing was destroyed or rotated since this read began
+				k.cache[s.key()] = dk
+			}
 			k.mu.Unlock()
 			return dk, nil
 		case !errors.Is(err, jetstream.ErrKeyNotFound):
 			return nil, fmt.Errorf("keyring: read %s: %w", s, err)
-		case !create:
-			if err := k.checkAncestors(ctx, s); err != nil {
-				return nil, err
-			}
-			return nil, ErrNoKey
 		}
 		if err := k.checkAncestors(ctx, s); err != nil {
 			return nil, err
+		}
+		if !create {
+			return nil, ErrNoKey
 		}
 		h, err := keyset.NewHandle(aead.AES256GCMKeyTemplate())
 		if err != nil {
 			return nil, fmt.Errorf("keyring: new data key: %w", err)
 		}
 		rec := scopeRecord{Created: time.Now().UTC()}
-		b, err := k.wrap(ctx, s, h, &rec)
-		if err != nil {
+		if _, err := k.writeKeyset(ctx, s, h, &rec, 0); err != nil && !errors.Is(err, ErrConflict) {
 			return nil, err
-		}
-		if _, err := k.kv.Create(ctx, recordKey(s), b); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
-			return nil, fmt.Errorf("keyring: store data key for %s: %w", s, err)
 		}
 		// Created, or another writer won the race: read back whichever key is stored.
 	}
@@ -106,9 +107,11 @@ func (k *Keyring) checkAncestors(ctx context.Context, s Scope) error {
 	return nil
 }
 
-func (k *Keyring) wrap(ctx context.Context, s Scope, h *keyset.Handle, rec *scopeRecord) ([]byte, error) {
-	var buf bytes.Buffer
-	cur := k.masters.cur()
+// writeKeyset wraps h under the current master key and stores it: created if rev is 0, else
+// updated from rev (ErrConflict if the record changed). The master key cannot change between
+// the wrap and the write, so a master rotation never misses a record. The replaced value is
+// then erased from storage.
+func (k *Keyring) writeKeyset(ctx context.Context, s Scope, h *keyset.Handle, rec *scopeRecord, rev uint64) (uint64, error) {
 	info := h.KeysetInfo()
 	rec.Versions = len(info.GetKeyInfo())
 	for i, ki := range info.GetKeyInfo() {
@@ -116,11 +119,63 @@ func (k *Keyring) wrap(ctx context.Context, s Scope, h *keyset.Handle, rec *scop
 			rec.Primary = i + 1
 		}
 	}
+	k.masters.mu.RLock()
+	cur := k.masters.current
+	var buf bytes.Buffer
 	if err := h.WriteWithContext(ctx, keyset.NewBinaryWriter(&buf), cur, keysetAD(s)); err != nil {
-		return nil, fmt.Errorf("keyring: wrap data key for %s: %w", s, err)
+		k.masters.mu.RUnlock()
+		return 0, fmt.Errorf("keyring: wrap data key for %s: %w", s, err)
 	}
 	rec.KEK, rec.Keyset = cur.id, buf.Bytes()
-	return json.Marshal(rec)
+	b, err := json.Marshal(rec)
+	if err != nil {
+		k.masters.mu.RUnlock()
+		return 0, err
+	}
+	var newRev uint64
+	if rev == 0 {
+		newRev, err = k.kv.Create(ctx, recordKey(s), b)
+	} else {
+		newRev, err = k.kv.Update(ctx, recordKey(s), b, rev)
+	}
+	k.masters.mu.RUnlock()
+	if err != nil {
+		if errors.Is(err, jetstream.ErrKeyExists) || isWrongSequence(err) {
+			return 0, ErrConflict
+		}
+		return 0, fmt.Errorf("keyring: store data key for %s: %w", s, err)
+	}
+	k.forget()
+	return newRev, k.eraseOld(ctx, recordKey(s), newRev)
+}
+
+func isWrongSequence(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
+}
+
+// eraseOld overwrites in storage every revision of key but keep.
+func (k *Keyring) eraseOld(ctx context.Context, key string, keep uint64) error {
+	hist, err := k.kv.History(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("keyring: history of %s: %w", key, err)
+	}
+	stream, err := k.stream(ctx)
+	if err != nil {
+		return err
+	}
+	for _, e := range hist {
+		if e.Revision() == keep {
+			continue
+		}
+		if err := stream.SecureDeleteMsg(ctx, e.Revision()); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+			return fmt.Errorf("keyring: erase %s revision %d: %w", key, e.Revision(), err)
+		}
+	}
+	return nil
 }
 
 func (k *Keyring) unwrap(ctx context.Context, s Scope, entry jetstream.KeyValueEntry) (*dataKey, error) {
@@ -176,13 +231,11 @@ func (k *Keyring) Rotate(ctx context.Context, s Scope) (version int, err error) 
 		}
 		rec := dk.rec
 		rec.Rotated = time.Now().UTC()
-		b, err := k.wrap(ctx, s, h, &rec)
-		if err != nil {
-			return 0, err
-		}
-		k.forget(s)
-		if _, err := k.kv.Update(ctx, recordKey(s), b, dk.revision); err != nil {
+		if _, err := k.writeKeyset(ctx, s, h, &rec, dk.revision); errors.Is(err, ErrConflict) {
+			k.forget()
 			continue // changed under us (another rotation): start again from what is stored
+		} else if err != nil {
+			return 0, err
 		}
 		dk, err = k.dataKeyFor(ctx, s, false)
 		if err != nil {
@@ -193,68 +246,114 @@ func (k *Keyring) Rotate(ctx context.Context, s Scope) (version int, err error) 
 		}
 		return dk.versions[dk.primary], nil
 	}
-	return 0, fmt.Errorf("keyring: rotate %s: concurrent changes, try again", s)
+	return 0, fmt.Errorf("keyring: rotate %s: %w", s, ErrConflict)
 }
 
-func (k *Keyring) forget(s Scope) {
+// forget drops every cached data key, and makes reads already under way not cache theirs.
+func (k *Keyring) forget() {
 	k.mu.Lock()
-	delete(k.cache, s.key())
+	clear(k.cache)
+	k.gen++
 	k.mu.Unlock()
 }
 
-// Destroy crypto-shreds the scope and every scope under it: their wrapped data keys are erased
-// from the engine's storage (overwritten, not just marked deleted) and replaced by tombstones,
-// so every record sealed with them, wherever a copy lives, can no longer be opened, and the
-// scopes cannot be given new keys.
+// Destroy crypto-shreds the scope and every scope under it. In this order, so that a crash at
+// any point leaves nothing usable and the next start (or another Destroy) finishes the job:
+// the scope gets a tombstone, which also bars new keys below it; then every scope under it
+// (listed after the tombstone, so none created meanwhile escapes) gets one; then every wrapped
+// keyset of those scopes is overwritten in storage, not just marked deleted. From then on each
+// record sealed with them, wherever a copy lives, fails with ErrDestroyed.
 func (k *Keyring) Destroy(ctx context.Context, s Scope) error {
 	if err := s.Validate(); err != nil {
 		return err
 	}
+	if _, err := k.tombstone(ctx, recordKey(s)); err != nil {
+		return err
+	}
+	k.forget()
+	n, err := k.shredBelow(ctx, s)
+	if err != nil {
+		return err
+	}
+	k.log.Info("scope keys destroyed", "scope", s.String(), "scopes", n)
+	return nil
+}
+
+// shredBelow tombstones every scope under the destroyed scope s and erases the wrapped
+// keysets of s and of all of them.
+func (k *Keyring) shredBelow(ctx context.Context, s Scope) (int, error) {
+	keys, err := k.scopeKeys(ctx)
+	if err != nil {
+		return 0, err
+	}
+	prefix := recordKey(s)
+	n := 0
+	for _, key := range keys {
+		if key != prefix && !strings.HasPrefix(key, prefix+".") {
+			continue
+		}
+		rev, err := k.tombstone(ctx, key)
+		if err != nil {
+			return n, err
+		}
+		if err := k.eraseOld(ctx, key, rev); err != nil {
+			return n, err
+		}
+		n++
+	}
+	k.forget()
+	return n, nil
+}
+
+// tombstone replaces a scope record with a tombstone (keeping its times) unless it is one
+// already, and returns the tombstone's revision.
+func (k *Keyring) tombstone(ctx context.Context, key string) (uint64, error) {
+	var rec scopeRecord
+	e, err := k.kv.Get(ctx, key)
+	switch {
+	case err == nil:
+		if json.Unmarshal(e.Value(), &rec) == nil && !rec.Destroyed.IsZero() {
+			return e.Revision(), nil
+		}
+	case !errors.Is(err, jetstream.ErrKeyNotFound):
+		return 0, fmt.Errorf("keyring: destroy %s: %w", key, err)
+	}
+	now := time.Now().UTC()
+	if rec.Created.IsZero() {
+		rec.Created = now
+	}
+	tomb, _ := json.Marshal(scopeRecord{Created: rec.Created, Rotated: rec.Rotated, Destroyed: now})
+	rev, err := k.kv.Put(ctx, key, tomb)
+	if err != nil {
+		return 0, fmt.Errorf("keyring: destroy %s: %w", key, err)
+	}
+	return rev, nil
+}
+
+// finishDestroys completes destructions a crash interrupted: every scope under a tombstone is
+// tombstoned and every wrapped keyset left behind a tombstone is erased.
+func (k *Keyring) finishDestroys(ctx context.Context) error {
 	keys, err := k.scopeKeys(ctx)
 	if err != nil {
 		return err
 	}
-	stream, err := k.stream(ctx)
-	if err != nil {
-		return err
-	}
-	prefix := recordKey(s)
-	targets := []string{prefix}
 	for _, key := range keys {
-		if len(key) > len(prefix) && key[:len(prefix)+1] == prefix+"." {
-			targets = append(targets, key)
+		e, err := k.kv.Get(ctx, key)
+		if err != nil {
+			continue
 		}
-	}
-	now := time.Now().UTC()
-	for _, key := range targets {
-		entry, err := k.kv.Get(ctx, key)
 		var rec scopeRecord
-		switch {
-		case err == nil:
-			_ = json.Unmarshal(entry.Value(), &rec)
-		case !errors.Is(err, jetstream.ErrKeyNotFound):
-			return fmt.Errorf("keyring: destroy %s: %w", key, err)
+		if json.Unmarshal(e.Value(), &rec) != nil || rec.Destroyed.IsZero() {
+			continue
 		}
-		if rec.Created.IsZero() {
-			rec.Created = now
+		s, err := scopeFromKey(key[len("scope."):])
+		if err != nil {
+			continue
 		}
-		if err == nil {
-			// Overwrite the wrapped keyset's bytes in storage before anything else: a plain
-			// delete would leave them on disk until compaction.
-			if err := stream.SecureDeleteMsg(ctx, entry.Revision()); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
-				return fmt.Errorf("keyring: erase %s: %w", key, err)
-			}
-		}
-		// A crash here leaves the scope with no record; Destroy is safe to run again.
-		tomb, _ := json.Marshal(scopeRecord{Created: rec.Created, Rotated: rec.Rotated, Destroyed: now})
-		if _, err := k.kv.Put(ctx, key, tomb); err != nil {
-			return fmt.Errorf("keyring: destroy %s: %w", key, err)
-		}
-		if sc, err := scopeFromKey(key[len("scope."):]); err == nil {
-			k.forget(sc)
+		if _, err := k.shredBelow(ctx, s); err != nil {
+			return err
 		}
 	}
-	k.log.Info("scope keys destroyed", "scope", s.String(), "scopes", len(targets))
 	return nil
 }
 

@@ -36,10 +36,10 @@ func checkIdentity(s Scope, kind, id string) error {
 		return err
 	}
 	if !validName(kind, "_.-") {
-		return fmt.Errorf("kind %q: must be 1-63 of a-z, 0-9, _, . and -", kind)
+		return invalid("kind %q: must be 1-63 of a-z, 0-9, _, . and -", kind)
 	}
 	if id == "" || len(id) > 1024 {
-		return fmt.Errorf("record id: must be 1-1024 bytes")
+		return invalid("record id: must be 1-1024 bytes")
 	}
 	return nil
 }

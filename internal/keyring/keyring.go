@@ -30,6 +30,10 @@ var (
 	ErrUnknownKeyVersion = errors.New("ciphertext names an unknown key version")
 	// ErrNoKey means the scope has no data key yet, so nothing can have been sealed with it.
 	ErrNoKey = errors.New("scope has no data key")
+	// ErrConflict means concurrent changes kept a key operation from completing; retry it.
+	ErrConflict = errors.New("changed concurrently; try again")
+	// ErrInvalid marks errors about the caller's input: a scope, kind, id or name.
+	ErrInvalid = errors.New("invalid input")
 )
 
 // bucket holds wrapped data keys, tombstones of destroyed scopes and re-encryption jobs.
@@ -44,7 +48,10 @@ type Keyring struct {
 
 	mu     sync.Mutex
 	cache  map[string]*dataKey // by scope key
+	gen    uint64              // bumped whenever cached keys may be stale; a read that began before does not cache
 	stores map[string]*Sealed  // registered sealed stores, by bucket
+
+	rotateMu sync.Mutex // one master rotation at a time
 
 	jobs     sync.WaitGroup
 	jobCtx   context.Context
@@ -73,7 +80,7 @@ func New(ctx context.Context, o Options) (*Keyring, error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	kv, err := o.Platform.ErasableKeyValue(ctx, bucket, "data keys wrapped by the master key; tombstones; re-encryption jobs")
+	kv, err := o.Platform.ErasableKeyValue(ctx, bucket, "data keys wrapped by the master key; tombstones; re-encryption jobs", 2)
 	if err != nil {
 		return nil, fmt.Errorf("keyring: %w", err)
 	}
@@ -83,8 +90,15 @@ func New(ctx context.Context, o Options) (*Keyring, error) {
 		cache: map[string]*dataKey{}, stores: map[string]*Sealed{},
 		jobCtx: jctx, stopJobs: cancel,
 	}
+	if err := k.finishDestroys(ctx); err != nil {
+		cancel()
+		return nil, err
+	}
 	if k.masters.previous != nil {
-		if err := k.finishMasterRotation(ctx, o.Master); err != nil {
+		k.rotateMu.Lock()
+		err := k.finishMasterRotation(ctx, o.Master)
+		k.rotateMu.Unlock()
+		if err != nil {
 			cancel()
 			return nil, err
 		}
@@ -97,3 +111,11 @@ func (k *Keyring) Close() {
 	k.stopJobs()
 	k.jobs.Wait()
 }
+
+// invalidError is a message about the caller's input; errors.Is(err, ErrInvalid) holds.
+type invalidError struct{ msg string }
+
+func (e invalidError) Error() string        { return e.msg }
+func (e invalidError) Is(target error) bool { return target == ErrInvalid }
+
+func invalid(format string, args ...any) error { return invalidError{fmt.Sprintf(format, args...)} }

@@ -198,6 +198,10 @@ func kmsMaster(ctx context.Context, raw redact.Secret) (*master, error) {
 	if err != nil || u.Scheme == "" {
 		return nil, errors.New("keyring.kms_url: must be a URL such as awskms://, gcpkms://, azurekeyvault://, hashivault:// or base64key://")
 	}
+	if u.Scheme == "base64key" && u.Host == "" {
+		// gocloud would make up a random key, and the next start could not read anything.
+		return nil, errors.New("keyring.kms_url: base64key:// needs the key: base64key://<32 bytes in URL-safe base64>")
+	}
 	k, err := secrets.OpenKeeper(ctx, raw.Reveal())
 	if err != nil {
 		// The driver's error may quote the URL, and a base64key:// URL is the key itself.

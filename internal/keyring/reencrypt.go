@@ -15,15 +15,16 @@ import (
 // stored in the keyring bucket and updated as the job goes, so a job interrupted by a
 // restart resumes where it stopped.
 type Job struct {
-	Scope    string    `json:"scope"`
-	Version  int       `json:"version"`
-	Cursor   string    `json:"cursor,omitempty"` // store bucket + "/" + key of the last record done
-	Total    int       `json:"total"`
-	Done     int       `json:"done"`
-	Rewrap   int       `json:"rewrapped"`
-	Started  time.Time `json:"started"`
-	Finished time.Time `json:"finished,omitzero"`
-	Error    string    `json:"error,omitempty"`
+	Scope   string `json:"scope"`
+	Version int    `json:"version"`
+	// Cursors holds, per sealed store (bucket), the key of the last record done there.
+	Cursors  map[string]string `json:"cursors,omitempty"`
+	Total    int               `json:"total"`
+	Done     int               `json:"done"`
+	Rewrap   int               `json:"rewrapped"`
+	Started  time.Time         `json:"started"`
+	Finished time.Time         `json:"finished,omitzero"`
+	Error    string            `json:"error,omitempty"`
 }
 
 func jobKey(s Scope) string { return "job." + s.key() }
@@ -128,9 +129,14 @@ func (k *Keyring) runJob(ctx context.Context, s Scope) error {
 		return fmt.Errorf("keyring: job record: %w", err)
 	}
 	rev := e.Revision()
+	if j.Cursors == nil {
+		j.Cursors = map[string]string{}
+	}
+	// Progress is saved even when the job is stopped: that is when it matters most.
+	saveCtx := context.WithoutCancel(ctx)
 	save := func() error {
 		b, _ := json.Marshal(j)
-		r, err := k.kv.Update(ctx, jobKey(s), b, rev)
+		r, err := k.kv.Update(saveCtx, jobKey(s), b, rev)
 		if err != nil {
 			return fmt.Errorf("keyring: save job: %w", err)
 		}
@@ -149,8 +155,7 @@ func (k *Keyring) runJob(ctx context.Context, s Scope) error {
 		}
 		bucketName := st.kv.Bucket()
 		for _, key := range keys {
-			pos := bucketName + "/" + key
-			if pos <= j.Cursor {
+			if key <= j.Cursors[bucketName] {
 				continue
 			}
 			if err := ctx.Err(); err != nil {
@@ -160,7 +165,7 @@ func (k *Keyring) runJob(ctx context.Context, s Scope) error {
 			if err != nil {
 				return errors.Join(err, save())
 			}
-			j.Cursor, j.Done = pos, j.Done+1
+			j.Cursors[bucketName], j.Done = key, j.Done+1
 			if rewrapped {
 				j.Rewrap++
 			}

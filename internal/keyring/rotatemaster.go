@@ -23,6 +23,8 @@ var ErrRotateConfigured = errors.New("the master key comes from keyring.master_k
 // the next start, with the old key kept until then), then the new key file takes the old
 // one's place. Interrupted, it resumes at the next start.
 func (k *Keyring) RotateMaster(ctx context.Context, m *Master) error {
+	k.rotateMu.Lock()
+	defer k.rotateMu.Unlock()
 	ms := k.masters
 	if !ms.fromFile {
 		return ErrRotateConfigured
@@ -55,18 +57,30 @@ func (k *Keyring) RotateMaster(ctx context.Context, m *Master) error {
 func (k *Keyring) finishMasterRotation(ctx context.Context, m *Master) error {
 	ms := k.masters
 	cur := ms.cur()
-	keys, err := k.scopeKeys(ctx)
-	if err != nil {
-		return err
-	}
 	rewrapped := 0
-	for _, key := range keys {
-		done, err := k.rewrapScope(ctx, key, cur)
+	// Until a full pass finds nothing to rewrap: a scope created by a writer that wrapped it
+	// just before the switch is caught by the next pass.
+	for pass := 0; ; pass++ {
+		if pass == 10 {
+			return fmt.Errorf("keyring: master rotation: %w", ErrConflict)
+		}
+		keys, err := k.scopeKeys(ctx)
 		if err != nil {
 			return err
 		}
-		if done {
-			rewrapped++
+		n := 0
+		for _, key := range keys {
+			done, err := k.rewrapScope(ctx, key)
+			if err != nil {
+				return err
+			}
+			if done {
+				n++
+			}
+		}
+		rewrapped += n
+		if n == 0 {
+			break
 		}
 	}
 	sk := m.store
@@ -100,12 +114,10 @@ func (k *Keyring) finishMasterRotation(ctx context.Context, m *Master) error {
 	return nil
 }
 
-// rewrapScope rewraps one scope record under cur if another master key wrapped it.
-func (k *Keyring) rewrapScope(ctx context.Context, key string, cur *master) (bool, error) {
-	for attempt := 0; ; attempt++ {
-		if attempt == 10 {
-			return false, fmt.Errorf("keyring: rewrap %s: keeps changing, try again", key)
-		}
+// rewrapScope rewraps one scope record under the current master key if another one wrapped
+// it.
+func (k *Keyring) rewrapScope(ctx context.Context, key string) (bool, error) {
+	for attempt := 0; attempt < 10; attempt++ {
 		e, err := k.kv.Get(ctx, key)
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
 			return false, nil
@@ -117,7 +129,7 @@ func (k *Keyring) rewrapScope(ctx context.Context, key string, cur *master) (boo
 		if err := json.Unmarshal(e.Value(), &rec); err != nil {
 			return false, fmt.Errorf("keyring: %s: %w", key, err)
 		}
-		if !rec.Destroyed.IsZero() || rec.KEK == cur.id {
+		if !rec.Destroyed.IsZero() || rec.KEK == k.masters.cur().id {
 			return false, nil
 		}
 		s, err := scopeFromKey(key[len("scope."):])
@@ -128,14 +140,12 @@ func (k *Keyring) rewrapScope(ctx context.Context, key string, cur *master) (boo
 		if err != nil {
 			return false, err
 		}
-		b, err := k.wrap(ctx, s, dk.handle, &rec)
-		if err != nil {
+		if _, err := k.writeKeyset(ctx, s, dk.handle, &rec, e.Revision()); errors.Is(err, ErrConflict) {
+			continue // changed meanwhile (a rotation of this scope): read it again
+		} else if err != nil {
 			return false, err
 		}
-		if _, err := k.kv.Update(ctx, key, b, e.Revision()); err == nil {
-			k.forget(s)
-			return true, nil
-		}
-		// Changed meanwhile (a rotation of this scope): read it again.
+		return true, nil
 	}
+	return false, fmt.Errorf("keyring: rewrap %s: %w", key, ErrConflict)
 }

@@ -1,7 +1,6 @@
 package keyring
 
 import (
-	"fmt"
 	"strings"
 )
 
@@ -33,12 +32,12 @@ func validName(s, extra string) bool {
 func ParseScope(s string) (Scope, error) {
 	parts := strings.Split(s, "/")
 	if len(parts) > 3 {
-		return Scope{}, fmt.Errorf("scope %q: at most tenant/environment/application", s)
+		return Scope{}, invalid("scope %q: at most tenant/environment/application", s)
 	}
 	var sc Scope
 	for i, p := range parts {
 		if p == "" {
-			return Scope{}, fmt.Errorf("scope %q: empty segment", s)
+			return Scope{}, invalid("scope %q: empty segment", s)
 		}
 		switch i {
 		case 0:
@@ -56,11 +55,11 @@ func ParseScope(s string) (Scope, error) {
 func (s Scope) Validate() error {
 	segs := s.segments()
 	if len(segs) == 0 || s.Environment == "" && s.Application != "" {
-		return fmt.Errorf("scope %q: needs a tenant, then optionally an environment and an application", s.String())
+		return invalid("scope %q: needs a tenant, then optionally an environment and an application", s.String())
 	}
 	for _, seg := range segs {
 		if !validName(seg, "-") {
-			return fmt.Errorf("scope %q: segment %q must be 1-63 of a-z, 0-9 and -, starting with a letter or digit", s.String(), seg)
+			return invalid("scope %q: segment %q must be 1-63 of a-z, 0-9 and -, starting with a letter or digit", s.String(), seg)
 		}
 	}
 	return nil

@@ -38,7 +38,7 @@ var ErrNotFound = errors.New("record not found")
 // kind, and registers it for re-encryption.
 func (k *Keyring) Sealed(ctx context.Context, bucketName, kind string) (*Sealed, error) {
 	if !validName(kind, "_.-") {
-		return nil, fmt.Errorf("kind %q: must be 1-63 of a-z, 0-9, _, . and -", kind)
+		return nil, invalid("kind %q: must be 1-63 of a-z, 0-9, _, . and -", kind)
 	}
 	kv, err := k.plat.KeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucketName, History: 1,
 		Description: kind + " records, sealed with their scope's data key"})
@@ -47,14 +47,21 @@ func (k *Keyring) Sealed(ctx context.Context, bucketName, kind string) (*Sealed,
 	}
 	s := &Sealed{k: k, kv: kv, kind: kind}
 	k.mu.Lock()
+	defer k.mu.Unlock()
+	// The kind is part of every record's associated data, the bucket is not: one bucket per
+	// kind keeps a record from being opened out of another store.
+	for name, other := range k.stores {
+		if other.kind == kind && name != bucketName {
+			return nil, fmt.Errorf("kind %q is already stored in bucket %s", kind, name)
+		}
+	}
 	k.stores[bucketName] = s
-	k.mu.Unlock()
 	return s, nil
 }
 
 func checkID(id string) error {
 	if !idPattern.MatchString(id) {
-		return fmt.Errorf("name %q: must be 1-128 of A-Z, a-z, 0-9, _ and -", id)
+		return invalid("name %q: must be 1-128 of A-Z, a-z, 0-9, _ and -", id)
 	}
 	return nil
 }

@@ -45,7 +45,7 @@ func checkApp(app keyring.Scope) error {
 		return err
 	}
 	if app.Application == "" {
-		return fmt.Errorf("scope %q: secrets belong to an application (tenant/environment/application)", app.String())
+		return fmt.Errorf("%w: scope %q: secrets belong to an application (tenant/environment/application)", keyring.ErrInvalid, app.String())
 	}
 	return nil
 }
@@ -56,7 +56,7 @@ func (s *Store) Put(ctx context.Context, app keyring.Scope, name string, value r
 		return Meta{}, err
 	}
 	if value.IsZero() || len(value.Reveal()) > MaxValueBytes {
-		return Meta{}, fmt.Errorf("value: must be 1 to %d bytes", MaxValueBytes)
+		return Meta{}, fmt.Errorf("%w: value: must be 1 to %d bytes", keyring.ErrInvalid, MaxValueBytes)
 	}
 	if _, err := s.sealed.Put(ctx, app, name, []byte(value.Reveal())); err != nil {
 		return Meta{}, err

@@ -36,8 +36,8 @@ var (
 	ErrInvalid = errors.New("invalid input")
 )
 
-// bucket holds wrapped data keys, tombstones of destroyed scopes and re-encryption jobs.
-const bucket = "penstock_keyring"
+// Bucket holds wrapped data keys, tombstones of destroyed scopes and re-encryption jobs.
+const Bucket = "penstock_keyring"
 
 // Keyring seals and opens records with per-scope data keys.
 type Keyring struct {
@@ -72,6 +72,9 @@ type Options struct {
 	Master   *Master
 	Platform *engine.Account
 	Logger   *slog.Logger
+	// Bucket names the keyring's bucket; empty means Bucket. Tests sharing one NATS server
+	// use their own.
+	Bucket string
 }
 
 // New opens the keyring on the platform account: its bucket, and any re-encryption or master
@@ -80,7 +83,10 @@ func New(ctx context.Context, o Options) (*Keyring, error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	kv, err := o.Platform.ErasableKeyValue(ctx, bucket, "data keys wrapped by the master key; tombstones; re-encryption jobs", 2)
+	if o.Bucket == "" {
+		o.Bucket = Bucket
+	}
+	kv, err := o.Platform.ErasableKeyValue(ctx, o.Bucket, "data keys wrapped by the master key; tombstones; re-encryption jobs", 2)
 	if err != nil {
 		return nil, fmt.Errorf("keyring: %w", err)
 	}

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -336,7 +337,7 @@ func TestInterruptedReencryptionResumes(t *testing.T) {
 	st := open(t, t.TempDir(), config.Keyring{})
 	store := sealedRecords(t, st, acmeApp, 120, "r")
 	st.kr.afterRecord = func(done int) {
-		if done == 50 {
+		if done == 53 { // between two periodic saves: the stop itself must save
 			st.kr.stopJobs() // as a shutdown would
 		}
 	}
@@ -345,7 +346,7 @@ func TestInterruptedReencryptionResumes(t *testing.T) {
 	}
 	waitJobs(t, st.kr)
 	jobs, _ := st.kr.Jobs(ctx)
-	if len(jobs) != 1 || !jobs[0].Finished.IsZero() || jobs[0].Done < 50 || jobs[0].Done >= 120 {
+	if len(jobs) != 1 || !jobs[0].Finished.IsZero() || jobs[0].Done != 53 {
 		t.Fatalf("interrupted job %+v", jobs)
 	}
 	interruptedAt := jobs[0].Done
@@ -400,11 +401,24 @@ func TestRotateMasterFile(t *testing.T) {
 		}
 	}
 
+	storeKeysFile := func() storeKeysFile {
+		b, err := os.ReadFile(filepath.Join(dir, StoreKeysFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var f storeKeysFile
+		if err := json.Unmarshal(b, &f); err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	if f := storeKeysFile(); len(f.Previous) == 0 || f.KEK != st.master.ID() {
+		t.Fatalf("after rotate-master the store keys file has no previous key or names %s", f.KEK)
+	}
 	for round := 1; round <= 2; round++ { // the first start converts the store, the second needs no old key
 		st = st.restart()
-		_, prev := st.master.StoreKey()
-		if !prev.IsZero() {
-			t.Fatalf("round %d: previous store key still kept after a start", round)
+		if f := storeKeysFile(); len(f.Previous) != 0 {
+			t.Fatalf("round %d: previous store key still kept on disk after a start", round)
 		}
 		store, _ = st.kr.Sealed(ctx, "test_records", "record")
 		checkAll(t, store, acmeApp, 1)
@@ -506,7 +520,8 @@ func TestDestroyShredsScopeAndBelow(t *testing.T) {
 	}
 	checkAll(t, otherStore, globex, 1)
 
-	// The wrapped keyset's message is gone from the bucket's stream, not merely superseded.
+	// The wrapped keyset's message is gone from the bucket's stream (that it is overwritten
+	// on disk is TestWrappedKeysetsAreErasedOnDisk's part).
 	stream, _ := st.kr.stream(ctx)
 	if _, err := stream.GetMsg(ctx, keysetEntry.Revision()); !errors.Is(err, jetstream.ErrMsgNotFound) {
 		t.Fatalf("wrapped keyset still stored: %v", err)
@@ -558,5 +573,55 @@ func TestLegacyStoreKeyIsConverted(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, legacyStoreKeyFile)); !os.IsNotExist(err) {
 		t.Fatal("legacy plain key file kept")
+	}
+}
+
+// One job walks every sealed store, each with its own cursor: store names that sort around
+// the separator of a combined cursor ("recs" and "recs-b") are both done.
+func TestReencryptionCoversEveryStore(t *testing.T) {
+	st := open(t, t.TempDir(), config.Keyring{})
+	a, _ := st.kr.Sealed(ctx, "recs", "rec-a")
+	b, _ := st.kr.Sealed(ctx, "recs-b", "rec-b")
+	for i := range 5 {
+		id := fmt.Sprintf("r%d", i)
+		a.Put(ctx, acmeApp, id, []byte("value-"+id))
+		b.Put(ctx, acmeApp, id, []byte("value-"+id))
+	}
+	if _, err := st.kr.Sealed(ctx, "recs-c", "rec-a"); err == nil {
+		t.Fatal("a second store for the same kind was accepted")
+	}
+	if _, err := st.kr.Rotate(ctx, acmeApp); err != nil {
+		t.Fatal(err)
+	}
+	waitJobs(t, st.kr)
+	checkAll(t, a, acmeApp, 2)
+	checkAll(t, b, acmeApp, 2)
+}
+
+// A destroy interrupted after the tombstone of the top scope (the first thing it writes) is
+// complete after a restart: the scopes below are destroyed and their wrapped keys erased.
+func TestInterruptedDestroyFinishesAtStart(t *testing.T) {
+	st := open(t, t.TempDir(), config.Keyring{})
+	ct, _ := st.kr.Seal(ctx, acmeApp, "secret", "x", []byte("v"))
+	before, _ := st.kr.kv.Get(ctx, recordKey(acmeApp))
+	if _, err := st.kr.tombstone(ctx, recordKey(acme)); err != nil {
+		t.Fatal(err)
+	}
+	st = st.restart()
+	if _, err := st.kr.Unseal(ctx, acmeApp, "secret", "x", ct); !errors.Is(err, ErrDestroyed) {
+		t.Fatalf("child after interrupted destroy: %v", err)
+	}
+	e, err := st.kr.kv.Get(ctx, recordKey(acmeApp))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec scopeRecord
+	json.Unmarshal(e.Value(), &rec)
+	if rec.Destroyed.IsZero() || len(rec.Keyset) != 0 {
+		t.Fatalf("child record after restart: %+v", rec)
+	}
+	stream, _ := st.kr.stream(ctx)
+	if _, err := stream.GetMsg(ctx, before.Revision()); !errors.Is(err, jetstream.ErrMsgNotFound) {
+		t.Fatalf("child's wrapped keyset still stored: %v", err)
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+
+	"github.com/penstock/penstock/internal/names"
 )
 
 // Ciphertext format, version 1, which is Tink's AEAD output as it is:
@@ -35,7 +37,7 @@ func checkIdentity(s Scope, kind, id string) error {
 	if err := s.Validate(); err != nil {
 		return err
 	}
-	if !validName(kind, "_.-") {
+	if !names.Valid(kind, "_.-") {
 		return invalid("kind %q: must be 1-63 of a-z, 0-9, _, . and -", kind)
 	}
 	if id == "" || len(id) > 1024 {

@@ -2,30 +2,14 @@ package keyring
 
 import (
 	"strings"
+
+	"github.com/penstock/penstock/internal/names"
 )
 
 // Scope is what a data key belongs to: a tenant, a tenant's environment, or an application in
 // one. Destroying a scope destroys the scopes under it.
 type Scope struct {
 	Tenant, Environment, Application string
-}
-
-// validName reports whether s is 1-63 of a-z, 0-9 and extra, starting with a letter or digit.
-// It runs on every seal and open, so it is a loop rather than a regular expression.
-func validName(s, extra string) bool {
-	if len(s) == 0 || len(s) > 63 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
-		case i > 0 && strings.IndexByte(extra, c) >= 0:
-		default:
-			return false
-		}
-	}
-	return true
 }
 
 // ParseScope reads "tenant", "tenant/environment" or "tenant/environment/application".
@@ -58,7 +42,7 @@ func (s Scope) Validate() error {
 		return invalid("scope %q: needs a tenant, then optionally an environment and an application", s.String())
 	}
 	for _, seg := range segs {
-		if !validName(seg, "-") {
+		if !names.Valid(seg, "-") {
 			return invalid("scope %q: segment %q must be 1-63 of a-z, 0-9 and -, starting with a letter or digit", s.String(), seg)
 		}
 	}

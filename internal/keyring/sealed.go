@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/penstock/penstock/internal/names"
 )
 
 // Sealed is a KV bucket of records sealed with their scope's data key: the building block of
@@ -37,7 +38,7 @@ var ErrNotFound = errors.New("record not found")
 // Sealed opens (creating if needed) a bucket in the platform account whose records are of
 // kind, and registers it for re-encryption.
 func (k *Keyring) Sealed(ctx context.Context, bucketName, kind string) (*Sealed, error) {
-	if !validName(kind, "_.-") {
+	if !names.Valid(kind, "_.-") {
 		return nil, invalid("kind %q: must be 1-63 of a-z, 0-9, _, . and -", kind)
 	}
 	kv, err := k.plat.KeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucketName, History: 1,

@@ -1,0 +1,194 @@
+// Package authz owns who may do what: the roles, the actions each role grants, scopes, and the
+// one policy decision point, Decide. It is deny by default. It never authenticates anyone and
+// never reads storage: the principal it is given is all it knows.
+package authz
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+)
+
+// Action is something a principal does to a resource.
+type Action string
+
+// The actions. Each HTTP route declares exactly one.
+const (
+	TenantCreate    Action = "tenant.create"
+	TenantRead      Action = "tenant.read"
+	TenantDelete    Action = "tenant.delete"
+	EnvManage       Action = "env.manage"
+	AppManage       Action = "app.manage"
+	UserManage      Action = "user.manage"
+	RoleManage      Action = "role.manage"
+	APIKeyManage    Action = "apikey.manage"
+	AllowlistManage Action = "allowlist.manage"
+	SecretWrite     Action = "secret.write"
+	SecretRead      Action = "secret.read" // names and metadata, never values
+	KeyManage       Action = "key.manage"
+	QueuePublish    Action = "queue.publish"
+	QueueConsume    Action = "queue.consume"
+	QueueManage     Action = "queue.manage"
+	PipelineManage  Action = "pipeline.manage"
+	PipelineRun     Action = "pipeline.run"
+	AuditRead       Action = "audit.read"
+)
+
+// Role is a fixed, documented set of actions.
+type Role string
+
+// The roles.
+const (
+	PlatformAdmin Role = "platform-admin"
+	Owner         Role = "owner"
+	Admin         Role = "admin"
+	Developer     Role = "developer"
+	Operator      Role = "operator"
+	Viewer        Role = "viewer"
+	Auditor       Role = "auditor"
+)
+
+var (
+	readOnly = []Action{TenantRead, SecretRead}
+	roles    = map[Role][]Action{
+		// Platform administrators do everything, and only they create tenants, manage
+		// platform users and the master key.
+		PlatformAdmin: {TenantCreate, TenantRead, TenantDelete, EnvManage, AppManage, UserManage, RoleManage, APIKeyManage,
+			AllowlistManage, SecretWrite, SecretRead, KeyManage, QueuePublish, QueueConsume, QueueManage, PipelineManage,
+			PipelineRun, AuditRead},
+		Owner: {TenantRead, TenantDelete, EnvManage, AppManage, RoleManage, APIKeyManage, AllowlistManage, SecretWrite,
+			SecretRead, QueuePublish, QueueConsume, QueueManage, PipelineManage, PipelineRun, AuditRead},
+		Admin: {TenantRead, EnvManage, AppManage, RoleManage, APIKeyManage, AllowlistManage, SecretWrite, SecretRead,
+			QueuePublish, QueueConsume, QueueManage, PipelineManage, PipelineRun, AuditRead},
+		Developer: {TenantRead, AppManage, SecretWrite, SecretRead, QueuePublish, QueueConsume, QueueManage, PipelineManage, PipelineRun},
+		Operator:  {TenantRead, SecretRead, QueuePublish, QueueConsume, PipelineRun},
+		Viewer:    readOnly,
+		Auditor:   {TenantRead, AuditRead},
+	}
+)
+
+// Roles lists every role.
+func Roles() []Role {
+	return []Role{PlatformAdmin, Owner, Admin, Developer, Operator, Viewer, Auditor}
+}
+
+// Actions returns the actions a role grants, sorted.
+func Actions(r Role) []Action {
+	out := slices.Clone(roles[r])
+	slices.Sort(out)
+	return out
+}
+
+// ValidRole reports whether r is a role.
+func ValidRole(r Role) bool { _, ok := roles[r]; return ok }
+
+// Scope is where a role is bound, and where a resource lives: the platform (all empty), a
+// tenant, an environment of it, or an application in that.
+type Scope struct {
+	Tenant, Environment, Application string
+}
+
+// Platform is the scope above every tenant.
+var Platform = Scope{}
+
+// ParseScope reads "platform", "tenant", "tenant/env" or "tenant/env/app".
+func ParseScope(s string) (Scope, error) {
+	if s == "platform" {
+		return Platform, nil
+	}
+	parts := strings.Split(s, "/")
+	if len(parts) > 3 || slices.Contains(parts, "") {
+		return Scope{}, fmt.Errorf("scope %q: platform, tenant, tenant/environment or tenant/environment/application", s)
+	}
+	sc := Scope{Tenant: parts[0]}
+	if len(parts) > 1 {
+		sc.Environment = parts[1]
+	}
+	if len(parts) > 2 {
+		sc.Application = parts[2]
+	}
+	return sc, nil
+}
+
+func (s Scope) String() string {
+	if s.Tenant == "" {
+		return "platform"
+	}
+	out := s.Tenant
+	if s.Environment != "" {
+		out += "/" + s.Environment
+		if s.Application != "" {
+			out += "/" + s.Application
+		}
+	}
+	return out
+}
+
+// Contains reports whether r is s or lies under it.
+func (s Scope) Contains(r Scope) bool {
+	switch {
+	case s.Tenant == "":
+		return true
+	case s.Tenant != r.Tenant:
+		return false
+	case s.Environment == "":
+		return true
+	case s.Environment != r.Environment:
+		return false
+	case s.Application == "":
+		return true
+	}
+	return s.Application == r.Application
+}
+
+// Binding grants a role at a scope.
+type Binding struct {
+	Role  Role  `json:"role"`
+	Scope Scope `json:"scope"`
+}
+
+// Principal is an authenticated caller: a user (through a session) or an API key, with its
+// role bindings.
+type Principal struct {
+	Kind     string // "user" or "apikey"
+	Name     string // user name, or API key id
+	Bindings []Binding
+}
+
+// Decision is Decide's answer. Hidden means the principal has nothing at all in the
+// resource's tenant: the API then answers 404, so a tenant's existence is not revealed.
+type Decision struct {
+	Allow  bool
+	Hidden bool
+	Reason string
+}
+
+// Decide is the policy decision point: allow if a binding whose scope contains the resource
+// grants the action; deny otherwise.
+func Decide(p Principal, a Action, r Scope) Decision {
+	visible := r.Tenant == ""
+	for _, b := range p.Bindings {
+		if b.Scope.Tenant == "" || b.Scope.Tenant == r.Tenant {
+			visible = true
+		}
+		if b.Scope.Contains(r) && slices.Contains(roles[b.Role], a) {
+			return Decision{Allow: true, Reason: fmt.Sprintf("%s at %s grants %s", b.Role, b.Scope, a)}
+		}
+	}
+	if !visible {
+		return Decision{Hidden: true, Reason: fmt.Sprintf("no role in tenant %s", r.Tenant)}
+	}
+	return Decision{Reason: fmt.Sprintf("no role of %s %s grants %s at %s", p.Kind, p.Name, a, r)}
+}
+
+// Grants reports whether bindings together grant every action role gives at scope: the check
+// that keeps a principal from handing out more than it has.
+func Grants(bindings []Binding, role Role, at Scope) bool {
+	p := Principal{Bindings: bindings}
+	for _, a := range roles[role] {
+		if !Decide(p, a, at).Allow {
+			return false
+		}
+	}
+	return true
+}

@@ -15,7 +15,7 @@ import (
 // PasswordPolicy is what a password must satisfy. The zero value is not usable; see
 // DefaultPolicy.
 type PasswordPolicy struct {
-	MinLength                                     int
+	MinLength                                               int
 	RequireUpper, RequireLower, RequireDigit, RequireSymbol bool
 }
 

@@ -181,3 +181,16 @@ func (k *Keyring) checkDestroyed(ctx context.Context, sc Scope) error {
 	}
 	return nil
 }
+
+// IsDestroyed reports whether the scope, or one above it, was crypto-shredded: such a scope's
+// name cannot be used again.
+func (k *Keyring) IsDestroyed(ctx context.Context, sc Scope) (bool, error) {
+	_, err := k.dataKeyFor(ctx, sc, false)
+	switch {
+	case errors.Is(err, ErrDestroyed):
+		return true, nil
+	case err == nil, errors.Is(err, ErrNoKey):
+		return false, nil
+	}
+	return false, err
+}

@@ -1,0 +1,207 @@
+package identity
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/penstock/penstock/internal/authz"
+	"github.com/penstock/penstock/internal/engine"
+	"github.com/penstock/penstock/internal/keyring"
+)
+
+// Bucket holds the control plane: tenants, applications, users, role bindings, API keys and
+// sessions, one JSON record per key, in the platform account.
+const Bucket = "penstock_identity"
+
+// Errors the API maps to stable codes.
+var (
+	ErrNotFound  = errors.New("not found")
+	ErrExists    = errors.New("already exists")
+	ErrInvalid   = errors.New("invalid")
+	ErrForbidden = errors.New("forbidden")
+)
+
+// Store is the control plane. Writes go to the KV bucket; every process keeps an in-memory view
+// that a KV watch keeps current, so lookups and authorization are local and a change made by
+// any process (a revocation) reaches every other within the watch's delivery time.
+type Store struct {
+	kv   jetstream.KeyValue
+	keys *keyring.Keyring
+	log  *slog.Logger
+	cfg  Config
+
+	mu   sync.RWMutex
+	view map[string]jetstream.KeyValueEntry // by KV key
+
+	stop    context.CancelFunc
+	watched chan struct{}
+
+	dummyOnce sync.Once
+	dummy     string
+}
+
+// Config holds identity settings.
+type Config struct {
+	Argon2 Argon2Params
+	Policy PasswordPolicy
+	// MFAForAll requires a second factor of every user, not just platform admins and owners.
+	MFAForAll bool
+	// SessionIdle and SessionMax bound a session's life without and with activity.
+	SessionIdle, SessionMax time.Duration
+	Now                     func() time.Time
+}
+
+// DefaultConfig: DefaultArgon2, DefaultPolicy, sessions idle 30 minutes, at most 12 hours.
+func DefaultConfig() Config {
+	return Config{Argon2: DefaultArgon2, Policy: DefaultPolicy, SessionIdle: 30 * time.Minute, SessionMax: 12 * time.Hour, Now: time.Now}
+}
+
+// Open opens the bucket and starts the watch that keeps the view current; it returns once the
+// view holds everything stored.
+func Open(ctx context.Context, plat *engine.Account, keys *keyring.Keyring, cfg Config, log *slog.Logger) (*Store, error) {
+	kv, err := plat.KeyValue(ctx, jetstream.KeyValueConfig{Bucket: Bucket, History: 1,
+		Description: "tenants, applications, users, role bindings, API keys, sessions"})
+	if err != nil {
+		return nil, fmt.Errorf("identity: %w", err)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	wctx, cancel := context.WithCancel(context.Background())
+	w, err := kv.WatchAll(wctx)
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("identity: watch: %w", err)
+	}
+	s := &Store{kv: kv, keys: keys, log: log, cfg: cfg, view: map[string]jetstream.KeyValueEntry{}, stop: cancel, watched: make(chan struct{})}
+	ready := make(chan struct{})
+	go s.follow(w, ready)
+	select {
+	case <-ready:
+	case <-ctx.Done():
+		s.Close()
+		return nil, ctx.Err()
+	}
+	return s, nil
+}
+
+// follow applies the watch's entries to the view until the store closes.
+func (s *Store) follow(w jetstream.KeyWatcher, ready chan struct{}) {
+	defer close(s.watched)
+	defer w.Stop()
+	initial := true
+	for e := range w.Updates() {
+		if e == nil {
+			if initial {
+				initial = false
+				close(ready)
+			}
+			continue
+		}
+		s.apply(e)
+	}
+}
+
+// apply puts an entry in the view unless the view already has a newer revision of the key.
+func (s *Store) apply(e jetstream.KeyValueEntry) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if cur, ok := s.view[e.Key()]; ok && cur.Revision() >= e.Revision() {
+		return
+	}
+	// Deletes and purges stay in the view as markers, so an older put cannot bring a key back.
+	s.view[e.Key()] = e
+}
+
+// Close stops the watch.
+func (s *Store) Close() {
+	s.stop()
+	<-s.watched
+}
+
+// get decodes the view's record of key into v.
+func (s *Store) get(key string, v any) (uint64, bool) {
+	s.mu.RLock()
+	e, ok := s.view[key]
+	s.mu.RUnlock()
+	if !ok || e.Operation() != jetstream.KeyValuePut {
+		return 0, false
+	}
+	if json.Unmarshal(e.Value(), v) != nil {
+		return 0, false
+	}
+	return e.Revision(), true
+}
+
+// list decodes every live record whose key starts with prefix.
+func list[T any](s *Store, prefix string) []T {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var out []T
+	for k, e := range s.view {
+		if !strings.HasPrefix(k, prefix) || e.Operation() != jetstream.KeyValuePut {
+			continue
+		}
+		var v T
+		if json.Unmarshal(e.Value(), &v) == nil {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// put writes v at key: created if rev is 0, else updated from rev. The write is applied to the
+// view at once, so the writer reads its own write.
+func (s *Store) put(ctx context.Context, key string, v any, rev uint64) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	var newRev uint64
+	if rev == 0 {
+		newRev, err = s.kv.Create(ctx, key, b)
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			return ErrExists
+		}
+	} else {
+		newRev, err = s.kv.Update(ctx, key, b, rev)
+	}
+	if err != nil {
+		return fmt.Errorf("identity: write %s: %w", strings.SplitN(key, ".", 2)[0], err)
+	}
+	if e, err := s.kv.GetRevision(ctx, key, newRev); err == nil {
+		s.apply(e)
+	}
+	return nil
+}
+
+func (s *Store) del(ctx context.Context, key string) error {
+	if err := s.kv.Purge(ctx, key); err != nil {
+		return fmt.Errorf("identity: delete: %w", err)
+	}
+	// The purge marker reaches the view through the watch; drop the key now for this process.
+	s.mu.Lock()
+	delete(s.view, key)
+	s.mu.Unlock()
+	return nil
+}
+
+// Principal collects a subject's ("user:alice", "apikey:<id>") role bindings.
+func (s *Store) Principal(subject string) authz.Principal {
+	kind, name, _ := strings.Cut(subject, ":")
+	p := authz.Principal{Kind: kind, Name: name}
+	for _, b := range list[RoleBinding](s, "binding.") {
+		if b.Subject == subject {
+			p.Bindings = append(p.Bindings, authz.Binding{Role: b.Role, Scope: b.Scope})
+		}
+	}
+	return p
+}

@@ -1,0 +1,154 @@
+package identity
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sort"
+
+	"github.com/penstock/penstock/internal/keyring"
+	"github.com/penstock/penstock/internal/names"
+)
+
+func invalidf(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrInvalid, fmt.Sprintf(format, args...))
+}
+
+func checkName(kind, n string) error {
+	if err := names.Check(kind, n); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	return nil
+}
+
+// CreateTenant creates a tenant with the default environments.
+func (s *Store) CreateTenant(ctx context.Context, name string) (Tenant, error) {
+	if err := checkName("tenant", name); err != nil {
+		return Tenant{}, err
+	}
+	if slices.Contains(ReservedTenants, name) {
+		return Tenant{}, invalidf("tenant name %q is reserved", name)
+	}
+	if gone, err := s.keys.IsDestroyed(ctx, keyring.Scope{Tenant: name}); err != nil {
+		return Tenant{}, err
+	} else if gone {
+		return Tenant{}, invalidf("tenant name %q belonged to a deleted tenant and cannot be used again", name)
+	}
+	t := Tenant{ID: NewID("ten_"), Name: name, Environments: slices.Clone(DefaultEnvironments), Created: s.cfg.Now().UTC()}
+	return t, s.put(ctx, "tenant."+name, t, 0)
+}
+
+// Tenant returns a tenant by name.
+func (s *Store) Tenant(name string) (Tenant, bool) {
+	var t Tenant
+	_, ok := s.get("tenant."+name, &t)
+	return t, ok
+}
+
+// Tenants lists tenants by name.
+func (s *Store) Tenants() []Tenant {
+	out := list[Tenant](s, "tenant.")
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// DeleteTenant removes a tenant, its applications, role bindings and service keys, and
+// crypto-shreds its keys: its data everywhere becomes unrecoverable.
+func (s *Store) DeleteTenant(ctx context.Context, name string) error {
+	if _, ok := s.Tenant(name); !ok {
+		return ErrNotFound
+	}
+	if err := s.keys.Destroy(ctx, keyring.Scope{Tenant: name}); err != nil {
+		return err
+	}
+	for _, a := range s.Apps(name, "") {
+		if err := s.del(ctx, appKey(a.Tenant, a.Environment, a.Name)); err != nil {
+			return err
+		}
+	}
+	for _, b := range list[RoleBinding](s, "binding.") {
+		if b.Scope.Tenant == name {
+			if err := s.del(ctx, "binding."+b.ID); err != nil {
+				return err
+			}
+		}
+	}
+	for _, k := range list[APIKey](s, "apikey.") {
+		if k.Scope.Tenant == name {
+			if err := s.del(ctx, "apikey."+k.ID); err != nil {
+				return err
+			}
+		}
+	}
+	return s.del(ctx, "tenant."+name)
+}
+
+// SetAllowList replaces a tenant's source allow-list; an empty list allows every address.
+func (s *Store) SetAllowList(ctx context.Context, tenant string, cidrs []string) (Tenant, error) {
+	var t Tenant
+	rev, ok := s.get("tenant."+tenant, &t)
+	if !ok {
+		return Tenant{}, ErrNotFound
+	}
+	for i, c := range cidrs {
+		p, err := netip.ParsePrefix(c)
+		if err != nil {
+			return Tenant{}, invalidf("cidrs[%d]: %q is not a CIDR such as 192.0.2.0/24", i, c)
+		}
+		cidrs[i] = p.Masked().String()
+	}
+	t.AllowList = cidrs
+	return t, s.put(ctx, "tenant."+tenant, t, rev)
+}
+
+func appKey(t, e, a string) string { return "app." + t + "." + e + "." + a }
+
+// CreateApp creates an application in a tenant's environment.
+func (s *Store) CreateApp(ctx context.Context, tenant, env, name string) (Application, error) {
+	t, ok := s.Tenant(tenant)
+	if !ok || !slices.Contains(t.Environments, env) {
+		return Application{}, ErrNotFound
+	}
+	if err := checkName("application", name); err != nil {
+		return Application{}, err
+	}
+	if gone, err := s.keys.IsDestroyed(ctx, keyring.Scope{Tenant: tenant, Environment: env, Application: name}); err != nil {
+		return Application{}, err
+	} else if gone {
+		return Application{}, invalidf("application name %q belonged to a deleted application and cannot be used again", name)
+	}
+	a := Application{ID: NewID("app_"), Tenant: tenant, Environment: env, Name: name, Created: s.cfg.Now().UTC()}
+	return a, s.put(ctx, appKey(tenant, env, name), a, 0)
+}
+
+// App returns an application.
+func (s *Store) App(tenant, env, name string) (Application, bool) {
+	var a Application
+	_, ok := s.get(appKey(tenant, env, name), &a)
+	return a, ok
+}
+
+// Apps lists a tenant's applications, in one environment or (env "") all.
+func (s *Store) Apps(tenant, env string) []Application {
+	prefix := "app." + tenant + "."
+	if env != "" {
+		prefix += env + "."
+	}
+	out := list[Application](s, prefix)
+	sort.Slice(out, func(i, j int) bool {
+		return out[i].Environment+"/"+out[i].Name < out[j].Environment+"/"+out[j].Name
+	})
+	return out
+}
+
+// DeleteApp removes an application and crypto-shreds its keys.
+func (s *Store) DeleteApp(ctx context.Context, tenant, env, name string) error {
+	if _, ok := s.App(tenant, env, name); !ok {
+		return ErrNotFound
+	}
+	if err := s.keys.Destroy(ctx, keyring.Scope{Tenant: tenant, Environment: env, Application: name}); err != nil {
+		return err
+	}
+	return s.del(ctx, appKey(tenant, env, name))
+}

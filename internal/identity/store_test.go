@@ -1,0 +1,322 @@
+package identity
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/pquerna/otp"
+	"github.com/pquerna/otp/totp"
+
+	"github.com/penstock/penstock/internal/authz"
+	"github.com/penstock/penstock/internal/config"
+	"github.com/penstock/penstock/internal/engine"
+	"github.com/penstock/penstock/internal/keyring"
+	"github.com/penstock/penstock/internal/redact"
+)
+
+var ctx = context.Background()
+
+type node struct {
+	store *Store
+	now   *time.Time
+}
+
+// openNodes opens n identity stores on one engine, as n Penstock processes would.
+func openNodes(t *testing.T, n int) []node {
+	t.Helper()
+	dir := t.TempDir()
+	m, err := keyring.LoadMaster(ctx, dir, config.Keyring{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur, _ := m.StoreKey()
+	eng, err := engine.Open(ctx, engine.Options{DataDir: dir, Config: config.Default().Engine, StoreKey: cur})
+	if err != nil {
+		t.Fatal(err)
+	}
+	plat, _ := eng.Account(ctx, engine.PlatformAccount)
+	kr, err := keyring.New(ctx, keyring.Options{Master: m, Platform: plat})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var nodes []node
+	for range n {
+		now := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+		cfg := DefaultConfig()
+		cfg.Argon2 = cheap
+		nd := node{now: &now}
+		cfg.Now = func() time.Time { return *nd.now }
+		s, err := Open(ctx, plat, kr, cfg, slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatal(err)
+		}
+		nd.store = s
+		nodes = append(nodes, nd)
+	}
+	t.Cleanup(func() {
+		for _, nd := range nodes {
+			nd.store.Close()
+		}
+		kr.Close()
+		eng.Close()
+		m.Close()
+	})
+	return nodes
+}
+
+func TestTenantsAndApps(t *testing.T) {
+	s := openNodes(t, 1)[0].store
+	ten, err := s.CreateTenant(ctx, "acme")
+	if err != nil || len(ten.Environments) != 3 || len(ten.ID) < 20 {
+		t.Fatalf("create: %+v %v", ten, err)
+	}
+	if _, err := s.CreateTenant(ctx, "acme"); !errors.Is(err, ErrExists) {
+		t.Fatalf("duplicate: %v", err)
+	}
+	for _, bad := range []string{"platform", "Acme", "-x", ""} {
+		if _, err := s.CreateTenant(ctx, bad); !errors.Is(err, ErrInvalid) {
+			t.Errorf("tenant %q: %v", bad, err)
+		}
+	}
+	if _, err := s.CreateApp(ctx, "acme", "production", "billing"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CreateApp(ctx, "acme", "qa", "billing"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("app in a missing environment: %v", err)
+	}
+	if apps := s.Apps("acme", ""); len(apps) != 1 || apps[0].Name != "billing" {
+		t.Fatalf("apps %+v", apps)
+	}
+	if _, err := s.SetAllowList(ctx, "acme", []string{"10.0.0.1/8", "bad"}); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("bad CIDR: %v", err)
+	}
+	ten, err = s.SetAllowList(ctx, "acme", []string{"10.0.0.1/8"})
+	if err != nil || ten.AllowList[0] != "10.0.0.0/8" {
+		t.Fatalf("allow list %v %v", ten.AllowList, err)
+	}
+	if err := s.DeleteApp(ctx, "acme", "production", "billing"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CreateApp(ctx, "acme", "production", "billing"); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("reusing a deleted application's name: %v", err)
+	}
+	if err := s.DeleteTenant(ctx, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := s.Tenant("acme"); ok {
+		t.Fatal("tenant still there")
+	}
+	if _, err := s.CreateTenant(ctx, "acme"); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("reusing a deleted tenant's name: %v", err)
+	}
+}
+
+func code(t *testing.T, secret redact.Secret, at time.Time) string {
+	c, err := totp.GenerateCodeCustom(secret.Reveal(), at, totp.ValidateOpts{Period: 30, Digits: otp.DigitsSix, Algorithm: otp.AlgorithmSHA1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestLoginMFAAndSessions(t *testing.T) {
+	nd := openNodes(t, 1)[0]
+	s := nd.store
+	if _, _, err := s.CreateUser(ctx, "alice", "alice@example.com", redact.NewSecret("alice-Pass-2024!")); err == nil {
+		t.Fatal("a password containing the user name was accepted")
+	}
+	u, pw, err := s.CreateUser(ctx, "alice", "alice@example.com", redact.Secret{})
+	if err != nil || !u.MustChange || pw.IsZero() {
+		t.Fatalf("create: %+v %v", u, err)
+	}
+	lock := NewLockout()
+	lock.Now = func() time.Time { return *nd.now }
+
+	tok, sess, err := s.Login(ctx, lock, "alice", pw, "", "192.0.2.1")
+	if err != nil || sess.MFA {
+		t.Fatalf("login: %v", err)
+	}
+	if got, err := s.Session(ctx, tok.Reveal()); err != nil || got.User != "alice" {
+		t.Fatalf("session: %v", err)
+	}
+	next := redact.NewSecret("Correct-Horse-Battery-7")
+	if err := s.ChangePassword(ctx, "alice", pw, next); err != nil {
+		t.Fatal(err)
+	}
+	if u, _ := s.User("alice"); u.MustChange {
+		t.Fatal("still must change after a change")
+	}
+
+	enr, err := s.EnrolMFA(ctx, "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ConfirmMFA(ctx, "alice", "000000"); !errors.Is(err, ErrBadCode) {
+		t.Fatalf("confirm with a wrong code: %v", err)
+	}
+	c := code(t, enr.Secret, *nd.now)
+	if err := s.ConfirmMFA(ctx, "alice", c); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.Login(ctx, lock, "alice", next, "", "192.0.2.1"); !errors.Is(err, ErrMFARequired) {
+		t.Fatalf("login without a code: %v", err)
+	}
+	if _, _, err := s.Login(ctx, lock, "alice", next, c, "192.0.2.1"); !errors.Is(err, ErrBadCode) {
+		t.Fatalf("login replaying the enrolment code: %v", err)
+	}
+	*nd.now = nd.now.Add(30 * time.Second)
+	tok, sess, err = s.Login(ctx, lock, "alice", next, code(t, enr.Secret, *nd.now), "192.0.2.1")
+	if err != nil || !sess.MFA {
+		t.Fatalf("login with a code: %v", err)
+	}
+	if _, _, err := s.Login(ctx, lock, "alice", next, enr.RecoveryCodes[0].Reveal(), "192.0.2.1"); err != nil {
+		t.Fatalf("login with a recovery code: %v", err)
+	}
+	if _, _, err := s.Login(ctx, lock, "alice", next, enr.RecoveryCodes[0].Reveal(), "192.0.2.1"); !errors.Is(err, ErrBadCode) {
+		t.Fatalf("recovery code reused: %v", err)
+	}
+
+	// Idle and absolute expiry, on the store's clock.
+	*nd.now = nd.now.Add(29 * time.Minute)
+	if _, err := s.Session(ctx, tok.Reveal()); err != nil {
+		t.Fatalf("session idle 29 minutes: %v", err)
+	}
+	*nd.now = nd.now.Add(31 * time.Minute)
+	if _, err := s.Session(ctx, tok.Reveal()); !errors.Is(err, ErrUnauthenticated) {
+		t.Fatalf("session idle 31 minutes: %v", err)
+	}
+	tok, _, _ = s.Login(ctx, lock, "alice", next, enr.RecoveryCodes[1].Reveal(), "192.0.2.1")
+	for range 25 {
+		*nd.now = nd.now.Add(29 * time.Minute)
+		s.Session(ctx, tok.Reveal())
+	}
+	if _, err := s.Session(ctx, tok.Reveal()); !errors.Is(err, ErrUnauthenticated) {
+		t.Fatal("an active session outlived the 12-hour limit")
+	}
+
+	// Disabling ends sessions and stops logins, with the same answer as a wrong password.
+	tok, _, _ = s.Login(ctx, lock, "alice", next, enr.RecoveryCodes[2].Reveal(), "192.0.2.1")
+	if err := s.SetDisabled(ctx, "alice", true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Session(ctx, tok.Reveal()); !errors.Is(err, ErrUnauthenticated) {
+		t.Fatalf("session of a disabled user: %v", err)
+	}
+	if _, _, err := s.Login(ctx, lock, "alice", next, enr.RecoveryCodes[3].Reveal(), "192.0.2.2"); !errors.Is(err, ErrBadCredentials) {
+		t.Fatalf("disabled user login: %v", err)
+	}
+}
+
+func TestLoginLockoutDoesNotRevealAccounts(t *testing.T) {
+	nd := openNodes(t, 1)[0]
+	s := nd.store
+	_, pw, _ := s.CreateUser(ctx, "bob", "", redact.Secret{})
+	lock := NewLockout()
+	lock.Now = func() time.Time { return *nd.now }
+	for _, user := range []string{"bob", "nobody"} {
+		for range 5 {
+			if _, _, err := s.Login(ctx, lock, user, redact.NewSecret("wrong-Password-1!"), "", "198.51.100."+user[:1]); !errors.Is(err, ErrBadCredentials) {
+				t.Fatalf("%s: %v", user, err)
+			}
+		}
+		if _, _, err := s.Login(ctx, lock, user, pw, "", "203.0.113.9"); !errors.Is(err, ErrLocked) {
+			t.Fatalf("%s after 5 failures: %v, want the same lock for existing and missing accounts", user, err)
+		}
+	}
+	*nd.now = nd.now.Add(time.Minute)
+	if _, _, err := s.Login(ctx, lock, "bob", pw, "", "203.0.113.9"); err != nil {
+		t.Fatalf("after the lock ended: %v", err)
+	}
+}
+
+// A revocation made by one process reaches another sharing the engine within a second.
+func TestRevocationPropagatesToAnotherNode(t *testing.T) {
+	nodes := openNodes(t, 2)
+	a, b := nodes[0].store, nodes[1].store
+	if _, err := a.CreateTenant(ctx, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	nk, err := a.CreateAPIKey(ctx, "user:alice", "ci", authz.Developer, authz.Scope{Tenant: "acme"}, time.Time{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := netip.MustParseAddr("192.0.2.1")
+	eventually := func(what string, ok func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(time.Second)
+		for !ok() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not seen by the other node within a second", what)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	eventually("new key", func() bool { _, err := b.VerifyAPIKey(nk.Key.Reveal(), src); return err == nil })
+	if err := a.RevokeAPIKey(ctx, nk.Record.ID); err != nil {
+		t.Fatal(err)
+	}
+	eventually("revoked key", func() bool { _, err := b.VerifyAPIKey(nk.Key.Reveal(), src); return err != nil })
+
+	_, pw, _ := a.CreateUser(ctx, "carol", "", redact.Secret{})
+	lock := NewLockout()
+	tok, _, err := a.Login(ctx, lock, "carol", pw, "", "192.0.2.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually("session", func() bool { _, err := b.Session(ctx, tok.Reveal()); return err == nil })
+	rb, err := a.Grant(ctx, "user:carol", authz.Viewer, authz.Scope{Tenant: "acme"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually("grant", func() bool { return len(b.Principal("user:carol").Bindings) == 1 })
+	if err := a.Revoke(ctx, rb.ID); err != nil {
+		t.Fatal(err)
+	}
+	eventually("revoked grant", func() bool { return len(b.Principal("user:carol").Bindings) == 0 })
+	if err := a.SetDisabled(ctx, "carol", true); err != nil {
+		t.Fatal(err)
+	}
+	eventually("ended session", func() bool { _, err := b.Session(ctx, tok.Reveal()); return err != nil })
+}
+
+func TestAPIKeyChecks(t *testing.T) {
+	nd := openNodes(t, 1)[0]
+	s := nd.store
+	s.CreateTenant(ctx, "acme")
+	scope := authz.Scope{Tenant: "acme", Environment: "production"}
+	src := netip.MustParseAddr("192.0.2.1")
+	exp, err := s.CreateAPIKey(ctx, "user:alice", "", authz.Operator, scope, nd.now.Add(time.Hour), []string{"192.0.2.0/24"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.VerifyAPIKey(exp.Key.Reveal(), src); err != nil {
+		t.Fatalf("valid key: %v", err)
+	}
+	if _, err := s.VerifyAPIKey(exp.Key.Reveal(), netip.MustParseAddr("198.51.100.1")); !errors.Is(err, ErrUnauthenticated) {
+		t.Fatalf("outside the CIDRs: %v", err)
+	}
+	k := exp.Key.Reveal()
+	if _, err := s.VerifyAPIKey(k[:len(k)-2]+"00", src); !errors.Is(err, ErrUnauthenticated) {
+		t.Fatalf("wrong secret: %v", err)
+	}
+	*nd.now = nd.now.Add(2 * time.Hour)
+	if _, err := s.VerifyAPIKey(k, src); !errors.Is(err, ErrUnauthenticated) {
+		t.Fatalf("expired key: %v", err)
+	}
+	if _, err := s.CreateAPIKey(ctx, "user:alice", "", authz.PlatformAdmin, scope, time.Time{}, nil); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("platform-admin key: %v", err)
+	}
+	if _, err := s.CreateAPIKey(ctx, "user:alice", "", authz.Viewer, authz.Scope{Tenant: "globex"}, time.Time{}, nil); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("key for a missing tenant: %v", err)
+	}
+	nk, _ := s.CreateAPIKey(ctx, "user:alice", "", authz.Viewer, scope, time.Time{}, nil)
+	id, _, _ := ParseAPIKey(nk.Key.Reveal())
+	rec, signing, err := s.KeyForSignature(ctx, id, src)
+	if err != nil || rec.ID != id || signing != SigningKey(nk.Key) {
+		t.Fatalf("signing key: %v", err)
+	}
+}

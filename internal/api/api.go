@@ -17,8 +17,10 @@ import (
 
 	"github.com/penstock/penstock/internal/config"
 	"github.com/penstock/penstock/internal/edge"
+	"github.com/penstock/penstock/internal/identity"
 	"github.com/penstock/penstock/internal/keyring"
 	"github.com/penstock/penstock/internal/secrets"
+	"github.com/penstock/penstock/internal/signing"
 )
 
 // Readiness is what /readyz asks: can the engine be written to and read from now.
@@ -35,30 +37,41 @@ type Options struct {
 	Edge     *edge.Metrics
 	Registry prometheus.Registerer
 
-	// AdminTokenHash is the SHA-256 of the platform administrator's bootstrap token, which
-	// every /v1/ route requires.
-	AdminTokenHash [32]byte
-	Keyring        *keyring.Keyring
-	Master         *keyring.Master
-	Secrets        *secrets.Store
+	Keyring  *keyring.Keyring
+	Master   *keyring.Master
+	Secrets  *secrets.Store
+	Identity *identity.Store
+	Lockout  *identity.Lockout
+	Nonces   signing.NonceStore
+	// Now is the clock for signed requests; nil means time.Now.
+	Now func() time.Time
 }
 
-// Handler builds the API's http.Handler: edge request limits, panic recovery, access log and
-// metrics around the routes.
-func Handler(o Options) http.Handler {
+// Handler builds the API's http.Handler: edge request limits, panic recovery, access log,
+// metrics and authentication around the routes, each of which declares the action it needs. It
+// also returns the routes, for the test that walks them.
+func Handler(o Options) (http.Handler, []Route) {
 	mux := http.NewServeMux()
 	cfg := huma.DefaultConfig("Penstock API", o.Version)
 	cfg.CreateHooks = nil // no $schema links in bodies
 	cfg.DocsPath = ""     // the docs page loads scripts from a CDN; the spec is at /openapi.json
 	cfg.Info.Description = "Penstock: secure multi-tenant message fabric and ETL pipelines."
 	cfg.Components.SecuritySchemes = map[string]*huma.SecurityScheme{
-		"adminToken": {Type: "http", Scheme: "bearer", Description: "the platform administrator's token (data_dir/admin.token)"},
+		"session": {Type: "http", Scheme: "bearer", Description: "a session token from POST /v1/auth/login (or the penstock_session cookie)"},
+		"apiKey":  {Type: "http", Scheme: "bearer", Description: "an API key, psk_<id>_<secret>"},
+		"signature": {Type: "apiKey", In: "header", Name: "Authorization",
+			Description: "PSK-HMAC-SHA256 Credential=<key id>, SignedHeaders=..., Signature=... (docs/access.md)"},
 	}
 	hapi := humago.New(mux, cfg)
 
-	registerHealth(hapi, o)
-	registerKeys(hapi, o)
-	registerSecrets(hapi, o)
+	g := gate{o: o, reg: &routes{}}
+	registerHealth(g, hapi, o)
+	registerKeys(g, hapi, o)
+	registerSecrets(g, hapi, o)
+	registerAccount(g, hapi, o)
+	registerTenancy(g, hapi, o)
+	registerGrants(g, hapi, o)
+	g.reg.check(hapi)
 
 	requests := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "penstock_http_requests_total",
@@ -71,14 +84,21 @@ func Handler(o Options) http.Handler {
 	}, []string{"route"})
 	o.Registry.MustRegister(requests, latency)
 
+	public := map[string]bool{}
+	for _, r := range g.reg.list {
+		if r.Action == Public {
+			public[r.Method+" "+r.Path] = true
+		}
+	}
 	var h http.Handler = jsonMuxErrors(mux)
-	h = requireAdmin(h, o.AdminTokenHash)
+	h = authenticate(h, o, mux, public)
+	h = withSource(h)
 	h = observe(h, o.Logger, requests, latency)
 	h = recoverPanics(h, o.Logger)
 	h = edge.Requests(o.Limits, o.Edge, func(w http.ResponseWriter, _ *http.Request, status int, code, msg string) {
 		writeError(w, NewError(status, code, msg))
 	})(h)
-	return securityHeaders(h)
+	return securityHeaders(h), g.reg.list
 }
 
 // jsonMuxErrors answers requests the mux has no route for (404) or no method for (405, with
@@ -86,6 +106,9 @@ func Handler(o Options) http.Handler {
 func jsonMuxErrors(mux *http.ServeMux) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h, pattern := mux.Handler(r)
+		if holder, ok := r.Context().Value(routeKey{}).(*string); ok {
+			*holder = pattern // for the metrics, which run outside the request copies made below them
+		}
 		if pattern != "" {
 			mux.ServeHTTP(w, r)
 			return
@@ -130,6 +153,9 @@ func securityHeaders(next http.Handler) http.Handler {
 	})
 }
 
+// routeKey holds a *string the mux's route pattern is written to.
+type routeKey struct{}
+
 type statusWriter struct {
 	http.ResponseWriter
 	status int
@@ -157,17 +183,17 @@ func observe(next http.Handler, log *slog.Logger, requests *prometheus.CounterVe
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		sw := &statusWriter{ResponseWriter: w}
-		next.ServeHTTP(sw, r)
+		route := new(string)
+		next.ServeHTTP(sw, r.WithContext(context.WithValue(r.Context(), routeKey{}, route)))
 		if sw.status == 0 {
 			sw.status = http.StatusOK
 		}
-		route := r.Pattern
-		if route == "" || route == "/" {
-			route = "unmatched"
+		if *route == "" {
+			*route = "unmatched"
 		}
 		d := time.Since(start)
-		requests.WithLabelValues(route, strconv.Itoa(sw.status)).Inc()
-		latency.WithLabelValues(route).Observe(d.Seconds())
+		requests.WithLabelValues(*route, strconv.Itoa(sw.status)).Inc()
+		latency.WithLabelValues(*route).Observe(d.Seconds())
 		log.Info("request", "method", r.Method, "path", r.URL.Path, "status", sw.status,
 			"duration_ms", float64(d.Microseconds())/1000, "remote", hostOfRemote(r.RemoteAddr), "proto", r.Proto)
 	})

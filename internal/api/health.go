@@ -13,27 +13,27 @@ type statusBody struct {
 	}
 }
 
-func registerHealth(hapi huma.API, o Options) {
-	huma.Register(hapi, huma.Operation{
+func registerHealth(g gate, hapi huma.API, o Options) {
+	register(g, hapi, Route{Action: Public}, huma.Operation{
 		OperationID: "healthz",
 		Method:      http.MethodGet,
 		Path:        "/healthz",
 		Summary:     "Liveness: the process is running and serving",
 		Tags:        []string{"health"},
-	}, func(ctx context.Context, _ *struct{}) (*statusBody, error) {
+	}, nil, func(ctx context.Context, _ *caller, _ *struct{}) (*statusBody, error) {
 		out := &statusBody{}
 		out.Body.Status = "ok"
 		return out, nil
 	})
 
-	huma.Register(hapi, huma.Operation{
+	register(g, hapi, Route{Action: Public}, huma.Operation{
 		OperationID: "readyz",
 		Method:      http.MethodGet,
 		Path:        "/readyz",
 		Summary:     "Readiness: the engine is reachable and writable",
 		Tags:        []string{"health"},
 		Errors:      []int{http.StatusServiceUnavailable},
-	}, func(ctx context.Context, _ *struct{}) (*statusBody, error) {
+	}, nil, func(ctx context.Context, _ *caller, _ *struct{}) (*statusBody, error) {
 		if err := o.Ready.Ready(ctx); err != nil {
 			o.Logger.Warn("not ready", "error", err)
 			return nil, NewError(http.StatusServiceUnavailable, "engine.unavailable", "the engine is not reachable or not writable")

@@ -7,6 +7,7 @@ import (
 
 	"github.com/danielgtaylor/huma/v2"
 
+	"github.com/penstock/penstock/internal/authz"
 	"github.com/penstock/penstock/internal/keyring"
 )
 
@@ -38,12 +39,13 @@ type masterOutput struct {
 	}
 }
 
-func registerKeys(hapi huma.API, o Options) {
-	huma.Register(hapi, huma.Operation{
+func registerKeys(g gate, hapi huma.API, o Options) {
+	keyManage := Route{Action: authz.KeyManage}
+	register(g, hapi, keyManage, huma.Operation{
 		OperationID: "keys-status", Method: http.MethodGet, Path: "/v1/keys",
 		Summary: "Scopes, key versions, rotation times and re-encryption jobs (never key material)",
-		Tags:    []string{"keys"}, Security: adminSecurity,
-	}, func(ctx context.Context, _ *struct{}) (*statusOutput, error) {
+		Tags:    []string{"keys"},
+	}, platformScope[struct{}], func(ctx context.Context, _ *caller, _ *struct{}) (*statusOutput, error) {
 		st, err := o.Keyring.Status(ctx)
 		if err != nil {
 			return nil, internalError(o, "keys status", err)
@@ -51,12 +53,12 @@ func registerKeys(hapi huma.API, o Options) {
 		return &statusOutput{Body: st}, nil
 	})
 
-	huma.Register(hapi, huma.Operation{
+	register(g, hapi, keyManage, huma.Operation{
 		OperationID: "keys-rotate", Method: http.MethodPost, Path: "/v1/keys/rotate",
-		Summary: "Give a scope a new primary data key and re-encrypt its records in the background",
-		Tags:    []string{"keys"}, Security: adminSecurity,
+		Summary:       "Give a scope a new primary data key and re-encrypt its records in the background",
+		Tags:          []string{"keys"},
 		DefaultStatus: http.StatusAccepted,
-	}, func(ctx context.Context, in *scopeInput) (*rotateOutput, error) {
+	}, platformScope[scopeInput], func(ctx context.Context, _ *caller, in *scopeInput) (*rotateOutput, error) {
 		s, err := parseScope(in.Body.Scope)
 		if err != nil {
 			return nil, err
@@ -70,12 +72,12 @@ func registerKeys(hapi huma.API, o Options) {
 		return out, nil
 	})
 
-	huma.Register(hapi, huma.Operation{
+	register(g, hapi, keyManage, huma.Operation{
 		OperationID: "keys-rotate-master", Method: http.MethodPost, Path: "/v1/keys/rotate-master",
 		Summary: "Replace the master key file and rewrap every data key under it, without downtime",
-		Tags:    []string{"keys"}, Security: adminSecurity,
-		Errors: []int{http.StatusConflict},
-	}, func(ctx context.Context, _ *struct{}) (*masterOutput, error) {
+		Tags:    []string{"keys"},
+		Errors:  []int{http.StatusConflict},
+	}, platformScope[struct{}], func(ctx context.Context, _ *caller, _ *struct{}) (*masterOutput, error) {
 		if err := o.Keyring.RotateMaster(ctx, o.Master); err != nil {
 			if errors.Is(err, keyring.ErrRotateConfigured) {
 				return nil, NewError(http.StatusConflict, "keys.master_configured", err.Error())
@@ -87,12 +89,12 @@ func registerKeys(hapi huma.API, o Options) {
 		return out, nil
 	})
 
-	huma.Register(hapi, huma.Operation{
+	register(g, hapi, keyManage, huma.Operation{
 		OperationID: "keys-destroy", Method: http.MethodPost, Path: "/v1/keys/destroy",
-		Summary: "Crypto-shred a scope: destroy its data keys and those under it, making its data unrecoverable",
-		Tags:    []string{"keys"}, Security: adminSecurity,
+		Summary:       "Crypto-shred a scope: destroy its data keys and those under it, making its data unrecoverable",
+		Tags:          []string{"keys"},
 		DefaultStatus: http.StatusNoContent,
-	}, func(ctx context.Context, in *destroyInput) (*struct{}, error) {
+	}, platformScope[destroyInput], func(ctx context.Context, _ *caller, in *destroyInput) (*struct{}, error) {
 		s, err := parseScope(in.Body.Scope)
 		if err != nil {
 			return nil, err
@@ -108,7 +110,8 @@ func registerKeys(hapi huma.API, o Options) {
 	})
 }
 
-var adminSecurity = []map[string][]string{{"adminToken": {}}}
+// platformScope is the resource of platform-wide operations.
+func platformScope[I any](*I) authz.Scope { return authz.Platform }
 
 func parseScope(raw string) (keyring.Scope, error) {
 	s, err := keyring.ParseScope(raw)

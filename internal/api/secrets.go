@@ -6,6 +6,7 @@ import (
 
 	"github.com/danielgtaylor/huma/v2"
 
+	"github.com/penstock/penstock/internal/authz"
 	"github.com/penstock/penstock/internal/keyring"
 	"github.com/penstock/penstock/internal/redact"
 	"github.com/penstock/penstock/internal/secrets"
@@ -53,27 +54,30 @@ type listOutput struct {
 
 const secretsPath = "/v1/tenants/{tenant}/environments/{environment}/applications/{application}/secrets"
 
-func registerSecrets(hapi huma.API, o Options) {
-	huma.Register(hapi, huma.Operation{
+func registerSecrets(g gate, hapi huma.API, o Options) {
+	register(g, hapi, Route{Action: authz.SecretWrite}, huma.Operation{
 		OperationID: "secret-put", Method: http.MethodPut, Path: secretsPath + "/{name}",
 		Summary: "Store a secret (write-only: its value is never returned)",
-		Tags:    []string{"secrets"}, Security: adminSecurity,
-		Errors: []int{http.StatusGone},
-	}, func(ctx context.Context, in *putSecretInput) (*metaOutput, error) {
-		p := secretPath{in.Tenant, in.Environment, in.Application, in.Name}
-		m, err := o.Secrets.Put(ctx, p.scope(), in.Name, redact.NewSecret(in.Body.Value))
-		if err != nil {
-			return nil, keyError(o, "put secret", err)
-		}
-		return &metaOutput{Body: m}, nil
-	})
+		Tags:    []string{"secrets"},
+		Errors:  []int{http.StatusGone},
+	}, func(in *putSecretInput) authz.Scope {
+		return authz.Scope{Tenant: in.Tenant, Environment: in.Environment, Application: in.Application}
+	},
+		func(ctx context.Context, _ *caller, in *putSecretInput) (*metaOutput, error) {
+			p := secretPath{in.Tenant, in.Environment, in.Application, in.Name}
+			m, err := o.Secrets.Put(ctx, p.scope(), in.Name, redact.NewSecret(in.Body.Value))
+			if err != nil {
+				return nil, keyError(o, "put secret", err)
+			}
+			return &metaOutput{Body: m}, nil
+		})
 
-	huma.Register(hapi, huma.Operation{
+	register(g, hapi, Route{Action: authz.SecretRead}, huma.Operation{
 		OperationID: "secret-list", Method: http.MethodGet, Path: secretsPath,
 		Summary: "List an application's secrets: names, revisions, times, never values",
-		Tags:    []string{"secrets"}, Security: adminSecurity,
-		Errors: []int{http.StatusGone},
-	}, func(ctx context.Context, in *appPath) (*listOutput, error) {
+		Tags:    []string{"secrets"},
+		Errors:  []int{http.StatusGone},
+	}, func(in *appPath) authz.Scope { return authz.Scope(in.scope()) }, func(ctx context.Context, _ *caller, in *appPath) (*listOutput, error) {
 		list, err := o.Secrets.List(ctx, in.scope())
 		if err != nil {
 			return nil, keyError(o, "list secrets", err)
@@ -86,13 +90,13 @@ func registerSecrets(hapi huma.API, o Options) {
 		return out, nil
 	})
 
-	huma.Register(hapi, huma.Operation{
+	register(g, hapi, Route{Action: authz.SecretWrite}, huma.Operation{
 		OperationID: "secret-delete", Method: http.MethodDelete, Path: secretsPath + "/{name}",
-		Summary: "Delete a secret",
-		Tags:    []string{"secrets"}, Security: adminSecurity,
+		Summary:       "Delete a secret",
+		Tags:          []string{"secrets"},
 		DefaultStatus: http.StatusNoContent,
 		Errors:        []int{http.StatusNotFound, http.StatusGone},
-	}, func(ctx context.Context, in *secretPath) (*struct{}, error) {
+	}, func(in *secretPath) authz.Scope { return authz.Scope(in.scope()) }, func(ctx context.Context, _ *caller, in *secretPath) (*struct{}, error) {
 		if err := o.Secrets.Delete(ctx, in.scope(), in.Name); err != nil {
 			return nil, keyError(o, "delete secret", err)
 		}

@@ -4,14 +4,12 @@ package app
 
 import (
 	"context"
-	"crypto/sha256"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
-	"path/filepath"
 	"sync/atomic"
 	"time"
 
@@ -26,14 +24,11 @@ import (
 	"github.com/penstock/penstock/internal/datadir"
 	"github.com/penstock/penstock/internal/edge"
 	"github.com/penstock/penstock/internal/engine"
+	"github.com/penstock/penstock/internal/identity"
 	"github.com/penstock/penstock/internal/keyring"
+	"github.com/penstock/penstock/internal/redact"
 	"github.com/penstock/penstock/internal/secrets"
 )
-
-// AdminTokenFile, inside the data directory, holds the platform administrator's bootstrap
-// token (256 bits, hex): the bearer token every /v1/ route requires until identity and access
-// arrive. The CLI reads it from there.
-const AdminTokenFile = "admin.token"
 
 // App is one running Penstock process.
 type App struct {
@@ -42,10 +37,13 @@ type App struct {
 	eng   *engine.Engine
 	certs *certs.Manager
 
-	lock     *datadir.Lock
-	master   *keyring.Master
-	keys     *keyring.Keyring
-	inflight atomic.Int64 // handlers in progress
+	lock      *datadir.Lock
+	master    *keyring.Master
+	keys      *keyring.Keyring
+	ident     *identity.Store
+	bootstrap redact.Secret
+	routes    []api.Route
+	inflight  atomic.Int64 // handlers in progress
 
 	apiSrv     *http.Server
 	apiLn      net.Listener
@@ -117,17 +115,25 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 	if err := a.keys.ResumeJobs(ctx); err != nil {
 		return nil, err
 	}
-	adminToken, err := datadir.LoadOrCreateKey(filepath.Join(cfg.DataDir, AdminTokenFile))
+	icfg := identity.DefaultConfig()
+	if a.ident, err = identity.Open(ctx, plat, a.keys, icfg, log.With("component", "identity")); err != nil {
+		return nil, err
+	}
+	nonces, err := identity.OpenNonces(ctx, plat)
 	if err != nil {
 		return nil, err
 	}
+	if a.bootstrap, err = a.ident.Bootstrap(ctx); err != nil {
+		return nil, err
+	}
 
-	handler := api.Handler(api.Options{
+	handler, routes := api.Handler(api.Options{
 		Version: version, Logger: log.With("component", "api"), Ready: a.eng,
 		Limits: lim, Edge: em, Registry: reg,
-		AdminTokenHash: sha256.Sum256([]byte(adminToken.Reveal())),
-		Keyring:        a.keys, Master: a.master, Secrets: store,
+		Keyring: a.keys, Master: a.master, Secrets: store,
+		Identity: a.ident, Lockout: identity.NewLockout(), Nonces: nonces,
 	})
+	a.routes = routes
 	a.apiSrv = &http.Server{
 		Handler:           a.track(handler),
 		TLSConfig:         a.certs.TLSConfig(),
@@ -151,6 +157,10 @@ func (a *App) track(next http.Handler) http.Handler {
 		next.ServeHTTP(w, r)
 	})
 }
+
+// BootstrapPassword is the first platform administrator's one-time password when this start
+// created it, else zero. The CLI prints it once; it is never logged or stored in the clear.
+func (a *App) BootstrapPassword() redact.Secret { return a.bootstrap }
 
 // APIAddr is the address the API listens on.
 func (a *App) APIAddr() string { return a.apiLn.Addr().String() }
@@ -233,6 +243,9 @@ func (a *App) closeAll() {
 	}
 	if a.metricsLn != nil {
 		a.metricsLn.Close()
+	}
+	if a.ident != nil {
+		a.ident.Close()
 	}
 	if a.keys != nil {
 		a.keys.Close() // background jobs first: they write through the engine

@@ -26,6 +26,7 @@ import (
 
 type testApp struct {
 	*App
+	admin, adminPassword, adminTOTP string // the administrator's session, once set up
 	done   chan error
 	cancel context.CancelFunc
 	logs   *testenv.LogBuffer
@@ -537,7 +538,7 @@ func TestSecretsStayOutOfLogsAndResponses(t *testing.T) {
 	})
 	embedded := startApp(t, nil)
 	secrets := []string{planted}
-	for _, f := range []string{keyring.MasterKeyFile, AdminTokenFile, "engine.token"} {
+	for _, f := range []string{keyring.MasterKeyFile, "engine.token"} {
 		b, err := os.ReadFile(filepath.Join(embedded.cfg.DataDir, f))
 		if err != nil {
 			t.Fatal(err)

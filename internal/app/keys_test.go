@@ -28,11 +28,7 @@ func (ta *testApp) call(t *testing.T, method, path, token string, body any) (int
 		req.Header.Set("Content-Type", "application/json")
 	}
 	if token == "" {
-		b, err := os.ReadFile(filepath.Join(ta.cfg.DataDir, AdminTokenFile))
-		if err != nil {
-			t.Fatal(err)
-		}
-		token = strings.TrimSpace(string(b))
+		token = ta.adminSession(t)
 	}
 	if token != "-" {
 		req.Header.Set("Authorization", "Bearer "+token)
@@ -43,13 +39,13 @@ func (ta *testApp) call(t *testing.T, method, path, token string, body any) (int
 	return status, out, string(raw)
 }
 
-func TestAdminRoutesNeedTheToken(t *testing.T) {
+func TestRoutesNeedCredentials(t *testing.T) {
 	ta := startApp(t, nil)
 	for _, tc := range []struct{ method, path, token string }{
 		{"GET", "/v1/keys", "-"},
 		{"GET", "/v1/keys", strings.Repeat("0", 64)},
+		{"GET", "/v1/keys", "psk_0000000000000000_" + strings.Repeat("0", 64)},
 		{"POST", "/v1/keys/rotate-master", "-"},
-		{"GET", "/v1/no-such-route", "-"},
 		{"PUT", "/v1/tenants/acme/environments/production/applications/billing/secrets/db", "-"},
 	} {
 		status, body, raw := ta.call(t, tc.method, tc.path, tc.token, nil)
@@ -128,8 +124,9 @@ func TestSecretsAndKeysOverTheAPI(t *testing.T) {
 
 	// A restart (the store converting to the key rotate-master made) keeps every value.
 	ta.stop()
-	firstLogs, dataDir := ta.logs.String(), ta.cfg.DataDir
+	firstLogs, dataDir, firstAdmin := ta.logs.String(), ta.cfg.DataDir, ta.admin
 	ta = startApp(t, func(c *config.Config) { c.DataDir = dataDir })
+	ta.admin = firstAdmin // sessions live in the engine: the restart keeps them
 	store, err = secrets.New(context.Background(), ta.keys)
 	if err != nil {
 		t.Fatal(err)
@@ -153,9 +150,8 @@ func TestSecretsAndKeysOverTheAPI(t *testing.T) {
 	}
 
 	ta.stop()
-	adminToken, _ := os.ReadFile(filepath.Join(ta.cfg.DataDir, AdminTokenFile))
 	masterKey, _ := os.ReadFile(filepath.Join(ta.cfg.DataDir, keyring.MasterKeyFile))
-	for name, secret := range map[string]string{"value": value, "admin token": strings.TrimSpace(string(adminToken)), "master key": strings.TrimSpace(string(masterKey))} {
+	for name, secret := range map[string]string{"value": value, "admin session": firstAdmin, "master key": strings.TrimSpace(string(masterKey))} {
 		if strings.Contains(firstLogs+ta.logs.String(), secret) {
 			t.Errorf("the %s appears in the logs", name)
 		}

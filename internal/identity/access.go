@@ -316,3 +316,18 @@ func (s *Store) TouchAPIKey(ctx context.Context, id string) {
 	k.LastUsed = s.cfg.Now().UTC()
 	_ = s.put(ctx, "apikey."+id, k, rev)
 }
+
+// MarkSessionMFA records that a session's user passed a second factor (after enrolling).
+func (s *Store) MarkSessionMFA(ctx context.Context, token string) error {
+	if token == "" {
+		return nil
+	}
+	key := "session." + HashToken(token)
+	var sess Session
+	rev, ok := s.get(key, &sess)
+	if !ok {
+		return ErrUnauthenticated
+	}
+	sess.MFA = true
+	return s.put(ctx, key, sess, rev)
+}

@@ -1,0 +1,208 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/netip"
+	"time"
+
+	"github.com/danielgtaylor/huma/v2"
+
+	"github.com/penstock/penstock/internal/authz"
+	"github.com/penstock/penstock/internal/identity"
+	"github.com/penstock/penstock/internal/redact"
+)
+
+type loginInput struct {
+	Body struct {
+		User     string `json:"user" maxLength:"63"`
+		Password string `json:"password" maxLength:"1024" writeOnly:"true"`
+		Code     string `json:"code,omitempty" maxLength:"32" doc:"TOTP code or recovery code, once a second factor is enrolled"`
+	}
+}
+
+type loginOutput struct {
+	SetCookie string `header:"Set-Cookie"`
+	Body      struct {
+		Token              string    `json:"token" doc:"Session token: send as Authorization: Bearer <token>. Shown once."`
+		Expires            time.Time `json:"expires"`
+		MustChangePassword bool      `json:"must_change_password"`
+		MustEnrolMFA       bool      `json:"must_enrol_mfa"`
+	}
+}
+
+type whoamiOutput struct {
+	Body struct {
+		Kind       string          `json:"kind" enum:"user,apikey"`
+		Name       string          `json:"name"`
+		Bindings   []authz.Binding `json:"bindings"`
+		Restricted string          `json:"restricted,omitempty" doc:"password or mfa: what must be done before anything else"`
+	}
+}
+
+type passwordInput struct {
+	Body struct {
+		Current string `json:"current" maxLength:"1024" writeOnly:"true"`
+		New     string `json:"new" maxLength:"1024" writeOnly:"true"`
+	}
+}
+
+type enrolOutput struct {
+	Body struct {
+		URI           string   `json:"uri" doc:"otpauth:// URI for an authenticator app (show as a QR code)"`
+		Secret        string   `json:"secret" doc:"the same secret, for typing in"`
+		RecoveryCodes []string `json:"recovery_codes" doc:"ten one-time codes; shown once"`
+	}
+}
+
+type codeInput struct {
+	Body struct {
+		Code string `json:"code" minLength:"6" maxLength:"6"`
+	}
+}
+
+func registerAccount(g gate, hapi huma.API, o Options) {
+	setup := Route{Action: authz.Action("account"), AccountSetup: true}
+	none := func(*struct{}) authz.Scope { return authz.Platform }
+
+	register(g, hapi, Route{Action: Public}, huma.Operation{
+		OperationID: "login", Method: http.MethodPost, Path: "/v1/auth/login", Tags: []string{"auth"},
+		Summary: "Log in with a password (and, once enrolled, a one-time code); returns a session token",
+		Errors:  []int{http.StatusUnauthorized, http.StatusTooManyRequests},
+	}, nil, func(ctx context.Context, _ *caller, in *loginInput) (*loginOutput, error) {
+		src := sourceFrom(ctx)
+		tok, sess, err := o.Identity.Login(ctx, o.Lockout, in.Body.User, redact.NewSecret(in.Body.Password), in.Body.Code, src)
+		switch {
+		case errors.Is(err, identity.ErrLocked):
+			return nil, NewError(http.StatusTooManyRequests, "auth.locked", "too many failed attempts; try again later")
+		case errors.Is(err, identity.ErrMFARequired):
+			return nil, NewError(http.StatusUnauthorized, "auth.mfa_required", "send the one-time code from your authenticator as code")
+		case errors.Is(err, identity.ErrBadCode):
+			return nil, NewError(http.StatusUnauthorized, "auth.invalid_code", "invalid or already used one-time code")
+		case errors.Is(err, identity.ErrBadCredentials):
+			return nil, NewError(http.StatusUnauthorized, "auth.invalid_credentials", "invalid user name or password")
+		case err != nil:
+			return nil, internalError(o, "login", err)
+		}
+		out := &loginOutput{}
+		out.Body.Token, out.Body.Expires = tok.Reveal(), sess.Expires
+		u, _ := o.Identity.User(sess.User)
+		out.Body.MustChangePassword = u.MustChange
+		out.Body.MustEnrolMFA = o.Identity.MFARequired(sess.User) && !sess.MFA
+		out.SetCookie = (&http.Cookie{Name: SessionCookie, Value: tok.Reveal(), Path: "/", Secure: true, HttpOnly: true,
+			SameSite: http.SameSiteStrictMode, Expires: sess.Expires}).String()
+		return out, nil
+	})
+
+	register(g, hapi, setup, huma.Operation{
+		OperationID: "logout", Method: http.MethodPost, Path: "/v1/auth/logout", Tags: []string{"auth"},
+		Summary: "End this session", DefaultStatus: http.StatusNoContent,
+	}, none, func(ctx context.Context, c *caller, _ *struct{}) (*struct{ SetCookie string `header:"Set-Cookie"` }, error) {
+		if c.token != "" {
+			if err := o.Identity.Logout(ctx, c.token); err != nil {
+				return nil, internalError(o, "logout", err)
+			}
+		}
+		return &struct{ SetCookie string `header:"Set-Cookie"` }{(&http.Cookie{Name: SessionCookie, Value: "", Path: "/", MaxAge: -1, Secure: true, HttpOnly: true, SameSite: http.SameSiteStrictMode}).String()}, nil
+	})
+
+	register(g, hapi, setup, huma.Operation{
+		OperationID: "whoami", Method: http.MethodGet, Path: "/v1/auth/whoami", Tags: []string{"auth"},
+		Summary: "Who this credential is and what it is bound to",
+	}, none, func(ctx context.Context, c *caller, _ *struct{}) (*whoamiOutput, error) {
+		out := &whoamiOutput{}
+		out.Body.Kind, out.Body.Name, out.Body.Bindings, out.Body.Restricted = c.principal.Kind, c.principal.Name, c.principal.Bindings, c.restricted
+		if out.Body.Bindings == nil {
+			out.Body.Bindings = []authz.Binding{}
+		}
+		return out, nil
+	})
+
+	register(g, hapi, setup, huma.Operation{
+		OperationID: "change-password", Method: http.MethodPost, Path: "/v1/auth/password", Tags: []string{"auth"},
+		Summary: "Change your password", DefaultStatus: http.StatusNoContent,
+	}, nil, func(ctx context.Context, c *caller, in *passwordInput) (*struct{}, error) {
+		if c.user == "" {
+			return nil, NewError(http.StatusForbidden, "forbidden", "only a logged-in user has a password")
+		}
+		err := o.Identity.ChangePassword(ctx, c.user, redact.NewSecret(in.Body.Current), redact.NewSecret(in.Body.New))
+		return nil, identityError(o, "change password", err)
+	})
+
+	register(g, hapi, setup, huma.Operation{
+		OperationID: "mfa-enrol", Method: http.MethodPost, Path: "/v1/auth/mfa/enrol", Tags: []string{"auth"},
+		Summary: "Start enrolling a TOTP second factor; confirm it with mfa/verify",
+	}, none, func(ctx context.Context, c *caller, _ *struct{}) (*enrolOutput, error) {
+		if c.user == "" {
+			return nil, NewError(http.StatusForbidden, "forbidden", "only a logged-in user enrols a second factor")
+		}
+		e, err := o.Identity.EnrolMFA(ctx, c.user)
+		if err != nil {
+			return nil, identityError(o, "enrol", err)
+		}
+		out := &enrolOutput{}
+		out.Body.URI, out.Body.Secret = e.URI.Reveal(), e.Secret.Reveal()
+		for _, rc := range e.RecoveryCodes {
+			out.Body.RecoveryCodes = append(out.Body.RecoveryCodes, rc.Reveal())
+		}
+		return out, nil
+	})
+
+	register(g, hapi, setup, huma.Operation{
+		OperationID: "mfa-verify", Method: http.MethodPost, Path: "/v1/auth/mfa/verify", Tags: []string{"auth"},
+		Summary: "Confirm the enrolment with a first code; this session counts as verified", DefaultStatus: http.StatusNoContent,
+	}, nil, func(ctx context.Context, c *caller, in *codeInput) (*struct{}, error) {
+		if c.user == "" {
+			return nil, NewError(http.StatusForbidden, "forbidden", "only a logged-in user enrols a second factor")
+		}
+		if err := o.Identity.ConfirmMFA(ctx, c.user, in.Body.Code); err != nil {
+			return nil, identityError(o, "confirm enrolment", err)
+		}
+		return nil, identityError(o, "confirm enrolment", o.Identity.MarkSessionMFA(ctx, c.token))
+	})
+}
+
+type sourceKey struct{}
+
+// sourceFrom is the request's source address, for lockouts.
+func sourceFrom(ctx context.Context) string {
+	if s, ok := ctx.Value(sourceKey{}).(string); ok {
+		return s
+	}
+	return ""
+}
+
+func withSource(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ap, err := netip.ParseAddrPort(r.RemoteAddr)
+		src := r.RemoteAddr
+		if err == nil {
+			src = ap.Addr().Unmap().String()
+		}
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), sourceKey{}, src)))
+	})
+}
+
+// identityError maps identity errors to answers.
+func identityError(o Options, op string, err error) error {
+	var pe *identity.PolicyError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &pe):
+		return &Error{Status: http.StatusUnprocessableEntity, Code: "user.weak_password", Message: pe.Error(),
+			Details: []*ErrorDetail{{Location: "body.new", Message: pe.Rule}}}
+	case errors.Is(err, identity.ErrBadCredentials):
+		return NewError(http.StatusUnauthorized, "auth.invalid_credentials", "the current password is wrong")
+	case errors.Is(err, identity.ErrBadCode):
+		return NewError(http.StatusUnprocessableEntity, "auth.invalid_code", "invalid or already used one-time code")
+	case errors.Is(err, identity.ErrNotFound):
+		return notFound()
+	case errors.Is(err, identity.ErrExists):
+		return NewError(http.StatusConflict, "already_exists", "a resource with that name already exists")
+	case errors.Is(err, identity.ErrInvalid):
+		return NewError(http.StatusUnprocessableEntity, "invalid_request", err.Error())
+	}
+	return keyError(o, op, err)
+}

@@ -1,0 +1,123 @@
+package api
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"sort"
+
+	"github.com/danielgtaylor/huma/v2"
+
+	"github.com/penstock/penstock/internal/authz"
+	"github.com/penstock/penstock/internal/identity"
+)
+
+// Public marks routes anyone may call (health, login).
+const Public authz.Action = "public"
+
+// Route is one registered operation and what it requires; the route x role x scope test walks
+// them.
+type Route struct {
+	Method, Path, OperationID string
+	Action                    authz.Action
+	// Listing routes filter what they return item by item instead of being refused.
+	Listing bool
+	// AccountSetup routes are the only ones a session that must change its password or enrol
+	// a second factor may call.
+	AccountSetup bool
+}
+
+type routes struct{ list []Route }
+
+// gate holds what register needs to authorize a call.
+type gate struct {
+	o   Options
+	reg *routes
+}
+
+// register adds an operation whose calls need action on the scope resource derives from the
+// input. Public operations take any caller; the others need an authenticated one for whom
+// authz.Decide allows the action, within the tenant's source allow-list.
+func register[I, O any](g gate, hapi huma.API, r Route, op huma.Operation, resource func(*I) authz.Scope,
+	h func(context.Context, *caller, *I) (*O, error)) {
+	if r.Action == "" {
+		panic(fmt.Sprintf("route %s %s declares no action", op.Method, op.Path))
+	}
+	r.Method, r.Path, r.OperationID = op.Method, op.Path, op.OperationID
+	g.reg.list = append(g.reg.list, r)
+	if r.Action != Public {
+		op.Security = []map[string][]string{{"session": {}}, {"apiKey": {}}, {"signature": {}}}
+		op.Errors = append(op.Errors, http.StatusUnauthorized, http.StatusForbidden, http.StatusNotFound)
+	}
+	huma.Register(hapi, op, func(ctx context.Context, in *I) (*O, error) {
+		c, _ := callerFrom(ctx)
+		if r.Action == Public {
+			return h(ctx, c, in)
+		}
+		if c == nil {
+			return nil, NewError(http.StatusUnauthorized, "unauthenticated", "credentials are required")
+		}
+		if c.restricted != "" && !r.AccountSetup {
+			if c.restricted == "password" {
+				return nil, NewError(http.StatusForbidden, "auth.password_change_required", "change your password first (POST /v1/auth/password)")
+			}
+			return nil, NewError(http.StatusForbidden, "auth.mfa_required", "enrol a second factor first (POST /v1/auth/mfa/enrol)")
+		}
+		if r.Listing || r.AccountSetup {
+			return h(ctx, c, in)
+		}
+		sc := resource(in)
+		if err := g.authorize(c, r.Action, sc); err != nil {
+			return nil, err
+		}
+		return h(ctx, c, in)
+	})
+}
+
+// authorize applies the policy decision and the tenant's allow-list. A principal with nothing
+// in the resource's tenant gets the same 404 as for a tenant that does not exist.
+func (g gate) authorize(c *caller, a authz.Action, sc authz.Scope) error {
+	d := authz.Decide(c.principal, a, sc)
+	if d.Hidden {
+		return notFound()
+	}
+	if !d.Allow {
+		g.o.Logger.Info("denied", "principal", c.principal.Kind+":"+c.principal.Name, "action", a, "scope", sc.String(), "reason", d.Reason)
+		return NewError(http.StatusForbidden, "forbidden", fmt.Sprintf("%s is not allowed at %s", a, sc))
+	}
+	if sc.Tenant != "" {
+		if t, ok := g.o.Identity.Tenant(sc.Tenant); ok && !identity.AllowedFrom(t.AllowList, c.source) {
+			return NewError(http.StatusForbidden, "auth.ip_not_allowed", "this address is not in the tenant's allow-list")
+		}
+	}
+	return nil
+}
+
+// member reports whether the caller has a role in the tenant (or a platform role) and calls
+// from an address the tenant allows: what listing tenants shows.
+func (g gate) member(c *caller, t identity.Tenant) bool {
+	return !authz.Decide(c.principal, authz.TenantRead, authz.Scope{Tenant: t.Name}).Hidden &&
+		identity.AllowedFrom(t.AllowList, c.source)
+}
+
+func notFound() error { return NewError(http.StatusNotFound, "not_found", "no such resource") }
+
+// check fails if an operation of the API was registered without going through register.
+func (reg *routes) check(hapi huma.API) {
+	known := map[string]bool{}
+	for _, r := range reg.list {
+		known[r.OperationID] = true
+	}
+	var missing []string
+	for path, item := range hapi.OpenAPI().Paths {
+		for _, op := range []*huma.Operation{item.Get, item.Put, item.Post, item.Delete, item.Patch, item.Head, item.Options} {
+			if op != nil && !known[op.OperationID] {
+				missing = append(missing, op.Method+" "+path)
+			}
+		}
+	}
+	if len(missing) > 0 {
+		sort.Strings(missing)
+		panic(fmt.Sprintf("routes without a declared action: %v", missing))
+	}
+}

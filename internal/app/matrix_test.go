@@ -1,0 +1,216 @@
+package app
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/penstock/penstock/internal/api"
+	"github.com/penstock/penstock/internal/authz"
+	"github.com/penstock/penstock/internal/config"
+)
+
+// may is the documented role table (docs/access.md), written out independently of the code's
+// table so that this test checks the code against the documentation.
+var may = map[authz.Action][]authz.Role{
+	authz.TenantCreate:    {},
+	authz.UserManage:      {},
+	authz.KeyManage:       {},
+	authz.TenantRead:      {authz.Owner, authz.Admin, authz.Developer, authz.Operator, authz.Viewer, authz.Auditor},
+	authz.TenantDelete:    {authz.Owner},
+	authz.EnvManage:       {authz.Owner, authz.Admin},
+	authz.AppManage:       {authz.Owner, authz.Admin, authz.Developer},
+	authz.RoleManage:      {authz.Owner, authz.Admin},
+	authz.APIKeyManage:    {authz.Owner, authz.Admin},
+	authz.AllowlistManage: {authz.Owner, authz.Admin},
+	authz.SecretWrite:     {authz.Owner, authz.Admin, authz.Developer},
+	authz.SecretRead:      {authz.Owner, authz.Admin, authz.Developer, authz.Operator, authz.Viewer},
+	authz.AuditRead:       {authz.Owner, authz.Admin, authz.Auditor},
+}
+
+type principal struct {
+	label string
+	token string
+	role  authz.Role
+	scope authz.Scope // platform for the administrator
+}
+
+// call describes one request of a route, made fresh for each principal.
+type call struct {
+	method, path string
+	body         any
+	scope        authz.Scope // the resource the route acts on
+}
+
+// TestEveryRouteForEveryRoleAndScope walks every registered route with an API key for every
+// tenant role at the tenant, environment and application scopes, the platform administrator,
+// and a principal of another tenant, and checks allow/deny against the documented table:
+// allowed calls are not refused (401/403), denied ones get 403, and another tenant's principal
+// gets 404 for anything of this tenant.
+func TestEveryRouteForEveryRoleAndScope(t *testing.T) {
+	ta := startApp(t, func(c *config.Config) { // hundreds of calls from one address
+		c.API.Limits.ConnRate, c.API.Limits.ConnBurst = 1e6, 1e6
+		c.API.Limits.RequestRate, c.API.Limits.RequestBurst = 1e6, 1e6
+	})
+	admin := ta.adminSession(t)
+	mustOK := func(method, path string, body any) map[string]any {
+		t.Helper()
+		status, out, raw := ta.call(t, method, path, admin, body)
+		if status >= 300 {
+			t.Fatalf("setup %s %s: %d %s", method, path, status, raw)
+		}
+		return out
+	}
+	for _, tenant := range []string{"acme", "globex"} {
+		mustOK("POST", "/v1/tenants", map[string]string{"name": tenant})
+		mustOK("POST", "/v1/tenants/"+tenant+"/environments/production/applications", map[string]string{"name": "billing"})
+	}
+	mustOK("POST", "/v1/users", map[string]string{"name": "victim"})
+
+	scopes := []authz.Scope{{Tenant: "acme"}, {"acme", "production", ""}, {"acme", "production", "billing"}}
+	principals := []principal{{label: "platform-admin", token: admin, role: authz.PlatformAdmin}}
+	for _, role := range []authz.Role{authz.Owner, authz.Admin, authz.Developer, authz.Operator, authz.Viewer, authz.Auditor} {
+		for _, sc := range scopes {
+			out := mustOK("POST", "/v1/apikeys", map[string]any{"role": role, "scope": sc.String()})
+			principals = append(principals, principal{label: string(role) + "@" + sc.String(), token: out["key"].(string), role: role, scope: sc})
+		}
+	}
+	out := mustOK("POST", "/v1/apikeys", map[string]any{"role": authz.Owner, "scope": "globex"})
+	principals = append(principals, principal{label: "owner@globex", token: out["key"].(string), role: authz.Owner, scope: authz.Scope{Tenant: "globex"}})
+
+	app := authz.Scope{"acme", "production", "billing"}
+	env := authz.Scope{"acme", "production", ""}
+	acme := authz.Scope{Tenant: "acme"}
+	secrets := "/v1/tenants/acme/environments/production/applications/billing/secrets"
+	n := 0
+	fresh := func(prefix string) string { n++; return fmt.Sprintf("%s-%d", prefix, n) }
+	calls := map[string]func(p principal) call{
+		"keys-status":         func(principal) call { return call{"GET", "/v1/keys", nil, authz.Platform} },
+		"keys-rotate":         func(principal) call { return call{"POST", "/v1/keys/rotate", map[string]string{"scope": "acme/production/billing"}, authz.Platform} },
+		"keys-rotate-master":  func(principal) call { return call{"POST", "/v1/keys/rotate-master", nil, authz.Platform} },
+		"keys-destroy": func(principal) call {
+			g := fresh("ghost")
+			return call{"POST", "/v1/keys/destroy", map[string]string{"scope": g, "confirm": g}, authz.Platform}
+		},
+		"secret-put":    func(principal) call { return call{"PUT", secrets + "/" + fresh("s"), map[string]string{"value": "v"}, app} },
+		"secret-list":   func(principal) call { return call{"GET", secrets, nil, app} },
+		"secret-delete": func(principal) call { return call{"DELETE", secrets + "/ghost", nil, app} },
+		"tenant-create": func(principal) call { return call{"POST", "/v1/tenants", map[string]string{"name": fresh("t")}, authz.Platform} },
+		"tenant-get":    func(principal) call { return call{"GET", "/v1/tenants/acme", nil, acme} },
+		"tenant-delete": func(p principal) call {
+			// A tenant of its own, with the principal's role re-created in it, for every call.
+			name := fresh("del")
+			mustOK("POST", "/v1/tenants", map[string]string{"name": name})
+			return call{"DELETE", "/v1/tenants/" + name, nil, authz.Scope{Tenant: name}}
+		},
+		"allowlist-set": func(principal) call { return call{"PUT", "/v1/tenants/acme/allowlist", map[string]any{"cidrs": []string{}}, acme} },
+		"env-list":      func(principal) call { return call{"GET", "/v1/tenants/acme/environments", nil, acme} },
+		"app-list":      func(principal) call { return call{"GET", "/v1/tenants/acme/environments/production/applications", nil, env} },
+		"app-create": func(principal) call {
+			return call{"POST", "/v1/tenants/acme/environments/production/applications", map[string]string{"name": fresh("a")}, env}
+		},
+		"app-delete": func(principal) call {
+			return call{"DELETE", "/v1/tenants/acme/environments/production/applications/ghost", nil, authz.Scope{"acme", "production", "ghost"}}
+		},
+		"user-create":         func(principal) call { return call{"POST", "/v1/users", map[string]string{"name": fresh("u")}, authz.Platform} },
+		"user-list":           func(principal) call { return call{"GET", "/v1/users", nil, authz.Platform} },
+		"user-disable":        func(principal) call { return call{"POST", "/v1/users/victim/disable", nil, authz.Platform} },
+		"user-enable":         func(principal) call { return call{"POST", "/v1/users/victim/enable", nil, authz.Platform} },
+		"user-reset-password": func(principal) call { return call{"POST", "/v1/users/victim/reset-password", nil, authz.Platform} },
+		"role-grant": func(p principal) call {
+			return call{"POST", "/v1/roles", map[string]string{"subject": "user:victim", "role": "viewer", "scope": "acme/production/billing"}, app}
+		},
+		"role-list": func(principal) call { return call{"GET", "/v1/roles?scope=acme/production", nil, env} },
+		"role-revoke": func(principal) call {
+			b := mustOK("POST", "/v1/roles", map[string]string{"subject": "user:victim", "role": "viewer", "scope": "acme/production/billing"})
+			return call{"DELETE", "/v1/roles/" + b["id"].(string), nil, app}
+		},
+		"apikey-create": func(principal) call {
+			return call{"POST", "/v1/apikeys", map[string]string{"role": "viewer", "scope": "acme/production/billing"}, app}
+		},
+		"apikey-list": func(principal) call { return call{"GET", "/v1/apikeys?scope=acme/production/billing", nil, app} },
+		"apikey-revoke": func(principal) call {
+			k := mustOK("POST", "/v1/apikeys", map[string]string{"role": "viewer", "scope": "acme/production/billing"})
+			return call{"DELETE", "/v1/apikeys/" + k["record"].(map[string]any)["id"].(string), nil, app}
+		},
+	}
+
+	checked := 0
+	for _, r := range ta.routes {
+		if r.Action == api.Public || r.AccountSetup {
+			continue // no authorization to check: public, or the caller's own account
+		}
+		if r.Listing {
+			continue // checked below by content
+		}
+		mk, ok := calls[r.OperationID]
+		if !ok {
+			t.Errorf("route %s %s (%s) has no case in this test", r.Method, r.Path, r.OperationID)
+			continue
+		}
+		for _, p := range principals {
+			c := mk(p)
+			if c.method != r.Method {
+				t.Fatalf("case for %s uses %s", r.OperationID, c.method)
+			}
+			status, body, raw := ta.call(t, c.method, c.path, p.token, c.body)
+			want := expected(p, r.Action, c.scope)
+			got := "allowed"
+			switch {
+			case status == 401:
+				got = "unauthenticated"
+			case status == 403 && body["code"] == "forbidden":
+				got = "denied"
+			case status == 404 && c.scope.Tenant != "" && p.scope.Tenant != "" && p.scope.Tenant != c.scope.Tenant:
+				got = "hidden"
+			}
+			if got != want {
+				t.Errorf("%s %s as %s: %s (%d %s), want %s", c.method, c.path, p.label, got, status, raw, want)
+			}
+			checked++
+		}
+	}
+	t.Logf("%d route x principal checks", checked)
+
+	// Listings show exactly what the principal may see.
+	for _, p := range principals {
+		_, body, raw := ta.call(t, "GET", "/v1/tenants", p.token, nil)
+		var seen []string
+		for _, tn := range body["tenants"].([]any) {
+			seen = append(seen, tn.(map[string]any)["name"].(string))
+		}
+		switch {
+		case p.role == authz.PlatformAdmin:
+			if !slices.Contains(seen, "acme") || !slices.Contains(seen, "globex") {
+				t.Errorf("platform admin sees %v", seen)
+			}
+		case len(seen) != 1 || seen[0] != p.scope.Tenant:
+			t.Errorf("%s sees tenants %v (%s)", p.label, seen, raw)
+		}
+	}
+}
+
+// expected applies the documented table: platform actions belong to the platform
+// administrator; a tenant principal sees nothing of another tenant; inside its tenant a role
+// is allowed an action if the table grants it and its scope contains the resource.
+func expected(p principal, a authz.Action, resource authz.Scope) string {
+	if p.role == authz.PlatformAdmin {
+		return "allowed"
+	}
+	if resource.Tenant != "" && resource.Tenant != p.scope.Tenant {
+		return "hidden"
+	}
+	if !slices.Contains(may[a], p.role) {
+		return "denied"
+	}
+	if !within(p.scope, resource) {
+		return "denied"
+	}
+	return "allowed"
+}
+
+func within(outer, inner authz.Scope) bool {
+	o, i := outer.String(), inner.String()
+	return o == i || strings.HasPrefix(i, o+"/")
+}

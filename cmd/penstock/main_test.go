@@ -21,6 +21,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/pquerna/otp/totp"
 
 	"github.com/penstock/penstock/internal/testenv"
 )
@@ -51,6 +52,8 @@ type proc struct {
 	t       *testing.T
 	cmd     *exec.Cmd
 	logs    *testenv.LogBuffer
+	stdout  *testenv.LogBuffer // what serve prints for people: the first administrator's password
+	home    string             // configuration directory of the CLI runs against this server
 	api     string // https://host:port
 	nats    string // nats://host:port, when the client port is open
 	dataDir string
@@ -73,10 +76,13 @@ func serveEnv(t *testing.T, dataDir string, env []string, extra ...string) *proc
 	if err != nil {
 		t.Fatal(err)
 	}
+	stdout := &testenv.LogBuffer{}
+	cmd.Stdout = stdout
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	p := &proc{t: t, cmd: cmd, logs: &testenv.LogBuffer{}, dataDir: dataDir, exited: make(chan error, 1)}
+	p := &proc{t: t, cmd: cmd, logs: &testenv.LogBuffer{}, stdout: stdout, dataDir: dataDir, exited: make(chan error, 1),
+		home: t.TempDir()}
 	serving := make(chan map[string]any, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)
@@ -404,7 +410,6 @@ func TestSecretsNeverLeave(t *testing.T) {
 	}
 	token := strings.TrimSpace(string(tokenBytes))
 	masterKey, _ := os.ReadFile(filepath.Join(engineDir, "master.key"))
-	adminToken, _ := os.ReadFile(filepath.Join(engineDir, "admin.token"))
 	const wrong = "planted-wrong-password-31f7"
 
 	clientDir := t.TempDir()
@@ -437,7 +442,7 @@ func TestSecretsNeverLeave(t *testing.T) {
 		t.Fatalf("start-up configuration line missing or unredacted:\n%s", p.logs.String())
 	}
 	for name, secret := range map[string]string{
-		"engine token": token, "master key": strings.TrimSpace(string(masterKey)), "admin token": strings.TrimSpace(string(adminToken)),
+		"engine token": token, "master key": strings.TrimSpace(string(masterKey)), "bootstrap password": eng.bootstrapPassword(),
 	} {
 		if strings.Contains(logs, secret) {
 			t.Errorf("the %s appears in the logs", name)
@@ -453,6 +458,7 @@ func (p *proc) cli(stdin string, args ...string) (int, string) {
 	p.t.Helper()
 	cmd := exec.Command(binary, append(args, "--server", p.api, "--data-dir", p.dataDir)...)
 	cmd.Stdin = strings.NewReader(stdin)
+	cmd.Env = append(os.Environ(), "HOME="+p.home, "XDG_CONFIG_HOME="+p.home)
 	out, err := cmd.CombinedOutput()
 	code := 0
 	if ee, ok := err.(*exec.ExitError); ok {
@@ -469,6 +475,7 @@ func (p *proc) cli(stdin string, args ...string) (int, string) {
 func TestKeysAndSecretsCommands(t *testing.T) {
 	dir := t.TempDir()
 	p := serve(t, dir)
+	p.loginAsAdmin()
 	const value = "cli-secret-value-0c4d"
 	app := "acme/production/billing"
 	for _, step := range []struct {
@@ -500,8 +507,10 @@ func TestKeysAndSecretsCommands(t *testing.T) {
 
 	// Restart twice: the first start converts the store to the key made by rotate-master, the
 	// second needs no old key.
+	home, addr := p.home, strings.TrimPrefix(p.api, "https://")
 	for i := range 2 {
-		p = serve(t, dir)
+		p = serve(t, dir, "--listen", addr) // the saved session names this server
+		p.home = home // the saved session outlives restarts: sessions live in the engine
 		code, out := p.cli("", "secrets", "list", "--app", app)
 		if code != 0 || !strings.Contains(out, "db-password") || !strings.Contains(out, "  2\n") {
 			t.Fatalf("restart %d: list: %d\n%s\n%s", i, code, out, p.logs.String())
@@ -524,5 +533,57 @@ func TestKeysAndSecretsCommands(t *testing.T) {
 	}
 	if strings.Contains(p.logs.String(), value) {
 		t.Fatal("the secret value appears in the server log")
+	}
+}
+
+// bootstrapPassword reads the one-time password serve printed on its first start.
+func (p *proc) bootstrapPassword() string {
+	p.t.Helper()
+	out := p.stdout.String()
+	_, after, ok := strings.Cut(out, "one-time password:")
+	if !ok {
+		p.t.Fatalf("serve printed no bootstrap password:\n%s", out)
+	}
+	return strings.Fields(after)[0]
+}
+
+// loginAsAdmin does a first login with the CLI as a new administrator must: log in with the
+// one-time password, change it, enrol a second factor and confirm it with a code.
+func (p *proc) loginAsAdmin() {
+	p.t.Helper()
+	pw := p.bootstrapPassword()
+	if strings.Contains(p.logs.String(), pw) {
+		p.t.Fatal("the bootstrap password is in the log")
+	}
+	steps := []struct {
+		stdin string
+		args  []string
+		want  string
+	}{
+		{pw + "\n", []string{"login", "--user", "admin"}, "must change your password"},
+		{"", []string{"tenant", "list"}, "auth.password_change_required"},
+		{pw + "\nFresh-Platform-Pw-9\n", []string{"password"}, "password changed"},
+	}
+	for _, s := range steps {
+		_, out := p.cli(s.stdin, s.args...)
+		if !strings.Contains(out, s.want) {
+			p.t.Fatalf("penstock %s: want %q:\n%s", strings.Join(s.args, " "), s.want, out)
+		}
+	}
+	code, out := p.cli("", "mfa", "enrol")
+	_, after, ok := strings.Cut(out, "type the secret: ")
+	if code != 0 || !ok {
+		p.t.Fatalf("mfa enrol: %d\n%s", code, out)
+	}
+	secret := strings.Fields(after)[0]
+	totpCode, err := totp.GenerateCode(secret, time.Now())
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	if code, out := p.cli("", "mfa", "verify", totpCode); code != 0 {
+		p.t.Fatalf("mfa verify: %d\n%s", code, out)
+	}
+	if code, out := p.cli("", "whoami"); code != 0 || !strings.Contains(out, "platform-admin") {
+		p.t.Fatalf("whoami: %d\n%s", code, out)
 	}
 }

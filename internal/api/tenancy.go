@@ -11,7 +11,6 @@ import (
 	"github.com/penstock/penstock/internal/redact"
 )
 
-const namePattern = "^[a-z0-9][a-z0-9-]{0,62}$"
 
 type tenantPath struct {
 	Tenant string `path:"tenant" pattern:"^[a-z0-9][a-z0-9-]{0,62}$"`

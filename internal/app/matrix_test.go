@@ -68,7 +68,7 @@ func TestEveryRouteForEveryRoleAndScope(t *testing.T) {
 	}
 	mustOK("POST", "/v1/users", map[string]string{"name": "victim"})
 
-	scopes := []authz.Scope{{Tenant: "acme"}, {"acme", "production", ""}, {"acme", "production", "billing"}}
+	scopes := []authz.Scope{{Tenant: "acme"}, {Tenant: "acme", Environment: "production"}, {Tenant: "acme", Environment: "production", Application: "billing"}}
 	principals := []principal{{label: "platform-admin", token: admin, role: authz.PlatformAdmin}}
 	for _, role := range []authz.Role{authz.Owner, authz.Admin, authz.Developer, authz.Operator, authz.Viewer, authz.Auditor} {
 		for _, sc := range scopes {
@@ -79,8 +79,8 @@ func TestEveryRouteForEveryRoleAndScope(t *testing.T) {
 	out := mustOK("POST", "/v1/apikeys", map[string]any{"role": authz.Owner, "scope": "globex"})
 	principals = append(principals, principal{label: "owner@globex", token: out["key"].(string), role: authz.Owner, scope: authz.Scope{Tenant: "globex"}})
 
-	app := authz.Scope{"acme", "production", "billing"}
-	env := authz.Scope{"acme", "production", ""}
+	app := authz.Scope{Tenant: "acme", Environment: "production", Application: "billing"}
+	env := authz.Scope{Tenant: "acme", Environment: "production"}
 	acme := authz.Scope{Tenant: "acme"}
 	secrets := "/v1/tenants/acme/environments/production/applications/billing/secrets"
 	n := 0
@@ -111,7 +111,7 @@ func TestEveryRouteForEveryRoleAndScope(t *testing.T) {
 			return call{"POST", "/v1/tenants/acme/environments/production/applications", map[string]string{"name": fresh("a")}, env}
 		},
 		"app-delete": func(principal) call {
-			return call{"DELETE", "/v1/tenants/acme/environments/production/applications/ghost", nil, authz.Scope{"acme", "production", "ghost"}}
+			return call{"DELETE", "/v1/tenants/acme/environments/production/applications/ghost", nil, authz.Scope{Tenant: "acme", Environment: "production", Application: "ghost"}}
 		},
 		"user-create":         func(principal) call { return call{"POST", "/v1/users", map[string]string{"name": fresh("u")}, authz.Platform} },
 		"user-list":           func(principal) call { return call{"GET", "/v1/users", nil, authz.Platform} },

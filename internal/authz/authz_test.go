@@ -5,8 +5,8 @@ import (
 )
 
 func TestDecide(t *testing.T) {
-	acme, prod, billing := Scope{Tenant: "acme"}, Scope{"acme", "production", ""}, Scope{"acme", "production", "billing"}
-	staging := Scope{"acme", "staging", ""}
+	acme, prod, billing := Scope{Tenant: "acme"}, Scope{Tenant: "acme", Environment: "production"}, Scope{Tenant: "acme", Environment: "production", Application: "billing"}
+	staging := Scope{Tenant: "acme", Environment: "staging"}
 	globex := Scope{Tenant: "globex"}
 	dev := Principal{Kind: "user", Name: "dana", Bindings: []Binding{{Developer, prod}}}
 	cases := []struct {
@@ -70,7 +70,7 @@ func TestRolesAreOrdered(t *testing.T) {
 
 func TestGrantsPreventsEscalation(t *testing.T) {
 	admin := []Binding{{Admin, Scope{Tenant: "acme"}}}
-	if !Grants(admin, Developer, Scope{"acme", "production", ""}) {
+	if !Grants(admin, Developer, Scope{Tenant: "acme", Environment: "production"}) {
 		t.Error("an admin cannot hand out developer below its scope")
 	}
 	if Grants(admin, Owner, Scope{Tenant: "acme"}) {

@@ -34,7 +34,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer, environ [
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.SetArgs(args)
-	root.AddCommand(serveCmd(environ), versionCmd(), configCmd(environ), statusCmd(), keysCmd(), secretsCmd())
+	root.AddCommand(serveCmd(environ), versionCmd(), configCmd(environ), statusCmd(), keysCmd(environ), secretsCmd(environ))
+	root.AddCommand(accessCmds(environ)...)
 	err := root.ExecuteContext(ctx)
 	var ee exitError
 	switch {

@@ -11,14 +11,14 @@ import (
 	"github.com/penstock/penstock/internal/keyring"
 )
 
-func keysCmd() *cobra.Command {
+func keysCmd(environ []string) *cobra.Command {
 	cmd := &cobra.Command{Use: "keys", Short: "Master key and data keys: status, rotation, destruction (platform admin)"}
-	cmd.AddCommand(keysStatusCmd(), keysRotateCmd(), keysRotateMasterCmd(), keysDestroyCmd())
+	cmd.AddCommand(keysStatusCmd(environ), keysRotateCmd(environ), keysRotateMasterCmd(environ), keysDestroyCmd(environ))
 	return cmd
 }
 
-func keysStatusCmd() *cobra.Command {
-	var cf clientFlags
+func keysStatusCmd(environ []string) *cobra.Command {
+	cf := clientFlags{environ: environ}
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show scopes, key versions, rotation times and re-encryption jobs (never key material)",
@@ -32,7 +32,7 @@ func keysStatusCmd() *cobra.Command {
 			return nil
 		},
 	}
-	cf.addAdmin(cmd)
+	cf.addAuth(cmd)
 	return cmd
 }
 
@@ -72,11 +72,11 @@ func stamp(t time.Time) string {
 	return t.UTC().Format(time.RFC3339)
 }
 
-func keysRotateCmd() *cobra.Command {
+func keysRotateCmd(environ []string) *cobra.Command {
 	var (
-		cf    clientFlags
 		scope string
 	)
+	cf := clientFlags{environ: environ}
 	cmd := &cobra.Command{
 		Use:   "rotate --scope TENANT[/ENVIRONMENT[/APPLICATION]]",
 		Short: "Give a scope a new primary data key; its records are re-encrypted in the background",
@@ -95,12 +95,12 @@ func keysRotateCmd() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&scope, "scope", "", "tenant, tenant/environment or tenant/environment/application")
 	_ = cmd.MarkFlagRequired("scope")
-	cf.addAdmin(cmd)
+	cf.addAuth(cmd)
 	return cmd
 }
 
-func keysRotateMasterCmd() *cobra.Command {
-	var cf clientFlags
+func keysRotateMasterCmd(environ []string) *cobra.Command {
+	cf := clientFlags{environ: environ}
 	cmd := &cobra.Command{
 		Use:   "rotate-master",
 		Short: "Replace the master key file and rewrap every data key, without downtime",
@@ -116,15 +116,15 @@ func keysRotateMasterCmd() *cobra.Command {
 			return nil
 		},
 	}
-	cf.addAdmin(cmd)
+	cf.addAuth(cmd)
 	return cmd
 }
 
-func keysDestroyCmd() *cobra.Command {
+func keysDestroyCmd(environ []string) *cobra.Command {
 	var (
-		cf             clientFlags
 		scope, confirm string
 	)
+	cf := clientFlags{environ: environ}
 	cmd := &cobra.Command{
 		Use:   "destroy --scope SCOPE --confirm SCOPE",
 		Short: "Crypto-shred a scope and the scopes under it: their data becomes unrecoverable",
@@ -142,6 +142,6 @@ func keysDestroyCmd() *cobra.Command {
 	cmd.Flags().StringVar(&confirm, "confirm", "", "repeat the scope: destruction cannot be undone")
 	_ = cmd.MarkFlagRequired("scope")
 	_ = cmd.MarkFlagRequired("confirm")
-	cf.addAdmin(cmd)
+	cf.addAuth(cmd)
 	return cmd
 }

@@ -11,9 +11,9 @@ import (
 	"github.com/spf13/cobra"
 )
 
-func secretsCmd() *cobra.Command {
+func secretsCmd(environ []string) *cobra.Command {
 	cmd := &cobra.Command{Use: "secrets", Short: "An application's secrets: write-only (platform admin)"}
-	cmd.AddCommand(secretsPutCmd(), secretsListCmd(), secretsDeleteCmd())
+	cmd.AddCommand(secretsPutCmd(environ), secretsListCmd(environ), secretsDeleteCmd(environ))
 	return cmd
 }
 
@@ -26,11 +26,11 @@ func appPath(app string) (string, error) {
 		url.PathEscape(parts[0]), url.PathEscape(parts[1]), url.PathEscape(parts[2])), nil
 }
 
-func secretsPutCmd() *cobra.Command {
+func secretsPutCmd(environ []string) *cobra.Command {
 	var (
-		cf  clientFlags
 		app string
 	)
+	cf := clientFlags{environ: environ}
 	cmd := &cobra.Command{
 		Use:   "put --app TENANT/ENV/APP NAME < value",
 		Short: "Store a secret; the value is read from standard input, never from the command line",
@@ -58,15 +58,15 @@ func secretsPutCmd() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&app, "app", "", "tenant/environment/application")
 	_ = cmd.MarkFlagRequired("app")
-	cf.addAdmin(cmd)
+	cf.addAuth(cmd)
 	return cmd
 }
 
-func secretsListCmd() *cobra.Command {
+func secretsListCmd(environ []string) *cobra.Command {
 	var (
-		cf  clientFlags
 		app string
 	)
+	cf := clientFlags{environ: environ}
 	cmd := &cobra.Command{
 		Use:   "list --app TENANT/ENV/APP",
 		Short: "List names, revisions and times (never values)",
@@ -97,15 +97,15 @@ func secretsListCmd() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&app, "app", "", "tenant/environment/application")
 	_ = cmd.MarkFlagRequired("app")
-	cf.addAdmin(cmd)
+	cf.addAuth(cmd)
 	return cmd
 }
 
-func secretsDeleteCmd() *cobra.Command {
+func secretsDeleteCmd(environ []string) *cobra.Command {
 	var (
-		cf  clientFlags
 		app string
 	)
+	cf := clientFlags{environ: environ}
 	cmd := &cobra.Command{
 		Use:   "delete --app TENANT/ENV/APP NAME",
 		Short: "Delete a secret",
@@ -124,6 +124,6 @@ func secretsDeleteCmd() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&app, "app", "", "tenant/environment/application")
 	_ = cmd.MarkFlagRequired("app")
-	cf.addAdmin(cmd)
+	cf.addAuth(cmd)
 	return cmd
 }

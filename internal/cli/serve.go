@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -43,6 +44,12 @@ SIGHUP reloads the TLS certificate.`,
 		if err != nil {
 			log.Error("start failed", "error", err)
 			return exitError{code: 1}
+		}
+		if pw := a.BootstrapPassword(); !pw.IsZero() {
+			// Standard output, not the log: shown once, never logged or stored in the clear.
+			fmt.Fprintf(cmd.OutOrStdout(), "\nFirst start: platform administrator %q, one-time password:\n\n    %s\n\n"+
+				"Log in with: penstock login --user admin < password-file\n"+
+				"It must be changed, and a second factor enrolled, at first login. It is not shown again.\n\n", "admin", pw.Reveal())
 		}
 		ctx, cancel := context.WithCancel(cmd.Context())
 		reloads := make(chan struct{})

@@ -19,7 +19,10 @@ import (
 
 // clientFlags are shared by every command that talks to the API.
 type clientFlags struct {
-	server, ca, dataDir, tokenFile string
+	server, ca, dataDir string
+	apiKeyFile          string
+	sign                bool
+	environ             []string
 }
 
 func (f *clientFlags) add(cmd *cobra.Command) {
@@ -28,10 +31,13 @@ func (f *clientFlags) add(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.dataDir, "data-dir", "./penstock-data", "data directory whose internal CA (and admin token) to use")
 }
 
-// addAdmin adds the client flags and --token-file, for commands that need the administrator.
-func (f *clientFlags) addAdmin(cmd *cobra.Command) {
+// addAuth adds the client flags and the credential flags, for commands that need a caller.
+// Credentials: --api-key-file or PENSTOCK_API_KEY (sent as a bearer key, or with --sign as a
+// signed request), else the session saved by penstock login.
+func (f *clientFlags) addAuth(cmd *cobra.Command) {
 	f.add(cmd)
-	cmd.Flags().StringVar(&f.tokenFile, "token-file", "", "the platform administrator's token (default: admin.token in --data-dir)")
+	cmd.Flags().StringVar(&f.apiKeyFile, "api-key-file", "", "file holding an API key (or set PENSTOCK_API_KEY)")
+	cmd.Flags().BoolVar(&f.sign, "sign", false, "sign each request with the API key (HMAC-SHA256) instead of sending the key")
 }
 
 // httpClient trusts only the configured CA: the internal one by default, never the system

@@ -26,6 +26,9 @@ const EnvPrefix = "PENSTOCK_"
 // PENSTOCK_ variable that is not a configuration key.
 const EnvConfigFile = EnvPrefix + "CONFIG"
 
+// EnvAPIKey holds an API key for the command-line client; serve ignores it.
+const EnvAPIKey = EnvPrefix + "API_KEY"
+
 // Sources says where configuration comes from. Later sources override earlier ones:
 // defaults, then File, then Environ, then the flags of Flags that were set.
 type Sources struct {
@@ -75,7 +78,7 @@ func Load(src Sources) (Config, error) {
 	envMap := map[string]any{}
 	for _, kv := range src.Environ {
 		name, val, _ := strings.Cut(kv, "=")
-		if !strings.HasPrefix(name, EnvPrefix) || name == EnvConfigFile {
+		if !strings.HasPrefix(name, EnvPrefix) || name == EnvConfigFile || name == EnvAPIKey {
 			continue
 		}
 		key, ok := envKeys[name]

@@ -1,0 +1,331 @@
+package cli
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+)
+
+// apiCmd builds a command that calls the API as the configured caller.
+func apiCmd(environ []string, use, short string, args cobra.PositionalArgs,
+	run func(ctx context.Context, cf *clientFlags, cmd *cobra.Command, args []string) error) *cobra.Command {
+	cf := &clientFlags{environ: environ}
+	cmd := &cobra.Command{Use: use, Short: short, Args: args,
+		RunE: func(cmd *cobra.Command, args []string) error { return run(cmd.Context(), cf, cmd, args) }}
+	cf.addAuth(cmd)
+	return cmd
+}
+
+func group(use, short string, subs ...*cobra.Command) *cobra.Command {
+	c := &cobra.Command{Use: use, Short: short}
+	c.AddCommand(subs...)
+	return c
+}
+
+// printJSON prints an answer indented, for people and for jq.
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// readLines reads up to n lines of standard input (passwords, codes): never from flags, so
+// they stay out of shell history and process lists.
+func readLines(r io.Reader, n int) []string {
+	sc := bufio.NewScanner(r)
+	var out []string
+	for len(out) < n && sc.Scan() {
+		out = append(out, strings.TrimRight(sc.Text(), "\r"))
+	}
+	return out
+}
+
+func esc(s string) string { return url.PathEscape(s) }
+
+func accessCmds(environ []string) []*cobra.Command {
+	return []*cobra.Command{
+		loginCmd(environ),
+		apiCmd(environ, "logout", "End the saved session", cobra.NoArgs, func(ctx context.Context, cf *clientFlags, cmd *cobra.Command, _ []string) error {
+			if err := cf.call(ctx, "POST", "/v1/auth/logout", nil, nil); err != nil {
+				return err
+			}
+			if p, err := sessionPath(); err == nil {
+				_ = os.Remove(p)
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), "logged out")
+			return nil
+		}),
+		apiCmd(environ, "whoami", "Show who you are and your roles", cobra.NoArgs, func(ctx context.Context, cf *clientFlags, cmd *cobra.Command, _ []string) error {
+			var out map[string]any
+			if err := cf.call(ctx, "GET", "/v1/auth/whoami", nil, &out); err != nil {
+				return err
+			}
+			return printJSON(cmd.OutOrStdout(), out)
+		}),
+		apiCmd(environ, "password < current-and-new", "Change your password: the current one, then the new one, on standard input", cobra.NoArgs,
+			func(ctx context.Context, cf *clientFlags, cmd *cobra.Command, _ []string) error {
+				l := readLines(cmd.InOrStdin(), 2)
+				if len(l) != 2 {
+					return errors.New("give the current password and the new one on two lines of standard input")
+				}
+				if err := cf.call(ctx, "POST", "/v1/auth/password", map[string]string{"current": l[0], "new": l[1]}, nil); err != nil {
+					return err
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), "password changed")
+				return nil
+			}),
+		group("mfa", "Your second factor (TOTP)",
+			apiCmd(environ, "enrol", "Start enrolling: prints the otpauth URI, the secret and ten recovery codes (shown once)", cobra.NoArgs,
+				func(ctx context.Context, cf *clientFlags, cmd *cobra.Command, _ []string) error {
+					var out struct {
+						URI           string   `json:"uri"`
+						Secret        string   `json:"secret"`
+						RecoveryCodes []string `json:"recovery_codes"`
+					}
+					if err := cf.call(ctx, "POST", "/v1/auth/mfa/enrol", nil, &out); err != nil {
+						return err
+					}
+					w := cmd.OutOrStdout()
+					fmt.Fprintf(w, "Add this to your authenticator app:\n  %s\nor type the secret: %s\n\nRecovery codes (each works once; keep them safe, they are not shown again):\n", out.URI, out.Secret)
+					for _, c := range out.RecoveryCodes {
+						fmt.Fprintf(w, "  %s\n", c)
+					}
+					fmt.Fprintln(w, "\nThen confirm with: penstock mfa verify CODE")
+					return nil
+				}),
+			apiCmd(environ, "verify CODE", "Confirm the enrolment with a code from the app", cobra.ExactArgs(1),
+				func(ctx context.Context, cf *clientFlags, cmd *cobra.Command, args []string) error {
+					if err := cf.call(ctx, "POST", "/v1/auth/mfa/verify", map[string]string{"code": args[0]}, nil); err != nil {
+						return err
+					}
+					fmt.Fprintln(cmd.OutOrStdout(), "second factor enrolled")
+					return nil
+				}),
+		),
+		group("tenant", "Tenants",
+			apiCmd(environ, "create NAME", "Create a tenant (with production, staging and test)", cobra.ExactArgs(1), jsonCall("POST", func(a []string) string { return "/v1/tenants" }, func(a []string) any { return map[string]string{"name": a[0]} })),
+			apiCmd(environ, "list", "List tenants", cobra.NoArgs, jsonCall("GET", func([]string) string { return "/v1/tenants" }, nil)),
+			tenantDeleteCmd(environ),
+		),
+		group("env", "Environments",
+			withFlag(apiCmd(environ, "list --tenant T", "List a tenant's environments", cobra.NoArgs, func(ctx context.Context, cf *clientFlags, cmd *cobra.Command, _ []string) error {
+				t, _ := cmd.Flags().GetString("tenant")
+				return jsonCall("GET", func([]string) string { return "/v1/tenants/" + esc(t) + "/environments" }, nil)(ctx, cf, cmd, nil)
+			}), "tenant", "tenant"),
+		),
+		group("app", "Applications",
+			withFlag(apiCmd(environ, "create --env T/E NAME", "Create an application", cobra.ExactArgs(1), func(ctx context.Context, cf *clientFlags, cmd *cobra.Command, a []string) error {
+				p, err := envPathFlag(cmd)
+				if err != nil {
+					return err
+				}
+				return jsonCall("POST", func([]string) string { return p + "/applications" }, func(a []string) any { return map[string]string{"name": a[0]} })(ctx, cf, cmd, a)
+			}), "env", "tenant/environment"),
+			withFlag(apiCmd(environ, "list --env T/E", "List an environment's applications", cobra.NoArgs, func(ctx context.Context, cf *clientFlags, cmd *cobra.Command, a []string) error {
+				p, err := envPathFlag(cmd)
+				if err != nil {
+					return err
+				}
+				return jsonCall("GET", func([]string) string { return p + "/applications" }, nil)(ctx, cf, cmd, a)
+			}), "env", "tenant/environment"),
+			withFlag(apiCmd(environ, "delete --env T/E NAME", "Delete an application and crypto-shred its keys", cobra.ExactArgs(1), func(ctx context.Context, cf *clientFlags, cmd *cobra.Command, a []string) error {
+				p, err := envPathFlag(cmd)
+				if err != nil {
+					return err
+				}
+				if err := cf.call(ctx, "DELETE", p+"/applications/"+esc(a[0]), nil, nil); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%s deleted; its data can no longer be decrypted\n", a[0])
+				return nil
+			}), "env", "tenant/environment"),
+		),
+		group("user", "Platform users",
+			withFlag(apiCmd(environ, "create NAME [--email E]", "Create a user; prints the generated one-time password", cobra.ExactArgs(1), func(ctx context.Context, cf *clientFlags, cmd *cobra.Command, a []string) error {
+				email, _ := cmd.Flags().GetString("email")
+				return jsonCall("POST", func([]string) string { return "/v1/users" }, func(a []string) any { return map[string]string{"name": a[0], "email": email} })(ctx, cf, cmd, a)
+			}), "email", "email address"),
+			apiCmd(environ, "list", "List users", cobra.NoArgs, jsonCall("GET", func([]string) string { return "/v1/users" }, nil)),
+			apiCmd(environ, "disable NAME", "Disable a user and end their sessions", cobra.ExactArgs(1), jsonCall("POST", func(a []string) string { return "/v1/users/" + esc(a[0]) + "/disable" }, nil)),
+			apiCmd(environ, "enable NAME", "Enable a user", cobra.ExactArgs(1), jsonCall("POST", func(a []string) string { return "/v1/users/" + esc(a[0]) + "/enable" }, nil)),
+			apiCmd(environ, "reset-password NAME", "Give a user a generated password (printed once)", cobra.ExactArgs(1), jsonCall("POST", func(a []string) string { return "/v1/users/" + esc(a[0]) + "/reset-password" }, nil)),
+		),
+		group("role", "Role bindings",
+			withFlags(apiCmd(environ, "grant --subject user:NAME --role ROLE --scope SCOPE", "Grant a role at a scope", cobra.NoArgs, func(ctx context.Context, cf *clientFlags, cmd *cobra.Command, a []string) error {
+				return jsonCall("POST", func([]string) string { return "/v1/roles" }, func([]string) any { return flagMap(cmd, "subject", "role", "scope") })(ctx, cf, cmd, a)
+			}), "subject", "role", "scope"),
+			apiCmd(environ, "revoke ID", "Revoke a role binding", cobra.ExactArgs(1), jsonCall("DELETE", func(a []string) string { return "/v1/roles/" + esc(a[0]) }, nil)),
+			withFlag(apiCmd(environ, "list [--scope SCOPE]", "List role bindings at and under a scope", cobra.NoArgs, func(ctx context.Context, cf *clientFlags, cmd *cobra.Command, a []string) error {
+				s, _ := cmd.Flags().GetString("scope")
+				return jsonCall("GET", func([]string) string { return "/v1/roles?scope=" + url.QueryEscape(s) }, nil)(ctx, cf, cmd, a)
+			}), "scope", "scope (default platform)"),
+		),
+		group("apikey", "API keys",
+			apikeyCreateCmd(environ),
+			withFlag(apiCmd(environ, "list [--scope SCOPE]", "List API keys at and under a scope", cobra.NoArgs, func(ctx context.Context, cf *clientFlags, cmd *cobra.Command, a []string) error {
+				s, _ := cmd.Flags().GetString("scope")
+				return jsonCall("GET", func([]string) string { return "/v1/apikeys?scope=" + url.QueryEscape(s) }, nil)(ctx, cf, cmd, a)
+			}), "scope", "scope"),
+			apiCmd(environ, "revoke ID", "Revoke an API key everywhere", cobra.ExactArgs(1), jsonCall("DELETE", func(a []string) string { return "/v1/apikeys/" + esc(a[0]) }, nil)),
+		),
+		group("allowlist", "Tenant source allow-lists",
+			withFlag(apiCmd(environ, "set --tenant T [CIDR ...]", "Set the CIDRs allowed to call for a tenant (none: everyone)", cobra.ArbitraryArgs, func(ctx context.Context, cf *clientFlags, cmd *cobra.Command, a []string) error {
+				t, _ := cmd.Flags().GetString("tenant")
+				if a == nil {
+					a = []string{}
+				}
+				return jsonCall("PUT", func([]string) string { return "/v1/tenants/" + esc(t) + "/allowlist" }, func(a []string) any { return map[string]any{"cidrs": a} })(ctx, cf, cmd, a)
+			}), "tenant", "tenant"),
+		),
+	}
+}
+
+// jsonCall calls method on path(args) with body(args) and prints the JSON answer.
+func jsonCall(method string, path func([]string) string, body func([]string) any) func(context.Context, *clientFlags, *cobra.Command, []string) error {
+	return func(ctx context.Context, cf *clientFlags, cmd *cobra.Command, args []string) error {
+		var b any
+		if body != nil {
+			b = body(args)
+		}
+		var out any
+		if err := cf.call(ctx, method, path(args), b, &out); err != nil {
+			return err
+		}
+		if out == nil {
+			fmt.Fprintln(cmd.OutOrStdout(), "done")
+			return nil
+		}
+		return printJSON(cmd.OutOrStdout(), out)
+	}
+}
+
+func withFlag(c *cobra.Command, name, usage string) *cobra.Command {
+	c.Flags().String(name, "", usage)
+	return c
+}
+
+func withFlags(c *cobra.Command, names ...string) *cobra.Command {
+	for _, n := range names {
+		c.Flags().String(n, "", n)
+		_ = c.MarkFlagRequired(n)
+	}
+	return c
+}
+
+func flagMap(cmd *cobra.Command, names ...string) map[string]string {
+	m := map[string]string{}
+	for _, n := range names {
+		m[n], _ = cmd.Flags().GetString(n)
+	}
+	return m
+}
+
+func envPathFlag(cmd *cobra.Command) (string, error) {
+	e, _ := cmd.Flags().GetString("env")
+	parts := strings.Split(e, "/")
+	if len(parts) != 2 || parts[0] == "" || parts[1] == "" {
+		return "", fmt.Errorf("--env %q: must be tenant/environment", e)
+	}
+	return "/v1/tenants/" + esc(parts[0]) + "/environments/" + esc(parts[1]), nil
+}
+
+func tenantDeleteCmd(environ []string) *cobra.Command {
+	c := apiCmd(environ, "delete NAME --confirm NAME", "Delete a tenant and crypto-shred its keys: its data becomes unrecoverable", cobra.ExactArgs(1),
+		func(ctx context.Context, cf *clientFlags, cmd *cobra.Command, a []string) error {
+			if c, _ := cmd.Flags().GetString("confirm"); c != a[0] {
+				return errors.New("--confirm must repeat the tenant name: deletion cannot be undone")
+			}
+			if err := cf.call(ctx, "DELETE", "/v1/tenants/"+esc(a[0]), nil, nil); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "tenant %s deleted; its data can no longer be decrypted\n", a[0])
+			return nil
+		})
+	c.Flags().String("confirm", "", "repeat the tenant name")
+	return c
+}
+
+func apikeyCreateCmd(environ []string) *cobra.Command {
+	c := apiCmd(environ, "create --role ROLE --scope SCOPE", "Create an API key (printed once)", cobra.NoArgs,
+		func(ctx context.Context, cf *clientFlags, cmd *cobra.Command, a []string) error {
+			body := map[string]any{}
+			for _, n := range []string{"role", "scope", "name"} {
+				if v, _ := cmd.Flags().GetString(n); v != "" {
+					body[n] = v
+				}
+			}
+			if d, _ := cmd.Flags().GetDuration("expires-in"); d > 0 {
+				body["expires"] = time.Now().Add(d).UTC()
+			}
+			if cidrs, _ := cmd.Flags().GetStringSlice("cidr"); len(cidrs) > 0 {
+				body["cidrs"] = cidrs
+			}
+			if s, _ := cmd.Flags().GetBool("service"); s {
+				body["service"] = true
+			}
+			return jsonCall("POST", func([]string) string { return "/v1/apikeys" }, func([]string) any { return body })(ctx, cf, cmd, a)
+		})
+	c.Flags().String("role", "", "owner, admin, developer, operator, viewer or auditor")
+	c.Flags().String("scope", "", "tenant, tenant/environment or tenant/environment/application")
+	c.Flags().String("name", "", "a label")
+	c.Flags().Duration("expires-in", 0, "lifetime, such as 720h")
+	c.Flags().StringSlice("cidr", nil, "source CIDRs the key may be used from (repeatable)")
+	c.Flags().Bool("service", false, "a service key bound to the application, not to you")
+	_ = c.MarkFlagRequired("role")
+	_ = c.MarkFlagRequired("scope")
+	return c
+}
+
+func loginCmd(environ []string) *cobra.Command {
+	cf := &clientFlags{environ: environ}
+	var user, code string
+	cmd := &cobra.Command{
+		Use:   "login --user NAME [--code CODE] < password",
+		Short: "Log in (password on standard input) and save the session for the CLI (0600, in your configuration directory)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			l := readLines(cmd.InOrStdin(), 1)
+			if len(l) != 1 {
+				return errors.New("give the password on standard input")
+			}
+			var out struct {
+				Token              string `json:"token"`
+				MustChangePassword bool   `json:"must_change_password"`
+				MustEnrolMFA       bool   `json:"must_enrol_mfa"`
+			}
+			c, err := cf.httpClient()
+			if err != nil {
+				return err
+			}
+			if err := postJSON(cmd.Context(), c, cf.server+"/v1/auth/login", map[string]string{"user": user, "password": l[0], "code": code}, &out); err != nil {
+				return err
+			}
+			if err := saveSession(savedSession{Server: cf.server, Token: out.Token}); err != nil {
+				return err
+			}
+			w := cmd.OutOrStdout()
+			fmt.Fprintf(w, "logged in as %s\n", user)
+			if out.MustChangePassword {
+				fmt.Fprintln(w, "you must change your password first: penstock password < current-then-new")
+			}
+			if out.MustEnrolMFA {
+				fmt.Fprintln(w, "you must enrol a second factor: penstock mfa enrol, then penstock mfa verify CODE")
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&user, "user", "", "user name")
+	cmd.Flags().StringVar(&code, "code", "", "one-time code from your authenticator (or a recovery code)")
+	_ = cmd.MarkFlagRequired("user")
+	cf.add(cmd)
+	return cmd
+}

@@ -227,8 +227,9 @@ func SigningKey(key redact.Secret) [32]byte {
 
 // APIKey returns a key's record.
 func (s *Store) APIKey(id string) (APIKey, bool) {
-	var k APIKey
-	_, ok := s.get("apikey."+id, &k)
+	s.mu.RLock()
+	k, ok := s.apiKeys[id]
+	s.mu.RUnlock()
 	return k, ok
 }
 
@@ -277,8 +278,8 @@ func (s *Store) checkKey(id string, digest *[32]byte, source netip.Addr) (APIKey
 		return APIKey{}, ErrUnauthenticated
 	}
 	if digest != nil {
-		want, err := hex.DecodeString(k.Digest)
-		if err != nil || len(want) != 32 || !DigestEqual([32]byte(want), *digest) {
+		var want [32]byte
+		if n, err := hex.Decode(want[:], []byte(k.Digest)); err != nil || n != 32 || !DigestEqual(want, *digest) {
 			return APIKey{}, ErrUnauthenticated
 		}
 	}

@@ -40,6 +40,9 @@ type Store struct {
 
 	mu   sync.RWMutex
 	view map[string]jetstream.KeyValueEntry // by KV key
+	// apiKeys holds the API key records decoded once, as they arrive: verifying a key is on
+	// every request's path and must not parse JSON.
+	apiKeys map[string]APIKey
 
 	stop    context.CancelFunc
 	watched chan struct{}
@@ -81,7 +84,8 @@ func Open(ctx context.Context, plat *engine.Account, keys *keyring.Keyring, cfg 
 		cancel()
 		return nil, fmt.Errorf("identity: watch: %w", err)
 	}
-	s := &Store{kv: kv, keys: keys, log: log, cfg: cfg, view: map[string]jetstream.KeyValueEntry{}, stop: cancel, watched: make(chan struct{})}
+	s := &Store{kv: kv, keys: keys, log: log, cfg: cfg, view: map[string]jetstream.KeyValueEntry{}, apiKeys: map[string]APIKey{},
+		stop: cancel, watched: make(chan struct{})}
 	ready := make(chan struct{})
 	go s.follow(w, ready)
 	select {
@@ -119,6 +123,14 @@ func (s *Store) apply(e jetstream.KeyValueEntry) {
 	}
 	// Deletes and purges stay in the view as markers, so an older put cannot bring a key back.
 	s.view[e.Key()] = e
+	if id, ok := strings.CutPrefix(e.Key(), "apikey."); ok {
+		var k APIKey
+		if e.Operation() == jetstream.KeyValuePut && json.Unmarshal(e.Value(), &k) == nil {
+			s.apiKeys[id] = k
+		} else {
+			delete(s.apiKeys, id)
+		}
+	}
 }
 
 // Close stops the watch.
@@ -190,6 +202,9 @@ func (s *Store) del(ctx context.Context, key string) error {
 	// The purge marker reaches the view through the watch; drop the key now for this process.
 	s.mu.Lock()
 	delete(s.view, key)
+	if id, ok := strings.CutPrefix(key, "apikey."); ok {
+		delete(s.apiKeys, id)
+	}
 	s.mu.Unlock()
 	return nil
 }

@@ -116,6 +116,10 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 		return nil, err
 	}
 	icfg := identity.DefaultConfig()
+	ic := cfg.Identity
+	icfg.MFAForAll, icfg.SessionIdle, icfg.SessionMax = ic.MFAAllUsers, ic.SessionIdle, ic.SessionMax
+	icfg.Policy.MinLength = ic.PasswordMinLength
+	icfg.Argon2 = identity.Argon2Params{Memory: ic.Argon2MemoryKiB, Time: ic.Argon2Time, Threads: ic.Argon2Threads}
 	if a.ident, err = identity.Open(ctx, plat, a.keys, icfg, log.With("component", "identity")); err != nil {
 		return nil, err
 	}

@@ -49,6 +49,7 @@ func startAppWith(t *testing.T, mutate func(*config.Config), routes func(api htt
 	cfg.API.Listen = "127.0.0.1:0"
 	cfg.Metrics.Listen = "127.0.0.1:0"
 	cfg.API.ShutdownTimeout = 5 * time.Second
+	cfg.Identity.Argon2MemoryKiB, cfg.Identity.Argon2Time, cfg.Identity.Argon2Threads = 19<<10, 1, 1 // the cheapest allowed: tests log in often
 	if mutate != nil {
 		mutate(&cfg)
 	}

@@ -20,7 +20,25 @@ type Config struct {
 	API     API     `koanf:"api"`
 	Metrics Metrics `koanf:"metrics"`
 	Engine  Engine  `koanf:"engine"`
-	Keyring Keyring `koanf:"keyring"`
+	Keyring  Keyring  `koanf:"keyring"`
+	Identity Identity `koanf:"identity"`
+}
+
+// Identity configures logins and sessions.
+type Identity struct {
+	// MFAAllUsers requires a second factor of every user; otherwise of platform admins and
+	// tenant owners only.
+	MFAAllUsers bool `koanf:"mfa_all_users"`
+	// SessionIdle ends a session unused for this long; SessionMax ends any session this old.
+	SessionIdle time.Duration `koanf:"session_idle"`
+	SessionMax  time.Duration `koanf:"session_max"`
+	// PasswordMinLength is the shortest password accepted (upper, lower, digit and symbol are
+	// always required, and common passwords refused).
+	PasswordMinLength int `koanf:"password_min_length"`
+	// Argon2 costs of password hashes; a change upgrades each hash at its owner's next login.
+	Argon2MemoryKiB uint32 `koanf:"argon2_memory_kib"`
+	Argon2Time      uint32 `koanf:"argon2_time"`
+	Argon2Threads   uint8  `koanf:"argon2_threads"`
 }
 
 // Keyring selects the master key (key-encryption key) that wraps every data key. With nothing
@@ -156,5 +174,9 @@ func Default() Config {
 			},
 		},
 		Engine: Engine{SyncInterval: "always", Replicas: 1},
+		Identity: Identity{
+			SessionIdle: 30 * time.Minute, SessionMax: 12 * time.Hour, PasswordMinLength: 12,
+			Argon2MemoryKiB: 64 << 10, Argon2Time: 3, Argon2Threads: 2,
+		},
 	}
 }

@@ -174,7 +174,7 @@ func compatible(t reflect.Type, raw any) bool {
 	switch k := t.Kind(); {
 	case t == reflect.TypeOf(time.Duration(0)):
 		return false // durations are written as text: 30s
-	case k >= reflect.Int && k <= reflect.Int64:
+	case k >= reflect.Int && k <= reflect.Uint64:
 		switch v := raw.(type) {
 		case int, int64, uint64:
 			return true
@@ -182,6 +182,9 @@ func compatible(t reflect.Type, raw any) bool {
 			return v == math.Trunc(v)
 		}
 		return false
+	case k == reflect.Bool:
+		_, ok := raw.(bool)
+		return ok
 	case k == reflect.Float64:
 		switch raw.(type) {
 		case int, int64, uint64, float64:
@@ -216,8 +219,10 @@ func describeDecodeError(t reflect.Type, raw any) string {
 		want = "a list of strings"
 	case t.Kind() == reflect.Float64:
 		want = "a number"
-	case t.Kind() >= reflect.Int && t.Kind() <= reflect.Int64:
+	case t.Kind() >= reflect.Int && t.Kind() <= reflect.Uint64:
 		want = "an integer"
+	case t.Kind() == reflect.Bool:
+		want = "true or false"
 	case t.Kind() == reflect.Struct || t.Kind() == reflect.String:
 		want = "a string"
 	}

@@ -87,6 +87,21 @@ func (c Config) validate() FieldErrors {
 	}
 	c.Engine.validate(&v)
 	c.Keyring.validate(&v)
+	id := c.Identity
+	v.positiveDuration("identity.session_idle", id.SessionIdle)
+	v.positiveDuration("identity.session_max", id.SessionMax)
+	if id.PasswordMinLength < 12 || id.PasswordMinLength > 128 {
+		v.add("identity.password_min_length", "must be between 12 and 128")
+	}
+	if id.Argon2MemoryKiB < 19<<10 || id.Argon2MemoryKiB > 4<<20 {
+		v.add("identity.argon2_memory_kib", "must be between 19456 (19 MiB, the OWASP minimum) and 4194304")
+	}
+	if id.Argon2Time < 1 || id.Argon2Time > 20 {
+		v.add("identity.argon2_time", "must be between 1 and 20")
+	}
+	if id.Argon2Threads < 1 {
+		v.add("identity.argon2_threads", "must be at least 1")
+	}
 	return v.errs
 }
 

@@ -98,13 +98,17 @@ func registerAccount(g gate, hapi huma.API, o Options) {
 	register(g, hapi, setup, huma.Operation{
 		OperationID: "logout", Method: http.MethodPost, Path: "/v1/auth/logout", Tags: []string{"auth"},
 		Summary: "End this session", DefaultStatus: http.StatusNoContent,
-	}, none, func(ctx context.Context, c *caller, _ *struct{}) (*struct{ SetCookie string `header:"Set-Cookie"` }, error) {
+	}, none, func(ctx context.Context, c *caller, _ *struct{}) (*struct {
+		SetCookie string `header:"Set-Cookie"`
+	}, error) {
 		if c.token != "" {
 			if err := o.Identity.Logout(ctx, c.token); err != nil {
 				return nil, internalError(o, "logout", err)
 			}
 		}
-		return &struct{ SetCookie string `header:"Set-Cookie"` }{(&http.Cookie{Name: SessionCookie, Value: "", Path: "/", MaxAge: -1, Secure: true, HttpOnly: true, SameSite: http.SameSiteStrictMode}).String()}, nil
+		return &struct {
+			SetCookie string `header:"Set-Cookie"`
+		}{(&http.Cookie{Name: SessionCookie, Value: "", Path: "/", MaxAge: -1, Secure: true, HttpOnly: true, SameSite: http.SameSiteStrictMode}).String()}, nil
 	})
 
 	register(g, hapi, setup, huma.Operation{

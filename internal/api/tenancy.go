@@ -11,7 +11,6 @@ import (
 	"github.com/penstock/penstock/internal/redact"
 )
 
-
 type tenantPath struct {
 	Tenant string `path:"tenant" pattern:"^[a-z0-9][a-z0-9-]{0,62}$"`
 }
@@ -23,7 +22,9 @@ type envPath struct {
 	Environment string `path:"environment" pattern:"^[a-z0-9][a-z0-9-]{0,62}$"`
 }
 
-func (p *envPath) scope() authz.Scope { return authz.Scope{Tenant: p.Tenant, Environment: p.Environment} }
+func (p *envPath) scope() authz.Scope {
+	return authz.Scope{Tenant: p.Tenant, Environment: p.Environment}
+}
 
 type appDeletePath struct {
 	Tenant      string `path:"tenant" pattern:"^[a-z0-9][a-z0-9-]{0,62}$"`
@@ -41,6 +42,13 @@ type createAppInput struct {
 	Tenant      string `path:"tenant" pattern:"^[a-z0-9][a-z0-9-]{0,62}$"`
 	Environment string `path:"environment" pattern:"^[a-z0-9][a-z0-9-]{0,62}$"`
 	Body        struct {
+		Name string `json:"name" pattern:"^[a-z0-9][a-z0-9-]{0,62}$"`
+	}
+}
+
+type envCreateInput struct {
+	Tenant string `path:"tenant" pattern:"^[a-z0-9][a-z0-9-]{0,62}$"`
+	Body   struct {
 		Name string `json:"name" pattern:"^[a-z0-9][a-z0-9-]{0,62}$"`
 	}
 }
@@ -179,6 +187,18 @@ func registerTenancy(g gate, hapi huma.API, o Options) {
 		return out, nil
 	})
 
+	register(g, hapi, Route{Action: authz.EnvManage}, huma.Operation{
+		OperationID: "env-create", Method: http.MethodPost, Path: "/v1/tenants/{tenant}/environments", Tags: []string{"tenants"},
+		Summary: "Add an environment to a tenant", DefaultStatus: http.StatusCreated,
+	}, func(in *envCreateInput) authz.Scope { return authz.Scope{Tenant: in.Tenant} },
+		func(ctx context.Context, _ *caller, in *envCreateInput) (*tenantOutput, error) {
+			t, err := id.AddEnvironment(ctx, in.Tenant, in.Body.Name)
+			if err != nil {
+				return nil, identityError(o, "add environment", err)
+			}
+			return &tenantOutput{Body: t}, nil
+		})
+
 	register(g, hapi, Route{Action: authz.TenantRead}, huma.Operation{
 		OperationID: "app-list", Method: http.MethodGet, Path: "/v1/tenants/{tenant}/environments/{environment}/applications",
 		Tags: []string{"applications"}, Summary: "An environment's applications",
@@ -194,7 +214,9 @@ func registerTenancy(g gate, hapi huma.API, o Options) {
 	register(g, hapi, Route{Action: authz.AppManage}, huma.Operation{
 		OperationID: "app-create", Method: http.MethodPost, Path: "/v1/tenants/{tenant}/environments/{environment}/applications",
 		Tags: []string{"applications"}, Summary: "Create an application", DefaultStatus: http.StatusCreated,
-	}, func(in *createAppInput) authz.Scope { return authz.Scope{Tenant: in.Tenant, Environment: in.Environment} },
+	}, func(in *createAppInput) authz.Scope {
+		return authz.Scope{Tenant: in.Tenant, Environment: in.Environment}
+	},
 		func(ctx context.Context, _ *caller, in *createAppInput) (*appOutput, error) {
 			a, err := id.CreateApp(ctx, in.Tenant, in.Environment, in.Body.Name)
 			if err != nil {

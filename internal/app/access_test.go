@@ -140,6 +140,10 @@ func TestLoginOverHTTP(t *testing.T) {
 		}
 	}
 
+	if n := metricValue(t, metrics(t, ta), "penstock_auth_lockouts_total"); n < 2 {
+		t.Fatalf("lockouts counted: %v", n)
+	}
+
 	// A fresh server for the cookie (the first is locked for this address now).
 	tb := startApp(t, nil)
 	tb.adminSession(t)

@@ -131,11 +131,16 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 		return nil, err
 	}
 
+	lockout := identity.NewLockout()
+	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "penstock_auth_lockouts_total",
+		Help: "Login lockouts started (per account or per source address) since the process started.",
+	}, func() float64 { return float64(lockout.Lockouts()) }))
 	handler, routes := api.Handler(api.Options{
 		Version: version, Logger: log.With("component", "api"), Ready: a.eng,
 		Limits: lim, Edge: em, Registry: reg,
 		Keyring: a.keys, Master: a.master, Secrets: store,
-		Identity: a.ident, Lockout: identity.NewLockout(), Nonces: nonces,
+		Identity: a.ident, Lockout: lockout, Nonces: nonces,
 	})
 	a.routes = routes
 	a.apiSrv = &http.Server{

@@ -27,11 +27,11 @@ import (
 type testApp struct {
 	*App
 	admin, adminPassword, adminTOTP string // the administrator's session, once set up
-	done   chan error
-	cancel context.CancelFunc
-	logs   *testenv.LogBuffer
-	pool   *x509.CertPool
-	stop   func()
+	done                            chan error
+	cancel                          context.CancelFunc
+	logs                            *testenv.LogBuffer
+	pool                            *x509.CertPool
+	stop                            func()
 }
 
 // startApp runs a real App on random loopback ports with a fresh data directory.

@@ -86,34 +86,49 @@ func TestEveryRouteForEveryRoleAndScope(t *testing.T) {
 	n := 0
 	fresh := func(prefix string) string { n++; return fmt.Sprintf("%s-%d", prefix, n) }
 	calls := map[string]func(p principal) call{
-		"keys-status":         func(principal) call { return call{"GET", "/v1/keys", nil, authz.Platform} },
-		"keys-rotate":         func(principal) call { return call{"POST", "/v1/keys/rotate", map[string]string{"scope": "acme/production/billing"}, authz.Platform} },
-		"keys-rotate-master":  func(principal) call { return call{"POST", "/v1/keys/rotate-master", nil, authz.Platform} },
+		"keys-status": func(principal) call { return call{"GET", "/v1/keys", nil, authz.Platform} },
+		"keys-rotate": func(principal) call {
+			return call{"POST", "/v1/keys/rotate", map[string]string{"scope": "acme/production/billing"}, authz.Platform}
+		},
+		"keys-rotate-master": func(principal) call { return call{"POST", "/v1/keys/rotate-master", nil, authz.Platform} },
 		"keys-destroy": func(principal) call {
 			g := fresh("ghost")
 			return call{"POST", "/v1/keys/destroy", map[string]string{"scope": g, "confirm": g}, authz.Platform}
 		},
-		"secret-put":    func(principal) call { return call{"PUT", secrets + "/" + fresh("s"), map[string]string{"value": "v"}, app} },
+		"secret-put": func(principal) call {
+			return call{"PUT", secrets + "/" + fresh("s"), map[string]string{"value": "v"}, app}
+		},
 		"secret-list":   func(principal) call { return call{"GET", secrets, nil, app} },
 		"secret-delete": func(principal) call { return call{"DELETE", secrets + "/ghost", nil, app} },
-		"tenant-create": func(principal) call { return call{"POST", "/v1/tenants", map[string]string{"name": fresh("t")}, authz.Platform} },
-		"tenant-get":    func(principal) call { return call{"GET", "/v1/tenants/acme", nil, acme} },
+		"tenant-create": func(principal) call {
+			return call{"POST", "/v1/tenants", map[string]string{"name": fresh("t")}, authz.Platform}
+		},
+		"tenant-get": func(principal) call { return call{"GET", "/v1/tenants/acme", nil, acme} },
 		"tenant-delete": func(p principal) call {
 			// A tenant of its own, with the principal's role re-created in it, for every call.
 			name := fresh("del")
 			mustOK("POST", "/v1/tenants", map[string]string{"name": name})
 			return call{"DELETE", "/v1/tenants/" + name, nil, authz.Scope{Tenant: name}}
 		},
-		"allowlist-set": func(principal) call { return call{"PUT", "/v1/tenants/acme/allowlist", map[string]any{"cidrs": []string{}}, acme} },
-		"env-list":      func(principal) call { return call{"GET", "/v1/tenants/acme/environments", nil, acme} },
-		"app-list":      func(principal) call { return call{"GET", "/v1/tenants/acme/environments/production/applications", nil, env} },
+		"allowlist-set": func(principal) call {
+			return call{"PUT", "/v1/tenants/acme/allowlist", map[string]any{"cidrs": []string{}}, acme}
+		},
+		"env-list": func(principal) call { return call{"GET", "/v1/tenants/acme/environments", nil, acme} },
+		"env-create": func(principal) call {
+			return call{"POST", "/v1/tenants/acme/environments", map[string]string{"name": fresh("e")}, acme}
+		},
+		"app-list": func(principal) call {
+			return call{"GET", "/v1/tenants/acme/environments/production/applications", nil, env}
+		},
 		"app-create": func(principal) call {
 			return call{"POST", "/v1/tenants/acme/environments/production/applications", map[string]string{"name": fresh("a")}, env}
 		},
 		"app-delete": func(principal) call {
 			return call{"DELETE", "/v1/tenants/acme/environments/production/applications/ghost", nil, authz.Scope{Tenant: "acme", Environment: "production", Application: "ghost"}}
 		},
-		"user-create":         func(principal) call { return call{"POST", "/v1/users", map[string]string{"name": fresh("u")}, authz.Platform} },
+		"user-create": func(principal) call {
+			return call{"POST", "/v1/users", map[string]string{"name": fresh("u")}, authz.Platform}
+		},
 		"user-list":           func(principal) call { return call{"GET", "/v1/users", nil, authz.Platform} },
 		"user-disable":        func(principal) call { return call{"POST", "/v1/users/victim/disable", nil, authz.Platform} },
 		"user-enable":         func(principal) call { return call{"POST", "/v1/users/victim/enable", nil, authz.Platform} },

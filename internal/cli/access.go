@@ -117,6 +117,10 @@ func accessCmds(environ []string) []*cobra.Command {
 			tenantDeleteCmd(environ),
 		),
 		group("env", "Environments",
+			withFlag(apiCmd(environ, "create --tenant T NAME", "Add an environment to a tenant", cobra.ExactArgs(1), func(ctx context.Context, cf *clientFlags, cmd *cobra.Command, a []string) error {
+				t, _ := cmd.Flags().GetString("tenant")
+				return jsonCall("POST", func([]string) string { return "/v1/tenants/" + esc(t) + "/environments" }, func(a []string) any { return map[string]string{"name": a[0]} })(ctx, cf, cmd, a)
+			}), "tenant", "tenant"),
 			withFlag(apiCmd(environ, "list --tenant T", "List a tenant's environments", cobra.NoArgs, func(ctx context.Context, cf *clientFlags, cmd *cobra.Command, _ []string) error {
 				t, _ := cmd.Flags().GetString("tenant")
 				return jsonCall("GET", func([]string) string { return "/v1/tenants/" + esc(t) + "/environments" }, nil)(ctx, cf, cmd, nil)

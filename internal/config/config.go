@@ -15,11 +15,11 @@ import (
 type Config struct {
 	// DataDir holds everything Penstock stores on this machine: the embedded JetStream store,
 	// TLS material and key files. Created with 0700 permissions if missing.
-	DataDir string  `koanf:"data_dir"`
-	Log     Log     `koanf:"log"`
-	API     API     `koanf:"api"`
-	Metrics Metrics `koanf:"metrics"`
-	Engine  Engine  `koanf:"engine"`
+	DataDir  string   `koanf:"data_dir"`
+	Log      Log      `koanf:"log"`
+	API      API      `koanf:"api"`
+	Metrics  Metrics  `koanf:"metrics"`
+	Engine   Engine   `koanf:"engine"`
 	Keyring  Keyring  `koanf:"keyring"`
 	Identity Identity `koanf:"identity"`
 }

@@ -2,6 +2,7 @@ package identity
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -151,4 +152,29 @@ func (s *Store) DeleteApp(ctx context.Context, tenant, env, name string) error {
 		return err
 	}
 	return s.del(ctx, appKey(tenant, env, name))
+}
+
+// AddEnvironment adds an environment to a tenant.
+func (s *Store) AddEnvironment(ctx context.Context, tenant, env string) (Tenant, error) {
+	if err := checkName("environment", env); err != nil {
+		return Tenant{}, err
+	}
+	for range 5 {
+		var t Tenant
+		rev, ok := s.get("tenant."+tenant, &t)
+		if !ok {
+			return Tenant{}, ErrNotFound
+		}
+		if slices.Contains(t.Environments, env) {
+			return Tenant{}, ErrExists
+		}
+		t.Environments = append(t.Environments, env)
+		if err := s.put(ctx, "tenant."+tenant, t, rev); err == nil {
+			return t, nil
+		}
+		if e, err := s.kv.Get(ctx, "tenant."+tenant); err == nil {
+			s.apply(e)
+		}
+	}
+	return Tenant{}, errors.New("identity: tenant changed concurrently; try again")
 }

@@ -75,7 +75,10 @@ func TestSignedRequests(t *testing.T) {
 		{"method changed", func(r *http.Request) (*http.Request, []byte) { r.Method = "DELETE"; return r, body }, now, ErrSignature},
 		{"path changed", func(r *http.Request) (*http.Request, []byte) { r.URL.Path = "/v1/tenants/globex/x"; return r, body }, now, ErrSignature},
 		{"query changed", func(r *http.Request) (*http.Request, []byte) { r.URL.RawQuery = "a=1&b=2"; return r, body }, now, ErrSignature},
-		{"signed header changed", func(r *http.Request) (*http.Request, []byte) { r.Header.Set("Content-Type", "text/plain"); return r, body }, now, ErrSignature},
+		{"signed header changed", func(r *http.Request) (*http.Request, []byte) {
+			r.Header.Set("Content-Type", "text/plain")
+			return r, body
+		}, now, ErrSignature},
 		{"host changed", func(r *http.Request) (*http.Request, []byte) { r.Host = "evil.example"; return r, body }, now, ErrSignature},
 		{"date changed", func(r *http.Request) (*http.Request, []byte) {
 			r.Header.Set(DateHeader, now.Add(time.Second).Format(time.RFC3339))

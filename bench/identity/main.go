@@ -18,10 +18,8 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/penstock/penstock/internal/authz"
-	"github.com/penstock/penstock/internal/config"
-	"github.com/penstock/penstock/internal/engine"
 	"github.com/penstock/penstock/internal/identity"
-	"github.com/penstock/penstock/internal/keyring"
+	"github.com/penstock/penstock/internal/keyring/keyringtest"
 	"github.com/penstock/penstock/internal/redact"
 )
 
@@ -32,23 +30,12 @@ func main() {
 		log.Fatal(err)
 	}
 	defer os.RemoveAll(dir)
-	m, err := keyring.LoadMaster(ctx, dir, config.Keyring{})
+	st, err := keyringtest.Open(ctx, dir)
 	if err != nil {
 		log.Fatal(err)
 	}
-	defer m.Close()
-	cur, _ := m.StoreKey()
-	eng, err := engine.Open(ctx, engine.Options{DataDir: dir, Config: config.Default().Engine, StoreKey: cur})
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer eng.Close()
-	plat, _ := eng.Account(ctx, engine.PlatformAccount)
-	kr, err := keyring.New(ctx, keyring.Options{Master: m, Platform: plat})
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer kr.Close()
+	defer st.Close()
+	plat, kr := st.Platform, st.Keyring
 	store, err := identity.Open(ctx, plat, kr, identity.DefaultConfig(), slog.New(slog.DiscardHandler))
 	if err != nil {
 		log.Fatal(err)

@@ -17,9 +17,8 @@ import (
 	"os"
 	"time"
 
-	"github.com/penstock/penstock/internal/config"
-	"github.com/penstock/penstock/internal/engine"
 	"github.com/penstock/penstock/internal/keyring"
+	"github.com/penstock/penstock/internal/keyring/keyringtest"
 )
 
 func main() {
@@ -32,23 +31,12 @@ func main() {
 		log.Fatal(err)
 	}
 	defer os.RemoveAll(dir)
-	m, err := keyring.LoadMaster(ctx, dir, config.Keyring{})
+	st, err := keyringtest.Open(ctx, dir)
 	if err != nil {
 		log.Fatal(err)
 	}
-	defer m.Close()
-	cur, _ := m.StoreKey()
-	eng, err := engine.Open(ctx, engine.Options{DataDir: dir, Config: config.Default().Engine, StoreKey: cur})
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer eng.Close()
-	plat, _ := eng.Account(ctx, engine.PlatformAccount)
-	kr, err := keyring.New(ctx, keyring.Options{Master: m, Platform: plat})
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer kr.Close()
+	defer st.Close()
+	kr := st.Keyring
 	scope := keyring.Scope{Tenant: "acme", Environment: "production", Application: "billing"}
 
 	key := make([]byte, 32)

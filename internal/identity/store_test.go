@@ -12,9 +12,7 @@ import (
 	"github.com/pquerna/otp/totp"
 
 	"github.com/penstock/penstock/internal/authz"
-	"github.com/penstock/penstock/internal/config"
-	"github.com/penstock/penstock/internal/engine"
-	"github.com/penstock/penstock/internal/keyring"
+	"github.com/penstock/penstock/internal/keyring/keyringtest"
 	"github.com/penstock/penstock/internal/redact"
 )
 
@@ -28,21 +26,11 @@ type node struct {
 // openNodes opens n identity stores on one engine, as n Penstock processes would.
 func openNodes(t *testing.T, n int) []node {
 	t.Helper()
-	dir := t.TempDir()
-	m, err := keyring.LoadMaster(ctx, dir, config.Keyring{})
+	st, err := keyringtest.Open(ctx, t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	cur, _ := m.StoreKey()
-	eng, err := engine.Open(ctx, engine.Options{DataDir: dir, Config: config.Default().Engine, StoreKey: cur})
-	if err != nil {
-		t.Fatal(err)
-	}
-	plat, _ := eng.Account(ctx, engine.PlatformAccount)
-	kr, err := keyring.New(ctx, keyring.Options{Master: m, Platform: plat})
-	if err != nil {
-		t.Fatal(err)
-	}
+	plat, kr := st.Platform, st.Keyring
 	var nodes []node
 	for range n {
 		now := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
@@ -61,9 +49,7 @@ func openNodes(t *testing.T, n int) []node {
 		for _, nd := range nodes {
 			nd.store.Close()
 		}
-		kr.Close()
-		eng.Close()
-		m.Close()
+		st.Close()
 	})
 	return nodes
 }

@@ -6,37 +6,24 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/penstock/penstock/internal/config"
-	"github.com/penstock/penstock/internal/engine"
 	"github.com/penstock/penstock/internal/keyring"
+	"github.com/penstock/penstock/internal/keyring/keyringtest"
 	"github.com/penstock/penstock/internal/redact"
 	"github.com/penstock/penstock/internal/secrets"
 )
 
 func openStore(t *testing.T) (*secrets.Store, *keyring.Keyring) {
 	t.Helper()
-	ctx := context.Background()
-	dir := t.TempDir()
-	m, err := keyring.LoadMaster(ctx, dir, config.Keyring{})
+	st, err := keyringtest.Open(context.Background(), t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	cur, _ := m.StoreKey()
-	eng, err := engine.Open(ctx, engine.Options{DataDir: dir, Config: config.Default().Engine, StoreKey: cur})
+	t.Cleanup(st.Close)
+	s, err := secrets.New(context.Background(), st.Keyring)
 	if err != nil {
 		t.Fatal(err)
 	}
-	plat, _ := eng.Account(ctx, engine.PlatformAccount)
-	kr, err := keyring.New(ctx, keyring.Options{Master: m, Platform: plat})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { kr.Close(); eng.Close(); m.Close() })
-	s, err := secrets.New(ctx, kr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s, kr
+	return s, st.Keyring
 }
 
 func TestSecrets(t *testing.T) {

@@ -1,0 +1,58 @@
+// Package keyringtest opens a keyring on a fresh embedded engine in a directory, wired as the
+// app wires it, for the tests and benchmarks of the packages built on the keyring. It is never
+// imported by the server.
+package keyringtest
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/penstock/penstock/internal/config"
+	"github.com/penstock/penstock/internal/engine"
+	"github.com/penstock/penstock/internal/keyring"
+)
+
+// Stack is a master key, an embedded engine and a keyring.
+type Stack struct {
+	Master   *keyring.Master
+	Engine   *engine.Engine
+	Platform *engine.Account
+	Keyring  *keyring.Keyring
+}
+
+// Open builds a Stack in dir (a new data directory, with its own master key file).
+func Open(ctx context.Context, dir string) (*Stack, error) {
+	m, err := keyring.LoadMaster(ctx, dir, config.Keyring{})
+	if err != nil {
+		return nil, err
+	}
+	cur, prev := m.StoreKey()
+	eng, err := engine.Open(ctx, engine.Options{DataDir: dir, Config: config.Default().Engine, StoreKey: cur, PreviousStoreKey: prev})
+	if err != nil {
+		m.Close()
+		return nil, fmt.Errorf("engine: %w", err)
+	}
+	st := &Stack{Master: m, Engine: eng}
+	if err := m.StoreKeyInUse(ctx); err != nil {
+		st.Close()
+		return nil, err
+	}
+	if st.Platform, err = eng.Account(ctx, engine.PlatformAccount); err != nil {
+		st.Close()
+		return nil, err
+	}
+	if st.Keyring, err = keyring.New(ctx, keyring.Options{Master: m, Platform: st.Platform}); err != nil {
+		st.Close()
+		return nil, err
+	}
+	return st, nil
+}
+
+// Close releases everything, keyring first.
+func (s *Stack) Close() {
+	if s.Keyring != nil {
+		s.Keyring.Close()
+	}
+	s.Engine.Close()
+	s.Master.Close()
+}

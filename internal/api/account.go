@@ -130,7 +130,7 @@ func registerAccount(g gate, hapi huma.API, o Options) {
 		if c.user == "" {
 			return nil, NewError(http.StatusForbidden, "forbidden", "only a logged-in user has a password")
 		}
-		err := o.Identity.ChangePassword(ctx, c.user, redact.NewSecret(in.Body.Current), redact.NewSecret(in.Body.New))
+		err := o.Identity.ChangePassword(ctx, o.Lockout, c.user, redact.NewSecret(in.Body.Current), redact.NewSecret(in.Body.New), c.token)
 		return nil, identityError(o, "change password", err)
 	})
 
@@ -160,7 +160,7 @@ func registerAccount(g gate, hapi huma.API, o Options) {
 		if c.user == "" {
 			return nil, NewError(http.StatusForbidden, "forbidden", "only a logged-in user enrols a second factor")
 		}
-		if err := o.Identity.ConfirmMFA(ctx, c.user, in.Body.Code); err != nil {
+		if err := o.Identity.ConfirmMFA(ctx, o.Lockout, c.user, in.Body.Code); err != nil {
 			return nil, identityError(o, "confirm enrolment", err)
 		}
 		return nil, identityError(o, "confirm enrolment", o.Identity.MarkSessionMFA(ctx, c.token))
@@ -199,6 +199,8 @@ func identityError(o Options, op string, err error) error {
 			Details: []*ErrorDetail{{Location: "body.new", Message: pe.Rule}}}
 	case errors.Is(err, identity.ErrBadCredentials):
 		return NewError(http.StatusUnauthorized, "auth.invalid_credentials", "the current password is wrong")
+	case errors.Is(err, identity.ErrLocked):
+		return NewError(http.StatusTooManyRequests, "auth.locked", "too many failed attempts; try again later")
 	case errors.Is(err, identity.ErrBadCode):
 		return NewError(http.StatusUnprocessableEntity, "auth.invalid_code", "invalid or already used one-time code")
 	case errors.Is(err, identity.ErrNotFound):

@@ -49,6 +49,11 @@ func authenticate(next http.Handler, o Options, mux *http.ServeMux, public map[s
 		src, _ := netip.ParseAddrPort(r.RemoteAddr)
 		c, err := findCaller(w, r, o, src.Addr().Unmap())
 		if err != nil {
+			var tooLarge *http.MaxBytesError
+			if errors.As(err, &tooLarge) {
+				writeError(w, NewError(http.StatusRequestEntityTooLarge, "body_too_large", "request body exceeds the limit"))
+				return
+			}
 			o.Logger.Info("authentication refused", "path", r.URL.Path, "reason", err.Error())
 			code, msg := "unauthenticated", "invalid or expired credentials"
 			switch {
@@ -85,13 +90,16 @@ func findCaller(w http.ResponseWriter, r *http.Request, o Options, src netip.Add
 		if err != nil {
 			return nil, err
 		}
+		if err := signing.Precheck(r, o.now()); err != nil {
+			return nil, err
+		}
 		k, key, err := id.KeyForSignature(r.Context(), p.ID, src)
 		if err != nil {
 			return nil, err
 		}
 		body, err := io.ReadAll(r.Body) // bounded by the edge's body limit
 		if err != nil {
-			return nil, signing.ErrMalformed
+			return nil, err
 		}
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		if err := signing.Verify(r.Context(), r, p, key, body, o.now(), o.Nonces); err != nil {

@@ -110,6 +110,12 @@ func registerGrants(g gate, hapi huma.API, o Options) {
 			if !authz.Grants(c.principal.Bindings, role, sc) {
 				return nil, NewError(http.StatusForbidden, "forbidden", "you cannot grant a role you do not hold at that scope")
 			}
+			// Below the platform, roles go to the tenant's members only (the platform
+			// administrator adds a user to a tenant): anything else answers as a missing user
+			// does, so tenants cannot probe for the platform's users.
+			if !authz.Decide(c.principal, authz.UserManage, authz.Platform).Allow && !id.Member(in.Body.Subject, sc.Tenant) {
+				return nil, notFound()
+			}
 			b, err := id.Grant(ctx, in.Body.Subject, role, sc)
 			if err != nil {
 				return nil, identityError(o, "grant", err)
@@ -121,12 +127,12 @@ func registerGrants(g gate, hapi huma.API, o Options) {
 		OperationID: "role-list", Method: http.MethodGet, Path: "/v1/roles", Tags: []string{"roles"},
 		Summary: "Role bindings at and under a scope",
 	}, func(in *scopeQuery) authz.Scope { return scopeOf(in.Scope) },
-		func(ctx context.Context, _ *caller, in *scopeQuery) (*bindingsOutput, error) {
+		func(ctx context.Context, c *caller, in *scopeQuery) (*bindingsOutput, error) {
 			sc := scopeOf(in.Scope)
 			out := &bindingsOutput{}
 			out.Body.Bindings = []identity.RoleBinding{}
 			for _, b := range id.Bindings("") {
-				if sc.Contains(b.Scope) {
+				if sc.Contains(b.Scope) && g.fromAllowed(c, b.Scope.Tenant) {
 					out.Body.Bindings = append(out.Body.Bindings, b)
 				}
 			}
@@ -162,6 +168,9 @@ func registerGrants(g gate, hapi huma.API, o Options) {
 			if err != nil {
 				return nil, invalidField("body.scope", err.Error())
 			}
+			if c.principal.Kind != "user" {
+				return nil, NewError(http.StatusForbidden, "forbidden", "API keys are created by users, not by other keys")
+			}
 			role := authz.Role(in.Body.Role)
 			if !authz.Grants(c.principal.Bindings, role, sc) {
 				return nil, NewError(http.StatusForbidden, "forbidden", "a key cannot hold a role you do not hold at that scope")
@@ -186,12 +195,12 @@ func registerGrants(g gate, hapi huma.API, o Options) {
 		OperationID: "apikey-list", Method: http.MethodGet, Path: "/v1/apikeys", Tags: []string{"api keys"},
 		Summary: "API keys at and under a scope (never their secrets)",
 	}, func(in *scopeQuery) authz.Scope { return scopeOf(in.Scope) },
-		func(ctx context.Context, _ *caller, in *scopeQuery) (*keysOutput, error) {
+		func(ctx context.Context, c *caller, in *scopeQuery) (*keysOutput, error) {
 			sc := scopeOf(in.Scope)
 			out := &keysOutput{}
 			out.Body.Keys = []keyView{}
 			for _, k := range id.APIKeys("") {
-				if sc.Contains(k.Scope) {
+				if sc.Contains(k.Scope) && g.fromAllowed(c, k.Scope.Tenant) {
 					out.Body.Keys = append(out.Body.Keys, viewKey(k))
 				}
 			}
@@ -206,7 +215,14 @@ func registerGrants(g gate, hapi huma.API, o Options) {
 			return k.Scope
 		}
 		return authz.Scope{Tenant: "\x00missing"}
-	}, func(ctx context.Context, _ *caller, in *keyPath) (*struct{}, error) {
+	}, func(ctx context.Context, c *caller, in *keyPath) (*struct{}, error) {
+		k, ok := id.APIKey(in.ID)
+		if !ok {
+			return nil, notFound()
+		}
+		if k.Owner != c.principal.Kind+":"+c.principal.Name && !authz.Grants(c.principal.Bindings, k.Role, k.Scope) {
+			return nil, NewError(http.StatusForbidden, "forbidden", "you cannot revoke a key with a role you do not hold at its scope")
+		}
 		return nil, identityError(o, "revoke key", id.RevokeAPIKey(ctx, in.ID))
 	})
 }

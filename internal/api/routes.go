@@ -93,6 +93,16 @@ func (g gate) authorize(c *caller, a authz.Action, sc authz.Scope) error {
 	return nil
 }
 
+// fromAllowed reports whether the caller's address is in the tenant's allow-list (true for
+// the platform itself, tenant ""): listings leave out what the caller could not read directly.
+func (g gate) fromAllowed(c *caller, tenant string) bool {
+	if tenant == "" {
+		return true
+	}
+	t, ok := g.o.Identity.Tenant(tenant)
+	return !ok || identity.AllowedFrom(t.AllowList, c.source)
+}
+
 // member reports whether the caller has a role in the tenant (or a platform role) and calls
 // from an address the tenant allows: what listing tenants shows.
 func (g gate) member(c *caller, t identity.Tenant) bool {

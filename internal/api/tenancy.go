@@ -275,6 +275,16 @@ func registerTenancy(g gate, hapi huma.API, o Options) {
 	}
 
 	register(g, hapi, userManage, huma.Operation{
+		OperationID: "user-end-sessions", Method: http.MethodPost, Path: "/v1/users/{user}/end-sessions", Tags: []string{"users"},
+		Summary: "End every session of a user", DefaultStatus: http.StatusNoContent,
+	}, platformScope[userPath], func(ctx context.Context, _ *caller, in *userPath) (*struct{}, error) {
+		if _, ok := id.User(in.User); !ok {
+			return nil, notFound()
+		}
+		return nil, identityError(o, "end sessions", id.EndSessions(ctx, in.User))
+	})
+
+	register(g, hapi, userManage, huma.Operation{
 		OperationID: "user-reset-password", Method: http.MethodPost, Path: "/v1/users/{user}/reset-password", Tags: []string{"users"},
 		Summary: "Give a user a generated password, shown once, to change at first login; ends their sessions",
 	}, platformScope[userPath], func(ctx context.Context, _ *caller, in *userPath) (*userOutput, error) {

@@ -161,6 +161,7 @@ func accessCmds(environ []string) []*cobra.Command {
 			apiCmd(environ, "list", "List users", cobra.NoArgs, jsonCall("GET", func([]string) string { return "/v1/users" }, nil)),
 			apiCmd(environ, "disable NAME", "Disable a user and end their sessions", cobra.ExactArgs(1), jsonCall("POST", func(a []string) string { return "/v1/users/" + esc(a[0]) + "/disable" }, nil)),
 			apiCmd(environ, "enable NAME", "Enable a user", cobra.ExactArgs(1), jsonCall("POST", func(a []string) string { return "/v1/users/" + esc(a[0]) + "/enable" }, nil)),
+			apiCmd(environ, "end-sessions NAME", "End every session of a user", cobra.ExactArgs(1), jsonCall("POST", func(a []string) string { return "/v1/users/" + esc(a[0]) + "/end-sessions" }, nil)),
 			apiCmd(environ, "reset-password NAME", "Give a user a generated password (printed once)", cobra.ExactArgs(1), jsonCall("POST", func(a []string) string { return "/v1/users/" + esc(a[0]) + "/reset-password" }, nil)),
 		),
 		group("role", "Role bindings",

@@ -64,13 +64,18 @@ func (s *Store) Logout(ctx context.Context, token string) error {
 	return s.del(ctx, "session."+HashToken(token))
 }
 
-// EndSessions ends every session of a user (disable, password reset, admin revocation).
-func (s *Store) EndSessions(ctx context.Context, user string) error {
+// EndSessions ends every session of a user (disable, password reset, admin revocation) but
+// the one whose token is except (none if empty).
+func (s *Store) EndSessions(ctx context.Context, user string, except ...string) error {
+	keep := ""
+	if len(except) > 0 && except[0] != "" {
+		keep = "session." + HashToken(except[0])
+	}
 	s.mu.RLock()
 	var keys []string
 	for k, e := range s.view {
 		var sess Session
-		if strings.HasPrefix(k, "session.") && e.Operation() == jetstream.KeyValuePut &&
+		if strings.HasPrefix(k, "session.") && k != keep && e.Operation() == jetstream.KeyValuePut &&
 			json.Unmarshal(e.Value(), &sess) == nil && sess.User == user {
 			keys = append(keys, k)
 		}
@@ -257,6 +262,9 @@ func (s *Store) RevokeAPIKey(ctx context.Context, id string) error {
 		if err := s.put(ctx, "apikey."+id, k, rev); err == nil {
 			return nil
 		}
+		if e, err := s.kv.Get(ctx, "apikey."+id); err == nil {
+			s.apply(e) // refresh the view, then try again
+		}
 	}
 	return errors.New("identity: key changed concurrently; try again")
 }
@@ -283,10 +291,30 @@ func (s *Store) checkKey(id string, digest *[32]byte, source netip.Addr) (APIKey
 			return APIKey{}, ErrUnauthenticated
 		}
 	}
-	if !AllowedFrom(k.CIDRs, source) {
+	if !AllowedFrom(k.CIDRs, source) || !s.ownerStillHolds(k) {
 		return APIKey{}, ErrUnauthenticated
 	}
 	return k, nil
+}
+
+// ownerStillHolds reports whether the authority behind a key is still there: a user's key
+// works only while the user is enabled, has no pending password change, and still holds the
+// key's role at its scope; a service key only while its application exists.
+func (s *Store) ownerStillHolds(k APIKey) bool {
+	kind, name, _ := strings.Cut(k.Owner, ":")
+	switch kind {
+	case "user":
+		u, ok := s.User(name)
+		return ok && !u.Disabled && !u.MustChange && authz.Grants(s.Principal(k.Owner).Bindings, k.Role, k.Scope)
+	case "app":
+		sc, err := authz.ParseScope(name)
+		if err != nil || sc.Application == "" {
+			return false
+		}
+		_, ok := s.App(sc.Tenant, sc.Environment, sc.Application)
+		return ok
+	}
+	return false
 }
 
 // KeyForSignature returns a key's record and its signing key, for verifying a signed request.
@@ -331,4 +359,14 @@ func (s *Store) MarkSessionMFA(ctx context.Context, token string) error {
 	}
 	sess.MFA = true
 	return s.put(ctx, key, sess, rev)
+}
+
+// Member reports whether subject has a role anywhere in tenant.
+func (s *Store) Member(subject, tenant string) bool {
+	for _, b := range s.Principal(subject).Bindings {
+		if b.Scope.Tenant == tenant {
+			return true
+		}
+	}
+	return false
 }

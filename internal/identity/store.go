@@ -40,9 +40,14 @@ type Store struct {
 
 	mu   sync.RWMutex
 	view map[string]jetstream.KeyValueEntry // by KV key
-	// apiKeys holds the API key records decoded once, as they arrive: verifying a key is on
-	// every request's path and must not parse JSON.
-	apiKeys map[string]APIKey
+	// apiKeys, bindings (by subject, then id) and users are decoded once, as they arrive:
+	// they are on every request's path, which must not parse JSON or scan the whole view.
+	apiKeys  map[string]APIKey
+	bindings map[string]map[string]RoleBinding
+	users    map[string]User
+	// gone holds, for keys this process deleted, the last revision it knew: a put of that
+	// revision or older that the watch delivers late must not bring the key back.
+	gone map[string]uint64
 
 	stop    context.CancelFunc
 	watched chan struct{}
@@ -85,7 +90,9 @@ func Open(ctx context.Context, plat *engine.Account, keys *keyring.Keyring, cfg 
 		return nil, fmt.Errorf("identity: watch: %w", err)
 	}
 	s := &Store{kv: kv, keys: keys, log: log, cfg: cfg, view: map[string]jetstream.KeyValueEntry{}, apiKeys: map[string]APIKey{},
+		bindings: map[string]map[string]RoleBinding{}, users: map[string]User{}, gone: map[string]uint64{},
 		stop: cancel, watched: make(chan struct{})}
+	s.dummyHash() // now, so the first login for a missing user costs what any other does
 	ready := make(chan struct{})
 	go s.follow(w, ready)
 	select {
@@ -118,17 +125,52 @@ func (s *Store) follow(w jetstream.KeyWatcher, ready chan struct{}) {
 func (s *Store) apply(e jetstream.KeyValueEntry) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if cur, ok := s.view[e.Key()]; ok && cur.Revision() >= e.Revision() {
+	key := e.Key()
+	if cur, ok := s.view[key]; ok && cur.Revision() >= e.Revision() {
+		return
+	}
+	if rev, ok := s.gone[key]; ok && e.Revision() <= rev {
 		return
 	}
 	// Deletes and purges stay in the view as markers, so an older put cannot bring a key back.
-	s.view[e.Key()] = e
-	if id, ok := strings.CutPrefix(e.Key(), "apikey."); ok {
+	s.view[key] = e
+	live := e.Operation() == jetstream.KeyValuePut
+	switch {
+	case strings.HasPrefix(key, "apikey."):
 		var k APIKey
-		if e.Operation() == jetstream.KeyValuePut && json.Unmarshal(e.Value(), &k) == nil {
-			s.apiKeys[id] = k
+		if live && json.Unmarshal(e.Value(), &k) == nil {
+			s.apiKeys[k.ID] = k
 		} else {
-			delete(s.apiKeys, id)
+			delete(s.apiKeys, key[len("apikey."):])
+		}
+	case strings.HasPrefix(key, "user."):
+		var u User
+		if live && json.Unmarshal(e.Value(), &u) == nil {
+			s.users[u.Name] = u
+		} else {
+			delete(s.users, key[len("user."):])
+		}
+	case strings.HasPrefix(key, "binding."):
+		s.unindexBindingLocked(key[len("binding."):])
+		var b RoleBinding
+		if live && json.Unmarshal(e.Value(), &b) == nil {
+			if s.bindings[b.Subject] == nil {
+				s.bindings[b.Subject] = map[string]RoleBinding{}
+			}
+			s.bindings[b.Subject][b.ID] = b
+		}
+	}
+}
+
+// unindexBindingLocked removes a binding from the subject index; s.mu must be held.
+func (s *Store) unindexBindingLocked(id string) {
+	for subj, m := range s.bindings {
+		if _, ok := m[id]; ok {
+			delete(m, id)
+			if len(m) == 0 {
+				delete(s.bindings, subj)
+			}
+			return
 		}
 	}
 }
@@ -199,11 +241,20 @@ func (s *Store) del(ctx context.Context, key string) error {
 	if err := s.kv.Purge(ctx, key); err != nil {
 		return fmt.Errorf("identity: delete: %w", err)
 	}
-	// The purge marker reaches the view through the watch; drop the key now for this process.
+	// The purge marker reaches the view through the watch; drop the key now for this process,
+	// and remember its revision so a late copy of the deleted value is not applied.
 	s.mu.Lock()
+	if cur, ok := s.view[key]; ok {
+		s.gone[key] = cur.Revision()
+	}
 	delete(s.view, key)
-	if id, ok := strings.CutPrefix(key, "apikey."); ok {
-		delete(s.apiKeys, id)
+	switch {
+	case strings.HasPrefix(key, "apikey."):
+		delete(s.apiKeys, key[len("apikey."):])
+	case strings.HasPrefix(key, "user."):
+		delete(s.users, key[len("user."):])
+	case strings.HasPrefix(key, "binding."):
+		s.unindexBindingLocked(key[len("binding."):])
 	}
 	s.mu.Unlock()
 	return nil
@@ -213,10 +264,10 @@ func (s *Store) del(ctx context.Context, key string) error {
 func (s *Store) Principal(subject string) authz.Principal {
 	kind, name, _ := strings.Cut(subject, ":")
 	p := authz.Principal{Kind: kind, Name: name}
-	for _, b := range list[RoleBinding](s, "binding.") {
-		if b.Subject == subject {
-			p.Bindings = append(p.Bindings, authz.Binding{Role: b.Role, Scope: b.Scope})
-		}
+	s.mu.RLock()
+	for _, b := range s.bindings[subject] {
+		p.Bindings = append(p.Bindings, authz.Binding{Role: b.Role, Scope: b.Scope})
 	}
+	s.mu.RUnlock()
 	return p
 }

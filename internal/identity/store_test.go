@@ -130,7 +130,7 @@ func TestLoginMFAAndSessions(t *testing.T) {
 		t.Fatalf("session: %v", err)
 	}
 	next := redact.NewSecret("Correct-Horse-Battery-7")
-	if err := s.ChangePassword(ctx, "alice", pw, next); err != nil {
+	if err := s.ChangePassword(ctx, lock, "alice", pw, next, tok.Reveal()); err != nil {
 		t.Fatal(err)
 	}
 	if u, _ := s.User("alice"); u.MustChange {
@@ -141,11 +141,11 @@ func TestLoginMFAAndSessions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.ConfirmMFA(ctx, "alice", "000000"); !errors.Is(err, ErrBadCode) {
+	if err := s.ConfirmMFA(ctx, lock, "alice", "000000"); !errors.Is(err, ErrBadCode) {
 		t.Fatalf("confirm with a wrong code: %v", err)
 	}
 	c := code(t, enr.Secret, *nd.now)
-	if err := s.ConfirmMFA(ctx, "alice", c); err != nil {
+	if err := s.ConfirmMFA(ctx, lock, "alice", c); err != nil {
 		t.Fatal(err)
 	}
 	if _, _, err := s.Login(ctx, lock, "alice", next, "", "192.0.2.1"); !errors.Is(err, ErrMFARequired) {
@@ -226,6 +226,7 @@ func TestRevocationPropagatesToAnotherNode(t *testing.T) {
 	if _, err := a.CreateTenant(ctx, "acme"); err != nil {
 		t.Fatal(err)
 	}
+	activeUser(t, a, "alice", authz.Owner, authz.Scope{Tenant: "acme"})
 	nk, err := a.CreateAPIKey(ctx, "user:alice", "ci", authz.Developer, authz.Scope{Tenant: "acme"}, time.Time{}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -273,6 +274,7 @@ func TestAPIKeyChecks(t *testing.T) {
 	nd := openNodes(t, 1)[0]
 	s := nd.store
 	s.CreateTenant(ctx, "acme")
+	activeUser(t, s, "alice", authz.Owner, authz.Scope{Tenant: "acme"})
 	scope := authz.Scope{Tenant: "acme", Environment: "production"}
 	src := netip.MustParseAddr("192.0.2.1")
 	exp, err := s.CreateAPIKey(ctx, "user:alice", "", authz.Operator, scope, nd.now.Add(time.Hour), []string{"192.0.2.0/24"})
@@ -304,5 +306,21 @@ func TestAPIKeyChecks(t *testing.T) {
 	rec, signing, err := s.KeyForSignature(ctx, id, src)
 	if err != nil || rec.ID != id || signing != SigningKey(nk.Key) {
 		t.Fatalf("signing key: %v", err)
+	}
+}
+
+// activeUser creates a user who has set their own password and holds role at scope: an owner
+// whose keys work.
+func activeUser(t *testing.T, s *Store, name string, role authz.Role, scope authz.Scope) {
+	t.Helper()
+	_, pw, err := s.CreateUser(ctx, name, "", redact.Secret{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ChangePassword(ctx, NewLockout(), name, pw, redact.NewSecret("Sturdy-Pass-Word-9"), ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Grant(ctx, "user:"+name, role, scope); err != nil {
+		t.Fatal(err)
 	}
 }

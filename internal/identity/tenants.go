@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sort"
 
+	"github.com/penstock/penstock/internal/authz"
 	"github.com/penstock/penstock/internal/keyring"
 	"github.com/penstock/penstock/internal/names"
 )
@@ -150,6 +151,21 @@ func (s *Store) DeleteApp(ctx context.Context, tenant, env, name string) error {
 	}
 	if err := s.keys.Destroy(ctx, keyring.Scope{Tenant: tenant, Environment: env, Application: name}); err != nil {
 		return err
+	}
+	sc := authz.Scope{Tenant: tenant, Environment: env, Application: name}
+	for _, b := range list[RoleBinding](s, "binding.") {
+		if sc.Contains(b.Scope) {
+			if err := s.del(ctx, "binding."+b.ID); err != nil {
+				return err
+			}
+		}
+	}
+	for _, k := range list[APIKey](s, "apikey.") {
+		if sc.Contains(k.Scope) {
+			if err := s.del(ctx, "apikey."+k.ID); err != nil {
+				return err
+			}
+		}
 	}
 	return s.del(ctx, appKey(tenant, env, name))
 }

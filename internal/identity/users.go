@@ -56,8 +56,9 @@ func (s *Store) CreateUser(ctx context.Context, name, email string, password red
 
 // User returns a user.
 func (s *Store) User(name string) (User, bool) {
-	var u User
-	_, ok := s.get("user."+name, &u)
+	s.mu.RLock()
+	u, ok := s.users[name]
+	s.mu.RUnlock()
 	return u, ok
 }
 
@@ -117,13 +118,18 @@ func (s *Store) ResetPassword(ctx context.Context, name string) (redact.Secret, 
 	return pw, s.EndSessions(ctx, name)
 }
 
-// ChangePassword replaces the password after checking the current one and the policy.
-func (s *Store) ChangePassword(ctx context.Context, name string, current, next redact.Secret) error {
+// ChangePassword replaces the password after checking the current one (under the lockout,
+// so a stolen session cannot guess it) and the policy, and ends the user's other sessions.
+func (s *Store) ChangePassword(ctx context.Context, lock *Lockout, name string, current, next redact.Secret, session string) error {
 	u, ok := s.User(name)
 	if !ok {
 		return ErrNotFound
 	}
+	if locked, _ := lock.Locked("user:" + name); locked {
+		return ErrLocked
+	}
 	if ok, _, err := VerifyPassword(current, u.PasswordHash, s.cfg.Argon2); err != nil || !ok {
+		lock.Fail("user:" + name)
 		return ErrBadCredentials
 	}
 	if current.Equal(next) {
@@ -136,8 +142,10 @@ func (s *Store) ChangePassword(ctx context.Context, name string, current, next r
 	if err != nil {
 		return err
 	}
-	_, err = s.updateUser(ctx, name, func(u *User) error { u.PasswordHash, u.MustChange = hash, false; return nil })
-	return err
+	if _, err = s.updateUser(ctx, name, func(u *User) error { u.PasswordHash, u.MustChange = hash, false; return nil }); err != nil {
+		return err
+	}
+	return s.EndSessions(ctx, name, session)
 }
 
 // Login checks a user's password and, if they have a confirmed second factor, the one-time or
@@ -230,9 +238,13 @@ func (s *Store) EnrolMFA(ctx context.Context, name string) (Enrolment, error) {
 	return e, err
 }
 
-// ConfirmMFA completes an enrolment with a first valid code.
-func (s *Store) ConfirmMFA(ctx context.Context, name, code string) error {
+// ConfirmMFA completes an enrolment with a first valid code, under the lockout.
+func (s *Store) ConfirmMFA(ctx context.Context, lock *Lockout, name, code string) error {
+	if locked, _ := lock.Locked("user:" + name); locked {
+		return ErrLocked
+	}
 	if err := s.checkCode(ctx, name, code); err != nil {
+		lock.Fail("user:" + name)
 		return err
 	}
 	_, err := s.updateUser(ctx, name, func(u *User) error { u.MFA.Confirmed = true; return nil })

@@ -170,10 +170,24 @@ type NonceStore interface {
 	Use(ctx context.Context, id, nonce string) error
 }
 
-// Verify checks a parsed signed request: its date against now, the signature with key, then
-// the nonce. The nonce is recorded only for a request whose signature holds, so forged
-// requests cannot fill the store.
+// Verify checks a parsed signed request: its date and nonce format (Precheck), the signature
+// with key, then the nonce. The nonce is recorded only for a request whose signature holds, so
+// forged requests cannot fill the store.
 func Verify(ctx context.Context, r *http.Request, p Parsed, key [32]byte, body []byte, now time.Time, nonces NonceStore) error {
+	if err := Precheck(r, now); err != nil {
+		return err
+	}
+	want := mac(key, Canonical(r, p.Signed, BodyHash(body)))
+	if !hmac.Equal([]byte(want), []byte(p.Signature)) {
+		return ErrSignature
+	}
+	return nonces.Use(ctx, p.ID, r.Header.Get(NonceHeader))
+}
+
+// Precheck checks what needs no key: the date within MaxSkew of now and the nonce's form. The
+// server runs it before looking the key up, so the answer to a stale request does not depend on
+// whether its key exists.
+func Precheck(r *http.Request, now time.Time) error {
 	date, err := time.Parse(time.RFC3339, r.Header.Get(DateHeader))
 	if err != nil {
 		return fmt.Errorf("%w: %s must be an RFC 3339 time", ErrMalformed, DateHeader)
@@ -185,9 +199,5 @@ func Verify(ctx context.Context, r *http.Request, p Parsed, key [32]byte, body [
 	if len(nonce) < 16 || len(nonce) > 64 || strings.Trim(nonce, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_") != "" {
 		return fmt.Errorf("%w: %s must be 16-64 of A-Z, a-z, 0-9, - and _", ErrMalformed, NonceHeader)
 	}
-	want := mac(key, Canonical(r, p.Signed, BodyHash(body)))
-	if !hmac.Equal([]byte(want), []byte(p.Signature)) {
-		return ErrSignature
-	}
-	return nonces.Use(ctx, p.ID, nonce)
+	return nil
 }

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -533,6 +534,27 @@ func TestKeysAndSecretsCommands(t *testing.T) {
 	}
 	if strings.Contains(p.logs.String(), value) {
 		t.Fatal("the secret value appears in the server log")
+	}
+
+	// An API key, sent as a bearer key or used to sign requests (PENSTOCK_API_KEY, --sign).
+	p.cli("", "tenant", "create", "initech")
+	code, out = p.cli("", "apikey", "create", "--role", "developer", "--scope", "initech/production")
+	var created struct {
+		Key string `json:"key"`
+	}
+	if err := json.Unmarshal([]byte(out), &created); code != 0 || err != nil || !strings.HasPrefix(created.Key, "psk_") {
+		t.Fatalf("apikey create: %d %v\n%s", code, err, out)
+	}
+	for _, extra := range [][]string{nil, {"--sign"}} {
+		args := append([]string{"app", "create", "--env", "initech/production", "svc" + strconv.Itoa(len(extra))}, extra...)
+		cmd := exec.Command(binary, append(args, "--server", p.api, "--data-dir", p.dataDir)...)
+		cmd.Env = append(os.Environ(), "HOME="+t.TempDir(), "XDG_CONFIG_HOME="+t.TempDir(), "PENSTOCK_API_KEY="+created.Key)
+		if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), `"name": "svc`) {
+			t.Fatalf("penstock %v with an API key: %v\n%s", args, err, out)
+		}
+	}
+	if strings.Contains(p.logs.String(), created.Key[20:]) {
+		t.Fatal("the API key's secret appears in the server log")
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -322,5 +323,24 @@ func activeUser(t *testing.T, s *Store, name string, role authz.Role, scope auth
 	}
 	if _, err := s.Grant(ctx, "user:"+name, role, scope); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Raising the argon2 parameters upgrades a user's hash at their next successful login.
+func TestLoginUpgradesTheHash(t *testing.T) {
+	nd := openNodes(t, 1)[0]
+	s := nd.store
+	_, pw, _ := s.CreateUser(ctx, "erin", "", redact.Secret{})
+	before, _ := s.User("erin")
+	s.cfg.Argon2 = Argon2Params{Memory: 2 << 10, Time: 2, Threads: 1}
+	if _, _, err := s.Login(ctx, NewLockout(), "erin", pw, "", "192.0.2.1"); err != nil {
+		t.Fatal(err)
+	}
+	after, _ := s.User("erin")
+	if after.PasswordHash == before.PasswordHash || !strings.HasPrefix(after.PasswordHash, "$argon2id$v=19$m=2048,t=2,p=1$") {
+		t.Fatalf("hash not upgraded: %s", after.PasswordHash)
+	}
+	if _, _, err := s.Login(ctx, NewLockout(), "erin", pw, "", "192.0.2.1"); err != nil {
+		t.Fatalf("login with the upgraded hash: %v", err)
 	}
 }

@@ -1,0 +1,181 @@
+package audit
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"testing"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/penstock/penstock/internal/keyring/keyringtest"
+)
+
+var ctx = context.Background()
+
+func openLog(t *testing.T) (*Log, *keyringtest.Stack) {
+	t.Helper()
+	st, err := keyringtest.Open(ctx, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.Close)
+	l, err := Open(ctx, Options{Platform: st.Platform, Keyring: st.Keyring})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l, st
+}
+
+func appendN(t *testing.T, l *Log, n int) {
+	t.Helper()
+	tenants := []string{"", "acme", "globex"}
+	for i := range n {
+		_, err := l.Append(ctx, Event{Actor: "user:alice", Tenant: tenants[i%3], Action: "secret.write",
+			Target: fmt.Sprintf("secret/%d", i), Result: ResultOK, Source: "192.0.2.1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func records(t *testing.T, l *Log) []Record {
+	t.Helper()
+	var recs []Record
+	if err := l.Records(ctx, 1, func(r Record) bool { recs = append(recs, r); return true }); err != nil {
+		t.Fatal(err)
+	}
+	return recs
+}
+
+func TestChainsVerifyAndSurviveRestarts(t *testing.T) {
+	l, st := openLog(t)
+	appendN(t, l, 20)
+	if err := l.Checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	appendN(t, l, 10)
+	rep, err := l.VerifyAll(ctx)
+	if err != nil || !rep.OK || rep.Events != 30 || rep.Chains != 3 || rep.Checkpoints != 1 {
+		t.Fatalf("report %+v, %v", rep, err)
+	}
+	// A second writer (another node) continues the same chains.
+	l2, err := Open(ctx, Options{Platform: st.Platform, Keyring: st.Keyring})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for _, w := range []*Log{l, l2} {
+		wg.Add(1)
+		go func() { defer wg.Done(); appendN(t, w, 15) }()
+	}
+	wg.Wait()
+	if err := l2.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rep, err = l.VerifyAll(ctx)
+	if err != nil || !rep.OK || rep.Events != 60 {
+		t.Fatalf("after two writers: %+v, %v", rep, err)
+	}
+	// The stream refuses deletes and purges.
+	s, _ := st.Platform.JetStream().Stream(ctx, Stream)
+	if err := s.DeleteMsg(ctx, 3); err == nil {
+		t.Fatal("an audit event was deleted")
+	}
+	if err := s.Purge(ctx); err == nil {
+		t.Fatal("the audit stream was purged")
+	}
+	if err := s.Purge(ctx, jetstream.WithPurgeSubject("audit.chain.acme")); err == nil {
+		t.Fatal("a tenant's chain was purged")
+	}
+}
+
+// Every way of editing the log is found, and named.
+func TestVerifyFindsEveryTampering(t *testing.T) {
+	l, _ := openLog(t)
+	appendN(t, l, 30)
+	if err := l.Checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	appendN(t, l, 6)
+	if err := l.Checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	recs := records(t, l)
+	anchor, _ := l.Anchor(ctx)
+	pub := l.PublicKey()
+	if rep := Verify(recs, pub, anchor); !rep.OK {
+		t.Fatalf("untouched log: %+v", rep.Break)
+	}
+	clone := func() []Record {
+		b, _ := json.Marshal(recs)
+		var out []Record
+		json.Unmarshal(b, &out)
+		return out
+	}
+	eventAt := func(rs []Record, chain string, index uint64) int {
+		for i, r := range rs {
+			if r.Event != nil && r.Event.Chain == chain && r.Event.Index == index {
+				return i
+			}
+		}
+		t.Fatalf("no event %s/%d", chain, index)
+		return -1
+	}
+	cases := []struct {
+		name   string
+		edit   func([]Record) []Record
+		anchor *Checkpoint
+		want   string
+	}{
+		{"field changed", func(rs []Record) []Record {
+			rs[eventAt(rs, "acme", 3)].Event.Result = ResultDenied
+			return rs
+		}, anchor, Modified},
+		{"details added", func(rs []Record) []Record {
+			rs[eventAt(rs, "globex", 2)].Event.Details = map[string]string{"note": "x"}
+			return rs
+		}, anchor, Modified},
+		{"event deleted", func(rs []Record) []Record {
+			i := eventAt(rs, "acme", 4)
+			return append(rs[:i], rs[i+1:]...)
+		}, anchor, Deleted},
+		{"last event before a checkpoint deleted", func(rs []Record) []Record {
+			i := eventAt(rs, "globex", 10)
+			return append(rs[:i], rs[i+1:]...)
+		}, anchor, Deleted},
+		{"event inserted", func(rs []Record) []Record {
+			i := eventAt(rs, "acme", 5)
+			forged := *rs[i].Event
+			forged.Action, forged.Target = "tenant.delete", "acme"
+			forged.Hash = forged.computeHash() // a well-formed event that repeats index 5
+			return append(rs[:i+1], append([]Record{{Event: &forged}}, rs[i+1:]...)...)
+		}, anchor, Inserted},
+		{"events reordered", func(rs []Record) []Record {
+			i, j := eventAt(rs, "platform", 2), eventAt(rs, "platform", 3)
+			rs[i], rs[j] = rs[j], rs[i]
+			return rs
+		}, anchor, Reordered},
+		{"tail cut, checkpoints included", func(rs []Record) []Record {
+			return rs[:eventAt(rs, "acme", 8)]
+		}, anchor, Truncated},
+		{"checkpoint forged", func(rs []Record) []Record {
+			for _, r := range rs {
+				if r.Checkpoint != nil {
+					r.Checkpoint.Heads["acme"] = Head{Index: 1, Hash: "00"}
+					break
+				}
+			}
+			return rs
+		}, anchor, Forged},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			rep := Verify(tc.edit(clone()), pub, tc.anchor)
+			if rep.OK || rep.Break == nil || rep.Break.Kind != tc.want {
+				t.Fatalf("report %+v break %+v, want %s", rep, rep.Break, tc.want)
+			}
+		})
+	}
+}

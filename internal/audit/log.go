@@ -1,0 +1,302 @@
+package audit
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/penstock/penstock/internal/engine"
+	"github.com/penstock/penstock/internal/keyring"
+)
+
+// Stream holds the audit log; it denies delete and purge.
+const Stream = "PENSTOCK_AUDIT"
+
+const (
+	chainSubject      = "audit.chain."
+	checkpointSubject = "audit.checkpoint"
+	anchorKey         = "checkpoint"
+)
+
+// CheckpointEvery is how many events pass between two automatic checkpoints.
+const CheckpointEvery = 100
+
+// ErrUnavailable wraps every failure to append: the caller must fail the audited action.
+var ErrUnavailable = errors.New("audit log unavailable")
+
+// Log appends events and checkpoints and reads them back.
+type Log struct {
+	js     jetstream.JetStream
+	stream jetstream.Stream
+	state  jetstream.KeyValue // the latest checkpoint, kept apart from the stream
+	key    ed25519.PrivateKey
+	log    *slog.Logger
+	now    func() time.Time
+
+	mu      sync.Mutex
+	heads   map[string]head
+	pending int // events since the last checkpoint
+}
+
+type head struct {
+	Head
+	subjectSeq uint64 // stream sequence of the chain's last event, for optimistic appends
+}
+
+// Options configure Open.
+type Options struct {
+	Platform  *engine.Account
+	Keyring   *keyring.Keyring
+	Retention time.Duration // 0: 400 days
+	Logger    *slog.Logger
+	Now       func() time.Time
+}
+
+// Open creates or opens the stream, the state bucket and the checkpoint signing key (an
+// Ed25519 key sealed by the keyring in the platform scope).
+func Open(ctx context.Context, o Options) (*Log, error) {
+	if o.Retention == 0 {
+		o.Retention = 400 * 24 * time.Hour
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	st, err := o.Platform.Stream(ctx, jetstream.StreamConfig{
+		Name:        Stream,
+		Description: "tamper-evident audit log: hash-chained events and signed checkpoints",
+		Subjects:    []string{"audit.>"},
+		DenyDelete:  true,
+		DenyPurge:   true,
+		MaxAge:      o.Retention,
+		Retention:   jetstream.LimitsPolicy,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("audit: %w", err)
+	}
+	kv, err := o.Platform.KeyValue(ctx, jetstream.KeyValueConfig{Bucket: "penstock_audit", History: 1,
+		Description: "the latest signed audit checkpoint, kept apart from the log"})
+	if err != nil {
+		return nil, fmt.Errorf("audit: %w", err)
+	}
+	key, err := signingKey(ctx, o.Keyring)
+	if err != nil {
+		return nil, err
+	}
+	return &Log{js: o.Platform.JetStream(), stream: st, state: kv, key: key, log: o.Logger, now: o.Now, heads: map[string]head{}}, nil
+}
+
+var platformScope = keyring.Scope{Tenant: "platform"}
+
+func signingKey(ctx context.Context, kr *keyring.Keyring) (ed25519.PrivateKey, error) {
+	store, err := kr.Sealed(ctx, "penstock_audit_keys", "audit-signing")
+	if err != nil {
+		return nil, fmt.Errorf("audit: %w", err)
+	}
+	seed, _, err := store.Get(ctx, platformScope, "ed25519")
+	if errors.Is(err, keyring.ErrNotFound) {
+		_, priv, gerr := ed25519.GenerateKey(rand.Reader)
+		if gerr != nil {
+			return nil, gerr
+		}
+		if _, err := store.Put(ctx, platformScope, "ed25519", priv.Seed()); err != nil {
+			return nil, fmt.Errorf("audit: store signing key: %w", err)
+		}
+		seed, _, err = store.Get(ctx, platformScope, "ed25519")
+	}
+	if err != nil {
+		return nil, fmt.Errorf("audit: signing key: %w", err)
+	}
+	return ed25519.NewKeyFromSeed(seed), nil
+}
+
+// PublicKey verifies checkpoints.
+func (l *Log) PublicKey() ed25519.PublicKey { return l.key.Public().(ed25519.PublicKey) }
+
+// Append chains and stores an event, synchronously: when it returns nil the event is in the
+// stream (fsynced with the engine's default); when it fails, the action it records must fail.
+// Concurrent appenders on other nodes are serialised by the stream's per-subject sequence check.
+func (l *Log) Append(ctx context.Context, e Event) (Event, error) {
+	if e.Chain = e.Tenant; e.Chain == "" {
+		e.Chain = PlatformChain
+	}
+	if e.Time.IsZero() {
+		e.Time = l.now().UTC()
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for attempt := 0; attempt < 5; attempt++ {
+		h, err := l.headLocked(ctx, e.Chain)
+		if err != nil {
+			return Event{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		e.Index, e.Prev, e.Seq = h.Index+1, h.Hash, 0
+		e.Hash = e.computeHash()
+		b, _ := json.Marshal(e)
+		ack, err := l.js.Publish(ctx, chainSubject+e.Chain, b, jetstream.WithExpectLastSequencePerSubject(h.subjectSeq))
+		if err != nil {
+			var apiErr *jetstream.APIError
+			if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+				delete(l.heads, e.Chain) // another node appended: reload the head and chain again
+				continue
+			}
+			return Event{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		e.Seq = ack.Sequence
+		l.heads[e.Chain] = head{Head: Head{Index: e.Index, Hash: e.Hash}, subjectSeq: ack.Sequence}
+		l.pending++
+		if l.pending >= CheckpointEvery {
+			if err := l.checkpointLocked(ctx); err != nil {
+				l.log.Warn("audit checkpoint", "error", err)
+			}
+		}
+		return e, nil
+	}
+	return Event{}, fmt.Errorf("%w: chain %s kept changing", ErrUnavailable, e.Chain)
+}
+
+// headLocked returns a chain's head, loading it from the stream the first time.
+func (l *Log) headLocked(ctx context.Context, chain string) (head, error) {
+	if h, ok := l.heads[chain]; ok {
+		return h, nil
+	}
+	msg, err := l.stream.GetLastMsgForSubject(ctx, chainSubject+chain)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		l.heads[chain] = head{}
+		return head{}, nil
+	}
+	if err != nil {
+		return head{}, err
+	}
+	var e Event
+	if err := json.Unmarshal(msg.Data, &e); err != nil {
+		return head{}, fmt.Errorf("last event of chain %s: %w", chain, err)
+	}
+	h := head{Head: Head{Index: e.Index, Hash: e.Hash}, subjectSeq: msg.Sequence}
+	l.heads[chain] = h
+	return h, nil
+}
+
+// Checkpoint writes a signed checkpoint of every chain head this process knows, to the stream
+// and to the state bucket (the anchor Verify checks the stream's tail against).
+func (l *Log) Checkpoint(ctx context.Context) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.checkpointLocked(ctx)
+}
+
+func (l *Log) checkpointLocked(ctx context.Context) error {
+	// Bring every chain of the stream in, so the checkpoint covers chains other nodes wrote.
+	info, err := l.stream.Info(ctx, jetstream.WithSubjectFilter(chainSubject+">"))
+	if err != nil {
+		return err
+	}
+	for subj := range info.State.Subjects {
+		chain := strings.TrimPrefix(subj, chainSubject)
+		delete(l.heads, chain)
+		if _, err := l.headLocked(ctx, chain); err != nil {
+			return err
+		}
+	}
+	c := Checkpoint{Time: l.now().UTC(), Heads: map[string]Head{}}
+	for chain, h := range l.heads {
+		if h.Index > 0 {
+			c.Heads[chain] = h.Head
+		}
+	}
+	c.Signature = ed25519.Sign(l.key, c.signed())
+	b, _ := json.Marshal(c)
+	ack, err := l.js.Publish(ctx, checkpointSubject, b)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	c.Seq = ack.Sequence
+	b, _ = json.Marshal(c)
+	if _, err := l.state.Put(ctx, anchorKey, b); err != nil {
+		return fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	l.pending = 0
+	return nil
+}
+
+// Anchor is the latest checkpoint as kept outside the stream, or nil before the first.
+func (l *Log) Anchor(ctx context.Context) (*Checkpoint, error) {
+	e, err := l.state.Get(ctx, anchorKey)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var c Checkpoint
+	if err := json.Unmarshal(e.Value(), &c); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// Records reads the stream from sequence from (1 for all), in order, calling fn for each
+// record until it returns false.
+func (l *Log) Records(ctx context.Context, from uint64, fn func(Record) bool) error {
+	info, err := l.stream.Info(ctx)
+	if err != nil {
+		return err
+	}
+	if from < info.State.FirstSeq {
+		from = info.State.FirstSeq
+	}
+	for seq := from; seq <= info.State.LastSeq; seq++ {
+		msg, err := l.stream.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		var r Record
+		if msg.Subject == checkpointSubject {
+			var c Checkpoint
+			if json.Unmarshal(msg.Data, &c) == nil {
+				c.Seq = seq
+				r.Checkpoint = &c
+			}
+		} else {
+			var e Event
+			if json.Unmarshal(msg.Data, &e) == nil {
+				e.Seq = seq
+				r.Event = &e
+			}
+		}
+		if !fn(r) {
+			return nil
+		}
+	}
+	return nil
+}
+
+// VerifyAll verifies the whole stream against the kept checkpoint.
+func (l *Log) VerifyAll(ctx context.Context) (Report, error) {
+	var recs []Record
+	if err := l.Records(ctx, 1, func(r Record) bool { recs = append(recs, r); return true }); err != nil {
+		return Report{}, err
+	}
+	anchor, err := l.Anchor(ctx)
+	if err != nil {
+		return Report{}, err
+	}
+	return Verify(recs, l.PublicKey(), anchor), nil
+}
+
+// Close writes a final checkpoint.
+func (l *Log) Close(ctx context.Context) error { return l.Checkpoint(ctx) }

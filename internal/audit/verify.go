@@ -1,0 +1,130 @@
+package audit
+
+import (
+	"crypto/ed25519"
+	"fmt"
+)
+
+// Break kinds, the first of which Verify reports.
+const (
+	Modified  = "modified"  // an event's content does not match its hash, or a checkpoint's
+	Deleted   = "deleted"   // an event is missing from its chain
+	Inserted  = "inserted"  // an event does not continue its chain where it stands
+	Reordered = "reordered" // an event comes before one that precedes it in its chain
+	Truncated = "truncated" // a chain ends before the head a signed checkpoint recorded
+	Forged    = "forged"    // a checkpoint's signature does not hold
+)
+
+// Report is the outcome of Verify.
+type Report struct {
+	OK          bool   `json:"ok"`
+	Events      int    `json:"events"`
+	Checkpoints int    `json:"checkpoints"`
+	Chains      int    `json:"chains"`
+	Break       *Break `json:"break,omitempty"`
+}
+
+// Break is the first place the log is not what was written.
+type Break struct {
+	Kind   string `json:"kind"`
+	Seq    uint64 `json:"seq"`
+	Chain  string `json:"chain,omitempty"`
+	Index  uint64 `json:"index,omitempty"`
+	Detail string `json:"detail"`
+}
+
+// Verify walks records in stream order and reports the first break, checking every event's
+// hash and its link to the previous event of its chain, and every checkpoint's signature and
+// heads. It is a pure function, so an export verifies on its own with the public key.
+//
+// anchor, if given, is the latest checkpoint as kept outside the stream: a log whose chains end
+// before it was cut back (its tail, checkpoints included, removed).
+func Verify(records []Record, pub ed25519.PublicKey, anchor *Checkpoint) Report {
+	rep := Report{}
+	type state = chainState
+	chains := map[string]*state{}
+	// Every (chain, index) present, to tell a reordering from a deletion.
+	present := map[string]map[uint64]bool{}
+	for _, r := range records {
+		if e := r.Event; e != nil {
+			if present[e.Chain] == nil {
+				present[e.Chain] = map[uint64]bool{}
+			}
+			present[e.Chain][e.Index] = true
+		}
+	}
+	fail := func(kind string, seq uint64, chain string, index uint64, format string, args ...any) Report {
+		rep.Break = &Break{Kind: kind, Seq: seq, Chain: chain, Index: index, Detail: fmt.Sprintf(format, args...)}
+		rep.Chains = len(chains)
+		return rep
+	}
+	for _, r := range records {
+		if c := r.Checkpoint; c != nil {
+			if !ed25519.Verify(pub, c.signed(), c.Signature) {
+				return fail(Forged, c.Seq, "", 0, "checkpoint signature does not verify")
+			}
+			for chain, h := range c.Heads {
+				st := chains[chain]
+				if st == nil || st.index < h.Index {
+					// The checkpoint names events not seen before it: they were removed.
+					return fail(Deleted, c.Seq, chain, h.Index, "checkpoint records %s at %d, the log has it at %d", chain, h.Index, indexOf(st))
+				}
+				if st.index == h.Index && st.hash != h.Hash {
+					return fail(Modified, c.Seq, chain, h.Index, "checkpoint head hash differs from the log's")
+				}
+			}
+			rep.Checkpoints++
+			continue
+		}
+		e := r.Event
+		if e == nil {
+			continue
+		}
+		if e.computeHash() != e.Hash {
+			return fail(Modified, e.Seq, e.Chain, e.Index, "content does not match its hash")
+		}
+		st := chains[e.Chain]
+		if st == nil {
+			st = &state{}
+			chains[e.Chain] = st
+		}
+		switch want := st.index + 1; {
+		case e.Index == want && e.Prev == st.hash:
+			st.index, st.hash = e.Index, e.Hash
+			rep.Events++
+		case e.Index > want:
+			if present[e.Chain][want] {
+				return fail(Reordered, e.Seq, e.Chain, e.Index, "event %d comes before event %d of its chain", e.Index, want)
+			}
+			return fail(Deleted, e.Seq, e.Chain, want, "event %d of chain %s is missing", want, e.Chain)
+		default:
+			return fail(Inserted, e.Seq, e.Chain, e.Index, "event does not continue chain %s after index %d", e.Chain, st.index)
+		}
+	}
+	if c := anchor; c != nil {
+		if !ed25519.Verify(pub, c.signed(), c.Signature) {
+			return fail(Forged, 0, "", 0, "the kept checkpoint's signature does not verify")
+		}
+		for chain, h := range c.Heads {
+			st := chains[chain]
+			if st == nil || st.index < h.Index {
+				return fail(Truncated, 0, chain, h.Index, "chain %s ends at %d, before the checkpointed head %d", chain, indexOf(st), h.Index)
+			}
+		}
+	}
+	rep.OK = true
+	rep.Chains = len(chains)
+	return rep
+}
+
+type chainState struct {
+	index uint64
+	hash  string
+}
+
+func indexOf(st *chainState) uint64 {
+	if st == nil {
+		return 0
+	}
+	return st.index
+}

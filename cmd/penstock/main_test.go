@@ -360,7 +360,7 @@ func TestSIGHUPReloadsOperatorCertificate(t *testing.T) {
 func TestExternalEngineMode(t *testing.T) {
 	testenv.RequireNATS(t)
 	dir := t.TempDir()
-	p := serve(t, dir, "--nats-url", testenv.NATSURL)
+	p := serveEnv(t, dir, []string{"PENSTOCK_KEYRING_MASTER_KEY=" + testenv.NATSMasterKey}, "--nats-url", testenv.NATSURL)
 	if !strings.Contains(p.logs.String(), `"engine":"external"`) {
 		t.Fatalf("not in external mode:\n%s", p.logs.String())
 	}
@@ -428,7 +428,8 @@ func TestSecretsNeverLeave(t *testing.T) {
 		t.Fatalf("the wrong password appears in the output:\n%s", out)
 	}
 
-	p := serveEnv(t, t.TempDir(), []string{"PENSTOCK_ENGINE_NATS_PASSWORD=" + token},
+	// A second node of the same platform: same engine, same master key.
+	p := serveEnv(t, t.TempDir(), []string{"PENSTOCK_ENGINE_NATS_PASSWORD=" + token, "PENSTOCK_KEYRING_MASTER_KEY=" + strings.TrimSpace(string(masterKey))},
 		"--nats-url", eng.nats, "--nats-user", "platform")
 	var responses strings.Builder
 	for _, path := range []string{"/healthz", "/readyz", "/openapi.json", "/missing?password=" + token, "/readyz"} {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"net/http"
-	"net/netip"
 	"time"
 
 	"github.com/danielgtaylor/huma/v2"
@@ -73,6 +72,25 @@ func registerAccount(g gate, hapi huma.API, o Options) {
 	}, nil, func(ctx context.Context, _ *caller, in *loginInput) (*loginOutput, error) {
 		src := sourceFrom(ctx)
 		tok, sess, err := o.Identity.Login(ctx, o.Lockout, in.Body.User, redact.NewSecret(in.Body.Password), in.Body.Code, src)
+		actor := "user:" + in.Body.User
+		if err != nil {
+			code := "auth.invalid_credentials"
+			switch {
+			case errors.Is(err, identity.ErrLocked):
+				code = "auth.locked"
+			case errors.Is(err, identity.ErrMFARequired):
+				code = "auth.mfa_required"
+			case errors.Is(err, identity.ErrBadCode):
+				code = "auth.invalid_code"
+			}
+			if aerr := recordAuth(ctx, o, actor, "auth.login", "denied", code); aerr != nil {
+				o.Logger.Error("audit log: failed login not recorded", "error", aerr)
+			}
+		} else if aerr := recordAuth(ctx, o, actor, "auth.login", "ok", ""); aerr != nil {
+			// A login the audit log does not know of does not happen.
+			_ = o.Identity.Logout(ctx, tok.Reveal())
+			return nil, NewError(http.StatusServiceUnavailable, "audit.unavailable", "the audit log cannot be written, so the login was not made")
+		}
 		switch {
 		case errors.Is(err, identity.ErrLocked):
 			return nil, NewError(http.StatusTooManyRequests, "auth.locked", "too many failed attempts; try again later")
@@ -167,26 +185,8 @@ func registerAccount(g gate, hapi huma.API, o Options) {
 	})
 }
 
-type sourceKey struct{}
-
 // sourceFrom is the request's source address, for lockouts.
-func sourceFrom(ctx context.Context) string {
-	if s, ok := ctx.Value(sourceKey{}).(string); ok {
-		return s
-	}
-	return ""
-}
-
-func withSource(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ap, err := netip.ParseAddrPort(r.RemoteAddr)
-		src := r.RemoteAddr
-		if err == nil {
-			src = ap.Addr().Unmap().String()
-		}
-		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), sourceKey{}, src)))
-	})
-}
+func sourceFrom(ctx context.Context) string { return requestFrom(ctx).source }
 
 // identityError maps identity errors to answers.
 func identityError(o Options, op string, err error) error {

@@ -43,6 +43,7 @@ type Options struct {
 	Identity *identity.Store
 	Lockout  *identity.Lockout
 	Nonces   signing.NonceStore
+	Audit    auditLog
 	// Now is the clock for signed requests; nil means time.Now.
 	Now func() time.Time
 }
@@ -71,6 +72,7 @@ func Handler(o Options) (http.Handler, []Route) {
 	registerAccount(g, hapi, o)
 	registerTenancy(g, hapi, o)
 	registerGrants(g, hapi, o)
+	registerAudit(g, hapi, o)
 	g.reg.check(hapi)
 
 	requests := prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -92,7 +94,7 @@ func Handler(o Options) (http.Handler, []Route) {
 	}
 	var h http.Handler = jsonMuxErrors(mux)
 	h = authenticate(h, o, mux, public)
-	h = withSource(h)
+	h = withRequest(h)
 	h = observe(h, o.Logger, requests, latency)
 	h = recoverPanics(h, o.Logger)
 	h = edge.Requests(o.Limits, o.Edge, func(w http.ResponseWriter, _ *http.Request, status int, code, msg string) {

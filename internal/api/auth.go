@@ -56,6 +56,11 @@ func authenticate(next http.Handler, o Options, mux *http.ServeMux, public map[s
 			}
 			o.Logger.Info("authentication refused", "path", r.URL.Path, "reason", err.Error())
 			code, msg := "unauthenticated", "invalid or expired credentials"
+			defer func() {
+				if aerr := recordAuth(r.Context(), o, "anonymous", "auth.authenticate", "denied", code); aerr != nil {
+					o.Logger.Error("audit log: refused credential not recorded", "error", aerr)
+				}
+			}()
 			switch {
 			case errors.Is(err, signing.ErrSkew):
 				code, msg = "auth.clock_skew", err.Error()

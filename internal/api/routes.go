@@ -63,14 +63,25 @@ func register[I, O any](g gate, hapi huma.API, r Route, op huma.Operation, resou
 			}
 			return nil, NewError(http.StatusForbidden, "auth.mfa_required", "enrol a second factor first (POST /v1/auth/mfa/enrol)")
 		}
-		if r.Listing || r.AccountSetup {
+		sc := authz.Platform
+		if !r.Listing && !r.AccountSetup {
+			sc = resource(in)
+			if err := g.authorize(c, r.Action, sc); err != nil {
+				g.record(ctx, c.actor(), r, sc, err)
+				return nil, err
+			}
+		}
+		if op.Method == http.MethodGet {
 			return h(ctx, c, in)
 		}
-		sc := resource(in)
-		if err := g.authorize(c, r.Action, sc); err != nil {
+		// A change is audited before and after: if its first event cannot be written, it does
+		// not happen.
+		if err := g.started(ctx, c.actor(), r, sc); err != nil {
 			return nil, err
 		}
-		return h(ctx, c, in)
+		out, err := h(ctx, c, in)
+		g.record(ctx, c.actor(), r, sc, err)
+		return out, err
 	})
 }
 

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/penstock/penstock/internal/api"
+	"github.com/penstock/penstock/internal/audit"
 	"github.com/penstock/penstock/internal/certs"
 	"github.com/penstock/penstock/internal/config"
 	"github.com/penstock/penstock/internal/datadir"
@@ -41,6 +42,7 @@ type App struct {
 	master    *keyring.Master
 	keys      *keyring.Keyring
 	ident     *identity.Store
+	audit     *audit.Log
 	bootstrap redact.Secret
 	routes    []api.Route
 	inflight  atomic.Int64 // handlers in progress
@@ -127,6 +129,14 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 	if err != nil {
 		return nil, err
 	}
+	if a.audit, err = audit.Open(ctx, audit.Options{Platform: plat, Keyring: a.keys, Logger: log.With("component", "audit")}); err != nil {
+		return nil, err
+	}
+	if _, err := a.audit.Append(ctx, audit.Event{Actor: "system", Action: "platform.start", Result: audit.ResultOK,
+		Details: map[string]string{"version": version, "engine": engineMode(a.eng), "api": cfg.API.Listen, "sync": a.eng.Durability(),
+			"master_key": a.master.ID(), "mfa_all_users": fmt.Sprint(cfg.Identity.MFAAllUsers)}}); err != nil {
+		return nil, err
+	}
 	if a.bootstrap, err = a.ident.Bootstrap(ctx); err != nil {
 		return nil, err
 	}
@@ -140,7 +150,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 		Version: version, Logger: log.With("component", "api"), Ready: a.eng,
 		Limits: lim, Edge: em, Registry: reg,
 		Keyring: a.keys, Master: a.master, Secrets: store,
-		Identity: a.ident, Lockout: lockout, Nonces: nonces,
+		Identity: a.ident, Lockout: lockout, Nonces: nonces, Audit: a.audit,
 	})
 	a.routes = routes
 	a.apiSrv = &http.Server{
@@ -252,6 +262,13 @@ func (a *App) closeAll() {
 	}
 	if a.metricsLn != nil {
 		a.metricsLn.Close()
+	}
+	if a.audit != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := a.audit.Close(ctx); err != nil {
+			a.log.Warn("final audit checkpoint", "error", err)
+		}
+		cancel()
 	}
 	if a.ident != nil {
 		a.ident.Close()

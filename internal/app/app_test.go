@@ -531,7 +531,8 @@ func TestSecretsStayOutOfLogsAndResponses(t *testing.T) {
 	testenv.RequireNATS(t)
 	const planted = "planted-secret-7d3e9a"
 	ta := startApp(t, func(c *config.Config) {
-		c.Engine.NATSURL = testenv.NATSURL // this server has no auth; the credentials are ignored by it
+		c.Engine.NATSURL = testenv.NATSURL
+		c.Keyring.MasterKey = redact.NewSecret(testenv.NATSMasterKey) // this server has no auth; the credentials are ignored by it
 		c.Engine.NATSUser = "svc"
 		c.Engine.NATSPassword = redact.NewSecret(planted)
 		c.API.Limits.RequestBurst = 5

@@ -86,7 +86,9 @@ func TestEveryRouteForEveryRoleAndScope(t *testing.T) {
 	n := 0
 	fresh := func(prefix string) string { n++; return fmt.Sprintf("%s-%d", prefix, n) }
 	calls := map[string]func(p principal) call{
-		"keys-status": func(principal) call { return call{"GET", "/v1/keys", nil, authz.Platform} },
+		"keys-status":  func(principal) call { return call{"GET", "/v1/keys", nil, authz.Platform} },
+		"audit-list":   func(principal) call { return call{"GET", "/v1/audit?tenant=acme&limit=5", nil, acme} },
+		"audit-verify": func(principal) call { return call{"GET", "/v1/audit/verify", nil, authz.Platform} },
 		"keys-rotate": func(principal) call {
 			return call{"POST", "/v1/keys/rotate", map[string]string{"scope": "acme/production/billing"}, authz.Platform}
 		},

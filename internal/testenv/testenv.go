@@ -103,3 +103,9 @@ func (l *LogBuffer) String() string {
 	defer l.mu.Unlock()
 	return l.b.String()
 }
+
+// NATSMasterKey is the master key of every Penstock a test runs against the machine's NATS
+// server. That server outlives test runs and keeps the platform state they write (wrapped data
+// keys, users, the audit log); one master key for all of them keeps it readable, as one
+// Penstock platform per NATS server would in production.
+const NATSMasterKey = "7e1a3c5b9d2f4a6c8e0b1d3f5a7c9e2b4d6f8a0c2e4b6d8f1a3c5e7b9d0f2a4c"

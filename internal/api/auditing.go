@@ -1,0 +1,165 @@
+package api
+
+import (
+	"context"
+	"time"
+
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"net/http"
+	"net/netip"
+
+	"github.com/danielgtaylor/huma/v2"
+
+	"github.com/penstock/penstock/internal/audit"
+	"github.com/penstock/penstock/internal/authz"
+)
+
+// auditLog is what the API needs of the audit log.
+type auditLog interface {
+	Append(ctx context.Context, e audit.Event) (audit.Event, error)
+	Records(ctx context.Context, from uint64, fn func(audit.Record) bool) error
+	VerifyAll(ctx context.Context) (audit.Report, error)
+}
+
+type requestKey struct{}
+
+// requestInfo is what every audit event says of its request.
+type requestInfo struct {
+	id, path, source string
+}
+
+func requestFrom(ctx context.Context) requestInfo {
+	ri, _ := ctx.Value(requestKey{}).(requestInfo)
+	return ri
+}
+
+// withRequest gives each request an id (also sent back as X-Request-Id) and notes its path
+// and source address for the audit log and the lockouts.
+func withRequest(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b := make([]byte, 8)
+		_, _ = rand.Read(b)
+		ri := requestInfo{id: hex.EncodeToString(b), path: r.URL.Path, source: r.RemoteAddr}
+		if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+			ri.source = ap.Addr().Unmap().String()
+		}
+		w.Header().Set("X-Request-Id", ri.id)
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), requestKey{}, ri)))
+	})
+}
+
+func (c *caller) actor() string { return c.principal.Kind + ":" + c.principal.Name }
+
+func (g gate) event(ctx context.Context, actor string, r Route, sc authz.Scope) audit.Event {
+	ri := requestFrom(ctx)
+	return audit.Event{Actor: actor, Tenant: sc.Tenant, Environment: sc.Environment, Application: sc.Application,
+		Action: string(r.Action), Target: ri.path, Source: ri.source, RequestID: ri.id,
+		Details: map[string]string{"operation": r.OperationID}}
+}
+
+// started records that a change is about to happen; its error, if any, is the answer.
+func (g gate) started(ctx context.Context, actor string, r Route, sc authz.Scope) error {
+	e := g.event(ctx, actor, r, sc)
+	e.Result = "started"
+	if _, err := g.o.Audit.Append(ctx, e); err != nil {
+		g.o.Logger.Error("audit log unavailable: refusing the change", "operation", r.OperationID, "error", err)
+		return NewError(http.StatusServiceUnavailable, "audit.unavailable", "the audit log cannot be written, so the change was not made")
+	}
+	return nil
+}
+
+// record writes the outcome of an action (ok, denied or error with its code).
+func (g gate) record(ctx context.Context, actor string, r Route, sc authz.Scope, err error) {
+	e := g.event(ctx, actor, r, sc)
+	e.Result = audit.ResultOK
+	var apiErr *Error
+	if err != nil {
+		e.Result, e.Code = audit.ResultError, "internal"
+		if errors.As(err, &apiErr) {
+			e.Code = apiErr.Code
+			if apiErr.Status == http.StatusForbidden || apiErr.Status == http.StatusNotFound && apiErr.Code == "not_found" {
+				e.Result = audit.ResultDenied
+			}
+		}
+	}
+	if _, aerr := g.o.Audit.Append(ctx, e); aerr != nil {
+		g.o.Logger.Error("audit log: outcome not written", "operation", r.OperationID, "error", aerr)
+	}
+}
+
+// recordAuth writes an authentication event: a login, a refused credential.
+func recordAuth(ctx context.Context, o Options, actor, action, result, code string) error {
+	ri := requestFrom(ctx)
+	_, err := o.Audit.Append(ctx, audit.Event{Actor: actor, Action: action, Result: result, Code: code,
+		Target: ri.path, Source: ri.source, RequestID: ri.id})
+	return err
+}
+
+type auditQuery struct {
+	Tenant string    `query:"tenant" doc:"a tenant's events (required unless you read the platform's audit)" maxLength:"63"`
+	Actor  string    `query:"actor" doc:"user:<name>, apikey:<id>, anonymous" maxLength:"100"`
+	Action string    `query:"action" maxLength:"63"`
+	Result string    `query:"result" enum:"ok,denied,error,started,"`
+	Since  time.Time `query:"since"`
+	Until  time.Time `query:"until"`
+	Cursor uint64    `query:"cursor" doc:"next_cursor of the previous page"`
+	Limit  int       `query:"limit" default:"100" minimum:"1" maximum:"1000"`
+}
+
+type auditPage struct {
+	Body struct {
+		Events     []audit.Event `json:"events"`
+		NextCursor uint64        `json:"next_cursor,omitempty" doc:"pass as cursor for the next page; absent on the last"`
+	}
+}
+
+type verifyOutput struct{ Body audit.Report }
+
+func registerAudit(g gate, hapi huma.API, o Options) {
+	register(g, hapi, Route{Action: authz.AuditRead}, huma.Operation{
+		OperationID: "audit-list", Method: http.MethodGet, Path: "/v1/audit", Tags: []string{"audit"},
+		Summary: "Audit events, filtered, oldest first, a page at a time; a tenant's auditors and owners see their tenant's",
+	}, func(in *auditQuery) authz.Scope { return authz.Scope{Tenant: in.Tenant} },
+		func(ctx context.Context, _ *caller, in *auditQuery) (*auditPage, error) {
+			out := &auditPage{}
+			out.Body.Events = []audit.Event{}
+			err := o.Audit.Records(ctx, in.Cursor+1, func(r audit.Record) bool {
+				e := r.Event
+				if e == nil {
+					return true
+				}
+				switch {
+				case in.Tenant != "" && e.Tenant != in.Tenant,
+					in.Actor != "" && e.Actor != in.Actor,
+					in.Action != "" && e.Action != in.Action,
+					in.Result != "" && e.Result != in.Result,
+					!in.Since.IsZero() && e.Time.Before(in.Since),
+					!in.Until.IsZero() && !e.Time.Before(in.Until):
+					return true
+				}
+				if len(out.Body.Events) == in.Limit {
+					out.Body.NextCursor = out.Body.Events[len(out.Body.Events)-1].Seq
+					return false
+				}
+				out.Body.Events = append(out.Body.Events, *e)
+				return true
+			})
+			if err != nil {
+				return nil, internalError(o, "audit list", err)
+			}
+			return out, nil
+		})
+
+	register(g, hapi, Route{Action: authz.AuditRead}, huma.Operation{
+		OperationID: "audit-verify", Method: http.MethodGet, Path: "/v1/audit/verify", Tags: []string{"audit"},
+		Summary: "Walk every chain and checkpoint and report the first break",
+	}, platformScope[struct{}], func(ctx context.Context, _ *caller, _ *struct{}) (*verifyOutput, error) {
+		rep, err := o.Audit.VerifyAll(ctx)
+		if err != nil {
+			return nil, internalError(o, "audit verify", err)
+		}
+		return &verifyOutput{Body: rep}, nil
+	})
+}

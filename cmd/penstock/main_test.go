@@ -557,6 +557,12 @@ func TestKeysAndSecretsCommands(t *testing.T) {
 	if strings.Contains(p.logs.String(), created.Key[20:]) {
 		t.Fatal("the API key's secret appears in the server log")
 	}
+	if code, out := p.cli("", "audit", "verify"); code != 0 || !strings.HasPrefix(out, "ok: ") {
+		t.Fatalf("audit verify: %d\n%s", code, out)
+	}
+	if code, out := p.cli("", "audit", "list", "--action", "secret.write", "--result", "ok"); code != 0 || !strings.Contains(out, `"secret-put"`) {
+		t.Fatalf("audit list: %d\n%s", code, out)
+	}
 }
 
 // bootstrapPassword reads the one-time password serve printed on its first start.

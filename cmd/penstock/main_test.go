@@ -563,6 +563,18 @@ func TestKeysAndSecretsCommands(t *testing.T) {
 	if code, out := p.cli("", "audit", "list", "--action", "secret.write", "--result", "ok"); code != 0 || !strings.Contains(out, `"secret-put"`) {
 		t.Fatalf("audit list: %d\n%s", code, out)
 	}
+	code, out = p.cli("", "audit", "export", "--format", "ndjson")
+	exportFile := filepath.Join(t.TempDir(), "audit.ndjson")
+	if code != 0 || os.WriteFile(exportFile, []byte(out), 0o600) != nil {
+		t.Fatalf("audit export: %d\n%s", code, out)
+	}
+	if code, out := p.cli("", "audit", "verify", "--file", exportFile); code != 0 || !strings.HasPrefix(out, "ok: ") {
+		t.Fatalf("audit verify --file: %d\n%s", code, out)
+	}
+	os.WriteFile(exportFile, []byte(strings.Replace(out, `"result":"ok"`, `"result":"denied"`, 1)), 0o600)
+	if code, out := p.cli("", "audit", "verify", "--file", exportFile); code != 1 || !strings.Contains(out, "BROKEN: modified") {
+		t.Fatalf("audit verify of an edited export: %d\n%s", code, out)
+	}
 }
 
 // bootstrapPassword reads the one-time password serve printed on its first start.

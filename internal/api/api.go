@@ -73,6 +73,7 @@ func Handler(o Options) (http.Handler, []Route) {
 	registerTenancy(g, hapi, o)
 	registerGrants(g, hapi, o)
 	registerAudit(g, hapi, o)
+	registerAuditExport(g, hapi, o)
 	g.reg.check(hapi)
 
 	requests := prometheus.NewCounterVec(prometheus.CounterOpts{

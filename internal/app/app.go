@@ -129,7 +129,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 	if err != nil {
 		return nil, err
 	}
-	if a.audit, err = audit.Open(ctx, audit.Options{Platform: plat, Keyring: a.keys, Logger: log.With("component", "audit")}); err != nil {
+	if a.audit, err = audit.Open(ctx, audit.Options{Platform: plat, Keyring: a.keys, Retention: cfg.Audit.Retention, Logger: log.With("component", "audit")}); err != nil {
 		return nil, err
 	}
 	if _, err := a.audit.Append(ctx, audit.Event{Actor: "system", Action: "platform.start", Result: audit.ResultOK,

@@ -40,9 +40,9 @@ func TestAuditCoverage(t *testing.T) {
 	_, key, _ := ta.call(t, "POST", "/v1/apikeys", admin, map[string]string{"role": "viewer", "scope": "acme"})
 	viewer := key["key"].(string)
 	ta.call(t, "PUT", "/v1/tenants/acme/environments/production/applications/etl/secrets/x", viewer, map[string]string{"value": planted}) // denied
-	ta.call(t, "GET", "/v1/tenants/globex", viewer, nil)                                                                               // hidden: denied
-	ta.call(t, "POST", "/v1/auth/login", "-", map[string]string{"user": "admin", "password": planted})                                  // failed login
-	ta.call(t, "GET", "/v1/keys", "psk_0000000000000000_"+strings.Repeat("0", 64), nil)                                               // refused credential
+	ta.call(t, "GET", "/v1/tenants/globex", viewer, nil)                                                                                  // hidden: denied
+	ta.call(t, "POST", "/v1/auth/login", "-", map[string]string{"user": "admin", "password": planted})                                    // failed login
+	ta.call(t, "GET", "/v1/keys", "psk_0000000000000000_"+strings.Repeat("0", 64), nil)                                                   // refused credential
 	ta.call(t, "POST", "/v1/keys/rotate", admin, map[string]string{"scope": "acme"})
 	_, auditorKey, _ := ta.call(t, "POST", "/v1/apikeys", admin, map[string]string{"role": "auditor", "scope": "acme"})
 
@@ -77,14 +77,20 @@ func TestAuditCoverage(t *testing.T) {
 			return e.Action == "tenant.read" && e.Tenant == "globex" && e.Result == "denied" && e.Code == "not_found"
 		}},
 		{"API key created", func(e audit.Event) bool { return e.Action == "apikey.manage" && e.Result == "ok" }},
-		{"login ok", func(e audit.Event) bool { return e.Action == "auth.login" && e.Result == "ok" && e.Actor == "user:admin" }},
+		{"login ok", func(e audit.Event) bool {
+			return e.Action == "auth.login" && e.Result == "ok" && e.Actor == "user:admin"
+		}},
 		{"login failed", func(e audit.Event) bool {
 			return e.Action == "auth.login" && e.Result == "denied" && e.Code == "auth.invalid_credentials"
 		}},
 		{"credential refused", func(e audit.Event) bool { return e.Action == "auth.authenticate" && e.Result == "denied" }},
-		{"password changed", func(e audit.Event) bool { return e.Action == "account" && e.Details["operation"] == "change-password" && e.Result == "ok" }},
+		{"password changed", func(e audit.Event) bool {
+			return e.Action == "account" && e.Details["operation"] == "change-password" && e.Result == "ok"
+		}},
 		{"second factor enrolled", func(e audit.Event) bool { return e.Details["operation"] == "mfa-verify" && e.Result == "ok" }},
-		{"key rotated", func(e audit.Event) bool { return e.Action == "key.manage" && e.Details["operation"] == "keys-rotate" && e.Result == "ok" }},
+		{"key rotated", func(e audit.Event) bool {
+			return e.Action == "key.manage" && e.Details["operation"] == "keys-rotate" && e.Result == "ok"
+		}},
 	}
 	for _, tc := range cases {
 		if find(tc.pred) == nil {

@@ -40,9 +40,23 @@ type Break struct {
 // anchor, if given, is the latest checkpoint as kept outside the stream: a log whose chains end
 // before it was cut back (its tail, checkpoints included, removed).
 func Verify(records []Record, pub ed25519.PublicKey, anchor *Checkpoint) Report {
+	return verify(records, pub, anchor, nil)
+}
+
+// VerifyExport verifies part of the log on its own: each chain may begin where the export's
+// header says it does (the index and hash before its first exported event), and checkpoints
+// are checked for the chains the export holds.
+func VerifyExport(records []Record, pub ed25519.PublicKey, starts map[string]Head) Report {
+	return verify(records, pub, nil, starts)
+}
+
+func verify(records []Record, pub ed25519.PublicKey, anchor *Checkpoint, starts map[string]Head) Report {
 	rep := Report{}
 	type state = chainState
 	chains := map[string]*state{}
+	for chain, h := range starts {
+		chains[chain] = &state{index: h.Index, hash: h.Hash}
+	}
 	// Every (chain, index) present, to tell a reordering from a deletion.
 	present := map[string]map[uint64]bool{}
 	for _, r := range records {
@@ -65,6 +79,9 @@ func Verify(records []Record, pub ed25519.PublicKey, anchor *Checkpoint) Report 
 			}
 			for chain, h := range c.Heads {
 				st := chains[chain]
+				if starts != nil && st == nil {
+					continue // a chain this export does not hold
+				}
 				if st == nil || st.index < h.Index {
 					// The checkpoint names events not seen before it: they were removed.
 					return fail(Deleted, c.Seq, chain, h.Index, "checkpoint records %s at %d, the log has it at %d", chain, h.Index, indexOf(st))

@@ -4,6 +4,9 @@ import (
 	"context"
 	"fmt"
 	"net/url"
+	"os"
+
+	"github.com/penstock/penstock/internal/audit"
 
 	"github.com/spf13/cobra"
 )
@@ -27,25 +30,52 @@ func auditCmd(environ []string) *cobra.Command {
 	} {
 		list.Flags().String(f.name, "", f.usage)
 	}
-	verify := apiCmd(environ, "verify", "Walk every chain and checkpoint; exit 1 at the first break", cobra.NoArgs,
+	verify := apiCmd(environ, "verify [--file EXPORT]", "Walk every chain and checkpoint (of the server, or of an export, offline); exit 1 at the first break", cobra.NoArgs,
 		func(ctx context.Context, cf *clientFlags, cmd *cobra.Command, _ []string) error {
-			var rep struct {
-				OK          bool           `json:"ok"`
-				Events      int            `json:"events"`
-				Checkpoints int            `json:"checkpoints"`
-				Chains      int            `json:"chains"`
-				Break       map[string]any `json:"break"`
-			}
-			if err := cf.call(ctx, "GET", "/v1/audit/verify", nil, &rep); err != nil {
+			var rep audit.Report
+			if file, _ := cmd.Flags().GetString("file"); file != "" {
+				f, err := os.Open(file)
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				if rep, err = audit.VerifyExportFile(f); err != nil {
+					return err
+				}
+			} else if err := cf.call(ctx, "GET", "/v1/audit/verify", nil, &rep); err != nil {
 				return err
 			}
 			w := cmd.OutOrStdout()
 			if !rep.OK {
-				fmt.Fprintf(w, "BROKEN: %v at sequence %v (chain %v): %v\n", rep.Break["kind"], rep.Break["seq"], rep.Break["chain"], rep.Break["detail"])
+				b := rep.Break
+				fmt.Fprintf(w, "BROKEN: %s at sequence %d (chain %s, index %d): %s\n", b.Kind, b.Seq, b.Chain, b.Index, b.Detail)
 				return exitError{code: 1}
 			}
 			fmt.Fprintf(w, "ok: %d events in %d chains, %d checkpoints\n", rep.Events, rep.Chains, rep.Checkpoints)
 			return nil
 		})
-	return group("audit", "The tamper-evident audit log", list, verify)
+	verify.Flags().String("file", "", "verify an export file instead of the server's log")
+	export := apiCmd(environ, "export --format ndjson [--tenant T] [--since T] [--until T] > FILE", "Export events and checkpoints, verifiable on their own", cobra.NoArgs,
+		func(ctx context.Context, cf *clientFlags, cmd *cobra.Command, _ []string) error {
+			if f, _ := cmd.Flags().GetString("format"); f != "ndjson" {
+				return fmt.Errorf("--format %q: only ndjson", f)
+			}
+			q := url.Values{}
+			for _, f := range []string{"tenant", "since", "until"} {
+				if v, _ := cmd.Flags().GetString(f); v != "" {
+					q.Set(f, v)
+				}
+			}
+			raw, err := cf.raw(ctx, "GET", "/v1/audit/export?"+q.Encode())
+			if err != nil {
+				return err
+			}
+			_, err = cmd.OutOrStdout().Write(raw)
+			return err
+		})
+	export.Flags().String("format", "ndjson", "ndjson")
+	for _, f := range []string{"tenant", "since", "until"} {
+		export.Flags().String(f, "", f)
+	}
+	return group("audit", "The tamper-evident audit log", list, verify, export)
 }

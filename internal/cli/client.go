@@ -97,6 +97,39 @@ func (f *clientFlags) apiKey() (redact.Secret, error) {
 	return redact.NewSecret(lookupEnv(f.environ, EnvAPIKey)), nil
 }
 
+// raw sends a GET as the caller and returns the body as it is (exports).
+func (f *clientFlags) raw(ctx context.Context, method, path string) ([]byte, error) {
+	var out json.RawMessage
+	c, err := f.httpClient()
+	if err != nil {
+		return nil, err
+	}
+	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(f.server, "/")+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	if err := f.authorize(req, nil); err != nil {
+		return nil, err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	out, err = io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode >= 300 {
+		e := &apiError{}
+		if json.Unmarshal(out, e) != nil || e.Code == "" {
+			return nil, fmt.Errorf("%s %s: HTTP %d", method, path, resp.StatusCode)
+		}
+		return nil, e
+	}
+	return out, nil
+}
+
 // call sends a JSON request as the caller and decodes the JSON answer into out. A non-2xx
 // answer comes back as an *apiError.
 func (f *clientFlags) call(ctx context.Context, method, path string, body, out any) error {

@@ -22,6 +22,13 @@ type Config struct {
 	Engine   Engine   `koanf:"engine"`
 	Keyring  Keyring  `koanf:"keyring"`
 	Identity Identity `koanf:"identity"`
+	Audit    Audit    `koanf:"audit"`
+}
+
+// Audit configures the audit log.
+type Audit struct {
+	// Retention is how long events are kept; older ones expire with the stream's age limit.
+	Retention time.Duration `koanf:"retention"`
 }
 
 // Identity configures logins and sessions.
@@ -174,6 +181,7 @@ func Default() Config {
 			},
 		},
 		Engine: Engine{SyncInterval: "always", Replicas: 1},
+		Audit:  Audit{Retention: 400 * 24 * time.Hour},
 		Identity: Identity{
 			SessionIdle: 30 * time.Minute, SessionMax: 12 * time.Hour, PasswordMinLength: 12,
 			Argon2MemoryKiB: 64 << 10, Argon2Time: 3, Argon2Threads: 2,

@@ -87,6 +87,9 @@ func (c Config) validate() FieldErrors {
 	}
 	c.Engine.validate(&v)
 	c.Keyring.validate(&v)
+	if c.Audit.Retention < 24*time.Hour {
+		v.add("audit.retention", "must be at least 24h")
+	}
 	id := c.Identity
 	v.positiveDuration("identity.session_idle", id.SessionIdle)
 	v.positiveDuration("identity.session_max", id.SessionMax)

@@ -5,11 +5,14 @@ package app
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -43,6 +46,7 @@ type App struct {
 	keys      *keyring.Keyring
 	ident     *identity.Store
 	audit     *audit.Log
+	sinks     []audit.Sink
 	bootstrap redact.Secret
 	routes    []api.Route
 	inflight  atomic.Int64 // handlers in progress
@@ -132,6 +136,9 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 	if a.audit, err = audit.Open(ctx, audit.Options{Platform: plat, Keyring: a.keys, Retention: cfg.Audit.Retention, Logger: log.With("component", "audit")}); err != nil {
 		return nil, err
 	}
+	if a.sinks, err = auditSinks(cfg.Audit); err != nil {
+		return nil, err
+	}
 	if _, err := a.audit.Append(ctx, audit.Event{Actor: "system", Action: "platform.start", Result: audit.ResultOK,
 		Details: map[string]string{"version": version, "engine": engineMode(a.eng), "api": cfg.API.Listen, "sync": a.eng.Durability(),
 			"master_key": a.master.ID(), "mfa_all_users": fmt.Sprint(cfg.Identity.MFAAllUsers)}}); err != nil {
@@ -209,8 +216,20 @@ func (a *App) Run(ctx context.Context) error {
 	a.log.Info("serving", "api", "https://"+a.APIAddr(), "metrics", a.MetricsAddr(),
 		"engine", engineMode(a.eng), "sync", a.eng.Durability(), "nats", a.eng.ClientURL(),
 		"data_dir", a.cfg.DataDir, "ca", a.certs.CAPath())
+	fctx, stopForwarding := context.WithCancel(context.Background())
+	var forwarders sync.WaitGroup
+	for _, sink := range a.sinks {
+		forwarders.Add(1)
+		go func() {
+			defer forwarders.Done()
+			if err := a.audit.Forward(fctx, sink); err != nil {
+				a.log.Error("audit forwarding stopped", "sink", sink.Name(), "error", err)
+			}
+		}()
+	}
 	g.Go(func() error {
 		<-gctx.Done()
+		defer func() { stopForwarding(); forwarders.Wait() }()
 		a.log.Info("shutting down", "drain_timeout", a.cfg.API.ShutdownTimeout.String())
 		sctx, cancel := context.WithTimeout(context.Background(), a.cfg.API.ShutdownTimeout)
 		defer cancel()
@@ -226,6 +245,11 @@ func (a *App) Run(ctx context.Context) error {
 		}
 		for deadline := time.Now().Add(handlerGrace); a.inflight.Load() > 0 && time.Now().Before(deadline); {
 			time.Sleep(10 * time.Millisecond)
+		}
+		stopForwarding() // they resume where they stopped at the next start
+		forwarders.Wait()
+		for _, s := range a.sinks {
+			_ = s.Close()
 		}
 		if n := a.inflight.Load(); n > 0 {
 			a.log.Warn("closing the engine under running handlers", "handlers", n)
@@ -285,4 +309,45 @@ func (a *App) closeAll() {
 	if err := a.lock.Release(); err != nil {
 		a.log.Warn("release data directory lock", "error", err)
 	}
+}
+
+// auditSinks builds the configured SIEM forwarders.
+func auditSinks(c config.Audit) ([]audit.Sink, error) {
+	var sinks []audit.Sink
+	if c.WebhookURL != "" {
+		tc, err := clientTLS(c.WebhookCAFile, "audit.webhook_ca_file")
+		if err != nil {
+			return nil, err
+		}
+		sinks = append(sinks, &audit.Webhook{URL: c.WebhookURL, Secret: c.WebhookSecret,
+			Client: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: tc}}})
+	}
+	if c.SyslogAddr != "" {
+		tc, err := clientTLS(c.SyslogCAFile, "audit.syslog_ca_file")
+		if err != nil {
+			return nil, err
+		}
+		if host, _, err := net.SplitHostPort(c.SyslogAddr); err == nil {
+			tc.ServerName = host
+		}
+		sinks = append(sinks, &audit.Syslog{Addr: c.SyslogAddr, TLS: tc})
+	}
+	return sinks, nil
+}
+
+// clientTLS trusts caFile, or the system's roots when it is empty.
+func clientTLS(caFile, field string) (*tls.Config, error) {
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if caFile == "" {
+		return tc, nil
+	}
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", field, err)
+	}
+	tc.RootCAs = x509.NewCertPool()
+	if !tc.RootCAs.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%s: no PEM certificate in %s", field, caFile)
+	}
+	return tc, nil
 }

@@ -3,8 +3,18 @@ package app
 import (
 	"context"
 	"encoding/json"
+	"encoding/pem"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
+
+	"github.com/penstock/penstock/internal/config"
+	"github.com/penstock/penstock/internal/redact"
 
 	"github.com/penstock/penstock/internal/audit"
 )
@@ -175,4 +185,53 @@ func TestAuditFailsClosed(t *testing.T) {
 func strconvU(u uint64) string {
 	b, _ := json.Marshal(u)
 	return string(b)
+}
+
+// The configured webhook receives every event, across a restart of Penstock, with none lost.
+func TestWebhookForwardingAcrossRestart(t *testing.T) {
+	var mu sync.Mutex
+	seen := map[uint64]bool{}
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var e audit.Event
+		json.NewDecoder(r.Body).Decode(&e)
+		mu.Lock()
+		seen[e.Seq] = true
+		mu.Unlock()
+	}))
+	defer srv.Close()
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600)
+	hook := func(c *config.Config) {
+		c.Audit.WebhookURL, c.Audit.WebhookCAFile = srv.URL, caFile
+		c.Audit.WebhookSecret = redact.NewSecret("webhook-secret-0123456789")
+	}
+	ta := startApp(t, hook)
+	admin := ta.adminSession(t)
+	ta.call(t, "POST", "/v1/tenants", admin, map[string]string{"name": "acme"})
+	ta.stop()
+	dataDir := ta.cfg.DataDir
+	tb := startApp(t, func(c *config.Config) { hook(c); c.DataDir = dataDir })
+	tb.admin = admin
+	tb.call(t, "POST", "/v1/tenants", admin, map[string]string{"name": "globex"})
+
+	var total uint64
+	tb.audit.Records(context.Background(), 1, func(r audit.Record) bool {
+		if r.Event != nil {
+			total++
+		}
+		return true
+	})
+	waitUntil := time.Now().Add(20 * time.Second)
+	for {
+		mu.Lock()
+		n := uint64(len(seen))
+		mu.Unlock()
+		if n >= total {
+			break
+		}
+		if time.Now().After(waitUntil) {
+			t.Fatalf("webhook received %d of %d events", n, total)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

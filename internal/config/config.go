@@ -29,6 +29,16 @@ type Config struct {
 type Audit struct {
 	// Retention is how long events are kept; older ones expire with the stream's age limit.
 	Retention time.Duration `koanf:"retention"`
+	// WebhookURL receives every event as a JSON POST signed with HMAC-SHA256 of the body
+	// (hex, header X-Penstock-Signature) under WebhookSecret; empty means off.
+	WebhookURL    string        `koanf:"webhook_url"`
+	WebhookSecret redact.Secret `koanf:"webhook_secret"`
+	// WebhookCAFile is the CA to trust for the webhook (the system's roots if empty).
+	WebhookCAFile string `koanf:"webhook_ca_file"`
+	// SyslogAddr receives every event as RFC 5424 over TLS (host:port); SyslogCAFile is the CA
+	// to trust for it (the system's roots if empty).
+	SyslogAddr   string `koanf:"syslog_addr"`
+	SyslogCAFile string `koanf:"syslog_ca_file"`
 }
 
 // Identity configures logins and sessions.

@@ -90,6 +90,17 @@ func (c Config) validate() FieldErrors {
 	if c.Audit.Retention < 24*time.Hour {
 		v.add("audit.retention", "must be at least 24h")
 	}
+	if a := c.Audit; a.WebhookURL != "" {
+		if u, err := url.Parse(a.WebhookURL); err != nil || u.Scheme != "https" || u.Host == "" {
+			v.add("audit.webhook_url", "must be an https:// URL")
+		}
+		if len(a.WebhookSecret.Reveal()) < 16 {
+			v.add("audit.webhook_secret", "required with audit.webhook_url, at least 16 characters")
+		}
+	}
+	if c.Audit.SyslogAddr != "" {
+		v.hostPort("audit.syslog_addr", c.Audit.SyslogAddr, false)
+	}
 	id := c.Identity
 	v.positiveDuration("identity.session_idle", id.SessionIdle)
 	v.positiveDuration("identity.session_max", id.SessionMax)

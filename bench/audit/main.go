@@ -11,7 +11,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"log"
-	"os"
 	"slices"
 	"sync"
 	"time"
@@ -24,16 +23,11 @@ import (
 
 func main() {
 	ctx := context.Background()
-	dir, err := os.MkdirTemp("", "penstock-bench-audit")
+	st, closeStack, err := keyringtest.OpenTemp(ctx)
 	if err != nil {
 		log.Fatal(err)
 	}
-	defer os.RemoveAll(dir)
-	st, err := keyringtest.Open(ctx, dir)
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer st.Close()
+	defer closeStack()
 	l, err := audit.Open(ctx, audit.Options{Platform: st.Platform, Keyring: st.Keyring})
 	if err != nil {
 		log.Fatal(err)

@@ -14,7 +14,6 @@ import (
 	"flag"
 	"fmt"
 	"log"
-	"os"
 	"time"
 
 	"github.com/penstock/penstock/internal/keyring"
@@ -26,16 +25,11 @@ func main() {
 	flag.Parse()
 	ctx := context.Background()
 
-	dir, err := os.MkdirTemp("", "penstock-bench-keyring")
+	st, closeStack, err := keyringtest.OpenTemp(ctx)
 	if err != nil {
 		log.Fatal(err)
 	}
-	defer os.RemoveAll(dir)
-	st, err := keyringtest.Open(ctx, dir)
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer st.Close()
+	defer closeStack()
 	kr := st.Keyring
 	scope := keyring.Scope{Tenant: "acme", Environment: "production", Application: "billing"}
 

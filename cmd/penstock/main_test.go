@@ -55,8 +55,8 @@ type proc struct {
 	logs    *testenv.LogBuffer
 	stdout  *testenv.LogBuffer // what serve prints for people: the first administrator's password
 	home    string             // configuration directory of the CLI runs against this server
-	api     string // https://host:port
-	nats    string // nats://host:port, when the client port is open
+	api     string             // https://host:port
+	nats    string             // nats://host:port, when the client port is open
 	dataDir string
 	exited  chan error
 }
@@ -512,7 +512,7 @@ func TestKeysAndSecretsCommands(t *testing.T) {
 	home, addr := p.home, strings.TrimPrefix(p.api, "https://")
 	for i := range 2 {
 		p = serve(t, dir, "--listen", addr) // the saved session names this server
-		p.home = home // the saved session outlives restarts: sessions live in the engine
+		p.home = home                       // the saved session outlives restarts: sessions live in the engine
 		code, out := p.cli("", "secrets", "list", "--app", app)
 		if code != 0 || !strings.Contains(out, "db-password") || !strings.Contains(out, "  2\n") {
 			t.Fatalf("restart %d: list: %d\n%s\n%s", i, code, out, p.logs.String())

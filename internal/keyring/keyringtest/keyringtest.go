@@ -6,6 +6,7 @@ package keyringtest
 import (
 	"context"
 	"fmt"
+	"os"
 
 	"github.com/penstock/penstock/internal/config"
 	"github.com/penstock/penstock/internal/engine"
@@ -55,4 +56,18 @@ func (s *Stack) Close() {
 	}
 	s.Engine.Close()
 	s.Master.Close()
+}
+
+// OpenTemp builds a Stack in a new temporary directory; close releases it and removes the
+// directory. For benchmarks, which have no testing.T.
+func OpenTemp(ctx context.Context) (st *Stack, close func(), err error) {
+	dir, err := os.MkdirTemp("", "penstock-bench")
+	if err != nil {
+		return nil, nil, err
+	}
+	if st, err = Open(ctx, dir); err != nil {
+		os.RemoveAll(dir)
+		return nil, nil, err
+	}
+	return st, func() { st.Close(); os.RemoveAll(dir) }, nil
 }

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -139,9 +140,17 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 	if a.sinks, err = auditSinks(cfg.Audit); err != nil {
 		return nil, err
 	}
-	if _, err := a.audit.Append(ctx, audit.Event{Actor: "system", Action: "platform.start", Result: audit.ResultOK,
-		Details: map[string]string{"version": version, "engine": engineMode(a.eng), "api": cfg.API.Listen, "sync": a.eng.Durability(),
-			"master_key": a.master.ID(), "mfa_all_users": fmt.Sprint(cfg.Identity.MFAAllUsers)}}); err != nil {
+	flat := cfg.Flat()
+	changed, err := a.audit.ConfigChanges(ctx, flat)
+	if err != nil {
+		return nil, err
+	}
+	details := map[string]string{"version": version, "engine": engineMode(a.eng), "sync": a.eng.Durability(),
+		"master_key": a.master.ID(), "config_changed": strings.Join(changed, ",")}
+	for _, k := range changed {
+		details["config."+k] = flat[k]
+	}
+	if _, err := a.audit.Append(ctx, audit.Event{Actor: "system", Action: "platform.start", Result: audit.ResultOK, Details: details}); err != nil {
 		return nil, err
 	}
 	if a.bootstrap, err = a.ident.Bootstrap(ctx); err != nil {

@@ -235,3 +235,27 @@ func TestWebhookForwardingAcrossRestart(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// Each start records which configuration keys changed since the previous start.
+func TestStartRecordsConfigChanges(t *testing.T) {
+	ta := startApp(t, nil)
+	ta.stop()
+	dataDir := ta.cfg.DataDir
+	tb := startApp(t, func(c *config.Config) { c.DataDir = dataDir; c.Log.Level = "debug" })
+	var starts []audit.Event
+	tb.audit.Records(context.Background(), 1, func(r audit.Record) bool {
+		if r.Event != nil && r.Event.Action == "platform.start" {
+			starts = append(starts, *r.Event)
+		}
+		return true
+	})
+	if len(starts) != 2 {
+		t.Fatalf("%d start events", len(starts))
+	}
+	if first := starts[0].Details["config_changed"]; !strings.Contains(first, "api.listen") || !strings.Contains(first, "log.level") {
+		t.Fatalf("first start records %q", first)
+	}
+	if second := starts[1].Details; second["config_changed"] != "log.level" || second["config.log.level"] != "debug" {
+		t.Fatalf("second start records %v", second)
+	}
+}

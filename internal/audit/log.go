@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -300,3 +301,27 @@ func (l *Log) VerifyAll(ctx context.Context) (Report, error) {
 
 // Close writes a final checkpoint.
 func (l *Log) Close(ctx context.Context) error { return l.Checkpoint(ctx) }
+
+// ConfigChanges compares a start's configuration (as config.Config.Flat gives it) with the one
+// the previous start recorded, records this one, and returns the keys that changed, sorted (all
+// of them on a first start).
+func (l *Log) ConfigChanges(ctx context.Context, flat map[string]string) ([]string, error) {
+	var prev map[string]string
+	if e, err := l.state.Get(ctx, "config"); err == nil {
+		_ = json.Unmarshal(e.Value(), &prev)
+	} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, err
+	}
+	var changed []string
+	for k, v := range flat {
+		if pv, ok := prev[k]; !ok || pv != v {
+			changed = append(changed, k)
+		}
+	}
+	sort.Strings(changed)
+	b, _ := json.Marshal(flat)
+	if _, err := l.state.Put(ctx, "config", b); err != nil {
+		return nil, err
+	}
+	return changed, nil
+}

@@ -1,10 +1,15 @@
 package config
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
 	"log/slog"
 	"reflect"
 	"strings"
 	"time"
+
+	"github.com/penstock/penstock/internal/redact"
 )
 
 // LogValue logs the configuration by its keys (api.limits.conn_rate), durations as text and
@@ -23,3 +28,25 @@ func (c Config) LogValue() slog.Value {
 }
 
 var _ slog.LogValuer = Config{}
+
+// Flat returns every key's value as text, secrets as [redacted] (a changed secret shows as a
+// changed fingerprint instead, so a change of key is visible without the key).
+func (c Config) Flat() map[string]string {
+	root := reflect.ValueOf(c)
+	out := make(map[string]string, len(leafPaths))
+	for _, key := range Keys() {
+		v := fieldByPath(root, strings.Split(key, ".")).Interface()
+		switch x := v.(type) {
+		case redact.Secret:
+			if x.IsZero() {
+				out[key] = ""
+			} else {
+				sum := sha256.Sum256([]byte("penstock config fingerprint\x00" + x.Reveal()))
+				out[key] = "[redacted " + hex.EncodeToString(sum[:4]) + "]"
+			}
+		default:
+			out[key] = fmt.Sprint(v)
+		}
+	}
+	return out
+}

@@ -227,6 +227,8 @@ func (a *App) Run(ctx context.Context) error {
 		"data_dir", a.cfg.DataDir, "ca", a.certs.CAPath())
 	fctx, stopForwarding := context.WithCancel(context.Background())
 	var forwarders sync.WaitGroup
+	forwarders.Add(1)
+	go func() { defer forwarders.Done(); a.audit.Checkpoints(fctx) }()
 	for _, sink := range a.sinks {
 		forwarders.Add(1)
 		go func() {

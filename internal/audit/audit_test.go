@@ -211,3 +211,43 @@ func TestExportVerifiesOnItsOwn(t *testing.T) {
 		}
 	}
 }
+
+// Across the retention boundary: a log whose prefix expired verifies from its first remaining
+// checkpoint; an event missing after that checkpoint is still a deletion.
+func TestVerifyAcrossExpiry(t *testing.T) {
+	l, _ := openLog(t)
+	appendN(t, l, 30)
+	l.Checkpoint(ctx)
+	appendN(t, l, 30)
+	l.Checkpoint(ctx)
+	appendN(t, l, 9)
+	l.Checkpoint(ctx)
+	recs := records(t, l)
+	anchor, _ := l.Anchor(ctx)
+	first := -1
+	for i, r := range recs {
+		if r.Checkpoint != nil {
+			first = i
+			break
+		}
+	}
+	// Expiry took the first 20 records, part of the segment before the first checkpoint.
+	expired := recs[20:]
+	if rep := Verify(expired, l.PublicKey(), anchor); rep.OK {
+		t.Fatal("a log missing its start verifies as if nothing had expired")
+	}
+	if rep := VerifyExpired(expired, l.PublicKey(), anchor); !rep.OK {
+		t.Fatalf("expired prefix: %+v", rep.Break)
+	}
+	// Expiry up to the first checkpoint exactly, and beyond it (the first checkpoint gone too).
+	for _, cut := range []int{first, first + 1, first + 12} {
+		if rep := VerifyExpired(recs[cut:], l.PublicKey(), anchor); !rep.OK {
+			t.Fatalf("expired up to record %d: %+v", cut, rep.Break)
+		}
+	}
+	// A deletion after the first remaining checkpoint is not expiry.
+	tampered := append(append([]Record{}, expired[:first+5-20]...), expired[first+6-20:]...)
+	if rep := VerifyExpired(tampered, l.PublicKey(), anchor); rep.OK || rep.Break.Kind != Deleted {
+		t.Fatalf("deletion after the boundary: %+v", rep)
+	}
+}

@@ -286,7 +286,8 @@ func (l *Log) Records(ctx context.Context, from uint64, fn func(Record) bool) er
 	return nil
 }
 
-// VerifyAll verifies the whole stream against the kept checkpoint.
+// VerifyAll verifies the whole stream against the kept checkpoint, allowing for a prefix
+// that expired with the retention limit.
 func (l *Log) VerifyAll(ctx context.Context) (Report, error) {
 	var recs []Record
 	if err := l.Records(ctx, 1, func(r Record) bool { recs = append(recs, r); return true }); err != nil {
@@ -296,7 +297,40 @@ func (l *Log) VerifyAll(ctx context.Context) (Report, error) {
 	if err != nil {
 		return Report{}, err
 	}
+	info, err := l.stream.Info(ctx)
+	if err != nil {
+		return Report{}, err
+	}
+	if info.State.FirstSeq > 1 {
+		return VerifyExpired(recs, l.PublicKey(), anchor), nil
+	}
 	return Verify(recs, l.PublicKey(), anchor), nil
+}
+
+// CheckpointInterval is the longest time between two checkpoints while events are written:
+// the partial segment expiry can leave is at most this long.
+const CheckpointInterval = time.Hour
+
+// Checkpoints writes a checkpoint every CheckpointInterval if events were appended since the
+// last one, until ctx ends.
+func (l *Log) Checkpoints(ctx context.Context) {
+	t := time.NewTicker(CheckpointInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			l.mu.Lock()
+			pending := l.pending
+			l.mu.Unlock()
+			if pending > 0 {
+				if err := l.Checkpoint(ctx); err != nil {
+					l.log.Warn("audit checkpoint", "error", err)
+				}
+			}
+		}
+	}
 }
 
 // Close writes a final checkpoint.

@@ -40,17 +40,27 @@ type Break struct {
 // anchor, if given, is the latest checkpoint as kept outside the stream: a log whose chains end
 // before it was cut back (its tail, checkpoints included, removed).
 func Verify(records []Record, pub ed25519.PublicKey, anchor *Checkpoint) Report {
-	return verify(records, pub, anchor, nil)
+	return verify(records, pub, anchor, nil, false)
+}
+
+// VerifyExpired is Verify for a log whose oldest records have expired (the stream no longer
+// starts at sequence 1). Expiry removes a prefix of the log; the records before its first
+// remaining checkpoint form a partial segment whose chains may begin mid-way. From that
+// checkpoint on, every chain must be whole: an event missing after it is a deletion, not
+// expiry. Penstock checkpoints at least hourly, so the partial segment spans at most an hour.
+func VerifyExpired(records []Record, pub ed25519.PublicKey, anchor *Checkpoint) Report {
+	return verify(records, pub, anchor, nil, true)
 }
 
 // VerifyExport verifies part of the log on its own: each chain may begin where the export's
 // header says it does (the index and hash before its first exported event), and checkpoints
 // are checked for the chains the export holds.
 func VerifyExport(records []Record, pub ed25519.PublicKey, starts map[string]Head) Report {
-	return verify(records, pub, nil, starts)
+	return verify(records, pub, nil, starts, false)
 }
 
-func verify(records []Record, pub ed25519.PublicKey, anchor *Checkpoint, starts map[string]Head) Report {
+func verify(records []Record, pub ed25519.PublicKey, anchor *Checkpoint, starts map[string]Head, expired bool) Report {
+	partial := expired // still in the partial segment expiry left, before the first checkpoint
 	rep := Report{}
 	type state = chainState
 	chains := map[string]*state{}
@@ -82,6 +92,11 @@ func verify(records []Record, pub ed25519.PublicKey, anchor *Checkpoint, starts 
 				if starts != nil && st == nil {
 					continue // a chain this export does not hold
 				}
+				if partial && st == nil {
+					// Every event of this chain before the checkpoint expired: it resumes here.
+					st = &state{index: h.Index, hash: h.Hash}
+					chains[chain] = st
+				}
 				if st == nil || st.index < h.Index {
 					// The checkpoint names events not seen before it: they were removed.
 					return fail(Deleted, c.Seq, chain, h.Index, "checkpoint records %s at %d, the log has it at %d", chain, h.Index, indexOf(st))
@@ -91,6 +106,7 @@ func verify(records []Record, pub ed25519.PublicKey, anchor *Checkpoint, starts 
 				}
 			}
 			rep.Checkpoints++
+			partial = false
 			continue
 		}
 		e := r.Event
@@ -103,6 +119,10 @@ func verify(records []Record, pub ed25519.PublicKey, anchor *Checkpoint, starts 
 		st := chains[e.Chain]
 		if st == nil {
 			st = &state{}
+			if partial {
+				// The chain's earlier events expired: it begins where its first remaining event says.
+				st = &state{index: e.Index - 1, hash: e.Prev}
+			}
 			chains[e.Chain] = st
 		}
 		switch want := st.index + 1; {

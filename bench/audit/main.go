@@ -49,6 +49,7 @@ func main() {
 		fmt.Printf("%-28s %7d %10.0f %10s %10s %9.2fx\n", "audit append (chained)", writers, a.rate, a.p50, a.p99, a.rate/p.rate)
 		fmt.Printf("%-28s %7d %10.0f %10s %10s %10s\n", "plain publish (peer)", writers, p.rate, p.p50, p.p99, "-")
 	}
+	requests(ctx, st, l, 1000)
 }
 
 type result struct {

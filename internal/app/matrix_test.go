@@ -26,7 +26,7 @@ var may = map[authz.Action][]authz.Role{
 	authz.AllowlistManage: {authz.Owner, authz.Admin},
 	authz.SecretWrite:     {authz.Owner, authz.Admin, authz.Developer},
 	authz.SecretRead:      {authz.Owner, authz.Admin, authz.Developer, authz.Operator, authz.Viewer},
-	authz.AuditRead:       {authz.Owner, authz.Admin, authz.Auditor},
+	authz.AuditRead:       {authz.Owner, authz.Auditor},
 }
 
 type principal struct {

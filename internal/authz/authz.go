@@ -59,7 +59,7 @@ var (
 		Owner: {TenantRead, TenantDelete, EnvManage, AppManage, RoleManage, APIKeyManage, AllowlistManage, SecretWrite,
 			SecretRead, QueuePublish, QueueConsume, QueueManage, PipelineManage, PipelineRun, AuditRead},
 		Admin: {TenantRead, EnvManage, AppManage, RoleManage, APIKeyManage, AllowlistManage, SecretWrite, SecretRead,
-			QueuePublish, QueueConsume, QueueManage, PipelineManage, PipelineRun, AuditRead},
+			QueuePublish, QueueConsume, QueueManage, PipelineManage, PipelineRun},
 		Developer: {TenantRead, AppManage, SecretWrite, SecretRead, QueuePublish, QueueConsume, QueueManage, PipelineManage, PipelineRun},
 		Operator:  {TenantRead, SecretRead, QueuePublish, QueueConsume, PipelineRun},
 		Viewer:    readOnly,

@@ -67,7 +67,11 @@ func Load(src Sources) (Config, error) {
 				errs = append(errs, FieldError{Path: leaf, Msg: describeDecodeError(t, map[string]any{})})
 				continue
 			}
-			errs = append(errs, FieldError{Path: key, Msg: "unknown key"})
+			path := key
+			if strings.Trim(path, ".") == "" || strings.Contains(path, "..") || strings.HasPrefix(path, ".") || strings.HasSuffix(path, ".") {
+				path = fmt.Sprintf("%q", key) // an empty key, or one made of separators
+			}
+			errs = append(errs, FieldError{Path: path, Msg: "unknown key"})
 		}
 		errs = dedupe(errs)
 		if err := k.Merge(fk); err != nil {

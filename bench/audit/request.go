@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/ed25519"
 	"fmt"
 	"io"
 	"log"
@@ -34,6 +35,7 @@ func (noAudit) Records(context.Context, uint64, func(audit.Record) bool) error {
 	return nil
 }
 func (noAudit) VerifyAll(context.Context) (audit.Report, error) { return audit.Report{OK: true}, nil }
+func (noAudit) PublicKey() ed25519.PublicKey                    { return nil }
 func (noAudit) Export(context.Context, io.Writer, string, time.Time, time.Time) error {
 	return nil
 }

@@ -568,11 +568,16 @@ func TestKeysAndSecretsCommands(t *testing.T) {
 	if code != 0 || os.WriteFile(exportFile, []byte(out), 0o600) != nil {
 		t.Fatalf("audit export: %d\n%s", code, out)
 	}
-	if code, out := p.cli("", "audit", "verify", "--file", exportFile); code != 0 || !strings.HasPrefix(out, "ok: ") {
+	code, pubKey := p.cli("", "audit", "key")
+	pubKey = strings.TrimSpace(pubKey)
+	if code != 0 || len(pubKey) != 44 {
+		t.Fatalf("audit key: %d %q", code, pubKey)
+	}
+	if code, out := p.cli("", "audit", "verify", "--file", exportFile, "--key", pubKey); code != 0 || !strings.HasPrefix(out, "ok: ") {
 		t.Fatalf("audit verify --file: %d\n%s", code, out)
 	}
 	os.WriteFile(exportFile, []byte(strings.Replace(out, `"result":"ok"`, `"result":"denied"`, 1)), 0o600)
-	if code, out := p.cli("", "audit", "verify", "--file", exportFile); code != 1 || !strings.Contains(out, "BROKEN: modified") {
+	if code, out := p.cli("", "audit", "verify", "--file", exportFile, "--key", pubKey); code != 1 || !strings.Contains(out, "BROKEN: modified") {
 		t.Fatalf("audit verify of an edited export: %d\n%s", code, out)
 	}
 }

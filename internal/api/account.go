@@ -2,6 +2,8 @@ package api
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"net/http"
 	"time"
@@ -73,6 +75,11 @@ func registerAccount(g gate, hapi huma.API, o Options) {
 		src := sourceFrom(ctx)
 		tok, sess, err := o.Identity.Login(ctx, o.Lockout, in.Body.User, redact.NewSecret(in.Body.Password), in.Body.Code, src)
 		actor := "user:" + in.Body.User
+		if _, known := o.Identity.User(in.Body.User); !known {
+			// What was typed may be a password: record only a fingerprint of it.
+			sum := sha256.Sum256([]byte("penstock unknown user\x00" + in.Body.User))
+			actor = "unknown-user:" + hex.EncodeToString(sum[:6])
+		}
 		if err != nil {
 			code := "auth.invalid_credentials"
 			switch {

@@ -3,6 +3,7 @@ package api
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"io"
 	"time"
 
@@ -23,6 +24,7 @@ type auditLog interface {
 	Append(ctx context.Context, e audit.Event) (audit.Event, error)
 	Records(ctx context.Context, from uint64, fn func(audit.Record) bool) error
 	VerifyAll(ctx context.Context) (audit.Report, error)
+	PublicKey() ed25519.PublicKey
 	Export(ctx context.Context, w io.Writer, tenant string, since, until time.Time) error
 }
 
@@ -178,7 +180,22 @@ type exportOutput struct {
 	Body        []byte
 }
 
+type keyOutput struct {
+	Body struct {
+		PublicKey []byte `json:"public_key" doc:"Ed25519 key that signs checkpoints; give it to audit verify --file"`
+	}
+}
+
 func registerAuditExport(g gate, hapi huma.API, o Options) {
+	register(g, hapi, Route{Action: authz.AuditRead}, huma.Operation{
+		OperationID: "audit-key", Method: http.MethodGet, Path: "/v1/audit/key", Tags: []string{"audit"},
+		Summary: "The public key that signs audit checkpoints, to verify exports with",
+	}, platformScope[struct{}], func(ctx context.Context, _ *caller, _ *struct{}) (*keyOutput, error) {
+		out := &keyOutput{}
+		out.Body.PublicKey = o.Audit.PublicKey()
+		return out, nil
+	})
+
 	register(g, hapi, Route{Action: authz.AuditRead}, huma.Operation{
 		OperationID: "audit-export", Method: http.MethodGet, Path: "/v1/audit/export", Tags: []string{"audit"},
 		Summary: "Export events and checkpoints of a time range as NDJSON, with what verifying it on its own needs",

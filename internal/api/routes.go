@@ -58,10 +58,12 @@ func register[I, O any](g gate, hapi huma.API, r Route, op huma.Operation, resou
 			return nil, NewError(http.StatusUnauthorized, "unauthenticated", "credentials are required")
 		}
 		if c.restricted != "" && !r.AccountSetup {
+			err := NewError(http.StatusForbidden, "auth.mfa_required", "enrol a second factor first (POST /v1/auth/mfa/enrol)")
 			if c.restricted == "password" {
-				return nil, NewError(http.StatusForbidden, "auth.password_change_required", "change your password first (POST /v1/auth/password)")
+				err = NewError(http.StatusForbidden, "auth.password_change_required", "change your password first (POST /v1/auth/password)")
 			}
-			return nil, NewError(http.StatusForbidden, "auth.mfa_required", "enrol a second factor first (POST /v1/auth/mfa/enrol)")
+			g.record(ctx, c.actor(), r, authz.Platform, err)
+			return nil, err
 		}
 		sc := authz.Platform
 		if !r.Listing && !r.AccountSetup {

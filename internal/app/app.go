@@ -140,7 +140,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 	if a.sinks, err = auditSinks(cfg.Audit); err != nil {
 		return nil, err
 	}
-	flat := cfg.Flat()
+	flat := cfg.Flat(a.audit.Fingerprint)
 	changed, err := a.audit.ConfigChanges(ctx, flat)
 	if err != nil {
 		return nil, err

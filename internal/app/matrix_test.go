@@ -90,6 +90,7 @@ func TestEveryRouteForEveryRoleAndScope(t *testing.T) {
 		"audit-list":   func(principal) call { return call{"GET", "/v1/audit?tenant=acme&limit=5", nil, acme} },
 		"audit-verify": func(principal) call { return call{"GET", "/v1/audit/verify", nil, authz.Platform} },
 		"audit-export": func(principal) call { return call{"GET", "/v1/audit/export?tenant=acme", nil, acme} },
+		"audit-key":    func(principal) call { return call{"GET", "/v1/audit/key", nil, authz.Platform} },
 		"keys-rotate": func(principal) call {
 			return call{"POST", "/v1/keys/rotate", map[string]string{"scope": "acme/production/billing"}, authz.Platform}
 		},

@@ -74,8 +74,17 @@ func (c Checkpoint) signed() []byte {
 	return b
 }
 
-// Record is an entry of the stream: an event or a checkpoint.
+// Record is an entry of the stream: an event or a checkpoint. Malformed marks a stored entry
+// that is neither as Penstock writes it (bad JSON, extra or duplicate fields, a chain that is
+// not its subject's): verification reports it as modified.
 type Record struct {
 	Event      *Event      `json:"event,omitempty"`
 	Checkpoint *Checkpoint `json:"checkpoint,omitempty"`
+	Malformed  uint64      `json:"malformed,omitempty"` // the stream sequence of such an entry
+}
+
+func (e *Event) withSeq(seq uint64) Event {
+	c := *e
+	c.Seq = seq
+	return c
 }

@@ -196,17 +196,17 @@ func TestExportVerifiesOnItsOwn(t *testing.T) {
 		if err := l.Export(ctx, &buf, tenant, mid, time.Time{}); err != nil {
 			t.Fatal(err)
 		}
-		rep, err := VerifyExportFile(bytes.NewReader(buf.Bytes()))
+		rep, err := VerifyExportFile(bytes.NewReader(buf.Bytes()), l.PublicKey())
 		if err != nil || !rep.OK || rep.Events == 0 {
 			t.Fatalf("export of %q: %+v %v", tenant, rep, err)
 		}
 		lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
 		edited := strings.Join(append(lines[:3], lines[4:]...), "\n") // one record dropped
-		if rep, err := VerifyExportFile(strings.NewReader(edited)); err != nil || rep.OK {
+		if rep, err := VerifyExportFile(strings.NewReader(edited), l.PublicKey()); err != nil || rep.OK {
 			t.Fatalf("an export with a record dropped verifies: %+v %v", rep, err)
 		}
 		edited = strings.Replace(buf.String(), `"action":"secret.write"`, `"action":"secret.read"`, 1)
-		if rep, err := VerifyExportFile(strings.NewReader(edited)); err != nil || rep.OK || rep.Break.Kind != Modified {
+		if rep, err := VerifyExportFile(strings.NewReader(edited), l.PublicKey()); err != nil || rep.OK || rep.Break.Kind != Modified {
 			t.Fatalf("an edited export: %+v %v", rep, err)
 		}
 	}
@@ -249,5 +249,101 @@ func TestVerifyAcrossExpiry(t *testing.T) {
 	tampered := append(append([]Record{}, expired[:first+5-20]...), expired[first+6-20:]...)
 	if rep := VerifyExpired(tampered, l.PublicKey(), anchor); rep.OK || rep.Break.Kind != Deleted {
 		t.Fatalf("deletion after the boundary: %+v", rep)
+	}
+}
+
+// Forgeries that need no key: a chain rewritten end to end with its hashes recomputed, an
+// export made up or signed by another key, and stored JSON with a duplicate field.
+func TestVerifyRefusesForgeries(t *testing.T) {
+	l, _ := openLog(t)
+	appendN(t, l, 12)
+	l.Checkpoint(ctx)
+	appendN(t, l, 6)
+	l.Checkpoint(ctx)
+	recs := records(t, l)
+	anchor, _ := l.Anchor(ctx)
+
+	// Rewrite chain acme: every event's actor changed, hashes and links recomputed.
+	b, _ := json.Marshal(recs)
+	var forged []Record
+	json.Unmarshal(b, &forged)
+	prev := ""
+	for _, r := range forged {
+		if r.Event != nil && r.Event.Chain == "acme" {
+			r.Event.Actor, r.Event.Prev = "user:mallory", prev
+			r.Event.Hash = r.Event.computeHash()
+			prev = r.Event.Hash
+		}
+	}
+	if rep := Verify(forged, l.PublicKey(), anchor); rep.OK {
+		t.Fatal("a rewritten chain verifies")
+	}
+	// The same with every checkpoint removed: the kept one still catches it.
+	var noCheckpoints []Record
+	for _, r := range forged {
+		if r.Checkpoint == nil {
+			noCheckpoints = append(noCheckpoints, r)
+		}
+	}
+	if rep := Verify(noCheckpoints, l.PublicKey(), anchor); rep.OK {
+		t.Fatal("a rewritten chain without checkpoints verifies")
+	}
+
+	// An export signed by another key, or claiming another key, is refused.
+	var buf bytes.Buffer
+	l.Export(ctx, &buf, "", time.Time{}, time.Time{})
+	other, _ := openLog(t)
+	if _, err := VerifyExportFile(bytes.NewReader(buf.Bytes()), other.PublicKey()); err == nil {
+		t.Fatal("an export verified against another key")
+	}
+	// An export with its checkpoints removed proves nothing.
+	var kept []string
+	for _, line := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
+		if !strings.HasPrefix(line, `{"checkpoint"`) {
+			kept = append(kept, line)
+		}
+	}
+	if rep, err := VerifyExportFile(strings.NewReader(strings.Join(kept, "\n")), l.PublicKey()); err != nil || rep.OK {
+		t.Fatalf("an export without checkpoints verifies: %+v %v", rep, err)
+	}
+
+	// A stored event with a duplicate field decodes to one value and shows another.
+	good, _ := json.Marshal(recs[0].Event.withSeq(0))
+	dup := bytes.Replace(good, []byte(`"actor":"`), []byte(`"actor":"user:mallory","ACTOR":"`), 1)
+	if r := decodeRecord(1, chainSubject+recs[0].Event.Chain, dup); r.Malformed == 0 {
+		t.Fatal("a record with a duplicate field is accepted")
+	}
+	if r := decodeRecord(1, chainSubject+"globex", good); recs[0].Event.Chain != "globex" && r.Malformed == 0 {
+		t.Fatal("an event on another chain's subject is accepted")
+	}
+	if r := decodeRecord(1, chainSubject+recs[0].Event.Chain, good); r.Event == nil {
+		t.Fatal("a genuine record is refused")
+	}
+}
+
+// An older checkpoint cannot replace the kept one.
+func TestAnchorOnlyMovesForward(t *testing.T) {
+	l, _ := openLog(t)
+	appendN(t, l, 3)
+	l.Checkpoint(ctx)
+	first, _ := l.Anchor(ctx)
+	appendN(t, l, 3)
+	l.Checkpoint(ctx)
+	second, _ := l.Anchor(ctx)
+	if second.Seq <= first.Seq {
+		t.Fatalf("anchor did not advance: %d then %d", first.Seq, second.Seq)
+	}
+	// Cut the log back to the first checkpoint, as if its tail were removed, with the anchor
+	// left in place: verify says truncated.
+	recs := records(t, l)
+	var cut []Record
+	for _, r := range recs {
+		cut = append(cut, r)
+		if r.Checkpoint != nil && r.Checkpoint.Seq == first.Seq {
+			break
+		}
+	}
+	if rep := Verify(cut, l.PublicKey(), second); rep.OK || rep.Break.Kind != Truncated {
+		t.Fatalf("cut-back log: %+v", rep)
 	}
 }

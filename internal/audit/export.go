@@ -21,14 +21,26 @@ type ExportHeader struct {
 }
 
 // Export writes the records of [since, until) (of one tenant's chain, if tenant is set) as
-// NDJSON: a header line, then one record a line, checkpoints included.
+// NDJSON: a header line, then one record a line, checkpoints included, ending with a
+// checkpoint that covers the range (the first one after it, or one written now).
 func (l *Log) Export(ctx context.Context, w io.Writer, tenant string, since, until time.Time) error {
+	if until.IsZero() || until.After(l.now()) {
+		// Close the range with a checkpoint now, so its last events are covered by a signature.
+		if err := l.Checkpoint(ctx); err != nil {
+			return err
+		}
+	}
 	hdr := ExportHeader{Format: "penstock-audit-export-v1", PublicKey: l.PublicKey(), Tenant: tenant, Since: since, Until: until, Starts: map[string]Head{}}
 	var recs []Record
 	in := func(t time.Time) bool {
 		return (since.IsZero() || !t.Before(since)) && (until.IsZero() || t.Before(until))
 	}
 	err := l.Records(ctx, 1, func(r Record) bool {
+		if r.Checkpoint != nil && !until.IsZero() && !r.Checkpoint.Time.Before(until) {
+			// The first checkpoint after the range: it covers the range's last events.
+			recs = append(recs, r)
+			return false
+		}
 		switch {
 		case r.Event != nil:
 			e := r.Event
@@ -64,15 +76,17 @@ func (l *Log) Export(ctx context.Context, w io.Writer, tenant string, since, unt
 	return bw.Flush()
 }
 
-// VerifyExportFile reads an export and verifies it on its own.
-func VerifyExportFile(r io.Reader) (Report, error) {
+// VerifyExportFile reads an export and verifies it on its own against pub, the log's public
+// key obtained apart from the export (penstock audit key): the key in the export's header is
+// only compared with it, never trusted.
+func VerifyExportFile(r io.Reader, pub ed25519.PublicKey) (Report, error) {
 	dec := json.NewDecoder(r)
 	var hdr ExportHeader
 	if err := dec.Decode(&hdr); err != nil || hdr.Format != "penstock-audit-export-v1" {
 		return Report{}, fmt.Errorf("not a penstock audit export")
 	}
-	if len(hdr.PublicKey) != ed25519.PublicKeySize {
-		return Report{}, fmt.Errorf("export header: bad public key")
+	if len(hdr.PublicKey) != ed25519.PublicKeySize || !pub.Equal(ed25519.PublicKey(hdr.PublicKey)) {
+		return Report{}, fmt.Errorf("the export names another signing key than the one given")
 	}
 	var recs []Record
 	for {
@@ -86,5 +100,5 @@ func VerifyExportFile(r io.Reader) (Report, error) {
 		}
 		recs = append(recs, rec)
 	}
-	return VerifyExport(recs, ed25519.PublicKey(hdr.PublicKey), hdr.Starts), nil
+	return VerifyExport(recs, pub, hdr.Starts), nil
 }

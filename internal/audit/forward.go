@@ -58,7 +58,8 @@ func (l *Log) Forward(ctx context.Context, sink Sink) error {
 		for msg := range batch.Messages() {
 			var e Event
 			if err := json.Unmarshal(msg.Data(), &e); err != nil {
-				_ = msg.Term() // not an event; never deliverable
+				l.log.Error("audit forward: a stored record is not an event; skipped (audit verify reports it)", "sink", sink.Name())
+				_ = msg.Term()
 				continue
 			}
 			if meta, err := msg.Metadata(); err == nil {
@@ -66,6 +67,7 @@ func (l *Log) Forward(ctx context.Context, sink Sink) error {
 			}
 			for ctx.Err() == nil {
 				if err := sink.Deliver(ctx, e); err != nil {
+					_ = msg.InProgress() // keep the event while retrying: no redelivery elsewhere
 					l.log.Warn("audit forward: delivery failed; retrying", "sink", sink.Name(), "seq", e.Seq, "error", err)
 					sleep(ctx, backoff)
 					backoff = min(backoff*2, 30*time.Second)

@@ -1,9 +1,13 @@
 package audit
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -160,6 +164,7 @@ func (l *Log) Append(ctx context.Context, e Event) (Event, error) {
 		if l.pending >= CheckpointEvery {
 			if err := l.checkpointLocked(ctx); err != nil {
 				l.log.Warn("audit checkpoint", "error", err)
+				l.pending = 0 // the hourly checkpoint retries; not every append
 			}
 		}
 		return e, nil
@@ -223,9 +228,29 @@ func (l *Log) checkpointLocked(ctx context.Context) error {
 		return fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
 	c.Seq = ack.Sequence
-	b, _ = json.Marshal(c)
-	if _, err := l.state.Put(ctx, anchorKey, b); err != nil {
-		return fmt.Errorf("%w: %v", ErrUnavailable, err)
+	// The anchor only moves forward: another node's newer checkpoint is kept, and an older
+	// one is never written back over it.
+	for attempt := 0; attempt < 5; attempt++ {
+		cur, err := l.state.Get(ctx, anchorKey)
+		var rev uint64
+		if err == nil {
+			var prev Checkpoint
+			if json.Unmarshal(cur.Value(), &prev) == nil && prev.Seq >= c.Seq {
+				break
+			}
+			rev = cur.Revision()
+		} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
+			return fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		b, _ = json.Marshal(c)
+		if rev == 0 {
+			_, err = l.state.Create(ctx, anchorKey, b)
+		} else {
+			_, err = l.state.Update(ctx, anchorKey, b, rev)
+		}
+		if err == nil {
+			break
+		}
 	}
 	l.pending = 0
 	return nil
@@ -265,20 +290,7 @@ func (l *Log) Records(ctx context.Context, from uint64, fn func(Record) bool) er
 		if err != nil {
 			return err
 		}
-		var r Record
-		if msg.Subject == checkpointSubject {
-			var c Checkpoint
-			if json.Unmarshal(msg.Data, &c) == nil {
-				c.Seq = seq
-				r.Checkpoint = &c
-			}
-		} else {
-			var e Event
-			if json.Unmarshal(msg.Data, &e) == nil {
-				e.Seq = seq
-				r.Event = &e
-			}
-		}
+		r := decodeRecord(seq, msg.Subject, msg.Data)
 		if !fn(r) {
 			return nil
 		}
@@ -358,4 +370,37 @@ func (l *Log) ConfigChanges(ctx context.Context, flat map[string]string) ([]stri
 		return nil, err
 	}
 	return changed, nil
+}
+
+// decodeRecord reads a stored entry, marking it Malformed unless it is byte for byte what
+// Penstock writes for its subject: duplicate, unknown or re-cased fields, or an event on
+// another chain's subject, are tampering.
+func decodeRecord(seq uint64, subject string, data []byte) Record {
+	if subject == checkpointSubject {
+		var c Checkpoint
+		if json.Unmarshal(data, &c) == nil {
+			if b, _ := json.Marshal(c); bytes.Equal(b, data) {
+				c.Seq = seq
+				return Record{Checkpoint: &c}
+			}
+		}
+		return Record{Malformed: seq}
+	}
+	var e Event
+	if json.Unmarshal(data, &e) == nil && subject == chainSubject+e.Chain && e.Seq == 0 {
+		if b, _ := json.Marshal(e); bytes.Equal(b, data) {
+			e.Seq = seq
+			return Record{Event: &e}
+		}
+	}
+	return Record{Malformed: seq}
+}
+
+// Fingerprint is a keyed hash of a value (HMAC-SHA256 under a key derived from the checkpoint
+// signing key, 12 hex characters): it shows whether a secret changed without allowing an offline
+// guess of it.
+func (l *Log) Fingerprint(v string) string {
+	m := hmac.New(sha256.New, append([]byte("penstock audit fingerprint\x00"), l.key.Seed()...))
+	m.Write([]byte(v))
+	return hex.EncodeToString(m.Sum(nil)[:6])
 }

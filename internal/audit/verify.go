@@ -3,6 +3,7 @@ package audit
 import (
 	"crypto/ed25519"
 	"fmt"
+	"time"
 )
 
 // Break kinds, the first of which Verify reports.
@@ -61,11 +62,46 @@ func VerifyExport(records []Record, pub ed25519.PublicKey, starts map[string]Hea
 
 func verify(records []Record, pub ed25519.PublicKey, anchor *Checkpoint, starts map[string]Head, expired bool) Report {
 	partial := expired // still in the partial segment expiry left, before the first checkpoint
+	// The hash of every (chain, index) seen, so checkpoints are compared wherever they point.
+	hashes := map[string]map[uint64]string{}
+	seen := func(chain string, index uint64) (string, bool) {
+		h, ok := hashes[chain][index]
+		return h, ok
+	}
+	remember := func(chain string, index uint64, hash string) {
+		if hashes[chain] == nil {
+			hashes[chain] = map[uint64]string{}
+		}
+		hashes[chain][index] = hash
+	}
+	if expired {
+		var first *Checkpoint
+		var firstTime, lastPartial time.Time
+		for _, r := range records {
+			if r.Checkpoint != nil {
+				first = r.Checkpoint
+				break
+			}
+			if r.Event != nil {
+				if firstTime.IsZero() {
+					firstTime = r.Event.Time
+				}
+				lastPartial = r.Event.Time
+			}
+		}
+		if first == nil {
+			return Report{Break: &Break{Kind: Truncated, Detail: "the log expired in part and holds no checkpoint to resume from"}}
+		}
+		if !firstTime.IsZero() && (first.Time.Sub(firstTime) > 2*CheckpointInterval || lastPartial.After(first.Time)) {
+			return Report{Break: &Break{Kind: Deleted, Detail: "the records before the first checkpoint span more than a segment: not an expired prefix"}}
+		}
+	}
 	rep := Report{}
 	type state = chainState
 	chains := map[string]*state{}
 	for chain, h := range starts {
 		chains[chain] = &state{index: h.Index, hash: h.Hash}
+		remember(chain, h.Index, h.Hash)
 	}
 	// Every (chain, index) present, to tell a reordering from a deletion.
 	present := map[string]map[uint64]bool{}
@@ -82,7 +118,11 @@ func verify(records []Record, pub ed25519.PublicKey, anchor *Checkpoint, starts 
 		rep.Chains = len(chains)
 		return rep
 	}
+	var lastCheckpoint *Checkpoint
 	for _, r := range records {
+		if r.Malformed != 0 {
+			return fail(Modified, r.Malformed, "", 0, "stored record is not as written (bad or extra fields, or the wrong chain)")
+		}
 		if c := r.Checkpoint; c != nil {
 			if !ed25519.Verify(pub, c.signed(), c.Signature) {
 				return fail(Forged, c.Seq, "", 0, "checkpoint signature does not verify")
@@ -96,17 +136,19 @@ func verify(records []Record, pub ed25519.PublicKey, anchor *Checkpoint, starts 
 					// Every event of this chain before the checkpoint expired: it resumes here.
 					st = &state{index: h.Index, hash: h.Hash}
 					chains[chain] = st
+					remember(chain, h.Index, h.Hash)
 				}
 				if st == nil || st.index < h.Index {
 					// The checkpoint names events not seen before it: they were removed.
 					return fail(Deleted, c.Seq, chain, h.Index, "checkpoint records %s at %d, the log has it at %d", chain, h.Index, indexOf(st))
 				}
-				if st.index == h.Index && st.hash != h.Hash {
-					return fail(Modified, c.Seq, chain, h.Index, "checkpoint head hash differs from the log's")
+				if got, ok := seen(chain, h.Index); ok && got != h.Hash || !ok && !partial {
+					return fail(Modified, c.Seq, chain, h.Index, "the event the checkpoint signed at %s/%d is not the log's", chain, h.Index)
 				}
 			}
 			rep.Checkpoints++
 			partial = false
+			lastCheckpoint = c
 			continue
 		}
 		e := r.Event
@@ -128,6 +170,7 @@ func verify(records []Record, pub ed25519.PublicKey, anchor *Checkpoint, starts 
 		switch want := st.index + 1; {
 		case e.Index == want && e.Prev == st.hash:
 			st.index, st.hash = e.Index, e.Hash
+			remember(e.Chain, e.Index, e.Hash)
 			rep.Events++
 		case e.Index > want:
 			if present[e.Chain][want] {
@@ -146,6 +189,30 @@ func verify(records []Record, pub ed25519.PublicKey, anchor *Checkpoint, starts 
 			st := chains[chain]
 			if st == nil || st.index < h.Index {
 				return fail(Truncated, 0, chain, h.Index, "chain %s ends at %d, before the checkpointed head %d", chain, indexOf(st), h.Index)
+			}
+			if got, ok := seen(chain, h.Index); !ok || got != h.Hash {
+				return fail(Modified, 0, chain, h.Index, "the event the kept checkpoint signed at %s/%d is not the log's", chain, h.Index)
+			}
+		}
+		if lastCheckpoint == nil || lastCheckpoint.Seq != c.Seq {
+			return fail(Truncated, 0, "", 0, "the log's last checkpoint is not the kept one (sequence %d)", c.Seq)
+		}
+	}
+	if starts != nil {
+		// An export proves itself only through signed checkpoints: every chain it holds must
+		// end at or before a checkpointed head the export carries.
+		for chain, st := range chains {
+			if st.index == starts[chain].Index {
+				continue // no events of this chain in the export
+			}
+			covered := false
+			if lastCheckpoint != nil {
+				if h, ok := lastCheckpoint.Heads[chain]; ok && h.Index >= st.index {
+					covered = true
+				}
+			}
+			if !covered {
+				return fail(Truncated, 0, chain, st.index, "no signed checkpoint in the export covers chain %s up to %d", chain, st.index)
 			}
 		}
 	}

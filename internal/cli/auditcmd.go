@@ -2,6 +2,9 @@ package cli
 
 import (
 	"context"
+	"crypto/ed25519"
+	"encoding/base64"
+	"errors"
 	"fmt"
 	"net/url"
 	"os"
@@ -34,12 +37,17 @@ func auditCmd(environ []string) *cobra.Command {
 		func(ctx context.Context, cf *clientFlags, cmd *cobra.Command, _ []string) error {
 			var rep audit.Report
 			if file, _ := cmd.Flags().GetString("file"); file != "" {
+				keyB64, _ := cmd.Flags().GetString("key")
+				pub, err := base64.StdEncoding.DecodeString(keyB64)
+				if err != nil || len(pub) != ed25519.PublicKeySize {
+					return errors.New("--key: the log's public key as penstock audit key prints it (base64), obtained apart from the export")
+				}
 				f, err := os.Open(file)
 				if err != nil {
 					return err
 				}
 				defer f.Close()
-				if rep, err = audit.VerifyExportFile(f); err != nil {
+				if rep, err = audit.VerifyExportFile(f, ed25519.PublicKey(pub)); err != nil {
 					return err
 				}
 			} else if err := cf.call(ctx, "GET", "/v1/audit/verify", nil, &rep); err != nil {
@@ -55,6 +63,18 @@ func auditCmd(environ []string) *cobra.Command {
 			return nil
 		})
 	verify.Flags().String("file", "", "verify an export file instead of the server's log")
+	verify.Flags().String("key", "", "with --file: the log's public key (penstock audit key)")
+	key := apiCmd(environ, "key", "Print the public key that signs checkpoints (base64), to verify exports with", cobra.NoArgs,
+		func(ctx context.Context, cf *clientFlags, cmd *cobra.Command, _ []string) error {
+			var out struct {
+				PublicKey []byte `json:"public_key"`
+			}
+			if err := cf.call(ctx, "GET", "/v1/audit/key", nil, &out); err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), base64.StdEncoding.EncodeToString(out.PublicKey))
+			return nil
+		})
 	export := apiCmd(environ, "export --format ndjson [--tenant T] [--since T] [--until T] > FILE", "Export events and checkpoints, verifiable on their own", cobra.NoArgs,
 		func(ctx context.Context, cf *clientFlags, cmd *cobra.Command, _ []string) error {
 			if f, _ := cmd.Flags().GetString("format"); f != "ndjson" {
@@ -77,5 +97,5 @@ func auditCmd(environ []string) *cobra.Command {
 	for _, f := range []string{"tenant", "since", "until"} {
 		export.Flags().String(f, "", f)
 	}
-	return group("audit", "The tamper-evident audit log", list, verify, export)
+	return group("audit", "The tamper-evident audit log", list, verify, export, key)
 }

@@ -1,10 +1,9 @@
 package config
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"reflect"
 	"strings"
 	"time"
@@ -29,9 +28,10 @@ func (c Config) LogValue() slog.Value {
 
 var _ slog.LogValuer = Config{}
 
-// Flat returns every key's value as text, secrets as [redacted] (a changed secret shows as a
-// changed fingerprint instead, so a change of key is visible without the key).
-func (c Config) Flat() map[string]string {
+// Flat returns every key's value as text, URLs without credentials, and secrets as
+// "[redacted <fingerprint>]" where fingerprint (a keyed hash the caller supplies) shows a
+// change of secret without the secret.
+func (c Config) Flat(fingerprint func(string) string) map[string]string {
 	root := reflect.ValueOf(c)
 	out := make(map[string]string, len(leafPaths))
 	for _, key := range Keys() {
@@ -41,12 +41,23 @@ func (c Config) Flat() map[string]string {
 			if x.IsZero() {
 				out[key] = ""
 			} else {
-				sum := sha256.Sum256([]byte("penstock config fingerprint\x00" + x.Reveal()))
-				out[key] = "[redacted " + hex.EncodeToString(sum[:4]) + "]"
+				out[key] = "[redacted " + fingerprint(x.Reveal()) + "]"
 			}
 		default:
-			out[key] = fmt.Sprint(v)
+			out[key] = stripUserinfo(fmt.Sprint(v))
 		}
 	}
 	return out
+}
+
+// stripUserinfo removes user:password@ from anything that looks like a URL.
+func stripUserinfo(s string) string {
+	parts := strings.Split(s, ",")
+	for i, p := range parts {
+		if u, err := url.Parse(strings.TrimSpace(p)); err == nil && u.User != nil && u.Host != "" {
+			u.User = nil
+			parts[i] = u.String()
+		}
+	}
+	return strings.Join(parts, ",")
 }

@@ -585,12 +585,19 @@ func TestKeysAndSecretsCommands(t *testing.T) {
 // bootstrapPassword reads the one-time password serve printed on its first start.
 func (p *proc) bootstrapPassword() string {
 	p.t.Helper()
-	out := p.stdout.String()
-	_, after, ok := strings.Cut(out, "one-time password:")
-	if !ok {
-		p.t.Fatalf("serve printed no bootstrap password:\n%s", out)
+	// Standard output is copied from the child by its own goroutine, which may lag behind the
+	// log line on standard error that said the server is up.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		out := p.stdout.String()
+		if _, after, ok := strings.Cut(out, "one-time password:"); ok && len(strings.Fields(after)) > 0 {
+			return strings.Fields(after)[0]
+		}
+		if time.Now().After(deadline) {
+			p.t.Fatalf("serve printed no bootstrap password:\n%s", out)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
-	return strings.Fields(after)[0]
 }
 
 // loginAsAdmin does a first login with the CLI as a new administrator must: log in with the

@@ -275,7 +275,7 @@ func TestTLSVersionsAndSuites(t *testing.T) {
 // A connection flood from one address is throttled while another address is still served.
 func TestConnectionFloodFromOneIP(t *testing.T) {
 	ta := startApp(t, func(c *config.Config) {
-		c.API.Limits.ConnRate = 5
+		c.API.Limits.ConnRate = 0.5 // slow refill: the count below holds even on a loaded machine
 		c.API.Limits.ConnBurst = 5
 	})
 	flooder := ta.client("127.0.0.2", nil)
@@ -350,7 +350,7 @@ func TestConcurrentConnectionCap(t *testing.T) {
 
 func TestRequestRateAndSizeLimits(t *testing.T) {
 	ta := startApp(t, func(c *config.Config) {
-		c.API.Limits.RequestRate = 1
+		c.API.Limits.RequestRate = 0.1 // slow refill: the count below holds even on a loaded machine
 		c.API.Limits.RequestBurst = 3
 		c.API.Limits.MaxBodyBytes = 1024
 		c.API.Limits.MaxHeaderBytes = 4096

@@ -15,6 +15,7 @@ import (
 	"github.com/penstock/penstock/internal/identity"
 	"github.com/penstock/penstock/internal/redact"
 	"github.com/penstock/penstock/internal/signing"
+	"github.com/penstock/penstock/internal/testenv"
 )
 
 func nonce(t *testing.T) string {
@@ -147,7 +148,7 @@ func TestLoginOverHTTP(t *testing.T) {
 	// A fresh server for the cookie (the first is locked for this address now).
 	tb := startApp(t, nil)
 	tb.adminSession(t)
-	b, _ := json.Marshal(map[string]string{"user": "admin", "password": tb.adminPassword, "code": totpCode(t, tb.adminTOTP, time.Now().Add(30*time.Second))})
+	b, _ := json.Marshal(map[string]string{"user": "admin", "password": tb.adminPassword, "code": testenv.TOTPCode(t, tb.adminTOTP, time.Now().Add(30*time.Second))})
 	req, _ := http.NewRequest("POST", tb.url("/v1/auth/login"), bytes.NewReader(b))
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := tb.client("", nil).Do(req)

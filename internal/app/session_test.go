@@ -1,22 +1,12 @@
 package app
 
 import (
+	"strings"
 	"testing"
 	"time"
 
-	"github.com/pquerna/otp"
-	"github.com/pquerna/otp/totp"
+	"github.com/penstock/penstock/internal/testenv"
 )
-
-// totpCode computes the current code of a TOTP secret, as an authenticator app would.
-func totpCode(t *testing.T, secret string, at time.Time) string {
-	t.Helper()
-	c, err := totp.GenerateCodeCustom(secret, at, totp.ValidateOpts{Period: 30, Digits: otp.DigitsSix, Algorithm: otp.AlgorithmSHA1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
 
 // adminSession logs the bootstrap administrator in, changes its one-time password and enrols
 // a second factor, as a first login must, and returns the resulting session token.
@@ -34,14 +24,14 @@ func (ta *testApp) adminSession(t *testing.T) string {
 		t.Fatalf("first login: %d %s", status, raw)
 	}
 	tok := body["token"].(string)
-	if status, _, raw := ta.call(t, "GET", "/v1/tenants", tok, nil); status != 403 || !contains(raw, "auth.password_change_required") {
+	if status, _, raw := ta.call(t, "GET", "/v1/tenants", tok, nil); status != 403 || !strings.Contains(raw, "auth.password_change_required") {
 		t.Fatalf("before the password change: %d %s", status, raw)
 	}
 	ta.adminPassword = "Chang3d-Secret-Pass"
 	if status, _, raw := ta.call(t, "POST", "/v1/auth/password", tok, map[string]string{"current": pw.Reveal(), "new": ta.adminPassword}); status != 204 {
 		t.Fatalf("password change: %d %s", status, raw)
 	}
-	if status, _, raw := ta.call(t, "GET", "/v1/tenants", tok, nil); status != 403 || !contains(raw, "auth.mfa_required") {
+	if status, _, raw := ta.call(t, "GET", "/v1/tenants", tok, nil); status != 403 || !strings.Contains(raw, "auth.mfa_required") {
 		t.Fatalf("before enrolling a second factor: %d %s", status, raw)
 	}
 	status, body, raw = ta.call(t, "POST", "/v1/auth/mfa/enrol", tok, nil)
@@ -49,7 +39,7 @@ func (ta *testApp) adminSession(t *testing.T) string {
 		t.Fatalf("enrol: %d %s", status, raw)
 	}
 	ta.adminTOTP = body["secret"].(string)
-	if status, _, raw := ta.call(t, "POST", "/v1/auth/mfa/verify", tok, map[string]string{"code": totpCode(t, ta.adminTOTP, time.Now())}); status != 204 {
+	if status, _, raw := ta.call(t, "POST", "/v1/auth/mfa/verify", tok, map[string]string{"code": testenv.TOTPCode(t, ta.adminTOTP, time.Now())}); status != 204 {
 		t.Fatalf("verify: %d %s", status, raw)
 	}
 	if status, _, raw := ta.call(t, "GET", "/v1/tenants", tok, nil); status != 200 {
@@ -57,15 +47,4 @@ func (ta *testApp) adminSession(t *testing.T) string {
 	}
 	ta.admin = tok
 	return tok
-}
-
-func contains(s, sub string) bool { return len(s) >= len(sub) && (s == sub || indexOf(s, sub) >= 0) }
-
-func indexOf(s, sub string) int {
-	for i := 0; i+len(sub) <= len(s); i++ {
-		if s[i:i+len(sub)] == sub {
-			return i
-		}
-	}
-	return -1
 }

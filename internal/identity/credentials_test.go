@@ -6,18 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pquerna/otp"
-	"github.com/pquerna/otp/totp"
+	"github.com/penstock/penstock/internal/testenv"
 )
-
-func codeAt(t *testing.T, secret string, at time.Time) string {
-	t.Helper()
-	c, err := totp.GenerateCodeCustom(secret, at, totp.ValidateOpts{Period: 30, Digits: otp.DigitsSix, Algorithm: otp.AlgorithmSHA1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
 
 func TestTOTP(t *testing.T) {
 	e, err := EnrolTOTP("alice")
@@ -29,21 +19,21 @@ func TestTOTP(t *testing.T) {
 	}
 	now := time.Unix(1_800_000_015, 0) // 15 s into a step
 	secret := e.Secret.Reveal()
-	step, err := VerifyTOTP(e.Secret, codeAt(t, secret, now), now, 0)
+	step, err := VerifyTOTP(e.Secret, testenv.TOTPCode(t, secret, now), now, 0)
 	if err != nil || step != now.Unix()/30 {
 		t.Fatalf("current code: step %d, %v", step, err)
 	}
 	// The same code again is a replay.
-	if _, err := VerifyTOTP(e.Secret, codeAt(t, secret, now), now, step); !errors.Is(err, ErrTOTP) {
+	if _, err := VerifyTOTP(e.Secret, testenv.TOTPCode(t, secret, now), now, step); !errors.Is(err, ErrTOTP) {
 		t.Fatalf("replayed code: %v", err)
 	}
 	// So is the previous step's code once the current one was used.
-	if _, err := VerifyTOTP(e.Secret, codeAt(t, secret, now.Add(-30*time.Second)), now, step); !errors.Is(err, ErrTOTP) {
+	if _, err := VerifyTOTP(e.Secret, testenv.TOTPCode(t, secret, now.Add(-30*time.Second)), now, step); !errors.Is(err, ErrTOTP) {
 		t.Fatalf("older code after a newer one: %v", err)
 	}
 	// ±1 step is accepted, ±2 is not.
 	for off, ok := range map[time.Duration]bool{-30 * time.Second: true, 30 * time.Second: true, -60 * time.Second: false, 60 * time.Second: false} {
-		_, err := VerifyTOTP(e.Secret, codeAt(t, secret, now.Add(off)), now, 0)
+		_, err := VerifyTOTP(e.Secret, testenv.TOTPCode(t, secret, now.Add(off)), now, 0)
 		if ok != (err == nil) {
 			t.Errorf("code from %v: %v, want ok=%v", off, err, ok)
 		}

@@ -9,12 +9,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pquerna/otp"
-	"github.com/pquerna/otp/totp"
-
 	"github.com/penstock/penstock/internal/authz"
 	"github.com/penstock/penstock/internal/keyring/keyringtest"
 	"github.com/penstock/penstock/internal/redact"
+	"github.com/penstock/penstock/internal/testenv"
 )
 
 var ctx = context.Background()
@@ -102,14 +100,6 @@ func TestTenantsAndApps(t *testing.T) {
 	}
 }
 
-func code(t *testing.T, secret redact.Secret, at time.Time) string {
-	c, err := totp.GenerateCodeCustom(secret.Reveal(), at, totp.ValidateOpts{Period: 30, Digits: otp.DigitsSix, Algorithm: otp.AlgorithmSHA1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
-
 func TestLoginMFAAndSessions(t *testing.T) {
 	nd := openNodes(t, 1)[0]
 	s := nd.store
@@ -145,7 +135,7 @@ func TestLoginMFAAndSessions(t *testing.T) {
 	if err := s.ConfirmMFA(ctx, lock, "alice", "000000"); !errors.Is(err, ErrBadCode) {
 		t.Fatalf("confirm with a wrong code: %v", err)
 	}
-	c := code(t, enr.Secret, *nd.now)
+	c := testenv.TOTPCode(t, enr.Secret.Reveal(), *nd.now)
 	if err := s.ConfirmMFA(ctx, lock, "alice", c); err != nil {
 		t.Fatal(err)
 	}
@@ -156,7 +146,7 @@ func TestLoginMFAAndSessions(t *testing.T) {
 		t.Fatalf("login replaying the enrolment code: %v", err)
 	}
 	*nd.now = nd.now.Add(30 * time.Second)
-	tok, sess, err = s.Login(ctx, lock, "alice", next, code(t, enr.Secret, *nd.now), "192.0.2.1")
+	tok, sess, err = s.Login(ctx, lock, "alice", next, testenv.TOTPCode(t, enr.Secret.Reveal(), *nd.now), "192.0.2.1")
 	if err != nil || !sess.MFA {
 		t.Fatalf("login with a code: %v", err)
 	}

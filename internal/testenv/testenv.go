@@ -17,6 +17,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/pquerna/otp"
+	"github.com/pquerna/otp/totp"
 )
 
 // NATSURL is the machine's NATS JetStream server, the external engine in tests.
@@ -109,3 +112,14 @@ func (l *LogBuffer) String() string {
 // keys, users, the audit log); one master key for all of them keeps it readable, as one
 // Penstock platform per NATS server would in production.
 const NATSMasterKey = "7e1a3c5b9d2f4a6c8e0b1d3f5a7c9e2b4d6f8a0c2e4b6d8f1a3c5e7b9d0f2a4c"
+
+// TOTPCode is the code an authenticator app shows for secret at a time (RFC 6238 as Penstock
+// uses it: SHA-1, 6 digits, 30 seconds).
+func TOTPCode(t testing.TB, secret string, at time.Time) string {
+	t.Helper()
+	c, err := totp.GenerateCodeCustom(secret, at, totp.ValidateOpts{Period: 30, Digits: otp.DigitsSix, Algorithm: otp.AlgorithmSHA1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}

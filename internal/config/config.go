@@ -23,6 +23,35 @@ type Config struct {
 	Keyring  Keyring  `koanf:"keyring"`
 	Identity Identity `koanf:"identity"`
 	Audit    Audit    `koanf:"audit"`
+	Fabric   Fabric   `koanf:"fabric"`
+}
+
+// Fabric configures queues and exchanges: the HTTPS publish path's group commit, the native
+// protocol listeners, queue defaults and the limits every tenant-environment gets.
+type Fabric struct {
+	// CommitWindow is how long the HTTPS publish path gathers concurrent publishes into one
+	// atomic batch (one fsync) after the first arrives; 0 sends what is queued at once.
+	CommitWindow time.Duration `koanf:"commit_window"`
+	// MaxCommit is the most messages in one atomic batch (JetStream allows 1000).
+	MaxCommit int `koanf:"max_commit"`
+	// MaxPublishBatch is the most messages one publish request may carry.
+	MaxPublishBatch int `koanf:"max_publish_batch"`
+	// Native protocol listeners of the embedded engine, each with TLS; empty is off.
+	NATSListen      string `koanf:"nats_listen"`
+	MQTTListen      string `koanf:"mqtt_listen"`
+	WebSocketListen string `koanf:"websocket_listen"`
+	// Queue defaults, used where a queue's own settings leave a value unset.
+	MaxAge          time.Duration `koanf:"max_age"`
+	MaxDeliveries   int           `koanf:"max_deliveries"`
+	AckWait         time.Duration `koanf:"ack_wait"`
+	DuplicateWindow time.Duration `koanf:"duplicate_window"`
+	// Limits every tenant-environment gets; 0 means no limit.
+	MaxConnections   int     `koanf:"max_connections"`
+	MaxSubscriptions int     `koanf:"max_subscriptions"`
+	MaxPayload       int     `koanf:"max_payload"`
+	MaxStorage       int64   `koanf:"max_storage"`
+	PublishRate      float64 `koanf:"publish_rate"`
+	PublishBytesRate float64 `koanf:"publish_bytes_rate"`
 }
 
 // Audit configures the audit log.
@@ -192,6 +221,11 @@ func Default() Config {
 		},
 		Engine: Engine{SyncInterval: "always", Replicas: 1},
 		Audit:  Audit{Retention: 400 * 24 * time.Hour},
+		Fabric: Fabric{
+			CommitWindow: 2 * time.Millisecond, MaxCommit: 500, MaxPublishBatch: 1000,
+			MaxAge: 14 * 24 * time.Hour, MaxDeliveries: 5, AckWait: 30 * time.Second, DuplicateWindow: 2 * time.Minute,
+			MaxConnections: 1000, MaxSubscriptions: 10000, MaxPayload: 1 << 20,
+		},
 		Identity: Identity{
 			SessionIdle: 30 * time.Minute, SessionMax: 12 * time.Hour, PasswordMinLength: 12,
 			Argon2MemoryKiB: 64 << 10, Argon2Time: 3, Argon2Threads: 2,

@@ -86,6 +86,7 @@ func (c Config) validate() FieldErrors {
 		}
 	}
 	c.Engine.validate(&v)
+	c.Fabric.validate(&v, c.Engine)
 	c.Keyring.validate(&v)
 	if c.Audit.Retention < 24*time.Hour {
 		v.add("audit.retention", "must be at least 24h")
@@ -117,6 +118,46 @@ func (c Config) validate() FieldErrors {
 		v.add("identity.argon2_threads", "must be at least 1")
 	}
 	return v.errs
+}
+
+func (f Fabric) validate(v *validator, e Engine) {
+	if f.CommitWindow < 0 || f.CommitWindow > time.Second {
+		v.add("fabric.commit_window", "must be between 0 and 1s")
+	}
+	v.between("fabric.max_commit", f.MaxCommit, 1, 1000)
+	v.between("fabric.max_publish_batch", f.MaxPublishBatch, 1, 10000)
+	for path, addr := range map[string]string{"fabric.nats_listen": f.NATSListen, "fabric.mqtt_listen": f.MQTTListen, "fabric.websocket_listen": f.WebSocketListen} {
+		if addr == "" {
+			continue
+		}
+		v.hostPort(path, addr, false)
+		if !e.Embedded() {
+			v.add(path, "only applies to the embedded engine (engine.nats_url is set)")
+		}
+	}
+	if f.NATSListen != "" && e.ClientListen != "" {
+		v.add("fabric.nats_listen", "set either fabric.nats_listen (TLS, tenant API keys) or engine.client_listen, not both: the engine has one client port")
+	}
+	v.positiveDuration("fabric.max_age", f.MaxAge)
+	v.between("fabric.max_deliveries", f.MaxDeliveries, 1, 1000)
+	if f.AckWait < time.Second {
+		v.add("fabric.ack_wait", "must be at least 1s")
+	}
+	if f.DuplicateWindow < 0 || f.DuplicateWindow > f.MaxAge {
+		v.add("fabric.duplicate_window", "must be between 0 and fabric.max_age")
+	}
+	v.between("fabric.max_connections", f.MaxConnections, 0, 1<<30)
+	v.between("fabric.max_subscriptions", f.MaxSubscriptions, 0, 1<<30)
+	v.between("fabric.max_payload", f.MaxPayload, 0, 64<<20)
+	if f.MaxStorage < 0 {
+		v.add("fabric.max_storage", "must not be negative")
+	}
+	if f.PublishRate < 0 {
+		v.add("fabric.publish_rate", "must not be negative")
+	}
+	if f.PublishBytesRate < 0 {
+		v.add("fabric.publish_bytes_rate", "must not be negative")
+	}
 }
 
 func (e Engine) validate(v *validator) {
@@ -217,6 +258,12 @@ func (v *validator) required(path, s string) {
 func (v *validator) positive(path string, f float64) {
 	if f <= 0 {
 		v.add(path, "must be positive")
+	}
+}
+
+func (v *validator) between(path string, n, lo, hi int) {
+	if n < lo || n > hi {
+		v.add(path, fmt.Sprintf("must be between %d and %d", lo, hi))
 	}
 }
 

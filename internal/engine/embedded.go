@@ -25,8 +25,11 @@ const TokenFile = "engine.token"
 
 type embedded struct {
 	ns        *server.Server
+	opts      *server.Options
 	token     redact.Secret
 	listening bool
+	native    Native
+	auth      *authenticator
 }
 
 var _ accounts = (*embedded)(nil)
@@ -43,7 +46,8 @@ func startEmbedded(o Options) (*embedded, error) {
 	if err != nil {
 		return nil, err
 	}
-	em := &embedded{token: token}
+	em := &embedded{token: token, native: o.Native}
+	em.auth = &authenticator{token: token}
 
 	opts := &server.Options{
 		ServerName:         "penstock",
@@ -58,7 +62,7 @@ func startEmbedded(o Options) (*embedded, error) {
 		DontListen:         true,
 		// Every account binding goes through authenticator; no connection lands in the
 		// global account.
-		CustomClientAuthentication: &authenticator{token: token},
+		CustomClientAuthentication: em.auth,
 	}
 	if sync == 0 {
 		opts.SyncAlways = true
@@ -86,12 +90,18 @@ func startEmbedded(o Options) (*embedded, error) {
 		em.listening = true
 	}
 
+	if err := applyNative(opts, o.Native); err != nil {
+		return nil, err
+	}
+	em.listening = em.listening || o.Native.NATSListen != ""
+	em.opts = opts
+
 	ns, err := server.NewServer(opts)
 	if err != nil {
 		return nil, fmt.Errorf("embedded engine: %w", err)
 	}
 	ns.SetLoggerV2(&natsLogger{log: o.Logger.With("source", "nats")}, false, false, false)
-	opts.CustomClientAuthentication.(*authenticator).srv = ns
+	em.auth.srv = ns
 	ns.Start()
 	if !ns.ReadyForConnections(30 * time.Second) {
 		ns.Shutdown()
@@ -126,15 +136,23 @@ func (em *embedded) close() {
 // authenticator binds a connection to the account named as its user, if it presents the
 // engine token and the account exists. Penstock's own in-process connections may bind to any
 // account; a connection over the network (engine.client_listen) only to the platform account.
+// Every other connection is a tenant's native client, decided by the fabric's NativeAuth.
 // No connection is ever left in the global or system account.
 type authenticator struct {
 	token redact.Secret
 	srv   *server.Server
+	nativeAuth
 }
 
 func (a *authenticator) Check(c server.ClientAuthentication) bool {
 	o := c.GetOpts()
-	if o == nil || !a.token.Equal(redact.NewSecret(o.Password)) || !accountName.MatchString(o.Username) {
+	if o == nil {
+		return false
+	}
+	if !a.token.Equal(redact.NewSecret(o.Password)) {
+		return a.checkNative(c, o)
+	}
+	if !accountName.MatchString(o.Username) {
 		return false
 	}
 	if o.Username != PlatformAccount && !inProcess(c.RemoteAddress()) {
@@ -146,6 +164,39 @@ func (a *authenticator) Check(c server.ClientAuthentication) bool {
 	}
 	c.RegisterUser(&server.User{Username: o.Username, Account: acc})
 	return true
+}
+
+// checkNative asks the fabric's decision for a tenant client and binds it to the account and
+// subjects it grants. Publish and subscribe are deny by default: only the grant's subjects.
+func (a *authenticator) checkNative(c server.ClientAuthentication, o *server.ClientOpts) bool {
+	a.mu.RLock()
+	decide := a.native
+	a.mu.RUnlock()
+	if decide == nil || inProcess(c.RemoteAddress()) {
+		return false
+	}
+	g, ok := decide(NativeClient{ID: c.GetID(), User: o.Username, Password: o.Password, Token: o.Token, Remote: c.RemoteAddress()})
+	if !ok || g.Account == PlatformAccount || !accountName.MatchString(g.Account) {
+		return false
+	}
+	acc, err := a.srv.LookupAccount(g.Account)
+	if err != nil || !acc.JetStreamEnabled() {
+		return false
+	}
+	perms := &server.Permissions{
+		Publish:   &server.SubjectPermission{Allow: nonNil(g.Publish)},
+		Subscribe: &server.SubjectPermission{Allow: nonNil(g.Subscribe)},
+	}
+	c.RegisterUser(&server.User{Username: g.Username, Account: acc, Permissions: perms, ConnectionDeadline: g.Expires})
+	return true
+}
+
+// nonNil keeps an empty allow list empty: a nil one would allow everything.
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
 }
 
 // inProcess reports whether a client connected through nats.InProcessServer, which uses an

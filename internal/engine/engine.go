@@ -38,7 +38,7 @@ var ErrClosed = errors.New("engine closed")
 // whose accounts are fixed by its operator).
 var ErrAccountUnavailable = errors.New("account not available on this engine")
 
-var accountName = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+var accountName = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,127}$`)
 
 // accounts maps a Penstock account name to a connection into the NATS account that holds it.
 // The embedded engine creates accounts on first use; an external server offers the one
@@ -61,6 +61,8 @@ type Options struct {
 	Logger           *slog.Logger
 	// NodeID names this process in readiness records; defaults to the server's ID.
 	NodeID string
+	// Native opens the embedded engine's listeners for tenants' own clients.
+	Native Native
 }
 
 // Engine is an open JetStream engine.
@@ -70,6 +72,7 @@ type Engine struct {
 	embedded *embedded // nil with an external server
 	replicas int
 	nodeID   string
+	dataDir  string
 
 	mu     sync.Mutex
 	cache  map[string]*Account
@@ -85,7 +88,7 @@ func Open(ctx context.Context, o Options) (*Engine, error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	e := &Engine{log: o.Logger, replicas: o.Config.Replicas, nodeID: o.NodeID, cache: map[string]*Account{}}
+	e := &Engine{log: o.Logger, replicas: o.Config.Replicas, nodeID: o.NodeID, dataDir: o.DataDir, cache: map[string]*Account{}}
 	if e.replicas == 0 {
 		e.replicas = 1
 	}
@@ -144,6 +147,19 @@ func (e *Engine) openStoredAccounts(ctx context.Context, dataDir string) error {
 	return nil
 }
 
+// HasAccount reports whether the named account exists: opened in this process or stored on
+// disk by the embedded engine.
+func (e *Engine) HasAccount(name string) bool {
+	e.mu.Lock()
+	_, ok := e.cache[name]
+	e.mu.Unlock()
+	if ok || e.embedded == nil || !accountName.MatchString(name) {
+		return ok
+	}
+	_, err := os.Stat(filepath.Join(e.dataDir, "jetstream", name))
+	return err == nil
+}
+
 // Embedded reports whether this process runs the NATS server.
 func (e *Engine) Embedded() bool { return e.embedded != nil }
 
@@ -174,7 +190,7 @@ func (e *Engine) Durability() string {
 // Account returns the named account, creating it on the embedded engine if it is new.
 func (e *Engine) Account(ctx context.Context, name string) (*Account, error) {
 	if !accountName.MatchString(name) {
-		return nil, fmt.Errorf("account name %q: must be 1-63 of a-z, 0-9, _ and -, starting with a letter or digit", name)
+		return nil, fmt.Errorf("account name %q: must be 1-128 of a-z, 0-9, _ and -, starting with a letter or digit", name)
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()

@@ -279,6 +279,12 @@ func (s *Store) VerifyAPIKey(presented string, source netip.Addr) (APIKey, error
 	return s.checkKey(id, &digest, source)
 }
 
+// StillValid reports whether a key that was verified earlier may still be used from source:
+// not revoked or expired, and its owner still holds its role.
+func (s *Store) StillValid(id string, source netip.Addr) (APIKey, error) {
+	return s.checkKey(id, nil, source)
+}
+
 // checkKey validates key id (and, if digest is given, its secret's digest) for use now.
 func (s *Store) checkKey(id string, digest *[32]byte, source netip.Addr) (APIKey, error) {
 	k, ok := s.APIKey(id)

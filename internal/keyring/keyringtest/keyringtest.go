@@ -23,12 +23,17 @@ type Stack struct {
 
 // Open builds a Stack in dir (a new data directory, with its own master key file).
 func Open(ctx context.Context, dir string) (*Stack, error) {
+	return OpenNative(ctx, dir, engine.Native{})
+}
+
+// OpenNative is Open with the engine's native listeners configured.
+func OpenNative(ctx context.Context, dir string, native engine.Native) (*Stack, error) {
 	m, err := keyring.LoadMaster(ctx, dir, config.Keyring{})
 	if err != nil {
 		return nil, err
 	}
 	cur, prev := m.StoreKey()
-	eng, err := engine.Open(ctx, engine.Options{DataDir: dir, Config: config.Default().Engine, StoreKey: cur, PreviousStoreKey: prev})
+	eng, err := engine.Open(ctx, engine.Options{DataDir: dir, Config: config.Default().Engine, StoreKey: cur, PreviousStoreKey: prev, Native: native})
 	if err != nil {
 		m.Close()
 		return nil, fmt.Errorf("engine: %w", err)

@@ -1,0 +1,221 @@
+package engine
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/jwt/v2"
+	"github.com/nats-io/nats-server/v2/server"
+)
+
+// Native configures the embedded engine's listeners for tenants' own clients: NATS, MQTT 3.1.1
+// and NATS over WebSocket, each with TLS. Who may connect, to which account and with which
+// permissions is decided by the NativeAuth the fabric installs; until it does, every tenant
+// connection is refused.
+type Native struct {
+	NATSListen, MQTTListen, WebSocketListen string
+	TLS                                     *tls.Config
+	// MaxPayload is the server-wide ceiling on one message; accounts may set less.
+	MaxPayload int32
+}
+
+func (n Native) any() bool { return n.NATSListen != "" || n.MQTTListen != "" || n.WebSocketListen != "" }
+
+// NativeClient is what a client on a native listener presented.
+type NativeClient struct {
+	ID       uint64 // the server's connection id, for Disconnect
+	User     string
+	Password string
+	Token    string
+	Remote   net.Addr
+}
+
+// NativeGrant is what an authenticated native client gets: one account and exactly these
+// subjects. Expires, if set, closes the connection then.
+type NativeGrant struct {
+	Account            string
+	Publish, Subscribe []string
+	// Username names the connection in the server's monitoring (never a credential).
+	Username string
+	Expires  time.Time
+}
+
+// NativeAuth decides a native client's grant; false refuses the connection.
+type NativeAuth func(NativeClient) (NativeGrant, bool)
+
+// AccountLimits are engine-enforced limits of one account; zero means no limit.
+type AccountLimits struct {
+	Connections   int
+	Subscriptions int
+	Payload       int
+	Storage       int64
+}
+
+// ErrNotEmbedded is returned by operations only the embedded engine supports.
+var ErrNotEmbedded = errors.New("only the embedded engine supports this")
+
+func applyNative(opts *server.Options, n Native) error {
+	if n.MaxPayload > 0 {
+		opts.MaxPayload = n.MaxPayload
+	}
+	if !n.any() {
+		return nil
+	}
+	if n.TLS == nil {
+		return errors.New("native listeners need a TLS configuration")
+	}
+	hp := func(field, addr string) (string, int, error) {
+		host, port, err := net.SplitHostPort(addr)
+		if err != nil {
+			return "", 0, fmt.Errorf("%s: %w", field, err)
+		}
+		p, err := strconv.Atoi(port)
+		if err != nil {
+			return "", 0, fmt.Errorf("%s: port: %w", field, err)
+		}
+		if p == 0 {
+			p = server.RANDOM_PORT
+		}
+		return host, p, nil
+	}
+	var err error
+	if n.NATSListen != "" {
+		opts.DontListen = false
+		if opts.Host, opts.Port, err = hp("fabric.nats_listen", n.NATSListen); err != nil {
+			return err
+		}
+		opts.TLSConfig = n.TLS
+		opts.TLS, opts.TLSVerify = true, false
+		opts.TLSTimeout = 5
+	}
+	if n.MQTTListen != "" {
+		if opts.MQTT.Host, opts.MQTT.Port, err = hp("fabric.mqtt_listen", n.MQTTListen); err != nil {
+			return err
+		}
+		opts.MQTT.TLSConfig = n.TLS
+		opts.MQTT.TLSTimeout = 5
+	}
+	if n.WebSocketListen != "" {
+		if opts.Websocket.Host, opts.Websocket.Port, err = hp("fabric.websocket_listen", n.WebSocketListen); err != nil {
+			return err
+		}
+		opts.Websocket.TLSConfig = n.TLS
+	}
+	return nil
+}
+
+// NativeAddrs are the addresses the native listeners are bound to ("" when off).
+type NativeAddrs struct{ NATS, MQTT, WebSocket string }
+
+// NativeAddrs reports where the native listeners are bound.
+func (e *Engine) NativeAddrs() NativeAddrs {
+	var out NativeAddrs
+	if e.embedded == nil {
+		return out
+	}
+	// The server writes the ports it bound (for port 0) back into its options.
+	o, n := e.embedded.opts, e.embedded.native
+	if n.NATSListen != "" {
+		if a := e.embedded.ns.Addr(); a != nil {
+			out.NATS = a.String()
+		}
+	}
+	if n.MQTTListen != "" {
+		out.MQTT = net.JoinHostPort(o.MQTT.Host, strconv.Itoa(o.MQTT.Port))
+	}
+	if n.WebSocketListen != "" {
+		out.WebSocket = net.JoinHostPort(o.Websocket.Host, strconv.Itoa(o.Websocket.Port))
+	}
+	return out
+}
+
+// SetNativeAuth installs the decision for native clients. Until it is called they are refused.
+func (e *Engine) SetNativeAuth(fn NativeAuth) {
+	if e.embedded == nil {
+		return
+	}
+	e.embedded.auth.mu.Lock()
+	e.embedded.auth.native = fn
+	e.embedded.auth.mu.Unlock()
+}
+
+// Disconnect closes a native client's connection.
+func (e *Engine) Disconnect(id uint64) error {
+	if e.embedded == nil {
+		return ErrNotEmbedded
+	}
+	return e.embedded.ns.DisconnectClientByID(id)
+}
+
+// ConnStat is one open connection's counters.
+type ConnStat struct {
+	ID              uint64
+	InMsgs, InBytes int64
+}
+
+// Connections lists the connections open on the server with their inbound counters.
+func (e *Engine) Connections() ([]ConnStat, error) {
+	if e.embedded == nil {
+		return nil, ErrNotEmbedded
+	}
+	cz, err := e.embedded.ns.Connz(&server.ConnzOptions{Limit: 1 << 20})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]ConnStat, 0, len(cz.Conns))
+	for _, c := range cz.Conns {
+		out = append(out, ConnStat{ID: c.Cid, InMsgs: c.InMsgs, InBytes: c.InBytes})
+	}
+	return out, nil
+}
+
+// SetLimits applies engine-enforced limits to the named account (creating it if needed):
+// connections, subscriptions and payload per message are refused beyond them by the server,
+// storage by JetStream.
+func (e *Engine) SetLimits(name string, l AccountLimits) error {
+	if e.embedded == nil {
+		return ErrNotEmbedded
+	}
+	if !accountName.MatchString(name) || name == PlatformAccount {
+		return fmt.Errorf("account %q: limits apply to tenant accounts", name)
+	}
+	ns := e.embedded.ns
+	acc, _ := ns.LookupOrRegisterAccount(name)
+	ac := jwt.NewAccountClaims(name)
+	ac.Name = name
+	lim := func(n int) int64 {
+		if n <= 0 {
+			return jwt.NoLimit
+		}
+		return int64(n)
+	}
+	ac.Limits.Conn = lim(l.Connections)
+	ac.Limits.Subs = lim(l.Subscriptions)
+	ac.Limits.Payload = lim(l.Payload)
+	ac.Limits.LeafNodeConn = 0
+	ac.Limits.Imports, ac.Limits.Exports, ac.Limits.WildcardExports = jwt.NoLimit, jwt.NoLimit, true
+	ac.Limits.Data = jwt.NoLimit
+	ac.Limits.JetStreamLimits = jwt.JetStreamLimits{
+		MemoryStorage: 0, DiskStorage: jwt.NoLimit, Streams: jwt.NoLimit, Consumer: jwt.NoLimit,
+		MaxAckPending: jwt.NoLimit, MemoryMaxStreamBytes: jwt.NoLimit, DiskMaxStreamBytes: jwt.NoLimit,
+	}
+	if l.Storage > 0 {
+		ac.Limits.JetStreamLimits.DiskStorage = l.Storage
+	}
+	ns.UpdateAccountClaims(acc, ac)
+	if !acc.JetStreamEnabled() {
+		return fmt.Errorf("account %q: jetstream not enabled after applying limits", name)
+	}
+	return nil
+}
+
+// nativeAuth is the part of the authenticator that serves native clients.
+type nativeAuth struct {
+	mu     sync.RWMutex
+	native NativeAuth
+}

@@ -1,0 +1,189 @@
+package fabric
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Delivery is one message handed to a consumer. It stays the consumer's until acknowledged,
+// negatively acknowledged, or its ack wait runs out; then it is delivered again.
+type Delivery struct {
+	// AckToken names this delivery in Ack, Nack, Extend and Reject.
+	AckToken   string            `json:"ack_token"`
+	Seq        uint64            `json:"seq"`
+	Deliveries uint64            `json:"deliveries" doc:"1 on the first delivery"`
+	Published  time.Time         `json:"published"`
+	ID         string            `json:"id,omitempty"`
+	Exchange   string            `json:"exchange,omitempty" doc:"the exchange that routed it here, if any"`
+	RoutingKey string            `json:"routing_key,omitempty"`
+	Headers    map[string]string `json:"headers,omitempty"`
+	Data       []byte            `json:"-"`
+}
+
+// Consume takes up to max messages from a queue. With wait > 0 it waits that long for the
+// first message, then returns what is available.
+func (s *Service) Consume(ctx context.Context, r Ref, maxN int, wait time.Duration) ([]Delivery, error) {
+	if err := r.check("queue"); err != nil {
+		return nil, err
+	}
+	if maxN < 1 || maxN > 1000 {
+		return nil, invalidf("max: 1 to 1000")
+	}
+	if wait < 0 || wait > 30*time.Second {
+		return nil, invalidf("wait: 0 to 30s")
+	}
+	ta, err := s.account(ctx, r.Tenant, r.Environment)
+	if err != nil {
+		return nil, err
+	}
+	cons, err := ta.acc.JetStream().Consumer(ctx, r.queueStream(), r.consumer())
+	if err != nil {
+		return nil, jsErr(err, "queue "+r.Name)
+	}
+	out, err := fetch(cons, maxN, 0)
+	if err != nil || len(out) > 0 || wait == 0 {
+		return s.deliveries(out), err
+	}
+	out, err = fetch(cons, 1, wait)
+	if err != nil || len(out) == 0 || maxN == 1 {
+		return s.deliveries(out), err
+	}
+	more, err := fetch(cons, maxN-1, 0)
+	return s.deliveries(append(out, more...)), err
+}
+
+func fetch(cons jetstream.Consumer, n int, wait time.Duration) ([]jetstream.Msg, error) {
+	var b jetstream.MessageBatch
+	var err error
+	if wait == 0 {
+		b, err = cons.FetchNoWait(n)
+	} else {
+		b, err = cons.Fetch(n, jetstream.FetchMaxWait(wait))
+	}
+	if err != nil {
+		return nil, jsErr(err, "fetch")
+	}
+	var out []jetstream.Msg
+	for m := range b.Messages() {
+		out = append(out, m)
+	}
+	if err := b.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, jetstream.ErrNoMessages) {
+		return out, jsErr(err, "fetch")
+	}
+	return out, nil
+}
+
+func (s *Service) deliveries(msgs []jetstream.Msg) []Delivery {
+	out := make([]Delivery, 0, len(msgs))
+	for _, m := range msgs {
+		h := m.Headers()
+		d := Delivery{AckToken: base64.RawURLEncoding.EncodeToString([]byte(m.Reply())), Data: m.Data(),
+			Exchange: h.Get("Penstock-Exchange"), RoutingKey: h.Get("Penstock-Routing-Key")}
+		if md, err := m.Metadata(); err == nil {
+			d.Seq, d.Deliveries, d.Published = md.Sequence.Stream, md.NumDelivered, md.Timestamp
+		}
+		d.Headers, d.ID = userHeaders(h)
+		if x := h.Get("Penstock-Exchange-Msg-Id"); x != "" {
+			d.ID = x
+		}
+		out = append(out, d)
+	}
+	s.m.delivered.WithLabelValues("https").Add(float64(len(out)))
+	return out
+}
+
+// userHeaders returns the headers a client set, and the message id, leaving out the engine's
+// own.
+func userHeaders(h nats.Header) (map[string]string, string) {
+	var out map[string]string
+	for k, v := range h {
+		if len(v) == 0 || strings.HasPrefix(strings.ToLower(k), "nats-") || strings.HasPrefix(strings.ToLower(k), "penstock-") {
+			continue
+		}
+		if out == nil {
+			out = map[string]string{}
+		}
+		out[k] = v[0]
+	}
+	return out, h.Get(jetstream.MsgIDHeader)
+}
+
+// Settlement is what Settle does with deliveries.
+type Settlement int
+
+// The settlements.
+const (
+	Ack    Settlement = iota // done: the message is deleted
+	Nack                     // deliver again, after Delay
+	Extend                   // still working: restart the ack wait
+	Reject                   // never deliver again: to the dead-letter queue
+)
+
+// Settle acknowledges, negatively acknowledges, extends or rejects deliveries of a queue by
+// their tokens. It returns once the engine has received every settlement.
+func (s *Service) Settle(ctx context.Context, r Ref, tokens []string, how Settlement, delay time.Duration) error {
+	if err := r.check("queue"); err != nil {
+		return err
+	}
+	if len(tokens) == 0 || len(tokens) > 1000 {
+		return invalidf("tokens: 1 to 1000")
+	}
+	if delay < 0 || delay > 12*time.Hour {
+		return invalidf("delay: 0 to 12h")
+	}
+	subjects := make([]string, len(tokens))
+	prefix := "$JS.ACK." + r.queueStream() + "." + r.consumer() + "."
+	for i, t := range tokens {
+		b, err := base64.RawURLEncoding.DecodeString(t)
+		subj := string(b)
+		if err != nil || !strings.HasPrefix(subj, prefix) || strings.ContainsAny(subj, "*> \t\r\n") || len(subj) > 512 {
+			return invalidf("tokens[%d]: not an ack token of queue %s", i, r.Name)
+		}
+		subjects[i] = subj
+	}
+	ta, err := s.account(ctx, r.Tenant, r.Environment)
+	if err != nil {
+		return err
+	}
+	var body []byte
+	switch how {
+	case Ack:
+		body = []byte("+ACK")
+	case Nack:
+		body = []byte("-NAK")
+		if delay > 0 {
+			body = fmt.Appendf(nil, `-NAK {"delay": %d}`, delay.Nanoseconds())
+		}
+	case Extend:
+		body = []byte("+WPI")
+	case Reject:
+		body = []byte("+TERM penstock: rejected by consumer")
+	}
+	if how == Reject {
+		if err := s.rejectToDead(ctx, ta, r, subjects); err != nil {
+			return err
+		}
+	}
+	nc := ta.acc.Conn()
+	for _, subj := range subjects {
+		if err := nc.Publish(subj, body); err != nil {
+			return fmt.Errorf("settle: %w", err)
+		}
+	}
+	fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := nc.FlushWithContext(fctx); err != nil {
+		return fmt.Errorf("settle: %w", err)
+	}
+	if how == Ack {
+		s.m.acked.WithLabelValues("https").Add(float64(len(subjects)))
+	}
+	return nil
+}

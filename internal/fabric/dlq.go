@@ -1,0 +1,324 @@
+package fabric
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Headers a dead letter carries besides the message's own.
+const (
+	hdrDeadReason     = "Penstock-Dead-Reason"
+	hdrDeadDeliveries = "Penstock-Dead-Deliveries"
+	hdrDeadSeq        = "Penstock-Dead-Original-Seq"
+	hdrDeadPublished  = "Penstock-Dead-Original-Published"
+	hdrDeadQueue      = "Penstock-Dead-Queue"
+	hdrDeadAt         = "Penstock-Dead-At"
+)
+
+// DeadLetter is a message that left its queue without being acknowledged.
+type DeadLetter struct {
+	Seq        uint64            `json:"seq" doc:"sequence in the dead-letter queue"`
+	Reason     string            `json:"reason" doc:"max_deliveries or rejected"`
+	Deliveries uint64            `json:"deliveries"`
+	QueueSeq   uint64            `json:"queue_seq" doc:"its sequence in the queue"`
+	Published  time.Time         `json:"published" doc:"when it was first published"`
+	DeadAt     time.Time         `json:"dead_at"`
+	ID         string            `json:"id,omitempty"`
+	Headers    map[string]string `json:"headers,omitempty"`
+	Data       []byte            `json:"-"`
+}
+
+type deliveryExceeded struct {
+	Stream     string `json:"stream"`
+	Consumer   string `json:"consumer"`
+	StreamSeq  uint64 `json:"stream_seq"`
+	Deliveries uint64 `json:"deliveries"`
+}
+
+// startDeadLetters moves messages that exhaust their deliveries to their queue's dead-letter
+// queue, from the engine's advisories, and sweeps every queue once for any an earlier run
+// missed.
+func (s *Service) startDeadLetters(ta *tenantAccount) error {
+	nc := ta.acc.Conn()
+	sub, err := nc.Subscribe("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>", func(m *nats.Msg) {
+		var a deliveryExceeded
+		if json.Unmarshal(m.Data, &a) != nil {
+			return
+		}
+		kind, app, name, ok := parseStream(a.Stream)
+		if !ok || kind != "Q" || a.Consumer != app {
+			return
+		}
+		ctx, cancel := context.WithTimeout(s.ctx, 30*time.Second)
+		defer cancel()
+		if err := s.deadLetter(ctx, ta, app, name, a.StreamSeq, "max_deliveries", a.Deliveries); err != nil {
+			s.log.Error("dead-letter move failed; the next sweep retries", "account", ta.acc.Name(), "stream", a.Stream, "seq", a.StreamSeq, "error", err)
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("subscribe to delivery advisories: %w", err)
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		ctx, cancel := context.WithTimeout(s.ctx, time.Minute)
+		s.sweepDead(ctx, ta)
+		cancel()
+		<-s.ctx.Done()
+		_ = sub.Unsubscribe()
+	}()
+	return nil
+}
+
+// sweepDead moves to their dead-letter queues the messages below a queue's acknowledgement
+// floor that are still stored: ones the consumer gave up on while no advisory was heard.
+func (s *Service) sweepDead(ctx context.Context, ta *tenantAccount) {
+	names := ta.acc.JetStream().StreamNames(ctx)
+	for stream := range names.Name() {
+		kind, app, name, ok := parseStream(stream)
+		if !ok || kind != "Q" {
+			continue
+		}
+		st, err := ta.acc.JetStream().Stream(ctx, stream)
+		if err != nil {
+			continue
+		}
+		cons, err := st.Consumer(ctx, app)
+		if err != nil {
+			continue
+		}
+		first, floor := st.CachedInfo().State.FirstSeq, cons.CachedInfo().AckFloor.Stream
+		for seq := first; seq > 0 && seq <= floor && seq < first+10000; seq++ {
+			if err := s.deadLetter(ctx, ta, app, name, seq, "max_deliveries", uint64(cons.CachedInfo().Config.MaxDeliver)); err != nil && !errors.Is(err, ErrNotFound) {
+				s.log.Error("dead-letter sweep", "account", ta.acc.Name(), "stream", stream, "seq", seq, "error", err)
+				break
+			}
+		}
+	}
+}
+
+// deadLetter copies a queue message to the dead-letter queue, then deletes it from the queue.
+// The copy is idempotent (its id is the queue sequence), so a retry after a crash between
+// the two steps stores it once.
+func (s *Service) deadLetter(ctx context.Context, ta *tenantAccount, app, queue string, seq uint64, reason string, deliveries uint64) error {
+	r := Ref{Application: app, Name: queue}
+	js := ta.acc.JetStream()
+	st, err := js.Stream(ctx, r.queueStream())
+	if err != nil {
+		return jsErr(err, "queue")
+	}
+	raw, err := st.GetMsg(ctx, seq)
+	if err != nil {
+		return jsErr(err, "message")
+	}
+	m := nats.NewMsg(r.deadSubject())
+	m.Data = raw.Data
+	for k, v := range raw.Header {
+		if strings.HasPrefix(k, "Nats-") && k != jetstream.MsgIDHeader {
+			continue
+		}
+		m.Header[k] = v
+	}
+	if id := raw.Header.Get(jetstream.MsgIDHeader); id != "" {
+		m.Header.Del(jetstream.MsgIDHeader)
+		m.Header.Set("Penstock-Dead-Original-Id", id)
+	}
+	m.Header.Set(hdrDeadReason, reason)
+	m.Header.Set(hdrDeadDeliveries, strconv.FormatUint(deliveries, 10))
+	m.Header.Set(hdrDeadSeq, strconv.FormatUint(seq, 10))
+	m.Header.Set(hdrDeadPublished, raw.Time.UTC().Format(time.RFC3339Nano))
+	m.Header.Set(hdrDeadQueue, queue)
+	m.Header.Set(hdrDeadAt, time.Now().UTC().Format(time.RFC3339Nano))
+	m.Header.Set(jetstream.MsgIDHeader, "dead:"+strconv.FormatUint(seq, 10))
+	if _, err := js.PublishMsg(ctx, m); err != nil {
+		return jsErr(err, "store dead letter")
+	}
+	if err := st.DeleteMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		return jsErr(err, "remove from queue")
+	}
+	s.m.deadLettered.WithLabelValues(reason).Inc()
+	return nil
+}
+
+// rejectToDead moves rejected deliveries to the dead-letter queue before they are terminated:
+// a terminated message of a work queue is deleted.
+func (s *Service) rejectToDead(ctx context.Context, ta *tenantAccount, r Ref, subjects []string) error {
+	for _, subj := range subjects {
+		md, err := ackMetadata(subj)
+		if err != nil {
+			return err
+		}
+		if err := s.deadLetter(ctx, ta, r.Application, r.Name, md.seq, "rejected", md.delivered); err != nil && !errors.Is(err, ErrNotFound) {
+			return err
+		}
+	}
+	return nil
+}
+
+type ackMD struct{ seq, delivered uint64 }
+
+// ackMetadata reads the stream sequence and delivery count from an ack subject:
+// $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>.
+func ackMetadata(subj string) (ackMD, error) {
+	t := strings.Split(subj, ".")
+	if len(t) < 9 {
+		return ackMD{}, invalidf("not an ack token")
+	}
+	t = t[len(t)-5:]
+	d, err1 := strconv.ParseUint(t[0], 10, 64)
+	seq, err2 := strconv.ParseUint(t[1], 10, 64)
+	if err1 != nil || err2 != nil {
+		return ackMD{}, invalidf("not an ack token")
+	}
+	return ackMD{seq: seq, delivered: d}, nil
+}
+
+// DeadLetters lists a queue's dead letters from sequence from (0: the first), at most limit.
+// It returns the sequence to continue from, 0 at the end.
+func (s *Service) DeadLetters(ctx context.Context, r Ref, from uint64, limit int) ([]DeadLetter, uint64, error) {
+	if err := r.check("queue"); err != nil {
+		return nil, 0, err
+	}
+	if limit < 1 || limit > 1000 {
+		return nil, 0, invalidf("limit: 1 to 1000")
+	}
+	ta, err := s.account(ctx, r.Tenant, r.Environment)
+	if err != nil {
+		return nil, 0, err
+	}
+	st, err := ta.acc.JetStream().Stream(ctx, r.deadStream())
+	if err != nil {
+		return nil, 0, jsErr(err, "queue "+r.Name)
+	}
+	state := st.CachedInfo().State
+	if from < state.FirstSeq {
+		from = state.FirstSeq
+	}
+	var out []DeadLetter
+	for seq := from; seq <= state.LastSeq && state.Msgs > 0; seq++ {
+		if len(out) == limit {
+			return out, seq, nil
+		}
+		raw, err := st.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, 0, jsErr(err, "dead letter")
+		}
+		out = append(out, toDeadLetter(raw))
+	}
+	return out, 0, nil
+}
+
+// DeadLetter returns one dead letter.
+func (s *Service) DeadLetter(ctx context.Context, r Ref, seq uint64) (DeadLetter, error) {
+	if err := r.check("queue"); err != nil {
+		return DeadLetter{}, err
+	}
+	ta, err := s.account(ctx, r.Tenant, r.Environment)
+	if err != nil {
+		return DeadLetter{}, err
+	}
+	st, err := ta.acc.JetStream().Stream(ctx, r.deadStream())
+	if err != nil {
+		return DeadLetter{}, jsErr(err, "queue "+r.Name)
+	}
+	raw, err := st.GetMsg(ctx, seq)
+	if err != nil {
+		return DeadLetter{}, jsErr(err, "dead letter")
+	}
+	return toDeadLetter(raw), nil
+}
+
+func toDeadLetter(raw *jetstream.RawStreamMsg) DeadLetter {
+	h := raw.Header
+	d := DeadLetter{Seq: raw.Sequence, Reason: h.Get(hdrDeadReason), Data: raw.Data, ID: h.Get("Penstock-Dead-Original-Id")}
+	d.Deliveries, _ = strconv.ParseUint(h.Get(hdrDeadDeliveries), 10, 64)
+	d.QueueSeq, _ = strconv.ParseUint(h.Get(hdrDeadSeq), 10, 64)
+	d.Published, _ = time.Parse(time.RFC3339Nano, h.Get(hdrDeadPublished))
+	d.DeadAt, _ = time.Parse(time.RFC3339Nano, h.Get(hdrDeadAt))
+	d.Headers, _ = userHeaders(h)
+	return d
+}
+
+// Replay moves dead letters back to their queue (every one when seqs is empty) and returns how
+// many moved. Each is published with an id derived from its dead-letter sequence, so a replay
+// retried after a failure stores it once.
+func (s *Service) Replay(ctx context.Context, r Ref, seqs []uint64) (int, error) {
+	if err := r.check("queue"); err != nil {
+		return 0, err
+	}
+	ta, err := s.account(ctx, r.Tenant, r.Environment)
+	if err != nil {
+		return 0, err
+	}
+	js := ta.acc.JetStream()
+	st, err := js.Stream(ctx, r.deadStream())
+	if err != nil {
+		return 0, jsErr(err, "queue "+r.Name)
+	}
+	if len(seqs) == 0 {
+		state := st.CachedInfo().State
+		for seq := state.FirstSeq; seq <= state.LastSeq && state.Msgs > 0; seq++ {
+			seqs = append(seqs, seq)
+		}
+	}
+	moved := 0
+	for _, seq := range seqs {
+		raw, err := st.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			return moved, jsErr(err, "dead letter")
+		}
+		m := nats.NewMsg(r.queueSubject())
+		m.Data = raw.Data
+		for k, v := range raw.Header {
+			if strings.HasPrefix(k, "Nats-") || strings.HasPrefix(k, "Penstock-Dead-") {
+				continue
+			}
+			m.Header[k] = v
+		}
+		m.Header.Set(jetstream.MsgIDHeader, "replay:"+r.deadStream()+":"+strconv.FormatUint(seq, 10)+":"+base64.RawURLEncoding.EncodeToString(raw.Time.AppendFormat(nil, time.RFC3339Nano)))
+		if _, err := js.PublishMsg(ctx, m); err != nil {
+			return moved, jsErr(err, "replay")
+		}
+		if err := st.DeleteMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+			return moved, jsErr(err, "remove dead letter")
+		}
+		moved++
+	}
+	s.m.replayed.Add(float64(moved))
+	return moved, nil
+}
+
+// PurgeDeadLetters deletes every dead letter of a queue and returns how many there were.
+func (s *Service) PurgeDeadLetters(ctx context.Context, r Ref) (uint64, error) {
+	if err := r.check("queue"); err != nil {
+		return 0, err
+	}
+	ta, err := s.account(ctx, r.Tenant, r.Environment)
+	if err != nil {
+		return 0, err
+	}
+	st, err := ta.acc.JetStream().Stream(ctx, r.deadStream())
+	if err != nil {
+		return 0, jsErr(err, "queue "+r.Name)
+	}
+	n := st.CachedInfo().State.Msgs
+	if err := st.Purge(ctx); err != nil {
+		return 0, jsErr(err, "purge")
+	}
+	return n, nil
+}

@@ -1,0 +1,267 @@
+// Package fabric owns the message fabric: each tenant-environment's queues (work-queue streams
+// with a dead-letter queue each), exchanges that route to them, the HTTPS publish path's group
+// commit, consumption and acknowledgement, and the decision that lets a tenant's own NATS, MQTT
+// or WebSocket client into its account. It never authenticates HTTP callers (the api package
+// does) and never decides roles (authz does); it trusts the scope it is given.
+package fabric
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
+
+	"github.com/penstock/penstock/internal/audit"
+	"github.com/penstock/penstock/internal/config"
+	"github.com/penstock/penstock/internal/engine"
+	"github.com/penstock/penstock/internal/identity"
+	"github.com/penstock/penstock/internal/names"
+)
+
+// Errors the API maps to its codes.
+var (
+	ErrNotFound     = errors.New("not found")
+	ErrExists       = errors.New("already exists")
+	ErrInvalid      = errors.New("invalid")
+	ErrQueueFull    = errors.New("queue is full")
+	ErrRateLimited  = errors.New("publish rate quota exceeded")
+	ErrStorageQuota = errors.New("storage quota exceeded")
+	ErrPayloadLimit = errors.New("message larger than the payload limit")
+)
+
+// invalidf is an ErrInvalid naming what is wrong.
+func invalidf(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrInvalid, fmt.Sprintf(format, args...))
+}
+
+// Ref names something in an application: a queue or an exchange.
+type Ref struct {
+	Tenant, Environment, Application, Name string
+}
+
+func (r Ref) account() string { return AccountName(r.Tenant, r.Environment) }
+
+func (r Ref) queueStream() string    { return "Q_" + r.Application + "_" + r.Name }
+func (r Ref) deadStream() string     { return "D_" + r.Application + "_" + r.Name }
+func (r Ref) exchangeStream() string { return "X_" + r.Application + "_" + r.Name }
+func (r Ref) queueSubject() string   { return r.Application + ".q." + r.Name }
+func (r Ref) deadSubject() string    { return r.Application + ".dlq." + r.Name }
+func (r Ref) exchangeSubject() string {
+	return r.Application + ".x." + r.Name
+}
+
+// consumer is the name of a queue's one consumer: its application's name, which lets a native
+// client's permissions cover every queue of its application with one wildcard.
+func (r Ref) consumer() string { return r.Application }
+
+// routerConsumer is an exchange's consumer. Application names cannot contain '_', so no
+// application's permissions reach it.
+const routerConsumer = "_router"
+
+func (r Ref) check(kind string) error {
+	for _, p := range []struct{ k, v string }{{"tenant", r.Tenant}, {"environment", r.Environment}, {"application", r.Application}, {kind, r.Name}} {
+		if err := names.Check(p.k, p.v); err != nil {
+			return fmt.Errorf("%w: %s", ErrInvalid, err.Error())
+		}
+	}
+	return nil
+}
+
+// AccountName is the engine account of a tenant-environment. Names cannot contain '_', so
+// the pair is unambiguous.
+func AccountName(tenant, env string) string { return tenant + "_" + env }
+
+// Auditor is what the fabric needs of the audit log.
+type Auditor interface {
+	Append(ctx context.Context, e audit.Event) (audit.Event, error)
+}
+
+// Options are the fabric's dependencies.
+type Options struct {
+	Engine   *engine.Engine
+	Identity *identity.Store
+	Audit    Auditor
+	Config   config.Fabric
+	Logger   *slog.Logger
+	Registry prometheus.Registerer
+	// SweepInterval is how often native connections are checked against their keys
+	// (default 1s).
+	SweepInterval time.Duration
+}
+
+// Service is the fabric.
+type Service struct {
+	o   Options
+	log *slog.Logger
+	cfg config.Fabric
+	m   *metrics
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu         sync.Mutex
+	accounts   map[string]*tenantAccount
+	committers map[string]*committer // by account/stream
+	conns      map[uint64]nativeConn
+	closed     bool
+}
+
+// tenantAccount is the fabric's state for one tenant-environment account.
+type tenantAccount struct {
+	acc      *engine.Account
+	bindings jetstream.KeyValue
+	limiter  *rate.Limiter // messages per second
+	bytes    *rate.Limiter // bytes per second
+	routers  map[string]context.CancelFunc
+
+	mu        sync.RWMutex
+	exchanges map[string]Exchange // app/name -> exchange with bindings
+	lastQuota time.Time
+}
+
+// Open starts the fabric: it resumes routing and dead-lettering in every tenant account the
+// engine holds and, on the embedded engine, starts deciding native clients.
+func Open(ctx context.Context, o Options) (*Service, error) {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Registry == nil {
+		o.Registry = prometheus.NewRegistry()
+	}
+	if o.SweepInterval == 0 {
+		o.SweepInterval = time.Second
+	}
+	s := &Service{o: o, log: o.Logger, cfg: o.Config, m: newMetrics(o.Registry),
+		accounts: map[string]*tenantAccount{}, committers: map[string]*committer{}, conns: map[uint64]nativeConn{}}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	for _, t := range o.Identity.Tenants() {
+		for _, env := range t.Environments {
+			if !o.Engine.HasAccount(AccountName(t.Name, env)) {
+				continue
+			}
+			if _, err := s.account(ctx, t.Name, env); err != nil {
+				s.Close()
+				return nil, err
+			}
+		}
+	}
+	if o.Engine.Embedded() {
+		o.Engine.SetNativeAuth(s.authNative)
+		s.wg.Add(1)
+		go s.sweep()
+	}
+	return s, nil
+}
+
+// Close stops routers, dead-lettering and committers; publishes in progress fail.
+func (s *Service) Close() {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	s.closed = true
+	s.mu.Unlock()
+	s.o.Engine.SetNativeAuth(nil)
+	s.cancel()
+	s.wg.Wait()
+}
+
+// account returns the fabric state of a tenant-environment, creating its engine account
+// (with the configured limits) and starting its dead-letter mover and routers on first use.
+func (s *Service) account(ctx context.Context, tenant, env string) (*tenantAccount, error) {
+	name := AccountName(tenant, env)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, engine.ErrClosed
+	}
+	if ta, ok := s.accounts[name]; ok {
+		return ta, nil
+	}
+	if s.o.Engine.Embedded() {
+		err := s.o.Engine.SetLimits(name, engine.AccountLimits{
+			Connections: s.cfg.MaxConnections, Subscriptions: s.cfg.MaxSubscriptions,
+			Payload: s.cfg.MaxPayload, Storage: s.cfg.MaxStorage,
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	acc, err := s.o.Engine.Account(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	kv, err := acc.KeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket: "penstock_fabric", Description: "exchanges and their bindings", History: 1,
+	})
+	if err != nil {
+		return nil, err
+	}
+	ta := &tenantAccount{acc: acc, bindings: kv, routers: map[string]context.CancelFunc{}, exchanges: map[string]Exchange{}}
+	if s.cfg.PublishRate > 0 {
+		ta.limiter = rate.NewLimiter(rate.Limit(s.cfg.PublishRate), max(1, int(s.cfg.PublishRate)))
+	}
+	if s.cfg.PublishBytesRate > 0 {
+		ta.bytes = rate.NewLimiter(rate.Limit(s.cfg.PublishBytesRate), max(s.cfg.MaxPayload, int(s.cfg.PublishBytesRate)))
+	}
+	if err := s.startDeadLetters(ta); err != nil {
+		return nil, err
+	}
+	if err := s.loadExchanges(ctx, ta); err != nil {
+		return nil, err
+	}
+	s.accounts[name] = ta
+	return ta, nil
+}
+
+// streamName reports whether a stream name is one of an application's queues, dead-letter
+// queues or exchanges, and which.
+func parseStream(stream string) (kind, app, name string, ok bool) {
+	kind, rest, ok := strings.Cut(stream, "_")
+	if !ok || (kind != "Q" && kind != "D" && kind != "X") {
+		return "", "", "", false
+	}
+	app, name, ok = strings.Cut(rest, "_")
+	return kind, app, name, ok && names.Valid(app, "-") && names.Valid(name, "-")
+}
+
+// jsErr maps JetStream's errors to the fabric's.
+func jsErr(err error, what string) error {
+	var apiErr *jetstream.APIError
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, jetstream.ErrStreamNotFound), errors.Is(err, jetstream.ErrConsumerNotFound),
+		errors.Is(err, jetstream.ErrMsgNotFound), errors.Is(err, jetstream.ErrNoStreamResponse):
+		return fmt.Errorf("%s: %w", what, ErrNotFound)
+	case errors.As(err, &apiErr):
+		switch apiErr.ErrorCode {
+		case 10077: // the store refused: a limit of the stream or of the account
+			d := apiErr.Description
+			switch {
+			case strings.Contains(d, "maximum messages"), strings.Contains(d, "maximum bytes"):
+				return fmt.Errorf("%s: %w", what, ErrQueueFull)
+			case strings.Contains(d, "resource"):
+				return fmt.Errorf("%s: %w", what, ErrStorageQuota)
+			}
+		case 10047: // insufficient storage resources
+			return fmt.Errorf("%s: %w", what, ErrStorageQuota)
+		case 10054: // maximum payload exceeded
+			return fmt.Errorf("%s: %w", what, ErrPayloadLimit)
+		case 10058: // stream name already in use with a different configuration
+			return fmt.Errorf("%s: %w", what, ErrExists)
+		case 10059:
+			return fmt.Errorf("%s: %w", what, ErrNotFound)
+		}
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}

@@ -195,6 +195,9 @@ func (e *Engine) SetLimits(name string, l AccountLimits) error {
 		return int64(n)
 	}
 	ac.Limits.Conn = lim(l.Connections)
+	if l.Connections > 0 {
+		ac.Limits.Conn++ // Penstock's own in-process connection to the account counts too
+	}
 	ac.Limits.Subs = lim(l.Subscriptions)
 	ac.Limits.Payload = lim(l.Payload)
 	ac.Limits.LeafNodeConn = 0

@@ -252,7 +252,7 @@ func (s *Service) Exchanges(ctx context.Context, app Ref) ([]Exchange, error) {
 
 // Bind adds a binding (idempotent). The queue must be in the exchange's application.
 func (s *Service) Bind(ctx context.Context, r Ref, b Binding) (Exchange, error) {
-	return s.updateBindings(ctx, r, b, func(x *Exchange) {
+	return s.updateBindings(ctx, r, b, true, func(x *Exchange) {
 		if !slices.Contains(x.Bindings, b) {
 			x.Bindings = append(x.Bindings, b)
 		}
@@ -262,7 +262,7 @@ func (s *Service) Bind(ctx context.Context, r Ref, b Binding) (Exchange, error) 
 // Unbind removes a binding; removing one that does not exist is ErrNotFound.
 func (s *Service) Unbind(ctx context.Context, r Ref, b Binding) (Exchange, error) {
 	found := false
-	x, err := s.updateBindings(ctx, r, b, func(x *Exchange) {
+	x, err := s.updateBindings(ctx, r, b, false, func(x *Exchange) {
 		if i := slices.Index(x.Bindings, b); i >= 0 {
 			x.Bindings = slices.Delete(x.Bindings, i, i+1)
 			found = true
@@ -274,7 +274,7 @@ func (s *Service) Unbind(ctx context.Context, r Ref, b Binding) (Exchange, error
 	return x, err
 }
 
-func (s *Service) updateBindings(ctx context.Context, r Ref, b Binding, change func(*Exchange)) (Exchange, error) {
+func (s *Service) updateBindings(ctx context.Context, r Ref, b Binding, adding bool, change func(*Exchange)) (Exchange, error) {
 	if err := r.check("exchange"); err != nil {
 		return Exchange{}, err
 	}
@@ -292,11 +292,13 @@ func (s *Service) updateBindings(ctx context.Context, r Ref, b Binding, change f
 		if err != nil {
 			return Exchange{}, err
 		}
-		if err := checkBindingKey(x.Type, b.Key); err != nil {
-			return Exchange{}, err
-		}
-		if _, err := ta.acc.JetStream().Stream(ctx, q.queueStream()); err != nil {
-			return Exchange{}, jsErr(err, "queue "+b.Queue)
+		if adding {
+			if err := checkBindingKey(x.Type, b.Key); err != nil {
+				return Exchange{}, err
+			}
+			if _, err := ta.acc.JetStream().Stream(ctx, q.queueStream()); err != nil {
+				return Exchange{}, jsErr(err, "queue "+b.Queue)
+			}
 		}
 		change(&x)
 		raw, _ := json.Marshal(x)

@@ -1,0 +1,379 @@
+package fabric
+
+import (
+	"crypto/tls"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/penstock/penstock/internal/authz"
+	"github.com/penstock/penstock/internal/config"
+)
+
+// natsClient connects over the native NATS (or, with ws, WebSocket) listener as a tenant
+// client would, collecting the asynchronous errors (permission violations) the server sends.
+type natsClient struct {
+	nc   *nats.Conn
+	mu   sync.Mutex
+	errs []string
+}
+
+func (c *natsClient) errors() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return strings.Join(c.errs, "; ")
+}
+
+func (h *harness) dialNATS(user, key, keyID string, ws bool) (*natsClient, error) {
+	c := &natsClient{}
+	url := "tls://" + h.native.NATS
+	if ws {
+		url = "wss://" + h.native.WebSocket
+	}
+	nc, err := nats.Connect(url,
+		nats.UserInfo(user, key),
+		nats.Secure(&tls.Config{RootCAs: h.roots, ServerName: "localhost", MinVersion: tls.VersionTLS12}),
+		nats.CustomInboxPrefix(InboxPrefix(keyID)),
+		nats.MaxReconnects(0),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			c.mu.Lock()
+			c.errs = append(c.errs, err.Error())
+			c.mu.Unlock()
+		}))
+	if err != nil {
+		return nil, err
+	}
+	c.nc = nc
+	h.t.Cleanup(nc.Close)
+	return c, nil
+}
+
+func (h *harness) dialMQTT(user, key, clientID string) (mqtt.Client, error) {
+	o := mqtt.NewClientOptions().AddBroker("tls://" + h.native.MQTT).SetClientID(clientID).
+		SetUsername(user).SetPassword(key).SetTLSConfig(&tls.Config{RootCAs: h.roots, ServerName: "localhost", MinVersion: tls.VersionTLS12}).
+		SetAutoReconnect(false).SetConnectTimeout(5 * time.Second).SetCleanSession(true)
+	c := mqtt.NewClient(o)
+	tok := c.Connect()
+	if !tok.WaitTimeout(10 * time.Second) {
+		return nil, errors.New("mqtt connect timed out")
+	}
+	if tok.Error() != nil {
+		return nil, tok.Error()
+	}
+	h.t.Cleanup(func() { c.Disconnect(100) })
+	return c, nil
+}
+
+// A message published over one protocol is consumed unchanged over the others: HTTPS (the
+// service API) -> NATS, NATS -> HTTPS, MQTT -> HTTPS, WebSocket -> NATS consume with ack.
+func TestNativeProtocolsSeeTheSameMessages(t *testing.T) {
+	h := open(t, nil)
+	q := h.queue("acme", "jobs", QueueSpec{})
+	key, keyID := h.key("acme", authz.Developer)
+
+	// HTTPS path -> native NATS consumer, acknowledged natively: the queue empties.
+	publish(t, h.fab, q, Message{ID: "m1", Data: []byte("from https"), Headers: map[string]string{"Trace": "abc"}})
+	c, err := h.dialNATS("acme/production", key, keyID, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := jetstream.New(c.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons, err := js.Consumer(ctx, q.queueStream(), q.consumer())
+	if err != nil {
+		t.Fatalf("consumer over NATS: %v (%s)", err, c.errors())
+	}
+	b, err := cons.Fetch(1, jetstream.FetchMaxWait(3*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []jetstream.Msg
+	for m := range b.Messages() {
+		got = append(got, m)
+	}
+	if len(got) != 1 || string(got[0].Data()) != "from https" || got[0].Headers().Get("Trace") != "abc" || got[0].Headers().Get(jetstream.MsgIDHeader) != "m1" {
+		t.Fatalf("over NATS: %d messages %v (%s)", len(got), got, c.errors())
+	}
+	if err := got[0].DoubleAck(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := h.fab.Queue(ctx, q); st.Stats.Depth != 0 {
+		t.Fatalf("depth %d after a native ack", st.Stats.Depth)
+	}
+
+	// NATS JetStream publish (acknowledged by the engine) -> HTTPS consume.
+	if _, err := js.Publish(ctx, q.queueSubject(), []byte("from nats"), jetstream.WithMsgID("n1")); err != nil {
+		t.Fatalf("publish over NATS: %v", err)
+	}
+	// MQTT QoS 1 -> HTTPS consume: topic orders/q/jobs is subject orders.q.jobs.
+	mc, err := h.dialMQTT("acme/production", key, "device-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok := mc.Publish("orders/q/jobs", 1, false, []byte("from mqtt")); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("mqtt publish: %v", tok.Error())
+	}
+	// WebSocket (NATS over wss) publish.
+	wc, err := h.dialNATS("acme/production", key, keyID, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wjs, _ := jetstream.New(wc.nc)
+	if _, err := wjs.Publish(ctx, q.queueSubject(), []byte("from websocket")); err != nil {
+		t.Fatalf("publish over websocket: %v", err)
+	}
+	want := map[string]bool{"from nats": true, "from mqtt": true, "from websocket": true}
+	waitFor(t, "the three messages over HTTPS", func() bool {
+		ds, err := h.fab.Consume(ctx, q, 10, 100*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range ds {
+			if !want[string(d.Data)] {
+				t.Fatalf("unexpected %q", d.Data)
+			}
+			delete(want, string(d.Data))
+			_ = h.fab.Settle(ctx, q, []string{d.AckToken}, Ack, 0)
+		}
+		return len(want) == 0
+	})
+
+	// MQTT subscribers see queue traffic live (QoS 0 copies; the queue still holds it).
+	seen := make(chan string, 4)
+	if tok := mc.Subscribe("orders/q/jobs", 1, func(_ mqtt.Client, m mqtt.Message) { seen <- string(m.Payload()) }); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("mqtt subscribe: %v", tok.Error())
+	}
+	publish(t, h.fab, q, Message{Data: []byte("live")})
+	select {
+	case s := <-seen:
+		if s != "live" {
+			t.Fatalf("mqtt saw %q", s)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("mqtt subscriber saw nothing")
+	}
+}
+
+// Tenant A's clients, on every protocol, reach nothing of tenant B: not its environment, not
+// its subjects, not the JetStream API beyond their own application's consumers.
+func TestNativeIsolationBetweenTenants(t *testing.T) {
+	h := open(t, nil)
+	qa := h.queue("acme", "jobs", QueueSpec{})
+	qb := h.queue("globex", "jobs", QueueSpec{})
+	keyA, idA := h.key("acme", authz.Developer)
+	keyB, idB := h.key("globex", authz.Developer)
+
+	// A's key does not open B's environment on any protocol.
+	if _, err := h.dialNATS("globex/production", keyA, idA, false); err == nil {
+		t.Fatal("acme key opened globex over NATS")
+	}
+	if _, err := h.dialNATS("globex/production", keyA, idA, true); err == nil {
+		t.Fatal("acme key opened globex over WebSocket")
+	}
+	if _, err := h.dialMQTT("globex/production", keyA, "a-into-b"); err == nil {
+		t.Fatal("acme key opened globex over MQTT")
+	}
+	if _, err := h.dialNATS("acme/production", "psk_0000000000000000_"+strings.Repeat("0", 64), idA, false); err == nil {
+		t.Fatal("a made-up key was accepted")
+	}
+
+	// B listens on everything it may; A then tries everything it can think of.
+	b, err := h.dialNATS("globex/production", keyB, idB, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	heardB := make(chan string, 100)
+	for _, s := range []string{"orders.q.*", "orders.x.>"} {
+		if _, err := b.nc.Subscribe(s, func(m *nats.Msg) { heardB <- m.Subject }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = b.nc.Flush()
+
+	for _, ws := range []bool{false, true} {
+		a, err := h.dialNATS("acme/production", keyA, idA, ws)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Outside its grant, A's subscriptions are refused by the server.
+		for _, s := range []string{">", "$JS.API.>", "$SYS.>", "orders.dlq.jobs", "_INBOX.>", "$KV.>", "$JS.EVENT.>"} {
+			if _, err := a.nc.SubscribeSync(s); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// Publishing to the JetStream API beyond its consumers: refused.
+		for _, s := range []string{"$JS.API.STREAM.INFO." + qb.queueStream(), "$JS.API.STREAM.LIST", "$JS.API.STREAM.PURGE." + qa.queueStream(),
+			"$JS.API.CONSUMER.CREATE." + qa.queueStream(), "$JS.API.STREAM.MSG.GET." + qa.queueStream(), "$JS.API.INFO"} {
+			if _, err := a.nc.Request(s, nil, 300*time.Millisecond); err == nil {
+				t.Fatalf("%s answered", s)
+			}
+		}
+		// Publishing on B's subject names lands in A's own account.
+		if err := a.nc.Publish("orders.q.jobs", []byte("a-core")); err != nil {
+			t.Fatal(err)
+		}
+		_ = a.nc.Flush()
+		waitFor(t, "permission violations to be reported", func() bool { return strings.Contains(a.errors(), "Permissions Violation") })
+		a.nc.Close()
+	}
+	// MQTT: A subscribes to everything and publishes on the shared names.
+	ma, err := h.dialMQTT("acme/production", keyA, "a-device")
+	if err != nil {
+		t.Fatal(err)
+	}
+	heardA := make(chan string, 100)
+	tok := ma.Subscribe("#", 0, func(_ mqtt.Client, m mqtt.Message) { heardA <- m.Topic() })
+	tok.WaitTimeout(5 * time.Second)
+	if tok.Error() == nil {
+		if st, ok := tok.(*mqtt.SubscribeToken); ok && st.Result()["#"] != 0x80 {
+			t.Fatalf("mqtt '#' subscription granted: %v", st.Result())
+		}
+	}
+	ma.Publish("orders/q/jobs", 1, false, []byte("a-mqtt")).WaitTimeout(5 * time.Second)
+
+	// B publishes; A hears none of it.
+	publish(t, h.fab, qb, Message{Data: []byte("b-secret")})
+	select {
+	case s := <-heardA:
+		t.Fatalf("acme heard %s", s)
+	case <-time.After(500 * time.Millisecond):
+	}
+	// B's queue holds only its own message; A's holds A's.
+	if st, _ := h.fab.Queue(ctx, qb); st.Stats.Depth != 1 {
+		t.Fatalf("globex queue depth %d, want 1", st.Stats.Depth)
+	}
+	waitFor(t, "acme's own messages in acme's queue", func() bool {
+		st, _ := h.fab.Queue(ctx, qa)
+		return st.Stats.Depth == 3
+	})
+	for len(heardB) > 0 {
+		if s := <-heardB; s != "orders.q.jobs" {
+			t.Fatalf("globex heard %s", s)
+		}
+	}
+}
+
+// A revoked key is refused on the next connect and its open connections are closed.
+func TestNativeRevocationClosesConnections(t *testing.T) {
+	h := open(t, nil)
+	h.queue("acme", "jobs", QueueSpec{})
+	key, id := h.key("acme", authz.Operator)
+	c, err := h.dialNATS("acme/production", key, id, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := h.dialNATS("acme/production", key, id, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := h.dialMQTT("acme/production", key, "revoked-device")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.id.RevokeAPIKey(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	waitFor(t, "every connection to close", func() bool {
+		return c.nc.IsClosed() && w.nc.IsClosed() && !m.IsConnectionOpen()
+	})
+	t.Logf("closed %s after revocation", time.Since(start).Round(time.Millisecond))
+	if _, err := h.dialNATS("acme/production", key, id, false); err == nil {
+		t.Fatal("revoked key reconnected")
+	}
+	if _, err := h.dialMQTT("acme/production", key, "again"); err == nil {
+		t.Fatal("revoked key reconnected over MQTT")
+	}
+}
+
+// Engine-enforced limits (connections, payload) and the publish-rate quota give an error on
+// each protocol and a metric and audit entry.
+func TestNativeQuotas(t *testing.T) {
+	h := open(t, func(f *config.Fabric) {
+		f.MaxConnections = 2
+		f.MaxPayload = 1024
+		f.PublishRate = 20
+	})
+	q := h.queue("acme", "jobs", QueueSpec{})
+	key, id := h.key("acme", authz.Developer)
+
+	// Payload: HTTPS refuses, NATS refuses at the server.
+	if _, err := h.fab.Publish(ctx, Target{Ref: q}, []Message{{Data: make([]byte, 2048)}}); !errors.Is(err, ErrPayloadLimit) {
+		t.Fatalf("https payload: %v", err)
+	}
+	big, err := h.dialNATS("acme/production", key, id, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := big.nc.Publish(q.queueSubject(), make([]byte, 2048)); err == nil {
+		_ = big.nc.Flush()
+	}
+	waitFor(t, "the oversized publish to be refused", big.nc.IsClosed)
+	if err := big.nc.LastError(); err == nil || !strings.Contains(strings.ToLower(err.Error()), "maximum payload") {
+		t.Fatalf("nats payload: %v", err)
+	}
+	// The closed connection leaves the account's count shortly after.
+	var c1 *natsClient
+	waitFor(t, "a connection slot", func() bool {
+		c1, err = h.dialNATS("acme/production", key, id, false)
+		return err == nil
+	})
+	// Connections: the third is refused, on any protocol.
+	if _, err := h.dialNATS("acme/production", key, id, true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.dialNATS("acme/production", key, id, false); err == nil || !strings.Contains(err.Error(), "maximum") {
+		t.Fatalf("third connection: %v", err)
+	}
+	if _, err := h.dialMQTT("acme/production", key, "third"); err == nil {
+		t.Fatal("third connection over MQTT accepted")
+	}
+	// Publish rate over HTTPS: 429-style error once the bucket is spent, with an audit event.
+	var rateErr error
+	for range 100 {
+		if _, rateErr = h.fab.Publish(ctx, Target{Ref: q}, []Message{{Data: []byte("x")}}); rateErr != nil {
+			break
+		}
+	}
+	if !errors.Is(rateErr, ErrRateLimited) {
+		t.Fatalf("https rate: %v", rateErr)
+	}
+	waitForEvent(t, h, "fabric.quota", "https")
+	// Publish rate natively: the connections that publish over it are closed.
+	for i := range 200 {
+		if c1.nc.Publish(q.queueSubject(), []byte("flood")) != nil {
+			break
+		}
+		if i%50 == 0 {
+			_ = c1.nc.Flush()
+		}
+	}
+	waitFor(t, "the flooding connection to be closed", c1.nc.IsClosed)
+	waitForEvent(t, h, "fabric.quota", "native")
+}
+
+func waitForEvent(t *testing.T, h *harness, action, path string) {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case e := <-h.audit.ch:
+			if e.Action == action && e.Details["path"] == path {
+				if e.Tenant != "acme" || e.Result != "denied" {
+					t.Fatalf("event %+v", e)
+				}
+				return
+			}
+		case <-deadline:
+			t.Fatalf("no %s event for %s", action, path)
+		}
+	}
+}

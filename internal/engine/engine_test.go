@@ -136,7 +136,7 @@ func TestEngineModes(t *testing.T) {
 			})
 
 			t.Run("bad account names", func(t *testing.T) {
-				for _, bad := range []string{"", "Platform", "a.b", "a b", "-x", strings.Repeat("a", 64), "a>"} {
+				for _, bad := range []string{"", "Platform", "a.b", "a b", "-x", strings.Repeat("a", 129), "a>"} {
 					if _, err := e.Account(ctx, bad); err == nil || !strings.Contains(err.Error(), "account name") {
 						t.Errorf("Account(%q) = %v, want an account name error", bad, err)
 					}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/penstock/penstock/internal/config"
 	"github.com/penstock/penstock/internal/edge"
+	"github.com/penstock/penstock/internal/fabric"
 	"github.com/penstock/penstock/internal/identity"
 	"github.com/penstock/penstock/internal/keyring"
 	"github.com/penstock/penstock/internal/secrets"
@@ -44,6 +45,7 @@ type Options struct {
 	Lockout  *identity.Lockout
 	Nonces   signing.NonceStore
 	Audit    auditLog
+	Fabric   *fabric.Service
 	// Now is the clock for signed requests; nil means time.Now.
 	Now func() time.Time
 }
@@ -74,6 +76,7 @@ func Handler(o Options) (http.Handler, []Route) {
 	registerGrants(g, hapi, o)
 	registerAudit(g, hapi, o)
 	registerAuditExport(g, hapi, o)
+	registerFabric(g, hapi, o)
 	g.reg.check(hapi)
 
 	requests := prometheus.NewCounterVec(prometheus.CounterOpts{

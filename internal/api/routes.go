@@ -22,6 +22,9 @@ type Route struct {
 	Action                    authz.Action
 	// Listing routes filter what they return item by item instead of being refused.
 	Listing bool
+	// DataPlane routes (publish, consume, acknowledge) are too frequent to audit one by one:
+	// their denials are audited, their successes are counted in metrics.
+	DataPlane bool
 	// AccountSetup routes are the only ones a session that must change its password or enrol
 	// a second factor may call.
 	AccountSetup bool
@@ -73,7 +76,7 @@ func register[I, O any](g gate, hapi huma.API, r Route, op huma.Operation, resou
 				return nil, err
 			}
 		}
-		if op.Method == http.MethodGet {
+		if op.Method == http.MethodGet || r.DataPlane {
 			return h(ctx, c, in)
 		}
 		// A change is audited before and after: if its first event cannot be written, it does

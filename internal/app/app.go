@@ -29,6 +29,7 @@ import (
 	"github.com/penstock/penstock/internal/datadir"
 	"github.com/penstock/penstock/internal/edge"
 	"github.com/penstock/penstock/internal/engine"
+	"github.com/penstock/penstock/internal/fabric"
 	"github.com/penstock/penstock/internal/identity"
 	"github.com/penstock/penstock/internal/keyring"
 	"github.com/penstock/penstock/internal/redact"
@@ -46,6 +47,7 @@ type App struct {
 	master    *keyring.Master
 	keys      *keyring.Keyring
 	ident     *identity.Store
+	fabric    *fabric.Service
 	audit     *audit.Log
 	sinks     []audit.Sink
 	bootstrap redact.Secret
@@ -96,7 +98,11 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 	if a.master, err = keyring.LoadMaster(ctx, cfg.DataDir, cfg.Keyring); err != nil {
 		return nil, err
 	}
-	eo := engine.Options{DataDir: cfg.DataDir, Config: cfg.Engine, Logger: log.With("component", "engine")}
+	eo := engine.Options{DataDir: cfg.DataDir, Config: cfg.Engine, Logger: log.With("component", "engine"),
+		Native: engine.Native{
+			NATSListen: cfg.Fabric.NATSListen, MQTTListen: cfg.Fabric.MQTTListen, WebSocketListen: cfg.Fabric.WebSocketListen,
+			TLS: a.certs.TLSConfig(), MaxPayload: int32(max(cfg.Fabric.MaxPayload, 1<<20)),
+		}}
 	if cfg.Engine.Embedded() {
 		eo.StoreKey, eo.PreviousStoreKey = a.master.StoreKey()
 	}
@@ -153,6 +159,10 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 	if _, err := a.audit.Append(ctx, audit.Event{Actor: "system", Action: "platform.start", Result: audit.ResultOK, Details: details}); err != nil {
 		return nil, err
 	}
+	if a.fabric, err = fabric.Open(ctx, fabric.Options{Engine: a.eng, Identity: a.ident, Audit: a.audit, Config: cfg.Fabric,
+		Logger: log.With("component", "fabric"), Registry: reg}); err != nil {
+		return nil, err
+	}
 	if a.bootstrap, err = a.ident.Bootstrap(ctx); err != nil {
 		return nil, err
 	}
@@ -166,7 +176,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 		Version: version, Logger: log.With("component", "api"), Ready: a.eng,
 		Limits: lim, Edge: em, Registry: reg,
 		Keyring: a.keys, Master: a.master, Secrets: store,
-		Identity: a.ident, Lockout: lockout, Nonces: nonces, Audit: a.audit,
+		Identity: a.ident, Lockout: lockout, Nonces: nonces, Audit: a.audit, Fabric: a.fabric,
 	})
 	a.routes = routes
 	a.apiSrv = &http.Server{
@@ -304,6 +314,9 @@ func (a *App) closeAll() {
 			a.log.Warn("final audit checkpoint", "error", err)
 		}
 		cancel()
+	}
+	if a.fabric != nil {
+		a.fabric.Close()
 	}
 	if a.ident != nil {
 		a.ident.Close()

@@ -27,6 +27,9 @@ var may = map[authz.Action][]authz.Role{
 	authz.SecretWrite:     {authz.Owner, authz.Admin, authz.Developer},
 	authz.SecretRead:      {authz.Owner, authz.Admin, authz.Developer, authz.Operator, authz.Viewer},
 	authz.AuditRead:       {authz.Owner, authz.Auditor},
+	authz.QueuePublish:    {authz.Owner, authz.Admin, authz.Developer, authz.Operator},
+	authz.QueueConsume:    {authz.Owner, authz.Admin, authz.Developer, authz.Operator},
+	authz.QueueManage:     {authz.Owner, authz.Admin, authz.Developer},
 }
 
 type principal struct {
@@ -67,6 +70,9 @@ func TestEveryRouteForEveryRoleAndScope(t *testing.T) {
 		mustOK("POST", "/v1/tenants/"+tenant+"/environments/production/applications", map[string]string{"name": "billing"})
 	}
 	mustOK("POST", "/v1/users", map[string]string{"name": "victim"})
+	base := "/v1/tenants/acme/environments/production/applications/billing"
+	mustOK("POST", base+"/queues", map[string]any{"name": "jobs"})
+	mustOK("POST", base+"/exchanges", map[string]any{"name": "events", "type": "fanout"})
 
 	scopes := []authz.Scope{{Tenant: "acme"}, {Tenant: "acme", Environment: "production"}, {Tenant: "acme", Environment: "production", Application: "billing"}}
 	principals := []principal{{label: "platform-admin", token: admin, role: authz.PlatformAdmin}}
@@ -148,6 +154,43 @@ func TestEveryRouteForEveryRoleAndScope(t *testing.T) {
 		},
 		"apikey-create": func(principal) call {
 			return call{"POST", "/v1/apikeys", map[string]string{"role": "viewer", "scope": "acme/production/billing"}, app}
+		},
+		"queue-create": func(principal) call {
+			return call{"POST", base + "/queues", map[string]any{"name": fresh("q")}, app}
+		},
+		"queue-list":   func(principal) call { return call{"GET", base + "/queues", nil, app} },
+		"queue-get":    func(principal) call { return call{"GET", base + "/queues/jobs", nil, app} },
+		"queue-delete": func(principal) call { return call{"DELETE", base + "/queues/ghost", nil, app} },
+		"queue-publish": func(principal) call {
+			return call{"POST", base + "/queues/jobs/messages", map[string]any{"messages": []map[string]string{{"data": "x"}}}, app}
+		},
+		"queue-consume": func(principal) call { return call{"POST", base + "/queues/jobs/consume", map[string]any{"max": 1}, app} },
+		"queue-ack":     func(principal) call { return call{"POST", base + "/queues/jobs/ack", map[string]any{"tokens": []string{"x"}}, app} },
+		"queue-nack":    func(principal) call { return call{"POST", base + "/queues/jobs/nack", map[string]any{"tokens": []string{"x"}}, app} },
+		"queue-extend":  func(principal) call { return call{"POST", base + "/queues/jobs/extend", map[string]any{"tokens": []string{"x"}}, app} },
+		"queue-reject":  func(principal) call { return call{"POST", base + "/queues/jobs/reject", map[string]any{"tokens": []string{"x"}}, app} },
+		"dead-letter-list": func(principal) call {
+			return call{"GET", base + "/queues/jobs/dead-letters", nil, app}
+		},
+		"dead-letter-get": func(principal) call { return call{"GET", base + "/queues/jobs/dead-letters/1", nil, app} },
+		"dead-letter-replay": func(principal) call {
+			return call{"POST", base + "/queues/jobs/dead-letters/replay", map[string]any{}, app}
+		},
+		"dead-letter-purge": func(principal) call { return call{"DELETE", base + "/queues/jobs/dead-letters", nil, app} },
+		"exchange-create": func(principal) call {
+			return call{"POST", base + "/exchanges", map[string]any{"name": fresh("x"), "type": "topic"}, app}
+		},
+		"exchange-list":   func(principal) call { return call{"GET", base + "/exchanges", nil, app} },
+		"exchange-get":    func(principal) call { return call{"GET", base + "/exchanges/events", nil, app} },
+		"exchange-delete": func(principal) call { return call{"DELETE", base + "/exchanges/ghost", nil, app} },
+		"exchange-bind": func(principal) call {
+			return call{"POST", base + "/exchanges/events/bind", map[string]any{"queue": "jobs"}, app}
+		},
+		"exchange-unbind": func(principal) call {
+			return call{"POST", base + "/exchanges/events/unbind", map[string]any{"queue": "ghost"}, app}
+		},
+		"exchange-publish": func(principal) call {
+			return call{"POST", base + "/exchanges/events/messages", map[string]any{"messages": []map[string]string{{"data": "x"}}}, app}
 		},
 		"apikey-list": func(principal) call { return call{"GET", "/v1/apikeys?scope=acme/production/billing", nil, app} },
 		"apikey-revoke": func(principal) call {

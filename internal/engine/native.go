@@ -24,7 +24,9 @@ type Native struct {
 	MaxPayload int32
 }
 
-func (n Native) any() bool { return n.NATSListen != "" || n.MQTTListen != "" || n.WebSocketListen != "" }
+func (n Native) any() bool {
+	return n.NATSListen != "" || n.MQTTListen != "" || n.WebSocketListen != ""
+}
 
 // NativeClient is what a client on a native listener presented.
 type NativeClient struct {

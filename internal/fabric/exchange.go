@@ -24,8 +24,8 @@ const (
 	Topic  ExchangeType = "topic"  // by pattern: '*' is one word, '#' zero or more
 )
 
-// Binding sends an exchange's matching messages to a queue of the same application.
-type Binding struct {
+// QueueBinding sends an exchange's matching messages to a queue of the same application.
+type QueueBinding struct {
 	Queue string `json:"queue"`
 	Key   string `json:"key,omitempty" doc:"binding key: equal routing key (direct), pattern (topic), unused (fanout)"`
 }
@@ -34,7 +34,7 @@ type Binding struct {
 type Exchange struct {
 	Name     string       `json:"name"`
 	Type     ExchangeType `json:"type"`
-	Bindings []Binding    `json:"bindings"`
+	Bindings []QueueBinding    `json:"bindings"`
 	Revision uint64       `json:"-"`
 }
 
@@ -146,7 +146,7 @@ func (s *Service) CreateExchange(ctx context.Context, r Ref, t ExchangeType) (Ex
 	if err != nil {
 		return Exchange{}, err
 	}
-	x := Exchange{Name: r.Name, Type: t, Bindings: []Binding{}}
+	x := Exchange{Name: r.Name, Type: t, Bindings: []QueueBinding{}}
 	b, _ := json.Marshal(x)
 	rev, err := ta.bindings.Create(ctx, exchangeKey(r.Application, r.Name), b)
 	if errors.Is(err, jetstream.ErrKeyExists) {
@@ -251,7 +251,7 @@ func (s *Service) Exchanges(ctx context.Context, app Ref) ([]Exchange, error) {
 }
 
 // Bind adds a binding (idempotent). The queue must be in the exchange's application.
-func (s *Service) Bind(ctx context.Context, r Ref, b Binding) (Exchange, error) {
+func (s *Service) Bind(ctx context.Context, r Ref, b QueueBinding) (Exchange, error) {
 	return s.updateBindings(ctx, r, b, true, func(x *Exchange) {
 		if !slices.Contains(x.Bindings, b) {
 			x.Bindings = append(x.Bindings, b)
@@ -260,7 +260,7 @@ func (s *Service) Bind(ctx context.Context, r Ref, b Binding) (Exchange, error) 
 }
 
 // Unbind removes a binding; removing one that does not exist is ErrNotFound.
-func (s *Service) Unbind(ctx context.Context, r Ref, b Binding) (Exchange, error) {
+func (s *Service) Unbind(ctx context.Context, r Ref, b QueueBinding) (Exchange, error) {
 	found := false
 	x, err := s.updateBindings(ctx, r, b, false, func(x *Exchange) {
 		if i := slices.Index(x.Bindings, b); i >= 0 {
@@ -274,7 +274,7 @@ func (s *Service) Unbind(ctx context.Context, r Ref, b Binding) (Exchange, error
 	return x, err
 }
 
-func (s *Service) updateBindings(ctx context.Context, r Ref, b Binding, adding bool, change func(*Exchange)) (Exchange, error) {
+func (s *Service) updateBindings(ctx context.Context, r Ref, b QueueBinding, adding bool, change func(*Exchange)) (Exchange, error) {
 	if err := r.check("exchange"); err != nil {
 		return Exchange{}, err
 	}

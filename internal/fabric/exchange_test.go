@@ -64,26 +64,26 @@ func TestExchangeRoutingEndToEnd(t *testing.T) {
 	}
 	binds := []struct {
 		x string
-		b Binding
+		b QueueBinding
 	}{
-		{"direct", Binding{Queue: "eu", Key: "eu"}},
-		{"direct", Binding{Queue: "us", Key: "us"}},
-		{"fan", Binding{Queue: "eu"}},
-		{"fan", Binding{Queue: "us"}},
-		{"fan", Binding{Queue: "all"}},
-		{"topics", Binding{Queue: "eu", Key: "order.eu.*"}},
-		{"topics", Binding{Queue: "all", Key: "order.#"}},
-		{"topics", Binding{Queue: "audit", Key: "#.refund"}},
+		{"direct", QueueBinding{Queue: "eu", Key: "eu"}},
+		{"direct", QueueBinding{Queue: "us", Key: "us"}},
+		{"fan", QueueBinding{Queue: "eu"}},
+		{"fan", QueueBinding{Queue: "us"}},
+		{"fan", QueueBinding{Queue: "all"}},
+		{"topics", QueueBinding{Queue: "eu", Key: "order.eu.*"}},
+		{"topics", QueueBinding{Queue: "all", Key: "order.#"}},
+		{"topics", QueueBinding{Queue: "audit", Key: "#.refund"}},
 	}
 	for _, b := range binds {
 		if _, err := h.fab.Bind(ctx, ref(b.x), b.b); err != nil {
 			t.Fatalf("bind %+v: %v", b, err)
 		}
 	}
-	if _, err := h.fab.Bind(ctx, ref("fan"), Binding{Queue: "eu", Key: "x"}); !errors.Is(err, ErrInvalid) {
+	if _, err := h.fab.Bind(ctx, ref("fan"), QueueBinding{Queue: "eu", Key: "x"}); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("fanout with a key: %v", err)
 	}
-	if _, err := h.fab.Bind(ctx, ref("direct"), Binding{Queue: "nope", Key: "x"}); !errors.Is(err, ErrNotFound) {
+	if _, err := h.fab.Bind(ctx, ref("direct"), QueueBinding{Queue: "nope", Key: "x"}); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("bind to a missing queue: %v", err)
 	}
 
@@ -132,14 +132,14 @@ func TestExchangeRoutingEndToEnd(t *testing.T) {
 		}
 	}
 	// Unbinding stops the routing; deleting a queue removes its bindings.
-	if _, err := h.fab.Unbind(ctx, ref("direct"), Binding{Queue: "eu", Key: "eu"}); err != nil {
+	if _, err := h.fab.Unbind(ctx, ref("direct"), QueueBinding{Queue: "eu", Key: "eu"}); err != nil {
 		t.Fatal(err)
 	}
 	if err := h.fab.DeleteQueue(ctx, ref("us")); err != nil {
 		t.Fatal(err)
 	}
 	x, err := h.fab.GetExchange(ctx, ref("fan"))
-	if err != nil || len(x.Bindings) != 2 || slices.ContainsFunc(x.Bindings, func(b Binding) bool { return b.Queue == "us" }) {
+	if err != nil || len(x.Bindings) != 2 || slices.ContainsFunc(x.Bindings, func(b QueueBinding) bool { return b.Queue == "us" }) {
 		t.Fatalf("fan after deleting us: %+v %v", x, err)
 	}
 	x, _ = h.fab.GetExchange(ctx, ref("direct"))

@@ -313,10 +313,13 @@ func TestNativeQuotas(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := big.nc.Publish(q.queueSubject(), make([]byte, 2048)); err == nil {
-		_ = big.nc.Flush()
-	}
-	waitFor(t, "the oversized publish to be refused", big.nc.IsClosed)
+	waitFor(t, "the oversized publish to be refused", func() bool {
+		if err := big.nc.Publish(q.queueSubject(), make([]byte, 2048)); err == nil {
+			_ = big.nc.Flush()
+		}
+		time.Sleep(200 * time.Millisecond)
+		return big.nc.IsClosed()
+	})
 	if err := big.nc.LastError(); err == nil || !strings.Contains(strings.ToLower(err.Error()), "maximum payload") {
 		t.Fatalf("nats payload: %v", err)
 	}

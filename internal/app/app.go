@@ -234,6 +234,7 @@ func (a *App) Run(ctx context.Context) error {
 	}
 	a.log.Info("serving", "api", "https://"+a.APIAddr(), "metrics", a.MetricsAddr(),
 		"engine", engineMode(a.eng), "sync", a.eng.Durability(), "nats", a.eng.ClientURL(),
+		"mqtt", a.eng.NativeAddrs().MQTT, "websocket", a.eng.NativeAddrs().WebSocket,
 		"data_dir", a.cfg.DataDir, "ca", a.certs.CAPath())
 	fctx, stopForwarding := context.WithCancel(context.Background())
 	var forwarders sync.WaitGroup

@@ -43,11 +43,14 @@ func (s *Service) Consume(ctx context.Context, r Ref, maxN int, wait time.Durati
 	if err != nil {
 		return nil, err
 	}
-	cons, err := ta.acc.JetStream().Consumer(ctx, r.queueStream(), r.consumer())
+	cons, err := ta.consumer(ctx, r)
 	if err != nil {
-		return nil, jsErr(err, "queue "+r.Name)
+		return nil, err
 	}
 	out, err := fetch(cons, maxN, 0)
+	if errors.Is(err, ErrNotFound) {
+		ta.forgetConsumer(r.queueStream())
+	}
 	if err != nil || len(out) > 0 || wait == 0 {
 		return s.deliveries(out), err
 	}
@@ -57,6 +60,31 @@ func (s *Service) Consume(ctx context.Context, r Ref, maxN int, wait time.Durati
 	}
 	more, err := fetch(cons, maxN-1, 0)
 	return s.deliveries(append(out, more...)), err
+}
+
+// consumer returns a queue's consumer handle, looked up once: a lookup is a round trip to
+// the engine.
+func (ta *tenantAccount) consumer(ctx context.Context, r Ref) (jetstream.Consumer, error) {
+	ta.mu.RLock()
+	c, ok := ta.consumers[r.queueStream()]
+	ta.mu.RUnlock()
+	if ok {
+		return c, nil
+	}
+	c, err := ta.acc.JetStream().Consumer(ctx, r.queueStream(), r.consumer())
+	if err != nil {
+		return nil, jsErr(err, "queue "+r.Name)
+	}
+	ta.mu.Lock()
+	ta.consumers[r.queueStream()] = c
+	ta.mu.Unlock()
+	return c, nil
+}
+
+func (ta *tenantAccount) forgetConsumer(stream string) {
+	ta.mu.Lock()
+	delete(ta.consumers, stream)
+	ta.mu.Unlock()
 }
 
 func fetch(cons jetstream.Consumer, n int, wait time.Duration) ([]jetstream.Msg, error) {

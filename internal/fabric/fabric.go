@@ -123,7 +123,8 @@ type tenantAccount struct {
 	routers  map[string]context.CancelFunc
 
 	mu        sync.RWMutex
-	exchanges map[string]Exchange // app/name -> exchange with bindings
+	exchanges map[string]Exchange            // app/name -> exchange with bindings
+	consumers map[string]jetstream.Consumer // queue stream -> its consumer handle
 	lastQuota time.Time
 }
 
@@ -206,7 +207,8 @@ func (s *Service) account(ctx context.Context, tenant, env string) (*tenantAccou
 	if err != nil {
 		return nil, err
 	}
-	ta := &tenantAccount{acc: acc, bindings: kv, routers: map[string]context.CancelFunc{}, exchanges: map[string]Exchange{}}
+	ta := &tenantAccount{acc: acc, bindings: kv, routers: map[string]context.CancelFunc{}, exchanges: map[string]Exchange{},
+		consumers: map[string]jetstream.Consumer{}}
 	if s.cfg.PublishRate > 0 {
 		ta.limiter = rate.NewLimiter(rate.Limit(s.cfg.PublishRate), max(1, int(s.cfg.PublishRate)))
 	}

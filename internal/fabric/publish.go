@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"strings"
 	"time"
 
@@ -200,6 +201,7 @@ func (s *Service) committerFor(ctx context.Context, ta *tenantAccount, stream st
 }
 
 func (s *Service) dropCommitter(ta *tenantAccount, stream string) {
+	ta.forgetConsumer(stream)
 	key := ta.acc.Name() + "/" + stream
 	s.mu.Lock()
 	c, ok := s.committers[key]
@@ -223,7 +225,19 @@ func (s *Service) commitLoop(ctx context.Context, c *committer) {
 		}
 	}()
 	maxN := s.cfg.MaxCommit
+	// Up to commitsInFlight batches are being made durable at once: a JetStream atomic batch
+	// has a fixed cost (the engine stages it in a store of its own), which concurrent batches
+	// overlap. Each request is in exactly one batch, and a publisher waits for its
+	// acknowledgement before it sends more, so its messages stay in order.
+	slots := make(chan struct{}, commitsInFlight)
+	var inflight sync.WaitGroup
+	defer inflight.Wait()
 	for {
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
 		var first *pubReq
 		select {
 		case first = <-c.ch:
@@ -268,9 +282,18 @@ func (s *Service) commitLoop(ctx context.Context, c *committer) {
 		if timer != nil {
 			timer.Stop()
 		}
-		s.commit(ctx, c, batch)
+		inflight.Add(1)
+		go func(batch []*pubReq) {
+			defer inflight.Done()
+			defer func() { <-slots }()
+			s.commit(ctx, c, batch)
+		}(batch)
 	}
 }
+
+// commitsInFlight is how many atomic batches one stream has being committed at once
+// (JetStream allows 50 per stream).
+const commitsInFlight = 16
 
 // commit makes one batch durable and answers each of its requests.
 func (s *Service) commit(ctx context.Context, c *committer, batch []*pubReq) {

@@ -28,12 +28,17 @@ func Open(ctx context.Context, dir string) (*Stack, error) {
 
 // OpenNative is Open with the engine's native listeners configured.
 func OpenNative(ctx context.Context, dir string, native engine.Native) (*Stack, error) {
+	return OpenEngine(ctx, dir, config.Default().Engine, native)
+}
+
+// OpenEngine is Open with the engine's configuration and native listeners given.
+func OpenEngine(ctx context.Context, dir string, ecfg config.Engine, native engine.Native) (*Stack, error) {
 	m, err := keyring.LoadMaster(ctx, dir, config.Keyring{})
 	if err != nil {
 		return nil, err
 	}
 	cur, prev := m.StoreKey()
-	eng, err := engine.Open(ctx, engine.Options{DataDir: dir, Config: config.Default().Engine, StoreKey: cur, PreviousStoreKey: prev, Native: native})
+	eng, err := engine.Open(ctx, engine.Options{DataDir: dir, Config: ecfg, StoreKey: cur, PreviousStoreKey: prev, Native: native})
 	if err != nil {
 		m.Close()
 		return nil, fmt.Errorf("engine: %w", err)

@@ -213,22 +213,46 @@ func pipeline(name string, n, size int, pub func(stop <-chan struct{}) error, co
 	go func() { perr <- pub(stop) }()
 	cerr := make(chan error, 1)
 	go func() { cerr <- con(lat, done) }()
+	var pubDone error
+	published := false
 	select {
 	case <-finished:
 	case err := <-cerr:
 		close(stop)
 		return result{name: name}, fmt.Errorf("consumer: %w", err)
+	case pubDone = <-perr:
+		published = true
+		if pubDone != nil {
+			close(stop)
+			return result{name: name}, fmt.Errorf("publisher: %w", pubDone)
+		}
+		// Published everything: wait for the consumer.
+		select {
+		case <-finished:
+		case err := <-cerr:
+			return result{name: name}, fmt.Errorf("consumer: %w", err)
+		case <-time.After(5 * time.Minute):
+			return result{name: name}, errors.New("timed out consuming")
+		}
 	case <-time.After(10 * time.Minute):
 		close(stop)
 		return result{name: name}, errors.New("timed out")
 	}
 	elapsed := time.Since(start)
 	close(stop)
-	if err := <-perr; err != nil {
-		return result{name: name}, fmt.Errorf("publisher: %w", err)
+	if !published {
+		if err := <-perr; err != nil {
+			return result{name: name}, fmt.Errorf("publisher: %w", err)
+		}
 	}
 	p50, p99 := lat.pct()
 	return result{name: name, msgs: n, size: size, elapsed: elapsed, p50: p50, p99: p99}, nil
+}
+
+// asyncFailed stops the run: an asynchronous publish the engine did not acknowledge would
+// leave the consumer waiting for it.
+func asyncFailed(_ jetstream.JetStream, m *nats.Msg, err error) {
+	log.Fatalf("async publish to %s not acknowledged: %v", m.Subject, err)
 }
 
 // natsPublisher publishes n messages to subject: asynchronously (lazy and always), or as
@@ -267,7 +291,7 @@ func natsPublisher(nc *nats.Conn, js jetstream.JetStream, subject string, n, siz
 				return nil
 			default:
 			}
-			if _, err := js.PublishAsync(subject, payload(size)); err != nil {
+			if _, err := js.PublishAsync(subject, payload(size), jetstream.WithStallWait(time.Minute)); err != nil {
 				return fmt.Errorf("message %d: %w", i, err)
 			}
 		}
@@ -330,7 +354,7 @@ func rawJetStream(n, size int, mode string) (result, error) {
 		return result{name: name}, err
 	}
 	defer nc.Close()
-	js, _ := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096))
+	js, _ := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096), jetstream.WithPublishAsyncErrHandler(asyncFailed))
 	if _, err := js.CreateStream(ctx, streamConfig("Q", "q")); err != nil {
 		return result{name: name}, err
 	}
@@ -425,7 +449,7 @@ func penstockNative(n, size int, mode string) (result, error) {
 		return result{name: name}, err
 	}
 	defer nc.Close()
-	js, _ := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096))
+	js, _ := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096), jetstream.WithPublishAsyncErrHandler(asyncFailed))
 	cons, err := js.Consumer(ctx, "Q_shop_jobs", "shop")
 	if err != nil {
 		return result{name: name}, err

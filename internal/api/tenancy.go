@@ -7,6 +7,7 @@ import (
 	"github.com/danielgtaylor/huma/v2"
 
 	"github.com/penstock/penstock/internal/authz"
+	"github.com/penstock/penstock/internal/fabric"
 	"github.com/penstock/penstock/internal/identity"
 	"github.com/penstock/penstock/internal/redact"
 )
@@ -159,6 +160,14 @@ func registerTenancy(g gate, hapi huma.API, o Options) {
 		OperationID: "tenant-delete", Method: http.MethodDelete, Path: "/v1/tenants/{tenant}", Tags: []string{"tenants"},
 		Summary: "Delete a tenant and crypto-shred its keys: its data becomes unrecoverable", DefaultStatus: http.StatusNoContent,
 	}, (*tenantPath).scope, func(ctx context.Context, _ *caller, in *tenantPath) (*struct{}, error) {
+		if t, ok := id.Tenant(in.Tenant); ok && o.Fabric != nil {
+			// Queues first: deleting their streams deletes their engine keys too.
+			for _, env := range t.Environments {
+				if err := o.Fabric.DeleteEnvironment(ctx, in.Tenant, env); err != nil {
+					return nil, fabricError(o, "delete tenant queues", err)
+				}
+			}
+		}
 		return nil, identityError(o, "delete tenant", id.DeleteTenant(ctx, in.Tenant))
 	})
 
@@ -231,6 +240,12 @@ func registerTenancy(g gate, hapi huma.API, o Options) {
 	}, func(in *appDeletePath) authz.Scope {
 		return authz.Scope{Tenant: in.Tenant, Environment: in.Environment, Application: in.Application}
 	}, func(ctx context.Context, _ *caller, in *appDeletePath) (*struct{}, error) {
+		if _, ok := id.App(in.Tenant, in.Environment, in.Application); ok && o.Fabric != nil {
+			ref := fabric.Ref{Tenant: in.Tenant, Environment: in.Environment, Application: in.Application}
+			if err := o.Fabric.DeleteApplication(ctx, ref); err != nil {
+				return nil, fabricError(o, "delete application queues", err)
+			}
+		}
 		return nil, identityError(o, "delete application", id.DeleteApp(ctx, in.Tenant, in.Environment, in.Application))
 	})
 

@@ -279,6 +279,40 @@ func (s *Service) DeleteApplication(ctx context.Context, app Ref) error {
 	return nil
 }
 
+// DeleteEnvironment deletes every queue, dead-letter queue, exchange and binding of a
+// tenant-environment, as its tenant is deleted.
+func (s *Service) DeleteEnvironment(ctx context.Context, tenant, env string) error {
+	name := AccountName(tenant, env)
+	if !s.o.Engine.HasAccount(name) {
+		return nil
+	}
+	ta, err := s.account(ctx, tenant, env)
+	if err != nil {
+		return err
+	}
+	ta.mu.Lock()
+	for k, stop := range ta.routers {
+		stop()
+		delete(ta.routers, k)
+	}
+	ta.mu.Unlock()
+	js := ta.acc.JetStream()
+	var streams []string
+	for n := range js.StreamNames(ctx).Name() {
+		streams = append(streams, n)
+	}
+	for _, n := range streams {
+		s.dropCommitter(ta, n)
+		if err := js.DeleteStream(ctx, n); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+			return jsErr(err, "delete "+n)
+		}
+	}
+	s.mu.Lock()
+	delete(s.accounts, name)
+	s.mu.Unlock()
+	return nil
+}
+
 // validHeader reports whether a client-supplied header name is allowed: a token that does not
 // use the names the engine and Penstock reserve.
 func validHeader(k string) error {

@@ -360,3 +360,38 @@ func TestPayloadsEncryptedAtRest(t *testing.T) {
 		t.Fatalf("scanned %d files: %v", files, err)
 	}
 }
+
+// Deleting an application or a tenant's environment deletes its queues and exchanges.
+func TestDeletingApplicationAndEnvironment(t *testing.T) {
+	h := open(t, nil)
+	q := h.queue("acme", "jobs", QueueSpec{})
+	publish(t, h.fab, q, text(1))
+	x := q
+	x.Name = "events"
+	if _, err := h.fab.CreateExchange(ctx, x, Fanout); err != nil {
+		t.Fatal(err)
+	}
+	app := q
+	app.Name = ""
+	if err := h.fab.DeleteApplication(ctx, app); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.fab.Queue(ctx, q); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("queue after application delete: %v", err)
+	}
+	if _, err := h.fab.GetExchange(ctx, x); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("exchange after application delete: %v", err)
+	}
+	q2 := h.queue("acme", "more", QueueSpec{})
+	if err := h.fab.DeleteEnvironment(ctx, "acme", "production"); err != nil {
+		t.Fatal(err)
+	}
+	acc, _ := h.stack.Engine.Account(ctx, q2.account())
+	n := 0
+	for range acc.JetStream().StreamNames(ctx).Name() {
+		n++
+	}
+	if n != 0 {
+		t.Fatalf("%d streams left in the account", n)
+	}
+}

@@ -7,7 +7,7 @@
 // every message, so the figures are end-to-end: messages/s through the queue, MB/s of
 // payload, and publish-to-deliver latency.
 //
-//	go run ./bench/fabric [-n 20000] [-sizes 128,1024] [-skip-rabbitmq]
+//	go run ./bench/fabric [-n 20000] [-sizes 128,1024] [-skip-rabbitmq] [-only https -commit-window 5ms -max-commit 1000]
 package main
 
 import (
@@ -53,15 +53,24 @@ import (
 	"github.com/penstock/penstock/internal/secrets"
 )
 
-var ctx = context.Background()
+var (
+	ctx          = context.Background()
+	commitWindow *time.Duration
+	maxCommit    *int
+)
 
 type result struct {
 	name     string
 	msgs     int
 	size     int
 	elapsed  time.Duration
-	p50, p99 time.Duration
+	// pubElapsed is when the last publish was acknowledged (at most elapsed).
+	pubElapsed time.Duration
+	p50, p99   time.Duration
+	note       string
 }
+
+func (r result) pubRate() float64 { return float64(r.msgs) / r.pubElapsed.Seconds() }
 
 func (r result) rate() float64 { return float64(r.msgs) / r.elapsed.Seconds() }
 func (r result) mbs() float64  { return r.rate() * float64(r.size) / 1e6 }
@@ -115,6 +124,8 @@ func main() {
 	skipRabbit := flag.Bool("skip-rabbitmq", false, "leave out the RabbitMQ peer")
 	only := flag.String("only", "", "run only the HTTPS runs (https), for profiling")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the run here")
+	commitWindow = flag.Duration("commit-window", -1, "fabric.commit_window for the HTTPS runs (default: the configuration default)")
+	maxCommit = flag.Int("max-commit", 0, "fabric.max_commit for the HTTPS runs (default: the configuration default)")
 	flag.Parse()
 	if *cpuprofile != "" {
 		f, err := os.Create(*cpuprofile)
@@ -133,7 +144,7 @@ func main() {
 				log.Fatal(err)
 			}
 			for _, r := range []result{b, s} {
-				fmt.Printf("%-58s %10.0f msgs/s p50 %s p99 %s\n", r.name, r.rate(), r.p50, r.p99)
+				fmt.Printf("%-58s %10.0f msgs/s end to end, %10.0f published/s, p50 %s p99 %s; %s\n", r.name, r.rate(), r.pubRate(), r.p50, r.p99, r.note)
 			}
 		}
 		return
@@ -170,9 +181,9 @@ func main() {
 			d = add(rabbitMQ(*n, size))
 		}
 		fmt.Printf("\n%d-byte messages\n\n", size)
-		fmt.Printf("%-58s %10s %8s %10s %10s\n", "", "msgs/s", "MB/s", "p50", "p99")
+		fmt.Printf("%-58s %10s %8s %10s %10s %12s\n", "", "msgs/s", "MB/s", "p50", "p99", "publish/s")
 		for _, r := range rs {
-			fmt.Printf("%-58s %10.0f %8.2f %10s %10s\n", r.name, r.rate(), r.mbs(), r.p50.Round(10*time.Microsecond), r.p99.Round(10*time.Microsecond))
+			fmt.Printf("%-58s %10.0f %8.2f %10s %10s %12.0f\n", r.name, r.rate(), r.mbs(), r.p50.Round(10*time.Microsecond), r.p99.Round(10*time.Microsecond), r.pubRate())
 		}
 		fmt.Printf("\nratios\n")
 		ratio := func(label string, a, b result, target float64) {
@@ -210,7 +221,12 @@ func pipeline(name string, n, size int, pub func(stop <-chan struct{}) error, co
 	}
 	start := time.Now()
 	perr := make(chan error, 1)
-	go func() { perr <- pub(stop) }()
+	var pubElapsed atomic.Int64
+	go func() {
+		err := pub(stop)
+		pubElapsed.Store(int64(time.Since(start)))
+		perr <- err
+	}()
 	cerr := make(chan error, 1)
 	go func() { cerr <- con(lat, done) }()
 	var pubDone error
@@ -246,7 +262,11 @@ func pipeline(name string, n, size int, pub func(stop <-chan struct{}) error, co
 		}
 	}
 	p50, p99 := lat.pct()
-	return result{name: name, msgs: n, size: size, elapsed: elapsed, p50: p50, p99: p99}, nil
+	pe := time.Duration(pubElapsed.Load())
+	if pe == 0 || pe > elapsed {
+		pe = elapsed
+	}
+	return result{name: name, msgs: n, size: size, elapsed: elapsed, pubElapsed: pe, p50: p50, p99: p99}, nil
 }
 
 // asyncFailed stops the run: an asynchronous publish the engine did not acknowledge would
@@ -376,6 +396,31 @@ type penstockStack struct {
 	key   string
 	keyID string
 	dir   string
+	reg   *prometheus.Registry
+}
+
+// commits reports the group commits made: how many, messages per commit, and mean time.
+func (p *penstockStack) commits() string {
+	mfs, err := p.reg.Gather()
+	if err != nil {
+		return ""
+	}
+	var n, msgs, secs float64
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			h := m.GetHistogram()
+			switch mf.GetName() {
+			case "penstock_fabric_commit_messages":
+				n, msgs = float64(h.GetSampleCount()), h.GetSampleSum()
+			case "penstock_fabric_commit_seconds":
+				secs = h.GetSampleSum()
+			}
+		}
+	}
+	if n == 0 {
+		return "no group commits"
+	}
+	return fmt.Sprintf("%.0f group commits, %.1f messages each, %.1f ms each", n, msgs/n, secs/n*1000)
 }
 
 func openPenstock(sync string, fcfg config.Fabric) (*penstockStack, error) {
@@ -405,7 +450,8 @@ func openPenstock(sync string, fcfg config.Fabric) (*penstockStack, error) {
 	if _, err := ids.CreateApp(ctx, "acme", "production", "shop"); err != nil {
 		return nil, err
 	}
-	fab, err := fabric.Open(ctx, fabric.Options{Engine: st.Engine, Identity: ids, Config: fcfg, Registry: prometheus.NewRegistry()})
+	reg := prometheus.NewRegistry()
+	fab, err := fabric.Open(ctx, fabric.Options{Engine: st.Engine, Identity: ids, Config: fcfg, Registry: reg})
 	if err != nil {
 		return nil, err
 	}
@@ -418,7 +464,7 @@ func openPenstock(sync string, fcfg config.Fabric) (*penstockStack, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &penstockStack{stack: st, ids: ids, fab: fab, cm: cm, roots: roots, key: nk.Key.Reveal(), keyID: nk.Record.ID, dir: dir}, nil
+	return &penstockStack{stack: st, ids: ids, fab: fab, cm: cm, roots: roots, key: nk.Key.Reveal(), keyID: nk.Record.ID, dir: dir, reg: reg}, nil
 }
 
 func (p *penstockStack) close() {
@@ -462,7 +508,14 @@ func penstockNative(n, size int, mode string) (result, error) {
 // 4 clients consume 500 at a time and acknowledge.
 func penstockHTTPS(n, size int) (result, result, error) {
 	run := func(name string, perReq int) (result, error) {
-		p, err := openPenstock("always", config.Default().Fabric)
+		fcfg := config.Default().Fabric
+		if *commitWindow >= 0 {
+			fcfg.CommitWindow = *commitWindow
+		}
+		if *maxCommit > 0 {
+			fcfg.MaxCommit = *maxCommit
+		}
+		p, err := openPenstock("always", fcfg)
 		if err != nil {
 			return result{name: name}, err
 		}
@@ -587,7 +640,9 @@ func penstockHTTPS(n, size int) (result, result, error) {
 			close(errs)
 			return <-errs
 		}
-		return pipeline(name, n, size, pub, con)
+		r, err := pipeline(name, n, size, pub, con)
+		r.note = p.commits()
+		return r, err
 	}
 	b, err := run("(c) Penstock HTTPS durable, 64 clients x batches of 100", 100)
 	if err != nil {

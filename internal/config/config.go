@@ -222,7 +222,7 @@ func Default() Config {
 		Engine: Engine{SyncInterval: "always", Replicas: 1},
 		Audit:  Audit{Retention: 400 * 24 * time.Hour},
 		Fabric: Fabric{
-			CommitWindow: 2 * time.Millisecond, MaxCommit: 500, MaxPublishBatch: 1000,
+			CommitWindow: 5 * time.Millisecond, MaxCommit: 1000, MaxPublishBatch: 1000,
 			MaxAge: 14 * 24 * time.Hour, MaxDeliveries: 5, AckWait: 30 * time.Second, DuplicateWindow: 2 * time.Minute,
 			MaxConnections: 1000, MaxSubscriptions: 10000, MaxPayload: 1 << 20,
 		},

@@ -164,7 +164,6 @@ func (s *Service) CreateExchange(ctx context.Context, r Ref, t ExchangeType) (Ex
 		Retention:          jetstream.WorkQueuePolicy,
 		Discard:            jetstream.DiscardNew,
 		MaxAge:             s.cfg.MaxAge,
-		MaxBytes:           maxBytesFor(s.cfg.MaxStorage),
 		Storage:            jetstream.FileStorage,
 		Duplicates:         s.cfg.DuplicateWindow,
 		AllowAtomicPublish: true,
@@ -188,13 +187,6 @@ func (s *Service) CreateExchange(ctx context.Context, r Ref, t ExchangeType) (Ex
 		return Exchange{}, err
 	}
 	return x, nil
-}
-
-func maxBytesFor(storage int64) int64 {
-	if storage > 0 {
-		return storage
-	}
-	return -1
 }
 
 // GetExchange returns an exchange with its bindings.

@@ -255,7 +255,7 @@ func jsErr(err error, what string) error {
 			case strings.Contains(d, "resource"):
 				return fmt.Errorf("%s: %w", what, ErrStorageQuota)
 			}
-		case 10047: // insufficient storage resources
+		case 10047, 10002: // insufficient storage resources; resource limits exceeded for account
 			return fmt.Errorf("%s: %w", what, ErrStorageQuota)
 		case 10054: // maximum payload exceeded
 			return fmt.Errorf("%s: %w", what, ErrPayloadLimit)

@@ -380,3 +380,34 @@ func waitForEvent(t *testing.T, h *harness, action, path string) {
 		}
 	}
 }
+
+// The storage quota is the engine's account limit: once a tenant-environment's queues hold it,
+// publishes are refused with a clear error, on HTTPS and natively.
+func TestStorageQuota(t *testing.T) {
+	h := open(t, func(f *config.Fabric) { f.MaxStorage = 256 << 10 })
+	q1 := h.queue("acme", "one", QueueSpec{})
+	q2 := h.queue("acme", "two", QueueSpec{})
+	chunk := make([]byte, 16<<10)
+	var err error
+	for i := 0; i < 64 && err == nil; i++ {
+		q := q1
+		if i%2 == 1 {
+			q = q2
+		}
+		_, err = h.fab.Publish(ctx, Target{Ref: q}, []Message{{Data: chunk}})
+	}
+	if !errors.Is(err, ErrStorageQuota) {
+		t.Fatalf("over the storage quota: %v", err)
+	}
+	key, id := h.key("acme", authz.Developer)
+	c, derr := h.dialNATS("acme/production", key, id, false)
+	if derr != nil {
+		t.Fatal(derr)
+	}
+	js, _ := jetstream.New(c.nc)
+	if _, perr := js.Publish(ctx, q1.queueSubject(), chunk); perr == nil {
+		t.Fatal("native publish over the storage quota was stored")
+	} else {
+		t.Logf("https: %v; native: %v", err, perr)
+	}
+}

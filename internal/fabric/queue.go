@@ -76,10 +76,6 @@ func (s *Service) withDefaults(q QueueSpec) (QueueSpec, error) {
 	case q.DuplicateWindow < 0 || q.DuplicateWindow > q.MaxAge:
 		return q, invalidf("spec.duplicate_window: must be between 0 and spec.max_age")
 	}
-	if s.cfg.MaxStorage > 0 && (q.MaxBytes == -1 || q.MaxBytes > s.cfg.MaxStorage) {
-		// An account with a storage limit needs each stream sized within it.
-		q.MaxBytes = s.cfg.MaxStorage
-	}
 	return q, nil
 }
 

@@ -60,10 +60,10 @@ var (
 )
 
 type result struct {
-	name     string
-	msgs     int
-	size     int
-	elapsed  time.Duration
+	name    string
+	msgs    int
+	size    int
+	elapsed time.Duration
 	// pubElapsed is when the last publish was acknowledged (at most elapsed).
 	pubElapsed time.Duration
 	p50, p99   time.Duration
@@ -489,13 +489,12 @@ func penstockNative(n, size int, mode string) (result, error) {
 	}
 	defer p.close()
 	nc, err := nats.Connect("tls://"+p.stack.Engine.NativeAddrs().NATS, nats.UserInfo("acme/production", p.key),
-		nats.Secure(&tls.Config{RootCAs: p.roots, ServerName: "localhost", MinVersion: tls.VersionTLS12}),
-		nats.CustomInboxPrefix(fabric.InboxPrefix(p.keyID)))
+		nats.Secure(&tls.Config{RootCAs: p.roots, ServerName: "localhost", MinVersion: tls.VersionTLS12}))
 	if err != nil {
 		return result{name: name}, err
 	}
 	defer nc.Close()
-	js, _ := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096), jetstream.WithPublishAsyncErrHandler(asyncFailed))
+	js, _ := jetstream.NewWithAPIPrefix(nc, fabric.APIPrefix, jetstream.WithPublishAsyncMaxPending(4096), jetstream.WithPublishAsyncErrHandler(asyncFailed))
 	cons, err := js.Consumer(ctx, "Q_shop_jobs", "shop")
 	if err != nil {
 		return result{name: name}, err

@@ -133,7 +133,7 @@ func TestFabricKill9LosesNoAcknowledgedMessage(t *testing.T) {
 		})
 	}
 	// A native NATS publisher with the same key: its acknowledgements come from the engine.
-	nc, err := nats.Connect(p.nats, nats.UserInfo("acme/production", key), nats.CustomInboxPrefix("_INBOX."+key[4:20]),
+	nc, err := nats.Connect(p.nats, nats.UserInfo("acme/production", key),
 		nats.Secure(&tls.Config{RootCAs: p.caPool(), ServerName: "localhost"}), nats.MaxReconnects(0))
 	if err != nil {
 		t.Fatalf("native connect to %s: %v", p.nats, err)

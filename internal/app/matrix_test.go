@@ -164,11 +164,21 @@ func TestEveryRouteForEveryRoleAndScope(t *testing.T) {
 		"queue-publish": func(principal) call {
 			return call{"POST", base + "/queues/jobs/messages", map[string]any{"messages": []map[string]string{{"data": "x"}}}, app}
 		},
-		"queue-consume": func(principal) call { return call{"POST", base + "/queues/jobs/consume", map[string]any{"max": 1}, app} },
-		"queue-ack":     func(principal) call { return call{"POST", base + "/queues/jobs/ack", map[string]any{"tokens": []string{"x"}}, app} },
-		"queue-nack":    func(principal) call { return call{"POST", base + "/queues/jobs/nack", map[string]any{"tokens": []string{"x"}}, app} },
-		"queue-extend":  func(principal) call { return call{"POST", base + "/queues/jobs/extend", map[string]any{"tokens": []string{"x"}}, app} },
-		"queue-reject":  func(principal) call { return call{"POST", base + "/queues/jobs/reject", map[string]any{"tokens": []string{"x"}}, app} },
+		"queue-consume": func(principal) call {
+			return call{"POST", base + "/queues/jobs/consume", map[string]any{"max": 1}, app}
+		},
+		"queue-ack": func(principal) call {
+			return call{"POST", base + "/queues/jobs/ack", map[string]any{"tokens": []string{"x"}}, app}
+		},
+		"queue-nack": func(principal) call {
+			return call{"POST", base + "/queues/jobs/nack", map[string]any{"tokens": []string{"x"}}, app}
+		},
+		"queue-extend": func(principal) call {
+			return call{"POST", base + "/queues/jobs/extend", map[string]any{"tokens": []string{"x"}}, app}
+		},
+		"queue-reject": func(principal) call {
+			return call{"POST", base + "/queues/jobs/reject", map[string]any{"tokens": []string{"x"}}, app}
+		},
 		"dead-letter-list": func(principal) call {
 			return call{"GET", base + "/queues/jobs/dead-letters", nil, app}
 		},

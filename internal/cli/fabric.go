@@ -277,4 +277,3 @@ func exchangeCmd(environ []string) *cobra.Command {
 	)
 	return cmd
 }
-

@@ -47,7 +47,7 @@ func startEmbedded(o Options) (*embedded, error) {
 		return nil, err
 	}
 	em := &embedded{token: token, native: o.Native}
-	em.auth = &authenticator{token: token}
+	em.auth = &authenticator{token: token, platformPort: o.Config.ClientListen != ""}
 
 	opts := &server.Options{
 		ServerName:         "penstock",
@@ -141,6 +141,9 @@ func (em *embedded) close() {
 type authenticator struct {
 	token redact.Secret
 	srv   *server.Server
+	// platformPort: engine.client_listen is set, so the platform credential is accepted over
+	// the network (its loopback port); otherwise only in process.
+	platformPort bool
 	nativeAuth
 }
 
@@ -155,7 +158,7 @@ func (a *authenticator) Check(c server.ClientAuthentication) bool {
 	if !accountName.MatchString(o.Username) {
 		return false
 	}
-	if o.Username != PlatformAccount && !inProcess(c.RemoteAddress()) {
+	if !inProcess(c.RemoteAddress()) && (o.Username != PlatformAccount || !a.platformPort) {
 		return false
 	}
 	acc, err := a.srv.LookupAccount(o.Username)
@@ -176,11 +179,13 @@ func (a *authenticator) checkNative(c server.ClientAuthentication, o *server.Cli
 		return false
 	}
 	g, ok := decide(NativeClient{ID: c.GetID(), User: o.Username, Password: o.Password, Token: o.Token, Remote: c.RemoteAddress()})
-	if !ok || g.Account == PlatformAccount || !accountName.MatchString(g.Account) {
+	if !ok || g.Account == PlatformAccount || g.DataAccount == PlatformAccount || g.Account == g.DataAccount ||
+		!accountName.MatchString(g.Account) || !accountName.MatchString(g.DataAccount) {
 		return false
 	}
-	acc, err := a.srv.LookupAccount(g.Account)
-	if err != nil || !acc.JetStreamEnabled() {
+	acc, err := a.clientAccount(g)
+	if err != nil {
+		a.srv.Errorf("native client account %s: %v", g.Account, err)
 		return false
 	}
 	perms := &server.Permissions{

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -37,15 +38,36 @@ type NativeClient struct {
 	Remote   net.Addr
 }
 
-// NativeGrant is what an authenticated native client gets: one account and exactly these
-// subjects. Expires, if set, closes the connection then.
+// NativeGrant is what an authenticated native client gets. It lands in an account of its own
+// (Account), which reaches the tenant's data account (DataAccount) only through the service
+// imports listed: NATS does not check the reply subject a client sets, and the engine answers
+// to it from inside the account, so a client must never be in the account that holds the
+// queues. Across a service import, replies are rewritten to private subjects. Expires, if set,
+// closes the connection then.
 type NativeGrant struct {
-	Account            string
+	Account     string
+	DataAccount string
+	Imports     []NativeImport
+	// Feeds are subjects of the data account whose messages the client account receives as
+	// copies, under the prefix "feed.".
+	Feeds              []string
 	Publish, Subscribe []string
 	// Username names the connection in the server's monitoring (never a credential).
 	Username string
 	Expires  time.Time
+	// Limits apply to the client account when it is created.
+	Limits AccountLimits
 }
+
+// NativeImport routes requests on Local in the client account to Remote in the data account.
+type NativeImport struct {
+	Local, Remote string
+	// Streamed: the data account answers one request with several messages.
+	Streamed bool
+}
+
+// FeedPrefix is where feeds arrive in a client account.
+const FeedPrefix = "feed."
 
 // NativeAuth decides a native client's grant; false refuses the connection.
 type NativeAuth func(NativeClient) (NativeGrant, bool)
@@ -186,8 +208,14 @@ func (e *Engine) SetLimits(name string, l AccountLimits) error {
 	if !accountName.MatchString(name) || name == PlatformAccount {
 		return fmt.Errorf("account %q: limits apply to tenant accounts", name)
 	}
-	ns := e.embedded.ns
-	acc, _ := ns.LookupOrRegisterAccount(name)
+	acc, _ := e.embedded.ns.LookupOrRegisterAccount(name)
+	return applyLimits(e.embedded.ns, acc, l)
+}
+
+// applyLimits sets an account's limits through account claims, the only way the server
+// offers without operator mode. It also enables JetStream on the account.
+func applyLimits(ns *server.Server, acc *server.Account, l AccountLimits) error {
+	name := acc.GetName()
 	ac := jwt.NewAccountClaims(name)
 	ac.Name = name
 	lim := func(n int) int64 {
@@ -197,9 +225,6 @@ func (e *Engine) SetLimits(name string, l AccountLimits) error {
 		return int64(n)
 	}
 	ac.Limits.Conn = lim(l.Connections)
-	if l.Connections > 0 {
-		ac.Limits.Conn++ // Penstock's own in-process connection to the account counts too
-	}
 	ac.Limits.Subs = lim(l.Subscriptions)
 	ac.Limits.Payload = lim(l.Payload)
 	ac.Limits.LeafNodeConn = 0
@@ -223,4 +248,65 @@ func (e *Engine) SetLimits(name string, l AccountLimits) error {
 type nativeAuth struct {
 	mu     sync.RWMutex
 	native NativeAuth
+
+	wiring  sync.Mutex
+	wired   map[string]bool // "export|acct|subject", "import|acct|local", "feed|acct|subject", "limits|acct"
+	clients map[string]bool // client accounts set up in this process
+}
+
+// clientAccount returns the grant's client account, creating it and wiring its imports from
+// the data account on first use. An account's imports never change: a different grant gets a
+// different account.
+func (a *authenticator) clientAccount(g NativeGrant) (*server.Account, error) {
+	data, err := a.srv.LookupAccount(g.DataAccount)
+	if err != nil || !data.JetStreamEnabled() {
+		return nil, fmt.Errorf("data account %q not ready", g.DataAccount)
+	}
+	a.wiring.Lock()
+	defer a.wiring.Unlock()
+	if a.wired == nil {
+		a.wired = map[string]bool{}
+	}
+	acc, _ := a.srv.LookupOrRegisterAccount(g.Account)
+	if !a.wired["limits|"+g.Account] {
+		// Claims first: applying claims later would drop the imports.
+		if err := applyLimits(a.srv, acc, g.Limits); err != nil {
+			return nil, err
+		}
+		a.wired["limits|"+g.Account] = true
+	}
+	for _, im := range g.Imports {
+		if k := "export|" + g.DataAccount + "|" + im.Remote; !a.wired[k] {
+			rt := server.Singleton
+			if im.Streamed {
+				rt = server.Streamed
+			}
+			// Public within the engine: only Penstock creates imports.
+			if err := data.AddServiceExportWithResponse(im.Remote, rt, nil); err != nil {
+				return nil, fmt.Errorf("export %s: %w", im.Remote, err)
+			}
+			a.wired[k] = true
+		}
+		if k := "import|" + g.Account + "|" + im.Local; !a.wired[k] {
+			if err := acc.AddServiceImport(data, im.Local, im.Remote); err != nil {
+				return nil, fmt.Errorf("import %s: %w", im.Local, err)
+			}
+			a.wired[k] = true
+		}
+	}
+	for _, f := range g.Feeds {
+		if k := "stream|" + g.DataAccount + "|" + f; !a.wired[k] {
+			if err := data.AddStreamExport(f, nil); err != nil {
+				return nil, fmt.Errorf("export feed %s: %w", f, err)
+			}
+			a.wired[k] = true
+		}
+		if k := "feed|" + g.Account + "|" + f; !a.wired[k] {
+			if err := acc.AddStreamImport(data, f, strings.TrimSuffix(FeedPrefix, ".")); err != nil {
+				return nil, fmt.Errorf("import feed %s: %w", f, err)
+			}
+			a.wired[k] = true
+		}
+	}
+	return acc, nil
 }

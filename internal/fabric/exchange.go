@@ -32,10 +32,10 @@ type QueueBinding struct {
 
 // Exchange is an exchange and its bindings.
 type Exchange struct {
-	Name     string       `json:"name"`
-	Type     ExchangeType `json:"type"`
-	Bindings []QueueBinding    `json:"bindings"`
-	Revision uint64       `json:"-"`
+	Name     string         `json:"name"`
+	Type     ExchangeType   `json:"type"`
+	Bindings []QueueBinding `json:"bindings"`
+	Revision uint64         `json:"-"`
 }
 
 // checkRoutingKey allows "" or dot-separated words of printable ASCII, without wildcards.

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"strings"
 	"sync"
 	"time"
@@ -111,6 +112,7 @@ type Service struct {
 	accounts   map[string]*tenantAccount
 	committers map[string]*committer // by account/stream
 	conns      map[uint64]nativeConn
+	denials    map[netip.Addr]time.Time // last audited refusal per source
 	closed     bool
 }
 
@@ -123,7 +125,7 @@ type tenantAccount struct {
 	routers  map[string]context.CancelFunc
 
 	mu        sync.RWMutex
-	exchanges map[string]Exchange            // app/name -> exchange with bindings
+	exchanges map[string]Exchange           // app/name -> exchange with bindings
 	consumers map[string]jetstream.Consumer // queue stream -> its consumer handle
 	lastQuota time.Time
 }
@@ -141,7 +143,8 @@ func Open(ctx context.Context, o Options) (*Service, error) {
 		o.SweepInterval = time.Second
 	}
 	s := &Service{o: o, log: o.Logger, cfg: o.Config, m: newMetrics(o.Registry),
-		accounts: map[string]*tenantAccount{}, committers: map[string]*committer{}, conns: map[uint64]nativeConn{}}
+		accounts: map[string]*tenantAccount{}, committers: map[string]*committer{}, conns: map[uint64]nativeConn{},
+		denials: map[netip.Addr]time.Time{}}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	for _, t := range o.Identity.Tenants() {
 		for _, env := range t.Environments {
@@ -189,10 +192,9 @@ func (s *Service) account(ctx context.Context, tenant, env string) (*tenantAccou
 		return ta, nil
 	}
 	if s.o.Engine.Embedded() {
-		err := s.o.Engine.SetLimits(name, engine.AccountLimits{
-			Connections: s.cfg.MaxConnections, Subscriptions: s.cfg.MaxSubscriptions,
-			Payload: s.cfg.MaxPayload, Storage: s.cfg.MaxStorage,
-		})
+		// Only Penstock connects to a tenant-environment's account; native clients have
+		// accounts of their own (see Grant), limited as they connect.
+		err := s.o.Engine.SetLimits(name, engine.AccountLimits{Storage: s.cfg.MaxStorage})
 		if err != nil {
 			return nil, err
 		}

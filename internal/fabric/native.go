@@ -2,6 +2,8 @@ package fabric
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"net"
 	"net/netip"
@@ -24,35 +26,55 @@ type nativeConn struct {
 	grant           string // the permissions it was given, to notice a change of role
 	inMsgs, inBytes int64
 	seen            bool
+	added           time.Time
 }
 
-// InboxPrefix is the reply-subject prefix a native client must use (nats.CustomInboxPrefix):
-// replies to other clients of the same account are not visible to it.
-func InboxPrefix(keyID string) string { return "_INBOX." + keyID }
+// APIPrefix replaces "$JS.API" for native clients: their account has its own JetStream (for
+// MQTT sessions), and their queue consumers are reached under this prefix
+// (jetstream.NewWithAPIPrefix(nc, fabric.APIPrefix)).
+const APIPrefix = "penstock.js"
 
-// Grant computes the subjects a key may use in a tenant-environment: for each application in
-// it where the key's role allows publishing, that application's queue and exchange subjects;
-// where it allows consuming, the application's consumers, their acknowledgements, and live
-// subscriptions to its subjects. It returns false when the key may do neither anywhere.
-func Grant(p authz.Principal, keyID, tenant, env string, apps []string) (pub, sub []string, ok bool) {
+// Grant computes what a key may do in a tenant-environment: for each application in it where
+// its role allows publishing, the application's queue and exchange subjects; where it allows
+// consuming, the application's queue consumers (pull and acknowledge) and live copies of its
+// queue traffic under "feed.". The client gets an account of its own, named after the key and
+// exactly this grant, whose imports are the grant. It returns false when the key may do
+// neither anywhere.
+func Grant(p authz.Principal, keyID, tenant, env string, apps []string) (engine.NativeGrant, bool) {
+	g := engine.NativeGrant{DataAccount: AccountName(tenant, env), Username: "apikey:" + keyID}
 	for _, app := range apps {
 		sc := authz.Scope{Tenant: tenant, Environment: env, Application: app}
 		if authz.Decide(p, authz.QueuePublish, sc).Allow {
-			pub = append(pub, app+".q.*", app+".x.>")
+			for _, subj := range []string{app + ".q.*", app + ".x.>"} {
+				g.Imports = append(g.Imports, engine.NativeImport{Local: subj, Remote: subj})
+				g.Publish = append(g.Publish, subj)
+			}
 		}
 		if authz.Decide(p, authz.QueueConsume, sc).Allow {
-			pub = append(pub,
-				"$JS.API.CONSUMER.MSG.NEXT.*."+app,
-				"$JS.API.CONSUMER.INFO.*."+app,
-				"$JS.ACK.*."+app+".>")
-			sub = append(sub, app+".q.*", app+".x.>")
+			g.Imports = append(g.Imports,
+				engine.NativeImport{Local: APIPrefix + ".CONSUMER.MSG.NEXT.*." + app, Remote: "$JS.API.CONSUMER.MSG.NEXT.*." + app, Streamed: true},
+				engine.NativeImport{Local: APIPrefix + ".CONSUMER.INFO.*." + app, Remote: "$JS.API.CONSUMER.INFO.*." + app},
+				engine.NativeImport{Local: "$JS.ACK.*." + app + ".>", Remote: "$JS.ACK.*." + app + ".>"})
+			g.Publish = append(g.Publish,
+				APIPrefix+".CONSUMER.MSG.NEXT.*."+app,
+				APIPrefix+".CONSUMER.INFO.*."+app,
+				"$JS.ACK.*."+app+".*.*.*.*.*") // the 9-token acknowledgement form only
+			g.Feeds = append(g.Feeds, app+".q.*")
+			g.Subscribe = append(g.Subscribe, engine.FeedPrefix+app+".q.*")
 		}
 	}
-	if len(pub) == 0 && len(sub) == 0 {
-		return nil, nil, false
+	if len(g.Imports) == 0 {
+		return engine.NativeGrant{}, false
 	}
-	sub = append(sub, InboxPrefix(keyID)+".>")
-	return pub, sub, true
+	g.Subscribe = append(g.Subscribe, "_INBOX.>")
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\x00%s\x00%s", tenant, env, keyID)
+	for _, im := range g.Imports {
+		fmt.Fprintf(h, "\x00%s>%s", im.Local, im.Remote)
+	}
+	// "__" never occurs in a tenant-environment account name.
+	g.Account = "n__" + hex.EncodeToString(h.Sum(nil))[:32]
+	return g, true
 }
 
 // authNative lets a native client in: user "<tenant>/<environment>", password (or token) a
@@ -67,7 +89,9 @@ func (s *Service) authNative(c engine.NativeClient) (engine.NativeGrant, bool) {
 	tenant, env, _ := strings.Cut(c.User, "/")
 	refuse := func(reason string) (engine.NativeGrant, bool) {
 		s.m.nativeAuth.WithLabelValues(reason).Inc()
-		s.auditNative(tenant, env, "", src, "denied", reason)
+		if s.firstDenialThisMinute(src) {
+			s.auditNative(tenant, env, "", src, "denied", reason)
+		}
 		return engine.NativeGrant{}, false
 	}
 	k, err := s.o.Identity.VerifyAPIKey(key, src)
@@ -85,9 +109,13 @@ func (s *Service) authNative(c engine.NativeClient) (engine.NativeGrant, bool) {
 	for _, a := range s.o.Identity.Apps(tenant, env) {
 		apps = append(apps, a.Name)
 	}
-	pub, sub, ok := Grant(identity.KeyPrincipal(k), k.ID, tenant, env, apps)
+	g, ok := Grant(identity.KeyPrincipal(k), k.ID, tenant, env, apps)
 	if !ok {
 		return refuse("no_queue_role")
+	}
+	if s.cfg.MaxConnections > 0 && s.openConns(tenant, env) >= s.cfg.MaxConnections {
+		s.m.quotaExceeded.WithLabelValues("max_connections", "native").Inc()
+		return refuse("max_connections")
 	}
 	// The account must exist with its limits before the client lands in it.
 	ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
@@ -97,12 +125,48 @@ func (s *Service) authNative(c engine.NativeClient) (engine.NativeGrant, bool) {
 		return refuse("unavailable")
 	}
 	s.mu.Lock()
-	s.conns[c.ID] = nativeConn{keyID: k.ID, tenant: tenant, env: env, source: src, grant: strings.Join(pub, ",") + ";" + strings.Join(sub, ",")}
+	s.conns[c.ID] = nativeConn{keyID: k.ID, tenant: tenant, env: env, source: src, grant: g.Account, added: time.Now()}
 	s.mu.Unlock()
 	s.m.nativeAuth.WithLabelValues("ok").Inc()
 	s.auditNative(tenant, env, k.ID, src, "ok", "")
-	return engine.NativeGrant{Account: AccountName(tenant, env), Publish: pub, Subscribe: sub,
-		Username: "apikey:" + k.ID, Expires: k.Expires}, true
+	g.Expires = k.Expires
+	g.Limits = engine.AccountLimits{Connections: s.cfg.MaxConnections, Subscriptions: s.cfg.MaxSubscriptions,
+		Payload: s.cfg.MaxPayload, Storage: clientStorage}
+	return g, true
+}
+
+// clientStorage bounds a native client account's own JetStream storage (MQTT sessions and
+// retained messages); queue data is in the tenant-environment's account.
+const clientStorage = 64 << 20
+
+// openConns counts the native connections of a tenant-environment.
+func (s *Service) openConns(tenant, env string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, c := range s.conns {
+		if c.tenant == tenant && c.env == env {
+			n++
+		}
+	}
+	return n
+}
+
+// firstDenialThisMinute limits audit events for refused native connections to one a minute per
+// source address, so that unauthenticated clients cannot flood the audit log; the metric
+// counts every refusal.
+func (s *Service) firstDenialThisMinute(src netip.Addr) bool {
+	now := time.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.denials) > 10000 {
+		s.denials = map[netip.Addr]time.Time{}
+	}
+	if last, ok := s.denials[src]; ok && now.Sub(last) < time.Minute {
+		return false
+	}
+	s.denials[src] = now
+	return true
 }
 
 func addrOf(a net.Addr) netip.Addr {
@@ -155,6 +219,7 @@ func (s *Service) sweep() {
 }
 
 func (s *Service) sweepOnce() {
+	listed := time.Now()
 	open, err := s.o.Engine.Connections()
 	if err != nil {
 		return
@@ -188,8 +253,9 @@ func (s *Service) sweepOnce() {
 		}
 	}
 	for id, c := range s.conns {
-		if !c.seen {
-			delete(s.conns, id) // closed
+		// Not in the list: closed, unless it was let in after the list was taken.
+		if !c.seen && c.added.Before(listed) {
+			delete(s.conns, id)
 		}
 	}
 	s.mu.Unlock()
@@ -236,29 +302,10 @@ func (s *Service) stillAllowed(c nativeConn) bool {
 	for _, a := range s.o.Identity.Apps(c.tenant, c.env) {
 		apps = append(apps, a.Name)
 	}
-	pub, sub, ok := Grant(identity.KeyPrincipal(k), k.ID, c.tenant, c.env, apps)
-	if !ok {
-		return false
-	}
-	// A new application widens the grant; a narrower one means a role was taken away.
-	now := strings.Join(pub, ",") + ";" + strings.Join(sub, ",")
-	return now == c.grant || grantCovers(now, c.grant)
-}
-
-// grantCovers reports whether grant a contains every subject of grant b.
-func grantCovers(a, b string) bool {
-	ap, as, _ := strings.Cut(a, ";")
-	bp, bs, _ := strings.Cut(b, ";")
-	contains := func(x, y string) bool {
-		have := strings.Split(x, ",")
-		for _, s := range strings.Split(y, ",") {
-			if s != "" && !slices.Contains(have, s) {
-				return false
-			}
-		}
-		return true
-	}
-	return contains(ap, bp) && contains(as, bs)
+	g, ok := Grant(identity.KeyPrincipal(k), k.ID, c.tenant, c.env, apps)
+	// Any change of grant (a role taken away, an application added or deleted) closes the
+	// connection: the client reconnects into the account of its new grant.
+	return ok && g.Account == c.grant
 }
 
 // quota applies a tenant-environment's publish-rate quotas to an HTTPS publish.

@@ -11,6 +11,7 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/penstock/penstock/internal/authz"
 	"github.com/penstock/penstock/internal/config"
@@ -39,7 +40,6 @@ func (h *harness) dialNATS(user, key, keyID string, ws bool) (*natsClient, error
 	nc, err := nats.Connect(url,
 		nats.UserInfo(user, key),
 		nats.Secure(&tls.Config{RootCAs: h.roots, ServerName: "localhost", MinVersion: tls.VersionTLS12}),
-		nats.CustomInboxPrefix(InboxPrefix(keyID)),
 		nats.MaxReconnects(0),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 			c.mu.Lock()
@@ -83,7 +83,7 @@ func TestNativeProtocolsSeeTheSameMessages(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	js, err := jetstream.New(c.nc)
+	js, err := jetstream.NewWithAPIPrefix(c.nc, APIPrefix)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,9 +146,9 @@ func TestNativeProtocolsSeeTheSameMessages(t *testing.T) {
 		return len(want) == 0
 	})
 
-	// MQTT subscribers see queue traffic live (QoS 0 copies; the queue still holds it).
+	// MQTT subscribers see queue traffic live under feed/ (copies; the queue still holds it).
 	seen := make(chan string, 4)
-	if tok := mc.Subscribe("orders/q/jobs", 1, func(_ mqtt.Client, m mqtt.Message) { seen <- string(m.Payload()) }); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+	if tok := mc.Subscribe("feed/orders/q/jobs", 1, func(_ mqtt.Client, m mqtt.Message) { seen <- string(m.Payload()) }); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
 		t.Fatalf("mqtt subscribe: %v", tok.Error())
 	}
 	publish(t, h.fab, q, Message{Data: []byte("live")})
@@ -191,7 +191,7 @@ func TestNativeIsolationBetweenTenants(t *testing.T) {
 		t.Fatal(err)
 	}
 	heardB := make(chan string, 100)
-	for _, s := range []string{"orders.q.*", "orders.x.>"} {
+	for _, s := range []string{"feed.orders.q.*"} {
 		if _, err := b.nc.Subscribe(s, func(m *nats.Msg) { heardB <- m.Subject }); err != nil {
 			t.Fatal(err)
 		}
@@ -204,14 +204,15 @@ func TestNativeIsolationBetweenTenants(t *testing.T) {
 			t.Fatal(err)
 		}
 		// Outside its grant, A's subscriptions are refused by the server.
-		for _, s := range []string{">", "$JS.API.>", "$SYS.>", "orders.dlq.jobs", "_INBOX.>", "$KV.>", "$JS.EVENT.>"} {
+		for _, s := range []string{">", "$JS.API.>", "$SYS.>", "orders.dlq.jobs", "orders.q.*", "$KV.>", "$JS.EVENT.>"} {
 			if _, err := a.nc.SubscribeSync(s); err != nil {
 				t.Fatal(err)
 			}
 		}
 		// Publishing to the JetStream API beyond its consumers: refused.
 		for _, s := range []string{"$JS.API.STREAM.INFO." + qb.queueStream(), "$JS.API.STREAM.LIST", "$JS.API.STREAM.PURGE." + qa.queueStream(),
-			"$JS.API.CONSUMER.CREATE." + qa.queueStream(), "$JS.API.STREAM.MSG.GET." + qa.queueStream(), "$JS.API.INFO"} {
+			"$JS.API.CONSUMER.CREATE." + qa.queueStream(), "$JS.API.STREAM.MSG.GET." + qa.queueStream(), "$JS.API.INFO",
+			APIPrefix + ".STREAM.INFO." + qa.queueStream(), APIPrefix + ".CONSUMER.MSG.NEXT." + qa.queueStream() + ".other"} {
 			if _, err := a.nc.Request(s, nil, 300*time.Millisecond); err == nil {
 				t.Fatalf("%s answered", s)
 			}
@@ -255,7 +256,7 @@ func TestNativeIsolationBetweenTenants(t *testing.T) {
 		return st.Stats.Depth == 3
 	})
 	for len(heardB) > 0 {
-		if s := <-heardB; s != "orders.q.jobs" {
+		if s := <-heardB; s != "feed.orders.q.jobs" {
 			t.Fatalf("globex heard %s", s)
 		}
 	}
@@ -313,31 +314,39 @@ func TestNativeQuotas(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the oversized publish to be refused", func() bool {
-		if err := big.nc.Publish(q.queueSubject(), make([]byte, 2048)); err == nil {
-			_ = big.nc.Flush()
-		}
-		time.Sleep(200 * time.Millisecond)
-		return big.nc.IsClosed()
-	})
-	if err := big.nc.LastError(); err == nil || !strings.Contains(strings.ToLower(err.Error()), "maximum payload") {
-		t.Fatalf("nats payload: %v", err)
+	// The server announces the account's limit after the login: a client that has it refuses
+	// the message itself; otherwise the server closes the connection with the violation.
+	perr := big.nc.Publish(q.queueSubject(), make([]byte, 2048))
+	if perr == nil {
+		_ = big.nc.Flush()
+		waitFor(t, "the oversized publish to be refused", big.nc.IsClosed)
+		perr = big.nc.LastError()
 	}
-	// The closed connection leaves the account's count shortly after.
-	var c1 *natsClient
-	waitFor(t, "a connection slot", func() bool {
-		c1, err = h.dialNATS("acme/production", key, id, false)
-		return err == nil
-	})
+	if perr == nil || !strings.Contains(strings.ToLower(perr.Error()), "maximum payload") {
+		t.Fatalf("nats payload: %v", perr)
+	}
+	big.nc.Close()
+	// The closed connection leaves the count at the next sweep.
+	waitFor(t, "the closed connection to leave the count", func() bool { return h.fab.openConns("acme", "production") == 0 })
+	c1, err := h.dialNATS("acme/production", key, id, false)
+	if err != nil {
+		t.Fatal(err)
+	}
 	// Connections: the third is refused, on any protocol.
 	if _, err := h.dialNATS("acme/production", key, id, true); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := h.dialNATS("acme/production", key, id, false); err == nil || !strings.Contains(err.Error(), "maximum") {
+	// The limit is the tenant-environment's (each key has its own client account), so
+	// Penstock refuses it before the engine; the client sees an authorization error, the
+	// metric and the audit log say why.
+	if _, err := h.dialNATS("acme/production", key, id, false); err == nil || !strings.Contains(err.Error(), "Authorization") {
 		t.Fatalf("third connection: %v", err)
 	}
 	if _, err := h.dialMQTT("acme/production", key, "third"); err == nil {
 		t.Fatal("third connection over MQTT accepted")
+	}
+	if n := testutil.ToFloat64(h.fab.m.quotaExceeded.WithLabelValues("max_connections", "native")); n != 2 {
+		t.Fatalf("max_connections refusals counted: %v", n)
 	}
 	// Publish rate over HTTPS: 429-style error once the bucket is spent, with an audit event.
 	var rateErr error
@@ -409,5 +418,75 @@ func TestStorageQuota(t *testing.T) {
 		t.Fatal("native publish over the storage quota was stored")
 	} else {
 		t.Logf("https: %v; native: %v", err, perr)
+	}
+}
+
+// NATS does not check the reply subject a client sets, and the engine answers to it from
+// inside the account that receives the request. A client of one application aims those
+// answers at another application's queue and at the JetStream API: they arrive in the
+// client's own account, never in the tenant's.
+func TestNativeReplySubjectsCannotReachOtherApplications(t *testing.T) {
+	h := open(t, nil)
+	if _, err := h.id.CreateApp(ctx, "acme", "production", "billing"); err != nil {
+		t.Fatal(err)
+	}
+	mine := h.queue("acme", "jobs", QueueSpec{})
+	theirs := Ref{Tenant: "acme", Environment: "production", Application: "billing", Name: "invoices"}
+	if _, err := h.fab.CreateQueue(ctx, theirs, QueueSpec{}); err != nil {
+		t.Fatal(err)
+	}
+	publish(t, h.fab, theirs, Message{Data: []byte("invoice-1")})
+	x := mine
+	x.Name = "events"
+	if _, err := h.fab.CreateExchange(ctx, x, Fanout); err != nil {
+		t.Fatal(err)
+	}
+	key, id := h.key("acme", authz.Developer) // publish and consume on orders only
+	c, err := h.dialNATS("acme/production", key, id, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	targets := []string{
+		theirs.queueSubject(),
+		"$JS.API.STREAM.DELETE." + theirs.queueStream(),
+		"$JS.API.STREAM.PURGE." + theirs.queueStream(),
+		"$JS.API.STREAM.DELETE." + mine.deadStream(),
+		"$KV.penstock_fabric." + exchangeKey("orders", "events"),
+		"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + theirs.queueStream() + ".billing",
+		"$JS.ACK." + theirs.queueStream() + ".billing.1.1.1.1.0",
+	}
+	for _, reply := range targets {
+		// A publish acknowledged to reply, and a pull request answered to reply.
+		m := nats.NewMsg(mine.queueSubject())
+		m.Data = []byte("x")
+		m.Reply = reply
+		if err := c.nc.PublishMsg(m); err != nil {
+			t.Fatal(err)
+		}
+		next := nats.NewMsg(APIPrefix + ".CONSUMER.MSG.NEXT." + mine.queueStream() + ".orders")
+		next.Data = []byte(`{"batch":1,"no_wait":true}`)
+		next.Reply = reply
+		if err := c.nc.PublishMsg(next); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = c.nc.Flush()
+	time.Sleep(500 * time.Millisecond)
+	st, err := h.fab.Queue(ctx, theirs)
+	if err != nil {
+		t.Fatalf("billing's queue after the attempts: %v", err)
+	}
+	if st.Stats.Depth != 1 || st.Stats.Published != 1 {
+		t.Fatalf("billing's queue changed: %+v", st.Stats)
+	}
+	if dl, _, err := h.fab.DeadLetters(ctx, theirs, 0, 10); err != nil || len(dl) != 0 {
+		t.Fatalf("billing dead letters: %v %v", dl, err)
+	}
+	if _, _, err := h.fab.DeadLetters(ctx, mine, 0, 10); err != nil {
+		t.Fatalf("orders' dead-letter queue: %v", err)
+	}
+	ex, err := h.fab.GetExchange(ctx, x)
+	if err != nil || ex.Type != Fanout {
+		t.Fatalf("exchange record: %+v %v", ex, err)
 	}
 }

@@ -122,7 +122,7 @@ func main() {
 	n := flag.Int("n", 20000, "messages per run")
 	sizesFlag := flag.String("sizes", "128,1024", "payload sizes in bytes")
 	skipRabbit := flag.Bool("skip-rabbitmq", false, "leave out the RabbitMQ peer")
-	only := flag.String("only", "", "run only the HTTPS runs (https), for profiling")
+	only := flag.String("only", "", "run only the HTTPS runs (https) or the native ones (native), for profiling")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the run here")
 	commitWindow = flag.Duration("commit-window", -1, "fabric.commit_window for the HTTPS runs (default: the configuration default)")
 	maxCommit = flag.Int("max-commit", 0, "fabric.max_commit for the HTTPS runs (default: the configuration default)")
@@ -136,6 +136,16 @@ func main() {
 			log.Fatal(err)
 		}
 		defer pprof.StopCPUProfile()
+	}
+	if *only == "native" {
+		for _, mode := range []string{"lazy", "batch"} {
+			r, err := penstockNative(*n, 1024, mode)
+			if err != nil {
+				log.Fatal(err)
+			}
+			fmt.Printf("%-58s %10.0f msgs/s end to end, %10.0f published/s, p50 %s p99 %s\n", r.name, r.rate(), r.pubRate(), r.p50, r.p99)
+		}
+		return
 	}
 	if *only == "https" {
 		for _, size := range []int{1024} {

@@ -249,9 +249,10 @@ type nativeAuth struct {
 	mu     sync.RWMutex
 	native NativeAuth
 
-	wiring  sync.Mutex
-	wired   map[string]bool // "export|acct|subject", "import|acct|local", "feed|acct|subject", "limits|acct"
-	clients map[string]bool // client accounts set up in this process
+	wiring sync.Mutex
+	// wired records what this process set up: "limits|acct", "export|acct|subject",
+	// "import|acct|local", "stream|acct|subject", "feed|acct|subject".
+	wired map[string]bool
 }
 
 // clientAccount returns the grant's client account, creating it and wiring its imports from

@@ -59,7 +59,11 @@ func startEmbedded(o Options) (*embedded, error) {
 		JetStreamKey:       o.StoreKey.Reveal(),
 		JetStreamOldKey:    o.PreviousStoreKey.Reveal(),
 		NoSigs:             true,
-		DontListen:         true,
+		// Open atomic batches are limited per server (1000 by default): tenants' native
+		// clients can open batches on their own queues, so the server-wide limit is raised
+		// beyond what they can hold, and each stream keeps its own (50).
+		JetStreamLimits: server.JSLimitOpts{MaxBatchInflightTotal: 1 << 20},
+		DontListen:      true,
 		// Every account binding goes through authenticator; no connection lands in the
 		// global account.
 		CustomClientAuthentication: em.auth,

@@ -208,8 +208,23 @@ func (e *Engine) SetLimits(name string, l AccountLimits) error {
 	if !accountName.MatchString(name) || name == PlatformAccount {
 		return fmt.Errorf("account %q: limits apply to tenant accounts", name)
 	}
+	// Limits are applied once per process: applying claims again would drop the account's
+	// exports, which native clients' imports point at.
+	a := e.embedded.auth
+	a.wiring.Lock()
+	defer a.wiring.Unlock()
+	if a.wired == nil {
+		a.wired = map[string]bool{}
+	}
+	if a.wired["limits|"+name] {
+		return nil
+	}
 	acc, _ := e.embedded.ns.LookupOrRegisterAccount(name)
-	return applyLimits(e.embedded.ns, acc, l)
+	if err := applyLimits(e.embedded.ns, acc, l); err != nil {
+		return err
+	}
+	a.wired["limits|"+name] = true
+	return nil
 }
 
 // applyLimits sets an account's limits through account claims, the only way the server

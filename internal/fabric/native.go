@@ -67,13 +67,11 @@ func Grant(p authz.Principal, keyID, tenant, env string, apps []string) (engine.
 		return engine.NativeGrant{}, false
 	}
 	g.Subscribe = append(g.Subscribe, "_INBOX.>")
-	h := sha256.New()
-	fmt.Fprintf(h, "%s\x00%s\x00%s", tenant, env, keyID)
-	for _, im := range g.Imports {
-		fmt.Fprintf(h, "\x00%s>%s", im.Local, im.Remote)
-	}
-	// "__" never occurs in a tenant-environment account name.
-	g.Account = "n__" + hex.EncodeToString(h.Sum(nil))[:32]
+	// One account per key and tenant-environment: a grant that grows adds imports to it; one
+	// that shrinks leaves imports the client's permissions no longer reach. "__" never occurs
+	// in a tenant-environment account name.
+	h := sha256.Sum256(fmt.Appendf(nil, "%s\x00%s\x00%s", tenant, env, keyID))
+	g.Account = "n__" + hex.EncodeToString(h[:16])
 	return g, true
 }
 
@@ -125,7 +123,7 @@ func (s *Service) authNative(c engine.NativeClient) (engine.NativeGrant, bool) {
 		return refuse("unavailable")
 	}
 	s.mu.Lock()
-	s.conns[c.ID] = nativeConn{keyID: k.ID, tenant: tenant, env: env, source: src, grant: g.Account, added: time.Now()}
+	s.conns[c.ID] = nativeConn{keyID: k.ID, tenant: tenant, env: env, source: src, grant: grantKey(g), added: time.Now()}
 	s.mu.Unlock()
 	s.m.nativeAuth.WithLabelValues("ok").Inc()
 	s.auditNative(tenant, env, k.ID, src, "ok", "")
@@ -136,8 +134,9 @@ func (s *Service) authNative(c engine.NativeClient) (engine.NativeGrant, bool) {
 }
 
 // clientStorage bounds a native client account's own JetStream storage (MQTT sessions and
-// retained messages); queue data is in the tenant-environment's account.
-const clientStorage = 64 << 20
+// retained messages; queue data is in the tenant-environment's account). The engine reserves
+// it when the account is created, so it is kept small.
+const clientStorage = 8 << 20
 
 // openConns counts the native connections of a tenant-environment.
 func (s *Service) openConns(tenant, env string) int {
@@ -304,8 +303,13 @@ func (s *Service) stillAllowed(c nativeConn) bool {
 	}
 	g, ok := Grant(identity.KeyPrincipal(k), k.ID, c.tenant, c.env, apps)
 	// Any change of grant (a role taken away, an application added or deleted) closes the
-	// connection: the client reconnects into the account of its new grant.
-	return ok && g.Account == c.grant
+	// connection: the client reconnects with the permissions of its new grant.
+	return ok && grantKey(g) == c.grant
+}
+
+// grantKey identifies a grant's permissions.
+func grantKey(g engine.NativeGrant) string {
+	return strings.Join(g.Publish, ",") + ";" + strings.Join(g.Subscribe, ",")
 }
 
 // quota applies a tenant-environment's publish-rate quotas to an HTTPS publish.

@@ -490,3 +490,34 @@ func TestNativeReplySubjectsCannotReachOtherApplications(t *testing.T) {
 		t.Fatalf("exchange record: %+v %v", ex, err)
 	}
 }
+
+// A tenant-environment deleted and created again in the same process still admits native
+// clients: its exports survive, because its limits are applied once.
+func TestNativeAfterEnvironmentRecreated(t *testing.T) {
+	h := open(t, nil)
+	q := h.queue("acme", "jobs", QueueSpec{})
+	key, id := h.key("acme", authz.Developer)
+	send := func() error {
+		c, err := h.dialNATS("acme/production", key, id, false)
+		if err != nil {
+			return err
+		}
+		defer c.nc.Close()
+		js, _ := jetstream.NewWithAPIPrefix(c.nc, APIPrefix)
+		_, err = js.Publish(ctx, q.queueSubject(), []byte("x"))
+		return err
+	}
+	if err := send(); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.fab.DeleteEnvironment(ctx, "acme", "production"); err != nil {
+		t.Fatal(err)
+	}
+	q = h.queue("acme", "jobs", QueueSpec{})
+	if err := send(); err != nil {
+		t.Fatalf("after the environment was re-created: %v", err)
+	}
+	if st, _ := h.fab.Queue(ctx, q); st.Stats.Depth != 1 {
+		t.Fatalf("depth %d", st.Stats.Depth)
+	}
+}

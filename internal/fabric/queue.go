@@ -141,7 +141,11 @@ func (s *Service) CreateQueue(ctx context.Context, r Ref, spec QueueSpec) (Queue
 		MaxDeliver:    spec.MaxDeliveries,
 		MaxAckPending: -1,
 		MaxWaiting:    4096,
-		Metadata:      map[string]string{"penstock.max_deliveries": strconv.Itoa(spec.MaxDeliveries)},
+		// Bounds on pull requests: native clients' requests cross a service import whose
+		// reply mapping lapses two minutes after its last message.
+		MaxRequestExpires: time.Minute,
+		MaxRequestBatch:   1000,
+		Metadata:          map[string]string{"penstock.max_deliveries": strconv.Itoa(spec.MaxDeliveries)},
 	})
 	if err != nil {
 		_ = js.DeleteStream(ctx, r.queueStream())

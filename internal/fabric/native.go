@@ -111,10 +111,6 @@ func (s *Service) authNative(c engine.NativeClient) (engine.NativeGrant, bool) {
 	if !ok {
 		return refuse("no_queue_role")
 	}
-	if s.cfg.MaxConnections > 0 && s.openConns(tenant, env) >= s.cfg.MaxConnections {
-		s.m.quotaExceeded.WithLabelValues("max_connections", "native").Inc()
-		return refuse("max_connections")
-	}
 	// The account must exist with its limits before the client lands in it.
 	ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
 	defer cancel()
@@ -122,7 +118,13 @@ func (s *Service) authNative(c engine.NativeClient) (engine.NativeGrant, bool) {
 		s.log.Error("native client: account unavailable", "tenant", tenant, "environment", env, "error", err)
 		return refuse("unavailable")
 	}
+	// Count and take the slot at once, so simultaneous logins cannot pass the limit together.
 	s.mu.Lock()
+	if s.cfg.MaxConnections > 0 && s.openConnsLocked(tenant, env) >= s.cfg.MaxConnections {
+		s.mu.Unlock()
+		s.m.quotaExceeded.WithLabelValues("max_connections", "native").Inc()
+		return refuse("max_connections")
+	}
 	s.conns[c.ID] = nativeConn{keyID: k.ID, tenant: tenant, env: env, source: src, grant: grantKey(g), added: time.Now()}
 	s.mu.Unlock()
 	s.m.nativeAuth.WithLabelValues("ok").Inc()
@@ -142,6 +144,10 @@ const clientStorage = 8 << 20
 func (s *Service) openConns(tenant, env string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.openConnsLocked(tenant, env)
+}
+
+func (s *Service) openConnsLocked(tenant, env string) int {
 	n := 0
 	for _, c := range s.conns {
 		if c.tenant == tenant && c.env == env {

@@ -39,7 +39,9 @@ func (l *Log) Forward(ctx context.Context, sink Sink) error {
 		FilterSubject: chainSubject + ">",
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		MaxAckPending: 1, // in order
-		AckWait:       time.Minute,
+		// A delivery left unacknowledged by a stop (fetched as the process ended) holds up
+		// the next process's forwarding for this long; retries keep theirs alive.
+		AckWait: 10 * time.Second,
 	})
 	if err != nil {
 		return fmt.Errorf("audit forward %s: %w", sink.Name(), err)
@@ -65,6 +67,7 @@ func (l *Log) Forward(ctx context.Context, sink Sink) error {
 			if meta, err := msg.Metadata(); err == nil {
 				e.Seq = meta.Sequence.Stream
 			}
+			delivered := false
 			for ctx.Err() == nil {
 				if err := sink.Deliver(ctx, e); err != nil {
 					_ = msg.InProgress() // keep the event while retrying: no redelivery elsewhere
@@ -74,10 +77,14 @@ func (l *Log) Forward(ctx context.Context, sink Sink) error {
 					continue
 				}
 				backoff = 100 * time.Millisecond
+				delivered = true
 				if err := msg.Ack(); err != nil {
 					l.log.Warn("audit forward: ack", "sink", sink.Name(), "error", err)
 				}
 				break
+			}
+			if !delivered {
+				_ = msg.Nak() // stopping: the next process delivers it without waiting
 			}
 		}
 	}

@@ -70,17 +70,28 @@ func (s *Service) startDeadLetters(ta *tenantAccount) error {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		ctx, cancel := context.WithTimeout(s.ctx, time.Minute)
-		s.sweepDead(ctx, ta)
-		cancel()
-		<-s.ctx.Done()
-		_ = sub.Unsubscribe()
+		defer func() { _ = sub.Unsubscribe() }()
+		tick := time.NewTicker(time.Minute)
+		defer tick.Stop()
+		for {
+			ctx, cancel := context.WithTimeout(s.ctx, time.Minute)
+			s.sweepDead(ctx, ta)
+			cancel()
+			select {
+			case <-s.ctx.Done():
+				return
+			case <-tick.C:
+			}
+		}
 	}()
 	return nil
 }
 
-// sweepDead moves to their dead-letter queues the messages below a queue's acknowledgement
-// floor that are still stored: ones the consumer gave up on while no advisory was heard.
+// sweepDead moves to their dead-letter queues the messages a queue's consumer gave up on
+// while no advisory was heard (a crash between the two). The engine does not say which
+// messages those are, only how many deliveries are outstanding: when none is (nothing in
+// flight, nothing waiting to be redelivered), every message still stored at or below the last
+// delivered sequence has exhausted its deliveries. A busy queue is swept at a quieter moment.
 func (s *Service) sweepDead(ctx context.Context, ta *tenantAccount) {
 	names := ta.acc.JetStream().StreamNames(ctx)
 	for stream := range names.Name() {
@@ -96,9 +107,13 @@ func (s *Service) sweepDead(ctx context.Context, ta *tenantAccount) {
 		if err != nil {
 			continue
 		}
-		first, floor := st.CachedInfo().State.FirstSeq, cons.CachedInfo().AckFloor.Stream
-		for seq := first; seq > 0 && seq <= floor && seq < first+10000; seq++ {
-			if err := s.deadLetter(ctx, ta, app, name, seq, "max_deliveries", uint64(cons.CachedInfo().Config.MaxDeliver)); err != nil && !errors.Is(err, ErrNotFound) {
+		ci := cons.CachedInfo()
+		if ci.NumAckPending > 0 || ci.NumRedelivered > 0 {
+			continue
+		}
+		first, last := st.CachedInfo().State.FirstSeq, ci.Delivered.Stream
+		for seq := first; seq > 0 && seq <= last && seq < first+10000; seq++ {
+			if err := s.deadLetter(ctx, ta, app, name, seq, "max_deliveries", uint64(ci.Config.MaxDeliver)); err != nil && !errors.Is(err, ErrNotFound) {
 				s.log.Error("dead-letter sweep", "account", ta.acc.Name(), "stream", stream, "seq", seq, "error", err)
 				break
 			}

@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/penstock/penstock/internal/config"
+	"github.com/prometheus/client_golang/prometheus"
 	"os"
 	"path/filepath"
 	"strings"
@@ -393,5 +396,92 @@ func TestDeletingApplicationAndEnvironment(t *testing.T) {
 	}
 	if n != 0 {
 		t.Fatalf("%d streams left in the account", n)
+	}
+}
+
+// A message that exhausted its deliveries while no fabric was listening for the engine's
+// advisory (a crash between the two) is dead-lettered by the sweep when the fabric opens.
+func TestDeadLetterSweepAfterMissedAdvisory(t *testing.T) {
+	h := open(t, nil)
+	q := h.queue("acme", "jobs", QueueSpec{AckWait: time.Second, MaxDeliveries: 1})
+	publish(t, h.fab, q, Message{Data: []byte("lost-advisory")}, text(2))
+	h.fab.Close() // nobody hears the advisory now
+
+	acc, err := h.stack.Engine.Account(ctx, q.account())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons, err := acc.JetStream().Consumer(ctx, q.queueStream(), q.consumer())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Deliver both once; acknowledge the second; let the first run out of deliveries.
+	b, err := cons.Fetch(2, jetstream.FetchMaxWait(2*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for m := range b.Messages() {
+		if string(m.Data()) == "message 2" {
+			_ = m.DoubleAck(ctx)
+		}
+	}
+	time.Sleep(1500 * time.Millisecond)
+	if b, err := cons.Fetch(1, jetstream.FetchMaxWait(500*time.Millisecond)); err == nil {
+		for m := range b.Messages() {
+			t.Fatalf("redelivered beyond max deliveries: %q", m.Data())
+		}
+	}
+
+	f, err := Open(ctx, Options{Engine: h.stack.Engine, Identity: h.id, Config: config.Default().Fabric, Registry: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var dead []DeadLetter
+	waitFor(t, "the sweep to dead-letter the message", func() bool {
+		dead, _, _ = f.DeadLetters(ctx, q, 0, 10)
+		return len(dead) == 1
+	})
+	if string(dead[0].Data) != "lost-advisory" || dead[0].Reason != "max_deliveries" {
+		t.Fatalf("dead letter %+v %q", dead[0], dead[0].Data)
+	}
+	if st, _ := f.Queue(ctx, q); st.Stats.Depth != 0 {
+		t.Fatalf("queue depth %d after the sweep", st.Stats.Depth)
+	}
+}
+
+// The sweep leaves alone a message waiting out a negative acknowledgement's delay, and one
+// whose ack wait ran out with no consumer asking for it again yet.
+func TestDeadLetterSweepSparesDelayedRedelivery(t *testing.T) {
+	h := open(t, nil)
+	q := h.queue("acme", "jobs", QueueSpec{AckWait: time.Second})
+	publish(t, h.fab, q, text(1))
+	expired := q
+	expired.Name = "expired"
+	h.queue("acme", "expired", QueueSpec{AckWait: time.Second})
+	publish(t, h.fab, expired, text(2))
+	if got, err := h.fab.Consume(ctx, expired, 1, 0); err != nil || len(got) != 1 {
+		t.Fatal(got, err)
+	}
+	got, err := h.fab.Consume(ctx, q, 1, 0)
+	if err != nil || len(got) != 1 {
+		t.Fatal(got, err)
+	}
+	if err := h.fab.Settle(ctx, q, []string{got[0].AckToken}, Nack, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	ta, err := h.fab.account(ctx, "acme", "production")
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1500 * time.Millisecond) // the expired queue's ack wait runs out
+	h.fab.sweepDead(ctx, ta)
+	for _, r := range []Ref{q, expired} {
+		if dead, _, _ := h.fab.DeadLetters(ctx, r, 0, 10); len(dead) != 0 {
+			t.Fatalf("%s: swept a message still to be redelivered: %+v", r.Name, dead)
+		}
+		if st, _ := h.fab.Queue(ctx, r); st.Stats.Depth != 1 {
+			t.Fatalf("%s: depth %d", r.Name, st.Stats.Depth)
+		}
 	}
 }

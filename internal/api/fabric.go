@@ -537,6 +537,8 @@ func fabricError(o Options, op string, err error) error {
 		return NewError(http.StatusInsufficientStorage, "quota.storage", "the tenant-environment's storage quota is full; nothing was stored")
 	case errors.Is(err, engine.ErrAccountUnavailable):
 		return NewError(http.StatusNotImplemented, "fabric.unavailable", "queues need the embedded engine or an operator-managed NATS with tenant accounts")
+	case errors.Is(err, fabric.ErrClosed):
+		return NewError(http.StatusServiceUnavailable, "unavailable", "publishing stopped (the queue was deleted or the server is stopping); retry, with message ids to stay idempotent")
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
 		return NewError(http.StatusServiceUnavailable, "timeout", "the engine did not answer in time; publishes with an id can be retried safely")
 	}

@@ -97,27 +97,37 @@ func (s *Service) Publish(ctx context.Context, t Target, msgs []Message) ([]Rece
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	case <-s.ctx.Done():
-		return nil, errClosed
+		return nil, ErrClosed
 	}
+	var r pubResult
 	select {
-	case r := <-req.done:
-		if r.err != nil {
-			if errors.Is(r.err, ErrNotFound) {
-				s.dropCommitter(ta, t.stream())
-			}
-			return nil, r.err
+	case r = <-req.done:
+	case <-c.stopped:
+		// The committer stopped (the queue was deleted, or the fabric is closing); a result
+		// sent before it stopped still counts.
+		select {
+		case r = <-req.done:
+		default:
+			return nil, ErrClosed
 		}
-		s.m.published.WithLabelValues("https").Add(float64(len(msgs)))
-		s.m.publishedBytes.WithLabelValues("https").Add(float64(size))
-		return r.receipts, nil
 	case <-ctx.Done():
 		// The batch may still commit; the client's retry with the same ids is idempotent.
 		return nil, ctx.Err()
 	}
+	if r.err != nil {
+		if errors.Is(r.err, ErrNotFound) {
+			s.dropCommitter(ta, t.stream())
+		}
+		return nil, r.err
+	}
+	s.m.published.WithLabelValues("https").Add(float64(len(msgs)))
+	s.m.publishedBytes.WithLabelValues("https").Add(float64(size))
+	return r.receipts, nil
 }
 
-// errClosed fails publishes in progress when the fabric closes.
-var errClosed = errors.New("fabric closed")
+// ErrClosed fails publishes caught by the fabric closing or their queue being deleted; they
+// may be retried (with their ids, safely).
+var ErrClosed = errors.New("publishing stopped: the queue was deleted or the server is stopping")
 
 func (s *Service) natsMsg(t Target, m Message) (*nats.Msg, error) {
 	if s.cfg.MaxPayload > 0 && len(m.Data) > s.cfg.MaxPayload {
@@ -171,6 +181,8 @@ type committer struct {
 	stream string
 	ch     chan *pubReq
 	cancel context.CancelFunc
+	// stopped is closed when the commit loop has ended and failed what was queued.
+	stopped chan struct{}
 }
 
 func (s *Service) committerFor(ctx context.Context, ta *tenantAccount, stream string) (*committer, error) {
@@ -190,7 +202,8 @@ func (s *Service) committerFor(ctx context.Context, ta *tenantAccount, stream st
 		return c, nil
 	}
 	cctx, cancel := context.WithCancel(s.ctx)
-	c = &committer{nc: ta.acc.Conn(), js: ta.acc.JetStream(), stream: stream, ch: make(chan *pubReq, 4096), cancel: cancel}
+	c = &committer{nc: ta.acc.Conn(), js: ta.acc.JetStream(), stream: stream, ch: make(chan *pubReq, 4096), cancel: cancel,
+		stopped: make(chan struct{})}
 	s.committers[key] = c
 	s.wg.Add(1)
 	go func() {
@@ -213,12 +226,13 @@ func (s *Service) dropCommitter(ta *tenantAccount, stream string) {
 }
 
 func (s *Service) commitLoop(ctx context.Context, c *committer) {
+	defer close(c.stopped)
 	defer func() {
 		// Fail whatever is still queued.
 		for {
 			select {
 			case r := <-c.ch:
-				r.done <- pubResult{err: errClosed}
+				r.done <- pubResult{err: ErrClosed}
 			default:
 				return
 			}
@@ -305,11 +319,18 @@ func (s *Service) commit(ctx context.Context, c *committer, batch []*pubReq) {
 	start := time.Now()
 	first, dups, err := s.atomic(ctx, c, msgs)
 	s.m.commitLatency.Observe(time.Since(start).Seconds())
+	if err != nil && ctx.Err() != nil {
+		err = ErrClosed // stopped mid-commit: the batch may or may not be stored
+	}
 	if errors.Is(err, errBatchDuplicate) {
 		// An id in the batch was already stored. Publish each request's messages on their
 		// own, where a duplicate is an acknowledgement, not an error.
 		for _, r := range batch {
-			r.done <- s.oneByOne(ctx, c, r.msgs)
+			res := s.oneByOne(ctx, c, r.msgs)
+			if res.err != nil && ctx.Err() != nil {
+				res.err = ErrClosed
+			}
+			r.done <- res
 		}
 		return
 	}

@@ -485,3 +485,45 @@ func TestDeadLetterSweepSparesDelayedRedelivery(t *testing.T) {
 		}
 	}
 }
+
+// Publishing while the queue is deleted ends, with an error, for every publisher: none waits
+// forever on a commit loop that has stopped.
+func TestPublishDuringQueueDeletionEnds(t *testing.T) {
+	h := open(t, nil)
+	q := h.queue("acme", "jobs", QueueSpec{})
+	publish(t, h.fab, q, text(0))
+	var wg sync.WaitGroup
+	results := make(chan error, 400)
+	for w := range 8 {
+		wg.Go(func() {
+			for i := range 50 {
+				_, err := h.fab.Publish(ctx, Target{Ref: q}, []Message{{ID: fmt.Sprintf("%d-%d", w, i), Data: []byte("x")}})
+				results <- err
+			}
+		})
+	}
+	time.Sleep(20 * time.Millisecond)
+	if err := h.fab.DeleteQueue(ctx, q); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("publishers still waiting after the queue was deleted")
+	}
+	close(results)
+	failed := 0
+	for err := range results {
+		if err != nil {
+			failed++
+			if !errors.Is(err, ErrClosed) && !errors.Is(err, ErrNotFound) {
+				t.Fatalf("publish during deletion: %v", err)
+			}
+		}
+	}
+	if failed == 0 {
+		t.Fatal("every publish succeeded although the queue was deleted")
+	}
+}

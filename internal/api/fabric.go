@@ -13,12 +13,14 @@ import (
 	"github.com/penstock/penstock/internal/authz"
 	"github.com/penstock/penstock/internal/engine"
 	"github.com/penstock/penstock/internal/fabric"
+	"github.com/penstock/penstock/internal/keyring"
 )
 
 const appBase = "/v1/tenants/{tenant}/environments/{environment}/applications/{application}"
 
-// appParams are the path parameters of everything inside an application; the inputs below
-// embed them.
+// appParams are the path parameters of everything inside an application. Huma reads
+// parameters from one struct level only, so the other inputs repeat these fields and convert
+// with app().
 type appParams struct {
 	Tenant      string `path:"tenant" pattern:"^[a-z0-9][a-z0-9-]{0,62}$" doc:"Tenant"`
 	Environment string `path:"environment" pattern:"^[a-z0-9][a-z0-9-]{0,62}$" doc:"Environment"`
@@ -27,6 +29,11 @@ type appParams struct {
 
 func (p appParams) scope() authz.Scope {
 	return authz.Scope{Tenant: p.Tenant, Environment: p.Environment, Application: p.Application}
+}
+
+// keyScope is the application's keyring scope.
+func (p appParams) keyScope() keyring.Scope {
+	return keyring.Scope{Tenant: p.Tenant, Environment: p.Environment, Application: p.Application}
 }
 
 func (p appParams) ref(name string) fabric.Ref {

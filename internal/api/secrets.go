@@ -12,17 +12,7 @@ import (
 	"github.com/penstock/penstock/internal/secrets"
 )
 
-type appPath struct {
-	Tenant      string `path:"tenant" pattern:"^[a-z0-9][a-z0-9-]{0,62}$" doc:"Tenant"`
-	Environment string `path:"environment" pattern:"^[a-z0-9][a-z0-9-]{0,62}$" doc:"Environment"`
-	Application string `path:"application" pattern:"^[a-z0-9][a-z0-9-]{0,62}$" doc:"Application"`
-}
-
-func (p appPath) scope() keyring.Scope {
-	return keyring.Scope{Tenant: p.Tenant, Environment: p.Environment, Application: p.Application}
-}
-
-// secretPath repeats appPath's fields: huma reads parameters from one struct level only.
+// secretPath repeats appParams' fields: huma reads parameters from one struct level only.
 type secretPath struct {
 	Tenant      string `path:"tenant" pattern:"^[a-z0-9][a-z0-9-]{0,62}$" doc:"Tenant"`
 	Environment string `path:"environment" pattern:"^[a-z0-9][a-z0-9-]{0,62}$" doc:"Environment"`
@@ -31,7 +21,7 @@ type secretPath struct {
 }
 
 func (p secretPath) scope() keyring.Scope {
-	return appPath{p.Tenant, p.Environment, p.Application}.scope()
+	return appParams{p.Tenant, p.Environment, p.Application}.keyScope()
 }
 
 type putSecretInput struct {
@@ -77,8 +67,8 @@ func registerSecrets(g gate, hapi huma.API, o Options) {
 		Summary: "List an application's secrets: names, revisions, times, never values",
 		Tags:    []string{"secrets"},
 		Errors:  []int{http.StatusGone},
-	}, func(in *appPath) authz.Scope { return authz.Scope(in.scope()) }, func(ctx context.Context, _ *caller, in *appPath) (*listOutput, error) {
-		list, err := o.Secrets.List(ctx, in.scope())
+	}, func(in *appParams) authz.Scope { return in.scope() }, func(ctx context.Context, _ *caller, in *appParams) (*listOutput, error) {
+		list, err := o.Secrets.List(ctx, in.keyScope())
 		if err != nil {
 			return nil, keyError(o, "list secrets", err)
 		}

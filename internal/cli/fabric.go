@@ -59,6 +59,7 @@ func (a apiCommand) command(environ []string) *cobra.Command {
 	return cmd
 }
 
+// fabricBase is the API path of an application, from --app tenant/environment/application.
 func fabricBase(app string) (string, error) {
 	parts := strings.Split(app, "/")
 	if len(parts) != 3 {

@@ -17,13 +17,10 @@ func secretsCmd(environ []string) *cobra.Command {
 	return cmd
 }
 
+// appPath is the API path of an application's secrets.
 func appPath(app string) (string, error) {
-	parts := strings.Split(app, "/")
-	if len(parts) != 3 {
-		return "", fmt.Errorf("--app %q: must be tenant/environment/application", app)
-	}
-	return fmt.Sprintf("/v1/tenants/%s/environments/%s/applications/%s/secrets",
-		url.PathEscape(parts[0]), url.PathEscape(parts[1]), url.PathEscape(parts[2])), nil
+	base, err := fabricBase(app)
+	return base + "/secrets", err
 }
 
 func secretsPutCmd(environ []string) *cobra.Command {

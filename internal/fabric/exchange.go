@@ -219,8 +219,7 @@ func (s *Service) readExchange(ctx context.Context, ta *tenantAccount, r Ref) (E
 
 // Exchanges lists an application's exchanges.
 func (s *Service) Exchanges(ctx context.Context, app Ref) ([]Exchange, error) {
-	app.Name = "x"
-	if err := app.check("exchange"); err != nil {
+	if err := app.check(""); err != nil {
 		return nil, err
 	}
 	ta, err := s.account(ctx, app.Tenant, app.Environment)

@@ -66,8 +66,14 @@ func (r Ref) consumer() string { return r.Application }
 // application's permissions reach it.
 const routerConsumer = "_router"
 
+// check validates the reference to a thing of the given kind; with kind "" only its
+// application.
 func (r Ref) check(kind string) error {
-	for _, p := range []struct{ k, v string }{{"tenant", r.Tenant}, {"environment", r.Environment}, {"application", r.Application}, {kind, r.Name}} {
+	parts := []struct{ k, v string }{{"tenant", r.Tenant}, {"environment", r.Environment}, {"application", r.Application}}
+	if kind != "" {
+		parts = append(parts, struct{ k, v string }{kind, r.Name})
+	}
+	for _, p := range parts {
 		if err := names.Check(p.k, p.v); err != nil {
 			return fmt.Errorf("%w: %s", ErrInvalid, err.Error())
 		}

@@ -54,6 +54,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	return m
 }
 
+// forget drops a deleted queue's rate mark.
+func (m *metrics) forget(r Ref) {
+	m.mu.Lock()
+	delete(m.marks, r)
+	m.mu.Unlock()
+}
+
 // rates returns messages per second published and settled since the previous call for the
 // same queue (0 on the first).
 func (m *metrics) rates(r Ref, published, acked uint64) (float64, float64) {

@@ -195,8 +195,7 @@ func (s *Service) Queue(ctx context.Context, r Ref) (Queue, error) {
 
 // Queues lists an application's queues, by name.
 func (s *Service) Queues(ctx context.Context, app Ref) ([]Queue, error) {
-	app.Name = "x"
-	if err := app.check("queue"); err != nil {
+	if err := app.check(""); err != nil {
 		return nil, err
 	}
 	ta, err := s.account(ctx, app.Tenant, app.Environment)
@@ -246,6 +245,7 @@ func (s *Service) DeleteQueue(ctx context.Context, r Ref) error {
 		return jsErr(err, "queue "+r.Name)
 	}
 	s.dropCommitter(ta, r.queueStream())
+	s.m.forget(r)
 	if err := js.DeleteStream(ctx, r.deadStream()); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
 		return jsErr(err, "dead-letter queue "+r.Name)
 	}

@@ -122,7 +122,7 @@ func main() {
 	n := flag.Int("n", 20000, "messages per run")
 	sizesFlag := flag.String("sizes", "128,1024", "payload sizes in bytes")
 	skipRabbit := flag.Bool("skip-rabbitmq", false, "leave out the RabbitMQ peer")
-	only := flag.String("only", "", "run only the HTTPS runs (https) or the native ones (native), for profiling")
+	only := flag.String("only", "", "run only the HTTPS runs (https), the native ones (native), or the engine's commit cost (commit-cost)")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the run here")
 	commitWindow = flag.Duration("commit-window", -1, "fabric.commit_window for the HTTPS runs (default: the configuration default)")
 	maxCommit = flag.Int("max-commit", 0, "fabric.max_commit for the HTTPS runs (default: the configuration default)")
@@ -136,6 +136,12 @@ func main() {
 			log.Fatal(err)
 		}
 		defer pprof.StopCPUProfile()
+	}
+	if *only == "commit-cost" {
+		if err := commitCost(1024); err != nil {
+			log.Fatal(err)
+		}
+		return
 	}
 	if *only == "native" {
 		for _, mode := range []string{"lazy", "batch"} {

@@ -20,6 +20,7 @@ import (
 	"github.com/penstock/penstock/internal/fabric"
 	"github.com/penstock/penstock/internal/identity"
 	"github.com/penstock/penstock/internal/keyring"
+	"github.com/penstock/penstock/internal/pipeline"
 	"github.com/penstock/penstock/internal/secrets"
 	"github.com/penstock/penstock/internal/signing"
 )
@@ -46,6 +47,8 @@ type Options struct {
 	Nonces   signing.NonceStore
 	Audit    auditLog
 	Fabric   *fabric.Service
+	// Pipelines is nil where pipelines are not served.
+	Pipelines *pipeline.Service
 	// Now is the clock for signed requests; nil means time.Now.
 	Now func() time.Time
 }
@@ -77,6 +80,10 @@ func Handler(o Options) (http.Handler, []Route) {
 	registerAudit(g, hapi, o)
 	registerAuditExport(g, hapi, o)
 	registerFabric(g, hapi, o)
+	if o.Pipelines != nil {
+		registerPipelines(g, hapi, o)
+		registerWebhooks(g, hapi, o)
+	}
 	g.reg.check(hapi)
 
 	requests := prometheus.NewCounterVec(prometheus.CounterOpts{

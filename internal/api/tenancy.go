@@ -61,6 +61,13 @@ type allowListInput struct {
 	}
 }
 
+type egressInput struct {
+	Tenant string `path:"tenant" pattern:"^[a-z0-9][a-z0-9-]{0,62}$"`
+	Body   struct {
+		Rules []string `json:"rules" maxItems:"256" doc:"CIDR, address or host name, each with an optional :port, such as 203.0.113.0/24, 127.0.0.1:5432 or db.internal.example:5432; empty leaves the default policy"`
+	}
+}
+
 type tenantOutput struct{ Body identity.Tenant }
 type tenantsOutput struct {
 	Body struct {
@@ -179,6 +186,18 @@ func registerTenancy(g gate, hapi huma.API, o Options) {
 			t, err := id.SetAllowList(ctx, in.Tenant, in.Body.CIDRs)
 			if err != nil {
 				return nil, identityError(o, "allow-list", err)
+			}
+			return &tenantOutput{Body: t}, nil
+		})
+
+	register(g, hapi, Route{Action: authz.EgressManage}, huma.Operation{
+		OperationID: "egress-set", Method: http.MethodPut, Path: "/v1/tenants/{tenant}/egress", Tags: []string{"tenants"},
+		Summary: "Set the destinations the tenant's connectors may reach beyond the default egress policy (platform admins only)",
+	}, func(in *egressInput) authz.Scope { return authz.Scope{Tenant: in.Tenant} },
+		func(ctx context.Context, _ *caller, in *egressInput) (*tenantOutput, error) {
+			t, err := id.SetEgress(ctx, in.Tenant, in.Body.Rules)
+			if err != nil {
+				return nil, identityError(o, "egress", err)
 			}
 			return &tenantOutput{Body: t}, nil
 		})

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -32,6 +33,7 @@ import (
 	"github.com/penstock/penstock/internal/fabric"
 	"github.com/penstock/penstock/internal/identity"
 	"github.com/penstock/penstock/internal/keyring"
+	"github.com/penstock/penstock/internal/pipeline"
 	"github.com/penstock/penstock/internal/redact"
 	"github.com/penstock/penstock/internal/secrets"
 )
@@ -48,6 +50,7 @@ type App struct {
 	keys      *keyring.Keyring
 	ident     *identity.Store
 	fabric    *fabric.Service
+	pipes     *pipeline.Service
 	audit     *audit.Log
 	sinks     []audit.Sink
 	bootstrap redact.Secret
@@ -163,6 +166,34 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 		Logger: log.With("component", "fabric"), Registry: reg}); err != nil {
 		return nil, err
 	}
+	filesRoot := cfg.Pipelines.FilesRoot
+	if filesRoot == "" {
+		filesRoot = filepath.Join(cfg.DataDir, "files")
+	}
+	ident := a.ident
+	if a.pipes, err = pipeline.Open(ctx, pipeline.Options{
+		Keyring: a.keys, Fabric: a.fabric, Registry: Connectors(), FilesRoot: filesRoot,
+		Logger: log.With("component", "pipeline"), DrainTimeout: cfg.Pipelines.DrainTimeout,
+		Egress: ident.EgressPolicy,
+		Secrets: func(ctx context.Context, app keyring.Scope, name string) (redact.Secret, error) {
+			v, _, err := store.Get(ctx, app, name)
+			return v, err
+		},
+		Apps: func() []keyring.Scope {
+			var out []keyring.Scope
+			for _, t := range ident.Tenants() {
+				for _, e := range t.Environments {
+					for _, ap := range ident.Apps(t.Name, e) {
+						out = append(out, keyring.Scope{Tenant: t.Name, Environment: e, Application: ap.Name})
+					}
+				}
+			}
+			return out
+		},
+	}); err != nil {
+		return nil, err
+	}
+	reg.MustRegister(a.pipes.Collectors()...)
 	if a.bootstrap, err = a.ident.Bootstrap(ctx); err != nil {
 		return nil, err
 	}
@@ -177,6 +208,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 		Limits: lim, Edge: em, Registry: reg,
 		Keyring: a.keys, Master: a.master, Secrets: store,
 		Identity: a.ident, Lockout: lockout, Nonces: nonces, Audit: a.audit, Fabric: a.fabric,
+		Pipelines: a.pipes,
 	})
 	a.routes = routes
 	a.apiSrv = &http.Server{
@@ -315,6 +347,9 @@ func (a *App) closeAll() {
 			a.log.Warn("final audit checkpoint", "error", err)
 		}
 		cancel()
+	}
+	if a.pipes != nil {
+		a.pipes.Close() // drains batches in flight, which write through the fabric
 	}
 	if a.fabric != nil {
 		a.fabric.Close()

@@ -24,12 +24,15 @@ var may = map[authz.Action][]authz.Role{
 	authz.RoleManage:      {authz.Owner, authz.Admin},
 	authz.APIKeyManage:    {authz.Owner, authz.Admin},
 	authz.AllowlistManage: {authz.Owner, authz.Admin},
+	authz.EgressManage:    {},
 	authz.SecretWrite:     {authz.Owner, authz.Admin, authz.Developer},
 	authz.SecretRead:      {authz.Owner, authz.Admin, authz.Developer, authz.Operator, authz.Viewer},
 	authz.AuditRead:       {authz.Owner, authz.Auditor},
 	authz.QueuePublish:    {authz.Owner, authz.Admin, authz.Developer, authz.Operator},
 	authz.QueueConsume:    {authz.Owner, authz.Admin, authz.Developer, authz.Operator},
 	authz.QueueManage:     {authz.Owner, authz.Admin, authz.Developer},
+	authz.PipelineManage:  {authz.Owner, authz.Admin, authz.Developer},
+	authz.PipelineRun:     {authz.Owner, authz.Admin, authz.Developer, authz.Operator},
 }
 
 type principal struct {
@@ -120,6 +123,9 @@ func TestEveryRouteForEveryRoleAndScope(t *testing.T) {
 			mustOK("POST", "/v1/tenants", map[string]string{"name": name})
 			return call{"DELETE", "/v1/tenants/" + name, nil, authz.Scope{Tenant: name}}
 		},
+		"egress-set": func(principal) call {
+			return call{"PUT", "/v1/tenants/acme/egress", map[string]any{"rules": []string{}}, acme}
+		},
 		"allowlist-set": func(principal) call {
 			return call{"PUT", "/v1/tenants/acme/allowlist", map[string]any{"cidrs": []string{}}, acme}
 		},
@@ -202,7 +208,19 @@ func TestEveryRouteForEveryRoleAndScope(t *testing.T) {
 		"exchange-publish": func(principal) call {
 			return call{"POST", base + "/exchanges/events/messages", map[string]any{"messages": []map[string]string{{"data": "x"}}}, app}
 		},
-		"apikey-list": func(principal) call { return call{"GET", "/v1/apikeys?scope=acme/production/billing", nil, app} },
+		"pipeline-apply": func(principal) call {
+			return call{"PUT", base + "/pipelines/ghost?dry_run=true", map[string]any{"source": map[string]any{"type": "queue", "queue": "jobs"},
+				"sink": map[string]any{"type": "queue", "queue": "jobs"}}, app}
+		},
+		"pipeline-list":   func(principal) call { return call{"GET", base + "/pipelines", nil, app} },
+		"pipeline-get":    func(principal) call { return call{"GET", base + "/pipelines/ghost", nil, app} },
+		"pipeline-delete": func(principal) call { return call{"DELETE", base + "/pipelines/ghost", nil, app} },
+		"pipeline-pause":  func(principal) call { return call{"POST", base + "/pipelines/ghost/pause", nil, app} },
+		"pipeline-resume": func(principal) call { return call{"POST", base + "/pipelines/ghost/resume", nil, app} },
+		"pipeline-run":    func(principal) call { return call{"POST", base + "/pipelines/ghost/run", nil, app} },
+		"pipeline-runs":   func(principal) call { return call{"GET", base + "/pipelines/ghost/runs", nil, app} },
+		"pipeline-logs":   func(principal) call { return call{"GET", base + "/pipelines/ghost/logs", nil, app} },
+		"apikey-list":     func(principal) call { return call{"GET", "/v1/apikeys?scope=acme/production/billing", nil, app} },
 		"apikey-revoke": func(principal) call {
 			k := mustOK("POST", "/v1/apikeys", map[string]string{"role": "viewer", "scope": "acme/production/billing"})
 			return call{"DELETE", "/v1/apikeys/" + k["record"].(map[string]any)["id"].(string), nil, app}

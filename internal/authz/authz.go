@@ -23,6 +23,7 @@ const (
 	RoleManage      Action = "role.manage"
 	APIKeyManage    Action = "apikey.manage"
 	AllowlistManage Action = "allowlist.manage"
+	EgressManage    Action = "egress.manage" // what a tenant's connectors may reach: platform admins only
 	SecretWrite     Action = "secret.write"
 	SecretRead      Action = "secret.read" // names and metadata, never values
 	KeyManage       Action = "key.manage"
@@ -54,7 +55,7 @@ var (
 		// Platform administrators do everything, and only they create tenants, manage
 		// platform users and the master key.
 		PlatformAdmin: {TenantCreate, TenantRead, TenantDelete, EnvManage, AppManage, UserManage, RoleManage, APIKeyManage,
-			AllowlistManage, SecretWrite, SecretRead, KeyManage, QueuePublish, QueueConsume, QueueManage, PipelineManage,
+			AllowlistManage, EgressManage, SecretWrite, SecretRead, KeyManage, QueuePublish, QueueConsume, QueueManage, PipelineManage,
 			PipelineRun, AuditRead},
 		Owner: {TenantRead, TenantDelete, EnvManage, AppManage, RoleManage, APIKeyManage, AllowlistManage, SecretWrite,
 			SecretRead, QueuePublish, QueueConsume, QueueManage, PipelineManage, PipelineRun, AuditRead},

@@ -182,6 +182,15 @@ func accessCmds(environ []string) []*cobra.Command {
 			}), "scope", "scope"),
 			apiCmd(environ, "revoke ID", "Revoke an API key everywhere", cobra.ExactArgs(1), jsonCall("DELETE", func(a []string) string { return "/v1/apikeys/" + esc(a[0]) }, nil)),
 		),
+		group("egress", "What a tenant's connectors may reach beyond the default policy",
+			withFlag(apiCmd(environ, "set --tenant T [RULE ...]", "Set the destinations (CIDR, address or host, with an optional :port) a tenant's connectors may reach; none: the default policy only", cobra.ArbitraryArgs, func(ctx context.Context, cf *clientFlags, cmd *cobra.Command, a []string) error {
+				t, _ := cmd.Flags().GetString("tenant")
+				if a == nil {
+					a = []string{}
+				}
+				return jsonCall("PUT", func([]string) string { return "/v1/tenants/" + esc(t) + "/egress" }, func(a []string) any { return map[string]any{"rules": a} })(ctx, cf, cmd, a)
+			}), "tenant", "tenant"),
+		),
 		group("allowlist", "Tenant source allow-lists",
 			withFlag(apiCmd(environ, "set --tenant T [CIDR ...]", "Set the CIDRs allowed to call for a tenant (none: everyone)", cobra.ArbitraryArgs, func(ctx context.Context, cf *clientFlags, cmd *cobra.Command, a []string) error {
 				t, _ := cmd.Flags().GetString("tenant")

@@ -15,15 +15,26 @@ import (
 type Config struct {
 	// DataDir holds everything Penstock stores on this machine: the embedded JetStream store,
 	// TLS material and key files. Created with 0700 permissions if missing.
-	DataDir  string   `koanf:"data_dir"`
-	Log      Log      `koanf:"log"`
-	API      API      `koanf:"api"`
-	Metrics  Metrics  `koanf:"metrics"`
-	Engine   Engine   `koanf:"engine"`
-	Keyring  Keyring  `koanf:"keyring"`
-	Identity Identity `koanf:"identity"`
-	Audit    Audit    `koanf:"audit"`
-	Fabric   Fabric   `koanf:"fabric"`
+	DataDir   string    `koanf:"data_dir"`
+	Log       Log       `koanf:"log"`
+	API       API       `koanf:"api"`
+	Metrics   Metrics   `koanf:"metrics"`
+	Engine    Engine    `koanf:"engine"`
+	Keyring   Keyring   `koanf:"keyring"`
+	Identity  Identity  `koanf:"identity"`
+	Audit     Audit     `koanf:"audit"`
+	Fabric    Fabric    `koanf:"fabric"`
+	Pipelines Pipelines `koanf:"pipelines"`
+}
+
+// Pipelines configures the pipeline runtime.
+type Pipelines struct {
+	// FilesRoot holds one directory per tenant (FilesRoot/<tenant>) that file connectors read
+	// and write; "" means <data_dir>/files.
+	FilesRoot string `koanf:"files_root"`
+	// DrainTimeout bounds how long a stopping pipeline (shutdown, pause, update) waits for
+	// the batch in flight to commit.
+	DrainTimeout time.Duration `koanf:"drain_timeout"`
 }
 
 // Fabric configures queues and exchanges: the HTTPS publish path's group commit, the native
@@ -219,8 +230,9 @@ func Default() Config {
 				IdleTimeout:       120 * time.Second,
 			},
 		},
-		Engine: Engine{SyncInterval: "always", Replicas: 1},
-		Audit:  Audit{Retention: 400 * 24 * time.Hour},
+		Engine:    Engine{SyncInterval: "always", Replicas: 1},
+		Audit:     Audit{Retention: 400 * 24 * time.Hour},
+		Pipelines: Pipelines{DrainTimeout: 30 * time.Second},
 		Fabric: Fabric{
 			CommitWindow: 5 * time.Millisecond, MaxCommit: 1000, MaxPublishBatch: 1000,
 			MaxAge: 14 * 24 * time.Hour, MaxDeliveries: 5, AckWait: 30 * time.Second, DuplicateWindow: 2 * time.Minute,

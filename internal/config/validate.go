@@ -87,6 +87,9 @@ func (c Config) validate() FieldErrors {
 	}
 	c.Engine.validate(&v)
 	c.Fabric.validate(&v, c.Engine)
+	if c.Pipelines.DrainTimeout <= 0 || c.Pipelines.DrainTimeout > time.Hour {
+		v.add("pipelines.drain_timeout", "between 1ns and 1h")
+	}
 	c.Keyring.validate(&v)
 	if c.Audit.Retention < 24*time.Hour {
 		v.add("audit.retention", "must be at least 24h")

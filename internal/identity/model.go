@@ -23,6 +23,7 @@ type Tenant struct {
 	Name         string    `json:"name"`
 	Environments []string  `json:"environments"`
 	AllowList    []string  `json:"allow_list,omitempty" doc:"CIDRs allowed to make authenticated requests for this tenant; empty allows all"`
+	Egress       []string  `json:"egress,omitempty" doc:"destinations (CIDR, address or host, each with an optional :port) the tenant's connectors may reach beyond the default policy, which denies loopback, link-local, private, multicast and metadata addresses"`
 	Created      time.Time `json:"created"`
 }
 

@@ -83,6 +83,19 @@ func TestTenantsAndApps(t *testing.T) {
 	if err != nil || ten.AllowList[0] != "10.0.0.0/8" {
 		t.Fatalf("allow list %v %v", ten.AllowList, err)
 	}
+	if _, err := s.SetEgress(ctx, "acme", []string{"127.0.0.1:5432", "nope:99999"}); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "rules[1]") {
+		t.Fatalf("bad egress rule: %v", err)
+	}
+	if p := s.EgressPolicy("acme"); len(p.Rules) != 0 {
+		t.Fatalf("a refused list was stored: %+v", p)
+	}
+	ten, err = s.SetEgress(ctx, "acme", []string{"10.1.0.0/8:443", "DB.example."})
+	if err != nil || ten.Egress[0] != "10.0.0.0/8:443" || ten.Egress[1] != "db.example" {
+		t.Fatalf("egress %v %v", ten.Egress, err)
+	}
+	if p := s.EgressPolicy("acme"); p.Tenant != "acme" || len(p.Rules) != 2 || p.Rules[1].Host != "db.example" {
+		t.Fatalf("policy %+v", p)
+	}
 	if err := s.DeleteApp(ctx, "acme", "production", "billing"); err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"sort"
 
 	"github.com/penstock/penstock/internal/authz"
+	"github.com/penstock/penstock/internal/egress"
 	"github.com/penstock/penstock/internal/keyring"
 	"github.com/penstock/penstock/internal/names"
 )
@@ -102,6 +103,40 @@ func (s *Store) SetAllowList(ctx context.Context, tenant string, cidrs []string)
 	}
 	t.AllowList = cidrs
 	return t, s.put(ctx, "tenant."+tenant, t, rev)
+}
+
+// SetEgress replaces the destinations a tenant's connectors may reach beyond the default egress
+// policy; an empty list leaves just the default.
+func (s *Store) SetEgress(ctx context.Context, tenant string, rules []string) (Tenant, error) {
+	var t Tenant
+	rev, ok := s.get("tenant."+tenant, &t)
+	if !ok {
+		return Tenant{}, ErrNotFound
+	}
+	if len(rules) > 256 {
+		return Tenant{}, invalidf("rules: at most 256")
+	}
+	for i, r := range rules {
+		parsed, err := egress.ParseRule(r)
+		if err != nil {
+			return Tenant{}, invalidf("rules[%d]: %v", i, err)
+		}
+		rules[i] = parsed.String()
+	}
+	t.Egress = rules
+	return t, s.put(ctx, "tenant."+tenant, t, rev)
+}
+
+// EgressPolicy returns the policy a tenant's connectors dial under.
+func (s *Store) EgressPolicy(tenant string) egress.Policy {
+	p := egress.Policy{Tenant: tenant}
+	t, _ := s.Tenant(tenant)
+	for _, r := range t.Egress {
+		if parsed, err := egress.ParseRule(r); err == nil {
+			p.Rules = append(p.Rules, parsed)
+		}
+	}
+	return p
 }
 
 func appKey(t, e, a string) string { return "app." + t + "." + e + "." + a }

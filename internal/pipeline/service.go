@@ -1,0 +1,530 @@
+package pipeline
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/penstock/penstock/internal/connector"
+	"github.com/penstock/penstock/internal/connector/webhook"
+	"github.com/penstock/penstock/internal/egress"
+	"github.com/penstock/penstock/internal/fabric"
+	"github.com/penstock/penstock/internal/keyring"
+)
+
+// Errors the API maps to stable codes.
+var (
+	ErrNotFound = errors.New("pipeline not found")
+	ErrPaused   = errors.New("pipeline is paused")
+	ErrRunning  = errors.New("a run is already in progress")
+)
+
+// Options are the service's dependencies.
+type Options struct {
+	Keyring  *keyring.Keyring
+	Secrets  SecretReader
+	Fabric   *fabric.Service
+	Registry *connector.Registry
+	// Egress returns a tenant's egress policy.
+	Egress func(tenant string) egress.Policy
+	// Apps lists every application, for the scheduler to find stored pipelines at start.
+	Apps func() []keyring.Scope
+	// FilesRoot holds one directory per tenant for file connectors ("" disables them).
+	FilesRoot string
+	Logger    *slog.Logger
+	// DrainTimeout bounds how long a stop waits for the batch in flight (default 30s).
+	DrainTimeout time.Duration
+	// Resolver looks up names for egress checks at validation (default net.DefaultResolver).
+	Resolver egress.Resolver
+}
+
+// Pipeline is a stored pipeline and its state.
+type Pipeline struct {
+	Tenant      string    `json:"tenant"`
+	Environment string    `json:"environment"`
+	Application string    `json:"application"`
+	Name        string    `json:"name"`
+	Version     int       `json:"version" doc:"1 on create, one more on each change"`
+	Paused      bool      `json:"paused"`
+	Spec        Spec      `json:"spec"`
+	Created     time.Time `json:"created"`
+	Updated     time.Time `json:"updated"`
+	Running     bool      `json:"running"`
+	LastRun     *Run      `json:"last_run,omitempty"`
+}
+
+type stored struct {
+	Spec    json.RawMessage `json:"spec"`
+	Version int             `json:"version"`
+	Paused  bool            `json:"paused"`
+	Created time.Time       `json:"created"`
+	Updated time.Time       `json:"updated"`
+}
+
+// Run is one run's record.
+type Run struct {
+	ID      string    `json:"id"`
+	Version int       `json:"version" doc:"the pipeline version it ran"`
+	Trigger string    `json:"trigger" doc:"schedule, manual or continuous"`
+	Status  string    `json:"status" doc:"running, succeeded, failed, stopped, or interrupted (the process died)"`
+	Start   time.Time `json:"start"`
+	End     time.Time `json:"end,omitzero"`
+	Seconds float64   `json:"duration_seconds"`
+	RunStats
+	Error string `json:"error,omitempty"`
+}
+
+// maxRuns is how many runs a pipeline's history keeps.
+const maxRuns = 50
+
+// Service owns pipelines: their storage, validation and the scheduler that runs them.
+type Service struct {
+	o     Options
+	defs  *keyring.Sealed
+	state *keyring.Sealed
+	runs  *keyring.Sealed
+	m     *metrics
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	// life serialises changes to pipelines' lifecycles (apply, pause, resume, delete): each
+	// stops the old worker before it starts another, so no two workers run one pipeline and
+	// a deleted pipeline is not brought back. Lock order: life, then mu.
+	life sync.Mutex
+
+	mu      sync.Mutex
+	workers map[string]*worker
+	logs    map[string]*logRing
+}
+
+// Open opens the stores and starts a worker for every stored pipeline.
+func Open(ctx context.Context, o Options) (*Service, error) {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.DrainTimeout == 0 {
+		o.DrainTimeout = 30 * time.Second
+	}
+	if o.Resolver == nil {
+		o.Resolver = net.DefaultResolver
+	}
+	s := &Service{o: o, workers: map[string]*worker{}, logs: map[string]*logRing{}, m: newMetrics()}
+	var err error
+	if s.defs, err = o.Keyring.Sealed(ctx, "penstock_pipelines", "pipeline"); err != nil {
+		return nil, err
+	}
+	if s.state, err = o.Keyring.Sealed(ctx, "penstock_pipeline_state", "pipeline-state"); err != nil {
+		return nil, err
+	}
+	if s.runs, err = o.Keyring.Sealed(ctx, "penstock_pipeline_runs", "pipeline-runs"); err != nil {
+		return nil, err
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	if o.Apps != nil {
+		for _, app := range o.Apps() {
+			entries, err := s.defs.List(ctx, app)
+			if err != nil {
+				return nil, err
+			}
+			for _, e := range entries {
+				s.markInterrupted(ctx, app, e.ID)
+				_, p, err := s.load(ctx, app, e.ID)
+				if err != nil {
+					o.Logger.Error("pipeline not started", "app", app.String(), "pipeline", e.ID, "error", err.Error())
+					continue
+				}
+				s.start(app, p)
+			}
+		}
+	}
+	return s, nil
+}
+
+// Close stops every worker, draining the batches in flight.
+func (s *Service) Close() {
+	s.mu.Lock()
+	for _, w := range s.workers {
+		w.stop()
+	}
+	s.mu.Unlock()
+	s.cancel()
+	s.wg.Wait()
+}
+
+func key(app keyring.Scope, name string) string { return app.String() + "/" + name }
+
+// Validate checks a spec completely against an application: connectors, transforms, the
+// secrets it names and the egress targets it dials. Each error names its field path.
+func (s *Service) Validate(ctx context.Context, app keyring.Scope, doc []byte) (Spec, error) {
+	spec, err := Parse(doc)
+	if err != nil {
+		return Spec{}, err
+	}
+	refs, err := Check(spec, s.o.Registry)
+	if err != nil {
+		return Spec{}, err
+	}
+	names := make([]string, 0, len(refs.Secrets))
+	for p := range refs.Secrets {
+		names = append(names, p)
+	}
+	sort.Strings(names)
+	for _, p := range names {
+		if _, err := s.o.Secrets(ctx, app, refs.Secrets[p]); err != nil {
+			if errors.Is(err, keyring.ErrNotFound) {
+				return Spec{}, invalidf("%s: secret %q does not exist in application %s (penstock secrets put)", p, refs.Secrets[p], app)
+			}
+			return Spec{}, fmt.Errorf("%s: %w", p, err)
+		}
+	}
+	policy := s.o.Egress(app.Tenant)
+	dials := make([]string, 0, len(refs.Dials))
+	for p := range refs.Dials {
+		dials = append(dials, p)
+	}
+	sort.Strings(dials)
+	for _, p := range dials {
+		if err := s.checkDial(ctx, policy, refs.Dials[p]); err != nil {
+			return Spec{}, invalidf("%s: %v", p, err)
+		}
+	}
+	return spec, nil
+}
+
+// checkDial applies the egress policy to a target at validation time; the dialer checks again
+// on every connection.
+func (s *Service) checkDial(ctx context.Context, policy egress.Policy, hostport string) error {
+	host, portStr, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return err
+	}
+	port, _ := strconv.Atoi(portStr)
+	name := host
+	var addrs []netip.Addr
+	if a, err := netip.ParseAddr(host); err == nil {
+		addrs, name = []netip.Addr{a}, ""
+	} else {
+		lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		addrs, err = s.o.Resolver.LookupNetIP(lctx, "ip", host)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("cannot resolve %s: %v", host, err)
+		}
+	}
+	for _, a := range addrs {
+		if err := policy.Check(name, a, port); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Check validates a spec offline: its connectors' settings and its transforms. It returns
+// what the spec refers to (secrets, network targets) for the online checks.
+func Check(spec Spec, reg *connector.Registry) (connector.Refs, error) {
+	var refs connector.Refs
+	for _, side := range []struct {
+		path string
+		kind connector.Kind
+		m    map[string]any
+	}{{"source", connector.SourceKind, spec.Source}, {"sink", connector.SinkKind, spec.Sink}} {
+		typ, cfg := connectorConfig(side.m)
+		p, err := reg.Lookup(typ, side.kind)
+		if err != nil {
+			return refs, invalidf("%s.type: %v", side.path, err)
+		}
+		var r connector.Refs
+		if side.kind == connector.SourceKind {
+			_, r, err = p.Source(side.path, cfg, connector.Resources{})
+		} else {
+			_, r, err = p.Sink(side.path, cfg, connector.Resources{})
+		}
+		if err != nil {
+			return refs, fmt.Errorf("%w: %v", ErrInvalid, err)
+		}
+		refs.Merge(r)
+	}
+	_, r, err := compileTransforms(context.Background(), spec.Transforms, nil)
+	if err != nil {
+		return refs, err
+	}
+	refs.Merge(r)
+	return refs, nil
+}
+
+// Apply creates or updates a pipeline after validating it, and (re)starts its worker.
+func (s *Service) Apply(ctx context.Context, app keyring.Scope, doc []byte) (Pipeline, bool, error) {
+	spec, err := s.Validate(ctx, app, doc)
+	if err != nil {
+		return Pipeline{}, false, err
+	}
+	if *spec.Errors.DeadLetter {
+		_, err := s.o.Fabric.CreateQueue(ctx, appQueues{s.o.Fabric, app}.ref(spec.Name+"-dlq"), fabric.QueueSpec{})
+		if err != nil && !errors.Is(err, fabric.ErrExists) {
+			return Pipeline{}, false, fmt.Errorf("dead-letter queue: %w", err)
+		}
+	}
+	if typ, _ := connectorConfig(spec.Source); typ == webhook.Plugin.Name {
+		_, err := s.o.Fabric.CreateQueue(ctx, appQueues{s.o.Fabric, app}.ref(webhook.Queue(spec.Name)), fabric.QueueSpec{})
+		if err != nil && !errors.Is(err, fabric.ErrExists) {
+			return Pipeline{}, false, fmt.Errorf("webhook ingest queue: %w", err)
+		}
+	}
+	s.life.Lock()
+	defer s.life.Unlock()
+	now := time.Now().UTC()
+	st := stored{Spec: spec.JSON(), Version: 1, Created: now, Updated: now}
+	created := true
+	if old, prev, err := s.load(ctx, app, spec.Name); err == nil {
+		st.Version, st.Created, st.Paused = old.Version+1, old.Created, old.Paused
+		created = false
+		if !sameJSON(prev.Spec.Source, spec.Source) {
+			// A checkpoint belongs to the source it was taken on: a new source starts from
+			// its beginning. The old worker stops first, so it cannot save after.
+			s.stopWorker(app, spec.Name)
+			if err := s.state.Delete(ctx, app, spec.Name); err != nil && !errors.Is(err, keyring.ErrNotFound) {
+				return Pipeline{}, false, err
+			}
+		}
+	} else if !errors.Is(err, ErrNotFound) {
+		return Pipeline{}, false, err
+	}
+	b, _ := json.Marshal(st)
+	if _, err := s.defs.Put(ctx, app, spec.Name, b); err != nil {
+		return Pipeline{}, false, err
+	}
+	p := s.view(app, spec.Name, st, spec)
+	s.start(app, p)
+	return s.withStatus(ctx, app, p), created, nil
+}
+
+func sameJSON(a, b any) bool {
+	x, _ := json.Marshal(a)
+	y, _ := json.Marshal(b)
+	return string(x) == string(y)
+}
+
+func (s *Service) view(app keyring.Scope, name string, st stored, spec Spec) Pipeline {
+	return Pipeline{Tenant: app.Tenant, Environment: app.Environment, Application: app.Application, Name: name,
+		Version: st.Version, Paused: st.Paused, Spec: spec, Created: st.Created, Updated: st.Updated}
+}
+
+// Get returns a stored pipeline with its status and last run.
+func (s *Service) Get(ctx context.Context, app keyring.Scope, name string) (Pipeline, error) {
+	_, p, err := s.load(ctx, app, name)
+	if err != nil {
+		return Pipeline{}, err
+	}
+	return s.withStatus(ctx, app, p), nil
+}
+
+// Exists reports ErrNotFound for a pipeline that is not stored.
+func (s *Service) Exists(ctx context.Context, app keyring.Scope, name string) error {
+	_, _, err := s.load(ctx, app, name)
+	return err
+}
+
+// load reads a stored pipeline: its record and the pipeline it describes, without the run
+// status (which costs another read).
+func (s *Service) load(ctx context.Context, app keyring.Scope, name string) (stored, Pipeline, error) {
+	b, _, err := s.defs.Get(ctx, app, name)
+	if errors.Is(err, keyring.ErrNotFound) {
+		return stored{}, Pipeline{}, ErrNotFound
+	}
+	if err != nil {
+		return stored{}, Pipeline{}, err
+	}
+	var st stored
+	if err := json.Unmarshal(b, &st); err != nil {
+		return stored{}, Pipeline{}, err
+	}
+	spec, err := Parse(st.Spec)
+	if err != nil {
+		return stored{}, Pipeline{}, fmt.Errorf("stored spec: %w", err)
+	}
+	return st, s.view(app, name, st, spec), nil
+}
+
+func (s *Service) withStatus(ctx context.Context, app keyring.Scope, p Pipeline) Pipeline {
+	s.mu.Lock()
+	if w, ok := s.workers[key(app, p.Name)]; ok {
+		p.Running = w.isRunning()
+	}
+	s.mu.Unlock()
+	if runs, err := s.Runs(ctx, app, p.Name); err == nil && len(runs) > 0 {
+		p.LastRun = &runs[0]
+	}
+	return p
+}
+
+// List returns an application's pipelines, by name.
+func (s *Service) List(ctx context.Context, app keyring.Scope) ([]Pipeline, error) {
+	entries, err := s.defs.List(ctx, app)
+	if err != nil {
+		return nil, err
+	}
+	out := []Pipeline{}
+	for _, e := range entries {
+		p, err := s.Get(ctx, app, e.ID)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// Delete stops a pipeline and removes it, its checkpoint and its history. Its dead-letter
+// queue stays until deleted as a queue: it may hold records someone still needs.
+func (s *Service) Delete(ctx context.Context, app keyring.Scope, name string) error {
+	s.life.Lock()
+	defer s.life.Unlock()
+	if err := s.Exists(ctx, app, name); err != nil {
+		return err
+	}
+	s.stopWorker(app, name)
+	for _, st := range []*keyring.Sealed{s.defs, s.state, s.runs} {
+		if err := st.Delete(ctx, app, name); err != nil && !errors.Is(err, keyring.ErrNotFound) {
+			return err
+		}
+	}
+	s.mu.Lock()
+	delete(s.logs, key(app, name))
+	s.mu.Unlock()
+	return nil
+}
+
+// SetPaused pauses (stopping a run in progress after its batch) or resumes a pipeline.
+func (s *Service) SetPaused(ctx context.Context, app keyring.Scope, name string, paused bool) (Pipeline, error) {
+	s.life.Lock()
+	defer s.life.Unlock()
+	st, p, err := s.load(ctx, app, name)
+	if err != nil {
+		return Pipeline{}, err
+	}
+	st.Paused, p.Paused = paused, paused
+	nb, _ := json.Marshal(st)
+	if _, err := s.defs.Put(ctx, app, name, nb); err != nil {
+		return Pipeline{}, err
+	}
+	s.start(app, p)
+	return s.withStatus(ctx, app, p), nil
+}
+
+// RunNow starts a run at once, whatever the schedule.
+func (s *Service) RunNow(ctx context.Context, app keyring.Scope, name string) error {
+	_, p, err := s.load(ctx, app, name)
+	if err != nil {
+		return err
+	}
+	if p.Paused {
+		return ErrPaused
+	}
+	s.mu.Lock()
+	w, ok := s.workers[key(app, name)]
+	s.mu.Unlock()
+	if !ok {
+		return ErrNotFound
+	}
+	select {
+	case w.now <- struct{}{}:
+		return nil
+	default:
+		return ErrRunning
+	}
+}
+
+// Runs returns a pipeline's recent runs, newest first.
+func (s *Service) Runs(ctx context.Context, app keyring.Scope, name string) ([]Run, error) {
+	b, _, err := s.runs.Get(ctx, app, name)
+	if errors.Is(err, keyring.ErrNotFound) {
+		return []Run{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var runs []Run
+	return runs, json.Unmarshal(b, &runs)
+}
+
+func (s *Service) saveRun(ctx context.Context, app keyring.Scope, name string, r Run) {
+	runs, err := s.Runs(ctx, app, name)
+	if err != nil {
+		runs = nil
+	}
+	if len(runs) > 0 && runs[0].ID == r.ID {
+		runs[0] = r
+	} else {
+		runs = append([]Run{r}, runs...)
+	}
+	if len(runs) > maxRuns {
+		runs = runs[:maxRuns]
+	}
+	b, _ := json.Marshal(runs)
+	if _, err := s.runs.Put(ctx, app, name, b); err != nil {
+		s.o.Logger.Error("pipeline run not recorded", "pipeline", name, "app", app.String(), "error", err.Error())
+	}
+}
+
+// markInterrupted closes the record of a run the previous process did not finish (it was
+// killed): its batches past the last checkpoint are read again by the next run.
+func (s *Service) markInterrupted(ctx context.Context, app keyring.Scope, name string) {
+	runs, err := s.Runs(ctx, app, name)
+	if err != nil || len(runs) == 0 || runs[0].Status != "running" {
+		return
+	}
+	r := runs[0]
+	r.Status, r.Error = "interrupted", "the process stopped during the run; the next run resumes from the last checkpoint"
+	s.saveRun(ctx, app, name, r)
+}
+
+// Logs returns a pipeline's recent log lines (JSON), oldest first. They pass through the same
+// redaction as every log.
+func (s *Service) Logs(app keyring.Scope, name string) []json.RawMessage {
+	s.mu.Lock()
+	l := s.logs[key(app, name)]
+	s.mu.Unlock()
+	if l == nil {
+		return []json.RawMessage{}
+	}
+	return l.lines()
+}
+
+func (s *Service) logRingFor(app keyring.Scope, name string) *logRing {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	l, ok := s.logs[key(app, name)]
+	if !ok {
+		l = &logRing{max: 500}
+		s.logs[key(app, name)] = l
+	}
+	return l
+}
+
+// resources are what one run of the pipeline may use: its application's secrets, queues and
+// state, its tenant's egress policy and file root.
+func (s *Service) resources(app keyring.Scope, name string, log *slog.Logger) connector.Resources {
+	res := connector.Resources{
+		Logger:   log,
+		Dialer:   &egress.Dialer{Current: func() egress.Policy { return s.o.Egress(app.Tenant) }},
+		Secrets:  appSecrets{s.o.Secrets, app},
+		State:    pipelineState{s.state, app, name},
+		Queues:   appQueues{s.o.Fabric, app},
+		Pipeline: name,
+	}
+	if s.o.FilesRoot != "" {
+		res.Files = filepath.Join(s.o.FilesRoot, app.Tenant)
+	}
+	return res
+}

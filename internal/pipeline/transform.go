@@ -1,0 +1,291 @@
+package pipeline
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/expr-lang/expr"
+	"github.com/expr-lang/expr/vm"
+	"github.com/santhosh-tekuri/jsonschema/v6"
+
+	"github.com/penstock/penstock/internal/connector"
+)
+
+// Limits on user expressions: they are compiled once, at apply time, and then run for every
+// record, so neither a large expression nor a costly one can hold a worker.
+const (
+	maxExprBytes = 4096
+	maxExprNodes = 1000
+	// exprMemoryBudget bounds what one evaluation allocates (ranges, arrays, maps), which
+	// bounds its loops too.
+	exprMemoryBudget = 100_000
+)
+
+// Transform changes, drops or fails one record.
+type Transform interface {
+	// Apply returns the record to pass on, or keep false to drop it; an error sends the
+	// record to the dead-letter queue.
+	Apply(rec connector.Record) (out connector.Record, keep bool, err error)
+}
+
+// exprOptions are the options every expression compiles with. Builtins that build large
+// values from small inputs are disabled.
+func exprOptions(extra ...expr.Option) []expr.Option {
+	opts := []expr.Option{
+		expr.Env(map[string]any{}),
+		expr.AllowUndefinedVariables(),
+		expr.MaxNodes(maxExprNodes),
+		expr.DisableBuiltin("repeat"),
+		expr.Timezone("UTC"),
+	}
+	return append(opts, extra...)
+}
+
+func compileExpr(path, src string, extra ...expr.Option) (*vm.Program, error) {
+	if src == "" {
+		return nil, invalidf("%s: empty expression", path)
+	}
+	if len(src) > maxExprBytes {
+		return nil, invalidf("%s: longer than %d bytes", path, maxExprBytes)
+	}
+	p, err := expr.Compile(src, exprOptions(extra...)...)
+	if err != nil {
+		return nil, invalidf("%s: %v", path, oneLine(err.Error()))
+	}
+	return p, nil
+}
+
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
+
+// env is what an expression sees: every field of the record by name, and the whole record as
+// `record` (for fields whose names are not identifiers: record["order-id"]).
+func env(rec connector.Record) map[string]any {
+	e := make(map[string]any, len(rec)+1)
+	for k, v := range rec {
+		e[k] = v
+	}
+	e["record"] = rec
+	return e
+}
+
+func run(p *vm.Program, rec connector.Record) (out any, err error) {
+	machine := vm.VM{MemoryBudget: exprMemoryBudget}
+	if _, clash := rec["record"]; clash {
+		return machine.Run(p, env(rec))
+	}
+	// The record is its own environment, with itself as `record` for the length of the run:
+	// no copy per record. Each record is in one worker's hands at a time.
+	rec["record"] = rec
+	defer delete(rec, "record")
+	return machine.Run(p, rec)
+}
+
+type mapTransform struct {
+	path string
+	p    *vm.Program
+}
+
+func (t *mapTransform) Apply(rec connector.Record) (connector.Record, bool, error) {
+	out, err := run(t.p, rec)
+	if err != nil {
+		return nil, false, fmt.Errorf("%s: %s", t.path, oneLine(err.Error()))
+	}
+	m, ok := out.(map[string]any)
+	if !ok {
+		return nil, false, fmt.Errorf("%s: returned %T, not a record", t.path, out)
+	}
+	return m, true, nil
+}
+
+type filterTransform struct {
+	path string
+	p    *vm.Program
+}
+
+func (t *filterTransform) Apply(rec connector.Record) (connector.Record, bool, error) {
+	out, err := run(t.p, rec)
+	if err != nil {
+		return nil, false, fmt.Errorf("%s: %s", t.path, oneLine(err.Error()))
+	}
+	keep, ok := out.(bool)
+	if !ok {
+		return nil, false, fmt.Errorf("%s: returned %T, not true or false", t.path, out)
+	}
+	return rec, keep, nil
+}
+
+// redactConfig hashes or masks fields with a keyed HMAC: equal values give equal results, so
+// joins on a redacted field still work, and without the key nobody can test a guess.
+type redactConfig struct {
+	Fields []string            `json:"fields" required:"true"`
+	Mode   string              `json:"mode" enum:"hash,mask"`
+	Key    connector.SecretRef `json:"key" required:"true"`
+}
+
+type redactTransform struct {
+	fields []string
+	mask   bool
+	key    []byte
+}
+
+func (t *redactTransform) Apply(rec connector.Record) (connector.Record, bool, error) {
+	out := make(connector.Record, len(rec))
+	for k, v := range rec {
+		out[k] = v
+	}
+	for _, f := range t.fields {
+		v, ok := rec[f]
+		if !ok || v == nil {
+			continue
+		}
+		s := fmt.Sprint(v)
+		m := hmac.New(sha256.New, t.key)
+		m.Write([]byte(s))
+		sum := hex.EncodeToString(m.Sum(nil))[:32]
+		if t.mask {
+			// The last four characters stay readable, as on a card receipt; the rest is the
+			// keyed digest, so masked values still join.
+			tail := ""
+			if r := []rune(s); len(r) > 8 {
+				tail = string(r[len(r)-4:])
+			}
+			out[f] = "***" + sum[:12] + "-" + tail
+		} else {
+			out[f] = "hmac:" + sum
+		}
+	}
+	return out, true, nil
+}
+
+type validateConfig struct {
+	Schema map[string]any `json:"schema" required:"true"`
+}
+
+type validateTransform struct {
+	path   string
+	schema *jsonschema.Schema
+}
+
+func (t *validateTransform) Apply(rec connector.Record) (connector.Record, bool, error) {
+	// The validator takes JSON's types; a round trip gives it exactly those.
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return nil, false, fmt.Errorf("%s: %v", t.path, err)
+	}
+	v, err := jsonschema.UnmarshalJSON(strings.NewReader(string(b)))
+	if err != nil {
+		return nil, false, fmt.Errorf("%s: %v", t.path, err)
+	}
+	if err := t.schema.Validate(v); err != nil {
+		return nil, false, fmt.Errorf("%s: %s", t.path, oneLine(err.Error()))
+	}
+	return rec, true, nil
+}
+
+func compileSchema(path string, schema map[string]any) (*jsonschema.Schema, error) {
+	c := jsonschema.NewCompiler()
+	// Schemas may not load anything from outside themselves.
+	c.UseLoader(noLoader{})
+	if err := c.AddResource("schema.json", schema); err != nil {
+		return nil, invalidf("%s: %s", path, oneLine(err.Error()))
+	}
+	s, err := c.Compile("schema.json")
+	if err != nil {
+		return nil, invalidf("%s: %s", path, oneLine(err.Error()))
+	}
+	return s, nil
+}
+
+type noLoader struct{}
+
+func (noLoader) Load(url string) (any, error) {
+	return nil, fmt.Errorf("schema references %s: only references inside the schema are allowed", url)
+}
+
+// compileTransforms builds the transforms of a spec. secret resolves redaction keys; nil
+// (validation without the application) uses a placeholder key.
+func compileTransforms(ctx context.Context, specs []map[string]any, secret func(ctx context.Context, name string) ([]byte, error)) ([]Transform, connector.Refs, error) {
+	var out []Transform
+	var refs connector.Refs
+	for i, t := range specs {
+		path := fmt.Sprintf("transforms[%d]", i)
+		if len(t) != 1 {
+			return nil, refs, invalidf("%s: exactly one of map, filter, redact, validate", path)
+		}
+		var kind string
+		var arg any
+		for k, v := range t {
+			kind, arg = k, v
+		}
+		path += "." + kind
+		switch kind {
+		case "map", "filter":
+			src, ok := arg.(string)
+			if !ok {
+				return nil, refs, invalidf("%s: must be an expression (a string)", path)
+			}
+			if kind == "map" {
+				p, err := compileExpr(path, src)
+				if err != nil {
+					return nil, refs, err
+				}
+				out = append(out, &mapTransform{path: path, p: p})
+			} else {
+				p, err := compileExpr(path, src, expr.AsBool())
+				if err != nil {
+					return nil, refs, err
+				}
+				out = append(out, &filterTransform{path: path, p: p})
+			}
+		case "redact":
+			m, ok := arg.(map[string]any)
+			if !ok {
+				return nil, refs, invalidf("%s: must be a mapping with fields, mode and key", path)
+			}
+			var c redactConfig
+			r, err := connector.Decode(path, m, &c)
+			if err != nil {
+				return nil, refs, fmt.Errorf("%w: %v", ErrInvalid, err)
+			}
+			refs.Merge(r)
+			if len(c.Fields) == 0 {
+				return nil, refs, invalidf("%s.fields: at least one field", path)
+			}
+			if c.Key.Name() == "" {
+				return nil, refs, invalidf("%s.key: required, as ${secret:NAME}", path)
+			}
+			key := []byte("validation placeholder")
+			if secret != nil {
+				if key, err = secret(ctx, c.Key.Name()); err != nil {
+					return nil, refs, fmt.Errorf("%s.key: %w", path, err)
+				}
+			}
+			fields := append([]string(nil), c.Fields...)
+			sort.Strings(fields)
+			out = append(out, &redactTransform{fields: fields, mask: c.Mode == "mask", key: key})
+		case "validate":
+			m, ok := arg.(map[string]any)
+			if !ok {
+				return nil, refs, invalidf("%s: must be a mapping with schema", path)
+			}
+			var c validateConfig
+			if _, err := connector.Decode(path, m, &c); err != nil {
+				return nil, refs, fmt.Errorf("%w: %v", ErrInvalid, err)
+			}
+			s, err := compileSchema(path+".schema", c.Schema)
+			if err != nil {
+				return nil, refs, err
+			}
+			out = append(out, &validateTransform{path: path, schema: s})
+		default:
+			return nil, refs, invalidf("%s: unknown transform (map, filter, redact, validate)", path)
+		}
+	}
+	return out, refs, nil
+}

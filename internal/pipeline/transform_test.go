@@ -1,0 +1,132 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/penstock/penstock/internal/connector"
+)
+
+func compile(t *testing.T, specs ...map[string]any) []Transform {
+	t.Helper()
+	ts, _, err := compileTransforms(context.Background(), specs, func(context.Context, string) ([]byte, error) { return []byte("k1"), nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ts
+}
+
+func TestMapAndFilter(t *testing.T) {
+	ts := compile(t,
+		map[string]any{"filter": "amount > 0 && status != 'void'"},
+		map[string]any{"map": "{id: int(id), total: amount * 100, who: upper(record['customer-name'])}"},
+	)
+	in := []connector.Record{
+		{"id": "1", "amount": 2.5, "status": "ok", "customer-name": "ann"},
+		{"id": "2", "amount": 0.0, "status": "ok", "customer-name": "bob"},
+		{"id": "3", "amount": 4.0, "status": "void", "customer-name": "cy"},
+	}
+	var out []connector.Record
+	for _, r := range in {
+		keep := true
+		var err error
+		for _, tr := range ts {
+			if r, keep, err = tr.Apply(r); err != nil || !keep {
+				break
+			}
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if keep {
+			out = append(out, r)
+		}
+	}
+	if len(out) != 1 || out[0]["id"] != 1 || out[0]["total"] != 250.0 || out[0]["who"] != "ANN" {
+		t.Fatalf("got %v", out)
+	}
+}
+
+func TestMapMustReturnRecord(t *testing.T) {
+	ts := compile(t, map[string]any{"map": "amount"})
+	if _, _, err := ts[0].Apply(connector.Record{"amount": 1}); err == nil || !strings.Contains(err.Error(), "transforms[0].map") {
+		t.Fatalf("non-record result: %v", err)
+	}
+}
+
+func TestExpressionErrorsNameThePath(t *testing.T) {
+	for _, c := range []struct {
+		spec map[string]any
+		want string
+	}{
+		{map[string]any{"map": "{a: "}, "transforms[0].map:"},
+		{map[string]any{"filter": "1 + 2"}, "transforms[0].filter:"},
+		{map[string]any{"filter": 3}, "transforms[0].filter: must be an expression"},
+		{map[string]any{"reduce": "x"}, "transforms[0].reduce: unknown transform"},
+		{map[string]any{"map": "x", "filter": "y"}, "transforms[0]: exactly one"},
+		{map[string]any{"map": strings.Repeat("a+", 3000) + "a"}, "longer than"},
+		{map[string]any{"map": "{a: " + strings.Repeat("1+", 1500) + "1}"}, "transforms[0].map:"},
+		{map[string]any{"redact": map[string]any{"fields": []any{"email"}, "key": "hunter2"}}, "transforms[0].redact.key: a literal credential"},
+		{map[string]any{"redact": map[string]any{"fields": []any{"email"}, "mode": "rot13", "key": "${secret:k}"}}, "transforms[0].redact.mode"},
+		{map[string]any{"validate": map[string]any{"schema": map[string]any{"type": "nope"}}}, "transforms[0].validate.schema"},
+		{map[string]any{"validate": map[string]any{"schema": map[string]any{"$ref": "http://169.254.169.254/x"}}}, "transforms[0].validate.schema"},
+	} {
+		_, _, err := compileTransforms(context.Background(), []map[string]any{c.spec}, nil)
+		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: %v, want %q", c.spec, err, c.want)
+		}
+	}
+}
+
+func TestCostlyExpressionStops(t *testing.T) {
+	// Nested ranges would run 10^12 steps; the memory budget stops the first million.
+	ts := compile(t, map[string]any{"filter": "len(map(1..1000000, map(1..1000000, #))) > 0"})
+	if _, _, err := ts[0].Apply(connector.Record{}); err == nil || !strings.Contains(err.Error(), "memory budget") {
+		t.Fatalf("costly expression: %v", err)
+	}
+}
+
+func TestRepeatIsDisabled(t *testing.T) {
+	ts := compile(t, map[string]any{"map": "{a: repeat('x', 1000000000)}"})
+	if _, _, err := ts[0].Apply(connector.Record{}); err == nil {
+		t.Fatal("repeat ran")
+	}
+}
+
+func TestRedactJoinsAndHides(t *testing.T) {
+	ts := compile(t, map[string]any{"redact": map[string]any{"fields": []any{"email", "card"}, "key": "${secret:k}"}})
+	a, _, _ := ts[0].Apply(connector.Record{"email": "ann@example.com", "card": "4111111111111111", "n": 1})
+	b, _, _ := ts[0].Apply(connector.Record{"email": "ann@example.com", "card": "4000000000000002"})
+	if a["email"] != b["email"] || a["card"] == b["card"] || a["n"] != 1 {
+		t.Fatalf("a %v b %v", a, b)
+	}
+	if strings.Contains(a["email"].(string), "ann") || !strings.HasPrefix(a["email"].(string), "hmac:") {
+		t.Fatalf("email not hidden: %v", a["email"])
+	}
+	other, _, _ := compileTransforms(context.Background(), []map[string]any{{"redact": map[string]any{"fields": []any{"email"}, "key": "${secret:k}"}}},
+		func(context.Context, string) ([]byte, error) { return []byte("another key"), nil })
+	c, _, _ := other[0].Apply(connector.Record{"email": "ann@example.com"})
+	if c["email"] == a["email"] {
+		t.Fatal("the digest does not depend on the key")
+	}
+	masked := compile(t, map[string]any{"redact": map[string]any{"fields": []any{"card"}, "mode": "mask", "key": "${secret:k}"}})
+	m, _, _ := masked[0].Apply(connector.Record{"card": "4111111111111111"})
+	if s := m["card"].(string); !strings.HasSuffix(s, "-1111") || strings.Contains(s, "411111") {
+		t.Fatalf("mask: %v", s)
+	}
+}
+
+func TestValidate(t *testing.T) {
+	ts := compile(t, map[string]any{"validate": map[string]any{"schema": map[string]any{
+		"type": "object", "required": []any{"id"},
+		"properties": map[string]any{"id": map[string]any{"type": "integer"}, "email": map[string]any{"type": "string"}},
+	}}})
+	if _, keep, err := ts[0].Apply(connector.Record{"id": int64(3), "email": "a@b"}); err != nil || !keep {
+		t.Fatalf("valid: %v", err)
+	}
+	if _, _, err := ts[0].Apply(connector.Record{"email": 4}); err == nil || !strings.Contains(err.Error(), "transforms[0].validate") {
+		t.Fatalf("invalid: %v", err)
+	}
+}

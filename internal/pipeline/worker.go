@@ -1,0 +1,315 @@
+package pipeline
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nuid"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/penstock/penstock/internal/connector"
+	"github.com/penstock/penstock/internal/keyring"
+)
+
+// worker runs one pipeline on its schedule. Exactly one run is in progress at a time.
+type worker struct {
+	s    *Service
+	app  keyring.Scope
+	p    Pipeline
+	now  chan struct{}
+	quit chan struct{}
+	// done is closed when the worker's goroutine has ended.
+	done    chan struct{}
+	once    sync.Once
+	running atomic.Bool
+}
+
+func (w *worker) stop()           { w.once.Do(func() { close(w.quit) }) }
+func (w *worker) isRunning() bool { return w.running.Load() }
+
+// start replaces the pipeline's worker with one for p.
+func (s *Service) start(app keyring.Scope, p Pipeline) {
+	s.stopWorker(app, p.Name)
+	w := &worker{s: s, app: app, p: p, now: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{})}
+	s.mu.Lock()
+	s.workers[key(app, p.Name)] = w
+	s.mu.Unlock()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer close(w.done)
+		w.loop()
+	}()
+}
+
+func (s *Service) stopWorker(app keyring.Scope, name string) {
+	s.mu.Lock()
+	w, ok := s.workers[key(app, name)]
+	delete(s.workers, key(app, name))
+	s.mu.Unlock()
+	if ok {
+		w.stop()
+		<-w.done
+	}
+}
+
+func (w *worker) loop() {
+	sched, err := ParseSchedule(w.p.Spec.Schedule)
+	if err != nil {
+		return
+	}
+	failures := 0
+	for {
+		trigger := ""
+		var timer <-chan time.Time
+		switch {
+		case w.p.Paused:
+		case sched.Continuous:
+			if failures == 0 {
+				trigger = "continuous"
+			} else {
+				timer = time.After(backoff(w.p.Spec.Errors.Backoff, failures))
+			}
+		case sched.Every > 0:
+			timer = time.After(sched.Every)
+		case sched.Cron != nil:
+			if next := sched.Cron.Next(time.Now()); !next.IsZero() {
+				timer = time.After(time.Until(next))
+			}
+		}
+		if trigger == "" {
+			select {
+			case <-w.quit:
+				return
+			case <-w.s.ctx.Done():
+				return
+			case <-w.now:
+				trigger = "manual"
+			case <-timer:
+				trigger = "schedule"
+				if sched.Continuous {
+					trigger = "continuous"
+				}
+			}
+		}
+		r := w.runOnce(trigger, sched.Continuous && trigger == "continuous")
+		if r.Status == "failed" {
+			failures++
+		} else {
+			failures = 0
+		}
+		select {
+		case <-w.quit:
+			return
+		default:
+		}
+	}
+}
+
+// runOnce builds the connectors, runs, and records the run.
+func (w *worker) runOnce(trigger string, continuous bool) Run {
+	w.running.Store(true)
+	defer w.running.Store(false)
+	s, app, spec := w.s, w.app, w.p.Spec
+	run := Run{ID: time.Now().UTC().Format("20060102T150405Z") + "-" + nuid.Next()[12:], Version: w.p.Version, Trigger: trigger,
+		Status: "running", Start: time.Now().UTC()}
+	ring := s.logRingFor(app, spec.Name)
+	log := slog.New(teeHandler{s.o.Logger.Handler(), ring.handler()}).With("pipeline", spec.Name, "app", app.String(), "run", run.ID)
+	// ctx outlives a stop by the drain timeout, so the batch in flight can finish.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-w.quit:
+		case <-s.ctx.Done():
+		case <-ctx.Done():
+			return
+		}
+		select {
+		case <-time.After(s.o.DrainTimeout):
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	stop := make(chan struct{})
+	go func() {
+		select {
+		case <-w.quit:
+		case <-s.ctx.Done():
+		case <-ctx.Done():
+		}
+		close(stop)
+	}()
+	s.saveRun(ctx, app, spec.Name, run)
+	log.Info("run started", "trigger", trigger, "version", w.p.Version)
+	st, err := w.execute(ctx, stop, run.ID, log, continuous)
+	run.RunStats, run.End = st, time.Now().UTC()
+	run.Seconds = run.End.Sub(run.Start).Seconds()
+	run.Status = "succeeded"
+	select {
+	case <-stop:
+		run.Status = "stopped"
+	default:
+	}
+	if err != nil {
+		run.Status, run.Error = "failed", err.Error()
+		log.Error("run failed", "error", err.Error(), "records_in", st.In, "records_out", st.Out)
+	} else {
+		log.Info("run ended", "status", run.Status, "records_in", st.In, "records_out", st.Out, "records_failed", st.Failed)
+	}
+	s.m.observe(run)
+	s.saveRun(context.Background(), app, spec.Name, run)
+	return run
+}
+
+func (w *worker) execute(ctx context.Context, stop <-chan struct{}, runID string, log *slog.Logger, continuous bool) (RunStats, error) {
+	s, app, spec := w.s, w.app, w.p.Spec
+	res := s.resources(app, spec.Name, log)
+	srcType, srcCfg := connectorConfig(spec.Source)
+	sinkType, sinkCfg := connectorConfig(spec.Sink)
+	sp, err := s.o.Registry.Lookup(srcType, connector.SourceKind)
+	if err != nil {
+		return RunStats{}, err
+	}
+	kp, err := s.o.Registry.Lookup(sinkType, connector.SinkKind)
+	if err != nil {
+		return RunStats{}, err
+	}
+	src, _, err := sp.Source("source", srcCfg, res)
+	if err != nil {
+		return RunStats{}, err
+	}
+	sink, _, err := kp.Sink("sink", sinkCfg, res)
+	if err != nil {
+		return RunStats{}, err
+	}
+	transforms, _, err := compileTransforms(ctx, spec.Transforms, func(ctx context.Context, name string) ([]byte, error) {
+		v, err := res.Secrets.Secret(ctx, name)
+		return []byte(v.Reveal()), err
+	})
+	if err != nil {
+		return RunStats{}, err
+	}
+	cctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if err := src.Connect(cctx); err != nil {
+		return RunStats{}, fmt.Errorf("source: %w", err)
+	}
+	defer src.Close(context.Background())
+	if err := sink.Connect(cctx); err != nil {
+		return RunStats{}, fmt.Errorf("sink: %w", err)
+	}
+	defer sink.Close(context.Background())
+	r := &runner{spec: spec, runID: runID, src: src, sink: sink, transforms: transforms, log: log}
+	if *spec.Errors.DeadLetter {
+		dlq := spec.Name + "-dlq"
+		r.dead = func(ctx context.Context, recs []DeadRecord) error {
+			msgs := make([][]byte, len(recs))
+			for i, d := range recs {
+				msgs[i], _ = json.Marshal(d)
+			}
+			return res.Queues.Publish(ctx, dlq, msgs, nil)
+		}
+	}
+	return r.run(ctx, stop, continuous)
+}
+
+// logRing keeps a pipeline's last log lines.
+type logRing struct {
+	mu    sync.Mutex
+	max   int
+	buf   []json.RawMessage
+	start int
+}
+
+func (l *logRing) add(line []byte) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	line = bytes.TrimSpace(line)
+	if len(l.buf) < l.max {
+		l.buf = append(l.buf, line)
+		return
+	}
+	l.buf[l.start] = line
+	l.start = (l.start + 1) % l.max
+}
+
+func (l *logRing) lines() []json.RawMessage {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make([]json.RawMessage, 0, len(l.buf))
+	out = append(out, l.buf[l.start:]...)
+	return append(out, l.buf[:l.start]...)
+}
+
+type ringWriter struct{ l *logRing }
+
+func (r ringWriter) Write(p []byte) (int, error) {
+	r.l.add(append([]byte(nil), p...))
+	return len(p), nil
+}
+
+func (l *logRing) handler() slog.Handler {
+	return slog.NewJSONHandler(ringWriter{l}, &slog.HandlerOptions{Level: slog.LevelInfo})
+}
+
+// teeHandler sends each record to two handlers.
+type teeHandler struct{ a, b slog.Handler }
+
+func (t teeHandler) Enabled(ctx context.Context, l slog.Level) bool {
+	return t.a.Enabled(ctx, l) || t.b.Enabled(ctx, l)
+}
+
+func (t teeHandler) Handle(ctx context.Context, r slog.Record) error {
+	if t.a.Enabled(ctx, r.Level) {
+		_ = t.a.Handle(ctx, r.Clone())
+	}
+	if t.b.Enabled(ctx, r.Level) {
+		return t.b.Handle(ctx, r)
+	}
+	return nil
+}
+
+func (t teeHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return teeHandler{t.a.WithAttrs(as), t.b.WithAttrs(as)}
+}
+func (t teeHandler) WithGroup(n string) slog.Handler {
+	return teeHandler{t.a.WithGroup(n), t.b.WithGroup(n)}
+}
+
+type metrics struct {
+	runs    *prometheus.CounterVec
+	records *prometheus.CounterVec
+	seconds prometheus.Histogram
+}
+
+func newMetrics() *metrics {
+	return &metrics{
+		runs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "penstock_pipeline_runs_total",
+			Help: "Pipeline runs ended, by status."}, []string{"status"}),
+		records: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "penstock_pipeline_records_total",
+			Help: "Records handled by pipeline runs: in, out, filtered, failed (to the dead-letter queue)."}, []string{"kind"}),
+		seconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "penstock_pipeline_run_seconds",
+			Help: "Pipeline run duration.", Buckets: prometheus.ExponentialBuckets(0.01, 4, 10)}),
+	}
+}
+
+func (m *metrics) observe(r Run) {
+	m.runs.WithLabelValues(r.Status).Inc()
+	m.records.WithLabelValues("in").Add(float64(r.In))
+	m.records.WithLabelValues("out").Add(float64(r.Out))
+	m.records.WithLabelValues("filtered").Add(float64(r.Filtered))
+	m.records.WithLabelValues("failed").Add(float64(r.Failed))
+	m.seconds.Observe(r.Seconds)
+}
+
+// Collectors are the service's Prometheus metrics, for the application to register.
+func (s *Service) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{s.m.runs, s.m.records, s.m.seconds}
+}

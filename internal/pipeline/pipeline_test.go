@@ -151,7 +151,7 @@ func (h *harness) runAndWait(name string) pipeline.Run {
 	if err := h.svc.RunNow(ctx, h.app, name); err != nil {
 		h.t.Fatal(err)
 	}
-	deadline := time.Now().Add(15 * time.Second)
+	deadline := time.Now().Add(120 * time.Second)
 	for time.Now().Before(deadline) {
 		runs, _ := h.svc.Runs(ctx, h.app, name)
 		if len(runs) > len(before) && runs[0].Status != "running" {

@@ -160,7 +160,7 @@ func RunSource(t *testing.T, s Source, res connector.Resources) {
 			t.Fatal("nothing read")
 		}
 		// A queue redelivers a nacked message after a moment.
-		deadline := time.Now().Add(10 * time.Second)
+		deadline := time.Now().Add(30 * time.Second)
 		var got []int
 		for {
 			src = open()
@@ -265,9 +265,10 @@ func RunSink(t *testing.T, s Sink, res connector.Resources) {
 	if s.Restart != nil {
 		t.Run("reconnect after the peer restarts", func(t *testing.T) {
 			s.Restart(t)
+			// As the pipeline retries a failed write; the peer may take a while to come back.
 			var err error
-			for range 3 { // as the pipeline retries a failed write
-				if err = sink.Write(ctx, records(31, 32)); err == nil {
+			for deadline := time.Now().Add(20 * time.Second); ; {
+				if err = sink.Write(ctx, records(31, 32)); err == nil || time.Now().After(deadline) {
 					break
 				}
 				time.Sleep(200 * time.Millisecond)

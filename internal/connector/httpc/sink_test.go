@@ -56,7 +56,7 @@ func (e *endpoint) start(t *testing.T) {
 	}
 	var ln net.Listener
 	var err error
-	for range 50 { // the old socket may linger a moment
+	for range 500 { // the old socket may linger a moment
 		if ln, err = net.Listen("tcp", addr); err == nil {
 			break
 		}

@@ -84,8 +84,13 @@ func quote(s string) string {
 // pool opens a small pool whose every connection is dialled through the egress dialer, to the
 // name as written (the dialer resolves and checks it).
 func (c conn) pool(ctx context.Context, res connector.Resources, maxConns int32) (*pgxpool.Pool, error) {
-	cfg, err := pgxpool.ParseConfig(fmt.Sprintf("host=%s port=%d dbname=%s user=%s sslmode=%s application_name=penstock",
-		quoteDSN(c.Host), c.Port, quoteDSN(c.Database), quoteDSN(c.User), c.SSLMode))
+	// The server's operators see which pipeline holds a connection (pg_stat_activity).
+	name := "penstock"
+	if res.Pipeline != "" {
+		name += "/" + res.Pipeline
+	}
+	cfg, err := pgxpool.ParseConfig(fmt.Sprintf("host=%s port=%d dbname=%s user=%s sslmode=%s application_name=%s",
+		quoteDSN(c.Host), c.Port, quoteDSN(c.Database), quoteDSN(c.User), c.SSLMode, quoteDSN(name)))
 	if err != nil {
 		return nil, fmt.Errorf("postgres: %w", err)
 	}

@@ -19,10 +19,16 @@ func exec(t *testing.T, c *pgx.Conn, sql string, args ...any) {
 	}
 }
 
-// restart cuts every connection Penstock's connectors hold, as a server restart does.
+// restart cuts every connection the connectors under test hold, as a server restart does.
+// Only theirs: other packages' tests use the same server at the same time.
 func restart(c *pgx.Conn) func(t *testing.T) {
 	return func(t *testing.T) {
-		exec(t, c, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'penstock' AND pid <> pg_backend_pid()")
+		var n int
+		err := c.QueryRow(context.Background(), `WITH p AS MATERIALIZED (SELECT pid FROM pg_stat_activity WHERE application_name = 'penstock/conformance' AND pid <> pg_backend_pid())
+			SELECT count(*) FILTER (WHERE t) FROM (SELECT pg_terminate_backend(pid) AS t FROM p) x`).Scan(&n)
+		if err != nil || n == 0 {
+			t.Fatalf("cut the connector's connections: %d cut, %v", n, err)
+		}
 	}
 }
 

@@ -163,6 +163,29 @@ func (h *harness) runAndWait(name string) pipeline.Run {
 	return pipeline.Run{}
 }
 
+// oneDeadRecord runs a pipeline of three records into out/<name>.jsonl, checks that two
+// reached the file as want and one the dead-letter queue, and returns that one.
+func (h *harness) oneDeadRecord(name, want string) pipeline.DeadRecord {
+	h.t.Helper()
+	r := h.runAndWait(name)
+	if r.Status != "succeeded" || r.In != 3 || r.Out != 2 || r.Failed != 1 {
+		h.t.Fatalf("run: %+v", r)
+	}
+	out, _ := os.ReadFile(filepath.Join(h.files, "acme", "out", name+".jsonl"))
+	if string(out) != want {
+		h.t.Fatalf("sink file: %q", out)
+	}
+	ds, err := h.fab.Consume(ctx, fabric.Ref{Tenant: "acme", Environment: "production", Application: "shop", Name: name + "-dlq"}, 10, time.Second)
+	if err != nil || len(ds) != 1 {
+		h.t.Fatalf("dead letters: %d %v", len(ds), err)
+	}
+	var d pipeline.DeadRecord
+	if err := json.Unmarshal(ds[0].Data, &d); err != nil {
+		h.t.Fatal(err)
+	}
+	return d
+}
+
 func exec(t *testing.T, c *pgx.Conn, sql string) {
 	t.Helper()
 	if _, err := c.Exec(ctx, sql); err != nil {
@@ -248,24 +271,37 @@ transforms:
   - map: '{n: n * 10}'
 sink: {type: file, path: out/mixed.jsonl}
 `)
-	r := h.runAndWait("mixed")
-	if r.Status != "succeeded" || r.In != 3 || r.Out != 2 || r.Failed != 1 {
-		t.Fatalf("run: %+v", r)
-	}
-	out, _ := os.ReadFile(filepath.Join(h.files, "acme", "out/mixed.jsonl"))
-	if string(out) != "{\"n\":10}\n{\"n\":30}\n" {
-		t.Fatalf("sink file: %q", out)
-	}
-	ds, err := h.fab.Consume(ctx, fabric.Ref{Tenant: "acme", Environment: "production", Application: "shop", Name: "mixed-dlq"}, 10, time.Second)
-	if err != nil || len(ds) != 1 {
-		t.Fatalf("dead letters: %d %v", len(ds), err)
-	}
-	var d pipeline.DeadRecord
-	if err := json.Unmarshal(ds[0].Data, &d); err != nil {
-		t.Fatal(err)
-	}
+	d := h.oneDeadRecord("mixed", "{\"n\":10}\n{\"n\":30}\n")
 	if d.Stage != "transform" || d.Record["n"] != "two" || !strings.Contains(d.Error, "transforms[0].validate") {
 		t.Fatalf("dead record: %+v", d)
+	}
+}
+
+// A record whose evaluation reaches the step allowance or the time limit goes to the
+// dead-letter queue with the error, and the run goes on with the next.
+func TestCostlyRecordGoesToTheDeadLetterQueue(t *testing.T) {
+	h := open(t)
+	big := make([]string, 300) // 300^3 = 27 million steps
+	for i := range big {
+		big[i] = fmt.Sprint(i)
+	}
+	h.file("loops.jsonl", `{"n": 1, "xs": [1, 2]}
+{"n": 2, "xs": [`+strings.Join(big, ",")+`]}
+{"n": 3, "xs": []}
+`)
+	h.apply(`
+name: loops
+source: {type: file, path: loops.jsonl}
+transforms:
+  - filter: 'all(xs, all(xs, all(xs, true)))'
+  - map: '{n: n}'
+sink: {type: file, path: out/loops.jsonl}
+`)
+	d := h.oneDeadRecord("loops", "{\"n\":1}\n{\"n\":3}\n")
+	// Which limit comes first depends on the machine's speed (and -race).
+	if d.Stage != "transform" || d.Record["n"] != 2.0 ||
+		!strings.Contains(d.Error, "transforms[0].filter: expression exceeded 1000000 loop steps") && !strings.Contains(d.Error, "transforms[0].filter: expression ran longer than 1s") {
+		t.Fatalf("dead record: stage %s, n %v, error %s", d.Stage, d.Record["n"], d.Error)
 	}
 }
 

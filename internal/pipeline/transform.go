@@ -6,11 +6,14 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/expr-lang/expr"
+	"github.com/expr-lang/expr/ast"
 	"github.com/expr-lang/expr/vm"
 	"github.com/santhosh-tekuri/jsonschema/v6"
 
@@ -19,13 +22,74 @@ import (
 
 // Limits on user expressions: they are compiled once, at apply time, and then run for every
 // record, so neither a large expression nor a costly one can hold a worker.
+var (
+	// maxExprSteps bounds the closure calls of one evaluation (map, filter, all, reduce...):
+	// loops over a record's own arrays allocate nothing, so only this bounds their nesting.
+	maxExprSteps = 1_000_000
+	// maxExprTime bounds one evaluation's time, for steps that are each costly.
+	maxExprTime = time.Second
+)
+
 const (
 	maxExprBytes = 4096
 	maxExprNodes = 1000
-	// exprMemoryBudget bounds what one evaluation allocates (ranges, arrays, maps), which
-	// bounds its loops too.
+	// exprMemoryBudget bounds what one evaluation allocates (ranges, arrays, maps).
 	exprMemoryBudget = 100_000
 )
+
+// The hidden names that count an evaluation's steps. Neither is an identifier, so no
+// expression can name them; both are added by the compiler patch below.
+const (
+	stepFunc = "\x00step"
+	stepsVar = "\x00steps"
+)
+
+// steps is one evaluation's count of closure calls and its start.
+type steps struct {
+	n     int
+	start time.Time
+}
+
+// step is called before every closure body: it fails the evaluation once it has taken too
+// many steps or too long.
+func step(params ...any) (any, error) {
+	s, ok := params[0].(*steps)
+	if !ok {
+		return nil, errors.New("no step count")
+	}
+	s.n++
+	if s.n > maxExprSteps {
+		return nil, fmt.Errorf("expression exceeded %d loop steps", maxExprSteps)
+	}
+	if s.n%16 == 0 && time.Since(s.start) > maxExprTime {
+		return nil, fmt.Errorf("expression ran longer than %s", maxExprTime)
+	}
+	return true, nil
+}
+
+// countSteps rewrites every closure body B into (step(steps) ? B : nil), which has B's value
+// and type.
+type countSteps struct{}
+
+func (countSteps) Visit(node *ast.Node) {
+	p, ok := (*node).(*ast.PredicateNode)
+	if !ok {
+		return
+	}
+	if c, ok := p.Node.(*ast.ConditionalNode); ok {
+		if call, ok := c.Cond.(*ast.CallNode); ok {
+			if id, ok := call.Callee.(*ast.IdentifierNode); ok && id.Value == stepFunc {
+				return // patched already
+			}
+		}
+	}
+	p.Node = &ast.ConditionalNode{
+		Cond: &ast.CallNode{Callee: &ast.IdentifierNode{Value: stepFunc},
+			Arguments: []ast.Node{&ast.IdentifierNode{Value: stepsVar}}},
+		Exp1: p.Node,
+		Exp2: &ast.NilNode{},
+	}
+}
 
 // Transform changes, drops or fails one record.
 type Transform interface {
@@ -43,6 +107,8 @@ func exprOptions(extra ...expr.Option) []expr.Option {
 		expr.MaxNodes(maxExprNodes),
 		expr.DisableBuiltin("repeat"),
 		expr.Timezone("UTC"),
+		expr.Function(stepFunc, step),
+		expr.Patch(countSteps{}),
 	}
 	return append(opts, extra...)
 }
@@ -65,24 +131,32 @@ func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 
 // env is what an expression sees: every field of the record by name, and the whole record as
 // `record` (for fields whose names are not identifiers: record["order-id"]).
-func env(rec connector.Record) map[string]any {
-	e := make(map[string]any, len(rec)+1)
+func env(rec connector.Record, s *steps) map[string]any {
+	e := make(map[string]any, len(rec)+2)
 	for k, v := range rec {
 		e[k] = v
 	}
 	e["record"] = rec
+	e[stepsVar] = s
 	return e
 }
 
 func run(p *vm.Program, rec connector.Record) (out any, err error) {
 	machine := vm.VM{MemoryBudget: exprMemoryBudget}
-	if _, clash := rec["record"]; clash {
-		return machine.Run(p, env(rec))
+	s := &steps{start: time.Now()}
+	_, clash := rec["record"]
+	if _, clash2 := rec[stepsVar]; clash || clash2 {
+		return machine.Run(p, env(rec, s))
 	}
-	// The record is its own environment, with itself as `record` for the length of the run:
-	// no copy per record. Each record is in one worker's hands at a time.
+	// The record is its own environment, with itself as `record` and the step count added
+	// for the length of the run: no copy per record. Each record is in one worker's hands at
+	// a time.
 	rec["record"] = rec
-	defer delete(rec, "record")
+	rec[stepsVar] = s
+	defer func() {
+		delete(rec, "record")
+		delete(rec, stepsVar)
+	}()
 	return machine.Run(p, rec)
 }
 

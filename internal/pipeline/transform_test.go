@@ -2,9 +2,11 @@ package pipeline
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/penstock/penstock/internal/connector"
 )
@@ -85,6 +87,65 @@ func TestCostlyExpressionStops(t *testing.T) {
 	ts := compile(t, map[string]any{"filter": "len(map(1..1000000, map(1..1000000, #))) > 0"})
 	if _, _, err := ts[0].Apply(connector.Record{}); err == nil || !strings.Contains(err.Error(), "memory budget") {
 		t.Fatalf("costly expression: %v", err)
+	}
+}
+
+// Loops over a record's own arrays allocate nothing, so the memory budget does not stop them:
+// the step allowance does, and the time limit stops steps that are each costly. The test
+// lowers the allowance so that it, not the time limit, is reached first even under -race.
+func TestLoopsOverRecordArraysStop(t *testing.T) {
+	defer func(n int) { maxExprSteps = n }(maxExprSteps)
+	maxExprSteps = 10_000
+	items := make([]any, 1000)
+	for i := range items {
+		items[i] = i
+	}
+	for _, c := range []struct{ filter, want string }{
+		// 10^9 steps.
+		{"all(items, all(items, all(items, true)))", "exceeded 10000 loop steps"},
+		{"reduce(items, reduce(items, reduce(items, #acc + 1, 0), 0), 0) > 0", "exceeded 10000 loop steps"},
+		// 10^6 steps, each upper-casing 1 MiB: a terabyte without the time limit.
+		{"any(items, any(items, len(upper(big)) == 0))", "ran longer than 1s"},
+	} {
+		ts := compile(t, map[string]any{"filter": c.filter})
+		start := time.Now()
+		_, _, err := ts[0].Apply(connector.Record{"items": items, "big": strings.Repeat("a", 1<<20)})
+		if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "transforms[0].filter") {
+			t.Errorf("%s: %v, want %q", c.filter, err, c.want)
+		}
+		t.Logf("%s: stopped after %s", c.filter, time.Since(start).Round(time.Millisecond))
+	}
+	// Exactly the allowance passes.
+	ts := compile(t, map[string]any{"filter": "count(items, count(items[:9], true) == 9) == 1000"})
+	if _, keep, err := ts[0].Apply(connector.Record{"items": items}); err != nil || !keep {
+		t.Fatalf("10,000 steps: %v %v", keep, err)
+	}
+}
+
+// Counting steps changes no result: closures keep their values and types, and the count is
+// not left in the record.
+func TestCountedLoopsKeepTheirResults(t *testing.T) {
+	ts := compile(t,
+		map[string]any{"filter": "all(items, # > 0) && any(items, # == 3) && count(items, # > 1) == 2"},
+		map[string]any{"map": `{doubled: map(items, # * 2), big: filter(items, # >= 2), sum: reduce(items, #acc + #, 0),
+			sorted: sortBy(items, -#), first: find(items, # > 1), groups: len(groupBy(items, # % 2)), copy: record}`},
+	)
+	in := connector.Record{"items": []any{1, 2, 3}}
+	rec := in
+	var keep bool
+	var err error
+	for _, tr := range ts {
+		if rec, keep, err = tr.Apply(rec); err != nil || !keep {
+			t.Fatalf("%v %v", keep, err)
+		}
+	}
+	got, err := json.Marshal(rec)
+	want := `{"big":[2,3],"copy":{"items":[1,2,3]},"doubled":[2,4,6],"first":2,"groups":2,"sorted":[3,2,1],"sum":6}`
+	if err != nil || string(got) != want {
+		t.Fatalf("got %s %v\nwant %s", got, err, want)
+	}
+	if len(in) != 1 {
+		t.Fatalf("the record kept additions: %v", in)
 	}
 }
 

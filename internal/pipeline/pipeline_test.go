@@ -305,6 +305,93 @@ sink: {type: file, path: out/loops.jsonl}
 	}
 }
 
+// Dead letters raise notices in the spec's notify queue: the run's first at once, the rest
+// (within the minute) when the run ends. The metrics count every record.
+func TestDeadLettersAreNotified(t *testing.T) {
+	h := open(t)
+	h.file("notify.jsonl", "{\"n\": 1}\n{\"n\": \"two\"}\n{\"n\": 3}\n{\"n\": \"four\"}\n{\"n\": \"five\"}\n")
+	h.apply(`
+name: notify
+source: {type: file, path: notify.jsonl}
+transforms:
+  - validate: {schema: {properties: {n: {type: integer}}}}
+sink: {type: file, path: out/notify.jsonl}
+batch: {size: 1}
+errors: {notify: alerts}
+`)
+	alerts := fabric.Ref{Tenant: "acme", Environment: "production", Application: "shop", Name: "alerts"}
+	if ds, err := h.fab.Consume(ctx, alerts, 10, 0); err != nil || len(ds) != 0 {
+		t.Fatalf("the notify queue after apply: %d %v", len(ds), err)
+	}
+	before := recordsCounted(t, h.svc)
+	if r := h.runAndWait("notify"); r.Status != "succeeded" || r.Out != 2 || r.Failed != 3 {
+		t.Fatalf("run: %+v", r)
+	}
+	ds, err := h.fab.Consume(ctx, alerts, 10, time.Second)
+	if err != nil || len(ds) != 2 {
+		t.Fatalf("notices: %d %v", len(ds), err)
+	}
+	var first, rest pipeline.Notice
+	_ = json.Unmarshal(ds[0].Data, &first)
+	_ = json.Unmarshal(ds[1].Data, &rest)
+	if first.Event != "pipeline.dead_lettered" || first.Pipeline != "notify" || first.Records != 1 || first.RunFailed != 1 ||
+		first.Queue != "notify-dlq" || !strings.Contains(first.LastError, "transforms[0].validate") {
+		t.Fatalf("first notice: %s", ds[0].Data)
+	}
+	if rest.Run != first.Run || rest.Records != 2 || rest.RunFailed != 3 || !strings.Contains(rest.LastError, "transforms[0].validate") {
+		t.Fatalf("second notice: %s", ds[1].Data)
+	}
+	after := recordsCounted(t, h.svc)
+	if after["in"]-before["in"] != 5 || after["out"]-before["out"] != 2 || after["failed"]-before["failed"] != 3 {
+		t.Fatalf("metrics: %v then %v", before, after)
+	}
+}
+
+// A continuous run never ends, so its record and the metrics follow it as it goes.
+func TestContinuousRunShowsItsTotals(t *testing.T) {
+	h := open(t)
+	h.file("live.jsonl", "{\"n\": 1}\n{\"n\": 2}\n{\"n\": 3}\n")
+	before := recordsCounted(t, h.svc)
+	h.apply("name: live\nsource: {type: file, path: live.jsonl}\nsink: {type: file, path: out/live.jsonl}\nschedule: continuous\nbatch: {flush_interval: 100ms}\n")
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		runs, err := h.svc.Runs(ctx, h.app, "live")
+		if err == nil && len(runs) == 1 && runs[0].Status == "running" && runs[0].In == 3 && runs[0].Out == 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("runs: %+v %v", runs, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if after := recordsCounted(t, h.svc); after["in"]-before["in"] != 3 || after["out"]-before["out"] != 3 {
+		t.Fatalf("metrics of the running run: %v then %v", before, after)
+	}
+}
+
+// recordsCounted reads penstock_pipeline_records_total by kind.
+func recordsCounted(t *testing.T, svc *pipeline.Service) map[string]float64 {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	for _, c := range svc.Collectors() {
+		reg.MustRegister(c)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, mf := range mfs {
+		if mf.GetName() != "penstock_pipeline_records_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			out[m.GetLabel()[0].GetValue()] = m.GetCounter().GetValue()
+		}
+	}
+	return out
+}
+
 // TestPostgresIncrementalToHTTPSinkThatFails reads a table incrementally into an HTTP endpoint
 // that fails for a while: the run retries (honouring Retry-After), then, when retries run out,
 // sends the batch to the dead-letter queue and goes on; rows added later are read from the
@@ -400,6 +487,9 @@ func TestValidationNamesTheField(t *testing.T) {
 		{base + "sink: {type: http, url: 'https://user:pw@example.com/x'}\n", "sink.url: a password in the URL is not allowed"},
 		{base + "sink: {type: file, path: b.csv}\nschedule: sometimes\n", "schedule:"},
 		{"name: Bad_Name\nsource: {type: file, path: a.csv}\nsink: {type: file, path: b.csv}\n", "name:"},
+		{base + "sink: {type: file, path: b.csv}\nerrors: {notify: Alerts!}\n", "errors.notify: queue name \"Alerts!\""},
+		{base + "sink: {type: file, path: b.csv}\nerrors: {notify: alerts, dead_letter: false}\n", "errors.notify: needs errors.dead_letter"},
+		{base + "sink: {type: file, path: b.csv}\nerrors: {notify: v-dlq}\n", "errors.notify: \"v-dlq\" is the pipeline's own"},
 	} {
 		_, err := h.svc.Validate(ctx, h.app, []byte(c.spec))
 		if !errors.Is(err, pipeline.ErrInvalid) || !strings.Contains(err.Error(), c.want) {

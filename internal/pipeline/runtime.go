@@ -44,9 +44,14 @@ type runner struct {
 	// dead publishes failed records; nil when the spec has no dead-letter queue.
 	dead func(ctx context.Context, recs []DeadRecord) error
 	log  *slog.Logger
-	// progress is called after each batch with the totals so far.
-	progress func(RunStats)
+	// progress is called after each batch, and every progressEvery while none comes, with
+	// the totals so far and the latest dead-letter error.
+	progress func(st RunStats, lastDead string)
+	lastDead string
 }
+
+// progressEvery is how often a run reports its totals while no batch comes.
+var progressEvery = 5 * time.Second
 
 // run reads until the source ends (or, continuous, until stop closes), then returns. Reading
 // and transforming the next batch overlaps writing the current one; acknowledgements stay in
@@ -71,7 +76,22 @@ func (r *runner) run(ctx context.Context, stop <-chan struct{}, continuous bool)
 		readErr = r.read(readCtx, stop, continuous, batches)
 	}()
 	var err error
-	for b := range batches {
+	tick := time.NewTicker(progressEvery)
+	defer tick.Stop()
+	for {
+		var b transformed
+		var more bool
+		select {
+		case b, more = <-batches:
+		case <-tick.C:
+			if err == nil && r.progress != nil {
+				r.progress(st, r.lastDead)
+			}
+			continue
+		}
+		if !more {
+			break
+		}
 		if err != nil {
 			// A batch read ahead of a failure goes back to its source.
 			_ = b.ack(ctx, err)
@@ -82,7 +102,7 @@ func (r *runner) run(ctx context.Context, stop <-chan struct{}, continuous bool)
 			continue
 		}
 		if r.progress != nil {
-			r.progress(st)
+			r.progress(st, r.lastDead)
 		}
 	}
 	if err != nil {
@@ -164,6 +184,7 @@ func (r *runner) commit(ctx context.Context, b transformed, st *RunStats) error 
 			return err
 		}
 		st.Failed += int64(len(dead))
+		r.lastDead = dead[0].Error
 		r.log.Warn("records sent to the dead-letter queue", "count", len(dead), "first_error", dead[0].Error)
 	}
 	written := len(out) - countStage(dead, "sink")

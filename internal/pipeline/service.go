@@ -269,16 +269,22 @@ func (s *Service) Apply(ctx context.Context, app keyring.Scope, doc []byte) (Pip
 	if err != nil {
 		return Pipeline{}, false, err
 	}
+	// The queues the pipeline writes to by itself exist before it runs.
+	type queue struct{ name, what string }
+	var queues []queue
 	if *spec.Errors.DeadLetter {
-		_, err := s.o.Fabric.CreateQueue(ctx, appQueues{s.o.Fabric, app}.ref(spec.Name+"-dlq"), fabric.QueueSpec{})
-		if err != nil && !errors.Is(err, fabric.ErrExists) {
-			return Pipeline{}, false, fmt.Errorf("dead-letter queue: %w", err)
-		}
+		queues = append(queues, queue{spec.Name + "-dlq", "dead-letter queue"})
+	}
+	if spec.Errors.Notify != "" {
+		queues = append(queues, queue{spec.Errors.Notify, "errors.notify"})
 	}
 	if typ, _ := connectorConfig(spec.Source); typ == webhook.Plugin.Name {
-		_, err := s.o.Fabric.CreateQueue(ctx, appQueues{s.o.Fabric, app}.ref(webhook.Queue(spec.Name)), fabric.QueueSpec{})
+		queues = append(queues, queue{webhook.Queue(spec.Name), "webhook ingest queue"})
+	}
+	for _, q := range queues {
+		_, err := s.o.Fabric.CreateQueue(ctx, appQueues{s.o.Fabric, app}.ref(q.name), fabric.QueueSpec{})
 		if err != nil && !errors.Is(err, fabric.ErrExists) {
-			return Pipeline{}, false, fmt.Errorf("webhook ingest queue: %w", err)
+			return Pipeline{}, false, fmt.Errorf("%s: %w", q.what, err)
 		}
 	}
 	s.life.Lock()

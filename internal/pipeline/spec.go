@@ -17,6 +17,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/penstock/penstock/internal/connector"
+	"github.com/penstock/penstock/internal/names"
 )
 
 // MaxSpecBytes bounds a spec document.
@@ -62,6 +63,10 @@ type ErrorPolicy struct {
 	// "<name>-dlq", and goes on (default true). False stops the run instead, leaving the
 	// records unacknowledged for the next run.
 	DeadLetter *bool `json:"dead_letter"`
+	// Notify names a queue of the application that is told when records go to the
+	// dead-letter queue: at once for a run's first, then at most once a minute with the
+	// count since (created at apply if it does not exist).
+	Notify string `json:"notify"`
 }
 
 // retries is how many times a failed write is tried again.
@@ -167,6 +172,17 @@ func (s *Spec) defaults() error {
 	if s.Errors.DeadLetter == nil {
 		t := true
 		s.Errors.DeadLetter = &t
+	}
+	if s.Errors.Notify != "" {
+		if err := names.Check("queue", s.Errors.Notify); err != nil {
+			return invalidf("errors.notify: %v", err)
+		}
+		if !*s.Errors.DeadLetter {
+			return invalidf("errors.notify: needs errors.dead_letter (records that fail stop the run instead)")
+		}
+		if s.Errors.Notify == s.Name+"-dlq" || s.Source["type"] == "queue" && s.Source["queue"] == s.Errors.Notify {
+			return invalidf("errors.notify: %q is the pipeline's own dead-letter or source queue", s.Errors.Notify)
+		}
 	}
 	switch {
 	case s.Concurrency == 0:

@@ -148,7 +148,8 @@ func (w *worker) runOnce(trigger string, continuous bool) Run {
 	}()
 	s.saveRun(ctx, app, spec.Name, run)
 	log.Info("run started", "trigger", trigger, "version", w.p.Version)
-	st, err := w.execute(ctx, stop, run.ID, log, continuous)
+	rep := &reporter{s: s, app: app, spec: spec, run: &run, log: log, saved: time.Now()}
+	st, err := w.execute(ctx, stop, run.ID, log, continuous, rep.progress)
 	run.RunStats, run.End = st, time.Now().UTC()
 	run.Seconds = run.End.Sub(run.Start).Seconds()
 	run.Status = "succeeded"
@@ -163,12 +164,94 @@ func (w *worker) runOnce(trigger string, continuous bool) Run {
 	} else {
 		log.Info("run ended", "status", run.Status, "records_in", st.In, "records_out", st.Out, "records_failed", st.Failed)
 	}
-	s.m.observe(run)
+	rep.end()
 	s.saveRun(context.Background(), app, spec.Name, run)
 	return run
 }
 
-func (w *worker) execute(ctx context.Context, stop <-chan struct{}, runID string, log *slog.Logger, continuous bool) (RunStats, error) {
+// reporter follows a run as it goes: it keeps the run's record and the metrics current, so a
+// continuous run shows its totals, and tells the spec's notify queue about dead letters.
+type reporter struct {
+	s    *Service
+	app  keyring.Scope
+	spec Spec
+	run  *Run
+	log  *slog.Logger
+	// reported is what the metrics have counted; saved when the record was last stored.
+	reported RunStats
+	saved    time.Time
+	lastDead string
+	// notified is how many failed records notices have told of, the last at notifiedAt.
+	notified   int64
+	notifiedAt time.Time
+}
+
+// How often a running run's record is stored, and how often dead letters are notified after
+// a run's first.
+const (
+	saveEvery   = 5 * time.Second
+	notifyEvery = time.Minute
+)
+
+// Notice is what a pipeline's notify queue receives when records go to its dead-letter queue.
+type Notice struct {
+	Event    string `json:"event" doc:"pipeline.dead_lettered"`
+	Pipeline string `json:"pipeline"`
+	Run      string `json:"run"`
+	// Records went to the dead-letter queue since the previous notice of the run.
+	Records   int64     `json:"records"`
+	RunFailed int64     `json:"run_records_failed" doc:"all of the run's dead letters so far"`
+	Queue     string    `json:"dead_letter_queue"`
+	LastError string    `json:"last_error"`
+	Time      time.Time `json:"time"`
+}
+
+func (p *reporter) progress(st RunStats, lastDead string) {
+	p.run.RunStats, p.lastDead = st, lastDead
+	p.count()
+	if time.Since(p.saved) >= saveEvery {
+		p.s.saveRun(context.Background(), p.app, p.spec.Name, *p.run)
+		p.saved = time.Now()
+	}
+	if p.run.Failed > p.notified && (p.notifiedAt.IsZero() || time.Since(p.notifiedAt) >= notifyEvery) {
+		p.notify()
+	}
+}
+
+// end counts the run's last totals and sends the notice still owed.
+func (p *reporter) end() {
+	p.count()
+	p.s.m.ended(*p.run)
+	if p.run.Failed > p.notified {
+		p.notify()
+	}
+}
+
+func (p *reporter) count() {
+	st := p.run.RunStats
+	p.s.m.add(st, p.reported)
+	p.reported = st
+}
+
+// notify publishes a notice; one that fails is logged and owed to the next progress.
+func (p *reporter) notify() {
+	if p.spec.Errors.Notify == "" {
+		return
+	}
+	n := Notice{Event: "pipeline.dead_lettered", Pipeline: p.spec.Name, Run: p.run.ID, Records: p.run.Failed - p.notified,
+		RunFailed: p.run.Failed, Queue: p.spec.Name + "-dlq", LastError: p.lastDead, Time: time.Now().UTC()}
+	b, _ := json.Marshal(n)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	id := fmt.Sprintf("%s/%d", p.run.ID, p.run.Failed) // a retry of the same notice is stored once
+	if err := (appQueues{p.s.o.Fabric, p.app}).Publish(ctx, p.spec.Errors.Notify, [][]byte{b}, []string{id}); err != nil {
+		p.log.Warn("dead-letter notice not sent; retried with the next", "queue", p.spec.Errors.Notify, "error", err.Error())
+		return
+	}
+	p.notified, p.notifiedAt = p.run.Failed, time.Now()
+}
+
+func (w *worker) execute(ctx context.Context, stop <-chan struct{}, runID string, log *slog.Logger, continuous bool, progress func(RunStats, string)) (RunStats, error) {
 	s, app, spec := w.s, w.app, w.p.Spec
 	res := s.resources(app, spec.Name, log)
 	srcType, srcCfg := connectorConfig(spec.Source)
@@ -206,7 +289,7 @@ func (w *worker) execute(ctx context.Context, stop <-chan struct{}, runID string
 		return RunStats{}, fmt.Errorf("sink: %w", err)
 	}
 	defer sink.Close(context.Background())
-	r := &runner{spec: spec, runID: runID, src: src, sink: sink, transforms: transforms, log: log}
+	r := &runner{spec: spec, runID: runID, src: src, sink: sink, transforms: transforms, log: log, progress: progress}
 	if *spec.Errors.DeadLetter {
 		dlq := spec.Name + "-dlq"
 		r.dead = func(ctx context.Context, recs []DeadRecord) error {
@@ -300,12 +383,16 @@ func newMetrics() *metrics {
 	}
 }
 
-func (m *metrics) observe(r Run) {
+// add counts the records of st that were not in before: runs report as they go.
+func (m *metrics) add(st, before RunStats) {
+	m.records.WithLabelValues("in").Add(float64(st.In - before.In))
+	m.records.WithLabelValues("out").Add(float64(st.Out - before.Out))
+	m.records.WithLabelValues("filtered").Add(float64(st.Filtered - before.Filtered))
+	m.records.WithLabelValues("failed").Add(float64(st.Failed - before.Failed))
+}
+
+func (m *metrics) ended(r Run) {
 	m.runs.WithLabelValues(r.Status).Inc()
-	m.records.WithLabelValues("in").Add(float64(r.In))
-	m.records.WithLabelValues("out").Add(float64(r.Out))
-	m.records.WithLabelValues("filtered").Add(float64(r.Filtered))
-	m.records.WithLabelValues("failed").Add(float64(r.Failed))
 	m.seconds.Observe(r.Seconds)
 }
 

@@ -6,90 +6,24 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"sort"
 	"strings"
-	"time"
 
 	"github.com/expr-lang/expr"
-	"github.com/expr-lang/expr/ast"
-	"github.com/expr-lang/expr/vm"
 	"github.com/santhosh-tekuri/jsonschema/v6"
 
 	"github.com/penstock/penstock/internal/connector"
 )
 
-// Limits on user expressions: they are compiled once, at apply time, and then run for every
-// record, so neither a large expression nor a costly one can hold a worker.
-var (
-	// maxExprSteps bounds the closure calls of one evaluation (map, filter, all, reduce...):
-	// loops over a record's own arrays allocate nothing, so only this bounds their nesting.
-	maxExprSteps = 1_000_000
-	// maxExprTime bounds one evaluation's time, for steps that are each costly.
-	maxExprTime = time.Second
-)
-
+// Limits on user expressions, checked when they are compiled at apply time; exprlimits.go
+// bounds each evaluation.
 const (
 	maxExprBytes = 4096
 	maxExprNodes = 1000
 	// exprMemoryBudget bounds what one evaluation allocates (ranges, arrays, maps).
 	exprMemoryBudget = 100_000
 )
-
-// The hidden names that count an evaluation's steps. Neither is an identifier, so no
-// expression can name them; both are added by the compiler patch below.
-const (
-	stepFunc = "\x00step"
-	stepsVar = "\x00steps"
-)
-
-// steps is one evaluation's count of closure calls and its start.
-type steps struct {
-	n     int
-	start time.Time
-}
-
-// step is called before every closure body: it fails the evaluation once it has taken too
-// many steps or too long.
-func step(params ...any) (any, error) {
-	s, ok := params[0].(*steps)
-	if !ok {
-		return nil, errors.New("no step count")
-	}
-	s.n++
-	if s.n > maxExprSteps {
-		return nil, fmt.Errorf("expression exceeded %d loop steps", maxExprSteps)
-	}
-	if s.n%16 == 0 && time.Since(s.start) > maxExprTime {
-		return nil, fmt.Errorf("expression ran longer than %s", maxExprTime)
-	}
-	return true, nil
-}
-
-// countSteps rewrites every closure body B into (step(steps) ? B : nil), which has B's value
-// and type.
-type countSteps struct{}
-
-func (countSteps) Visit(node *ast.Node) {
-	p, ok := (*node).(*ast.PredicateNode)
-	if !ok {
-		return
-	}
-	if c, ok := p.Node.(*ast.ConditionalNode); ok {
-		if call, ok := c.Cond.(*ast.CallNode); ok {
-			if id, ok := call.Callee.(*ast.IdentifierNode); ok && id.Value == stepFunc {
-				return // patched already
-			}
-		}
-	}
-	p.Node = &ast.ConditionalNode{
-		Cond: &ast.CallNode{Callee: &ast.IdentifierNode{Value: stepFunc},
-			Arguments: []ast.Node{&ast.IdentifierNode{Value: stepsVar}}},
-		Exp1: p.Node,
-		Exp2: &ast.NilNode{},
-	}
-}
 
 // Transform changes, drops or fails one record.
 type Transform interface {
@@ -98,75 +32,33 @@ type Transform interface {
 	Apply(rec connector.Record) (out connector.Record, keep bool, err error)
 }
 
-// exprOptions are the options every expression compiles with. Builtins that build large
-// values from small inputs are disabled.
-func exprOptions(extra ...expr.Option) []expr.Option {
-	opts := []expr.Option{
-		expr.Env(map[string]any{}),
-		expr.AllowUndefinedVariables(),
-		expr.MaxNodes(maxExprNodes),
-		expr.DisableBuiltin("repeat"),
-		expr.Timezone("UTC"),
-		expr.Function(stepFunc, step),
-		expr.Patch(countSteps{}),
-	}
-	return append(opts, extra...)
-}
-
-func compileExpr(path, src string, extra ...expr.Option) (*vm.Program, error) {
+// compileExpr compiles an expression once, at apply time, so that its errors reach the
+// spec's author; runs compile an instance per goroutine from the same source.
+func compileExpr(path, src string, extra ...expr.Option) (*program, error) {
 	if src == "" {
 		return nil, invalidf("%s: empty expression", path)
 	}
 	if len(src) > maxExprBytes {
 		return nil, invalidf("%s: longer than %d bytes", path, maxExprBytes)
 	}
-	p, err := expr.Compile(src, exprOptions(extra...)...)
+	p := &program{src: src, extra: extra, pool: make(chan *instance, 16)}
+	in, err := p.instance()
 	if err != nil {
 		return nil, invalidf("%s: %v", path, oneLine(err.Error()))
 	}
+	p.pool <- in
 	return p, nil
 }
 
 func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 
-// env is what an expression sees: every field of the record by name, and the whole record as
-// `record` (for fields whose names are not identifiers: record["order-id"]).
-func env(rec connector.Record, s *steps) map[string]any {
-	e := make(map[string]any, len(rec)+2)
-	for k, v := range rec {
-		e[k] = v
-	}
-	e["record"] = rec
-	e[stepsVar] = s
-	return e
-}
-
-func run(p *vm.Program, rec connector.Record) (out any, err error) {
-	machine := vm.VM{MemoryBudget: exprMemoryBudget}
-	s := &steps{start: time.Now()}
-	_, clash := rec["record"]
-	if _, clash2 := rec[stepsVar]; clash || clash2 {
-		return machine.Run(p, env(rec, s))
-	}
-	// The record is its own environment, with itself as `record` and the step count added
-	// for the length of the run: no copy per record. Each record is in one worker's hands at
-	// a time.
-	rec["record"] = rec
-	rec[stepsVar] = s
-	defer func() {
-		delete(rec, "record")
-		delete(rec, stepsVar)
-	}()
-	return machine.Run(p, rec)
-}
-
 type mapTransform struct {
 	path string
-	p    *vm.Program
+	p    *program
 }
 
 func (t *mapTransform) Apply(rec connector.Record) (connector.Record, bool, error) {
-	out, err := run(t.p, rec)
+	out, err := t.p.run(rec)
 	if err != nil {
 		return nil, false, fmt.Errorf("%s: %s", t.path, oneLine(err.Error()))
 	}
@@ -179,11 +71,11 @@ func (t *mapTransform) Apply(rec connector.Record) (connector.Record, bool, erro
 
 type filterTransform struct {
 	path string
-	p    *vm.Program
+	p    *program
 }
 
 func (t *filterTransform) Apply(rec connector.Record) (connector.Record, bool, error) {
-	out, err := run(t.p, rec)
+	out, err := t.p.run(rec)
 	if err != nil {
 		return nil, false, fmt.Errorf("%s: %s", t.path, oneLine(err.Error()))
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -119,6 +120,87 @@ func TestLoopsOverRecordArraysStop(t *testing.T) {
 	ts := compile(t, map[string]any{"filter": "count(items, count(items[:9], true) == 9) == 1000"})
 	if _, keep, err := ts[0].Apply(connector.Record{"items": items}); err != nil || !keep {
 		t.Fatalf("10,000 steps: %v %v", keep, err)
+	}
+}
+
+// chain declares v0 = first and vN = next(v(N-1)) for N up to n, then evaluates body.
+func chain(first, next string, n int, body string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "let v0 = %s; ", first)
+	for i := 1; i <= n; i++ {
+		fmt.Fprintf(&b, "let v%d = %s; ", i, strings.ReplaceAll(next, "V", fmt.Sprintf("v%d", i-1)))
+	}
+	b.WriteString(body)
+	return b.String()
+}
+
+// Builtins and operators whose cost is not linear in their input are counted too: values
+// built by sharing (each level doubling what a walk visits), text built by doubling, and
+// regular expressions built from a record. Each is stopped within about the time limit, and
+// none takes the process down.
+func TestAmplifiersStop(t *testing.T) {
+	big := strings.Repeat("a", 1<<20)
+	k32 := strings.Repeat("b", 32<<10)
+	rec := func() connector.Record { return connector.Record{"big": big, "k32": k32, "n": 1} }
+	for _, c := range []struct{ expr, want string }{
+		{chain("[1, 1]", "[V, V]", 26, "v26 == v26"), "loop steps"},
+		{chain("[1, 1]", "[V, V]", 26, "v26 != v26"), "loop steps"},
+		{chain("[1, 1]", "[V, V]", 24, "max(v24) > 0"), "loop steps"},
+		{chain("[1, 1]", "[V, V]", 24, "len(flatten(v24)) > 0"), "loop steps"},
+		{chain("[1, 1]", "[V, V]", 24, "len(string(v24)) > 0"), "loop steps"},
+		{chain("[1, 1]", "[V, V]", 24, "v24 in [1, v24]"), "loop steps"},
+		{chain("[big, big]", "[V, V]", 9, "len(toJSON(v9)) > 0"), "built more than 16 MiB"},
+		{chain("k32", "V + V", 20, "len(v20) > 0"), "built more than 16 MiB"},
+		{"len(replace(k32, '', k32)) > 0", "built more than 16 MiB"},
+		{"len(join(map(1..1000, big))) > 0", "built more than 16 MiB"},
+		{"len(reduce(1..40, #acc + #acc, k32)) > 0", "built more than 16 MiB"},
+	} {
+		ts := compile(t, map[string]any{"filter": c.expr})
+		start := time.Now()
+		_, _, err := ts[0].Apply(rec())
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%.60s...: %v, want %q", c.expr, err, c.want)
+		}
+		t.Logf("%.60s: stopped after %s", c.expr, time.Since(start).Round(time.Millisecond))
+	}
+	// A map's result is walked too: a record built by sharing cannot reach a sink.
+	ts := compile(t, map[string]any{"map": chain("[1, 1]", "[V, V]", 26, "{x: v26}")})
+	if _, _, err := ts[0].Apply(rec()); err == nil || !strings.Contains(err.Error(), "loop steps") {
+		t.Errorf("shared result: %v", err)
+	}
+}
+
+// What used to be costly or fatal now runs in linear time and gives expr's answers.
+func TestLinearBuiltinsKeepTheirResults(t *testing.T) {
+	ts := compile(t,
+		map[string]any{"filter": `len(string(record)) > 0 && len(toJSON(record)) > 0 && len(toJSON($env)) > 0`},
+		map[string]any{"map": `{u: len(uniq(1..20000)), m: uniq([1, 1.0, "1", [1], [1], nil, nil, true]),
+			j: join(["a", "b"], "-"), r: replace("aXbX", "X", "yy"), s: "a" + "b", n: 1 + 2.5, e: [1, [2]] == [1, [2]],
+			i: [2] in [[1], [2]], ni: 3 not in [1, 2], k: "x" in {x: 1}, mx: max([3, [9, 4]]), f: flatten([[1], [2, [3]]])}`},
+	)
+	out, keep, err := ts[0].Apply(connector.Record{"id": 7})
+	if err != nil || !keep {
+		t.Fatalf("filter: %v %v", keep, err)
+	}
+	if out, _, err = ts[1].Apply(out); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := json.Marshal(out)
+	want := `{"e":true,"f":[1,2,3],"i":true,"j":"a-b","k":true,"m":[1,"1",[1],null,true],"mx":9,"n":3.5,"ni":true,"r":"ayybyy","s":"ab","u":20000}`
+	if string(got) != want {
+		t.Fatalf("got  %s\nwant %s", got, want)
+	}
+	for _, c := range []struct{ expr, want string }{
+		{"email matches pattern", "the pattern of matches must be a literal string"},
+		{"let record = 1; record", "record is the record itself"},
+	} {
+		_, _, err := compileTransforms(context.Background(), []map[string]any{{"filter": c.expr}}, nil)
+		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want %q", c.expr, err, c.want)
+		}
+	}
+	if _, _, err := compileTransforms(context.Background(), []map[string]any{{"filter": `email matches "^[a-z]+@"`}}, nil); err != nil {
+		t.Errorf("a literal pattern: %v", err)
 	}
 }
 

@@ -22,6 +22,7 @@ import (
 	"github.com/penstock/penstock/internal/keyring"
 	"github.com/penstock/penstock/internal/pipeline"
 	"github.com/penstock/penstock/internal/secrets"
+	"github.com/penstock/penstock/internal/integrity"
 	"github.com/penstock/penstock/internal/signing"
 )
 
@@ -35,6 +36,8 @@ type Options struct {
 	Version  string
 	Logger   *slog.Logger
 	Ready    Readiness
+	// Damage lists damaged streams for readiness; nil when nothing checks the store.
+	Damage func() []integrity.Finding
 	Limits   config.Limits
 	Edge     *edge.Metrics
 	Registry prometheus.Registerer

@@ -5,12 +5,27 @@ import (
 	"net/http"
 
 	"github.com/danielgtaylor/huma/v2"
+
+	"github.com/penstock/penstock/internal/engine"
 )
 
 type statusBody struct {
 	Body struct {
-		Status string `json:"status" enum:"ok,ready" doc:"ok: the process is alive; ready: the engine accepted a write and a read"`
+		Status string `json:"status" enum:"ok,ready,degraded" doc:"ok: the process is alive; ready: the engine accepted a write and a read; degraded: ready, but some streams came back damaged (they are named, and the rest is served)"`
+		// Degraded names the platform's damaged streams; a tenant's are counted, not named,
+		// since readiness answers anyone.
+		Degraded      []degradedStream `json:"degraded,omitempty"`
+		TenantStreams int              `json:"damaged_tenant_streams,omitempty" doc:"Damaged streams of tenants: named by penstock doctor and in the audit log (platform.stream_damaged)"`
 	}
+}
+
+type degradedStream struct {
+	Stream   string `json:"stream"`
+	Problem  string `json:"problem" doc:"missing, fewer, behind, lost or unreadable"`
+	Expected uint64 `json:"expected,omitempty"`
+	Found    uint64 `json:"found"`
+	Missing  string `json:"missing,omitempty" doc:"Sequences, when known"`
+	Detail   string `json:"detail"`
 }
 
 func registerHealth(g gate, hapi huma.API, o Options) {
@@ -40,6 +55,17 @@ func registerHealth(g gate, hapi huma.API, o Options) {
 		}
 		out := &statusBody{}
 		out.Body.Status = "ready"
+		if o.Damage != nil {
+			for _, f := range o.Damage() {
+				out.Body.Status = "degraded"
+				if f.Account != engine.PlatformAccount {
+					out.Body.TenantStreams++
+					continue
+				}
+				out.Body.Degraded = append(out.Body.Degraded, degradedStream{Stream: f.Name(), Problem: f.Problem,
+					Expected: f.Expected, Found: f.Found, Missing: f.Missing, Detail: f.Detail})
+			}
+		}
 		return out, nil
 	})
 }

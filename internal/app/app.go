@@ -32,6 +32,7 @@ import (
 	"github.com/penstock/penstock/internal/engine"
 	"github.com/penstock/penstock/internal/fabric"
 	"github.com/penstock/penstock/internal/identity"
+	"github.com/penstock/penstock/internal/integrity"
 	"github.com/penstock/penstock/internal/keyring"
 	"github.com/penstock/penstock/internal/pipeline"
 	"github.com/penstock/penstock/internal/redact"
@@ -46,6 +47,7 @@ type App struct {
 	certs *certs.Manager
 
 	lock      *datadir.Lock
+	integ     *integrity.Checker
 	master    *keyring.Master
 	keys      *keyring.Keyring
 	ident     *identity.Store
@@ -74,6 +76,12 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 		}
 	}()
 	if a.lock, err = datadir.Acquire(cfg.DataDir); err != nil {
+		return nil, err
+	}
+	// Decided once, before anything is written: keys, the CA and the first administrator are
+	// made only in a first start; next to existing data a missing one is a refusal.
+	first, err := datadir.FirstStart(cfg.DataDir)
+	if err != nil {
 		return nil, err
 	}
 	if a.certs, err = certs.NewManager(cfg.DataDir, cfg.API.TLS, log.With("component", "tls")); err != nil {
@@ -107,15 +115,24 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 			TLS: a.certs.TLSConfig(), MaxPayload: int32(max(cfg.Fabric.MaxPayload, 1<<20)),
 		}}
 	if cfg.Engine.Embedded() {
-		eo.StoreKey, eo.PreviousStoreKey = a.master.StoreKey()
+		eo.StoreKey = a.master.StoreKey()
 	}
 	if a.eng, err = engine.Open(ctx, eo); err != nil {
 		return nil, fmt.Errorf("engine: %w", err)
 	}
+	var damage []integrity.Finding
 	if cfg.Engine.Embedded() {
-		if err := a.master.StoreKeyInUse(ctx); err != nil {
+		if err := a.master.StoreOpened(); err != nil {
 			return nil, err
 		}
+		// Before anything writes: compare the store as it opened with what was recorded.
+		if a.integ, err = integrity.Open(cfg.DataDir, a.eng, a.master, log.With("component", "integrity")); err != nil {
+			return nil, err
+		}
+		if _, err := a.integ.Check(ctx); err != nil {
+			return nil, fmt.Errorf("integrity check: %w", err)
+		}
+		damage = a.integ.Findings()
 	}
 	plat, err := a.eng.Account(ctx, engine.PlatformAccount)
 	if err != nil {
@@ -162,6 +179,22 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 	if _, err := a.audit.Append(ctx, audit.Event{Actor: "system", Action: "platform.start", Result: audit.ResultOK, Details: details}); err != nil {
 		return nil, err
 	}
+	if a.integ != nil {
+		if err := a.auditDamage(ctx, damage); err != nil {
+			return nil, err
+		}
+		a.integ.OnFindings(func(f []integrity.Finding) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if err := a.auditDamage(ctx, f); err != nil {
+				a.log.Error("audit stream damage", "error", err)
+			}
+		})
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "penstock_streams_damaged",
+			Help: "Open findings of damaged streams (fewer messages than recorded, lost or unreadable records); see penstock doctor.",
+		}, func() float64 { return float64(len(a.integ.Findings())) }))
+	}
 	if a.fabric, err = fabric.Open(ctx, fabric.Options{Engine: a.eng, Identity: a.ident, Audit: a.audit, Config: cfg.Fabric,
 		Logger: log.With("component", "fabric"), Registry: reg}); err != nil {
 		return nil, err
@@ -194,8 +227,17 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 		return nil, err
 	}
 	reg.MustRegister(a.pipes.Collectors()...)
-	if a.bootstrap, err = a.ident.Bootstrap(ctx); err != nil {
-		return nil, err
+	if first || !cfg.Engine.Embedded() { // an external engine holds its own platform, whatever the directory
+		if a.bootstrap, err = a.ident.Bootstrap(ctx); err != nil {
+			return nil, err
+		}
+		if u, ok := a.ident.User("admin"); first && a.bootstrap.IsZero() && ok && u.MustChange && cfg.Engine.Embedded() {
+			// A first start that stopped after making the administrator but before serving:
+			// its password was never used, and maybe never shown.
+			if a.bootstrap, err = a.ident.ResetPassword(ctx, "admin"); err != nil {
+				return nil, err
+			}
+		}
 	}
 
 	lockout := identity.NewLockout()
@@ -204,7 +246,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 		Help: "Login lockouts started (per account or per source address) since the process started.",
 	}, func() float64 { return float64(lockout.Lockouts()) }))
 	handler, routes := api.Handler(api.Options{
-		Version: version, Logger: log.With("component", "api"), Ready: a.eng,
+		Version: version, Logger: log.With("component", "api"), Ready: a.eng, Damage: a.damage,
 		Limits: lim, Edge: em, Registry: reg,
 		Keyring: a.keys, Master: a.master, Secrets: store,
 		Identity: a.ident, Lockout: lockout, Nonces: nonces, Audit: a.audit, Fabric: a.fabric,
@@ -259,6 +301,12 @@ func (a *App) Reload() error { return a.certs.Reload() }
 // handlers (a handler still stuck then gets engine.ErrClosed), and the data directory is
 // unlocked last.
 func (a *App) Run(ctx context.Context) error {
+	// The first start is complete once its password has been shown (the CLI prints it before
+	// Run): from here on no key file is ever made in this directory.
+	if err := datadir.Complete(a.cfg.DataDir); err != nil {
+		a.closeAll()
+		return err
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return serve(a.apiSrv, a.apiLn) })
 	if a.metricsSrv != nil {
@@ -272,6 +320,10 @@ func (a *App) Run(ctx context.Context) error {
 	var forwarders sync.WaitGroup
 	forwarders.Add(1)
 	go func() { defer forwarders.Done(); a.audit.Checkpoints(fctx) }()
+	if a.integ != nil {
+		forwarders.Add(1)
+		go func() { defer forwarders.Done(); a.integ.Run(fctx, integrityInterval) }()
+	}
 	for _, sink := range a.sinks {
 		forwarders.Add(1)
 		go func() {
@@ -313,6 +365,30 @@ func (a *App) Run(ctx context.Context) error {
 		return errors.Join(errs...)
 	})
 	return g.Wait()
+}
+
+// integrityInterval is how often a running server records its streams, so a crash is compared
+// with a recent record.
+const integrityInterval = 30 * time.Second
+
+// damage lists the open findings of damaged streams, for readiness.
+func (a *App) damage() []integrity.Finding {
+	if a.integ == nil {
+		return nil
+	}
+	return a.integ.Findings()
+}
+
+// auditDamage records findings of damaged streams in the audit log, one event each.
+func (a *App) auditDamage(ctx context.Context, found []integrity.Finding) error {
+	for _, f := range found {
+		if _, err := a.audit.Append(ctx, audit.Event{Actor: "system", Action: "platform.stream_damaged", Result: audit.ResultError,
+			Details: map[string]string{"account": f.Account, "stream": f.Stream, "problem": f.Problem,
+				"expected": fmt.Sprint(f.Expected), "found": fmt.Sprint(f.Found), "missing": f.Missing, "detail": f.Detail}}); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // handlerGrace is how long handlers whose connections were force-closed may take to return.
@@ -359,6 +435,12 @@ func (a *App) closeAll() {
 	}
 	if a.keys != nil {
 		a.keys.Close() // background jobs first: they write through the engine
+	}
+	if a.integ != nil {
+		// Every writer has stopped: the next start may expect exactly these counts.
+		if err := a.integ.Mark(context.Background(), true); err != nil {
+			a.log.Warn("integrity record at stop", "error", err)
+		}
 	}
 	if a.eng != nil {
 		a.eng.Close()

@@ -218,6 +218,15 @@ func (m *Manager) loadOrCreateCA() (*x509.Certificate, *ecdsa.PrivateKey, error)
 	if !errors.Is(err, os.ErrNotExist) {
 		return nil, nil, fmt.Errorf("internal CA: %w", err)
 	}
+	for _, f := range []string{caKeyFile, CACertFile} {
+		if _, err := os.Stat(filepath.Join(m.dataDir, f)); err == nil {
+			continue
+		}
+		if err := datadir.MayCreate(m.dataDir, f, "the internal CA (tls/ca.crt and tls/ca.key), which every client of this "+
+			"server trusts: a new one would make every client refuse the server"); err != nil {
+			return nil, nil, err
+		}
+	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, nil, err

@@ -42,7 +42,8 @@ SIGHUP reloads the TLS certificate.`,
 		log.Info("starting", "version", Version(), "config", cfg)
 		a, err := app.New(cmd.Context(), cfg, log, Version())
 		if err != nil {
-			log.Error("start failed", "error", err)
+			// A refusal is for the person at the terminal: one plain line, no log record.
+			fmt.Fprintf(cmd.ErrOrStderr(), "penstock: cannot start: %v\n", err)
 			return exitError{code: 1}
 		}
 		if pw := a.BootstrapPassword(); !pw.IsZero() {

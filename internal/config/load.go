@@ -29,6 +29,10 @@ const EnvConfigFile = EnvPrefix + "CONFIG"
 // EnvAPIKey holds an API key for the command-line client; serve ignores it.
 const EnvAPIKey = EnvPrefix + "API_KEY"
 
+// EnvCrashpoint names a step at which the process kills itself, for the crash tests (see
+// package crashpoint); it is not configuration.
+const EnvCrashpoint = EnvPrefix + "CRASHPOINT"
+
 // Sources says where configuration comes from. Later sources override earlier ones:
 // defaults, then File, then Environ, then the flags of Flags that were set.
 type Sources struct {
@@ -82,7 +86,7 @@ func Load(src Sources) (Config, error) {
 	envMap := map[string]any{}
 	for _, kv := range src.Environ {
 		name, val, _ := strings.Cut(kv, "=")
-		if !strings.HasPrefix(name, EnvPrefix) || name == EnvConfigFile || name == EnvAPIKey {
+		if !strings.HasPrefix(name, EnvPrefix) || name == EnvConfigFile || name == EnvAPIKey || name == EnvCrashpoint {
 			continue
 		}
 		key, ok := envKeys[name]

@@ -101,11 +101,11 @@ func SyncDir(dir string) error {
 	return nil
 }
 
-// LoadOrCreateKey reads a hex-encoded 256-bit secret, creating the file with 0600 permissions
-// if it does not exist. A file readable by group or others is refused, and so is one that does
-// not hold exactly 64 hex characters.
+// LoadOrCreateKey reads a key file (see ReadKey), creating it with 0600 permissions if it
+// does not exist. Key files of a data directory go through LoadKey, which creates one only
+// during a first start.
 func LoadOrCreateKey(path string) (redact.Secret, error) {
-	b, err := os.ReadFile(path)
+	s, err := ReadKey(path)
 	if errors.Is(err, os.ErrNotExist) {
 		key, err := NewKey()
 		if err != nil {
@@ -117,8 +117,16 @@ func LoadOrCreateKey(path string) (redact.Secret, error) {
 		if err := WriteKey(path, key); err != nil && !errors.Is(err, os.ErrExist) {
 			return redact.Secret{}, err
 		}
-		return LoadOrCreateKey(path)
+		return ReadKey(path)
 	}
+	return s, err
+}
+
+// ReadKey reads a hex-encoded 256-bit secret. A file readable by group or others is refused,
+// and so is one that does not hold exactly 64 hex characters; a missing one is an error that
+// errors.Is(err, os.ErrNotExist).
+func ReadKey(path string) (redact.Secret, error) {
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return redact.Secret{}, fmt.Errorf("read %s: %w", path, err)
 	}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"path/filepath"
 	"strconv"
 	"time"
 
@@ -42,7 +41,8 @@ func startEmbedded(o Options) (*embedded, error) {
 	if err != nil {
 		return nil, fmt.Errorf("engine.sync_interval: %w", err)
 	}
-	token, err := datadir.LoadOrCreateKey(filepath.Join(o.DataDir, TokenFile))
+	token, err := datadir.LoadKey(o.DataDir, TokenFile, "the credential that binds Penstock's connections to the engine's "+
+		"accounts (it protects no data: a new one can be written with `openssl rand -hex 32 > engine.token; chmod 600 engine.token`)")
 	if err != nil {
 		return nil, err
 	}
@@ -57,7 +57,6 @@ func startEmbedded(o Options) (*embedded, error) {
 		JetStreamMaxMemory: o.Config.MaxMemory,
 		JetStreamCipher:    server.AES,
 		JetStreamKey:       o.StoreKey.Reveal(),
-		JetStreamOldKey:    o.PreviousStoreKey.Reveal(),
 		NoSigs:             true,
 		// Open atomic batches are limited per server (1000 by default): tenants' native
 		// clients can open batches on their own queues, so the server-wide limit is raised

@@ -55,10 +55,7 @@ type Options struct {
 	Config  config.Engine
 	// StoreKey encrypts the embedded JetStream store. Required for the embedded engine.
 	StoreKey redact.Secret
-	// PreviousStoreKey, after a key rotation, is the key the store was written with:
-	// JetStream reads with it and converts the store to StoreKey as it opens.
-	PreviousStoreKey redact.Secret
-	Logger           *slog.Logger
+	Logger   *slog.Logger
 	// NodeID names this process in readiness records; defaults to the server's ID.
 	NodeID string
 	// Native opens the embedded engine's listeners for tenants' own clients.

@@ -13,6 +13,8 @@ import (
 	"github.com/tink-crypto/tink-go/v2/aead"
 	"github.com/tink-crypto/tink-go/v2/keyset"
 	"github.com/tink-crypto/tink-go/v2/tink"
+
+	"github.com/penstock/penstock/internal/crashpoint"
 )
 
 // scopeRecord is a scope's entry in the keyring bucket: its Tink keyset wrapped by a master
@@ -231,20 +233,23 @@ func (k *Keyring) Rotate(ctx context.Context, s Scope) (version int, err error) 
 		}
 		rec := dk.rec
 		rec.Rotated = time.Now().UTC()
+		version := len(h.KeysetInfo().GetKeyInfo())
+		// The job is recorded before the new key: a kill between the two leaves a job that
+		// finds its version missing and says so, never a new key whose records nobody
+		// re-encrypts.
+		if err := k.recordJob(ctx, s, version); err != nil {
+			return 0, err
+		}
+		crashpoint.Hit("rotate/job-recorded")
 		if _, err := k.writeKeyset(ctx, s, h, &rec, dk.revision); errors.Is(err, ErrConflict) {
 			k.forget()
 			continue // changed under us (another rotation): start again from what is stored
 		} else if err != nil {
 			return 0, err
 		}
-		dk, err = k.dataKeyFor(ctx, s, false)
-		if err != nil {
-			return 0, err
-		}
-		if err := k.startJob(ctx, s, dk); err != nil {
-			return 0, err
-		}
-		return dk.versions[dk.primary], nil
+		crashpoint.Hit("rotate/keyset-written")
+		k.goJob(s)
+		return version, nil
 	}
 	return 0, fmt.Errorf("keyring: rotate %s: %w", s, ErrConflict)
 }

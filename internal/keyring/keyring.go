@@ -109,6 +109,10 @@ func New(ctx context.Context, o Options) (*Keyring, error) {
 			return nil, err
 		}
 	}
+	if err := k.checkWrappers(ctx); err != nil {
+		cancel()
+		return nil, err
+	}
 	return k, nil
 }
 

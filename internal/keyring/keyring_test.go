@@ -49,13 +49,12 @@ func tryOpen(t testing.TB, dir string, cfg config.Keyring) (*stack, error) {
 	if err != nil {
 		return nil, err
 	}
-	cur, prev := m.StoreKey()
-	eng, err := engine.Open(ctx, engine.Options{DataDir: dir, Config: config.Default().Engine, StoreKey: cur, PreviousStoreKey: prev})
+	eng, err := engine.Open(ctx, engine.Options{DataDir: dir, Config: config.Default().Engine, StoreKey: m.StoreKey()})
 	if err != nil {
 		m.Close()
 		return nil, err
 	}
-	if err := m.StoreKeyInUse(ctx); err != nil {
+	if err := m.StoreOpened(); err != nil {
 		t.Fatal(err)
 	}
 	plat, err := eng.Account(ctx, engine.PlatformAccount)
@@ -366,7 +365,8 @@ func TestInterruptedReencryptionResumes(t *testing.T) {
 }
 
 // Rotating the master key file while running keeps every record readable, and the engine's
-// store, converted to a new store key at the next start, opens without the old key after that.
+// store key, re-sealed under the new master key (the store itself is never re-keyed), opens
+// the store at every later start.
 func TestRotateMasterFile(t *testing.T) {
 	dir := t.TempDir()
 	st := open(t, dir, config.Keyring{})
@@ -412,13 +412,17 @@ func TestRotateMasterFile(t *testing.T) {
 		}
 		return f
 	}
-	if f := storeKeysFile(); len(f.Previous) == 0 || f.KEK != st.master.ID() {
-		t.Fatalf("after rotate-master the store keys file has no previous key or names %s", f.KEK)
+	if f := storeKeysFile(); len(f.Previous) != 0 || f.KEK != st.master.ID() {
+		t.Fatalf("after rotate-master the store keys file keeps a previous key or names %s, not %s", f.KEK, st.master.ID())
 	}
-	for round := 1; round <= 2; round++ { // the first start converts the store, the second needs no old key
+	storeKey := st.master.StoreKey()
+	for round := 1; round <= 2; round++ {
 		st = st.restart()
-		if f := storeKeysFile(); len(f.Previous) != 0 {
-			t.Fatalf("round %d: previous store key still kept on disk after a start", round)
+		if f := storeKeysFile(); len(f.Previous) != 0 || f.KEK != st.master.ID() {
+			t.Fatalf("round %d: store keys file names %s, previous kept: %v", round, f.KEK, len(f.Previous) != 0)
+		}
+		if !st.master.StoreKey().Equal(storeKey) {
+			t.Fatalf("round %d: the store key changed", round)
 		}
 		store, _ = st.kr.Sealed(ctx, "test_records", "record")
 		checkAll(t, store, acmeApp, 1)
@@ -550,6 +554,7 @@ func TestLegacyStoreKeyIsConverted(t *testing.T) {
 	// A data directory from before the keyring: plain jetstream.key.
 	legacy := strings.Repeat("3c", 32)
 	os.WriteFile(filepath.Join(dir, legacyStoreKeyFile), []byte(legacy+"\n"), 0o600)
+	os.WriteFile(filepath.Join(dir, engine.TokenFile), []byte(strings.Repeat("4d", 32)+"\n"), 0o600)
 	eng, err := engine.Open(ctx, engine.Options{DataDir: dir, Config: config.Default().Engine, StoreKey: redact.NewSecret(legacy)})
 	if err != nil {
 		t.Fatal(err)

@@ -145,16 +145,26 @@ func loadMasters(ctx context.Context, dataDir string, cfg config.Keyring) (*mast
 }
 
 func (ms *masters) loadFile() error {
-	key, err := datadir.LoadOrCreateKey(filepath.Join(ms.dataDir, MasterKeyFile))
+	load := func() (redact.Secret, error) {
+		return datadir.LoadKey(ms.dataDir, MasterKeyFile, "the master key, which wraps every data key and the engine's store key: "+
+			"without it nothing in the directory can be read")
+	}
+	if preKeyring(ms.dataDir) {
+		// Nothing in a directory from before the keyring was ever sealed by a master key.
+		load = func() (redact.Secret, error) {
+			return datadir.LoadOrCreateKey(filepath.Join(ms.dataDir, MasterKeyFile))
+		}
+	}
+	key, err := load()
 	if err != nil {
-		return fmt.Errorf("master key: %w", err)
+		return err
 	}
 	if ms.current, err = rawMaster(key, "file"); err != nil {
 		return err
 	}
 	next := filepath.Join(ms.dataDir, masterKeyNextFile)
 	if _, err := os.Stat(next); err == nil {
-		nk, err := datadir.LoadOrCreateKey(next)
+		nk, err := datadir.ReadKey(next)
 		if err != nil {
 			return fmt.Errorf("master key: %w", err)
 		}
@@ -165,6 +175,14 @@ func (ms *masters) loadFile() error {
 		ms.previous, ms.current, ms.fileRotation = ms.current, nm, true
 	}
 	return nil
+}
+
+// preKeyring reports whether dataDir is from before the keyring: a plain store key, and no
+// sealed one.
+func preKeyring(dataDir string) bool {
+	_, errLegacy := os.Stat(filepath.Join(dataDir, legacyStoreKeyFile))
+	_, errSealed := os.Stat(filepath.Join(dataDir, StoreKeysFile))
+	return errLegacy == nil && errors.Is(errSealed, os.ErrNotExist)
 }
 
 // rawMaster uses a 256-bit key given as 64 hex characters or as base64.

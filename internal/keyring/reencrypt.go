@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/penstock/penstock/internal/crashpoint"
 )
 
 // Job is the progress of re-encrypting a scope's records to its primary key version. It is
@@ -32,7 +34,7 @@ func jobKey(s Scope) string { return "job." + s.key() }
 // jobSaveEvery is how many records a job handles between saves of its cursor.
 const jobSaveEvery = 25
 
-func (k *Keyring) startJob(ctx context.Context, s Scope, dk *dataKey) error {
+func (k *Keyring) recordJob(ctx context.Context, s Scope, version int) error {
 	total := 0
 	for _, st := range k.sealedStores() {
 		keys, err := st.keys(ctx, s)
@@ -41,12 +43,11 @@ func (k *Keyring) startJob(ctx context.Context, s Scope, dk *dataKey) error {
 		}
 		total += len(keys)
 	}
-	j := Job{Scope: s.String(), Version: dk.versions[dk.primary], Total: total, Started: time.Now().UTC()}
+	j := Job{Scope: s.String(), Version: version, Total: total, Started: time.Now().UTC()}
 	b, _ := json.Marshal(j)
 	if _, err := k.kv.Put(ctx, jobKey(s), b); err != nil {
 		return fmt.Errorf("keyring: record re-encryption job: %w", err)
 	}
-	k.goJob(s)
 	return nil
 }
 
@@ -148,6 +149,10 @@ func (k *Keyring) runJob(ctx context.Context, s Scope) error {
 		j.Error, j.Finished = err.Error(), time.Now().UTC()
 		return errors.Join(err, save())
 	}
+	if got := dk.versions[dk.primary]; got < j.Version {
+		j.Error, j.Finished = fmt.Sprintf("the rotation stopped before key version %d was stored (primary is %d): rotate again", j.Version, got), time.Now().UTC()
+		return save()
+	}
 	for _, st := range k.sealedStores() {
 		keys, err := st.keys(ctx, s)
 		if err != nil {
@@ -177,6 +182,7 @@ func (k *Keyring) runJob(ctx context.Context, s Scope) error {
 			if k.afterRecord != nil {
 				k.afterRecord(j.Done)
 			}
+			crashpoint.Hit("reencrypt/record")
 		}
 	}
 	j.Finished = time.Now().UTC()

@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/penstock/penstock/internal/crashpoint"
 	"github.com/penstock/penstock/internal/datadir"
 )
 
@@ -40,6 +41,7 @@ func (k *Keyring) RotateMaster(ctx context.Context, m *Master) error {
 			ms.mu.Unlock()
 			return err
 		}
+		crashpoint.Hit("rotate-master/next-written")
 		nm, err := rawMaster(key, "file")
 		if err != nil {
 			ms.mu.Unlock()
@@ -53,7 +55,11 @@ func (k *Keyring) RotateMaster(ctx context.Context, m *Master) error {
 }
 
 // finishMasterRotation moves everything wrapped by the previous master key to the current
-// one. It is idempotent: each step checks what is already done.
+// one, in an order a kill at any step resumes from: every data key is rewrapped, then every
+// one is read back under the new key, then the store key is re-sealed (and read back), and
+// only then does the new key file take the old one's place. Until that rename both keys are
+// on disk and each record names the key that wrapped it. It is idempotent: each step checks
+// what is already done.
 func (k *Keyring) finishMasterRotation(ctx context.Context, m *Master) error {
 	ms := k.masters
 	cur := ms.cur()
@@ -76,6 +82,7 @@ func (k *Keyring) finishMasterRotation(ctx context.Context, m *Master) error {
 			}
 			if done {
 				n++
+				crashpoint.Hit("rotate-master/scope-rewrapped")
 			}
 		}
 		rewrapped += n
@@ -83,19 +90,15 @@ func (k *Keyring) finishMasterRotation(ctx context.Context, m *Master) error {
 			break
 		}
 	}
-	sk := m.store
-	if sk.kek != cur.id {
-		if !sk.inUse.IsZero() {
-			// A new store key, and the one the engine runs with as the previous key.
-			nk, err := datadir.NewKey()
-			if err != nil {
-				return err
-			}
-			sk.current, sk.previous = nk, sk.inUse
-		}
+	if err := k.verifyScopes(ctx, cur); err != nil {
+		return err
+	}
+	crashpoint.Hit("rotate-master/verified")
+	if sk := m.store; sk != nil && sk.kek != cur.id {
 		if err := sk.write(ctx, cur); err != nil {
 			return err
 		}
+		crashpoint.Hit("rotate-master/store-key-sealed")
 	}
 	ms.mu.Lock()
 	defer ms.mu.Unlock()
@@ -107,10 +110,70 @@ func (k *Keyring) finishMasterRotation(ctx context.Context, m *Master) error {
 		if err := datadir.SyncDir(ms.dataDir); err != nil {
 			return err
 		}
+		crashpoint.Hit("rotate-master/installed")
 		ms.previous.close()
 		ms.previous, ms.fileRotation = nil, false
 	}
 	k.log.Info("master key rotated", "master", cur.id, "data_keys_rewrapped", rewrapped)
+	return nil
+}
+
+// checkWrappers refuses to open a keyring whose data keys are wrapped by a master key that is
+// not configured: a replaced or mistyped master key is a refusal at start, never data that
+// turns unreadable one record at a time.
+func (k *Keyring) checkWrappers(ctx context.Context) error {
+	return k.eachLiveScope(ctx, func(_ string, _ jetstream.KeyValueEntry, rec scopeRecord) error {
+		if _, ok := k.masters.byID(rec.KEK); !ok {
+			return fmt.Errorf("keyring: data keys are wrapped by master key %s, which is not configured (current: %s): "+
+				"start with the master key that wrapped them (master.key, keyring.master_key or keyring.kms_url)", rec.KEK, k.masters.cur().id)
+		}
+		return nil
+	})
+}
+
+// verifyScopes reads every live data key back under cur: the previous master key may only be
+// dropped when nothing needs it.
+func (k *Keyring) verifyScopes(ctx context.Context, cur *master) error {
+	return k.eachLiveScope(ctx, func(key string, e jetstream.KeyValueEntry, rec scopeRecord) error {
+		if rec.KEK != cur.id {
+			return fmt.Errorf("keyring: master rotation: %s is still wrapped by %s: %w", key, rec.KEK, ErrConflict)
+		}
+		s, err := scopeFromKey(key[len("scope."):])
+		if err != nil {
+			return err
+		}
+		if _, err := k.unwrap(ctx, s, e); err != nil {
+			return fmt.Errorf("keyring: master rotation: verify %s: %w", key, err)
+		}
+		return nil
+	})
+}
+
+// eachLiveScope calls f with every scope record that is not destroyed.
+func (k *Keyring) eachLiveScope(ctx context.Context, f func(key string, e jetstream.KeyValueEntry, rec scopeRecord) error) error {
+	keys, err := k.scopeKeys(ctx)
+	if err != nil {
+		return err
+	}
+	for _, key := range keys {
+		e, err := k.kv.Get(ctx, key)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("keyring: %s: %w", key, err)
+		}
+		var rec scopeRecord
+		if err := json.Unmarshal(e.Value(), &rec); err != nil {
+			return fmt.Errorf("keyring: %s: %w", key, err)
+		}
+		if !rec.Destroyed.IsZero() {
+			continue
+		}
+		if err := f(key, e, rec); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 

@@ -37,14 +37,13 @@ func OpenEngine(ctx context.Context, dir string, ecfg config.Engine, native engi
 	if err != nil {
 		return nil, err
 	}
-	cur, prev := m.StoreKey()
-	eng, err := engine.Open(ctx, engine.Options{DataDir: dir, Config: ecfg, StoreKey: cur, PreviousStoreKey: prev, Native: native})
+	eng, err := engine.Open(ctx, engine.Options{DataDir: dir, Config: ecfg, StoreKey: m.StoreKey(), Native: native})
 	if err != nil {
 		m.Close()
 		return nil, fmt.Errorf("engine: %w", err)
 	}
 	st := &Stack{Master: m, Engine: eng}
-	if err := m.StoreKeyInUse(ctx); err != nil {
+	if err := m.StoreOpened(); err != nil {
 		st.Close()
 		return nil, err
 	}

@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -361,7 +363,7 @@ func TestDamagedStreamsAreNamed(t *testing.T) {
 			if code != 1 || !strings.Contains(out, "DAMAGED") || !strings.Contains(out, name) {
 				t.Fatalf("doctor: exit %d, want 1 naming %s:\n%s", code, name, out)
 			}
-			p := pd.serve(t, d)
+			p := pd.serve(t, d, "PENSTOCK_METRICS_LISTEN=127.0.0.1:0")
 			var ready string
 			for deadline := time.Now().Add(60 * time.Second); ; {
 				st, body := p.get("/readyz")
@@ -379,6 +381,16 @@ func TestDamagedStreamsAreNamed(t *testing.T) {
 			}
 			if c.account != "platform" && (strings.Contains(ready, c.account) || !strings.Contains(ready, `"damaged_tenant_streams":1`)) {
 				t.Fatalf("readiness must count, not name, a tenant's stream: %s", ready)
+			}
+			metrics := between(p.logs.String(), `"metrics":"`, `"`)
+			resp, err := http.Get("http://" + metrics + "/metrics")
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if !strings.Contains(string(body), "\npenstock_streams_damaged 1\n") {
+				t.Fatalf("metric penstock_streams_damaged is not 1:\n%s", grepLines(string(body), "penstock_streams"))
 			}
 			code, out = p.cli("", "audit", "list", "--action", "platform.stream_damaged")
 			if code != 0 || !strings.Contains(out, c.stream) {
@@ -402,6 +414,16 @@ func TestDamagedStreamsAreNamed(t *testing.T) {
 	}
 }
 
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
 func doctor(t *testing.T, dir string, extra ...string) (int, string) {
 	t.Helper()
 	cmd := exec.Command(binary, append([]string{"doctor", "--data-dir", dir}, extra...)...)
@@ -413,4 +435,45 @@ func doctor(t *testing.T, dir string, extra ...string) (int, string) {
 		t.Fatal(err)
 	}
 	return code, string(out)
+}
+
+// A first start killed after it made the administrator, before it printed the password or
+// served: the next start finishes it with a new one-time password, and a start after that is
+// an ordinary one.
+func TestInterruptedFirstStartFinishes(t *testing.T) {
+	dir := t.TempDir()
+	cmd := exec.Command(binary, "serve", "--data-dir", dir, "--listen", "127.0.0.1:0")
+	cmd.Env = append(os.Environ(), "PENSTOCK_CRASHPOINT=first-start/bootstrapped")
+	out, err := cmd.CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+		t.Fatalf("serve did not die at its crash point: %v\n%s", err, out)
+	}
+	if strings.Contains(string(out), "one-time password") {
+		t.Fatalf("the crash point is after the password was printed:\n%s", out)
+	}
+	b, _ := os.ReadFile(filepath.Join(dir, "penstock-init.json"))
+	if !strings.Contains(string(b), `"initializing"`) {
+		t.Fatalf("penstock-init.json after an interrupted first start: %s", b)
+	}
+	p := serve(t, dir)
+	p.loginAsAdmin() // with the password this start printed
+	if code, out := p.cli("", "tenant", "create", "acme"); code != 0 {
+		t.Fatalf("tenant create: %d %s", code, out)
+	}
+	if err := p.stop(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	b, _ = os.ReadFile(filepath.Join(dir, "penstock-init.json"))
+	if !strings.Contains(string(b), `"complete"`) {
+		t.Fatalf("penstock-init.json after a served start: %s", b)
+	}
+	home, addr := p.home, strings.TrimPrefix(p.api, "https://")
+	p = serve(t, dir, "--listen", addr)
+	p.home = home
+	if strings.Contains(p.stdout.String(), "one-time password") {
+		t.Fatal("a later start printed a first-start password")
+	}
+	if code, out := p.cli("", "tenant", "list"); code != 0 || !strings.Contains(out, "acme") {
+		t.Fatalf("tenant list: %d %s", code, out)
+	}
 }

@@ -507,8 +507,7 @@ func TestKeysAndSecretsCommands(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// Restart twice: the first start converts the store to the key made by rotate-master, the
-	// second needs no old key.
+	// Restart twice: the store key, re-sealed under the new master key, opens the store each time.
 	home, addr := p.home, strings.TrimPrefix(p.api, "https://")
 	for i := range 2 {
 		p = serve(t, dir, "--listen", addr) // the saved session names this server

@@ -27,6 +27,7 @@ import (
 	"github.com/penstock/penstock/internal/audit"
 	"github.com/penstock/penstock/internal/certs"
 	"github.com/penstock/penstock/internal/config"
+	"github.com/penstock/penstock/internal/crashpoint"
 	"github.com/penstock/penstock/internal/datadir"
 	"github.com/penstock/penstock/internal/edge"
 	"github.com/penstock/penstock/internal/engine"
@@ -238,6 +239,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 				return nil, err
 			}
 		}
+		crashpoint.Hit("first-start/bootstrapped")
 	}
 
 	lockout := identity.NewLockout()

@@ -19,10 +19,10 @@ import (
 	"github.com/penstock/penstock/internal/edge"
 	"github.com/penstock/penstock/internal/fabric"
 	"github.com/penstock/penstock/internal/identity"
+	"github.com/penstock/penstock/internal/integrity"
 	"github.com/penstock/penstock/internal/keyring"
 	"github.com/penstock/penstock/internal/pipeline"
 	"github.com/penstock/penstock/internal/secrets"
-	"github.com/penstock/penstock/internal/integrity"
 	"github.com/penstock/penstock/internal/signing"
 )
 
@@ -33,11 +33,11 @@ type Readiness interface {
 
 // Options are the API's dependencies.
 type Options struct {
-	Version  string
-	Logger   *slog.Logger
-	Ready    Readiness
+	Version string
+	Logger  *slog.Logger
+	Ready   Readiness
 	// Damage lists damaged streams for readiness; nil when nothing checks the store.
-	Damage func() []integrity.Finding
+	Damage   func() []integrity.Finding
 	Limits   config.Limits
 	Edge     *edge.Metrics
 	Registry prometheus.Registerer

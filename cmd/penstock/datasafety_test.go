@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net/http"
@@ -8,9 +9,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 const populatedApp = "acme/production/shop"
@@ -239,6 +244,11 @@ func TestMissingKeyFilesAreRefusedNotReplaced(t *testing.T) {
 		{"master.key", "garbage", "must hold 64 hex characters"},
 		{"jetstream.keys", "garbage", "jetstream.keys is damaged"},
 		{"master.key", "other", "which is not configured"},
+		// A marker that says the first start never finished (edited, or an interrupted first
+		// start next to data): what is sealed or written already still protects the file.
+		{"master.key", "remove+initializing", "master.key is missing"},
+		{"jetstream.keys", "remove+initializing", "jetstream.keys is missing"},
+		{"tls/ca.key", "remove+initializing", "tls/ca.key is missing"},
 	} {
 		t.Run(strings.ReplaceAll(c.file, "/", "-")+"-"+c.damage, func(t *testing.T) {
 			dir := pd.copy(t)
@@ -248,6 +258,9 @@ func TestMissingKeyFilesAreRefusedNotReplaced(t *testing.T) {
 				t.Fatal(err)
 			}
 			switch c.damage {
+			case "remove+initializing":
+				os.WriteFile(filepath.Join(dir, "penstock-init.json"), []byte(`{"state":"initializing"}`+"\n"), 0o600)
+				fallthrough
 			case "remove":
 				os.Remove(path)
 			case "garbage":
@@ -359,9 +372,13 @@ func TestDamagedStreamsAreNamed(t *testing.T) {
 				t.Fatal(err)
 			}
 			name := c.account + " > " + c.stream
+			record, _ := os.ReadFile(filepath.Join(d, "integrity.sealed"))
 			code, out := doctor(t, d)
 			if code != 1 || !strings.Contains(out, "DAMAGED") || !strings.Contains(out, name) {
 				t.Fatalf("doctor: exit %d, want 1 naming %s:\n%s", code, name, out)
+			}
+			if after, _ := os.ReadFile(filepath.Join(d, "integrity.sealed")); string(after) != string(record) {
+				t.Fatal("doctor without --accept changed the record")
 			}
 			p := pd.serve(t, d, "PENSTOCK_METRICS_LISTEN=127.0.0.1:0")
 			var ready string
@@ -392,9 +409,15 @@ func TestDamagedStreamsAreNamed(t *testing.T) {
 			if !strings.Contains(string(body), "\npenstock_streams_damaged 1\n") {
 				t.Fatalf("metric penstock_streams_damaged is not 1:\n%s", grepLines(string(body), "penstock_streams"))
 			}
-			code, out = p.cli("", "audit", "list", "--action", "platform.stream_damaged")
-			if code != 0 || !strings.Contains(out, c.stream) {
-				t.Fatalf("audit list: %d\n%s", code, out)
+			for deadline := time.Now().Add(30 * time.Second); ; { // audited just after it is shown
+				code, out = p.cli("", "audit", "list", "--action", "platform.stream_damaged")
+				if code == 0 && strings.Contains(out, c.stream) {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("audit list: %d\n%s", code, out)
+				}
+				time.Sleep(100 * time.Millisecond)
 			}
 			// The rest is served.
 			if code, out := p.cli("", "secrets", "list", "--app", populatedApp); c.stream != "KV_penstock_secrets" && (code != 0 || !strings.Contains(out, "db-password")) {
@@ -437,13 +460,19 @@ func doctor(t *testing.T, dir string, extra ...string) (int, string) {
 	return code, string(out)
 }
 
-// A first start killed after it made the administrator, before it printed the password or
-// served: the next start finishes it with a new one-time password, and a start after that is
-// an ordinary one.
+// A first start killed after it made the administrator (before or after giving it its role),
+// before it printed the password or served: the next start finishes it with a new one-time
+// password and the role, and a start after that is an ordinary one.
 func TestInterruptedFirstStartFinishes(t *testing.T) {
+	for _, point := range []string{"first-start/admin-created", "first-start/bootstrapped"} {
+		t.Run(strings.ReplaceAll(point, "/", "-"), func(t *testing.T) { interruptedFirstStart(t, point) })
+	}
+}
+
+func interruptedFirstStart(t *testing.T, point string) {
 	dir := t.TempDir()
 	cmd := exec.Command(binary, "serve", "--data-dir", dir, "--listen", "127.0.0.1:0")
-	cmd.Env = append(os.Environ(), "PENSTOCK_CRASHPOINT=first-start/bootstrapped")
+	cmd.Env = append(os.Environ(), "PENSTOCK_CRASHPOINT="+point)
 	out, err := cmd.CombinedOutput()
 	if ee, ok := err.(*exec.ExitError); !ok || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
 		t.Fatalf("serve did not die at its crash point: %v\n%s", err, out)
@@ -475,5 +504,107 @@ func TestInterruptedFirstStartFinishes(t *testing.T) {
 	}
 	if code, out := p.cli("", "tenant", "list"); code != 0 || !strings.Contains(out, "acme") {
 		t.Fatalf("tenant list: %d %s", code, out)
+	}
+}
+
+// What an ordinary life does to streams is not damage: messages that expire while the server
+// is stopped, a queue deleted and made again under its name, and a clean stop while a native
+// consumer acknowledges as fast as it can.
+func TestOrdinaryRestartsAreNotDamage(t *testing.T) {
+	dir := t.TempDir()
+	p := serveEnv(t, dir, fabricEnv)
+	key := setupQueue(t, p)
+	app := "acme/production/shop"
+	for _, s := range [][]string{
+		{"queue", "create", "--app", app, "short", "--max-age", "2s", "--duplicate-window", "1s"},
+		{"queue", "publish", "--app", app, "short", "--data", "expires"},
+		{"queue", "create", "--app", app, "again"},
+		{"queue", "publish", "--app", app, "again", "--data", "one"},
+		{"queue", "publish", "--app", app, "again", "--data", "two"},
+		{"queue", "delete", "--app", app, "again"},
+		{"queue", "create", "--app", app, "again"},
+	} {
+		if code, out := p.cli("", s...); code != 0 {
+			t.Fatalf("penstock %s: %d %s", strings.Join(s, " "), code, out)
+		}
+	}
+	expiresAt := time.Now().Add(2 * time.Second)
+	c := p.client()
+	base := "/v1/tenants/acme/environments/production/applications/shop/queues/orders"
+	for b := range 40 {
+		var msgs []map[string]string
+		for i := range 100 {
+			msgs = append(msgs, map[string]string{"id": fmt.Sprintf("o-%d-%d", b, i), "data": "x"})
+		}
+		if st, body, err := p.post(c, key, base+"/messages", map[string]any{"messages": msgs}); err != nil || st != 200 {
+			t.Fatalf("publish: %d %v %s", st, err, body)
+		}
+	}
+	nc, err := nats.Connect(p.nats, nats.UserInfo("acme/production", key),
+		nats.Secure(&tls.Config{RootCAs: p.caPool(), ServerName: "localhost"}), nats.MaxReconnects(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.NewWithAPIPrefix(nc, "penstock.js")
+	cons, err := js.Consumer(t.Context(), "Q_shop_orders", "shop")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var acked atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for !nc.IsClosed() {
+			batch, err := cons.Fetch(50, jetstream.FetchMaxWait(time.Second))
+			if err != nil {
+				return
+			}
+			for m := range batch.Messages() {
+				if m.Ack() == nil {
+					acked.Add(1)
+				}
+			}
+		}
+	}()
+	for deadline := time.Now().Add(60 * time.Second); acked.Load() < 500; {
+		if time.Now().After(deadline) {
+			t.Fatalf("the native consumer acknowledged %d messages in 60s", acked.Load())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := p.stop(syscall.SIGTERM); err != nil { // while it acknowledges
+		t.Fatal(err)
+	}
+	nc.Close()
+	<-done
+	time.Sleep(time.Until(expiresAt)) // the short queue's message expires while the server is stopped
+
+	home, addr := p.home, strings.TrimPrefix(p.api, "https://")
+	p = serveEnv(t, dir, fabricEnv, "--listen", addr)
+	p.home = home
+	if st, body := p.get("/readyz"); st != 200 || !strings.Contains(body, `"ready"`) {
+		t.Fatalf("readiness after ordinary restarts: %d %s\n%s", st, body, grepLines(p.logs.String(), "stream damaged"))
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		code, out := p.cli("", "queue", "stats", "--app", app, "short")
+		if code == 0 && strings.Contains(out, `"depth": 0`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the short queue's message did not expire: %s", out)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err := p.stop(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code, out := doctor(t, dir); code != 0 || !strings.Contains(out, "ok: no damage found") {
+		t.Fatalf("doctor: %d\n%s", code, out)
+	}
+	p = serveEnv(t, dir, fabricEnv, "--listen", addr)
+	p.home = home
+	if code, out := p.cli("", "audit", "list", "--action", "platform.stream_damaged"); code != 0 || strings.Contains(out, "stream_damaged") {
+		t.Fatalf("damage was audited: %d\n%s", code, out)
 	}
 }

@@ -110,6 +110,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 	if a.master, err = keyring.LoadMaster(ctx, cfg.DataDir, cfg.Keyring); err != nil {
 		return nil, err
 	}
+	var integ *integrity.Checker
 	eo := engine.Options{DataDir: cfg.DataDir, Config: cfg.Engine, Logger: log.With("component", "engine"),
 		Native: engine.Native{
 			NATSListen: cfg.Fabric.NATSListen, MQTTListen: cfg.Fabric.MQTTListen, WebSocketListen: cfg.Fabric.WebSocketListen,
@@ -117,23 +118,25 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 		}}
 	if cfg.Engine.Embedded() {
 		eo.StoreKey = a.master.StoreKey()
+		// Read before the engine opens: a damaged record is a refusal that changed nothing.
+		if integ, err = integrity.Open(cfg.DataDir, a.master, log.With("component", "integrity")); err != nil {
+			return nil, err
+		}
 	}
 	if a.eng, err = engine.Open(ctx, eo); err != nil {
 		return nil, fmt.Errorf("engine: %w", err)
 	}
 	var damage []integrity.Finding
-	if cfg.Engine.Embedded() {
+	if integ != nil {
 		if err := a.master.StoreOpened(); err != nil {
 			return nil, err
 		}
 		// Before anything writes: compare the store as it opened with what was recorded.
-		if a.integ, err = integrity.Open(cfg.DataDir, a.eng, a.master, log.With("component", "integrity")); err != nil {
-			return nil, err
-		}
-		if _, err := a.integ.Check(ctx); err != nil {
+		integ.Attach(a.eng)
+		if damage, err = integ.Check(ctx); err != nil {
 			return nil, fmt.Errorf("integrity check: %w", err)
 		}
-		damage = a.integ.Findings()
+		a.integ = integ // from here on, a stop records the streams
 	}
 	plat, err := a.eng.Account(ctx, engine.PlatformAccount)
 	if err != nil {
@@ -229,15 +232,10 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 	}
 	reg.MustRegister(a.pipes.Collectors()...)
 	if first || !cfg.Engine.Embedded() { // an external engine holds its own platform, whatever the directory
-		if a.bootstrap, err = a.ident.Bootstrap(ctx); err != nil {
+		// Only the embedded engine's platform is this directory's own: an external one may have
+		// served already, whatever the directory says.
+		if a.bootstrap, err = a.ident.Bootstrap(ctx, first && cfg.Engine.Embedded()); err != nil {
 			return nil, err
-		}
-		if u, ok := a.ident.User("admin"); first && a.bootstrap.IsZero() && ok && u.MustChange && cfg.Engine.Embedded() {
-			// A first start that stopped after making the administrator but before serving:
-			// its password was never used, and maybe never shown.
-			if a.bootstrap, err = a.ident.ResetPassword(ctx, "admin"); err != nil {
-				return nil, err
-			}
 		}
 		crashpoint.Hit("first-start/bootstrapped")
 	}
@@ -439,6 +437,11 @@ func (a *App) closeAll() {
 		a.keys.Close() // background jobs first: they write through the engine
 	}
 	if a.integ != nil {
+		// Native clients keep their connections after the fabric stops taking logins: close
+		// them so their acknowledgements cannot change the counts after they are recorded.
+		if err := a.eng.DisconnectNetwork(); err != nil {
+			a.log.Warn("close native connections", "error", err)
+		}
 		// Every writer has stopped: the next start may expect exactly these counts.
 		if err := a.integ.Mark(context.Background(), true); err != nil {
 			a.log.Warn("integrity record at stop", "error", err)

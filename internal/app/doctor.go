@@ -41,7 +41,8 @@ type DoctorReport struct {
 // Doctor checks a data directory. Stopped, it opens the store as serve does (no listeners, no
 // subsystems), compares every stream with the record and, with Scan, reads every message; a
 // refusal to open (a missing or damaged key file) is its error. Running, it reads the findings
-// the server recorded. It writes nothing unless Accept is set.
+// the server recorded. It changes nothing Penstock records unless Accept is set (opening the
+// engine rewrites the engine's own metadata files, as any start does).
 func Doctor(ctx context.Context, cfg config.Config, o DoctorOptions) (DoctorReport, error) {
 	var rep DoctorReport
 	if !cfg.Engine.Embedded() {
@@ -61,6 +62,11 @@ func Doctor(ctx context.Context, cfg config.Config, o DoctorOptions) (DoctorRepo
 			return rep, errors.New("no store in this directory: nothing to check")
 		}
 	}
+	if _, err := os.Stat(filepath.Join(cfg.DataDir, "jetstream.key")); err == nil {
+		if _, err := os.Stat(filepath.Join(cfg.DataDir, keyring.StoreKeysFile)); err != nil {
+			return rep, errors.New("a directory from before the keyring (a plain jetstream.key): start serve on it once to convert it, then check it")
+		}
+	}
 	lock, err := datadir.Acquire(cfg.DataDir)
 	if err != nil {
 		if o.Accept {
@@ -74,6 +80,10 @@ func Doctor(ctx context.Context, cfg config.Config, o DoctorOptions) (DoctorRepo
 		return rep, err
 	}
 	defer master.Close()
+	chk, err := integrity.Open(cfg.DataDir, master, nil)
+	if err != nil {
+		return rep, err
+	}
 	ecfg := cfg.Engine
 	ecfg.ClientListen = ""
 	eng, err := engine.Open(ctx, engine.Options{DataDir: cfg.DataDir, Config: ecfg, StoreKey: master.StoreKey(),
@@ -82,10 +92,7 @@ func Doctor(ctx context.Context, cfg config.Config, o DoctorOptions) (DoctorRepo
 		return rep, fmt.Errorf("engine: %w", err)
 	}
 	defer eng.Close()
-	chk, err := integrity.Open(cfg.DataDir, eng, master, nil)
-	if err != nil {
-		return rep, err
-	}
+	chk.Attach(eng)
 	now, err := eng.Streams()
 	if err != nil {
 		return rep, err
@@ -121,7 +128,7 @@ func running(ctx context.Context, cfg config.Config) (DoctorReport, error) {
 		return rep, err
 	}
 	defer master.Close()
-	chk, err := integrity.Open(cfg.DataDir, nil, master, nil)
+	chk, err := integrity.Open(cfg.DataDir, master, nil)
 	if err != nil {
 		return rep, err
 	}

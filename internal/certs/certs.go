@@ -155,10 +155,6 @@ func (m *Manager) renewIfDue() {
 }
 
 func (m *Manager) internal() (*tls.Certificate, error) {
-	dir := filepath.Join(m.dataDir, Dir)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("create %s: %w", dir, err)
-	}
 	caCert, caKey, err := m.loadOrCreateCA()
 	if err != nil {
 		return nil, err
@@ -218,14 +214,29 @@ func (m *Manager) loadOrCreateCA() (*x509.Certificate, *ecdsa.PrivateKey, error)
 	if !errors.Is(err, os.ErrNotExist) {
 		return nil, nil, fmt.Errorf("internal CA: %w", err)
 	}
+	// A new CA is made only in a first start, and only when neither half exists: half of one
+	// is a CA that clients may already trust.
+	var present []string
 	for _, f := range []string{caKeyFile, CACertFile} {
-		if _, err := os.Stat(filepath.Join(m.dataDir, f)); err == nil {
+		if _, err := os.Lstat(filepath.Join(m.dataDir, f)); err == nil {
+			present = append(present, f)
+		}
+	}
+	for _, f := range []string{caKeyFile, CACertFile} {
+		if _, err := os.Lstat(filepath.Join(m.dataDir, f)); err == nil {
 			continue
 		}
-		if err := datadir.MayCreate(m.dataDir, f, "the internal CA (tls/ca.crt and tls/ca.key), which every client of this "+
-			"server trusts: a new one would make every client refuse the server"); err != nil {
+		const protects = "the internal CA (tls/ca.crt and tls/ca.key), which every client of this server trusts: " +
+			"a new one would make every client refuse the server"
+		if len(present) > 0 {
+			return nil, nil, &datadir.MissingError{Dir: m.dataDir, File: f, Protects: protects}
+		}
+		if err := datadir.MayCreate(m.dataDir, f, protects); err != nil {
 			return nil, nil, err
 		}
+	}
+	if err := os.MkdirAll(filepath.Join(m.dataDir, Dir), 0o700); err != nil {
+		return nil, nil, fmt.Errorf("create %s: %w", Dir, err)
 	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {

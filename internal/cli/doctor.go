@@ -60,7 +60,7 @@ func printDoctor(w io.Writer, dir string, rep app.DoctorReport, opts app.DoctorO
 		recorded = fmt.Sprintf("%s at %s", kind, stamp(rep.Recorded))
 	}
 	if rep.Running {
-		fmt.Fprintf(w, "%s: a server is running on it; findings it recorded (compared with %s):\n", dir, recorded)
+		fmt.Fprintf(w, "%s: a server is running on it; the findings it has recorded (its latest record: %s):\n", dir, stamp(rep.Recorded))
 	} else {
 		how := "counts compared"
 		if opts.Scan {

@@ -176,6 +176,25 @@ func (e *Engine) Disconnect(id uint64) error {
 	return e.embedded.ns.DisconnectClientByID(id)
 }
 
+// DisconnectNetwork closes every connection that came over the network (native clients and,
+// with engine.client_listen, platform clients); Penstock's own in-process connections stay.
+// With native logins stopped first, nothing they did can change the store after it returns.
+func (e *Engine) DisconnectNetwork() error {
+	if e.embedded == nil {
+		return ErrNotEmbedded
+	}
+	cz, err := e.embedded.ns.Connz(&server.ConnzOptions{Limit: 1 << 20})
+	if err != nil {
+		return err
+	}
+	for _, c := range cz.Conns {
+		if c.IP != "" {
+			_ = e.embedded.ns.DisconnectClientByID(c.Cid)
+		}
+	}
+	return nil
+}
+
 // ConnStat is one open connection's counters.
 type ConnStat struct {
 	ID              uint64

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
@@ -17,6 +18,13 @@ type StreamState struct {
 	First   uint64 `json:"first_seq"`
 	Last    uint64 `json:"last_seq"`
 	Msgs    uint64 `json:"messages"`
+	// Created tells a stream from another of the same name made after it was deleted.
+	Created time.Time `json:"created"`
+	// FirstTime is when the first stored message was written; MaxAge is how long the stream
+	// keeps messages (0: no limit). Messages older than MaxAge leave while the server is
+	// stopped too.
+	FirstTime time.Time     `json:"first_time"`
+	MaxAge    time.Duration `json:"max_age,omitempty"`
 	// Lost are sequences the engine found damaged and dropped while it recovered or read the
 	// stream.
 	Lost []uint64 `json:"lost,omitempty"`
@@ -28,14 +36,18 @@ func (e *Engine) Streams() ([]StreamState, error) {
 	if e.embedded == nil {
 		return nil, ErrNotEmbedded
 	}
-	jsz, err := e.embedded.ns.Jsz(&server.JSzOptions{Accounts: true, Streams: true, Limit: math.MaxInt32})
+	jsz, err := e.embedded.ns.Jsz(&server.JSzOptions{Accounts: true, Streams: true, Config: true, Limit: math.MaxInt32})
 	if err != nil {
 		return nil, fmt.Errorf("engine: list streams: %w", err)
 	}
 	var out []StreamState
 	for _, a := range jsz.AccountDetails {
 		for _, s := range a.Streams {
-			st := StreamState{Account: a.Name, Stream: s.Name, First: s.State.FirstSeq, Last: s.State.LastSeq, Msgs: s.State.Msgs}
+			st := StreamState{Account: a.Name, Stream: s.Name, First: s.State.FirstSeq, Last: s.State.LastSeq, Msgs: s.State.Msgs,
+				Created: s.Created.UTC(), FirstTime: s.State.FirstTime.UTC()}
+			if s.Config != nil {
+				st.MaxAge = s.Config.MaxAge
+			}
 			if s.State.Lost != nil {
 				st.Lost = append(st.Lost, s.State.Lost.Msgs...)
 			}
@@ -51,6 +63,31 @@ type ScanResult struct {
 	// Unreadable is how many messages the engine counts but could not return (damaged
 	// records). Which ones cannot be told apart from deleted ones by reading.
 	Unreadable uint64
+	// Busy: the stream changed during every read, so nothing could be concluded.
+	Busy bool
+}
+
+// readAll counts the messages from first to last that read back, skipping deleted sequences.
+func readAll(ctx context.Context, s jetstream.Stream, first, last uint64) (uint64, error) {
+	var n uint64
+	for seq := first; seq <= last && last > 0; {
+		if err := ctx.Err(); err != nil {
+			return n, err
+		}
+		m, err := s.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(">"))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			break
+		}
+		if err != nil {
+			return n, fmt.Errorf("at %d: %w", seq, err)
+		}
+		if m.Sequence > last {
+			break
+		}
+		n++
+		seq = m.Sequence + 1
+	}
+	return n, nil
 }
 
 // Scan reads every message of the stream once, in sequence order, skipping gaps left by
@@ -67,27 +104,31 @@ func (e *Engine) Scan(ctx context.Context, account, stream string) (ScanResult, 
 	if err != nil {
 		return res, fmt.Errorf("engine: scan %s > %s: %w", account, stream, err)
 	}
-	info := s.CachedInfo()
-	if info.State.Msgs == 0 {
-		return res, nil
-	}
-	seq := info.State.FirstSeq
-	for seq <= info.State.LastSeq {
-		if err := ctx.Err(); err != nil {
-			return res, err
-		}
-		m, err := s.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(">"))
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			break
-		}
+	// A stream that changes while it is read (consumed, overwritten, expired) cannot be
+	// counted exactly: read again, and report nothing unreadable unless one whole read saw
+	// the stream unchanged.
+	for attempt := 0; attempt < 3; attempt++ {
+		before, err := s.Info(ctx)
 		if err != nil {
-			return res, fmt.Errorf("engine: scan %s > %s at %d: %w", account, stream, seq, err)
+			return res, fmt.Errorf("engine: scan %s > %s: %w", account, stream, err)
 		}
-		res.Read++
-		seq = m.Sequence + 1
+		read, err := readAll(ctx, s, before.State.FirstSeq, before.State.LastSeq)
+		if err != nil {
+			return res, fmt.Errorf("engine: scan %s > %s: %w", account, stream, err)
+		}
+		after, err := s.Info(ctx)
+		if err != nil {
+			return res, fmt.Errorf("engine: scan %s > %s: %w", account, stream, err)
+		}
+		b, a := before.State, after.State
+		res.Read = read
+		if b.Msgs == a.Msgs && b.FirstSeq == a.FirstSeq && b.LastSeq == a.LastSeq {
+			if read < b.Msgs {
+				res.Unreadable = b.Msgs - read
+			}
+			return res, nil
+		}
 	}
-	if res.Read < info.State.Msgs {
-		res.Unreadable = info.State.Msgs - res.Read
-	}
+	res.Busy = true
 	return res, nil
 }

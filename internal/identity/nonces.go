@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/penstock/penstock/internal/authz"
+	"github.com/penstock/penstock/internal/crashpoint"
 	"github.com/penstock/penstock/internal/engine"
 	"github.com/penstock/penstock/internal/redact"
 	"github.com/penstock/penstock/internal/signing"
@@ -45,8 +46,16 @@ var _ signing.NonceStore = (*Nonces)(nil)
 
 // Bootstrap creates the first platform administrator, "admin", with a generated password, if
 // the platform has no users. It returns the password to show once (zero if nothing was done);
-// it must be changed, and a second factor enrolled, at first login.
-func (s *Store) Bootstrap(ctx context.Context) (redact.Secret, error) {
+// it must be changed, and a second factor enrolled, at first login. With resume (a first start
+// that stopped before it served, so its password was never used and maybe never shown), an
+// administrator that start made gets its role, if the stop came before it, and a new password.
+func (s *Store) Bootstrap(ctx context.Context, resume bool) (redact.Secret, error) {
+	if u, ok := s.User("admin"); ok && resume && u.MustChange {
+		if _, err := s.Grant(ctx, "user:admin", authz.PlatformAdmin, authz.Platform); err != nil {
+			return redact.Secret{}, err
+		}
+		return s.ResetPassword(ctx, "admin")
+	}
 	if len(s.Users()) > 0 {
 		return redact.Secret{}, nil
 	}
@@ -57,6 +66,7 @@ func (s *Store) Bootstrap(ctx context.Context) (redact.Secret, error) {
 		}
 		return redact.Secret{}, err
 	}
+	crashpoint.Hit("first-start/admin-created")
 	if _, err := s.Grant(ctx, "user:admin", authz.PlatformAdmin, authz.Platform); err != nil {
 		return redact.Secret{}, err
 	}

@@ -61,9 +61,12 @@ type Finding struct {
 func (f Finding) Name() string { return f.Account + " > " + f.Stream }
 
 type mark struct {
-	First uint64 `json:"first"`
-	Last  uint64 `json:"last"`
-	Msgs  uint64 `json:"msgs"`
+	First     uint64        `json:"first"`
+	Last      uint64        `json:"last"`
+	Msgs      uint64        `json:"msgs"`
+	Created   time.Time     `json:"created,omitzero"`
+	FirstTime time.Time     `json:"first_time,omitzero"`
+	MaxAge    time.Duration `json:"max_age,omitempty"`
 }
 
 type record struct {
@@ -86,13 +89,14 @@ type Checker struct {
 	notify   func([]Finding) // new findings, for the audit log and alerts
 }
 
-// Open reads the record of dataDir. A missing record is normal on a first start and for a
-// directory from before it; a damaged one is an error that names the file.
-func Open(dataDir string, eng Engine, seal Sealer, log *slog.Logger) (*Checker, error) {
+// Open reads the record of dataDir; it runs before the engine opens, so a damaged record is a
+// refusal that has changed nothing. A missing record is normal on a first start and for a
+// directory from before it. Attach gives it the engine to check.
+func Open(dataDir string, seal Sealer, log *slog.Logger) (*Checker, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	c := &Checker{dir: dataDir, eng: eng, seal: seal, log: log}
+	c := &Checker{dir: dataDir, seal: seal, log: log}
 	rec, err := c.read()
 	if err != nil {
 		return nil, err
@@ -124,6 +128,9 @@ func (c *Checker) read() (record, error) {
 	return rec, nil
 }
 
+// Attach gives the checker the opened engine.
+func (c *Checker) Attach(eng Engine) { c.eng = eng }
+
 // OnFindings sets what to call with findings as they are made (not those from before).
 func (c *Checker) OnFindings(f func([]Finding)) {
 	c.mu.Lock()
@@ -154,6 +161,16 @@ func (c *Checker) Compare(now []engine.StreamState) []Finding {
 	return compare(rec, now, time.Now().UTC())
 }
 
+// expired is how many of the recorded messages may have left by age since the record: those
+// before the new first sequence, when the oldest recorded message has outlived the stream's
+// max age by now. Expiry only ever takes messages from the front.
+func expired(want mark, got engine.StreamState, at time.Time) uint64 {
+	if want.MaxAge <= 0 || got.First <= want.First || at.Sub(want.FirstTime) < want.MaxAge {
+		return 0
+	}
+	return min(want.Msgs, got.First-want.First)
+}
+
 func compare(rec record, now []engine.StreamState, at time.Time) []Finding {
 	var out []Finding
 	found := map[string]engine.StreamState{}
@@ -174,6 +191,9 @@ func compare(rec record, now []engine.StreamState, at time.Time) []Finding {
 		want := rec.Streams[k]
 		acc, stream := split(k)
 		got, ok := found[k]
+		if ok && !want.Created.IsZero() && !got.Created.Equal(want.Created) {
+			continue // deleted and made again since: a new stream
+		}
 		switch {
 		case !ok && rec.Clean:
 			out = append(out, Finding{Account: acc, Stream: stream, Problem: ProblemMissing, Expected: want.Msgs, Detected: at,
@@ -182,7 +202,7 @@ func compare(rec record, now []engine.StreamState, at time.Time) []Finding {
 		case got.Last < want.Last:
 			out = append(out, Finding{Account: acc, Stream: stream, Problem: ProblemBehind, Expected: want.Last, Found: got.Last, Detected: at,
 				Missing: span(got.Last+1, want.Last), Detail: fmt.Sprintf("last sequence %d, recorded %d: the newest %d message(s) are gone", got.Last, want.Last, want.Last-got.Last)})
-		case rec.Clean && got.Msgs < want.Msgs:
+		case rec.Clean && got.Msgs+expired(want, got, at) < want.Msgs:
 			out = append(out, Finding{Account: acc, Stream: stream, Problem: ProblemFewer, Expected: want.Msgs, Found: got.Msgs, Detected: at,
 				Detail: fmt.Sprintf("%d message(s), recorded %d at the last clean stop: %d missing", got.Msgs, want.Msgs, want.Msgs-got.Msgs)})
 		}
@@ -257,6 +277,9 @@ func (c *Checker) Scan(ctx context.Context) ([]Finding, error) {
 			c.log.Warn("integrity scan", "stream", key(s.Account, s.Stream), "error", err)
 			continue
 		}
+		if res.Busy {
+			c.log.Debug("integrity scan: stream changed during every read", "stream", key(s.Account, s.Stream))
+		}
 		if res.Unreadable > 0 {
 			out = append(out, Finding{Account: s.Account, Stream: s.Stream, Problem: ProblemUnreadable, Expected: s.Msgs, Found: res.Read,
 				Detected: time.Now().UTC(), Detail: fmt.Sprintf("%d of %d counted message(s) do not read back", res.Unreadable, s.Msgs)})
@@ -315,7 +338,8 @@ func (c *Checker) write(now []engine.StreamState, clean bool) error {
 	defer c.mu.Unlock()
 	rec := record{Written: time.Now().UTC(), Clean: clean, Streams: map[string]mark{}, Findings: c.findings}
 	for _, s := range now {
-		rec.Streams[key(s.Account, s.Stream)] = mark{First: s.First, Last: s.Last, Msgs: s.Msgs}
+		rec.Streams[key(s.Account, s.Stream)] = mark{First: s.First, Last: s.Last, Msgs: s.Msgs,
+			Created: s.Created, FirstTime: s.FirstTime, MaxAge: s.MaxAge}
 	}
 	b, err := json.Marshal(rec)
 	if err != nil {
@@ -335,8 +359,13 @@ func (c *Checker) write(now []engine.StreamState, clean bool) error {
 // Run marks the streams every interval and checks a running server's streams against its
 // previous mark, and scans every stream once, until ctx ends.
 func (c *Checker) Run(ctx context.Context, interval time.Duration) {
-	if _, err := c.Scan(ctx); err != nil && ctx.Err() == nil {
+	if found, err := c.Scan(ctx); err != nil && ctx.Err() == nil {
 		c.log.Warn("integrity scan", "error", err)
+	} else if len(found) > 0 {
+		// Kept at once, so doctor on the running directory shows them.
+		if err := c.Mark(ctx, false); err != nil && ctx.Err() == nil {
+			c.log.Warn("integrity record", "error", err)
+		}
 	}
 	t := time.NewTicker(interval)
 	defer t.Stop()

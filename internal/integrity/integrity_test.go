@@ -45,6 +45,16 @@ func TestCompare(t *testing.T) {
 			[]string{"Q_shop_orders behind 5000"}, ""},
 		{"engine lost records", record{}, []engine.StreamState{st("platform", "KV_x", 1, 9, 5, 3, 4, 5, 9)},
 			[]string{"KV_x lost 3-5,9"}, ""},
+		{"clean, expired by age", record{Clean: true, Streams: map[string]mark{"a/Q": {First: 1, Last: 5000, Msgs: 5000, MaxAge: time.Hour, FirstTime: at.Add(-2 * time.Hour)}}},
+			[]engine.StreamState{st("a", "Q", 3001, 5000, 2000)}, nil, ""},
+		{"clean, all expired", record{Clean: true, Streams: map[string]mark{"a/Q": {First: 1, Last: 5000, Msgs: 5000, MaxAge: time.Hour, FirstTime: at.Add(-2 * time.Hour)}}},
+			[]engine.StreamState{st("a", "Q", 5001, 5000, 0)}, nil, ""},
+		{"clean, fewer before anything could expire", record{Clean: true, Streams: map[string]mark{"a/Q": {First: 1, Last: 5000, Msgs: 5000, MaxAge: time.Hour, FirstTime: at.Add(-time.Minute)}}},
+			[]engine.StreamState{st("a", "Q", 3001, 5000, 2000)}, []string{"Q fewer"}, ""},
+		{"clean, expired front but a hole behind it", record{Clean: true, Streams: map[string]mark{"a/Q": {First: 1, Last: 5000, Msgs: 5000, MaxAge: time.Hour, FirstTime: at.Add(-2 * time.Hour)}}},
+			[]engine.StreamState{st("a", "Q", 11, 5000, 3000)}, []string{"Q fewer"}, ""},
+		{"recreated under the same name", record{Clean: true, Streams: map[string]mark{"a/Q": {First: 1, Last: 3, Msgs: 3, Created: at.Add(-time.Hour)}}},
+			[]engine.StreamState{{Account: "a", Stream: "Q", First: 0, Last: 0, Msgs: 0, Created: at}}, nil, ""},
 		{"grown is fine", rec(true), []engine.StreamState{st("acme_production", "Q_shop_orders", 1, 6000, 6000), healthy[1]}, nil, ""},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -91,7 +101,7 @@ func TestFindingsPersistUntilAccepted(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	c, err := Open(dir, st.Engine, st.Master, nil)
+	c, err := openAttached(t, dir, st)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,7 +114,7 @@ func TestFindingsPersistUntilAccepted(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	c, err = Open(dir, st.Engine, st.Master, nil)
+	c, err = openAttached(t, dir, st)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,14 +124,14 @@ func TestFindingsPersistUntilAccepted(t *testing.T) {
 	if err != nil || len(found) != 1 || found[0].Problem != ProblemFewer || found[0].Expected != 10 || found[0].Found != 6 || len(notified) != 1 {
 		t.Fatalf("check: %v %+v notified %d", err, found, len(notified))
 	}
-	c, _ = Open(dir, st.Engine, st.Master, nil)
+	c, _ = openAttached(t, dir, st)
 	if f := c.Findings(); len(f) != 1 || f[0].Name() != "acme_production > Q" {
 		t.Fatalf("after a restart: %+v", f)
 	}
 	if n, err := c.Accept(ctx); n != 1 || err != nil {
 		t.Fatalf("accept: %d %v", n, err)
 	}
-	c, _ = Open(dir, st.Engine, st.Master, nil)
+	c, _ = openAttached(t, dir, st)
 	if f := c.Findings(); len(f) != 0 {
 		t.Fatalf("after accept: %+v", f)
 	}
@@ -131,7 +141,17 @@ func TestFindingsPersistUntilAccepted(t *testing.T) {
 	b, _ := os.ReadFile(filepath.Join(dir, File))
 	b[len(b)/2] ^= 1
 	os.WriteFile(filepath.Join(dir, File), b, 0o600)
-	if _, err := Open(dir, st.Engine, st.Master, nil); err == nil || !strings.Contains(err.Error(), File) {
+	if _, err := openAttached(t, dir, st); err == nil || !strings.Contains(err.Error(), File) {
 		t.Fatalf("damaged record: %v", err)
 	}
+}
+
+func openAttached(t *testing.T, dir string, st *keyringtest.Stack) (*Checker, error) {
+	t.Helper()
+	c, err := Open(dir, st.Master, nil)
+	if err != nil {
+		return nil, err
+	}
+	c.Attach(st.Engine)
+	return c, nil
 }

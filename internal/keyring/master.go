@@ -145,9 +145,13 @@ func loadMasters(ctx context.Context, dataDir string, cfg config.Keyring) (*mast
 }
 
 func (ms *masters) loadFile() error {
+	const protects = "the master key, which wraps every data key and the engine's store key: without it nothing in the directory can be read"
 	load := func() (redact.Secret, error) {
-		return datadir.LoadKey(ms.dataDir, MasterKeyFile, "the master key, which wraps every data key and the engine's store key: "+
-			"without it nothing in the directory can be read")
+		if missing(filepath.Join(ms.dataDir, MasterKeyFile)) && !missing(filepath.Join(ms.dataDir, StoreKeysFile)) {
+			// Something is sealed by a master key already, even in an unfinished first start.
+			return redact.Secret{}, &datadir.MissingError{Dir: ms.dataDir, File: MasterKeyFile, Protects: protects}
+		}
+		return datadir.LoadKey(ms.dataDir, MasterKeyFile, protects)
 	}
 	if preKeyring(ms.dataDir) {
 		// Nothing in a directory from before the keyring was ever sealed by a master key.
@@ -175,6 +179,12 @@ func (ms *masters) loadFile() error {
 		ms.previous, ms.current, ms.fileRotation = ms.current, nm, true
 	}
 	return nil
+}
+
+// missing reports whether nothing, not even a dangling link, is at path.
+func missing(path string) bool {
+	_, err := os.Lstat(path)
+	return errors.Is(err, os.ErrNotExist)
 }
 
 // preKeyring reports whether dataDir is from before the keyring: a plain store key, and no

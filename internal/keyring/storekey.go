@@ -101,6 +101,10 @@ func loadStoreKeys(ctx context.Context, dataDir string, ms *masters) (*storeKeys
 				return nil, err
 			}
 		} else {
+			if !missing(filepath.Join(dataDir, "jetstream")) {
+				// The engine has written a store: this key is what it was written with.
+				return nil, &datadir.MissingError{Dir: dataDir, File: StoreKeysFile, Protects: storeKeysProtects}
+			}
 			if err := datadir.MayCreate(dataDir, StoreKeysFile, storeKeysProtects); err != nil {
 				return nil, err
 			}

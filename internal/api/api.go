@@ -73,7 +73,11 @@ func Handler(o Options) (http.Handler, []Route) {
 	}
 	hapi := humago.New(mux, cfg)
 
-	g := gate{o: o, reg: &routes{}}
+	g := gate{o: o, reg: &routes{}, auditFailures: prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "penstock_audit_write_failures_total",
+		Help: "Audit events the log could not take (a refused change, or an unrecorded outcome or denial): alert on any.",
+	})}
+	o.Registry.MustRegister(g.auditFailures)
 	registerHealth(g, hapi, o)
 	registerKeys(g, hapi, o)
 	registerSecrets(g, hapi, o)

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"net/http"
 	"net/netip"
+	"strconv"
 
 	"github.com/danielgtaylor/huma/v2"
 
@@ -57,18 +58,58 @@ func withRequest(next http.Handler) http.Handler {
 
 func (c *caller) actor() string { return c.principal.Kind + ":" + c.principal.Name }
 
-func (g gate) event(ctx context.Context, actor string, r Route, sc authz.Scope) audit.Event {
+func (g gate) event(ctx context.Context, c *caller, r Route, sc authz.Scope) audit.Event {
 	ri := requestFrom(ctx)
-	return audit.Event{Actor: actor, Tenant: sc.Tenant, Environment: sc.Environment, Application: sc.Application,
+	at, own := g.auditScope(c, sc)
+	e := audit.Event{Actor: c.actor(), Tenant: at.Tenant, Environment: at.Environment, Application: at.Application,
 		Action: string(r.Action), Target: ri.path, Source: ri.source, RequestID: ri.id,
 		Details: map[string]string{"operation": r.OperationID}}
+	if !own {
+		e.Details["requested_scope"] = clip(strconv.Quote(sc.String()), 200)
+	}
+	return e
+}
+
+// auditScope is where an event about sc is recorded: sc itself when its names are valid and
+// its tenant exists (or it is the platform); otherwise the caller's own tenant, or the
+// platform. A request can never start an audit chain, so chains are bounded by the tenants
+// that exist, and a chain's name is never a string a caller chose.
+func (g gate) auditScope(c *caller, sc authz.Scope) (authz.Scope, bool) {
+	if sc.Validate() == nil {
+		if _, ok := g.o.Identity.Tenant(sc.Tenant); ok || sc.Tenant == "" {
+			return sc, true
+		}
+	}
+	home := ""
+	for _, b := range c.principal.Bindings {
+		switch {
+		case b.Scope.Tenant == "":
+			return authz.Platform, false
+		case home == "":
+			home = b.Scope.Tenant
+		case home != b.Scope.Tenant:
+			return authz.Platform, false
+		}
+	}
+	if _, ok := g.o.Identity.Tenant(home); ok {
+		return authz.Scope{Tenant: home}, false
+	}
+	return authz.Platform, false
+}
+
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
 }
 
 // started records that a change is about to happen; its error, if any, is the answer.
-func (g gate) started(ctx context.Context, actor string, r Route, sc authz.Scope) error {
-	e := g.event(ctx, actor, r, sc)
+func (g gate) started(ctx context.Context, c *caller, r Route, sc authz.Scope) error {
+	e := g.event(ctx, c, r, sc)
 	e.Result = "started"
 	if _, err := g.o.Audit.Append(ctx, e); err != nil {
+		g.auditFailed()
 		g.o.Logger.Error("audit log unavailable: refusing the change", "operation", r.OperationID, "error", err)
 		return NewError(http.StatusServiceUnavailable, "audit.unavailable", "the audit log cannot be written, so the change was not made")
 	}
@@ -76,21 +117,29 @@ func (g gate) started(ctx context.Context, actor string, r Route, sc authz.Scope
 }
 
 // record writes the outcome of an action (ok, denied or error with its code).
-func (g gate) record(ctx context.Context, actor string, r Route, sc authz.Scope, err error) {
-	e := g.event(ctx, actor, r, sc)
+func (g gate) record(ctx context.Context, c *caller, r Route, sc authz.Scope, err error) {
+	e := g.event(ctx, c, r, sc)
 	e.Result = audit.ResultOK
 	var apiErr *Error
 	if err != nil {
 		e.Result, e.Code = audit.ResultError, "internal"
 		if errors.As(err, &apiErr) {
 			e.Code = apiErr.Code
-			if apiErr.Status == http.StatusForbidden || apiErr.Status == http.StatusNotFound && apiErr.Code == "not_found" {
+			if apiErr.Status == http.StatusForbidden || apiErr.Status == http.StatusNotFound && apiErr.Code == "not_found" ||
+				apiErr.Code == "name.invalid" {
 				e.Result = audit.ResultDenied
 			}
 		}
 	}
 	if _, aerr := g.o.Audit.Append(ctx, e); aerr != nil {
+		g.auditFailed()
 		g.o.Logger.Error("audit log: outcome not written", "operation", r.OperationID, "error", aerr)
+	}
+}
+
+func (g gate) auditFailed() {
+	if g.auditFailures != nil {
+		g.auditFailures.Inc()
 	}
 }
 

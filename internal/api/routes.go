@@ -7,6 +7,7 @@ import (
 	"sort"
 
 	"github.com/danielgtaylor/huma/v2"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/penstock/penstock/internal/authz"
 	"github.com/penstock/penstock/internal/identity"
@@ -36,6 +37,8 @@ type routes struct{ list []Route }
 type gate struct {
 	o   Options
 	reg *routes
+	// auditFailures counts outcomes the audit log could not take: each is an alert.
+	auditFailures prometheus.Counter
 }
 
 // register adds an operation whose calls need action on the scope resource derives from the
@@ -65,14 +68,20 @@ func register[I, O any](g gate, hapi huma.API, r Route, op huma.Operation, resou
 			if c.restricted == "password" {
 				err = NewError(http.StatusForbidden, "auth.password_change_required", "change your password first (POST /v1/auth/password)")
 			}
-			g.record(ctx, c.actor(), r, authz.Platform, err)
+			g.record(ctx, c, r, authz.Platform, err)
 			return nil, err
 		}
 		sc := authz.Platform
 		if !r.Listing && !r.AccountSetup {
 			sc = resource(in)
+			// Every name a request gives is checked here, once, before it names anything.
+			if err := sc.Validate(); err != nil {
+				err := NewError(http.StatusBadRequest, "name.invalid", err.Error())
+				g.record(ctx, c, r, sc, err)
+				return nil, err
+			}
 			if err := g.authorize(c, r.Action, sc); err != nil {
-				g.record(ctx, c.actor(), r, sc, err)
+				g.record(ctx, c, r, sc, err)
 				return nil, err
 			}
 		}
@@ -81,11 +90,11 @@ func register[I, O any](g gate, hapi huma.API, r Route, op huma.Operation, resou
 		}
 		// A change is audited before and after: if its first event cannot be written, it does
 		// not happen.
-		if err := g.started(ctx, c.actor(), r, sc); err != nil {
+		if err := g.started(ctx, c, r, sc); err != nil {
 			return nil, err
 		}
 		out, err := h(ctx, c, in)
-		g.record(ctx, c.actor(), r, sc, err)
+		g.record(ctx, c, r, sc, err)
 		return out, err
 	})
 }

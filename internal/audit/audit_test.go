@@ -60,7 +60,7 @@ func TestChainsVerifyAndSurviveRestarts(t *testing.T) {
 	}
 	appendN(t, l, 10)
 	rep, err := l.VerifyAll(ctx)
-	if err != nil || !rep.OK || rep.Events != 30 || rep.Chains != 3 || rep.Checkpoints != 1 {
+	if err != nil || !rep.OK || rep.Events != 30 || rep.Chains != 3 || rep.Checkpoints != 3 { // one checkpoint per chain
 		t.Fatalf("report %+v, %v", rep, err)
 	}
 	// A second writer (another node) continues the same chains.
@@ -129,7 +129,7 @@ func TestVerifyFindsEveryTampering(t *testing.T) {
 	cases := []struct {
 		name   string
 		edit   func([]Record) []Record
-		anchor *Checkpoint
+		anchor Anchors
 		want   string
 	}{
 		{"field changed", func(rs []Record) []Record {
@@ -330,8 +330,8 @@ func TestAnchorOnlyMovesForward(t *testing.T) {
 	appendN(t, l, 3)
 	l.Checkpoint(ctx)
 	second, _ := l.Anchor(ctx)
-	if second.Seq <= first.Seq {
-		t.Fatalf("anchor did not advance: %d then %d", first.Seq, second.Seq)
+	if newest(second) <= newest(first) {
+		t.Fatalf("anchor did not advance: %d then %d", newest(first), newest(second))
 	}
 	// Cut the log back to the first checkpoint, as if its tail were removed, with the anchor
 	// left in place: verify says truncated.
@@ -339,11 +339,76 @@ func TestAnchorOnlyMovesForward(t *testing.T) {
 	var cut []Record
 	for _, r := range recs {
 		cut = append(cut, r)
-		if r.Checkpoint != nil && r.Checkpoint.Seq == first.Seq {
+		if r.Checkpoint != nil && r.Checkpoint.Seq == newest(first) {
 			break
 		}
 	}
 	if rep := Verify(cut, l.PublicKey(), second); rep.OK || rep.Break.Kind != Truncated {
 		t.Fatalf("cut-back log: %+v", rep)
+	}
+}
+
+// newest is the sequence of the newest kept checkpoint.
+func newest(a Anchors) uint64 {
+	var n uint64
+	for _, c := range a {
+		n = max(n, c.Seq)
+	}
+	return n
+}
+
+// Checkpoints stay small however many tenants there are: each signs one chain's head. A
+// tenant's export holds nothing of another tenant, not even its name, and still verifies.
+func TestCheckpointsPerChain(t *testing.T) {
+	l, _ := openLog(t)
+	for i := range 300 {
+		if _, err := l.Append(ctx, Event{Actor: "user:a", Tenant: fmt.Sprintf("tenant-%03d", i), Action: "x.y", Result: ResultOK}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	appendN(t, l, 12)
+	if err := l.Checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, r := range records(t, l) {
+		if c := r.Checkpoint; c != nil {
+			n++
+			if b, _ := json.Marshal(c); len(c.Heads) != 1 || len(b) > 512 {
+				t.Fatalf("checkpoint of %d heads, %d bytes", len(c.Heads), len(b))
+			}
+		}
+	}
+	if n < 300 {
+		t.Fatalf("%d checkpoints for 300 tenants", n)
+	}
+	// Nothing changed: a second checkpoint writes nothing.
+	before := len(records(t, l))
+	if err := l.Checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if after := len(records(t, l)); after != before {
+		t.Fatalf("a checkpoint with nothing new wrote %d records", after-before)
+	}
+	var buf bytes.Buffer
+	if err := l.Export(ctx, &buf, "acme", time.Time{}, time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, other := range []string{"globex", "tenant-0", `"platform"`} {
+		if strings.Contains(buf.String(), other) {
+			t.Fatalf("acme's export names %s:\n%s", other, buf.String())
+		}
+	}
+	if rep, err := VerifyExportFile(bytes.NewReader(buf.Bytes()), l.PublicKey()); err != nil || !rep.OK || rep.Chains != 1 {
+		t.Fatalf("acme's export: %+v %v", rep, err)
+	}
+	if rep, err := l.VerifyAll(ctx); err != nil || !rep.OK {
+		t.Fatalf("verify: %+v %v", rep, err)
+	}
+	// A chain is never named by an unchecked string.
+	for _, bad := range []string{">", "*", "a.b", "a b", "A", strings.Repeat("x", 64)} {
+		if _, err := l.Append(ctx, Event{Actor: "user:a", Tenant: bad, Action: "x.y", Result: ResultDenied}); err == nil {
+			t.Fatalf("an event for tenant %q was appended", bad)
+		}
 	}
 }

@@ -35,7 +35,19 @@ func (l *Log) Export(ctx context.Context, w io.Writer, tenant string, since, unt
 	in := func(t time.Time) bool {
 		return (since.IsZero() || !t.Before(since)) && (until.IsZero() || t.Before(until))
 	}
+	// A tenant's export holds its own chain's checkpoints only: nothing of another tenant,
+	// not even its name.
+	mine := func(c *Checkpoint) bool {
+		if tenant == "" {
+			return true
+		}
+		_, ok := c.Heads[tenant]
+		return ok && len(c.Heads) == 1
+	}
 	err := l.Records(ctx, 1, func(r Record) bool {
+		if r.Checkpoint != nil && !mine(r.Checkpoint) {
+			return true
+		}
 		if r.Checkpoint != nil && !until.IsZero() && !r.Checkpoint.Time.Before(until) {
 			// The first checkpoint after the range: it covers the range's last events.
 			recs = append(recs, r)

@@ -21,6 +21,7 @@ import (
 
 	"github.com/penstock/penstock/internal/engine"
 	"github.com/penstock/penstock/internal/keyring"
+	"github.com/penstock/penstock/internal/names"
 )
 
 // Stream holds the audit log; it denies delete and purge.
@@ -49,7 +50,8 @@ type Log struct {
 
 	mu      sync.Mutex
 	heads   map[string]head
-	pending int // events since the last checkpoint
+	checked map[string]Head // per chain, the head its latest checkpoint signed
+	pending int             // events since the last checkpoint
 }
 
 type head struct {
@@ -99,7 +101,8 @@ func Open(ctx context.Context, o Options) (*Log, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Log{js: o.Platform.JetStream(), stream: st, state: kv, key: key, log: o.Logger, now: o.Now, heads: map[string]head{}}, nil
+	return &Log{js: o.Platform.JetStream(), stream: st, state: kv, key: key, log: o.Logger, now: o.Now,
+		heads: map[string]head{}, checked: map[string]Head{}}, nil
 }
 
 var platformScope = keyring.Scope{Tenant: "platform"}
@@ -133,6 +136,10 @@ func (l *Log) PublicKey() ed25519.PublicKey { return l.key.Public().(ed25519.Pub
 // stream (fsynced with the engine's default); when it fails, the action it records must fail.
 // Concurrent appenders on other nodes are serialised by the stream's per-subject sequence check.
 func (l *Log) Append(ctx context.Context, e Event) (Event, error) {
+	if e.Tenant != "" && !names.Valid(e.Tenant, "-") {
+		// A chain's name becomes a subject: it is never a string that was not checked.
+		return Event{}, fmt.Errorf("%w: tenant %q is not a valid name", ErrUnavailable, e.Tenant)
+	}
 	if e.Chain = e.Tenant; e.Chain == "" {
 		e.Chain = PlatformChain
 	}
@@ -194,8 +201,10 @@ func (l *Log) headLocked(ctx context.Context, chain string) (head, error) {
 	return h, nil
 }
 
-// Checkpoint writes a signed checkpoint of every chain head this process knows, to the stream
-// and to the state bucket (the anchor Verify checks the stream's tail against).
+// Checkpoint writes a signed checkpoint for every chain whose head moved since its last one,
+// to the stream and to the state bucket (the anchors Verify checks the stream against). Each
+// checkpoint signs one chain's head: its size does not grow with the number of tenants, and
+// a tenant's export carries its own checkpoints and nobody else's.
 func (l *Log) Checkpoint(ctx context.Context) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -203,7 +212,7 @@ func (l *Log) Checkpoint(ctx context.Context) error {
 }
 
 func (l *Log) checkpointLocked(ctx context.Context) error {
-	// Bring every chain of the stream in, so the checkpoint covers chains other nodes wrote.
+	// Bring every chain of the stream in, so the checkpoints cover chains other nodes wrote.
 	info, err := l.stream.Info(ctx, jetstream.WithSubjectFilter(chainSubject+">"))
 	if err != nil {
 		return err
@@ -215,12 +224,40 @@ func (l *Log) checkpointLocked(ctx context.Context) error {
 			return err
 		}
 	}
-	c := Checkpoint{Time: l.now().UTC(), Heads: map[string]Head{}}
-	for chain, h := range l.heads {
-		if h.Index > 0 {
-			c.Heads[chain] = h.Head
+	chains := make([]string, 0, len(l.heads))
+	for chain := range l.heads {
+		chains = append(chains, chain)
+	}
+	sort.Strings(chains)
+	for _, chain := range chains {
+		h := l.heads[chain].Head
+		if h.Index == 0 {
+			continue
+		}
+		last, ok := l.checked[chain]
+		if !ok {
+			a, err := l.anchor(ctx, chain)
+			if err != nil {
+				return fmt.Errorf("%w: %v", ErrUnavailable, err)
+			}
+			if a != nil {
+				last = a.Heads[chain]
+			}
+		}
+		if last == h {
+			continue
+		}
+		if err := l.checkpointChain(ctx, chain, h); err != nil {
+			return err
 		}
 	}
+	l.pending = 0
+	return nil
+}
+
+// checkpointChain signs one chain's head, appends it and moves the chain's anchor to it.
+func (l *Log) checkpointChain(ctx context.Context, chain string, h Head) error {
+	c := Checkpoint{Time: l.now().UTC(), Heads: map[string]Head{chain: h}}
 	c.Signature = ed25519.Sign(l.key, c.signed())
 	b, _ := json.Marshal(c)
 	ack, err := l.js.Publish(ctx, checkpointSubject, b)
@@ -230,8 +267,9 @@ func (l *Log) checkpointLocked(ctx context.Context) error {
 	c.Seq = ack.Sequence
 	// The anchor only moves forward: another node's newer checkpoint is kept, and an older
 	// one is never written back over it.
+	key := anchorKey + "." + chain
 	for attempt := 0; attempt < 5; attempt++ {
-		cur, err := l.state.Get(ctx, anchorKey)
+		cur, err := l.state.Get(ctx, key)
 		var rev uint64
 		if err == nil {
 			var prev Checkpoint
@@ -244,21 +282,48 @@ func (l *Log) checkpointLocked(ctx context.Context) error {
 		}
 		b, _ = json.Marshal(c)
 		if rev == 0 {
-			_, err = l.state.Create(ctx, anchorKey, b)
+			_, err = l.state.Create(ctx, key, b)
 		} else {
-			_, err = l.state.Update(ctx, anchorKey, b, rev)
+			_, err = l.state.Update(ctx, key, b, rev)
 		}
 		if err == nil {
 			break
 		}
 	}
-	l.pending = 0
+	l.checked[chain] = h
 	return nil
 }
 
-// Anchor is the latest checkpoint as kept outside the stream, or nil before the first.
-func (l *Log) Anchor(ctx context.Context) (*Checkpoint, error) {
-	e, err := l.state.Get(ctx, anchorKey)
+// Anchors are the latest checkpoints as kept outside the stream: one per chain (key
+// "checkpoint.<chain>"), and the single one of every head that logs written before per-chain
+// checkpoints kept (key "checkpoint").
+type Anchors map[string]*Checkpoint
+
+// Anchor reads the kept checkpoints.
+func (l *Log) Anchor(ctx context.Context) (Anchors, error) {
+	out := Anchors{}
+	lister, err := l.state.ListKeysFiltered(ctx, anchorKey, anchorKey+".*")
+	if err != nil {
+		return nil, err
+	}
+	for key := range lister.Keys() {
+		c, err := l.anchorKey(ctx, key)
+		if err != nil {
+			return nil, err
+		}
+		if c != nil {
+			out[key] = c
+		}
+	}
+	return out, nil
+}
+
+func (l *Log) anchor(ctx context.Context, chain string) (*Checkpoint, error) {
+	return l.anchorKey(ctx, anchorKey+"."+chain)
+}
+
+func (l *Log) anchorKey(ctx context.Context, key string) (*Checkpoint, error) {
+	e, err := l.state.Get(ctx, key)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil, nil
 	}
@@ -267,7 +332,7 @@ func (l *Log) Anchor(ctx context.Context) (*Checkpoint, error) {
 	}
 	var c Checkpoint
 	if err := json.Unmarshal(e.Value(), &c); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("kept checkpoint %s: %w", key, err)
 	}
 	return &c, nil
 }

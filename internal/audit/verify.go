@@ -3,6 +3,7 @@ package audit
 import (
 	"crypto/ed25519"
 	"fmt"
+	"sort"
 	"time"
 )
 
@@ -38,19 +39,21 @@ type Break struct {
 // hash and its link to the previous event of its chain, and every checkpoint's signature and
 // heads. It is a pure function, so an export verifies on its own with the public key.
 //
-// anchor, if given, is the latest checkpoint as kept outside the stream: a log whose chains end
-// before it was cut back (its tail, checkpoints included, removed).
-func Verify(records []Record, pub ed25519.PublicKey, anchor *Checkpoint) Report {
-	return verify(records, pub, anchor, nil, false)
+// anchors, if given, are the latest checkpoints as kept outside the stream: a log whose chains
+// end before them, or whose last checkpoint of a chain is not the kept one, was cut back (its
+// tail, checkpoints included, removed).
+func Verify(records []Record, pub ed25519.PublicKey, anchors Anchors) Report {
+	return verify(records, pub, anchors, nil, false)
 }
 
 // VerifyExpired is Verify for a log whose oldest records have expired (the stream no longer
 // starts at sequence 1). Expiry removes a prefix of the log; the records before its first
 // remaining checkpoint form a partial segment whose chains may begin mid-way. From that
-// checkpoint on, every chain must be whole: an event missing after it is a deletion, not
-// expiry. Penstock checkpoints at least hourly, so the partial segment spans at most an hour.
-func VerifyExpired(records []Record, pub ed25519.PublicKey, anchor *Checkpoint) Report {
-	return verify(records, pub, anchor, nil, true)
+// checkpoint on, every chain must be whole once its own first checkpoint has passed: an event
+// missing after it is a deletion, not expiry. Penstock checkpoints every chain that changed at
+// least hourly, so the partial segment spans at most an hour.
+func VerifyExpired(records []Record, pub ed25519.PublicKey, anchors Anchors) Report {
+	return verify(records, pub, anchors, nil, true)
 }
 
 // VerifyExport verifies part of the log on its own: each chain may begin where the export's
@@ -60,8 +63,10 @@ func VerifyExport(records []Record, pub ed25519.PublicKey, starts map[string]Hea
 	return verify(records, pub, nil, starts, false)
 }
 
-func verify(records []Record, pub ed25519.PublicKey, anchor *Checkpoint, starts map[string]Head, expired bool) Report {
+func verify(records []Record, pub ed25519.PublicKey, anchors Anchors, starts map[string]Head, expired bool) Report {
 	partial := expired // still in the partial segment expiry left, before the first checkpoint
+	// Per chain, the last checkpoint that signed its head.
+	lastOf := map[string]*Checkpoint{}
 	// The hash of every (chain, index) seen, so checkpoints are compared wherever they point.
 	hashes := map[string]map[uint64]string{}
 	seen := func(chain string, index uint64) (string, bool) {
@@ -118,7 +123,6 @@ func verify(records []Record, pub ed25519.PublicKey, anchor *Checkpoint, starts 
 		rep.Chains = len(chains)
 		return rep
 	}
-	var lastCheckpoint *Checkpoint
 	for _, r := range records {
 		if r.Malformed != 0 {
 			return fail(Modified, r.Malformed, "", 0, "stored record is not as written (bad or extra fields, or the wrong chain)")
@@ -132,7 +136,9 @@ func verify(records []Record, pub ed25519.PublicKey, anchor *Checkpoint, starts 
 				if starts != nil && st == nil {
 					continue // a chain this export does not hold
 				}
-				if partial && st == nil {
+				// Expiry may have left this chain begun mid-way until its first checkpoint.
+				resumes := expired && lastOf[chain] == nil
+				if resumes && st == nil {
 					// Every event of this chain before the checkpoint expired: it resumes here.
 					st = &state{index: h.Index, hash: h.Hash}
 					chains[chain] = st
@@ -142,13 +148,13 @@ func verify(records []Record, pub ed25519.PublicKey, anchor *Checkpoint, starts 
 					// The checkpoint names events not seen before it: they were removed.
 					return fail(Deleted, c.Seq, chain, h.Index, "checkpoint records %s at %d, the log has it at %d", chain, h.Index, indexOf(st))
 				}
-				if got, ok := seen(chain, h.Index); ok && got != h.Hash || !ok && !partial {
+				if got, ok := seen(chain, h.Index); ok && got != h.Hash || !ok && !resumes {
 					return fail(Modified, c.Seq, chain, h.Index, "the event the checkpoint signed at %s/%d is not the log's", chain, h.Index)
 				}
+				lastOf[chain] = c
 			}
 			rep.Checkpoints++
 			partial = false
-			lastCheckpoint = c
 			continue
 		}
 		e := r.Event
@@ -161,7 +167,7 @@ func verify(records []Record, pub ed25519.PublicKey, anchor *Checkpoint, starts 
 		st := chains[e.Chain]
 		if st == nil {
 			st = &state{}
-			if partial {
+			if partial || expired && lastOf[e.Chain] == nil {
 				// The chain's earlier events expired: it begins where its first remaining event says.
 				st = &state{index: e.Index - 1, hash: e.Prev}
 			}
@@ -181,9 +187,15 @@ func verify(records []Record, pub ed25519.PublicKey, anchor *Checkpoint, starts 
 			return fail(Inserted, e.Seq, e.Chain, e.Index, "event does not continue chain %s after index %d", e.Chain, st.index)
 		}
 	}
-	if c := anchor; c != nil {
+	keys := make([]string, 0, len(anchors))
+	for k := range anchors {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		c := anchors[k]
 		if !ed25519.Verify(pub, c.signed(), c.Signature) {
-			return fail(Forged, 0, "", 0, "the kept checkpoint's signature does not verify")
+			return fail(Forged, 0, "", 0, "the kept checkpoint %s's signature does not verify", k)
 		}
 		for chain, h := range c.Heads {
 			st := chains[chain]
@@ -193,9 +205,15 @@ func verify(records []Record, pub ed25519.PublicKey, anchor *Checkpoint, starts 
 			if got, ok := seen(chain, h.Index); !ok || got != h.Hash {
 				return fail(Modified, 0, chain, h.Index, "the event the kept checkpoint signed at %s/%d is not the log's", chain, h.Index)
 			}
-		}
-		if lastCheckpoint == nil || lastCheckpoint.Seq != c.Seq {
-			return fail(Truncated, 0, "", 0, "the log's last checkpoint is not the kept one (sequence %d)", c.Seq)
+			last := lastOf[chain]
+			switch {
+			case last == nil || last.Seq < c.Seq:
+				return fail(Truncated, 0, chain, h.Index, "the log's last checkpoint of chain %s is not the kept one (sequence %d)", chain, c.Seq)
+			case len(c.Heads) == 1 && last.Seq != c.Seq:
+				// A chain's kept checkpoint is its newest: one after it in the log was never
+				// kept, or the kept one was rolled back.
+				return fail(Truncated, 0, chain, h.Index, "chain %s's last checkpoint (sequence %d) is not the kept one (sequence %d)", chain, last.Seq, c.Seq)
+			}
 		}
 	}
 	if starts != nil {
@@ -206,10 +224,8 @@ func verify(records []Record, pub ed25519.PublicKey, anchor *Checkpoint, starts 
 				continue // no events of this chain in the export
 			}
 			covered := false
-			if lastCheckpoint != nil {
-				if h, ok := lastCheckpoint.Heads[chain]; ok && h.Index >= st.index {
-					covered = true
-				}
+			if last := lastOf[chain]; last != nil && last.Heads[chain].Index >= st.index {
+				covered = true
 			}
 			if !covered {
 				return fail(Truncated, 0, chain, st.index, "no signed checkpoint in the export covers chain %s up to %d", chain, st.index)

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+
+	"github.com/penstock/penstock/internal/names"
 )
 
 // Action is something a principal does to a resource.
@@ -117,6 +119,11 @@ func ParseScope(s string) (Scope, error) {
 	if len(parts) > 3 || slices.Contains(parts, "") {
 		return Scope{}, fmt.Errorf("scope %q: platform, tenant, tenant/environment or tenant/environment/application", s)
 	}
+	for _, p := range parts {
+		if !names.Valid(p, "-") {
+			return Scope{}, fmt.Errorf("scope %q: each part must be 1-%d of a-z, 0-9 and -, starting with a letter or digit", s, names.MaxLen)
+		}
+	}
 	sc := Scope{Tenant: parts[0]}
 	if len(parts) > 1 {
 		sc.Environment = parts[1]
@@ -139,6 +146,23 @@ func (s Scope) String() string {
 		}
 	}
 	return out
+}
+
+// Validate checks every part of a scope made from request input against the naming rule, so
+// nothing downstream (an audit chain, a subject, a key) is named by an unchecked string.
+func (s Scope) Validate() error {
+	for _, p := range []struct{ kind, v string }{{"tenant", s.Tenant}, {"environment", s.Environment}, {"application", s.Application}} {
+		if p.v != "" {
+			if err := names.Check(p.kind, p.v); err != nil {
+				return err
+			}
+		}
+	}
+	switch {
+	case s.Tenant == "" && (s.Environment != "" || s.Application != ""), s.Environment == "" && s.Application != "":
+		return fmt.Errorf("scope %s: a part is missing", s)
+	}
+	return nil
 }
 
 // MarshalText writes the scope as people do: platform, acme, acme/production, ...

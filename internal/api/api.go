@@ -110,7 +110,7 @@ func Handler(o Options) (http.Handler, []Route) {
 			public[r.Method+" "+r.Path] = true
 		}
 	}
-	var h http.Handler = jsonMuxErrors(mux)
+	var h http.Handler = strictJSONText(jsonMuxErrors(mux))
 	h = authenticate(h, o, mux, public)
 	h = withRequest(h)
 	h = observe(h, o.Logger, requests, latency)

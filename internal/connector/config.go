@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -103,6 +104,9 @@ func decodeStruct(path string, cfg map[string]any, v reflect.Value, refs *Refs) 
 }
 
 func checkTags(p string, f reflect.StructField, fv reflect.Value, refs *Refs) error {
+	if err := checkMax(p, f, fv); err != nil {
+		return err
+	}
 	if enum := f.Tag.Get("enum"); enum != "" && fv.Kind() == reflect.String {
 		if !slices.Contains(strings.Split(enum, ","), fv.String()) {
 			return fmt.Errorf("%s: %q is not one of %s", p, fv.String(), strings.ReplaceAll(enum, ",", ", "))
@@ -127,6 +131,69 @@ func checkTags(p string, f reflect.StructField, fv reflect.Value, refs *Refs) er
 }
 
 var durationType = reflect.TypeFor[time.Duration]()
+
+// checkMax applies a field's `max` tag: every duration and number of a connector's
+// configuration is bounded (TestEveryNumberIsBounded), and a value beyond it is refused with
+// its field path.
+func checkMax(p string, f reflect.StructField, fv reflect.Value) error {
+	limit := f.Tag.Get("max")
+	if limit == "" {
+		return nil
+	}
+	if fv.Kind() == reflect.Pointer {
+		if fv.IsNil() {
+			return nil
+		}
+		fv = fv.Elem()
+	}
+	switch {
+	case fv.Type() == durationType:
+		d, err := time.ParseDuration(limit)
+		if err == nil && time.Duration(fv.Int()) > d {
+			return fmt.Errorf("%s: at most %s", p, limit)
+		}
+	case fv.CanInt():
+		n, err := strconv.ParseInt(limit, 10, 64)
+		if err == nil && fv.Int() > n {
+			return fmt.Errorf("%s: at most %s", p, limit)
+		}
+	case fv.CanFloat():
+		n, err := strconv.ParseFloat(limit, 64)
+		if err == nil && fv.Float() > n {
+			return fmt.Errorf("%s: at most %s", p, limit)
+		}
+	}
+	return nil
+}
+
+// Unbounded lists the duration and number fields of a configuration type (a pointer to
+// struct, as given to Decode) that have no `max` tag, by json name.
+func Unbounded(cfg any) []string {
+	var out []string
+	var walk func(t reflect.Type, prefix string)
+	walk = func(t reflect.Type, prefix string) {
+		for i := range t.NumField() {
+			f := t.Field(i)
+			ft := f.Type
+			if ft.Kind() == reflect.Pointer {
+				ft = ft.Elem()
+			}
+			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+			switch {
+			case f.Anonymous && ft.Kind() == reflect.Struct:
+				walk(ft, prefix)
+			case ft.Kind() == reflect.Struct && ft != durationType:
+				walk(ft, prefix+name+".")
+			case ft == durationType, ft.Kind() >= reflect.Int && ft.Kind() <= reflect.Float64:
+				if f.Tag.Get("max") == "" && name != "" && name != "-" {
+					out = append(out, prefix+name)
+				}
+			}
+		}
+	}
+	walk(reflect.TypeOf(cfg).Elem(), "")
+	return out
+}
 
 func decodeValue(p string, raw any, v reflect.Value, refs *Refs) error {
 	if v.Type() == durationType {

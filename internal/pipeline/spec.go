@@ -42,22 +42,22 @@ type Spec struct {
 	Schedule    string      `json:"schedule"`
 	Batch       Batch       `json:"batch"`
 	Errors      ErrorPolicy `json:"errors"`
-	Concurrency int         `json:"concurrency"`
+	Concurrency int         `json:"concurrency" max:"16"`
 }
 
 // Batch bounds what one read, transform and write cycle handles.
 type Batch struct {
 	// Size is the most records per batch (default 500, at most 10000).
-	Size int `json:"size"`
+	Size int `json:"size" max:"10000"`
 	// FlushInterval is how long a continuous source waits to fill a batch (default 1s).
-	FlushInterval time.Duration `json:"flush_interval"`
+	FlushInterval time.Duration `json:"flush_interval" max:"1h"`
 }
 
 // ErrorPolicy says what happens when a write fails.
 type ErrorPolicy struct {
 	// Retries is how many times a failed write is tried again: 0 means the default, 5, and
 	// -1 means none.
-	Retries int     `json:"retries"`
+	Retries int     `json:"retries" max:"100"`
 	Backoff Backoff `json:"backoff"`
 	// DeadLetter sends records that keep failing to the pipeline's dead-letter queue,
 	// "<name>-dlq", and goes on (default true). False stops the run instead, leaving the
@@ -74,8 +74,8 @@ func (e ErrorPolicy) retries() int { return max(e.Retries, 0) }
 
 // Backoff bounds the exponential, jittered wait between retries.
 type Backoff struct {
-	Min time.Duration `json:"min"`
-	Max time.Duration `json:"max"`
+	Min time.Duration `json:"min" max:"1h"`
+	Max time.Duration `json:"max" max:"1h"`
 }
 
 var nameRe = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,57}$`)
@@ -165,6 +165,9 @@ func (s *Spec) defaults() error {
 	}
 	if s.Errors.Backoff.Max == 0 {
 		s.Errors.Backoff.Max = 30 * time.Second
+	}
+	if s.Errors.Backoff.Max > time.Hour {
+		return invalidf("errors.backoff.max: at most 1h")
 	}
 	if s.Errors.Backoff.Max < s.Errors.Backoff.Min {
 		return invalidf("errors.backoff.max: must not be below errors.backoff.min")

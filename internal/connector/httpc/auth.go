@@ -4,15 +4,28 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/url"
+	"strings"
 
 	"github.com/penstock/penstock/internal/connector"
 )
 
-// checkAuth validates auth settings and keeps credentials out of plain headers.
-func checkAuth(path string, a auth, headers map[string]string) error {
+// checkAuth validates auth settings and keeps credentials out of plain headers and the URL's
+// query string: a spec is shown to viewers, so a credential in it is only ever a
+// ${secret:NAME} in auth.
+func checkAuth(path string, a auth, headers map[string]string, rawURL string) error {
 	for k := range headers {
-		if http.CanonicalHeaderKey(k) == "Authorization" {
-			return fmt.Errorf("%s.headers.%s: credentials go in auth, from a secret", path, k)
+		if credentialName(k) {
+			return fmt.Errorf("%s.headers.%s: looks like a credential; send it with auth (type: header, header: %s, "+
+				"token: ${secret:NAME}) from a secret stored with `penstock secrets put`", path, k, k)
+		}
+	}
+	if u, err := url.Parse(rawURL); err == nil {
+		for k := range u.Query() {
+			if credentialName(k) {
+				return fmt.Errorf("%s.url: the query parameter %q looks like a credential; a URL is shown to viewers: "+
+					"send it with auth (type: header or bearer) from a secret stored with `penstock secrets put`", path, k)
+			}
 		}
 	}
 	switch a.Type {
@@ -29,6 +42,23 @@ func checkAuth(path string, a auth, headers map[string]string) error {
 		}
 	}
 	return nil
+}
+
+// credentialName reports whether a header or query parameter name looks like it carries a
+// credential: authorization, cookies, and anything named or ending in key, token, secret,
+// password, signature or session.
+func credentialName(name string) bool {
+	n := strings.NewReplacer("-", "", "_", "", ".", "").Replace(strings.ToLower(name))
+	switch n {
+	case "authorization", "proxyauthorization", "cookie", "auth", "pwd", "passwd", "sig", "credentials", "credential", "code":
+		return true
+	}
+	for _, s := range []string{"key", "token", "secret", "password", "signature", "session", "apikey", "auth"} {
+		if strings.HasSuffix(n, s) || strings.HasPrefix(n, s) && s != "key" {
+			return true
+		}
+	}
+	return false
 }
 
 // credential resolves the header value auth sends, from the application's secrets.

@@ -31,7 +31,7 @@ type pagination struct {
 	// (default "page").
 	Param string `json:"param"`
 	// StartPage is the first page's number (page; default 1).
-	StartPage *int `json:"start_page"`
+	StartPage *int `json:"start_page" max:"1000000000"`
 }
 
 type pollConfig struct {
@@ -42,9 +42,9 @@ type pollConfig struct {
 	// response is the array itself.
 	Records    string        `json:"records"`
 	Pagination pagination    `json:"pagination"`
-	RateLimit  float64       `json:"rate_limit" doc:"requests per second (default 5)"`
-	Timeout    time.Duration `json:"timeout" doc:"per request, default 30s"`
-	MaxPages   int           `json:"max_pages" doc:"per run (default 1000)"`
+	RateLimit  float64       `json:"rate_limit" max:"1000" doc:"requests per second (default 5, at most 1000)"`
+	Timeout    time.Duration `json:"timeout" max:"10m" doc:"per request, default 30s, at most 10m"`
+	MaxPages   int           `json:"max_pages" max:"100000" doc:"per run (default 1000, at most 100000)"`
 }
 
 type pollAuth struct {
@@ -115,7 +115,7 @@ func newPoll(path string, cfg map[string]any, res connector.Resources) (connecto
 	if c.MaxPages < 0 {
 		return nil, refs, fmt.Errorf("%s.max_pages: at least 1", path)
 	}
-	if err := checkAuth(path, c.Auth.auth, c.Headers); err != nil {
+	if err := checkAuth(path, c.Auth.auth, c.Headers, c.URL); err != nil {
 		return nil, refs, err
 	}
 	if c.Auth.Type == "oauth2" {

@@ -40,7 +40,7 @@ type sinkConfig struct {
 	// Batching is array (one request per batch, a JSON array) or each (one request per
 	// record). Default array.
 	Batching string        `json:"batching" enum:"array,each"`
-	Timeout  time.Duration `json:"timeout" doc:"per request, default 30s"`
+	Timeout  time.Duration `json:"timeout" max:"10m" doc:"per request, default 30s, at most 10m"`
 }
 
 // Sink posts records.
@@ -74,7 +74,7 @@ func newSink(path string, cfg map[string]any, res connector.Resources) (connecto
 	if c.Auth.Type == "oauth2" {
 		return nil, refs, fmt.Errorf("%s.auth.type: oauth2 is available on the poll source only", path)
 	}
-	if err := checkAuth(path, c.Auth, c.Headers); err != nil {
+	if err := checkAuth(path, c.Auth, c.Headers, c.URL); err != nil {
 		return nil, refs, err
 	}
 	return &Sink{cfg: c, res: res}, refs, nil

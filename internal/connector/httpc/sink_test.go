@@ -112,7 +112,7 @@ func TestRetryAfterAndPermanentErrors(t *testing.T) {
 	e.start(t)
 	defer e.close()
 	res := conformance.Resources(conformance.Secrets{"good": "good-token"}, "")
-	s, _, err := Plugin.Sink("sink", map[string]any{"url": "http://" + e.addr + "/in?token=abc", "auth": map[string]any{"type": "bearer", "token": "${secret:good}"}}, res)
+	s, _, err := Plugin.Sink("sink", map[string]any{"url": "http://" + e.addr + "/in?batch=abc", "auth": map[string]any{"type": "bearer", "token": "${secret:good}"}}, res)
 	if err != nil {
 		t.Fatal(err)
 	}

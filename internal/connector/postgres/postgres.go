@@ -29,7 +29,7 @@ var Plugin = connector.Plugin{
 // conn is how both sides reach the server.
 type conn struct {
 	Host     string              `json:"host" required:"true"`
-	Port     int                 `json:"port" doc:"default 5432"`
+	Port     int                 `json:"port" max:"65535" doc:"default 5432"`
 	Database string              `json:"database" required:"true"`
 	User     string              `json:"user" required:"true"`
 	Password connector.SecretRef `json:"password" doc:"${secret:NAME}; empty for trust or certificate authentication"`

@@ -35,14 +35,14 @@ type testApp struct {
 }
 
 // startApp runs a real App on random loopback ports with a fresh data directory.
-func startApp(t *testing.T, mutate func(*config.Config)) *testApp {
+func startApp(t testing.TB, mutate func(*config.Config)) *testApp {
 	t.Helper()
 	return startAppWith(t, mutate, nil)
 }
 
 // startAppWith also lets the test put its own routes in front of the API's, inside the
 // handler tracking that shutdown waits for.
-func startAppWith(t *testing.T, mutate func(*config.Config), routes func(api http.Handler) http.Handler) *testApp {
+func startAppWith(t testing.TB, mutate func(*config.Config), routes func(api http.Handler) http.Handler) *testApp {
 	t.Helper()
 	cfg := config.Default()
 	cfg.DataDir = t.TempDir()
@@ -119,7 +119,7 @@ type apiError struct {
 	Message string `json:"message"`
 }
 
-func do(t *testing.T, c *http.Client, req *http.Request) (int, []byte) {
+func do(t testing.TB, c *http.Client, req *http.Request) (int, []byte) {
 	t.Helper()
 	resp, err := c.Do(req)
 	if err != nil {

@@ -16,7 +16,7 @@ import (
 )
 
 // call sends a request with the admin token (unless token is "-") and decodes the JSON answer.
-func (ta *testApp) call(t *testing.T, method, path, token string, body any) (int, map[string]any, string) {
+func (ta *testApp) call(t testing.TB, method, path, token string, body any) (int, map[string]any, string) {
 	t.Helper()
 	var rd io.Reader
 	if body != nil {

@@ -10,7 +10,7 @@ import (
 
 // adminSession logs the bootstrap administrator in, changes its one-time password and enrols
 // a second factor, as a first login must, and returns the resulting session token.
-func (ta *testApp) adminSession(t *testing.T) string {
+func (ta *testApp) adminSession(t testing.TB) string {
 	t.Helper()
 	if ta.admin != "" {
 		return ta.admin

@@ -16,6 +16,7 @@ import (
 	"github.com/penstock/penstock/internal/authz"
 	"github.com/penstock/penstock/internal/engine"
 	"github.com/penstock/penstock/internal/identity"
+	"github.com/penstock/penstock/internal/names"
 )
 
 // nativeConn is a tenant's native client as it was let in: what it must still hold to stay.
@@ -91,6 +92,11 @@ func (s *Service) authNative(c engine.NativeClient) (engine.NativeGrant, bool) {
 			s.auditNative(tenant, env, "", src, "denied", reason)
 		}
 		return engine.NativeGrant{}, false
+	}
+	if !names.Valid(tenant, "-") || !names.Valid(env, "-") {
+		// The user names the account: checked at this door like any name.
+		tenant, env = "", ""
+		return refuse("bad_user")
 	}
 	k, err := s.o.Identity.VerifyAPIKey(key, src)
 	if err != nil {

@@ -184,6 +184,12 @@ func TestNativeIsolationBetweenTenants(t *testing.T) {
 	if _, err := h.dialNATS("acme/production", "psk_0000000000000000_"+strings.Repeat("0", 64), idA, false); err == nil {
 		t.Fatal("a made-up key was accepted")
 	}
+	// A user that is not two valid names is refused before the key is looked at.
+	for _, user := range []string{">/production", "acme/*", "acme", "acme/production/x", "ACME/production", "a.b/production"} {
+		if _, err := h.dialNATS(user, keyA, idA, false); err == nil {
+			t.Fatalf("native user %q accepted", user)
+		}
+	}
 
 	// B listens on everything it may; A then tries everything it can think of.
 	b, err := h.dialNATS("globex/production", keyB, idB, false)

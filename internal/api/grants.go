@@ -128,6 +128,9 @@ func registerGrants(g gate, hapi huma.API, o Options) {
 		Summary: "Role bindings at and under a scope",
 	}, func(in *scopeQuery) authz.Scope { return scopeOf(in.Scope) },
 		func(ctx context.Context, c *caller, in *scopeQuery) (*bindingsOutput, error) {
+			if _, err := authz.ParseScope(in.Scope); in.Scope != "" && err != nil {
+				return nil, NewError(http.StatusBadRequest, "name.invalid", "query.scope: "+err.Error())
+			}
 			sc := scopeOf(in.Scope)
 			out := &bindingsOutput{}
 			out.Body.Bindings = []identity.RoleBinding{}
@@ -196,6 +199,9 @@ func registerGrants(g gate, hapi huma.API, o Options) {
 		Summary: "API keys at and under a scope (never their secrets)",
 	}, func(in *scopeQuery) authz.Scope { return scopeOf(in.Scope) },
 		func(ctx context.Context, c *caller, in *scopeQuery) (*keysOutput, error) {
+			if _, err := authz.ParseScope(in.Scope); in.Scope != "" && err != nil {
+				return nil, NewError(http.StatusBadRequest, "name.invalid", "query.scope: "+err.Error())
+			}
 			sc := scopeOf(in.Scope)
 			out := &keysOutput{}
 			out.Body.Keys = []keyView{}

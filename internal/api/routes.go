@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"sort"
+	"strings"
 
 	"github.com/danielgtaylor/huma/v2"
 	"github.com/prometheus/client_golang/prometheus"
@@ -75,7 +76,9 @@ func register[I, O any](g gate, hapi huma.API, r Route, op huma.Operation, resou
 		if !r.Listing && !r.AccountSetup {
 			sc = resource(in)
 			// Every name a request gives is checked here, once, before it names anything.
-			if err := sc.Validate(); err != nil {
+			// A resource function's own markers for "no such thing" or "unparsable" (a tenant
+			// starting with NUL) go on to the 404 or 422 they stand for.
+			if err := sc.Validate(); err != nil && !strings.HasPrefix(sc.Tenant, "\x00") {
 				err := NewError(http.StatusBadRequest, "name.invalid", err.Error())
 				g.record(ctx, c, r, sc, err)
 				return nil, err

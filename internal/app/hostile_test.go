@@ -73,7 +73,7 @@ func TestHostileNamesAtEveryDoor(t *testing.T) {
 			}
 		}
 	}
-	for _, q := range []string{"/v1/audit?tenant=", "/v1/audit/export?tenant=", "/v1/apikeys?scope="} {
+	for _, q := range []string{"/v1/audit?tenant=", "/v1/audit/export?tenant=", "/v1/apikeys?scope=", "/v1/roles?scope="} {
 		for _, bad := range hostile {
 			for _, token := range []string{admin, viewer} {
 				st, _, raw := ta.call(t, "GET", q+url.QueryEscape(bad), token, nil)
@@ -85,6 +85,22 @@ func TestHostileNamesAtEveryDoor(t *testing.T) {
 		}
 	}
 	t.Logf("%d hostile calls, %d answered 5xx", calls, fives)
+	// What does not exist is still a 404, and an unparsable scope in a body the handler's own
+	// error, not the gate's.
+	for _, c := range []struct {
+		method, path string
+		body         any
+		want         int
+	}{
+		{"DELETE", "/v1/roles/nope", nil, 404},
+		{"DELETE", "/v1/apikeys/0123456789abcdef", nil, 404},
+		{"POST", "/v1/apikeys", map[string]any{"role": "viewer", "scope": "acme/>"}, 422},
+	} {
+		st, _, raw := ta.call(t, c.method, c.path, admin, c.body)
+		if st != c.want || strings.Contains(raw, `\u0000`) || strings.Contains(raw, "x00") {
+			t.Errorf("%s %s: %d %s, want %d", c.method, c.path, st, raw, c.want)
+		}
+	}
 
 	// The denials are in the log, under the caller's tenant or the platform, naming what was asked.
 	denied := ta.auditEvents(t, admin, "result=denied")

@@ -3,6 +3,7 @@ package audit
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -410,5 +411,92 @@ func TestCheckpointsPerChain(t *testing.T) {
 		if _, err := l.Append(ctx, Event{Actor: "user:a", Tenant: bad, Action: "x.y", Result: ResultDenied}); err == nil {
 			t.Fatalf("an event for tenant %q was appended", bad)
 		}
+	}
+}
+
+// After an upgrade, the single checkpoint of every head that older versions kept (even of one
+// chain) still verifies next to per-chain ones; a platform export of a past range verifies
+// with each chain covered by its own checkpoint; and in an expired log, a chain whose
+// beginning was cut further than two checkpoint intervals is a deletion, not expiry.
+func TestCheckpointUpgradeExportAndExpiry(t *testing.T) {
+	l, st := openLog(t)
+	appendN(t, l, 3)
+	// What an older version kept: one checkpoint of every head, under the key "checkpoint".
+	l.mu.Lock()
+	old := Checkpoint{Time: l.now().UTC(), Heads: map[string]Head{}}
+	for chain, h := range l.heads {
+		old.Heads[chain] = h.Head
+	}
+	l.mu.Unlock()
+	old.Signature = ed25519.Sign(l.key, old.signed())
+	b, _ := json.Marshal(old)
+	ack, err := l.js.Publish(ctx, checkpointSubject, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old.Seq = ack.Sequence
+	b, _ = json.Marshal(old)
+	if _, err := l.state.Put(ctx, anchorKey, b); err != nil {
+		t.Fatal(err)
+	}
+	appendN(t, l, 6)
+	if err := l.Checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := l.VerifyAll(ctx); err != nil || !rep.OK {
+		t.Fatalf("after an upgrade: %+v %v", rep.Break, err)
+	}
+	until := time.Now()
+	appendN(t, l, 6)
+	if err := l.Checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if err := l.Export(ctx, &buf, "", time.Time{}, until); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := VerifyExportFile(&buf, l.PublicKey()); err != nil || !rep.OK {
+		t.Fatalf("platform export of a past range: %+v %v", rep.Break, err)
+	}
+
+	// Expiry, on a clock the test moves: events, then three hours later more, each hour's
+	// roll call checkpointing every chain.
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	_ = st
+	el, _ := openLog(t)
+	el.now = func() time.Time { return now }
+	for hour := range 4 {
+		appendN(t, el, 9)
+		el.mu.Lock()
+		if err := el.checkpointLocked(ctx, true); err != nil {
+			t.Fatal(err)
+		}
+		el.mu.Unlock()
+		now = now.Add(time.Hour)
+		_ = hour
+	}
+	recs := records(t, el)
+	anchors, _ := el.Anchor(ctx)
+	expiredLog := recs[2:]
+	if rep := VerifyExpired(expiredLog, el.PublicKey(), anchors); !rep.OK {
+		t.Fatalf("expired prefix: %+v", rep.Break)
+	}
+	// Cut acme's records up to its checkpoint three hours in.
+	var cut []Record
+	lastCut := -1
+	for i, r := range expiredLog {
+		if r.Checkpoint != nil && r.Checkpoint.Heads["acme"].Index > 0 && r.Checkpoint.Time.Sub(expiredLog[0].Event.Time) >= 3*time.Hour {
+			lastCut = i
+			break
+		}
+	}
+	for i, r := range expiredLog {
+		drop := i < lastCut && (r.Event != nil && r.Event.Chain == "acme" || r.Checkpoint != nil && r.Checkpoint.Heads["acme"].Index > 0)
+		if !drop {
+			cut = append(cut, r)
+		}
+	}
+	if rep := VerifyExpired(cut, el.PublicKey(), anchors); rep.OK || rep.Break.Kind != Deleted {
+		t.Fatalf("a chain cut three hours into an expired log: %+v", rep)
 	}
 }

@@ -44,14 +44,33 @@ func (l *Log) Export(ctx context.Context, w io.Writer, tenant string, since, unt
 		_, ok := c.Heads[tenant]
 		return ok && len(c.Heads) == 1
 	}
+	// Per chain, the last exported index no checkpoint in the export covers yet.
+	need := map[string]uint64{}
+	cover := func(c *Checkpoint) {
+		for chain, h := range c.Heads {
+			if n, ok := need[chain]; ok && h.Index >= n {
+				delete(need, chain)
+			}
+		}
+	}
 	err := l.Records(ctx, 1, func(r Record) bool {
 		if r.Checkpoint != nil && !mine(r.Checkpoint) {
 			return true
 		}
 		if r.Checkpoint != nil && !until.IsZero() && !r.Checkpoint.Time.Before(until) {
-			// The first checkpoint after the range: it covers the range's last events.
-			recs = append(recs, r)
-			return false
+			// After the range: the checkpoints that cover its chains' last events, each chain
+			// having its own, until every chain is covered.
+			covers := false
+			for chain, h := range r.Checkpoint.Heads {
+				if n, ok := need[chain]; ok && h.Index >= n {
+					covers = true
+				}
+			}
+			if covers {
+				recs = append(recs, r)
+				cover(r.Checkpoint)
+			}
+			return len(need) > 0
 		}
 		switch {
 		case r.Event != nil:
@@ -62,10 +81,12 @@ func (l *Log) Export(ctx context.Context, w io.Writer, tenant string, since, unt
 			if _, seen := hdr.Starts[e.Chain]; !seen {
 				hdr.Starts[e.Chain] = Head{Index: e.Index - 1, Hash: e.Prev}
 			}
+			need[e.Chain] = e.Index
 		case r.Checkpoint != nil:
 			if !in(r.Checkpoint.Time) {
 				return true
 			}
+			cover(r.Checkpoint)
 		default:
 			return true
 		}

@@ -169,7 +169,7 @@ func (l *Log) Append(ctx context.Context, e Event) (Event, error) {
 		l.heads[e.Chain] = head{Head: Head{Index: e.Index, Hash: e.Hash}, subjectSeq: ack.Sequence}
 		l.pending++
 		if l.pending >= CheckpointEvery {
-			if err := l.checkpointLocked(ctx); err != nil {
+			if err := l.checkpointLocked(ctx, false); err != nil {
 				l.log.Warn("audit checkpoint", "error", err)
 				l.pending = 0 // the hourly checkpoint retries; not every append
 			}
@@ -208,10 +208,12 @@ func (l *Log) headLocked(ctx context.Context, chain string) (head, error) {
 func (l *Log) Checkpoint(ctx context.Context) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.checkpointLocked(ctx)
+	return l.checkpointLocked(ctx, false)
 }
 
-func (l *Log) checkpointLocked(ctx context.Context) error {
+// checkpointLocked checkpoints every chain whose head moved, or, with all, every chain: the
+// hourly roll call that lets verification tell an expired beginning of a chain from a cut one.
+func (l *Log) checkpointLocked(ctx context.Context, all bool) error {
 	// Bring every chain of the stream in, so the checkpoints cover chains other nodes wrote.
 	info, err := l.stream.Info(ctx, jetstream.WithSubjectFilter(chainSubject+">"))
 	if err != nil {
@@ -244,7 +246,7 @@ func (l *Log) checkpointLocked(ctx context.Context) error {
 				last = a.Heads[chain]
 			}
 		}
-		if last == h {
+		if last == h && !all {
 			continue
 		}
 		if err := l.checkpointChain(ctx, chain, h); err != nil {
@@ -399,12 +401,10 @@ func (l *Log) Checkpoints(ctx context.Context) {
 			return
 		case <-t.C:
 			l.mu.Lock()
-			pending := l.pending
+			err := l.checkpointLocked(ctx, true)
 			l.mu.Unlock()
-			if pending > 0 {
-				if err := l.Checkpoint(ctx); err != nil {
-					l.log.Warn("audit checkpoint", "error", err)
-				}
+			if err != nil {
+				l.log.Warn("audit checkpoint", "error", err)
 			}
 		}
 	}

@@ -101,6 +101,17 @@ func verify(records []Record, pub ed25519.PublicKey, anchors Anchors, starts map
 			return Report{Break: &Break{Kind: Deleted, Detail: "the records before the first checkpoint span more than a segment: not an expired prefix"}}
 		}
 	}
+	var logStart time.Time
+	for _, r := range records {
+		if r.Event != nil {
+			logStart = r.Event.Time
+			break
+		}
+		if r.Checkpoint != nil {
+			logStart = r.Checkpoint.Time
+			break
+		}
+	}
 	rep := Report{}
 	type state = chainState
 	chains := map[string]*state{}
@@ -136,8 +147,13 @@ func verify(records []Record, pub ed25519.PublicKey, anchors Anchors, starts map
 				if starts != nil && st == nil {
 					continue // a chain this export does not hold
 				}
-				// Expiry may have left this chain begun mid-way until its first checkpoint.
+				// Expiry may have left this chain begun mid-way until its first checkpoint, which
+				// every chain gets at least hourly: one later than two intervals after the log's
+				// start means the chain's beginning was cut, not expired.
 				resumes := expired && lastOf[chain] == nil
+				if resumes && (st == nil || !st.whole) && c.Time.Sub(logStart) > 2*CheckpointInterval {
+					return fail(Deleted, c.Seq, chain, h.Index, "chain %s begins mid-way and is first checkpointed %s after the log's start: not an expired prefix", chain, c.Time.Sub(logStart).Round(time.Second))
+				}
 				if resumes && st == nil {
 					// Every event of this chain before the checkpoint expired: it resumes here.
 					st = &state{index: h.Index, hash: h.Hash}
@@ -170,6 +186,11 @@ func verify(records []Record, pub ed25519.PublicKey, anchors Anchors, starts map
 			if partial || expired && lastOf[e.Chain] == nil {
 				// The chain's earlier events expired: it begins where its first remaining event says.
 				st = &state{index: e.Index - 1, hash: e.Prev}
+				if e.Index == 1 {
+					st.whole = true
+				}
+			} else {
+				st.whole = true
 			}
 			chains[e.Chain] = st
 		}
@@ -209,7 +230,7 @@ func verify(records []Record, pub ed25519.PublicKey, anchors Anchors, starts map
 			switch {
 			case last == nil || last.Seq < c.Seq:
 				return fail(Truncated, 0, chain, h.Index, "the log's last checkpoint of chain %s is not the kept one (sequence %d)", chain, c.Seq)
-			case len(c.Heads) == 1 && last.Seq != c.Seq:
+			case k != anchorKey && last.Seq != c.Seq:
 				// A chain's kept checkpoint is its newest: one after it in the log was never
 				// kept, or the kept one was rolled back.
 				return fail(Truncated, 0, chain, h.Index, "chain %s's last checkpoint (sequence %d) is not the kept one (sequence %d)", chain, last.Seq, c.Seq)
@@ -240,6 +261,7 @@ func verify(records []Record, pub ed25519.PublicKey, anchors Anchors, starts map
 type chainState struct {
 	index uint64
 	hash  string
+	whole bool // seen from its first event
 }
 
 func indexOf(st *chainState) uint64 {

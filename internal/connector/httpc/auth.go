@@ -21,6 +21,9 @@ func checkAuth(path string, a auth, headers map[string]string, rawURL string) er
 		}
 	}
 	if u, err := url.Parse(rawURL); err == nil {
+		if u.User != nil {
+			return fmt.Errorf("%s.url: credentials in the URL are not allowed; send them with auth from a secret stored with `penstock secrets put`", path)
+		}
 		for k := range u.Query() {
 			if credentialName(k) {
 				return fmt.Errorf("%s.url: the query parameter %q looks like a credential; a URL is shown to viewers: "+
@@ -50,11 +53,16 @@ func checkAuth(path string, a auth, headers map[string]string, rawURL string) er
 func credentialName(name string) bool {
 	n := strings.NewReplacer("-", "", "_", "", ".", "").Replace(strings.ToLower(name))
 	switch n {
-	case "authorization", "proxyauthorization", "cookie", "auth", "pwd", "passwd", "sig", "credentials", "credential", "code":
+	case "authorization", "proxyauthorization", "cookie", "auth", "pwd", "pass", "passwd", "sig", "code", "bearer":
 		return true
 	}
-	for _, s := range []string{"key", "token", "secret", "password", "signature", "session", "apikey", "auth"} {
-		if strings.HasSuffix(n, s) || strings.HasPrefix(n, s) && s != "key" {
+	for _, s := range []string{"credential", "jwt", "bearer", "passwd", "password"} {
+		if strings.Contains(n, s) {
+			return true
+		}
+	}
+	for _, s := range []string{"key", "token", "secret", "signature", "session", "apikey", "auth", "pass"} {
+		if strings.HasSuffix(n, s) || strings.HasPrefix(n, s) && s != "key" && s != "pass" {
 			return true
 		}
 	}

@@ -42,6 +42,14 @@ func TestCredentialLiteralsAreRefused(t *testing.T) {
 		{map[string]any{"url": "https://example.com/x?access_token=abc&page=2"}, `"access_token"`},
 		{map[string]any{"url": "https://example.com/x?client_secret=abc"}, `"client_secret"`},
 		{map[string]any{"url": "https://example.com/x?password=abc"}, `"password"`},
+		{map[string]any{"url": "https://bob:hunter2@example.com/x"}, "source.url: a password in the URL"},
+		{map[string]any{"url": "https://bob@example.com/x"}, "source.url: credentials in the URL"},
+		{map[string]any{"url": "https://example.com/x?X-Amz-Credential=abc"}, `"X-Amz-Credential"`},
+		{map[string]any{"url": "https://example.com/x?jwt=abc"}, `"jwt"`},
+		{map[string]any{"url": "https://example.com/x?pass=abc"}, `"pass"`},
+		{map[string]any{"url": "https://example.com/x", "headers": map[string]any{"X-JWT": "abc"}}, "source.headers.X-JWT"},
+		{map[string]any{"url": "https://example.com/x", "headers": map[string]any{"Bearer": "abc"}}, "source.headers.Bearer"},
+		{map[string]any{"url": "https://example.com/x", "headers": map[string]any{"X-Pass": "abc"}}, "source.headers.X-Pass"},
 	} {
 		for _, kind := range []string{"poll", "sink"} {
 			var err error

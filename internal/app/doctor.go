@@ -75,15 +75,11 @@ func Doctor(ctx context.Context, cfg config.Config, o DoctorOptions) (DoctorRepo
 		return running(ctx, cfg)
 	}
 	defer lock.Release()
-	master, err := keyring.LoadMaster(ctx, cfg.DataDir, cfg.Keyring)
+	master, chk, err := openRecord(ctx, cfg)
 	if err != nil {
 		return rep, err
 	}
 	defer master.Close()
-	chk, err := integrity.Open(cfg.DataDir, master, nil)
-	if err != nil {
-		return rep, err
-	}
 	ecfg := cfg.Engine
 	ecfg.ClientListen = ""
 	eng, err := engine.Open(ctx, engine.Options{DataDir: cfg.DataDir, Config: ecfg, StoreKey: master.StoreKey(),
@@ -123,18 +119,28 @@ func Doctor(ctx context.Context, cfg config.Config, o DoctorOptions) (DoctorRepo
 // running reads what the server that holds the directory recorded.
 func running(ctx context.Context, cfg config.Config) (DoctorReport, error) {
 	rep := DoctorReport{Running: true}
-	master, err := keyring.LoadMaster(ctx, cfg.DataDir, cfg.Keyring)
+	master, chk, err := openRecord(ctx, cfg)
 	if err != nil {
 		return rep, err
 	}
 	defer master.Close()
-	chk, err := integrity.Open(cfg.DataDir, master, nil)
-	if err != nil {
-		return rep, err
-	}
 	_, rep.RecordedClean, rep.Recorded = chk.Recorded()
 	rep.Findings = chk.Findings()
 	return rep, nil
+}
+
+// openRecord loads the directory's keys and its integrity record; the caller closes master.
+func openRecord(ctx context.Context, cfg config.Config) (*keyring.Master, *integrity.Checker, error) {
+	master, err := keyring.LoadMaster(ctx, cfg.DataDir, cfg.Keyring)
+	if err != nil {
+		return nil, nil, err
+	}
+	chk, err := integrity.Open(cfg.DataDir, master, nil)
+	if err != nil {
+		master.Close()
+		return nil, nil, err
+	}
+	return master, chk, nil
 }
 
 func dedupe(in []integrity.Finding) []integrity.Finding {

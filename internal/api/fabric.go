@@ -536,6 +536,8 @@ func fabricError(o Options, op string, err error) error {
 		return NewError(http.StatusUnprocessableEntity, "invalid_request", err.Error())
 	case errors.Is(err, fabric.ErrQueueFull):
 		return NewError(http.StatusConflict, "queue.full", "the queue holds its maximum messages or bytes; nothing was stored")
+	case errors.Is(err, fabric.ErrUnsettled):
+		return NewError(http.StatusConflict, "delivery.unknown", err.Error())
 	case errors.Is(err, fabric.ErrPayloadLimit):
 		return NewError(http.StatusRequestEntityTooLarge, "quota.payload", err.Error())
 	case errors.Is(err, fabric.ErrRateLimited):

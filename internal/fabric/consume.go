@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -155,7 +156,10 @@ const (
 )
 
 // Settle acknowledges, negatively acknowledges, extends or rejects deliveries of a queue by
-// their tokens. It returns once the engine has received every settlement.
+// their tokens. It returns once the engine has applied every settlement and answered for it:
+// after an acknowledgement returns, the message is deleted from the queue (on the embedded
+// engine with sync "always", the deletion is fsynced) and is never delivered again, crash or
+// not.
 func (s *Service) Settle(ctx context.Context, r Ref, tokens []string, how Settlement, delay time.Duration) error {
 	if err := r.check("queue"); err != nil {
 		return err
@@ -199,19 +203,83 @@ func (s *Service) Settle(ctx context.Context, r Ref, tokens []string, how Settle
 			return err
 		}
 	}
-	nc := ta.acc.Conn()
-	for _, subj := range subjects {
-		if err := nc.Publish(subj, body); err != nil {
-			return fmt.Errorf("settle: %w", err)
+	// The engine never answers a settlement of a delivery beyond what it has delivered: such
+	// a token is refused here rather than left to time out.
+	cons, err := ta.consumer(ctx, r)
+	if err != nil {
+		return err
+	}
+	ci, err := cons.Info(ctx)
+	if err != nil {
+		ta.forgetConsumer(r.queueStream())
+		return jsErr(err, "queue "+r.Name)
+	}
+	for i, subj := range subjects {
+		if md, err := ackMetadata(subj); err != nil || md.seq > ci.Delivered.Stream {
+			return invalidf("tokens[%d]: no such delivery of queue %s", i, r.Name)
 		}
 	}
-	fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	if err := nc.FlushWithContext(fctx); err != nil {
-		return fmt.Errorf("settle: %w", err)
+	if err := settleAcknowledged(ctx, ta.acc.Conn(), r, subjects, body); err != nil {
+		return err
 	}
 	if how == Ack {
 		s.m.acked.WithLabelValues("https").Add(float64(len(subjects)))
 	}
 	return nil
 }
+
+// settleTimeout bounds the wait for the engine's answers to one Settle call.
+const settleTimeout = 20 * time.Second
+
+// settleAcknowledged sends every settlement with a reply subject of its own (JetStream's
+// acknowledged acks, as nats.go's DoubleAck) and waits for every answer. The settlements are
+// pipelined on one connection with one subscription, so a batch costs one round trip plus
+// the engine's own work, not a round trip per message. The engine answers an acknowledgement
+// only after it has removed the message from the work queue.
+func settleAcknowledged(ctx context.Context, nc *nats.Conn, r Ref, subjects []string, body []byte) error {
+	inbox := nc.NewRespInbox()
+	answers := make(chan *nats.Msg, len(subjects)) // room for every answer: none is dropped
+	sub, err := nc.ChanSubscribe(inbox+".*", answers)
+	if err != nil {
+		return fmt.Errorf("settle: %w", err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	prefix := inbox + "."
+	for i, subj := range subjects {
+		if err := nc.PublishMsg(&nats.Msg{Subject: subj, Reply: prefix + strconv.Itoa(i), Data: body}); err != nil {
+			return fmt.Errorf("settle: %w", err)
+		}
+	}
+	wctx, cancel := context.WithTimeout(ctx, settleTimeout)
+	defer cancel()
+	answered := make([]bool, len(subjects))
+	for left := len(subjects); left > 0; {
+		select {
+		case m := <-answers:
+			i, err := strconv.Atoi(strings.TrimPrefix(m.Subject, prefix))
+			if err != nil || i < 0 || i >= len(subjects) || answered[i] {
+				continue
+			}
+			if m.Header.Get("Status") == "503" {
+				// Nothing listens on the ack subject: the queue (or its consumer) is gone.
+				return fmt.Errorf("queue %s: %w", r.Name, ErrNotFound)
+			}
+			answered[i] = true
+			left--
+		case <-wctx.Done():
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			for i, ok := range answered {
+				if !ok {
+					return fmt.Errorf("%w: tokens[%d]: the engine did not answer within %s (a delivery it does not know)", ErrUnsettled, i, settleTimeout)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// ErrUnsettled fails a settlement the engine did not confirm: the token names no delivery the
+// queue's consumer knows.
+var ErrUnsettled = errors.New("not settled")

@@ -309,7 +309,10 @@ func (s *Service) commitLoop(ctx context.Context, c *committer) {
 // (JetStream allows 50 per stream).
 const commitsInFlight = 16
 
-// commit makes one batch durable and answers each of its requests.
+// commit makes one batch durable and answers each of its requests. Every request is stored
+// whole or not at all: when the gathered batch fails for a reason that may belong to one of
+// its requests (an id already stored, a full queue, a spent storage quota), each request is
+// committed again on its own, as its own atomic batch, and answered for itself.
 func (s *Service) commit(ctx context.Context, c *committer, batch []*pubReq) {
 	var msgs []*nats.Msg
 	for _, r := range batch {
@@ -317,41 +320,144 @@ func (s *Service) commit(ctx context.Context, c *committer, batch []*pubReq) {
 	}
 	s.m.commitSize.Observe(float64(len(msgs)))
 	start := time.Now()
-	first, dups, err := s.atomic(ctx, c, msgs)
+	// ctx ends when the queue is deleted (then nothing of the batch matters) or the fabric
+	// closes, which happens after the API has drained its requests.
+	actx, cancel := context.WithTimeout(ctx, commitTimeout)
+	defer cancel()
+	first, dup, err := s.atomic(actx, c, msgs)
 	s.m.commitLatency.Observe(time.Since(start).Seconds())
-	if err != nil && ctx.Err() != nil {
-		err = ErrClosed // stopped mid-commit: the batch may or may not be stored
-	}
-	if errors.Is(err, errBatchDuplicate) {
-		// An id in the batch was already stored. Publish each request's messages on their
-		// own, where a duplicate is an acknowledgement, not an error.
+	if err == nil {
+		seq := first
 		for _, r := range batch {
-			res := s.oneByOne(ctx, c, r.msgs)
-			if res.err != nil && ctx.Err() != nil {
-				res.err = ErrClosed
+			rec := make([]Receipt, len(r.msgs))
+			for i := range rec {
+				rec[i] = Receipt{Seq: seq}
+				seq++
 			}
-			r.done <- res
+			if dup {
+				rec[0].Duplicate = true // a single message, already stored
+			}
+			r.done <- pubResult{receipts: rec}
 		}
 		return
 	}
-	if err != nil {
+	if errors.Is(err, errBatchDuplicate) || (len(batch) > 1 && (errors.Is(err, ErrQueueFull) || errors.Is(err, ErrStorageQuota))) {
 		for _, r := range batch {
-			r.done <- pubResult{err: err}
+			rec, err := s.commitRequest(actx, c, r.msgs)
+			r.done <- pubResult{receipts: rec, err: s.commitError(actx, c, err)}
 		}
 		return
 	}
-	seq := first
+	err = s.commitError(actx, c, err)
 	for _, r := range batch {
-		rec := make([]Receipt, len(r.msgs))
-		for i := range rec {
-			rec[i] = Receipt{Seq: seq}
-			seq++
-		}
-		if dups {
-			rec[0].Duplicate = true
-		}
-		r.done <- pubResult{receipts: rec}
+		r.done <- pubResult{err: err}
 	}
+}
+
+// commitTimeout bounds the wait for the engine's answer to one atomic batch.
+const commitTimeout = 30 * time.Second
+
+// commitError names what a failed commit means for the publisher: a stream deleted under the
+// batch (its staged messages then count as incomplete) is a queue that is gone.
+func (s *Service) commitError(ctx context.Context, c *committer, err error) error {
+	if err == nil || errors.Is(err, ErrNotFound) || errors.Is(err, ErrQueueFull) || errors.Is(err, ErrStorageQuota) ||
+		errors.Is(err, ErrPayloadLimit) {
+		return err
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if _, serr := c.js.Stream(sctx, c.stream); errors.Is(jsErr(serr, ""), ErrNotFound) {
+		return fmt.Errorf("stream %s: %w", c.stream, ErrNotFound)
+	}
+	if ctx.Err() != nil {
+		// Stopped mid-commit: the batch may or may not be stored.
+		return ErrClosed
+	}
+	return err
+}
+
+// commitRequest stores one request's messages as one atomic batch, leaving out (and reporting
+// as duplicates, with the stored sequence) those whose id is already stored or repeats an
+// earlier message of the same request.
+func (s *Service) commitRequest(ctx context.Context, c *committer, msgs []*nats.Msg) ([]Receipt, error) {
+	rec := make([]Receipt, len(msgs))
+	firstOf := map[string]int{}
+	repeats := map[int]int{}
+	var send []int
+	for i, m := range msgs {
+		if id := m.Header.Get(jetstream.MsgIDHeader); id != "" {
+			if j, ok := firstOf[id]; ok {
+				repeats[i] = j
+				continue
+			}
+			firstOf[id] = i
+		}
+		send = append(send, i)
+	}
+	for attempt := 1; len(send) > 0; attempt++ {
+		batch := make([]*nats.Msg, len(send))
+		for k, i := range send {
+			batch[k] = msgs[i]
+		}
+		first, dup, err := s.atomic(ctx, c, batch)
+		if err == nil {
+			for k, i := range send {
+				rec[i] = Receipt{Seq: first + uint64(k), Duplicate: dup}
+			}
+			break
+		}
+		if !errors.Is(err, errBatchDuplicate) || attempt == maxDuplicateRounds {
+			return nil, err
+		}
+		// Some id is stored already (perhaps by a publisher racing this one): ask the engine
+		// which, without storing anything, and commit the rest.
+		var rest []int
+		for _, i := range send {
+			seq, stored, err := s.storedAs(ctx, c, msgs[i])
+			if err != nil {
+				return nil, err
+			}
+			if stored {
+				rec[i] = Receipt{Seq: seq, Duplicate: true}
+			} else {
+				rest = append(rest, i)
+			}
+		}
+		send = rest
+	}
+	for i, j := range repeats {
+		rec[i] = Receipt{Seq: rec[j].Seq, Duplicate: true}
+	}
+	return rec, nil
+}
+
+// maxDuplicateRounds bounds how often one request meets ids stored by racing publishers.
+const maxDuplicateRounds = 4
+
+// storedAs tells whether a message's id is stored within the stream's duplicate window, and
+// at which sequence, without storing anything: the engine answers a known id as a duplicate
+// before it checks the expected last id, which this probe never matches (nats-server's
+// processJetStreamMsg: dedupe, then Nats-Expected-Last-Msg-Id).
+func (s *Service) storedAs(ctx context.Context, c *committer, m *nats.Msg) (uint64, bool, error) {
+	id := m.Header.Get(jetstream.MsgIDHeader)
+	if id == "" {
+		return 0, false, nil
+	}
+	probe := nats.NewMsg(m.Subject)
+	probe.Header.Set(jetstream.MsgIDHeader, id)
+	probe.Header.Set(jetstream.ExpectedLastMsgIDHeader, "penstock-probe-"+nuid.Next())
+	ack, err := c.js.PublishMsg(ctx, probe)
+	if err == nil {
+		if !ack.Duplicate {
+			return 0, false, fmt.Errorf("publish: the engine stored a duplicate probe for id %q at %d", id, ack.Sequence)
+		}
+		return ack.Sequence, true, nil
+	}
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && apiErr.ErrorCode == errCodeWrongLastMsgID {
+		return 0, false, nil
+	}
+	return 0, false, jsErr(err, "publish")
 }
 
 var errBatchDuplicate = errors.New("atomic batch contains a duplicate message id")
@@ -419,15 +525,6 @@ func (s *Service) atomic(ctx context.Context, c *committer, msgs []*nats.Msg) (f
 	return pa.Seq - uint64(len(msgs)) + 1, false, nil
 }
 
-// oneByOne publishes messages one at a time, each acknowledged (and deduplicated) on its own.
-func (s *Service) oneByOne(ctx context.Context, c *committer, msgs []*nats.Msg) pubResult {
-	rec := make([]Receipt, len(msgs))
-	for i, m := range msgs {
-		ack, err := c.js.PublishMsg(ctx, m)
-		if err != nil {
-			return pubResult{err: jsErr(err, "publish")}
-		}
-		rec[i] = Receipt{Seq: ack.Sequence, Duplicate: ack.Duplicate}
-	}
-	return pubResult{receipts: rec}
-}
+// errCodeWrongLastMsgID is the engine's answer to a Nats-Expected-Last-Msg-Id that does not
+// match (JSStreamWrongLastMsgIDErrF).
+const errCodeWrongLastMsgID jetstream.ErrorCode = 10070

@@ -2,6 +2,7 @@ package fabric
 
 import (
 	"bytes"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"github.com/nats-io/nats.go/jetstream"
@@ -11,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -42,10 +44,10 @@ func TestDestructiveReadAndAck(t *testing.T) {
 	if err := h.fab.Settle(ctx, q, tokens, Ack, 0); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the queue to be empty", func() bool {
-		st, _ := h.fab.Queue(ctx, q)
-		return st.Stats.Depth == 0 && st.Stats.InFlight == 0
-	})
+	// The acknowledgement has taken effect when Settle returns, not some time later.
+	if st, _ := h.fab.Queue(ctx, q); st.Stats.Depth != 0 || st.Stats.InFlight != 0 {
+		t.Fatalf("after the ack returned: %+v", st.Stats)
+	}
 	// The messages are gone from the engine's stream, not only from our view of it.
 	acc, _ := h.stack.Engine.Account(ctx, q.account())
 	s, err := acc.JetStream().Stream(ctx, q.queueStream())
@@ -73,33 +75,64 @@ func TestRedeliveryAfterAckWaitAndNack(t *testing.T) {
 		t.Fatalf("%v %v", first, err)
 	}
 	// Not acknowledged: nothing until the ack wait runs out, then the same message again.
-	if none, _ := h.fab.Consume(ctx, q, 1, 0); len(none) != 0 {
-		t.Fatalf("delivered again before ack wait: %+v", none)
+	if none, err := h.fab.Consume(ctx, q, 1, 0); err != nil || len(none) != 0 {
+		t.Fatalf("delivered again before ack wait: %+v %v", none, err)
 	}
 	again, err := h.fab.Consume(ctx, q, 1, 3*time.Second)
 	if err != nil || len(again) != 1 || again[0].Seq != first[0].Seq || again[0].Deliveries != 2 {
 		t.Fatalf("redelivery: %+v %v", again, err)
 	}
 	// A nack with a delay brings it back after the delay, not before.
-	if err := h.fab.Settle(ctx, q, []string{again[0].AckToken}, Nack, 700*time.Millisecond); err != nil {
+	if err := h.fab.Settle(ctx, q, []string{again[0].AckToken}, Nack, 2*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	if none, _ := h.fab.Consume(ctx, q, 1, 200*time.Millisecond); len(none) != 0 {
-		t.Fatalf("delivered during the nack delay")
+	if none, err := h.fab.Consume(ctx, q, 1, 0); err != nil || len(none) != 0 {
+		t.Fatalf("delivered during the nack delay: %+v %v", none, err)
 	}
-	third, err := h.fab.Consume(ctx, q, 1, 3*time.Second)
+	third, err := h.fab.Consume(ctx, q, 1, 6*time.Second)
 	if err != nil || len(third) != 1 || third[0].Deliveries != 3 {
 		t.Fatalf("after nack: %+v %v", third, err)
 	}
-	// Extending keeps it from being redelivered past the ack wait.
-	for range 3 {
-		time.Sleep(500 * time.Millisecond)
-		if err := h.fab.Settle(ctx, q, []string{third[0].AckToken}, Extend, 0); err != nil {
+	// Extending keeps it from being redelivered past the ack wait: extend every 300 ms for
+	// longer than the ack wait, then nothing is delivered. The ack wait is a clock, so the
+	// waits here are time; a round in which the machine stalled longer than the ack wait
+	// between two extends proves nothing and is tried again.
+	for round := 1; ; round++ {
+		cur, err := h.fab.Consume(ctx, q, 1, 3*time.Second)
+		if round == 1 {
+			cur, err = third, nil
+		}
+		if err != nil || len(cur) != 1 {
+			t.Fatalf("round %d: %+v %v", round, cur, err)
+		}
+		last, stalled := time.Now(), false
+		for start := last; time.Since(start) < 1500*time.Millisecond; {
+			time.Sleep(300 * time.Millisecond)
+			if err := h.fab.Settle(ctx, q, []string{cur[0].AckToken}, Extend, 0); err != nil {
+				t.Fatal(err)
+			}
+			stalled = stalled || time.Since(last) >= 900*time.Millisecond
+			last = time.Now()
+		}
+		none, err := h.fab.Consume(ctx, q, 1, 0)
+		if err != nil {
 			t.Fatal(err)
 		}
-	}
-	if none, _ := h.fab.Consume(ctx, q, 1, 0); len(none) != 0 {
-		t.Fatalf("redelivered although extended")
+		if !stalled {
+			if len(none) != 0 {
+				t.Fatalf("redelivered although extended")
+			}
+			return
+		}
+		if round == 5 {
+			t.Fatal("the machine stalled past the ack wait in every round")
+		}
+		if len(none) == 0 {
+			// Still ours: give it back so the next round starts from a fresh delivery.
+			if err := h.fab.Settle(ctx, q, []string{cur[0].AckToken}, Nack, 0); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
 }
 
@@ -126,8 +159,8 @@ func TestDeadLetterAfterMaxDeliveriesThenReplay(t *testing.T) {
 	// The engine gives up on the message when a consumer next asks for messages.
 	var dead []DeadLetter
 	waitFor(t, "the dead letter", func() bool {
-		if got, _ := h.fab.Consume(ctx, q, 1, 100*time.Millisecond); len(got) > 0 {
-			t.Fatalf("delivered beyond max deliveries: %+v", got)
+		if got, err := h.fab.Consume(ctx, q, 1, 100*time.Millisecond); err != nil || len(got) > 0 {
+			t.Fatalf("delivered beyond max deliveries: %+v %v", got, err)
 		}
 		dead, _, _ = h.fab.DeadLetters(ctx, q, 0, 10)
 		return len(dead) == 1
@@ -244,22 +277,36 @@ func TestGroupCommitConcurrentPublishers(t *testing.T) {
 func TestLongPollWaitsForFirstMessage(t *testing.T) {
 	h := open(t, nil)
 	q := h.queue("acme", "jobs", QueueSpec{})
-	start := time.Now()
-	go func() {
-		time.Sleep(300 * time.Millisecond)
-		publish(t, h.fab, q, text(1), text(2))
-	}()
-	got, err := h.fab.Consume(ctx, q, 10, 5*time.Second)
-	waited := time.Since(start)
-	if err != nil || len(got) == 0 {
-		t.Fatalf("%v %v", got, err)
+	type result struct {
+		got []Delivery
+		err error
 	}
-	if waited < 250*time.Millisecond || waited > 4*time.Second {
-		t.Fatalf("returned after %s", waited)
+	done := make(chan result, 1)
+	go func() {
+		got, err := h.fab.Consume(ctx, q, 10, 20*time.Second)
+		done <- result{got, err}
+	}()
+	// Publish only once the consume is waiting in the engine.
+	acc, err := h.stack.Engine.Account(ctx, q.account())
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the consume to wait", func() bool {
+		c, err := acc.JetStream().Consumer(ctx, q.queueStream(), q.consumer())
+		if err != nil {
+			return false
+		}
+		ci, err := c.Info(ctx)
+		return err == nil && ci.NumWaiting > 0
+	})
+	publish(t, h.fab, q, text(1), text(2))
+	r := <-done
+	if r.err != nil || len(r.got) == 0 || string(r.got[0].Data) != "message 1" {
+		t.Fatalf("%+v %v", r.got, r.err)
 	}
 	// An empty queue answers an empty list after the wait.
 	q2 := h.queue("acme", "empty", QueueSpec{})
-	got, err = h.fab.Consume(ctx, q2, 10, 200*time.Millisecond)
+	got, err := h.fab.Consume(ctx, q2, 10, 200*time.Millisecond)
 	if err != nil || len(got) != 0 {
 		t.Fatalf("empty: %v %v", got, err)
 	}
@@ -425,11 +472,17 @@ func TestDeadLetterSweepAfterMissedAdvisory(t *testing.T) {
 			_ = m.DoubleAck(ctx)
 		}
 	}
-	time.Sleep(1500 * time.Millisecond)
-	if b, err := cons.Fetch(1, jetstream.FetchMaxWait(500*time.Millisecond)); err == nil {
-		for m := range b.Messages() {
-			t.Fatalf("redelivered beyond max deliveries: %q", m.Data())
-		}
+	// The engine gives the first one up once its ack wait runs out: nothing is pending then.
+	waitFor(t, "the engine to give up the first message", func() bool {
+		ci, err := cons.Info(ctx)
+		return err == nil && ci.NumAckPending == 0
+	})
+	b, err = cons.Fetch(1, jetstream.FetchMaxWait(500*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for m := range b.Messages() {
+		t.Fatalf("redelivered beyond max deliveries: %q", m.Data())
 	}
 
 	f, err := Open(ctx, Options{Engine: h.stack.Engine, Identity: h.id, Config: config.Default().Fabric, Registry: prometheus.NewRegistry()})
@@ -492,17 +545,23 @@ func TestPublishDuringQueueDeletionEnds(t *testing.T) {
 	h := open(t, nil)
 	q := h.queue("acme", "jobs", QueueSpec{})
 	publish(t, h.fab, q, text(0))
+	// Each publisher publishes until a publish fails; each must end, with a clear error.
 	var wg sync.WaitGroup
-	results := make(chan error, 400)
+	results := make(chan error, 8)
+	var stored atomic.Int64
 	for w := range 8 {
 		wg.Go(func() {
-			for i := range 50 {
+			for i := 0; ; i++ {
 				_, err := h.fab.Publish(ctx, Target{Ref: q}, []Message{{ID: fmt.Sprintf("%d-%d", w, i), Data: []byte("x")}})
-				results <- err
+				if err != nil {
+					results <- err
+					return
+				}
+				stored.Add(1)
 			}
 		})
 	}
-	time.Sleep(20 * time.Millisecond)
+	waitFor(t, "publishes to flow", func() bool { return stored.Load() >= 8 })
 	if err := h.fab.DeleteQueue(ctx, q); err != nil {
 		t.Fatal(err)
 	}
@@ -514,16 +573,213 @@ func TestPublishDuringQueueDeletionEnds(t *testing.T) {
 		t.Fatal("publishers still waiting after the queue was deleted")
 	}
 	close(results)
-	failed := 0
 	for err := range results {
+		if !errors.Is(err, ErrClosed) && !errors.Is(err, ErrNotFound) {
+			t.Fatalf("publish during deletion: %v", err)
+		}
+	}
+}
+
+// storedIDs reads every message id stored in a queue's stream.
+func storedIDs(t *testing.T, h *harness, q Ref) map[string]int {
+	t.Helper()
+	acc, err := h.stack.Engine.Account(ctx, q.account())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := acc.JetStream().Stream(ctx, q.queueStream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]int{}
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
+		m, err := s.GetMsg(ctx, seq)
 		if err != nil {
-			failed++
-			if !errors.Is(err, ErrClosed) && !errors.Is(err, ErrNotFound) {
-				t.Fatalf("publish during deletion: %v", err)
+			continue // deleted
+		}
+		out[m.Header.Get(jetstream.MsgIDHeader)]++
+	}
+	return out
+}
+
+// A request that does not fit in a full queue stores nothing of itself, whether it is alone or
+// gathered with others into one commit; requests that fit are stored whole.
+func TestPublishRequestsAreAllOrNone(t *testing.T) {
+	h := open(t, func(c *config.Fabric) { c.CommitWindow = 50 * time.Millisecond })
+	q := h.queue("acme", "small", QueueSpec{MaxMessages: 30})
+	batch := func(prefix string, n int) []Message {
+		var out []Message
+		for i := range n {
+			out = append(out, Message{ID: fmt.Sprintf("%s-%d", prefix, i), Data: []byte(prefix)})
+		}
+		return out
+	}
+	if _, err := h.fab.Publish(ctx, Target{Ref: q}, batch("first", 20)); err != nil {
+		t.Fatal(err)
+	}
+	// 20 more do not fit in the 10 left: refused whole, none stored.
+	if _, err := h.fab.Publish(ctx, Target{Ref: q}, batch("second", 20)); !errors.Is(err, ErrQueueFull) {
+		t.Fatalf("20 into 10 free: %v", err)
+	}
+	if ids := storedIDs(t, h, q); len(ids) != 20 {
+		t.Fatalf("after a refused request: %d stored: %v", len(ids), ids)
+	}
+	// The same with an id already stored in the request: the rest still does not fit.
+	retry := append([]Message{{ID: "first-0", Data: []byte("first")}}, batch("third", 15)...)
+	if _, err := h.fab.Publish(ctx, Target{Ref: q}, retry); !errors.Is(err, ErrQueueFull) {
+		t.Fatalf("a duplicate and 15 into 10 free: %v", err)
+	}
+	if ids := storedIDs(t, h, q); len(ids) != 20 {
+		t.Fatalf("after a refused request with a duplicate: %d stored: %v", len(ids), ids)
+	}
+	// Concurrent requests gathered into one commit: each is answered for itself.
+	var wg sync.WaitGroup
+	errs := make([]error, 6)
+	for i := range errs {
+		wg.Go(func() {
+			n := 4
+			if i%2 == 1 {
+				n = 9
+			}
+			_, errs[i] = h.fab.Publish(ctx, Target{Ref: q}, batch(fmt.Sprintf("c%d", i), n))
+		})
+	}
+	wg.Wait()
+	ids := storedIDs(t, h, q)
+	for i, err := range errs {
+		n := 0
+		for id := range ids {
+			if strings.HasPrefix(id, fmt.Sprintf("c%d-", i)) {
+				n++
+			}
+		}
+		switch {
+		case err == nil && n != 4+5*(i%2):
+			t.Fatalf("request %d answered ok with %d of its messages stored", i, n)
+		case err != nil && n != 0:
+			t.Fatalf("request %d answered %v with %d of its messages stored", i, err, n)
+		case err != nil && !errors.Is(err, ErrQueueFull):
+			t.Fatalf("request %d: %v", i, err)
+		}
+	}
+	if len(ids) > 30 || len(ids) < 27 {
+		t.Fatalf("%d stored in a queue of 30 after requests of 4 and 9", len(ids))
+	}
+}
+
+// Duplicates are reported per message: against stored ids, inside one request, and inside a
+// commit gathered from several requests; everything else of the request is stored once.
+func TestPublishDuplicatesPerMessage(t *testing.T) {
+	h := open(t, func(c *config.Fabric) { c.CommitWindow = 50 * time.Millisecond })
+	q := h.queue("acme", "jobs", QueueSpec{})
+	rec, err := h.fab.Publish(ctx, Target{Ref: q}, []Message{{ID: "a", Data: []byte("a")}, {ID: "b", Data: []byte("b")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored := map[string]uint64{"a": rec[0].Seq, "b": rec[1].Seq}
+	// b is stored, c is new and appears twice, d is new.
+	rec, err = h.fab.Publish(ctx, Target{Ref: q}, []Message{{ID: "b", Data: []byte("b2")}, {ID: "c", Data: []byte("c")},
+		{ID: "c", Data: []byte("c2")}, {ID: "d", Data: []byte("d")}, {Data: []byte("no id")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rec[0].Duplicate || rec[0].Seq != stored["b"] || rec[1].Duplicate || !rec[2].Duplicate || rec[2].Seq != rec[1].Seq ||
+		rec[3].Duplicate || rec[4].Duplicate || rec[3].Seq == rec[1].Seq {
+		t.Fatalf("receipts: %+v", rec)
+	}
+	// Gathered: one request repeats a, others are new; only the repeat is a duplicate.
+	var wg sync.WaitGroup
+	recs := make([][]Receipt, 5)
+	errs := make([]error, 5)
+	for i := range recs {
+		wg.Go(func() {
+			msgs := []Message{{ID: fmt.Sprintf("g%d-1", i), Data: []byte("g")}, {ID: fmt.Sprintf("g%d-2", i), Data: []byte("g")}}
+			if i == 2 {
+				msgs = append(msgs, Message{ID: "a", Data: []byte("a again")})
+			}
+			recs[i], errs[i] = h.fab.Publish(ctx, Target{Ref: q}, msgs)
+		})
+	}
+	wg.Wait()
+	for i := range recs {
+		if errs[i] != nil {
+			t.Fatalf("request %d: %v", i, errs[i])
+		}
+		for j, r := range recs[i] {
+			if want := i == 2 && j == 2; r.Duplicate != want || (want && r.Seq != stored["a"]) {
+				t.Fatalf("request %d receipts %+v", i, recs[i])
 			}
 		}
 	}
-	if failed == 0 {
-		t.Fatal("every publish succeeded although the queue was deleted")
+	for id, n := range storedIDs(t, h, q) {
+		if n != 1 {
+			t.Fatalf("id %q stored %d times", id, n)
+		}
+	}
+	if ids := storedIDs(t, h, q); len(ids) != 15 || ids[""] != 0 && len(ids) != 15 {
+		t.Fatalf("stored ids: %v", ids)
+	}
+}
+
+// An acknowledgement has taken effect when Settle returns: after each batch of acks the depth
+// is exactly what is left, and nothing acknowledged is ever delivered again.
+func TestAcksTakeEffectBeforeTheyAreAnswered(t *testing.T) {
+	h := open(t, nil)
+	q := h.queue("acme", "jobs", QueueSpec{AckWait: 5 * time.Second})
+	const n = 5000
+	for i := 0; i < n; i += 1000 {
+		var msgs []Message
+		for j := range 1000 {
+			msgs = append(msgs, Message{Data: fmt.Appendf(nil, "%d", i+j)})
+		}
+		if _, err := h.fab.Publish(ctx, Target{Ref: q}, msgs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	left := n
+	for left > 0 {
+		got, err := h.fab.Consume(ctx, q, 1000, time.Second)
+		if err != nil || len(got) == 0 {
+			t.Fatalf("consume with %d left: %d %v", left, len(got), err)
+		}
+		tokens := make([]string, len(got))
+		for i, d := range got {
+			if d.Deliveries != 1 {
+				t.Fatalf("seq %d delivered %d times", d.Seq, d.Deliveries)
+			}
+			tokens[i] = d.AckToken
+		}
+		if err := h.fab.Settle(ctx, q, tokens, Ack, 0); err != nil {
+			t.Fatal(err)
+		}
+		left -= len(got)
+		st, err := h.fab.Queue(ctx, q)
+		if err != nil || st.Stats.Depth != uint64(left) {
+			t.Fatalf("after acking down to %d: depth %d %v", left, st.Stats.Depth, err)
+		}
+	}
+	// Acking again what is gone is answered (the engine knows the delivery), and a token for
+	// a delivery that never happened is refused, not left hanging.
+	if got, err := h.fab.Consume(ctx, q, 1, 0); err != nil || len(got) != 0 {
+		t.Fatalf("after every ack: %+v %v", got, err)
+	}
+	publish(t, h.fab, q, text(1))
+	got, err := h.fab.Consume(ctx, q, 1, 0)
+	if err != nil || len(got) != 1 {
+		t.Fatal(got, err)
+	}
+	if err := h.fab.Settle(ctx, q, []string{got[0].AckToken}, Ack, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.fab.Settle(ctx, q, []string{got[0].AckToken}, Ack, 0); err != nil {
+		t.Fatalf("a second ack of the same delivery: %v", err)
+	}
+	forged := base64.RawURLEncoding.EncodeToString(fmt.Appendf(nil, "$JS.ACK.%s.%s.1.%d.%d.0.0", q.queueStream(), q.consumer(), n+100, n+100))
+	if err := h.fab.Settle(ctx, q, []string{forged}, Ack, 0); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "tokens[0]") {
+		t.Fatalf("a token of no delivery: %v", err)
 	}
 }

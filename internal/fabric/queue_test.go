@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -781,5 +782,89 @@ func TestAcksTakeEffectBeforeTheyAreAnswered(t *testing.T) {
 	forged := base64.RawURLEncoding.EncodeToString(fmt.Appendf(nil, "$JS.ACK.%s.%s.1.%d.%d.0.0", q.queueStream(), q.consumer(), n+100, n+100))
 	if err := h.fab.Settle(ctx, q, []string{forged}, Ack, 0); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "tokens[0]") {
 		t.Fatalf("a token of no delivery: %v", err)
+	}
+}
+
+// Acks of an unbroken run from the queue's first message are applied in one removal; a run
+// broken by a message still held (or already gone) is applied message by message, and the
+// held message stays.
+func TestAckRunsNeverTakeHeldMessages(t *testing.T) {
+	h := open(t, nil)
+	q := h.queue("acme", "jobs", QueueSpec{AckWait: time.Minute})
+	var msgs []Message
+	for i := 1; i <= 10; i++ {
+		msgs = append(msgs, text(i))
+	}
+	publish(t, h.fab, q, msgs...)
+	got, err := h.fab.Consume(ctx, q, 10, 0)
+	if err != nil || len(got) != 10 {
+		t.Fatal(len(got), err)
+	}
+	tok := func(seqs ...int) []string {
+		var out []string
+		for _, s := range seqs {
+			out = append(out, got[s-1].AckToken)
+		}
+		return out
+	}
+	stored := func() []uint64 {
+		acc, _ := h.stack.Engine.Account(ctx, q.account())
+		s, err := acc.JetStream().Stream(ctx, q.queueStream())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []uint64
+		for seq := uint64(1); seq <= 10; seq++ {
+			if _, err := s.GetMsg(ctx, seq); err == nil {
+				out = append(out, seq)
+			}
+		}
+		return out
+	}
+	steps := []struct {
+		ack  []int
+		want []uint64
+	}{
+		{[]int{2, 3, 4}, []uint64{1, 5, 6, 7, 8, 9, 10}}, // not from the first: one by one
+		{[]int{1, 5, 6, 8}, []uint64{7, 9, 10}},          // 1 is first, 2-4 are gone: the run stops at 1
+		{[]int{7, 9, 10, 7}, nil},                        // 7 first, 8 gone: 7 alone, then 9 and 10
+	}
+	for i, st := range steps {
+		if err := h.fab.Settle(ctx, q, tok(st.ack...), Ack, 0); err != nil {
+			t.Fatalf("step %d: %v", i, err)
+		}
+		if have := stored(); !slices.Equal(have, st.want) {
+			t.Fatalf("step %d: stored %v, want %v", i, have, st.want)
+		}
+	}
+	// A run from the first message with one held in its middle: the run stops before it.
+	publish(t, h.fab, q, msgs...) // 11-20
+	got, err = h.fab.Consume(ctx, q, 10, 0)
+	if err != nil || len(got) != 10 {
+		t.Fatal(len(got), err)
+	}
+	var tokens []string
+	for _, d := range got {
+		if d.Seq != 15 {
+			tokens = append(tokens, d.AckToken)
+		}
+	}
+	if err := h.fab.Settle(ctx, q, tokens, Ack, 0); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := h.fab.Queue(ctx, q)
+	if st.Stats.Depth != 1 || st.Stats.InFlight != 1 {
+		t.Fatalf("after acking all but 15: %+v", st.Stats)
+	}
+	again, err := h.fab.Consume(ctx, q, 10, 0)
+	if err != nil || len(again) != 0 {
+		t.Fatalf("15 is still held, nothing to deliver: %+v %v", again, err)
+	}
+	if err := h.fab.Settle(ctx, q, []string{got[4].AckToken}, Nack, 0); err != nil {
+		t.Fatal(err)
+	}
+	again, err = h.fab.Consume(ctx, q, 10, 5*time.Second)
+	if err != nil || len(again) != 1 || again[0].Seq != 15 || again[0].Deliveries != 2 {
+		t.Fatalf("15 after its nack: %+v %v", again, err)
 	}
 }

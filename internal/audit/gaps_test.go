@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,9 +19,16 @@ import (
 	"github.com/penstock/penstock/internal/keyring/keyringtest"
 )
 
-// (a) With the server stopped, the stream's block file cut in half and the bucket that keeps
-// the anchors deleted: the log that comes back up, checkpointed again, does not verify.
+// (a) With the server stopped, the stream's block file cut in half, and the bucket that keeps
+// the anchors deleted or left: the log that comes back up, written to and checkpointed again,
+// does not verify: the checkpointer does not move an anchor onto a log behind it.
 func TestVerifyFailsWhenStreamCutAndAnchorsDeleted(t *testing.T) {
+	for _, deleteBucket := range []bool{true, false} {
+		t.Run(fmt.Sprintf("bucket deleted %v", deleteBucket), func(t *testing.T) { verifyAfterCut(t, deleteBucket) })
+	}
+}
+
+func verifyAfterCut(t *testing.T, deleteBucket bool) {
 	storeDir, keyDir := t.TempDir(), t.TempDir()
 	master, err := keyring.LoadMaster(ctx, keyDir, config.Keyring{})
 	if err != nil {
@@ -67,7 +75,7 @@ func TestVerifyFailsWhenStreamCutAndAnchorsDeleted(t *testing.T) {
 		if err != nil {
 			return nil
 		}
-		if d.IsDir() && d.Name() == "KV_penstock_audit" {
+		if d.IsDir() && d.Name() == "KV_penstock_audit" && deleteBucket {
 			if err := os.RemoveAll(p); err != nil {
 				t.Fatal(err)
 			}
@@ -81,7 +89,7 @@ func TestVerifyFailsWhenStreamCutAndAnchorsDeleted(t *testing.T) {
 		}
 		return nil
 	})
-	if cut == 0 || removed == 0 {
+	if cut == 0 || deleteBucket && removed == 0 {
 		t.Fatalf("cut %d block files, removed %d buckets", cut, removed)
 	}
 
@@ -91,6 +99,7 @@ func TestVerifyFailsWhenStreamCutAndAnchorsDeleted(t *testing.T) {
 	if _, err := s.l.Append(ctx, Event{Actor: "system", Action: "platform.start", Result: ResultOK}); err != nil {
 		t.Fatal(err)
 	}
+	appendN(t, s.l, 160) // every chain past its anchored head again, with other events
 	if err := s.l.Checkpoint(ctx); err != nil {
 		t.Logf("checkpoint after the cut: %v", err)
 	}
@@ -161,8 +170,9 @@ func TestExportCutsDoNotVerify(t *testing.T) {
 func TestUnsignedTailIsBoundedInTime(t *testing.T) {
 	st := openStack(t)
 	total := 0
+	var slowest time.Duration
 	for cycle := range 10 {
-		l, err := Open(ctx, Options{Platform: st.Platform, Keyring: st.Keyring})
+		l, err := Open(ctx, Options{Platform: st.Platform, Keyring: st.Keyring, CheckpointDelay: 300 * time.Millisecond})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -171,7 +181,9 @@ func TestUnsignedTailIsBoundedInTime(t *testing.T) {
 		go func() { defer close(done); l.Checkpoints(cctx) }()
 		appendN(t, l, 2+cycle%3)
 		total += 2 + cycle%3
+		appended := time.Now()
 		waitFor(t, "every chain anchored at its head", func() bool { return anchoredAtHead(t, l) })
+		slowest = max(slowest, time.Since(appended))
 		cancel() // killed: no Close, no final checkpoint
 		<-done
 	}
@@ -183,6 +195,7 @@ func TestUnsignedTailIsBoundedInTime(t *testing.T) {
 	if err != nil || !rep.OK || rep.Events != total {
 		t.Fatalf("after ten kills: %+v %v", rep, err)
 	}
+	t.Logf("%d events over ten kills, all signed; slowest from last append to anchored: %s (delay 300ms)", total, slowest.Round(time.Millisecond))
 }
 
 func openStack(t *testing.T) *keyringtest.Stack {

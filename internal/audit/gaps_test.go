@@ -162,6 +162,29 @@ func TestExportCutsDoNotVerify(t *testing.T) {
 	if rep, err := VerifyExportFile(strings.NewReader(cutHead), l.PublicKey()); err == nil && rep.OK {
 		t.Fatalf("an export cut at its head, starts edited, verifies: %d events", rep.Events)
 	}
+	// Any header field edited, the last record dropped, a record added.
+	rest := strings.Join(lines[1:], "\n")
+	for name, edited := range map[string]string{
+		"since edited":   editHeader(t, lines[0], func(m map[string]any) { m["since"] = "2020-01-01T00:00:00Z" }) + "\n" + rest,
+		"tenant edited":  editHeader(t, lines[0], func(m map[string]any) { m["tenant"] = "acme" }) + "\n" + rest,
+		"last line cut":  strings.Join(lines[:len(lines)-1], "\n"),
+		"line repeated":  buf.String() + lines[len(lines)-1] + "\n",
+		"signature gone": editHeader(t, lines[0], func(m map[string]any) { delete(m, "signature") }) + "\n" + rest,
+	} {
+		if rep, err := VerifyExportFile(strings.NewReader(edited), l.PublicKey()); err == nil && rep.OK {
+			t.Fatalf("%s: verifies", name)
+		}
+	}
+	// An export made before exports were signed still verifies, marked unsealed.
+	v1 := editHeader(t, lines[0], func(m map[string]any) {
+		m["format"] = "penstock-audit-export-v1"
+		for _, k := range []string{"chains", "records", "time", "signature"} {
+			delete(m, k)
+		}
+	}) + "\n" + rest
+	if rep, err := VerifyExportFile(strings.NewReader(v1), l.PublicKey()); err != nil || !rep.OK || !rep.Unsealed {
+		t.Fatalf("a v1 export: %+v %v", rep, err)
+	}
 }
 
 // (c) Events never wait long unsigned: with nothing but the log's own background work (no

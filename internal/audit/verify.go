@@ -28,6 +28,9 @@ type Report struct {
 	Checkpoints int    `json:"checkpoints"`
 	Chains      int    `json:"chains"`
 	Break       *Break `json:"break,omitempty"`
+	// Unsealed marks an export made before exports were signed over their extent: its events
+	// and checkpoints verify, but where it starts and ends is not proven.
+	Unsealed bool `json:"unsealed,omitempty"`
 }
 
 // Break is the first place the log is not what was written.

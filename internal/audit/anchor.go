@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 )
 
@@ -19,6 +20,27 @@ type FileAnchor struct {
 	Path string
 
 	mu sync.Mutex
+}
+
+// OpenFileAnchor checks that path can be an external anchor for the log of dataDir: its
+// directory exists and, with symbolic links resolved, lies outside dataDir.
+func OpenFileAnchor(path, dataDir string) (*FileAnchor, error) {
+	dir, err := filepath.EvalSymlinks(filepath.Dir(path))
+	if err != nil {
+		return nil, fmt.Errorf("audit.anchor.file: its directory: %w", err)
+	}
+	data, err := filepath.EvalSymlinks(dataDir)
+	if err != nil {
+		return nil, fmt.Errorf("audit.anchor.file: data_dir: %w", err)
+	}
+	if rel, err := filepath.Rel(data, dir); err == nil && (rel == "." || rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator))) {
+		return nil, fmt.Errorf("audit.anchor.file: %s is inside data_dir %s (symbolic links resolved): a copy there is rolled back with the data", path, dataDir)
+	}
+	a := &FileAnchor{Path: filepath.Join(dir, filepath.Base(path))}
+	if _, err := a.Read(); err != nil {
+		return nil, err
+	}
+	return a, nil
 }
 
 type anchorFile struct {

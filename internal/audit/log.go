@@ -50,7 +50,9 @@ type Log struct {
 
 	delay    time.Duration // how long an event may wait for a checkpoint
 	external *FileAnchor   // nil: no anchor outside the data directory
-	unsigned chan struct{} // signalled by every append; drained by Checkpoints
+	// forwardCheckpoints sends checkpoints to the SIEM sinks too.
+	forwardCheckpoints bool
+	unsigned           chan struct{} // signalled by every append; drained by Checkpoints
 
 	mu      sync.Mutex
 	heads   map[string]head
@@ -77,6 +79,9 @@ type Options struct {
 	// Anchor, if set, keeps a copy of every chain's latest checkpoint outside the data
 	// directory, and VerifyAll fails if the log is behind it.
 	Anchor *FileAnchor
+	// ForwardCheckpoints sends checkpoints to the SIEM sinks that take them (CheckpointSink),
+	// next to the events.
+	ForwardCheckpoints bool
 }
 
 // Open creates or opens the stream, the state bucket and the checkpoint signing key (an
@@ -116,7 +121,7 @@ func Open(ctx context.Context, o Options) (*Log, error) {
 		return nil, err
 	}
 	return &Log{js: o.Platform.JetStream(), stream: st, state: kv, key: key, log: o.Logger, now: o.Now,
-		delay: o.CheckpointDelay, external: o.Anchor, unsigned: make(chan struct{}, 1),
+		delay: o.CheckpointDelay, external: o.Anchor, forwardCheckpoints: o.ForwardCheckpoints, unsigned: make(chan struct{}, 1),
 		heads: map[string]head{}, checked: map[string]Head{}, refused: map[string]string{}}, nil
 }
 

@@ -90,7 +90,6 @@ func (l *Log) checkpointLocked(ctx context.Context, all bool) error {
 		chains = append(chains, chain)
 	}
 	sort.Strings(chains)
-	var errs []error
 	signed := map[string]*Checkpoint{}
 	for _, chain := range chains {
 		h := l.heads[chain].Head
@@ -104,9 +103,9 @@ func (l *Log) checkpointLocked(ctx context.Context, all bool) error {
 				if !errors.As(err, &behind) {
 					return fmt.Errorf("%w: %v", ErrUnavailable, err)
 				}
+				// Logged once, not returned: the other chains, exports and stops go on.
 				l.refused[chain] = behind.Error()
 				l.log.Error("audit chain left unsigned: the log is behind its anchor; audit verify reports it", "chain", chain, "reason", behind.Error())
-				errs = append(errs, err)
 				continue
 			}
 		}
@@ -122,10 +121,11 @@ func (l *Log) checkpointLocked(ctx context.Context, all bool) error {
 	l.pending = 0
 	if l.external != nil && len(signed) > 0 {
 		if err := l.external.Advance(signed); err != nil {
-			errs = append(errs, fmt.Errorf("external anchor: %w", err))
+			// The log's own checkpoints stand; only the copy outside lags, until it can be written.
+			l.log.Error("audit external anchor not written", "path", l.external.Path, "error", err)
 		}
 	}
-	return errors.Join(errs...)
+	return nil
 }
 
 // behindError says the log does not reach a chain's kept checkpoint: it was cut back, or its

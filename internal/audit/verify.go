@@ -246,7 +246,7 @@ func verify(records []Record, pub ed25519.PublicKey, anchors, external Anchors, 
 	}
 	for _, k := range sortedKeys(anchors) {
 		c := anchors[k]
-		if r := reach(c, "the kept checkpoint "+k, true); r != nil {
+		if r := reach(c, "the kept checkpoint (key "+k+")", true); r != nil {
 			return *r
 		}
 		for chain, h := range c.Heads {

@@ -164,7 +164,14 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 	if err != nil {
 		return nil, err
 	}
-	if a.audit, err = audit.Open(ctx, audit.Options{Platform: plat, Keyring: a.keys, Retention: cfg.Audit.Retention, Logger: log.With("component", "audit")}); err != nil {
+	var anchor *audit.FileAnchor
+	if f := cfg.Audit.Anchor.File; f != "" {
+		if anchor, err = audit.OpenFileAnchor(f, cfg.DataDir); err != nil {
+			return nil, err
+		}
+	}
+	if a.audit, err = audit.Open(ctx, audit.Options{Platform: plat, Keyring: a.keys, Retention: cfg.Audit.Retention, Logger: log.With("component", "audit"),
+		CheckpointDelay: cfg.Audit.CheckpointDelay, Anchor: anchor, ForwardCheckpoints: cfg.Audit.Anchor.SIEM}); err != nil {
 		return nil, err
 	}
 	if a.sinks, err = auditSinks(cfg.Audit); err != nil {

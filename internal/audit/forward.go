@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -29,16 +30,27 @@ type Sink interface {
 	Close() error
 }
 
+// CheckpointSink is a Sink that also takes checkpoints: with Options.ForwardCheckpoints, the
+// receiver keeps the signed chain heads, an anchor out of reach of a rollback of the log.
+type CheckpointSink interface {
+	DeliverCheckpoint(ctx context.Context, c Checkpoint) error
+}
+
+var (
+	_ CheckpointSink = (*Webhook)(nil)
+	_ CheckpointSink = (*Syslog)(nil)
+)
+
 // Forward delivers every event of the log to sink, in order, at least once, from a durable
 // consumer of the stream: an event is acknowledged only once the sink accepted it, so nothing
 // is lost across restarts (an event may be delivered twice around one). It runs until ctx ends.
 func (l *Log) Forward(ctx context.Context, sink Sink) error {
 	cons, err := l.stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
-		Durable:       "siem-" + sink.Name(),
-		Description:   "audit forwarding to " + sink.Name(),
-		FilterSubject: chainSubject + ">",
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		MaxAckPending: 1, // in order
+		Durable:        "siem-" + sink.Name(),
+		Description:    "audit forwarding to " + sink.Name(),
+		FilterSubjects: l.forwarded(sink),
+		AckPolicy:      jetstream.AckExplicitPolicy,
+		MaxAckPending:  1, // in order
 		// A delivery left unacknowledged by a stop (fetched as the process ended) holds up
 		// the next process's forwarding for this long; retries keep theirs alive.
 		AckWait: 10 * time.Second,
@@ -58,20 +70,25 @@ func (l *Log) Forward(ctx context.Context, sink Sink) error {
 			continue
 		}
 		for msg := range batch.Messages() {
-			var e Event
-			if err := json.Unmarshal(msg.Data(), &e); err != nil {
-				l.log.Error("audit forward: a stored record is not an event; skipped (audit verify reports it)", "sink", sink.Name())
+			var seq uint64
+			if meta, err := msg.Metadata(); err == nil {
+				seq = meta.Sequence.Stream
+			}
+			r := decodeRecord(seq, msg.Subject(), msg.Data())
+			deliver := func() error { return sink.Deliver(ctx, r.Event.withSeq(seq)) }
+			switch cs, ok := sink.(CheckpointSink); {
+			case r.Checkpoint != nil && ok:
+				deliver = func() error { return cs.DeliverCheckpoint(ctx, *r.Checkpoint) }
+			case r.Event == nil:
+				l.log.Error("audit forward: a stored record is not as written; skipped (audit verify reports it)", "sink", sink.Name(), "seq", seq)
 				_ = msg.Term()
 				continue
 			}
-			if meta, err := msg.Metadata(); err == nil {
-				e.Seq = meta.Sequence.Stream
-			}
 			delivered := false
 			for ctx.Err() == nil {
-				if err := sink.Deliver(ctx, e); err != nil {
+				if err := deliver(); err != nil {
 					_ = msg.InProgress() // keep the event while retrying: no redelivery elsewhere
-					l.log.Warn("audit forward: delivery failed; retrying", "sink", sink.Name(), "seq", e.Seq, "error", err)
+					l.log.Warn("audit forward: delivery failed; retrying", "sink", sink.Name(), "seq", seq, "error", err)
 					sleep(ctx, backoff)
 					backoff = min(backoff*2, 30*time.Second)
 					continue
@@ -89,6 +106,15 @@ func (l *Log) Forward(ctx context.Context, sink Sink) error {
 		}
 	}
 	return nil
+}
+
+// forwarded is what the sink's consumer reads: the events, and the checkpoints too when they
+// are forwarded and the sink takes them.
+func (l *Log) forwarded(sink Sink) []string {
+	if _, ok := sink.(CheckpointSink); ok && l.forwardCheckpoints {
+		return []string{chainSubject + ">", checkpointSubject + ".>"}
+	}
+	return []string{chainSubject + ">"}
 }
 
 func sleep(ctx context.Context, d time.Duration) {
@@ -111,6 +137,17 @@ func (w *Webhook) Close() error { return nil }
 
 func (w *Webhook) Deliver(ctx context.Context, e Event) error {
 	body, _ := json.Marshal(e)
+	return w.post(ctx, body)
+}
+
+// DeliverCheckpoint posts {"checkpoint": {...}}, as an export line holds it, signed the same
+// way as events.
+func (w *Webhook) DeliverCheckpoint(ctx context.Context, c Checkpoint) error {
+	body, _ := json.Marshal(Record{Checkpoint: &c})
+	return w.post(ctx, body)
+}
+
+func (w *Webhook) post(ctx context.Context, body []byte) error {
 	m := hmac.New(sha256.New, []byte(w.Secret.Reveal()))
 	m.Write(body)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, w.URL, bytes.NewReader(body))
@@ -153,7 +190,16 @@ func (s *Syslog) Close() error {
 	return nil
 }
 
-func (s *Syslog) Deliver(ctx context.Context, e Event) error {
+func (s *Syslog) Deliver(ctx context.Context, e Event) error { return s.send(ctx, FormatRFC5424(e)) }
+
+// DeliverCheckpoint sends a checkpoint as a notice with MSGID audit.checkpoint and the
+// record's JSON ({"checkpoint": {...}}) as the message.
+func (s *Syslog) DeliverCheckpoint(ctx context.Context, c Checkpoint) error {
+	body, _ := json.Marshal(Record{Checkpoint: &c})
+	return s.send(ctx, formatRFC5424(5, c.Time, "audit.checkpoint", c.Seq, strings.Join(sortedKeys(c.Heads), ","), body))
+}
+
+func (s *Syslog) send(ctx context.Context, msg string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.conn == nil {
@@ -164,7 +210,6 @@ func (s *Syslog) Deliver(ctx context.Context, e Event) error {
 		}
 		s.conn = c
 	}
-	msg := FormatRFC5424(e)
 	_ = s.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
 	if _, err := s.conn.Write([]byte(strconv.Itoa(len(msg)) + " " + msg)); err != nil {
 		s.conn.Close()
@@ -181,13 +226,17 @@ func FormatRFC5424(e Event) string {
 	if e.Result == ResultDenied || e.Result == ResultError {
 		sev = 4
 	}
+	body, _ := json.Marshal(e)
+	return formatRFC5424(sev, e.Time, e.Action, e.Seq, e.Chain, body)
+}
+
+func formatRFC5424(sev int, t time.Time, msgID string, seq uint64, chain string, body []byte) string {
 	host, _ := os.Hostname()
 	if host == "" {
 		host = "-"
 	}
-	body, _ := json.Marshal(e)
 	return fmt.Sprintf("<%d>1 %s %s penstock - %s [penstock@32473 seq=\"%d\" chain=\"%s\"] %s",
-		10*8+sev, e.Time.UTC().Format(time.RFC3339Nano), host, sdName(e.Action), e.Seq, e.Chain, body)
+		10*8+sev, t.UTC().Format(time.RFC3339Nano), host, sdName(msgID), seq, chain, body)
 }
 
 // sdName keeps a MSGID within RFC 5424's 32 printable characters.

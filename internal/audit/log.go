@@ -48,10 +48,17 @@ type Log struct {
 	log    *slog.Logger
 	now    func() time.Time
 
+	delay    time.Duration // how long an event may wait for a checkpoint
+	external *FileAnchor   // nil: no anchor outside the data directory
+	// forwardCheckpoints sends checkpoints to the SIEM sinks too.
+	forwardCheckpoints bool
+	unsigned           chan struct{} // signalled by every append; drained by Checkpoints
+
 	mu      sync.Mutex
 	heads   map[string]head
-	checked map[string]Head // per chain, the head its latest checkpoint signed
-	pending int             // events since the last checkpoint
+	checked map[string]Head   // per chain, the head its latest checkpoint signed
+	refused map[string]string // per chain, why its anchor is not moved (the log is behind it)
+	pending int               // events since the last checkpoint
 }
 
 type head struct {
@@ -66,6 +73,15 @@ type Options struct {
 	Retention time.Duration // 0: 400 days
 	Logger    *slog.Logger
 	Now       func() time.Time
+	// CheckpointDelay bounds how long an event waits unsigned: Checkpoints writes a
+	// checkpoint this long after the first event no checkpoint covers. 0: DefaultCheckpointDelay.
+	CheckpointDelay time.Duration
+	// Anchor, if set, keeps a copy of every chain's latest checkpoint outside the data
+	// directory, and VerifyAll fails if the log is behind it.
+	Anchor *FileAnchor
+	// ForwardCheckpoints sends checkpoints to the SIEM sinks that take them (CheckpointSink),
+	// next to the events.
+	ForwardCheckpoints bool
 }
 
 // Open creates or opens the stream, the state bucket and the checkpoint signing key (an
@@ -79,6 +95,9 @@ func Open(ctx context.Context, o Options) (*Log, error) {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.CheckpointDelay <= 0 {
+		o.CheckpointDelay = DefaultCheckpointDelay
 	}
 	st, err := o.Platform.Stream(ctx, jetstream.StreamConfig{
 		Name:        Stream,
@@ -102,7 +121,8 @@ func Open(ctx context.Context, o Options) (*Log, error) {
 		return nil, err
 	}
 	return &Log{js: o.Platform.JetStream(), stream: st, state: kv, key: key, log: o.Logger, now: o.Now,
-		heads: map[string]head{}, checked: map[string]Head{}}, nil
+		delay: o.CheckpointDelay, external: o.Anchor, forwardCheckpoints: o.ForwardCheckpoints, unsigned: make(chan struct{}, 1),
+		heads: map[string]head{}, checked: map[string]Head{}, refused: map[string]string{}}, nil
 }
 
 var platformScope = keyring.Scope{Tenant: "platform"}
@@ -168,6 +188,10 @@ func (l *Log) Append(ctx context.Context, e Event) (Event, error) {
 		e.Seq = ack.Sequence
 		l.heads[e.Chain] = head{Head: Head{Index: e.Index, Hash: e.Hash}, subjectSeq: ack.Sequence}
 		l.pending++
+		select {
+		case l.unsigned <- struct{}{}:
+		default:
+		}
 		if l.pending >= CheckpointEvery {
 			if err := l.checkpointLocked(ctx, false); err != nil {
 				l.log.Warn("audit checkpoint", "error", err)
@@ -199,101 +223,6 @@ func (l *Log) headLocked(ctx context.Context, chain string) (head, error) {
 	h := head{Head: Head{Index: e.Index, Hash: e.Hash}, subjectSeq: msg.Sequence}
 	l.heads[chain] = h
 	return h, nil
-}
-
-// Checkpoint writes a signed checkpoint for every chain whose head moved since its last one,
-// to the stream and to the state bucket (the anchors Verify checks the stream against). Each
-// checkpoint signs one chain's head: its size does not grow with the number of tenants, and
-// a tenant's export carries its own checkpoints and nobody else's.
-func (l *Log) Checkpoint(ctx context.Context) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.checkpointLocked(ctx, false)
-}
-
-// checkpointLocked checkpoints every chain whose head moved, or, with all, every chain: the
-// hourly roll call that lets verification tell an expired beginning of a chain from a cut one.
-func (l *Log) checkpointLocked(ctx context.Context, all bool) error {
-	// Bring every chain of the stream in, so the checkpoints cover chains other nodes wrote.
-	info, err := l.stream.Info(ctx, jetstream.WithSubjectFilter(chainSubject+">"))
-	if err != nil {
-		return err
-	}
-	for subj := range info.State.Subjects {
-		chain := strings.TrimPrefix(subj, chainSubject)
-		delete(l.heads, chain)
-		if _, err := l.headLocked(ctx, chain); err != nil {
-			return err
-		}
-	}
-	chains := make([]string, 0, len(l.heads))
-	for chain := range l.heads {
-		chains = append(chains, chain)
-	}
-	sort.Strings(chains)
-	for _, chain := range chains {
-		h := l.heads[chain].Head
-		if h.Index == 0 {
-			continue
-		}
-		last, ok := l.checked[chain]
-		if !ok {
-			a, err := l.anchor(ctx, chain)
-			if err != nil {
-				return fmt.Errorf("%w: %v", ErrUnavailable, err)
-			}
-			if a != nil {
-				last = a.Heads[chain]
-			}
-		}
-		if last == h && !all {
-			continue
-		}
-		if err := l.checkpointChain(ctx, chain, h); err != nil {
-			return err
-		}
-	}
-	l.pending = 0
-	return nil
-}
-
-// checkpointChain signs one chain's head, appends it and moves the chain's anchor to it.
-func (l *Log) checkpointChain(ctx context.Context, chain string, h Head) error {
-	c := Checkpoint{Time: l.now().UTC(), Heads: map[string]Head{chain: h}}
-	c.Signature = ed25519.Sign(l.key, c.signed())
-	b, _ := json.Marshal(c)
-	ack, err := l.js.Publish(ctx, checkpointSubject, b)
-	if err != nil {
-		return fmt.Errorf("%w: %v", ErrUnavailable, err)
-	}
-	c.Seq = ack.Sequence
-	// The anchor only moves forward: another node's newer checkpoint is kept, and an older
-	// one is never written back over it.
-	key := anchorKey + "." + chain
-	for attempt := 0; attempt < 5; attempt++ {
-		cur, err := l.state.Get(ctx, key)
-		var rev uint64
-		if err == nil {
-			var prev Checkpoint
-			if json.Unmarshal(cur.Value(), &prev) == nil && prev.Seq >= c.Seq {
-				break
-			}
-			rev = cur.Revision()
-		} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
-			return fmt.Errorf("%w: %v", ErrUnavailable, err)
-		}
-		b, _ = json.Marshal(c)
-		if rev == 0 {
-			_, err = l.state.Create(ctx, key, b)
-		} else {
-			_, err = l.state.Update(ctx, key, b, rev)
-		}
-		if err == nil {
-			break
-		}
-	}
-	l.checked[chain] = h
-	return nil
 }
 
 // Anchors are the latest checkpoints as kept outside the stream: one per chain (key
@@ -365,8 +294,8 @@ func (l *Log) Records(ctx context.Context, from uint64, fn func(Record) bool) er
 	return nil
 }
 
-// VerifyAll verifies the whole stream against the kept checkpoint, allowing for a prefix
-// that expired with the retention limit.
+// VerifyAll verifies the whole stream against the kept checkpoints and, if configured, the
+// external anchor, allowing for a prefix that expired with the retention limit.
 func (l *Log) VerifyAll(ctx context.Context) (Report, error) {
 	var recs []Record
 	if err := l.Records(ctx, 1, func(r Record) bool { recs = append(recs, r); return true }); err != nil {
@@ -380,34 +309,13 @@ func (l *Log) VerifyAll(ctx context.Context) (Report, error) {
 	if err != nil {
 		return Report{}, err
 	}
-	if info.State.FirstSeq > 1 {
-		return VerifyExpired(recs, l.PublicKey(), anchor), nil
-	}
-	return Verify(recs, l.PublicKey(), anchor), nil
-}
-
-// CheckpointInterval is the longest time between two checkpoints while events are written:
-// the partial segment expiry can leave is at most this long.
-const CheckpointInterval = time.Hour
-
-// Checkpoints writes a checkpoint every CheckpointInterval if events were appended since the
-// last one, until ctx ends.
-func (l *Log) Checkpoints(ctx context.Context) {
-	t := time.NewTicker(CheckpointInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			l.mu.Lock()
-			err := l.checkpointLocked(ctx, true)
-			l.mu.Unlock()
-			if err != nil {
-				l.log.Warn("audit checkpoint", "error", err)
-			}
+	var external Anchors
+	if l.external != nil {
+		if external, err = l.external.Read(); err != nil {
+			return Report{}, err
 		}
 	}
+	return verify(recs, l.PublicKey(), anchor, external, nil, info.State.FirstSeq > 1), nil
 }
 
 // Close writes a final checkpoint.
@@ -441,9 +349,11 @@ func (l *Log) ConfigChanges(ctx context.Context, flat map[string]string) ([]stri
 // Penstock writes for its subject: duplicate, unknown or re-cased fields, or an event on
 // another chain's subject, are tampering.
 func decodeRecord(seq uint64, subject string, data []byte) Record {
-	if subject == checkpointSubject {
+	if chain, ok := strings.CutPrefix(subject, checkpointSubject); ok && (chain == "" || chain[0] == '.') {
+		// A chain's own checkpoints are on its subject and sign its head only; the legacy
+		// subject's may sign several.
 		var c Checkpoint
-		if json.Unmarshal(data, &c) == nil {
+		if json.Unmarshal(data, &c) == nil && (chain == "" || len(c.Heads) == 1 && c.Heads[chain[1:]] != (Head{})) {
 			if b, _ := json.Marshal(c); bytes.Equal(b, data) {
 				c.Seq = seq
 				return Record{Checkpoint: &c}

@@ -1,6 +1,7 @@
 package audit
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"fmt"
 	"sort"
@@ -15,6 +16,9 @@ const (
 	Reordered = "reordered" // an event comes before one that precedes it in its chain
 	Truncated = "truncated" // a chain ends before the head a signed checkpoint recorded
 	Forged    = "forged"    // a checkpoint's signature does not hold
+	// The log holds checkpoints of a chain that no kept checkpoint vouches for, or later ones
+	// than the kept one: the anchor was removed or rolled back, maybe with the log cut.
+	Unanchored = "unanchored"
 )
 
 // Report is the outcome of Verify.
@@ -24,6 +28,9 @@ type Report struct {
 	Checkpoints int    `json:"checkpoints"`
 	Chains      int    `json:"chains"`
 	Break       *Break `json:"break,omitempty"`
+	// Unsealed marks an export made before exports were signed over their extent: its events
+	// and checkpoints verify, but where it starts and ends is not proven.
+	Unsealed bool `json:"unsealed,omitempty"`
 }
 
 // Break is the first place the log is not what was written.
@@ -43,7 +50,7 @@ type Break struct {
 // end before them, or whose last checkpoint of a chain is not the kept one, was cut back (its
 // tail, checkpoints included, removed).
 func Verify(records []Record, pub ed25519.PublicKey, anchors Anchors) Report {
-	return verify(records, pub, anchors, nil, false)
+	return verify(records, pub, anchors, nil, nil, false)
 }
 
 // VerifyExpired is Verify for a log whose oldest records have expired (the stream no longer
@@ -53,20 +60,26 @@ func Verify(records []Record, pub ed25519.PublicKey, anchors Anchors) Report {
 // missing after it is a deletion, not expiry. Penstock checkpoints every chain that changed at
 // least hourly, so the partial segment spans at most an hour.
 func VerifyExpired(records []Record, pub ed25519.PublicKey, anchors Anchors) Report {
-	return verify(records, pub, anchors, nil, true)
+	return verify(records, pub, anchors, nil, nil, true)
 }
 
 // VerifyExport verifies part of the log on its own: each chain may begin where the export's
 // header says it does (the index and hash before its first exported event), and checkpoints
 // are checked for the chains the export holds.
 func VerifyExport(records []Record, pub ed25519.PublicKey, starts map[string]Head) Report {
-	return verify(records, pub, nil, starts, false)
+	return verify(records, pub, nil, nil, starts, false)
 }
 
-func verify(records []Record, pub ed25519.PublicKey, anchors Anchors, starts map[string]Head, expired bool) Report {
+// verify checks records against the kept checkpoints (anchors), the copies of them kept
+// outside the data directory (external, which the log must reach), or, for an export, from
+// the heads its chains start at (starts, non-nil).
+func verify(records []Record, pub ed25519.PublicKey, anchors, external Anchors, starts map[string]Head, expired bool) Report {
 	partial := expired // still in the partial segment expiry left, before the first checkpoint
-	// Per chain, the last checkpoint that signed its head.
+	// Per chain, the last checkpoint that signed its head, and the furthest head any signed.
 	lastOf := map[string]*Checkpoint{}
+	furthest := map[string]uint64{}
+	// Every checkpoint by its sequence, to find a kept one in the log.
+	bySeq := map[uint64]*Checkpoint{}
 	// The hash of every (chain, index) seen, so checkpoints are compared wherever they point.
 	hashes := map[string]map[uint64]string{}
 	seen := func(chain string, index uint64) (string, bool) {
@@ -168,7 +181,9 @@ func verify(records []Record, pub ed25519.PublicKey, anchors Anchors, starts map
 					return fail(Modified, c.Seq, chain, h.Index, "the event the checkpoint signed at %s/%d is not the log's", chain, h.Index)
 				}
 				lastOf[chain] = c
+				furthest[chain] = max(furthest[chain], h.Index)
 			}
+			bySeq[c.Seq] = c
 			rep.Checkpoints++
 			partial = false
 			continue
@@ -208,33 +223,70 @@ func verify(records []Record, pub ed25519.PublicKey, anchors Anchors, starts map
 			return fail(Inserted, e.Seq, e.Chain, e.Index, "event does not continue chain %s after index %d", e.Chain, st.index)
 		}
 	}
-	keys := make([]string, 0, len(anchors))
-	for k := range anchors {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		c := anchors[k]
+	// reach checks a checkpoint kept apart from the log: its signature, and that the log
+	// reaches each head it signs, with that hash (strict: the event must be in the log).
+	reach := func(c *Checkpoint, what string, strict bool) *Report {
+		var r Report
 		if !ed25519.Verify(pub, c.signed(), c.Signature) {
-			return fail(Forged, 0, "", 0, "the kept checkpoint %s's signature does not verify", k)
+			r = fail(Forged, 0, "", 0, "%s: the signature does not verify", what)
+			return &r
 		}
 		for chain, h := range c.Heads {
 			st := chains[chain]
 			if st == nil || st.index < h.Index {
-				return fail(Truncated, 0, chain, h.Index, "chain %s ends at %d, before the checkpointed head %d", chain, indexOf(st), h.Index)
+				r = fail(Truncated, 0, chain, h.Index, "chain %s ends at %d, before the head %d of %s", chain, indexOf(st), h.Index, what)
+				return &r
 			}
-			if got, ok := seen(chain, h.Index); !ok || got != h.Hash {
-				return fail(Modified, 0, chain, h.Index, "the event the kept checkpoint signed at %s/%d is not the log's", chain, h.Index)
+			if got, ok := seen(chain, h.Index); ok && got != h.Hash || !ok && strict {
+				r = fail(Modified, 0, chain, h.Index, "the event %s signed at %s/%d is not the log's", what, chain, h.Index)
+				return &r
 			}
+		}
+		return nil
+	}
+	for _, k := range sortedKeys(anchors) {
+		c := anchors[k]
+		if r := reach(c, "the kept checkpoint (key "+k+")", true); r != nil {
+			return *r
+		}
+		for chain, h := range c.Heads {
 			last := lastOf[chain]
 			switch {
-			case last == nil || last.Seq < c.Seq:
-				return fail(Truncated, 0, chain, h.Index, "the log's last checkpoint of chain %s is not the kept one (sequence %d)", chain, c.Seq)
-			case k != anchorKey && last.Seq != c.Seq:
-				// A chain's kept checkpoint is its newest: one after it in the log was never
+			case c.Seq == 0:
+				// Kept just before its checkpoint was appended, which a stop may have prevented.
+				if furthest[chain] > h.Index {
+					return fail(Unanchored, 0, chain, h.Index, "the log checkpoints chain %s at %d, beyond its kept checkpoint at %d", chain, furthest[chain], h.Index)
+				}
+			case k == anchorKey:
+				if last == nil || last.Seq < c.Seq {
+					return fail(Truncated, 0, chain, h.Index, "the log's last checkpoint of chain %s is not the kept one (sequence %d)", chain, c.Seq)
+				}
+			case bySeq[c.Seq] == nil || !bytes.Equal(bySeq[c.Seq].signed(), c.signed()):
+				return fail(Truncated, 0, chain, h.Index, "the log does not hold chain %s's kept checkpoint (sequence %d)", chain, c.Seq)
+			case furthest[chain] > h.Index:
+				// A chain's kept checkpoint is its furthest: one beyond it in the log was never
 				// kept, or the kept one was rolled back.
-				return fail(Truncated, 0, chain, h.Index, "chain %s's last checkpoint (sequence %d) is not the kept one (sequence %d)", chain, last.Seq, c.Seq)
+				return fail(Unanchored, 0, chain, h.Index, "the log checkpoints chain %s at %d, beyond its kept checkpoint at %d", chain, furthest[chain], h.Index)
 			}
+		}
+	}
+	if starts == nil {
+		// Every chain the log checkpoints must have its checkpoint kept apart: a log cut back
+		// together with the loss of its anchors is otherwise consistent.
+		for _, chain := range sortedKeys(lastOf) {
+			if anchors[anchorKey+"."+chain] != nil {
+				continue
+			}
+			if legacy := anchors[anchorKey]; legacy != nil && legacy.Seq == lastOf[chain].Seq {
+				continue
+			}
+			return fail(Unanchored, lastOf[chain].Seq, chain, lastOf[chain].Heads[chain].Index, "the log holds checkpoints of chain %s but no kept checkpoint (anchor) of it: the anchor was removed", chain)
+		}
+	}
+	for _, k := range sortedKeys(external) {
+		// The log may have gone further, or expired past it, but never be behind it.
+		if r := reach(external[k], "the external anchor of chain "+k, false); r != nil {
+			return *r
 		}
 	}
 	if starts != nil {
@@ -269,4 +321,13 @@ func indexOf(st *chainState) uint64 {
 		return 0
 	}
 	return st.index
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
 }

@@ -60,6 +60,9 @@ func auditCmd(environ []string) *cobra.Command {
 				return exitError{code: 1}
 			}
 			fmt.Fprintf(w, "ok: %d events in %d chains, %d checkpoints\n", rep.Events, rep.Chains, rep.Checkpoints)
+			if rep.Unsealed {
+				fmt.Fprintln(w, "warning: a v1 export, made before exports were signed over their extent: its events and checkpoints verify, but a cut at its start or end (at a checkpoint) would not show")
+			}
 			return nil
 		})
 	verify.Flags().String("file", "", "verify an export file instead of the server's log")

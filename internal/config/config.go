@@ -79,6 +79,22 @@ type Audit struct {
 	// to trust for it (the system's roots if empty).
 	SyslogAddr   string `koanf:"syslog_addr"`
 	SyslogCAFile string `koanf:"syslog_ca_file"`
+	// CheckpointDelay bounds how long an event waits unsigned: every chain that moved is
+	// checkpointed this long after the first event no checkpoint covers yet (0 means 3s).
+	CheckpointDelay time.Duration `koanf:"checkpoint_delay"`
+	Anchor          AuditAnchor   `koanf:"anchor"`
+}
+
+// AuditAnchor keeps the signed heads of the audit chains where a rollback of the data
+// directory (the stream and its kept checkpoints together) does not reach.
+type AuditAnchor struct {
+	// File receives every chain's latest signed checkpoint after each checkpoint, replaced
+	// atomically; audit verify fails if the log is behind it. It must be outside data_dir,
+	// in a directory that exists. Empty means off.
+	File string `koanf:"file"`
+	// SIEM forwards every checkpoint to the configured webhook and syslog outputs, next to
+	// the events, so the receiver holds the signed heads too.
+	SIEM bool `koanf:"siem"`
 }
 
 // Identity configures logins and sessions.
@@ -231,7 +247,7 @@ func Default() Config {
 			},
 		},
 		Engine:    Engine{SyncInterval: "always", Replicas: 1},
-		Audit:     Audit{Retention: 400 * 24 * time.Hour},
+		Audit:     Audit{Retention: 400 * 24 * time.Hour, CheckpointDelay: 3 * time.Second},
 		Pipelines: Pipelines{DrainTimeout: 30 * time.Second},
 		Fabric: Fabric{
 			CommitWindow: 5 * time.Millisecond, MaxCommit: 1000, MaxPublishBatch: 1000,

@@ -162,6 +162,15 @@ engine: {sync_interval: sometimes, replicas: 9}
 			},
 		},
 		{
+			name: "audit anchor inside the data directory, no SIEM to send to, a delay too short",
+			file: "data_dir: /srv/penstock\naudit:\n  checkpoint_delay: 1ms\n  anchor: {file: /srv/penstock/../penstock/audit/anchor.json, siem: true}\n",
+			want: map[string]string{
+				"audit.checkpoint_delay": "between 100ms and 10m",
+				"audit.anchor.file":      "must be outside data_dir",
+				"audit.anchor.siem":      "requires audit.webhook_url or audit.syslog_addr",
+			},
+		},
+		{
 			name: "metrics on the API listener",
 			file: "metrics: {listen: 127.0.0.1:8443}\n",
 			want: map[string]string{"metrics.listen": "must differ from api.listen"},

@@ -5,6 +5,7 @@ import (
 
 	"net"
 	"net/url"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -105,6 +106,7 @@ func (c Config) validate() FieldErrors {
 	if c.Audit.SyslogAddr != "" {
 		v.hostPort("audit.syslog_addr", c.Audit.SyslogAddr, false)
 	}
+	c.Audit.validate(&v, c.DataDir)
 	id := c.Identity
 	v.positiveDuration("identity.session_idle", id.SessionIdle)
 	v.positiveDuration("identity.session_max", id.SessionMax)
@@ -326,4 +328,38 @@ func (k Keyring) validate(v *validator) {
 			v.add(path, "must be a URL such as awskms://, gcpkms://, azurekeyvault://, hashivault:// or base64key://")
 		}
 	}
+}
+
+func (a Audit) validate(v *validator, dataDir string) {
+	if d := a.CheckpointDelay; d != 0 && (d < 100*time.Millisecond || d > 10*time.Minute) {
+		v.add("audit.checkpoint_delay", "must be between 100ms and 10m")
+	}
+	if f := a.Anchor.File; f != "" {
+		if inside, err := within(f, dataDir); err != nil || inside {
+			v.add("audit.anchor.file", "must be outside data_dir: a copy inside it is rolled back with the data it should expose")
+		}
+		if strings.HasSuffix(f, "/") {
+			v.add("audit.anchor.file", "must name a file, not a directory")
+		}
+	}
+	if a.Anchor.SIEM && a.WebhookURL == "" && a.SyslogAddr == "" {
+		v.add("audit.anchor.siem", "requires audit.webhook_url or audit.syslog_addr")
+	}
+}
+
+// within tells whether path is dir or lies under it, comparing absolute clean paths.
+func within(path, dir string) (bool, error) {
+	p, err := filepath.Abs(path)
+	if err != nil {
+		return false, err
+	}
+	d, err := filepath.Abs(dir)
+	if err != nil {
+		return false, err
+	}
+	rel, err := filepath.Rel(d, p)
+	if err != nil {
+		return false, nil
+	}
+	return rel == "." || rel != ".." && !strings.HasPrefix(rel, "../"), nil
 }

@@ -5,7 +5,6 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -172,14 +171,17 @@ func (s *Service) Settle(ctx context.Context, r Ref, tokens []string, how Settle
 		return invalidf("delay: 0 to 12h")
 	}
 	subjects := make([]string, len(tokens))
-	prefix := "$JS.ACK." + r.queueStream() + "." + r.consumer() + "."
+	seqs := make([]uint64, len(tokens))
 	for i, t := range tokens {
 		b, err := base64.RawURLEncoding.DecodeString(t)
-		subj := string(b)
-		if err != nil || !strings.HasPrefix(subj, prefix) || strings.ContainsAny(subj, "*> \t\r\n") || len(subj) > 512 {
+		if err != nil || len(b) > 512 {
 			return invalidf("tokens[%d]: not an ack token of queue %s", i, r.Name)
 		}
-		subjects[i] = subj
+		md, err := parseAckSubject(string(b), r)
+		if err != nil {
+			return invalidf("tokens[%d]: not an ack token of queue %s", i, r.Name)
+		}
+		subjects[i], seqs[i] = string(b), md.seq
 	}
 	ta, err := s.account(ctx, r.Tenant, r.Environment)
 	if err != nil {
@@ -210,78 +212,23 @@ func (s *Service) Settle(ctx context.Context, r Ref, tokens []string, how Settle
 		ta.forgetConsumer(r.queueStream())
 		return jsErr(err, "queue "+r.Name)
 	}
-	seqs := make([]uint64, len(subjects))
-	for i, subj := range subjects {
-		md, err := ackMetadata(subj)
-		if err != nil || md.seq > ci.Delivered.Stream {
+	for i, seq := range seqs {
+		if seq > ci.Delivered.Stream {
 			return invalidf("tokens[%d]: no such delivery of queue %s", i, r.Name)
 		}
-		seqs[i] = md.seq
 	}
 	if how == Reject {
 		if err := s.rejectToDead(ctx, ta, r, subjects); err != nil {
 			return err
 		}
 	}
-	rest := subjects
-	if how == Ack {
-		if rest, err = ackByPurge(ctx, ta, r, subjects, seqs); err != nil {
-			return err
-		}
-	}
-	if err := settleAcknowledged(ctx, ta.acc.Conn(), r, rest, body); err != nil {
+	if err := settleAcknowledged(ctx, ta.acc.Conn(), r, subjects, body); err != nil {
 		return err
 	}
 	if how == Ack {
 		s.m.acked.WithLabelValues("https").Add(float64(len(subjects)))
 	}
 	return nil
-}
-
-// ackByPurge removes, in one engine operation with one sync, the acknowledged messages that
-// form an unbroken run from the queue's first stored message: every sequence from the
-// stream's first to the run's last is in the request, so nothing else can be removed with
-// them (a message waiting to be dead-lettered, or delivered to another consumer, breaks the
-// run). The engine drops them from the consumer's outstanding deliveries as it removes them.
-// It returns the settlements still to send one by one. With one consumer acking what it took
-// in order, that is nothing: a batch of 1000 acks costs one sync instead of 1000.
-func ackByPurge(ctx context.Context, ta *tenantAccount, r Ref, subjects []string, seqs []uint64) ([]string, error) {
-	if len(seqs) < 2 {
-		return subjects, nil
-	}
-	st, err := ta.acc.JetStream().Stream(ctx, r.queueStream()) // a fresh look at the stream
-	if err != nil {
-		return nil, jsErr(err, "queue "+r.Name)
-	}
-	first := st.CachedInfo().State.FirstSeq
-	sorted := slices.Sorted(slices.Values(seqs))
-	i, _ := slices.BinarySearch(sorted, first)
-	if i == len(sorted) || sorted[i] != first {
-		return subjects, nil
-	}
-	end := first
-	for _, q := range sorted[i+1:] {
-		if q == end {
-			continue // the same delivery twice
-		}
-		if q != end+1 {
-			break
-		}
-		end = q
-	}
-	if end == first {
-		return subjects, nil
-	}
-	if err := st.Purge(ctx, jetstream.WithPurgeSequence(end+1)); err != nil {
-		return nil, jsErr(err, "ack")
-	}
-	var rest []string
-	for i, subj := range subjects {
-		if seqs[i] < first || seqs[i] > end {
-			rest = append(rest, subj)
-		}
-	}
-	return rest, nil
 }
 
 // settleTimeout bounds the wait for the engine's answers to one Settle call.
@@ -293,9 +240,6 @@ const settleTimeout = 20 * time.Second
 // the engine's own work, not a round trip per message. The engine answers an acknowledgement
 // only after it has removed the message from the work queue.
 func settleAcknowledged(ctx context.Context, nc *nats.Conn, r Ref, subjects []string, body []byte) error {
-	if len(subjects) == 0 {
-		return nil
-	}
 	inbox := nc.NewRespInbox()
 	answers := make(chan *nats.Msg, len(subjects)) // room for every answer: none is dropped
 	sub, err := nc.ChanSubscribe(inbox+".*", answers)

@@ -168,7 +168,7 @@ func (s *Service) deadLetter(ctx context.Context, ta *tenantAccount, app, queue 
 // a terminated message of a work queue is deleted.
 func (s *Service) rejectToDead(ctx context.Context, ta *tenantAccount, r Ref, subjects []string) error {
 	for _, subj := range subjects {
-		md, err := ackMetadata(subj)
+		md, err := parseAckSubject(subj, r)
 		if err != nil {
 			return err
 		}
@@ -181,20 +181,31 @@ func (s *Service) rejectToDead(ctx context.Context, ta *tenantAccount, r Ref, su
 
 type ackMD struct{ seq, delivered uint64 }
 
-// ackMetadata reads the stream sequence and delivery count from an ack subject:
-// $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>.
-func ackMetadata(subj string) (ackMD, error) {
+// parseAckSubject reads an ack subject the way the engine does, and accepts only the exact
+// shape the engine gives a delivery of queue r:
+// $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>,
+// with decimal numbers and a delivery count and sequence of at least 1. Anything else (more
+// fields, another queue) is not a token: the engine would read it otherwise, or not at all.
+func parseAckSubject(subj string, r Ref) (ackMD, error) {
 	t := strings.Split(subj, ".")
-	if len(t) < 9 {
+	if len(t) != 9 || t[0] != "$JS" || t[1] != "ACK" || t[2] != r.queueStream() || t[3] != r.consumer() {
 		return ackMD{}, invalidf("not an ack token")
 	}
-	t = t[len(t)-5:]
-	d, err1 := strconv.ParseUint(t[0], 10, 64)
-	seq, err2 := strconv.ParseUint(t[1], 10, 64)
-	if err1 != nil || err2 != nil {
+	var n [5]uint64
+	for i, f := range t[4:] {
+		if f == "" || len(f) > 20 || strings.Trim(f, "0123456789") != "" {
+			return ackMD{}, invalidf("not an ack token")
+		}
+		v, err := strconv.ParseUint(f, 10, 64)
+		if err != nil {
+			return ackMD{}, invalidf("not an ack token")
+		}
+		n[i] = v
+	}
+	if n[0] < 1 || n[1] < 1 {
 		return ackMD{}, invalidf("not an ack token")
 	}
-	return ackMD{seq: seq, delivered: d}, nil
+	return ackMD{delivered: n[0], seq: n[1]}, nil
 }
 
 // DeadLetters lists a queue's dead letters from sequence from (0: the first), at most limit.

@@ -10,7 +10,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -785,86 +784,63 @@ func TestAcksTakeEffectBeforeTheyAreAnswered(t *testing.T) {
 	}
 }
 
-// Acks of an unbroken run from the queue's first message are applied in one removal; a run
-// broken by a message still held (or already gone) is applied message by message, and the
-// held message stays.
-func TestAckRunsNeverTakeHeldMessages(t *testing.T) {
+// Acking some deliveries leaves the others as they were: a nacked one comes back at once
+// (not after its 30 s ack wait), a held one stays held.
+func TestAcksLeaveOtherDeliveriesAlone(t *testing.T) {
+	h := open(t, nil)
+	q := h.queue("acme", "jobs", QueueSpec{AckWait: 30 * time.Second})
+	publish(t, h.fab, q, text(1), text(2), text(3), text(4))
+	got, err := h.fab.Consume(ctx, q, 4, 0)
+	if err != nil || len(got) != 4 {
+		t.Fatal(got, err)
+	}
+	if err := h.fab.Settle(ctx, q, []string{got[2].AckToken}, Nack, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.fab.Settle(ctx, q, []string{got[0].AckToken, got[1].AckToken}, Ack, 0); err != nil {
+		t.Fatal(err)
+	}
+	again, err := h.fab.Consume(ctx, q, 4, 10*time.Second)
+	if err != nil || len(again) != 1 || again[0].Seq != 3 || again[0].Deliveries != 2 {
+		t.Fatalf("after acking 1 and 2 with 3 nacked and 4 held: %+v %v", again, err)
+	}
+	if st, _ := h.fab.Queue(ctx, q); st.Stats.Depth != 2 || st.Stats.InFlight != 2 {
+		t.Fatalf("stats: %+v", st.Stats)
+	}
+}
+
+// A token is accepted only in the exact shape the engine gives a delivery of this queue;
+// nothing of a refused request is applied (a reject moves nothing to the dead letters).
+func TestForgedTokensAreRefused(t *testing.T) {
 	h := open(t, nil)
 	q := h.queue("acme", "jobs", QueueSpec{AckWait: time.Minute})
-	var msgs []Message
-	for i := 1; i <= 10; i++ {
-		msgs = append(msgs, text(i))
+	publish(t, h.fab, q, text(1), text(2))
+	got, err := h.fab.Consume(ctx, q, 2, 0)
+	if err != nil || len(got) != 2 {
+		t.Fatal(got, err)
 	}
-	publish(t, h.fab, q, msgs...)
-	got, err := h.fab.Consume(ctx, q, 10, 0)
-	if err != nil || len(got) != 10 {
-		t.Fatal(len(got), err)
-	}
-	tok := func(seqs ...int) []string {
-		var out []string
-		for _, s := range seqs {
-			out = append(out, got[s-1].AckToken)
-		}
-		return out
-	}
-	stored := func() []uint64 {
-		acc, _ := h.stack.Engine.Account(ctx, q.account())
-		s, err := acc.JetStream().Stream(ctx, q.queueStream())
-		if err != nil {
-			t.Fatal(err)
-		}
-		var out []uint64
-		for seq := uint64(1); seq <= 10; seq++ {
-			if _, err := s.GetMsg(ctx, seq); err == nil {
-				out = append(out, seq)
+	pre := "$JS.ACK." + q.queueStream() + "." + q.consumer() + "."
+	for _, forged := range []string{
+		pre + "x.x.1.2.1.0.0.0", // more fields: the engine reads other positions
+		pre + "1.1.1.0",         // fewer
+		pre + "1.-1.1.0.0",      // not a number
+		pre + "0.1.1.0.0",       // no delivery
+		pre + "1.0.1.0.0",       // no sequence
+		pre + "1.1.1.0.0.",      // trailing dot
+		"$JS.ACK.Q_shop_other." + q.consumer() + ".1.1.1.0.0",
+	} {
+		tok := base64.RawURLEncoding.EncodeToString([]byte(forged))
+		for _, how := range []Settlement{Ack, Reject} {
+			err := h.fab.Settle(ctx, q, []string{got[1].AckToken, tok}, how, 0)
+			if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "tokens[1]") {
+				t.Fatalf("%q (%d): %v", forged, how, err)
 			}
 		}
-		return out
 	}
-	steps := []struct {
-		ack  []int
-		want []uint64
-	}{
-		{[]int{2, 3, 4}, []uint64{1, 5, 6, 7, 8, 9, 10}}, // not from the first: one by one
-		{[]int{1, 5, 6, 8}, []uint64{7, 9, 10}},          // 1 is first, 2-4 are gone: the run stops at 1
-		{[]int{7, 9, 10, 7}, nil},                        // 7 first, 8 gone: 7 alone, then 9 and 10
+	if dead, _, _ := h.fab.DeadLetters(ctx, q, 0, 10); len(dead) != 0 {
+		t.Fatalf("a refused reject moved %d messages", len(dead))
 	}
-	for i, st := range steps {
-		if err := h.fab.Settle(ctx, q, tok(st.ack...), Ack, 0); err != nil {
-			t.Fatalf("step %d: %v", i, err)
-		}
-		if have := stored(); !slices.Equal(have, st.want) {
-			t.Fatalf("step %d: stored %v, want %v", i, have, st.want)
-		}
-	}
-	// A run from the first message with one held in its middle: the run stops before it.
-	publish(t, h.fab, q, msgs...) // 11-20
-	got, err = h.fab.Consume(ctx, q, 10, 0)
-	if err != nil || len(got) != 10 {
-		t.Fatal(len(got), err)
-	}
-	var tokens []string
-	for _, d := range got {
-		if d.Seq != 15 {
-			tokens = append(tokens, d.AckToken)
-		}
-	}
-	if err := h.fab.Settle(ctx, q, tokens, Ack, 0); err != nil {
-		t.Fatal(err)
-	}
-	st, _ := h.fab.Queue(ctx, q)
-	if st.Stats.Depth != 1 || st.Stats.InFlight != 1 {
-		t.Fatalf("after acking all but 15: %+v", st.Stats)
-	}
-	again, err := h.fab.Consume(ctx, q, 10, 0)
-	if err != nil || len(again) != 0 {
-		t.Fatalf("15 is still held, nothing to deliver: %+v %v", again, err)
-	}
-	if err := h.fab.Settle(ctx, q, []string{got[4].AckToken}, Nack, 0); err != nil {
-		t.Fatal(err)
-	}
-	again, err = h.fab.Consume(ctx, q, 10, 5*time.Second)
-	if err != nil || len(again) != 1 || again[0].Seq != 15 || again[0].Deliveries != 2 {
-		t.Fatalf("15 after its nack: %+v %v", again, err)
+	if st, _ := h.fab.Queue(ctx, q); st.Stats.Depth != 2 {
+		t.Fatalf("depth %d after refused settlements", st.Stats.Depth)
 	}
 }

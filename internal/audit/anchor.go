@@ -37,6 +37,9 @@ func OpenFileAnchor(path, dataDir string) (*FileAnchor, error) {
 		return nil, fmt.Errorf("audit.anchor.file: %s is inside data_dir %s (symbolic links resolved): a copy there is rolled back with the data", path, dataDir)
 	}
 	a := &FileAnchor{Path: filepath.Join(dir, filepath.Base(path))}
+	if fi, err := os.Lstat(a.Path); err == nil && !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("audit.anchor.file: %s is not a regular file (a symbolic link could point back into data_dir)", path)
+	}
 	if _, err := a.Read(); err != nil {
 		return nil, err
 	}

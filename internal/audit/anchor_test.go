@@ -110,6 +110,14 @@ func TestAnchorFileMustBeOutsideTheDataDirectory(t *testing.T) {
 			t.Fatalf("%s: %v", p, err)
 		}
 	}
+	// A file named outside that is a link into the data directory.
+	fileLink := filepath.Join(other, "linked.json")
+	if err := os.Symlink(filepath.Join(data, "anchor.json"), fileLink); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := OpenFileAnchor(fileLink, data); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+		t.Fatalf("a symbolic link as the anchor file: %v", err)
+	}
 	if _, err := OpenFileAnchor(filepath.Join(other, "missing", "anchor.json"), data); err == nil {
 		t.Fatal("an anchor in a directory that does not exist")
 	}

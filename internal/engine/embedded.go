@@ -48,6 +48,7 @@ func startEmbedded(o Options) (*embedded, error) {
 	}
 	em := &embedded{token: token, native: o.Native}
 	em.auth = &authenticator{token: token, platformPort: o.Config.ClientListen != ""}
+	em.auth.changed, em.auth.stopping = make(chan struct{}), make(chan struct{})
 
 	opts := &server.Options{
 		ServerName:         "penstock",
@@ -132,6 +133,7 @@ func (em *embedded) connect(ctx context.Context, name string) (*nats.Conn, error
 }
 
 func (em *embedded) close() {
+	em.auth.stop() // logins waiting for a decision end now, or the shutdown would wait for them
 	em.ns.Shutdown()
 	em.ns.WaitForShutdown()
 }
@@ -175,10 +177,14 @@ func (a *authenticator) Check(c server.ClientAuthentication) bool {
 // checkNative asks the fabric's decision for a tenant client and binds it to the account and
 // subjects it grants. Publish and subscribe are deny by default: only the grant's subjects.
 func (a *authenticator) checkNative(c server.ClientAuthentication, o *server.ClientOpts) bool {
-	a.mu.RLock()
-	decide := a.native
-	a.mu.RUnlock()
-	if decide == nil || inProcess(c.RemoteAddress()) {
+	if inProcess(c.RemoteAddress()) {
+		return false
+	}
+	decide := a.awaitNative()
+	if decide == nil {
+		// The engine is stopping (or the fabric never came): close the connection rather
+		// than answer "authorization violation", which a client takes as a bad key.
+		_ = a.srv.DisconnectClientByID(c.GetID())
 		return false
 	}
 	g, ok := decide(NativeClient{ID: c.GetID(), User: o.Username, Password: o.Password, Token: o.Token, Remote: c.RemoteAddress()})

@@ -158,15 +158,52 @@ func (e *Engine) NativeAddrs() NativeAddrs {
 	return out
 }
 
-// SetNativeAuth installs the decision for native clients. Until it is called they are refused.
+// SetNativeAuth installs the decision for native clients (nil while the fabric is not
+// serving: when it starts and when it stops). A login that arrives with no decision installed
+// waits for one instead of being refused: a refusal would tell the client its key is bad, and
+// clients stop reconnecting after the same authentication error twice. So while the server
+// starts, a login waits until the fabric can answer; while it stops, a login waits until the
+// connection is closed (by the engine's authentication timeout, or its shutdown), which a
+// client takes as a reason to reconnect, not as a revoked key.
 func (e *Engine) SetNativeAuth(fn NativeAuth) {
 	if e.embedded == nil {
 		return
 	}
-	e.embedded.auth.mu.Lock()
-	e.embedded.auth.native = fn
-	e.embedded.auth.mu.Unlock()
+	a := &e.embedded.auth.nativeAuth
+	a.mu.Lock()
+	a.native = fn
+	close(a.changed)
+	a.changed = make(chan struct{})
+	a.mu.Unlock()
 }
+
+// nativeAuthWait bounds how long a native login waits for the fabric's decision; the
+// engine's own authentication timeout (6 s with TLS) usually closes the connection first.
+const nativeAuthWait = 15 * time.Second
+
+// awaitNative returns the installed decision, waiting for one (at most nativeAuthWait) when
+// none is; nil if none came.
+func (a *nativeAuth) awaitNative() NativeAuth {
+	deadline := time.NewTimer(nativeAuthWait)
+	defer deadline.Stop()
+	for {
+		a.mu.RLock()
+		decide, changed := a.native, a.changed
+		a.mu.RUnlock()
+		if decide != nil {
+			return decide
+		}
+		select {
+		case <-changed:
+		case <-a.stopping:
+			return nil
+		case <-deadline.C:
+			return nil
+		}
+	}
+}
+
+func (a *nativeAuth) stop() { a.stopOnce.Do(func() { close(a.stopping) }) }
 
 // Disconnect closes a native client's connection.
 func (e *Engine) Disconnect(id uint64) error {
@@ -282,6 +319,9 @@ func applyLimits(ns *server.Server, acc *server.Account, l AccountLimits) error 
 type nativeAuth struct {
 	mu     sync.RWMutex
 	native NativeAuth
+	// changed is closed (and replaced) whenever native is set; stopping when the engine stops.
+	changed, stopping chan struct{}
+	stopOnce          sync.Once
 
 	wiring sync.Mutex
 	// wired records what this process set up: "limits|acct", "export|acct|subject",

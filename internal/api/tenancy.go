@@ -162,7 +162,7 @@ func registerTenancy(g gate, hapi huma.API, o Options) {
 		return &tenantOutput{Body: t}, nil
 	})
 
-	register(g, hapi, Route{Action: authz.TenantDelete}, huma.Operation{
+	register(g, hapi, Route{Action: authz.TenantDelete, Deletion: true}, huma.Operation{
 		OperationID: "tenant-delete", Method: http.MethodDelete, Path: "/v1/tenants/{tenant}", Tags: []string{"tenants"},
 		Summary: "Delete a tenant and crypto-shred its keys: its data becomes unrecoverable", DefaultStatus: http.StatusNoContent,
 	}, (*tenantPath).scope, func(ctx context.Context, c *caller, in *tenantPath) (*struct{}, error) {
@@ -244,7 +244,7 @@ func registerTenancy(g gate, hapi huma.API, o Options) {
 			return &appOutput{Body: a}, nil
 		})
 
-	register(g, hapi, Route{Action: authz.AppManage}, huma.Operation{
+	register(g, hapi, Route{Action: authz.AppManage, Deletion: true}, huma.Operation{
 		OperationID: "app-delete", Method: http.MethodDelete, Path: "/v1/tenants/{tenant}/environments/{environment}/applications/{application}",
 		Tags: []string{"applications"}, Summary: "Delete an application and crypto-shred its keys", DefaultStatus: http.StatusNoContent,
 	}, func(in *appDeletePath) authz.Scope {

@@ -104,6 +104,9 @@ func (s *Store) Unmark(ctx context.Context, sc authz.Scope) error {
 	return s.del(ctx, deletionKey(sc))
 }
 
+// Deleting reports whether sc, or a scope above it, is being deleted.
+func (s *Store) Deleting(sc authz.Scope) bool { return s.hidden(sc) }
+
 // hidden reports whether sc, or a scope above it, is being deleted.
 func (s *Store) hidden(sc authz.Scope) bool {
 	if sc.Tenant == "" {

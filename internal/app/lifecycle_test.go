@@ -12,7 +12,9 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/penstock/penstock/internal/authz"
 	"github.com/penstock/penstock/internal/config"
+	"github.com/penstock/penstock/internal/identity"
 	"github.com/penstock/penstock/internal/keyring"
 )
 
@@ -236,4 +238,34 @@ func TestDeletingATenantRemovesAllOfIt(t *testing.T) {
 	if out := w.must(t, "GET", appPath("acme/production/shop")+"/pipelines", nil, 200); len(out["pipelines"].([]any)) != 1 {
 		t.Fatalf("pipelines of the new application: %v", out)
 	}
+}
+
+// From the moment a deletion is marked (as a crash right after the mark leaves it), the
+// application is unusable: its routes answer 404, its key is refused, its name cannot be made
+// again; a repeated delete finishes the deletion.
+func TestAMarkedDeletionIsInvisibleAndFinishesOnRetry(t *testing.T) {
+	w := lifeApp(t)
+	const shop = "acme/production/shop"
+	out := w.must(t, "POST", "/v1/apikeys", map[string]any{"role": "developer", "scope": shop, "service": true}, 201)
+	svc := out["key"].(string)
+	sc := authz.Scope{Tenant: "acme", Environment: "production", Application: "shop"}
+	if _, err := w.ident.MarkDeletion(context.Background(), identity.Deletion{Scope: sc, Actor: "user:admin"}); err != nil {
+		t.Fatal(err)
+	}
+	if st, _, _ := w.call(t, "GET", "/v1/auth/whoami", svc, nil); st != 401 {
+		t.Fatalf("the key of an application being deleted: %d", st)
+	}
+	for _, path := range []string{"/queues", "/queues/in", "/secrets", "/pipelines/copy"} {
+		if st, out, raw := w.call(t, "GET", appPath(shop)+path, w.admin, nil); st != 404 || out["code"] != "not_found" {
+			t.Errorf("GET %s while being deleted: %d %s", path, st, raw)
+		}
+	}
+	if st, out, raw := w.call(t, "POST", "/v1/tenants/acme/environments/production/applications", w.admin, map[string]string{"name": "shop"}); st != 409 || out["code"] != "scope.deleting" {
+		t.Fatalf("create while being deleted: %d %s", st, raw)
+	}
+	w.must(t, "DELETE", appPath(shop), nil, 204)
+	if _, ok := w.ident.Deletion(sc); ok {
+		t.Fatal("the deletion is still marked")
+	}
+	w.must(t, "POST", "/v1/tenants/acme/environments/production/applications", map[string]string{"name": "shop"}, 201)
 }

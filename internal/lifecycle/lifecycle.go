@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 
 	"github.com/penstock/penstock/internal/audit"
@@ -100,7 +101,7 @@ func (s *Service) CreateApplication(ctx context.Context, tenant, env, name strin
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if t, ok := s.o.Identity.Tenant(tenant); !ok || !contains(t.Environments, env) {
+	if t, ok := s.o.Identity.Tenant(tenant); !ok || !slices.Contains(t.Environments, env) {
 		return identity.Application{}, identity.ErrNotFound
 	}
 	if err := s.free(ctx, authz.Scope{Tenant: tenant, Environment: env, Application: name}); err != nil {
@@ -121,20 +122,22 @@ func (s *Service) free(ctx context.Context, sc authz.Scope) error {
 	if s.exists(sc) {
 		return identity.ErrExists
 	}
+	// A request that was past its checks when the old scope was marked may have made a queue
+	// after the queues were deleted: whatever streams the name still has are leftovers.
+	if sc.Environment == "" {
+		for _, env := range identity.DefaultEnvironments {
+			if err := s.deleteQueues(ctx, authz.Scope{Tenant: sc.Tenant, Environment: env}); err != nil {
+				return err
+			}
+		}
+	} else if err := s.deleteQueues(ctx, sc); err != nil {
+		return err
+	}
 	return s.o.Keyring.Release(ctx, keyScope(sc))
 }
 
 // exists reports whether the scope's own record is stored.
 func (s *Service) exists(sc authz.Scope) bool { return s.o.Identity.Stored(sc) }
-
-func contains(list []string, v string) bool {
-	for _, x := range list {
-		if x == v {
-			return true
-		}
-	}
-	return false
-}
 
 // Delete deletes a tenant, an environment or an application and everything in it; actor is
 // who asked, for the audit log. It returns identity.ErrNotFound for a scope that neither

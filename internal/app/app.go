@@ -55,6 +55,7 @@ type App struct {
 	ident     *identity.Store
 	fabric    *fabric.Service
 	pipes     *pipeline.Service
+	life      *lifecycle.Service
 	audit     *audit.Log
 	sinks     []audit.Sink
 	bootstrap redact.Secret
@@ -236,9 +237,9 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 		return nil, err
 	}
 	reg.MustRegister(a.pipes.Collectors()...)
-	life := lifecycle.New(lifecycle.Options{Identity: a.ident, Keyring: a.keys, Fabric: a.fabric, Pipelines: a.pipes,
+	a.life = lifecycle.New(lifecycle.Options{Identity: a.ident, Keyring: a.keys, Fabric: a.fabric, Pipelines: a.pipes,
 		Engine: a.eng, Audit: a.audit, FilesRoot: filesRoot, Logger: log.With("component", "lifecycle")})
-	if err := life.Resume(ctx); err != nil { // before serving: an interrupted deletion finishes first
+	if err := a.life.Resume(ctx); err != nil { // before serving: an interrupted deletion finishes first
 		return nil, err
 	}
 	if first || !cfg.Engine.Embedded() { // an external engine holds its own platform, whatever the directory
@@ -260,7 +261,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 		Limits: lim, Edge: em, Registry: reg,
 		Keyring: a.keys, Master: a.master, Secrets: store,
 		Identity: a.ident, Lockout: lockout, Nonces: nonces, Audit: a.audit, Fabric: a.fabric,
-		Pipelines: a.pipes, Lifecycle: life,
+		Pipelines: a.pipes, Lifecycle: a.life,
 	})
 	a.routes = routes
 	a.apiSrv = &http.Server{

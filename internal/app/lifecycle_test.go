@@ -269,3 +269,33 @@ func TestAMarkedDeletionIsInvisibleAndFinishesOnRetry(t *testing.T) {
 	}
 	w.must(t, "POST", "/v1/tenants/acme/environments/production/applications", map[string]string{"name": "shop"}, 201)
 }
+
+// An environment (deleted by the lifecycle for the retention purge; no route yet) goes with
+// its applications; the tenant's other environments and the other tenant stay.
+func TestDeletingAnEnvironment(t *testing.T) {
+	w := lifeApp(t)
+	w.makeApp(t, "acme/staging/shop")
+	ctx := context.Background()
+	if err := w.life.Delete(ctx, "system", authz.Scope{Tenant: "acme", Environment: "production"}); err != nil {
+		t.Fatal(err)
+	}
+	out := w.must(t, "GET", "/v1/tenants/acme/environments", nil, 200)
+	if envs := fmt.Sprint(out["environments"]); strings.Contains(envs, "production") || !strings.Contains(envs, "staging") {
+		t.Fatalf("environments after the delete: %s", envs)
+	}
+	if st, _, raw := w.call(t, "GET", appPath("acme/production/other")+"/queues/in", w.admin, nil); st != 404 && st != 410 {
+		t.Fatalf("a queue of the deleted environment: %d %s", st, raw)
+	}
+	if gone, err := w.keys.IsDestroyed(ctx, keyring.Scope{Tenant: "acme", Environment: "production"}); err != nil || !gone {
+		t.Fatalf("the environment's keys: %v %v", gone, err)
+	}
+	for _, app := range []string{"acme/staging/shop", "globex/production/shop"} {
+		w.publish(t, app, 2)
+		waitUntil(t, app+" to copy", func() bool { return w.lines(app) >= 2 })
+	}
+	w.must(t, "POST", "/v1/tenants/acme/environments", map[string]string{"name": "production"}, 201)
+	if out := w.must(t, "GET", "/v1/tenants/acme/environments/production/applications", nil, 200); len(out["applications"].([]any)) != 0 {
+		t.Fatalf("the new environment has old applications: %v", out)
+	}
+	w.makeApp(t, "acme/production/other")
+}

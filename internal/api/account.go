@@ -212,6 +212,8 @@ func identityError(o Options, op string, err error) error {
 		return NewError(http.StatusUnprocessableEntity, "auth.invalid_code", "invalid or already used one-time code")
 	case errors.Is(err, identity.ErrNotFound):
 		return notFound()
+	case errors.Is(err, identity.ErrDeleting):
+		return NewError(http.StatusConflict, "scope.deleting", err.Error()+"; the deletion finishes first (retry the delete, or wait)")
 	case errors.Is(err, identity.ErrExists):
 		return NewError(http.StatusConflict, "already_exists", "a resource with that name already exists")
 	case errors.Is(err, identity.ErrInvalid):

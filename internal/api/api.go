@@ -21,6 +21,7 @@ import (
 	"github.com/penstock/penstock/internal/identity"
 	"github.com/penstock/penstock/internal/integrity"
 	"github.com/penstock/penstock/internal/keyring"
+	"github.com/penstock/penstock/internal/lifecycle"
 	"github.com/penstock/penstock/internal/pipeline"
 	"github.com/penstock/penstock/internal/secrets"
 	"github.com/penstock/penstock/internal/signing"
@@ -52,6 +53,9 @@ type Options struct {
 	Fabric   *fabric.Service
 	// Pipelines is nil where pipelines are not served.
 	Pipelines *pipeline.Service
+	// Lifecycle creates and deletes tenants, environments and applications; the tenancy routes
+	// need it.
+	Lifecycle *lifecycle.Service
 	// Now is the clock for signed requests; nil means time.Now.
 	Now func() time.Time
 }

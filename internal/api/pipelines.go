@@ -9,6 +9,7 @@ import (
 	"github.com/danielgtaylor/huma/v2"
 
 	"github.com/penstock/penstock/internal/authz"
+	"github.com/penstock/penstock/internal/keyring"
 	"github.com/penstock/penstock/internal/pipeline"
 )
 
@@ -193,6 +194,8 @@ func pipelineError(o Options, op string, err error) error {
 		return NewError(http.StatusConflict, "pipeline.paused", "the pipeline is paused; resume it first")
 	case errors.Is(err, pipeline.ErrRunning):
 		return NewError(http.StatusConflict, "pipeline.running", "a run is already in progress or queued")
+	case errors.Is(err, keyring.ErrDestroyed):
+		return keyError(o, op, err)
 	}
 	return fabricError(o, op, err)
 }

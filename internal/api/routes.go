@@ -30,6 +30,9 @@ type Route struct {
 	// AccountSetup routes are the only ones a session that must change its password or enrol
 	// a second factor may call.
 	AccountSetup bool
+	// Deletion routes reach a scope that is being deleted (to finish the deletion); every
+	// other route answers 404 for anything in such a scope, from the moment it is marked.
+	Deletion bool
 }
 
 type routes struct{ list []Route }
@@ -84,6 +87,11 @@ func register[I, O any](g gate, hapi huma.API, r Route, op huma.Operation, resou
 				return nil, err
 			}
 			if err := g.authorize(c, r.Action, sc); err != nil {
+				g.record(ctx, c, r, sc, err)
+				return nil, err
+			}
+			if !r.Deletion && g.o.Identity != nil && g.o.Identity.Deleting(sc) {
+				err := notFound()
 				g.record(ctx, c, r, sc, err)
 				return nil, err
 			}

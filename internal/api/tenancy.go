@@ -7,7 +7,6 @@ import (
 	"github.com/danielgtaylor/huma/v2"
 
 	"github.com/penstock/penstock/internal/authz"
-	"github.com/penstock/penstock/internal/fabric"
 	"github.com/penstock/penstock/internal/identity"
 	"github.com/penstock/penstock/internal/redact"
 )
@@ -131,7 +130,7 @@ func registerTenancy(g gate, hapi huma.API, o Options) {
 		OperationID: "tenant-create", Method: http.MethodPost, Path: "/v1/tenants", Tags: []string{"tenants"},
 		Summary: "Create a tenant with the production, staging and test environments", DefaultStatus: http.StatusCreated,
 	}, platformScope[nameInput], func(ctx context.Context, _ *caller, in *nameInput) (*tenantOutput, error) {
-		t, err := id.CreateTenant(ctx, in.Body.Name)
+		t, err := o.Lifecycle.CreateTenant(ctx, in.Body.Name)
 		if err != nil {
 			return nil, identityError(o, "create tenant", err)
 		}
@@ -163,19 +162,11 @@ func registerTenancy(g gate, hapi huma.API, o Options) {
 		return &tenantOutput{Body: t}, nil
 	})
 
-	register(g, hapi, Route{Action: authz.TenantDelete}, huma.Operation{
+	register(g, hapi, Route{Action: authz.TenantDelete, Deletion: true}, huma.Operation{
 		OperationID: "tenant-delete", Method: http.MethodDelete, Path: "/v1/tenants/{tenant}", Tags: []string{"tenants"},
 		Summary: "Delete a tenant and crypto-shred its keys: its data becomes unrecoverable", DefaultStatus: http.StatusNoContent,
-	}, (*tenantPath).scope, func(ctx context.Context, _ *caller, in *tenantPath) (*struct{}, error) {
-		if t, ok := id.Tenant(in.Tenant); ok && o.Fabric != nil {
-			// Queues first: deleting their streams deletes their engine keys too.
-			for _, env := range t.Environments {
-				if err := o.Fabric.DeleteEnvironment(ctx, in.Tenant, env); err != nil {
-					return nil, fabricError(o, "delete tenant queues", err)
-				}
-			}
-		}
-		return nil, identityError(o, "delete tenant", id.DeleteTenant(ctx, in.Tenant))
+	}, (*tenantPath).scope, func(ctx context.Context, c *caller, in *tenantPath) (*struct{}, error) {
+		return nil, identityError(o, "delete tenant", o.Lifecycle.Delete(ctx, c.actor(), authz.Scope{Tenant: in.Tenant}))
 	})
 
 	register(g, hapi, Route{Action: authz.AllowlistManage}, huma.Operation{
@@ -220,7 +211,7 @@ func registerTenancy(g gate, hapi huma.API, o Options) {
 		Summary: "Add an environment to a tenant", DefaultStatus: http.StatusCreated,
 	}, func(in *envCreateInput) authz.Scope { return authz.Scope{Tenant: in.Tenant} },
 		func(ctx context.Context, _ *caller, in *envCreateInput) (*tenantOutput, error) {
-			t, err := id.AddEnvironment(ctx, in.Tenant, in.Body.Name)
+			t, err := o.Lifecycle.CreateEnvironment(ctx, in.Tenant, in.Body.Name)
 			if err != nil {
 				return nil, identityError(o, "add environment", err)
 			}
@@ -246,26 +237,21 @@ func registerTenancy(g gate, hapi huma.API, o Options) {
 		return authz.Scope{Tenant: in.Tenant, Environment: in.Environment}
 	},
 		func(ctx context.Context, _ *caller, in *createAppInput) (*appOutput, error) {
-			a, err := id.CreateApp(ctx, in.Tenant, in.Environment, in.Body.Name)
+			a, err := o.Lifecycle.CreateApplication(ctx, in.Tenant, in.Environment, in.Body.Name)
 			if err != nil {
 				return nil, identityError(o, "create application", err)
 			}
 			return &appOutput{Body: a}, nil
 		})
 
-	register(g, hapi, Route{Action: authz.AppManage}, huma.Operation{
+	register(g, hapi, Route{Action: authz.AppManage, Deletion: true}, huma.Operation{
 		OperationID: "app-delete", Method: http.MethodDelete, Path: "/v1/tenants/{tenant}/environments/{environment}/applications/{application}",
 		Tags: []string{"applications"}, Summary: "Delete an application and crypto-shred its keys", DefaultStatus: http.StatusNoContent,
 	}, func(in *appDeletePath) authz.Scope {
 		return authz.Scope{Tenant: in.Tenant, Environment: in.Environment, Application: in.Application}
-	}, func(ctx context.Context, _ *caller, in *appDeletePath) (*struct{}, error) {
-		if _, ok := id.App(in.Tenant, in.Environment, in.Application); ok && o.Fabric != nil {
-			ref := fabric.Ref{Tenant: in.Tenant, Environment: in.Environment, Application: in.Application}
-			if err := o.Fabric.DeleteApplication(ctx, ref); err != nil {
-				return nil, fabricError(o, "delete application queues", err)
-			}
-		}
-		return nil, identityError(o, "delete application", id.DeleteApp(ctx, in.Tenant, in.Environment, in.Application))
+	}, func(ctx context.Context, c *caller, in *appDeletePath) (*struct{}, error) {
+		sc := authz.Scope{Tenant: in.Tenant, Environment: in.Environment, Application: in.Application}
+		return nil, identityError(o, "delete application", o.Lifecycle.Delete(ctx, c.actor(), sc))
 	})
 
 	userManage := Route{Action: authz.UserManage}

@@ -35,6 +35,7 @@ import (
 	"github.com/penstock/penstock/internal/identity"
 	"github.com/penstock/penstock/internal/integrity"
 	"github.com/penstock/penstock/internal/keyring"
+	"github.com/penstock/penstock/internal/lifecycle"
 	"github.com/penstock/penstock/internal/pipeline"
 	"github.com/penstock/penstock/internal/redact"
 	"github.com/penstock/penstock/internal/secrets"
@@ -54,6 +55,7 @@ type App struct {
 	ident     *identity.Store
 	fabric    *fabric.Service
 	pipes     *pipeline.Service
+	life      *lifecycle.Service
 	audit     *audit.Log
 	sinks     []audit.Sink
 	bootstrap redact.Secret
@@ -223,6 +225,10 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 			v, _, err := store.Get(ctx, app, name)
 			return v, err
 		},
+		Live: func(app keyring.Scope) bool {
+			_, ok := ident.App(app.Tenant, app.Environment, app.Application)
+			return ok
+		},
 		Apps: func() []keyring.Scope {
 			var out []keyring.Scope
 			for _, t := range ident.Tenants() {
@@ -238,6 +244,11 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 		return nil, err
 	}
 	reg.MustRegister(a.pipes.Collectors()...)
+	a.life = lifecycle.New(lifecycle.Options{Identity: a.ident, Keyring: a.keys, Fabric: a.fabric, Pipelines: a.pipes,
+		Engine: a.eng, Audit: a.audit, FilesRoot: filesRoot, Logger: log.With("component", "lifecycle")})
+	if err := a.life.Resume(ctx); err != nil { // before serving: an interrupted deletion finishes first
+		return nil, err
+	}
 	if first || !cfg.Engine.Embedded() { // an external engine holds its own platform, whatever the directory
 		// Only the embedded engine's platform is this directory's own: an external one may have
 		// served already, whatever the directory says.
@@ -257,7 +268,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 		Limits: lim, Edge: em, Registry: reg,
 		Keyring: a.keys, Master: a.master, Secrets: store,
 		Identity: a.ident, Lockout: lockout, Nonces: nonces, Audit: a.audit, Fabric: a.fabric,
-		Pipelines: a.pipes,
+		Pipelines: a.pipes, Lifecycle: a.life,
 	})
 	a.routes = routes
 	a.apiSrv = &http.Server{

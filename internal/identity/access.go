@@ -288,7 +288,7 @@ func (s *Store) StillValid(id string, source netip.Addr) (APIKey, error) {
 // checkKey validates key id (and, if digest is given, its secret's digest) for use now.
 func (s *Store) checkKey(id string, digest *[32]byte, source netip.Addr) (APIKey, error) {
 	k, ok := s.APIKey(id)
-	if !ok || k.Revoked || !k.Expires.IsZero() && s.cfg.Now().After(k.Expires) {
+	if !ok || k.Revoked || !k.Expires.IsZero() && s.cfg.Now().After(k.Expires) || s.hidden(k.Scope) {
 		return APIKey{}, ErrUnauthenticated
 	}
 	if digest != nil {

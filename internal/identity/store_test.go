@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/penstock/penstock/internal/authz"
+	"github.com/penstock/penstock/internal/keyring"
 	"github.com/penstock/penstock/internal/keyring/keyringtest"
 	"github.com/penstock/penstock/internal/redact"
 	"github.com/penstock/penstock/internal/testenv"
@@ -96,13 +97,20 @@ func TestTenantsAndApps(t *testing.T) {
 	if p := s.EgressPolicy("acme"); p.Tenant != "acme" || len(p.Rules) != 2 || p.Rules[1].Host != "db.example" {
 		t.Fatalf("policy %+v", p)
 	}
-	if err := s.DeleteApp(ctx, "acme", "production", "billing"); err != nil {
+	// The lifecycle's order, in short: destroy the keys, then remove the records.
+	if err := s.keys.Destroy(ctx, keyring.Scope{Tenant: "acme", Environment: "production", Application: "billing"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RemoveScope(ctx, authz.Scope{Tenant: "acme", Environment: "production", Application: "billing"}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.CreateApp(ctx, "acme", "production", "billing"); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("reusing a deleted application's name: %v", err)
 	}
-	if err := s.DeleteTenant(ctx, "acme"); err != nil {
+	if err := s.keys.Destroy(ctx, keyring.Scope{Tenant: "acme"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RemoveScope(ctx, authz.Scope{Tenant: "acme"}); err != nil {
 		t.Fatal(err)
 	}
 	if _, ok := s.Tenant("acme"); ok {

@@ -25,13 +25,27 @@ func checkName(kind, n string) error {
 	return nil
 }
 
-// CreateTenant creates a tenant with the default environments.
-func (s *Store) CreateTenant(ctx context.Context, name string) (Tenant, error) {
+// CheckTenantName refuses a tenant name that is not a valid name or is reserved.
+func CheckTenantName(name string) error {
 	if err := checkName("tenant", name); err != nil {
-		return Tenant{}, err
+		return err
 	}
 	if slices.Contains(ReservedTenants, name) {
-		return Tenant{}, invalidf("tenant name %q is reserved", name)
+		return invalidf("tenant name %q is reserved", name)
+	}
+	return nil
+}
+
+// CheckName refuses an environment or application name that is not a valid name.
+func CheckName(kind, name string) error { return checkName(kind, name) }
+
+// CreateTenant creates a tenant with the default environments.
+func (s *Store) CreateTenant(ctx context.Context, name string) (Tenant, error) {
+	if err := CheckTenantName(name); err != nil {
+		return Tenant{}, err
+	}
+	if s.hidden(authz.Scope{Tenant: name}) {
+		return Tenant{}, fmt.Errorf("tenant %s: %w", name, ErrDeleting)
 	}
 	if gone, err := s.keys.IsDestroyed(ctx, keyring.Scope{Tenant: name}); err != nil {
 		return Tenant{}, err
@@ -42,49 +56,26 @@ func (s *Store) CreateTenant(ctx context.Context, name string) (Tenant, error) {
 	return t, s.put(ctx, "tenant."+name, t, 0)
 }
 
-// Tenant returns a tenant by name.
+// Tenant returns a tenant by name; a tenant being deleted is not found, and an environment
+// being deleted is not among its environments.
 func (s *Store) Tenant(name string) (Tenant, bool) {
-	var t Tenant
-	_, ok := s.get("tenant."+name, &t)
-	return t, ok
+	t, ok := s.storedTenant(name)
+	if !ok || s.hidden(authz.Scope{Tenant: name}) {
+		return Tenant{}, false
+	}
+	return s.visible(t), true
 }
 
-// Tenants lists tenants by name.
+// Tenants lists tenants by name, without those being deleted.
 func (s *Store) Tenants() []Tenant {
-	out := list[Tenant](s, "tenant.")
+	var out []Tenant
+	for _, t := range list[Tenant](s, "tenant.") {
+		if !s.hidden(authz.Scope{Tenant: t.Name}) {
+			out = append(out, s.visible(t))
+		}
+	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
-}
-
-// DeleteTenant removes a tenant, its applications, role bindings and service keys, and
-// crypto-shreds its keys: its data everywhere becomes unrecoverable.
-func (s *Store) DeleteTenant(ctx context.Context, name string) error {
-	if _, ok := s.Tenant(name); !ok {
-		return ErrNotFound
-	}
-	if err := s.keys.Destroy(ctx, keyring.Scope{Tenant: name}); err != nil {
-		return err
-	}
-	for _, a := range s.Apps(name, "") {
-		if err := s.del(ctx, appKey(a.Tenant, a.Environment, a.Name)); err != nil {
-			return err
-		}
-	}
-	for _, b := range list[RoleBinding](s, "binding.") {
-		if b.Scope.Tenant == name {
-			if err := s.del(ctx, "binding."+b.ID); err != nil {
-				return err
-			}
-		}
-	}
-	for _, k := range list[APIKey](s, "apikey.") {
-		if k.Scope.Tenant == name {
-			if err := s.del(ctx, "apikey."+k.ID); err != nil {
-				return err
-			}
-		}
-	}
-	return s.del(ctx, "tenant."+name)
 }
 
 // SetAllowList replaces a tenant's source allow-list; an empty list allows every address.
@@ -150,6 +141,9 @@ func (s *Store) CreateApp(ctx context.Context, tenant, env, name string) (Applic
 	if err := checkName("application", name); err != nil {
 		return Application{}, err
 	}
+	if s.hidden(authz.Scope{Tenant: tenant, Environment: env, Application: name}) {
+		return Application{}, fmt.Errorf("application %s/%s/%s: %w", tenant, env, name, ErrDeleting)
+	}
 	if gone, err := s.keys.IsDestroyed(ctx, keyring.Scope{Tenant: tenant, Environment: env, Application: name}); err != nil {
 		return Application{}, err
 	} else if gone {
@@ -159,50 +153,32 @@ func (s *Store) CreateApp(ctx context.Context, tenant, env, name string) (Applic
 	return a, s.put(ctx, appKey(tenant, env, name), a, 0)
 }
 
-// App returns an application.
+// App returns an application; one being deleted (or in a tenant or environment being
+// deleted) is not found.
 func (s *Store) App(tenant, env, name string) (Application, bool) {
 	var a Application
 	_, ok := s.get(appKey(tenant, env, name), &a)
-	return a, ok
+	if !ok || s.hidden(authz.Scope{Tenant: tenant, Environment: env, Application: name}) {
+		return Application{}, false
+	}
+	return a, true
 }
 
-// Apps lists a tenant's applications, in one environment or (env "") all.
+// Apps lists a tenant's applications, in one environment or (env "") all, without those being
+// deleted.
 func (s *Store) Apps(tenant, env string) []Application {
 	prefix := "app." + tenant + "."
 	if env != "" {
 		prefix += env + "."
 	}
-	out := list[Application](s, prefix)
+	out := slices.DeleteFunc(list[Application](s, prefix), func(a Application) bool {
+		return a.Tenant != tenant || env != "" && a.Environment != env ||
+			s.hidden(authz.Scope{Tenant: a.Tenant, Environment: a.Environment, Application: a.Name})
+	})
 	sort.Slice(out, func(i, j int) bool {
 		return out[i].Environment+"/"+out[i].Name < out[j].Environment+"/"+out[j].Name
 	})
 	return out
-}
-
-// DeleteApp removes an application and crypto-shreds its keys.
-func (s *Store) DeleteApp(ctx context.Context, tenant, env, name string) error {
-	if _, ok := s.App(tenant, env, name); !ok {
-		return ErrNotFound
-	}
-	if err := s.keys.Destroy(ctx, keyring.Scope{Tenant: tenant, Environment: env, Application: name}); err != nil {
-		return err
-	}
-	sc := authz.Scope{Tenant: tenant, Environment: env, Application: name}
-	for _, b := range list[RoleBinding](s, "binding.") {
-		if sc.Contains(b.Scope) {
-			if err := s.del(ctx, "binding."+b.ID); err != nil {
-				return err
-			}
-		}
-	}
-	for _, k := range list[APIKey](s, "apikey.") {
-		if sc.Contains(k.Scope) {
-			if err := s.del(ctx, "apikey."+k.ID); err != nil {
-				return err
-			}
-		}
-	}
-	return s.del(ctx, appKey(tenant, env, name))
 }
 
 // AddEnvironment adds an environment to a tenant.
@@ -216,12 +192,18 @@ func (s *Store) AddEnvironment(ctx context.Context, tenant, env string) (Tenant,
 		if !ok {
 			return Tenant{}, ErrNotFound
 		}
+		if s.hidden(authz.Scope{Tenant: tenant}) {
+			return Tenant{}, ErrNotFound
+		}
+		if s.hidden(authz.Scope{Tenant: tenant, Environment: env}) {
+			return Tenant{}, fmt.Errorf("environment %s/%s: %w", tenant, env, ErrDeleting)
+		}
 		if slices.Contains(t.Environments, env) {
 			return Tenant{}, ErrExists
 		}
 		t.Environments = append(t.Environments, env)
 		if err := s.put(ctx, "tenant."+tenant, t, rev); err == nil {
-			return t, nil
+			return s.visible(t), nil
 		}
 		if e, err := s.kv.Get(ctx, "tenant."+tenant); err == nil {
 			s.apply(e)

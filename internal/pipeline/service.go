@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -38,6 +39,9 @@ type Options struct {
 	Egress func(tenant string) egress.Policy
 	// Apps lists every application, for the scheduler to find stored pipelines at start.
 	Apps func() []keyring.Scope
+	// Live reports whether an application exists and is not being deleted; a pipeline of any
+	// other is neither stored nor started (nil: every application is live).
+	Live func(app keyring.Scope) bool
 	// FilesRoot holds one directory per tenant for file connectors ("" disables them).
 	FilesRoot string
 	Logger    *slog.Logger
@@ -269,6 +273,13 @@ func (s *Service) Apply(ctx context.Context, app keyring.Scope, doc []byte) (Pip
 	if err != nil {
 		return Pipeline{}, false, err
 	}
+	// Held from before the queues are made: a lifecycle deletion (StopScope) either waits for
+	// this apply, and then deletes what it made, or comes first, and then it is refused here.
+	s.life.Lock()
+	defer s.life.Unlock()
+	if !s.live(app) {
+		return Pipeline{}, false, ErrNotFound
+	}
 	// The queues the pipeline writes to by itself exist before it runs.
 	type queue struct{ name, what string }
 	var queues []queue
@@ -287,8 +298,6 @@ func (s *Service) Apply(ctx context.Context, app keyring.Scope, doc []byte) (Pip
 			return Pipeline{}, false, fmt.Errorf("%s: %w", q.what, err)
 		}
 	}
-	s.life.Lock()
-	defer s.life.Unlock()
 	now := time.Now().UTC()
 	st := stored{Spec: spec.JSON(), Version: 1, Created: now, Updated: now}
 	created := true
@@ -411,10 +420,53 @@ func (s *Service) Delete(ctx context.Context, app keyring.Scope, name string) er
 	return nil
 }
 
+func (s *Service) live(app keyring.Scope) bool { return s.o.Live == nil || s.o.Live(app) }
+
+// StopScope stops, and waits for, every worker of the applications in scope (a tenant, an
+// environment or one application), draining each batch in flight as any stop does: once it
+// returns, none of them reads or writes again. It is the lifecycle's step before deleting
+// the scope: the scope is no longer live by then, so nothing starts them again. Their stored
+// specs, checkpoints and runs go when the lifecycle purges the scope's records.
+func (s *Service) StopScope(sc keyring.Scope) {
+	s.life.Lock()
+	defer s.life.Unlock()
+	s.mu.Lock()
+	var stop []*worker
+	for k, w := range s.workers {
+		if inScope(sc, w.app) {
+			stop = append(stop, w)
+			delete(s.workers, k)
+		}
+	}
+	s.mu.Unlock()
+	for _, w := range stop {
+		w.stop()
+	}
+	for _, w := range stop {
+		<-w.done
+	}
+	s.mu.Lock()
+	for k := range s.logs {
+		if strings.HasPrefix(k, sc.String()+"/") {
+			delete(s.logs, k)
+		}
+	}
+	s.mu.Unlock()
+}
+
+// inScope reports whether app is sc or lies under it.
+func inScope(sc, app keyring.Scope) bool {
+	return sc.Tenant == app.Tenant && (sc.Environment == "" || sc.Environment == app.Environment &&
+		(sc.Application == "" || sc.Application == app.Application))
+}
+
 // SetPaused pauses (stopping a run in progress after its batch) or resumes a pipeline.
 func (s *Service) SetPaused(ctx context.Context, app keyring.Scope, name string, paused bool) (Pipeline, error) {
 	s.life.Lock()
 	defer s.life.Unlock()
+	if !s.live(app) {
+		return Pipeline{}, ErrNotFound
+	}
 	st, p, err := s.load(ctx, app, name)
 	if err != nil {
 		return Pipeline{}, err

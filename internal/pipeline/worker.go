@@ -98,6 +98,11 @@ func (w *worker) loop() {
 				}
 			}
 		}
+		select {
+		case <-w.quit: // a stop that came with the trigger wins: no run starts after a stop
+			return
+		default:
+		}
 		r := w.runOnce(trigger, sched.Continuous && trigger == "continuous")
 		if r.Status == "failed" {
 			failures++

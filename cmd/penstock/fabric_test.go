@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -154,6 +155,8 @@ func TestFabricKill9LosesNoAcknowledgedMessage(t *testing.T) {
 			mu.Unlock()
 		}
 	})
+	var ackedBeforeKill map[string]bool // set at the kill: acks answered 204 before it
+	var redelivered []string            // of those, delivered again after the restart
 	consume := func(c *http.Client) int {
 		st, body, err := p.post(c, key, base+"/consume", map[string]any{"max": 100, "wait_ms": 200})
 		if err != nil || st != 200 {
@@ -167,6 +170,13 @@ func TestFabricKill9LosesNoAcknowledgedMessage(t *testing.T) {
 		}
 		_ = json.Unmarshal(body, &out)
 		var tokens []string
+		mu.Lock()
+		for _, m := range out.Messages {
+			if ackedBeforeKill[m.Data] {
+				redelivered = append(redelivered, m.Data)
+			}
+		}
+		mu.Unlock()
 		for _, m := range out.Messages {
 			tokens = append(tokens, m.AckToken)
 		}
@@ -192,7 +202,20 @@ func TestFabricKill9LosesNoAcknowledgedMessage(t *testing.T) {
 		for consume(c) >= 0 {
 		}
 	})
-	time.Sleep(2 * time.Second)
+	// Kill once the load has done enough of each (waiting for that, not for a time).
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		mu.Lock()
+		np, nc0 := len(published), len(consumed)
+		mu.Unlock()
+		if np >= 300 && nc0 >= 100 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d publishes and %d consumptions acknowledged in 3 minutes", np, nc0)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	if err := p.cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
@@ -202,16 +225,14 @@ func TestFabricKill9LosesNoAcknowledgedMessage(t *testing.T) {
 	nc.Close()
 	mu.Lock()
 	np, nc0 := len(published), len(consumed)
+	ackedBeforeKill = maps.Clone(consumed)
 	mu.Unlock()
-	if np < 100 {
-		t.Fatalf("only %d publishes acknowledged before the kill", np)
-	}
 
 	// Restart and drain what is left, until the queue is empty: deliveries in flight at the
 	// kill come back when their ack wait (10s) runs out.
 	p = serveEnv(t, dir, fabricEnv)
 	c = p.client()
-	deadline := time.Now().Add(40 * time.Second)
+	deadline = time.Now().Add(2 * time.Minute)
 	for {
 		if consume(c) < 0 {
 			t.Fatal("consume after restart failed")
@@ -269,6 +290,9 @@ func TestFabricKill9LosesNoAcknowledgedMessage(t *testing.T) {
 	}
 	if missing > 0 {
 		t.Fatalf("%d of %d acknowledged messages lost", missing, np)
+	}
+	if len(redelivered) > 0 {
+		t.Fatalf("%d messages whose ack was answered before the kill were delivered again, e.g. %s", len(redelivered), redelivered[0])
 	}
 	t.Logf("%d acknowledged publishes (HTTPS batches and native NATS), %d consumed before kill -9, %d in an ack the kill left unanswered, all accounted for after restart", np, nc0, ambiguous)
 }

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -207,16 +208,26 @@ func TestKill9KeepsAcknowledgedWrites(t *testing.T) {
 			}
 		}()
 	}
-	time.Sleep(time.Second)
+	// Kill once enough writes were acknowledged (waiting for that, not for a time).
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		mu.Lock()
+		n := len(acked)
+		mu.Unlock()
+		if n >= 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d writes acknowledged in 2 minutes", n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	if err := p.cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	<-p.exited
 	wg.Wait()
 	nc.Close()
-	if len(acked) < 50 {
-		t.Fatalf("only %d writes acknowledged before the kill", len(acked))
-	}
 
 	p2 := serve(t, dir, "--nats-listen", "127.0.0.1:0")
 	nc2, js2 := p2.engineConn()
@@ -288,7 +299,7 @@ func TestGracefulRestart(t *testing.T) {
 
 // SIGTERM while a request is in flight: the request completes before the process exits.
 func TestShutdownDrainsInFlightRequests(t *testing.T) {
-	p := serve(t, t.TempDir())
+	p := serveEnv(t, t.TempDir(), []string{"PENSTOCK_METRICS_LISTEN=127.0.0.1:0"})
 	c := p.client()
 	// A request whose body is still being sent is in flight when the signal arrives.
 	pr, pw := io.Pipe()
@@ -305,11 +316,27 @@ func TestShutdownDrainsInFlightRequests(t *testing.T) {
 		result <- resp.StatusCode
 	}()
 	pw.Write([]byte("partial"))
-	time.Sleep(200 * time.Millisecond)
+	// The signal comes once the server has accepted the request's connection (the edge counts
+	// it open): from then on Shutdown waits for it.
+	metrics := between(p.logs.String(), `"metrics":"`, `"`)
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		resp, err := http.Get("http://" + metrics + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if regexp.MustCompile(`(?m)^penstock_edge_open_connections [1-9]`).Match(b) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the server never counted the request's connection open")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(300 * time.Millisecond)
 	select {
 	case err := <-p.exited:
 		t.Fatalf("exited with a request in flight: %v", err)

@@ -476,8 +476,29 @@ func TestNativeReplySubjectsCannotReachOtherApplications(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	_ = c.nc.Flush()
-	time.Sleep(500 * time.Millisecond)
+	// A barrier instead of a wait: a publish and a pull request of the same connection with
+	// real replies. The engine handles one connection's messages in order, so once both are
+	// answered, every attempt above has been handled and answered wherever it was aimed.
+	njs, err := jetstream.NewWithAPIPrefix(c.nc, APIPrefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := njs.Publish(ctx, mine.queueSubject(), []byte("barrier")); err != nil {
+		t.Fatalf("barrier publish: %v (%s)", err, c.errors())
+	}
+	cons, err := njs.Consumer(ctx, mine.queueStream(), mine.consumer())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := cons.FetchNoWait(1)
+	if err != nil {
+		t.Fatalf("barrier fetch: %v", err)
+	}
+	for range b.Messages() { // ends when the engine has answered the pull request
+	}
+	if err := b.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
+		t.Fatalf("barrier fetch: %v", err)
+	}
 	st, err := h.fab.Queue(ctx, theirs)
 	if err != nil {
 		t.Fatalf("billing's queue after the attempts: %v", err)

@@ -698,7 +698,11 @@ func TestNewSourceStartsFresh(t *testing.T) {
 func TestConcurrentLifecycleLeavesOneWorker(t *testing.T) {
 	h := open(t)
 	var hits atomic.Int64
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { hits.Add(1) }))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/clock" {
+			hits.Add(1)
+		}
+	}))
 	defer srv.Close()
 	h.file("tick.jsonl", "{\"id\": 1}\n")
 	spec := fmt.Sprintf("name: race\nsource: {type: file, path: tick.jsonl}\nsink: {type: http, url: %s}\nschedule: every 1s\n", srv.URL)
@@ -720,9 +724,20 @@ func TestConcurrentLifecycleLeavesOneWorker(t *testing.T) {
 	if err := h.svc.RunNow(ctx, h.app, "race"); !errors.Is(err, pipeline.ErrNotFound) {
 		t.Fatalf("run after delete: %v", err)
 	}
-	// Any worker left over would run on its 1 s schedule.
+	// Any worker left over would run on its 1 s schedule. A second pipeline on the same
+	// schedule is the clock: once it has run three times, a leftover would have run too.
 	before := hits.Load()
-	time.Sleep(2500 * time.Millisecond)
+	h.apply(fmt.Sprintf("name: clock\nsource: {type: file, path: tick.jsonl}\nsink: {type: http, url: %s}\nschedule: every 1s\n", srv.URL+"/clock"))
+	for deadline := time.Now().Add(60 * time.Second); ; {
+		runs, err := h.svc.Runs(ctx, h.app, "clock")
+		if err == nil && len(runs) >= 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the clock pipeline ran %d times in 60 s (%v)", len(runs), err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	if after := hits.Load(); after != before {
 		t.Fatalf("%d requests after the delete", after-before)
 	}

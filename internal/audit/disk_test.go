@@ -63,19 +63,7 @@ func verifyAfterDiskEdit(t *testing.T, edit func([]byte) ([]byte, bool)) {
 		t.Fatal(err)
 	}
 	defer master.Close()
-	open := func() (*server.Server, *engine.Engine, *keyring.Keyring, *Log) {
-		ns, eng := natsOnDisk(t, storeDir)
-		plat, _ := eng.Account(ctx, engine.PlatformAccount)
-		kr, err := keyring.New(ctx, keyring.Options{Master: master, Platform: plat})
-		if err != nil {
-			t.Fatal(err)
-		}
-		l, err := Open(ctx, Options{Platform: plat, Keyring: kr})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return ns, eng, kr, l
-	}
+	open := func() (*server.Server, *engine.Engine, *keyring.Keyring, *Log) { return openOnDisk(t, storeDir, master) }
 	ns, eng, kr, l := open()
 	appendN(t, l, 20)
 	if err := l.Checkpoint(ctx); err != nil {
@@ -115,4 +103,21 @@ func verifyAfterDiskEdit(t *testing.T, edit func([]byte) ([]byte, bool)) {
 		t.Fatalf("an event edited on disk: %+v %+v", rep, rep.Break)
 	}
 	t.Logf("edit on disk found: %s at sequence %d (%s)", rep.Break.Kind, rep.Break.Seq, rep.Break.Detail)
+}
+
+// openOnDisk opens an engine on storeDir, a keyring under master and the audit log on them.
+func openOnDisk(t *testing.T, storeDir string, master *keyring.Master) (*server.Server, *engine.Engine, *keyring.Keyring, *Log) {
+	t.Helper()
+	ctx := context.Background()
+	ns, eng := natsOnDisk(t, storeDir)
+	plat, _ := eng.Account(ctx, engine.PlatformAccount)
+	kr, err := keyring.New(ctx, keyring.Options{Master: master, Platform: plat})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := Open(ctx, Options{Platform: plat, Keyring: kr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ns, eng, kr, l
 }

@@ -42,16 +42,7 @@ func verifyAfterCut(t *testing.T, deleteBucket bool) {
 		l   *Log
 	}
 	open := func() stack {
-		ns, eng := natsOnDisk(t, storeDir)
-		plat, _ := eng.Account(ctx, engine.PlatformAccount)
-		kr, err := keyring.New(ctx, keyring.Options{Master: master, Platform: plat})
-		if err != nil {
-			t.Fatal(err)
-		}
-		l, err := Open(ctx, Options{Platform: plat, Keyring: kr})
-		if err != nil {
-			t.Fatal(err)
-		}
+		ns, eng, kr, l := openOnDisk(t, storeDir, master)
 		return stack{ns, eng, kr, l}
 	}
 	stop := func(s stack) {

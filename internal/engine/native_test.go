@@ -5,13 +5,13 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/nats-io/nats.go"
 
 	"github.com/penstock/penstock/internal/config"
@@ -45,17 +45,13 @@ func login(e *engine.Engine, roots *x509.CertPool, proto string) error {
 	tc := &tls.Config{RootCAs: roots, ServerName: "localhost", MinVersion: tls.VersionTLS12}
 	addrs := e.NativeAddrs()
 	if proto == "mqtt" {
-		c := mqtt.NewClient(mqtt.NewClientOptions().AddBroker("tls://"+addrs.MQTT).SetClientID("c1").
-			SetUsername("tenant-a").SetPassword("good").SetTLSConfig(tc).SetAutoReconnect(false).
-			SetConnectTimeout(time.Minute).SetCleanSession(true))
-		tok := c.Connect()
-		if !tok.WaitTimeout(time.Minute) {
-			return errors.New("mqtt connect timed out")
+		switch rc, err := testenv.MQTTConnack(addrs.MQTT, tc, "c1", "tenant-a", "good", time.Minute); {
+		case err != nil:
+			return err
+		case rc != 0:
+			return fmt.Errorf("mqtt CONNACK %d: not authorized", rc)
 		}
-		if tok.Error() == nil {
-			c.Disconnect(0)
-		}
-		return tok.Error()
+		return nil
 	}
 	url := "tls://" + addrs.NATS
 	if proto == "websocket" {

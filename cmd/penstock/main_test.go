@@ -116,6 +116,16 @@ func serveEnv(t *testing.T, dataDir string, env []string, extra ...string) *proc
 	return p
 }
 
+// waitUntil polls cond until it holds, failing the test after d.
+func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(d); !cond(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s within %v", what, d)
+		}
+	}
+}
+
 // stop sends sig and waits for the process to exit.
 func (p *proc) stop(sig syscall.Signal) error {
 	p.t.Helper()
@@ -207,16 +217,18 @@ func TestKill9KeepsAcknowledgedWrites(t *testing.T) {
 			}
 		}()
 	}
-	time.Sleep(time.Second)
+	// Kill once the writers are well under way, however slow the machine.
+	waitUntil(t, 120*time.Second, "50 acknowledged writes", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(acked) >= 50
+	})
 	if err := p.cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	<-p.exited
 	wg.Wait()
 	nc.Close()
-	if len(acked) < 50 {
-		t.Fatalf("only %d writes acknowledged before the kill", len(acked))
-	}
 
 	p2 := serve(t, dir, "--nats-listen", "127.0.0.1:0")
 	nc2, js2 := p2.engineConn()
@@ -304,12 +316,15 @@ func TestShutdownDrainsInFlightRequests(t *testing.T) {
 		resp.Body.Close()
 		result <- resp.StatusCode
 	}()
-	pw.Write([]byte("partial"))
-	time.Sleep(200 * time.Millisecond)
+	// The write returns once the transport has taken the bytes, after the TLS handshake and
+	// the headers: the connection is the server's, so a shutdown must wait for the request.
+	if _, err := pw.Write([]byte("partial")); err != nil {
+		t.Fatal(err)
+	}
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(300 * time.Millisecond)
+	waitUntil(t, 60*time.Second, "shutdown log", func() bool { return strings.Contains(p.logs.String(), `"msg":"shutting down"`) })
 	select {
 	case err := <-p.exited:
 		t.Fatalf("exited with a request in flight: %v", err)

@@ -641,8 +641,11 @@ func TestStopDrainsTheBatchInFlight(t *testing.T) {
 		b, _ := os.ReadFile(out)
 		return strings.Count(string(b), "\n")
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for lines() < rows/20 && time.Now().Before(deadline) {
+	deadline := time.Now().Add(60 * time.Second)
+	for lines() < rows/20 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the run did not get going: %d lines", lines())
+		}
 		time.Sleep(time.Millisecond)
 	}
 	h.svc.Close()
@@ -720,9 +723,22 @@ func TestConcurrentLifecycleLeavesOneWorker(t *testing.T) {
 	if err := h.svc.RunNow(ctx, h.app, "race"); !errors.Is(err, pipeline.ErrNotFound) {
 		t.Fatalf("run after delete: %v", err)
 	}
-	// Any worker left over would run on its 1 s schedule.
+	// Any worker left over would run on its 1 s schedule. The barrier is a pipeline on the
+	// same schedule, started after the delete: once it has run twice on its own, a left-over
+	// worker would have run too.
 	before := hits.Load()
-	time.Sleep(2500 * time.Millisecond)
+	h.apply("name: marker\nsource: {type: file, path: tick.jsonl}\nsink: {type: file, path: out/marker.jsonl}\nschedule: every 1s\n")
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		runs, err := h.svc.Runs(ctx, h.app, "marker")
+		if err == nil && len(runs) >= 2 && runs[0].Status != "running" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the marker pipeline did not run twice on its schedule: %+v %v", runs, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	if after := hits.Load(); after != before {
 		t.Fatalf("%d requests after the delete", after-before)
 	}

@@ -332,7 +332,7 @@ func TestConcurrentConnectionCap(t *testing.T) {
 	held[0].Close()
 	held = held[1:]
 	var freed error
-	for range 50 { // the server notices the close asynchronously
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); { // the server notices the close asynchronously
 		var c *tls.Conn
 		if c, freed = dial("127.0.0.2"); freed == nil {
 			held = append(held, c)
@@ -389,8 +389,8 @@ func TestRequestRateAndSizeLimits(t *testing.T) {
 	if status, _ := do(t, h1, req); status != http.StatusRequestHeaderFieldsTooLarge {
 		t.Fatalf("oversized header = %d, want 431", status)
 	}
-	for i := 0; metricValue(t, metrics(t, ta), "penstock_edge_conns_without_request_total") < 1; i++ {
-		if i == 100 {
+	for deadline := time.Now().Add(30 * time.Second); metricValue(t, metrics(t, ta), "penstock_edge_conns_without_request_total") < 1; {
+		if time.Now().After(deadline) {
 			t.Fatal("connection cut for an oversized header not counted")
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -424,8 +424,8 @@ func TestSlowHeadersAreCut(t *testing.T) {
 		t.Fatalf("incomplete request answered: %q", b)
 	}
 	// The server closes the socket before it runs its connection-state hook.
-	for i := 0; metricValue(t, metrics(t, ta), "penstock_edge_conns_without_request_total") < 1; i++ {
-		if i == 100 {
+	for deadline := time.Now().Add(30 * time.Second); metricValue(t, metrics(t, ta), "penstock_edge_conns_without_request_total") < 1; {
+		if time.Now().After(deadline) {
 			t.Fatal("cut connection not counted")
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -463,10 +463,17 @@ func TestShutdownDrainsHandlers(t *testing.T) {
 	}()
 	<-started
 	ta.cancel()
+	// Once the shutdown is under way, Run must still be waiting for the handler.
+	for deadline := time.Now().Add(30 * time.Second); !strings.Contains(ta.logs.String(), `"msg":"shutting down"`); {
+		if time.Now().After(deadline) {
+			t.Fatalf("no shutdown logged:\n%s", ta.logs.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	select {
 	case err := <-ta.done:
 		t.Fatalf("Run returned with a handler in progress: %v", err)
-	case <-time.After(300 * time.Millisecond):
+	default:
 	}
 	if err := ta.eng.Ready(context.Background()); err != nil {
 		t.Fatalf("engine closed under a running handler: %v", err)

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -47,8 +48,8 @@ func startEmbedded(o Options) (*embedded, error) {
 		return nil, err
 	}
 	em := &embedded{token: token, native: o.Native}
-	em.auth = &authenticator{token: token, platformPort: o.Config.ClientListen != ""}
-	em.auth.changed, em.auth.stopping = make(chan struct{}), make(chan struct{})
+	em.auth = &authenticator{token: token, platformPort: o.Config.ClientListen != "", wait: cmp.Or(o.Native.AuthWait, NativeAuthWait),
+		nativeAuth: newNativeAuth()}
 
 	opts := &server.Options{
 		ServerName:         "penstock",
@@ -133,7 +134,7 @@ func (em *embedded) connect(ctx context.Context, name string) (*nats.Conn, error
 }
 
 func (em *embedded) close() {
-	em.auth.stop() // logins waiting for a decision end now, or the shutdown would wait for them
+	em.auth.stop()
 	em.ns.Shutdown()
 	em.ns.WaitForShutdown()
 }
@@ -149,6 +150,8 @@ type authenticator struct {
 	// platformPort: engine.client_listen is set, so the platform credential is accepted over
 	// the network (its loopback port); otherwise only in process.
 	platformPort bool
+	// wait bounds a native login's wait for the fabric's decision (NativeAuthWait).
+	wait time.Duration
 	nativeAuth
 }
 
@@ -176,14 +179,18 @@ func (a *authenticator) Check(c server.ClientAuthentication) bool {
 
 // checkNative asks the fabric's decision for a tenant client and binds it to the account and
 // subjects it grants. Publish and subscribe are deny by default: only the grant's subjects.
+//
+// The native listeners open with the server, before the fabric installs its decision, and
+// stay open after it withdraws it at shutdown. A login in between waits for the decision; if
+// none comes, the connection is closed before the server can answer it: the server then sends
+// no "Authorization Violation" (nor MQTT "not authorized"), which clients take for a revoked
+// key and stop reconnecting on.
 func (a *authenticator) checkNative(c server.ClientAuthentication, o *server.ClientOpts) bool {
 	if inProcess(c.RemoteAddress()) {
 		return false
 	}
-	decide := a.awaitNative()
+	decide := a.decision(a.wait)
 	if decide == nil {
-		// The engine is stopping (or the fabric never came): close the connection rather
-		// than answer "authorization violation", which a client takes as a bad key.
 		_ = a.srv.DisconnectClientByID(c.GetID())
 		return false
 	}

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/jwt/v2"
@@ -16,13 +17,16 @@ import (
 
 // Native configures the embedded engine's listeners for tenants' own clients: NATS, MQTT 3.1.1
 // and NATS over WebSocket, each with TLS. Who may connect, to which account and with which
-// permissions is decided by the NativeAuth the fabric installs; until it does, every tenant
-// connection is refused.
+// permissions is decided by the NativeAuth the fabric installs; until it does, a tenant's
+// login waits for it (see SetNativeAuth).
 type Native struct {
 	NATSListen, MQTTListen, WebSocketListen string
 	TLS                                     *tls.Config
 	// MaxPayload is the server-wide ceiling on one message; accounts may set less.
 	MaxPayload int32
+	// AuthWait bounds how long a login waits for the decision to be installed (zero:
+	// NativeAuthWait).
+	AuthWait time.Duration
 }
 
 func (n Native) any() bool {
@@ -158,52 +162,16 @@ func (e *Engine) NativeAddrs() NativeAddrs {
 	return out
 }
 
-// SetNativeAuth installs the decision for native clients (nil while the fabric is not
-// serving: when it starts and when it stops). A login that arrives with no decision installed
-// waits for one instead of being refused: a refusal would tell the client its key is bad, and
-// clients stop reconnecting after the same authentication error twice. So while the server
-// starts, a login waits until the fabric can answer; while it stops, a login waits until the
-// connection is closed (by the engine's authentication timeout, or its shutdown), which a
-// client takes as a reason to reconnect, not as a revoked key.
+// SetNativeAuth installs the decision for native clients; nil withdraws it (at shutdown).
+// While there is none, a client that logs in waits for one (up to NativeAuthWait) and is then
+// disconnected without an answer: a client must never read "not authorized" for a valid key
+// because the server is starting or stopping, since clients give up on that answer.
 func (e *Engine) SetNativeAuth(fn NativeAuth) {
 	if e.embedded == nil {
 		return
 	}
-	a := &e.embedded.auth.nativeAuth
-	a.mu.Lock()
-	a.native = fn
-	close(a.changed)
-	a.changed = make(chan struct{})
-	a.mu.Unlock()
+	e.embedded.auth.setNative(fn)
 }
-
-// nativeAuthWait bounds how long a native login waits for the fabric's decision; the
-// engine's own authentication timeout (6 s with TLS) usually closes the connection first.
-const nativeAuthWait = 15 * time.Second
-
-// awaitNative returns the installed decision, waiting for one (at most nativeAuthWait) when
-// none is; nil if none came.
-func (a *nativeAuth) awaitNative() NativeAuth {
-	deadline := time.NewTimer(nativeAuthWait)
-	defer deadline.Stop()
-	for {
-		a.mu.RLock()
-		decide, changed := a.native, a.changed
-		a.mu.RUnlock()
-		if decide != nil {
-			return decide
-		}
-		select {
-		case <-changed:
-		case <-a.stopping:
-			return nil
-		case <-deadline.C:
-			return nil
-		}
-	}
-}
-
-func (a *nativeAuth) stop() { a.stopOnce.Do(func() { close(a.stopping) }) }
 
 // Disconnect closes a native client's connection.
 func (e *Engine) Disconnect(id uint64) error {
@@ -315,19 +283,70 @@ func applyLimits(ns *server.Server, acc *server.Account, l AccountLimits) error 
 	return nil
 }
 
+// NativeAuthWait bounds how long a native login waits for the decision to be installed.
+// Start-up installs it within a second or two; past the bound the connection is closed and the
+// client's reconnect tries again.
+const NativeAuthWait = 10 * time.Second
+
 // nativeAuth is the part of the authenticator that serves native clients.
 type nativeAuth struct {
 	mu     sync.RWMutex
 	native NativeAuth
-	// changed is closed (and replaced) whenever native is set; stopping when the engine stops.
-	changed, stopping chan struct{}
-	stopOnce          sync.Once
+	// installed is closed while native is set; closing is closed when the engine stops, which
+	// ends every wait.
+	installed, closing chan struct{}
+	closeOnce          sync.Once
+	waiting            atomic.Int64 // logins waiting for a decision
 
 	wiring sync.Mutex
 	// wired records what this process set up: "limits|acct", "export|acct|subject",
 	// "import|acct|local", "stream|acct|subject", "feed|acct|subject".
 	wired map[string]bool
 }
+
+func newNativeAuth() nativeAuth {
+	return nativeAuth{installed: make(chan struct{}), closing: make(chan struct{})}
+}
+
+func (a *nativeAuth) setNative(fn NativeAuth) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	switch {
+	case fn != nil && a.native == nil:
+		close(a.installed)
+	case fn == nil && a.native != nil:
+		a.installed = make(chan struct{})
+	}
+	a.native = fn
+}
+
+// decision returns the installed decision, waiting up to wait for one; nil if there is none
+// by then or the engine is stopping.
+func (a *nativeAuth) decision(wait time.Duration) NativeAuth {
+	a.mu.RLock()
+	fn, installed := a.native, a.installed
+	a.mu.RUnlock()
+	if fn != nil {
+		return fn
+	}
+	a.waiting.Add(1)
+	defer a.waiting.Add(-1)
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-installed:
+	case <-a.closing:
+		return nil
+	case <-t.C:
+		return nil
+	}
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	return a.native
+}
+
+// stop ends every wait for a decision: the engine is shutting down.
+func (a *nativeAuth) stop() { a.closeOnce.Do(func() { close(a.closing) }) }
 
 // clientAccount returns the grant's client account, creating it and wiring its imports from
 // the data account on first use. An account's imports never change: a different grant gets a

@@ -2,11 +2,9 @@ package fabric
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"fmt"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -15,11 +13,11 @@ import (
 
 	"github.com/penstock/penstock/internal/audit"
 	"github.com/penstock/penstock/internal/authz"
-	"github.com/penstock/penstock/internal/certs"
 	"github.com/penstock/penstock/internal/config"
 	"github.com/penstock/penstock/internal/engine"
 	"github.com/penstock/penstock/internal/identity"
 	"github.com/penstock/penstock/internal/keyring/keyringtest"
+	"github.com/penstock/penstock/internal/testenv"
 )
 
 var ctx = context.Background()
@@ -53,18 +51,7 @@ type harness struct {
 func open(t *testing.T, change func(*config.Fabric)) *harness {
 	t.Helper()
 	dir := t.TempDir()
-	cm, err := certs.NewManager(dir, config.TLS{}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pem, err := os.ReadFile(cm.CAPath())
-	if err != nil {
-		t.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(pem)
-	tc := cm.TLSConfig()
-	tc.MinVersion = tls.VersionTLS12
+	tc, roots := testenv.ServerTLS(t, dir)
 	st, err := keyringtest.OpenNative(ctx, filepath.Join(dir, "data"), engine.Native{
 		NATSListen: "127.0.0.1:0", MQTTListen: "127.0.0.1:0", WebSocketListen: "127.0.0.1:0", TLS: tc,
 	})

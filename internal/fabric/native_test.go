@@ -196,9 +196,9 @@ func TestNativeIsolationBetweenTenants(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	heardB := make(chan string, 100)
+	heardB := make(chan string, 100) // subject and payload of what B hears
 	for _, s := range []string{"feed.orders.q.*"} {
-		if _, err := b.nc.Subscribe(s, func(m *nats.Msg) { heardB <- m.Subject }); err != nil {
+		if _, err := b.nc.Subscribe(s, func(m *nats.Msg) { heardB <- m.Subject + " " + string(m.Data) }); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -236,8 +236,10 @@ func TestNativeIsolationBetweenTenants(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Paho hands a message to every local handler whose filter matches, refused or not: this
+	// one also sees what A's own feed subscription below receives.
 	heardA := make(chan string, 100)
-	tok := ma.Subscribe("#", 0, func(_ mqtt.Client, m mqtt.Message) { heardA <- m.Topic() })
+	tok := ma.Subscribe("#", 0, func(_ mqtt.Client, m mqtt.Message) { heardA <- m.Topic() + " " + string(m.Payload()) })
 	tok.WaitTimeout(5 * time.Second)
 	if tok.Error() == nil {
 		if st, ok := tok.(*mqtt.SubscribeToken); ok && st.Result()["#"] != 0x80 {
@@ -245,26 +247,53 @@ func TestNativeIsolationBetweenTenants(t *testing.T) {
 		}
 	}
 	ma.Publish("orders/q/jobs", 1, false, []byte("a-mqtt")).WaitTimeout(5 * time.Second)
-
-	// B publishes; A hears none of it.
-	publish(t, h.fab, qb, Message{Data: []byte("b-secret")})
-	select {
-	case s := <-heardA:
-		t.Fatalf("acme heard %s", s)
-	case <-time.After(500 * time.Millisecond):
+	// A's own feed: the barrier for what A must not hear.
+	ownA := make(chan string, 100)
+	if tok := ma.Subscribe("feed/orders/q/jobs", 0, func(_ mqtt.Client, m mqtt.Message) { ownA <- string(m.Payload()) }); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("acme's subscription to its own feed: %v", tok.Error())
 	}
-	// B's queue holds only its own message; A's holds A's.
+
+	// B publishes; A hears none of it. B's message is fed out while it is published, before
+	// the marker that follows it into A's queue, so once A has the marker it would have B's.
+	publish(t, h.fab, qb, Message{Data: []byte("b-secret")})
+	publish(t, h.fab, qa, Message{Data: []byte("a-marker")})
+	for deadline := time.After(10 * time.Second); ; {
+		select {
+		case m := <-ownA:
+			if m != "a-marker" {
+				continue
+			}
+		case <-deadline:
+			t.Fatal("acme's marker never reached acme's feed")
+		}
+		break
+	}
+	for len(heardA) > 0 {
+		if s := <-heardA; s != "feed/orders/q/jobs a-marker" {
+			t.Fatalf("acme heard %s", s)
+		}
+	}
+	// B's queue holds only its own message; A's holds A's (two over NATS and WebSocket, one
+	// over MQTT, and the marker).
 	if st, _ := h.fab.Queue(ctx, qb); st.Stats.Depth != 1 {
 		t.Fatalf("globex queue depth %d, want 1", st.Stats.Depth)
 	}
 	waitFor(t, "acme's own messages in acme's queue", func() bool {
 		st, _ := h.fab.Queue(ctx, qa)
-		return st.Stats.Depth == 3
+		return st.Stats.Depth == 4
 	})
-	for len(heardB) > 0 {
-		if s := <-heardB; s != "feed.orders.q.jobs" {
-			t.Fatalf("globex heard %s", s)
+	// B hears its own message; everything A tried was sent before it, so anything of A's that
+	// reached B would be heard first.
+	for deadline := time.After(10 * time.Second); ; {
+		select {
+		case s := <-heardB:
+			if s != "feed.orders.q.jobs b-secret" {
+				t.Fatalf("globex heard %s", s)
+			}
+		case <-deadline:
+			t.Fatal("globex never heard its own message")
 		}
+		break
 	}
 }
 

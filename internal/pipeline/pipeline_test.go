@@ -641,8 +641,11 @@ func TestStopDrainsTheBatchInFlight(t *testing.T) {
 		b, _ := os.ReadFile(out)
 		return strings.Count(string(b), "\n")
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for lines() < rows/20 && time.Now().Before(deadline) {
+	deadline := time.Now().Add(60 * time.Second)
+	for lines() < rows/20 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the run did not get going: %d lines", lines())
+		}
 		time.Sleep(time.Millisecond)
 	}
 	h.svc.Close()
@@ -698,11 +701,7 @@ func TestNewSourceStartsFresh(t *testing.T) {
 func TestConcurrentLifecycleLeavesOneWorker(t *testing.T) {
 	h := open(t)
 	var hits atomic.Int64
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/clock" {
-			hits.Add(1)
-		}
-	}))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { hits.Add(1) }))
 	defer srv.Close()
 	h.file("tick.jsonl", "{\"id\": 1}\n")
 	spec := fmt.Sprintf("name: race\nsource: {type: file, path: tick.jsonl}\nsink: {type: http, url: %s}\nschedule: every 1s\n", srv.URL)
@@ -724,17 +723,19 @@ func TestConcurrentLifecycleLeavesOneWorker(t *testing.T) {
 	if err := h.svc.RunNow(ctx, h.app, "race"); !errors.Is(err, pipeline.ErrNotFound) {
 		t.Fatalf("run after delete: %v", err)
 	}
-	// Any worker left over would run on its 1 s schedule. A second pipeline on the same
-	// schedule is the clock: once it has run three times, a leftover would have run too.
+	// Any worker left over would run on its 1 s schedule. The barrier is a pipeline on the
+	// same schedule, started after the delete: once it has run twice on its own, a left-over
+	// worker would have run too.
 	before := hits.Load()
-	h.apply(fmt.Sprintf("name: clock\nsource: {type: file, path: tick.jsonl}\nsink: {type: http, url: %s}\nschedule: every 1s\n", srv.URL+"/clock"))
-	for deadline := time.Now().Add(60 * time.Second); ; {
-		runs, err := h.svc.Runs(ctx, h.app, "clock")
-		if err == nil && len(runs) >= 3 {
+	h.apply("name: marker\nsource: {type: file, path: tick.jsonl}\nsink: {type: file, path: out/marker.jsonl}\nschedule: every 1s\n")
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		runs, err := h.svc.Runs(ctx, h.app, "marker")
+		if err == nil && len(runs) >= 2 && runs[0].Status != "running" {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the clock pipeline ran %d times in 60 s (%v)", len(runs), err)
+			t.Fatalf("the marker pipeline did not run twice on its schedule: %+v %v", runs, err)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -176,7 +176,8 @@ func registerAudit(g gate, hapi huma.API, o Options) {
 		OperationID: "audit-list", Method: http.MethodGet, Path: "/v1/audit", Tags: []string{"audit"},
 		Summary: "Audit events, filtered, oldest first, a page at a time; a tenant's auditors and owners see their tenant's",
 	}, func(in *auditQuery) authz.Scope { return authz.Scope{Tenant: in.Tenant} },
-		func(ctx context.Context, _ *caller, in *auditQuery) (*auditPage, error) {
+		func(ctx context.Context, c *caller, in *auditQuery) (*auditPage, error) {
+			in.Since = g.tenantHistoryFrom(c, in.Tenant, in.Since)
 			out := &auditPage{}
 			out.Body.Events = []audit.Event{}
 			err := o.Audit.Records(ctx, in.Cursor+1, func(r audit.Record) bool {
@@ -249,11 +250,26 @@ func registerAuditExport(g gate, hapi huma.API, o Options) {
 		OperationID: "audit-export", Method: http.MethodGet, Path: "/v1/audit/export", Tags: []string{"audit"},
 		Summary: "Export events and checkpoints of a time range as NDJSON, with what verifying it on its own needs",
 	}, func(in *exportQuery) authz.Scope { return authz.Scope{Tenant: in.Tenant} },
-		func(ctx context.Context, _ *caller, in *exportQuery) (*exportOutput, error) {
+		func(ctx context.Context, c *caller, in *exportQuery) (*exportOutput, error) {
+			in.Since = g.tenantHistoryFrom(c, in.Tenant, in.Since)
 			var buf bytes.Buffer
 			if err := o.Audit.Export(ctx, &buf, in.Tenant, in.Since, in.Until); err != nil {
 				return nil, internalError(o, "audit export", err)
 			}
 			return &exportOutput{ContentType: "application/x-ndjson", Body: buf.Bytes()}, nil
 		})
+}
+
+// tenantHistoryFrom is where a caller's reading of a tenant's audit starts: a tenant's own
+// auditors and owners see the events of the tenant as it is now, from its creation, not those
+// of an earlier tenant that had the same name and was deleted (the platform's auditors see
+// everything).
+func (g gate) tenantHistoryFrom(c *caller, tenant string, since time.Time) time.Time {
+	if tenant == "" || authz.Decide(c.principal, authz.AuditRead, authz.Platform).Allow {
+		return since
+	}
+	if t, ok := g.o.Identity.Tenant(tenant); ok && since.Before(t.Created) {
+		return t.Created
+	}
+	return since
 }

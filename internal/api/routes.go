@@ -90,7 +90,13 @@ func register[I, O any](g gate, hapi huma.API, r Route, op huma.Operation, resou
 				g.record(ctx, c, r, sc, err)
 				return nil, err
 			}
-			if !r.Deletion && g.o.Identity != nil && g.o.Identity.Deleting(sc) {
+			// Nothing is done inside a scope that does not exist (or is being deleted): a
+			// queue, a message or a secret of an application that was never created, or was
+			// deleted, would be stored where no listing shows it and a new application of
+			// that name would inherit it. The deletion routes finish what they find; the audit
+			// routes read what a deleted tenant left (for the platform's auditors).
+			if !r.Deletion && r.Action != authz.AuditRead && g.o.Identity != nil && !strings.HasPrefix(sc.Tenant, "\x00") &&
+				(g.o.Identity.Deleting(sc) || !g.o.Identity.Exists(sc)) {
 				err := notFound()
 				g.record(ctx, c, r, sc, err)
 				return nil, err

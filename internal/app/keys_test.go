@@ -62,6 +62,16 @@ func TestSecretsAndKeysOverTheAPI(t *testing.T) {
 	ta := startApp(t, nil)
 	const value = "s3cret-db-password-e81f"
 	base := "/v1/tenants/acme/environments/production/applications/billing/secrets"
+	// Secrets live in an application that exists: none before it is created.
+	if status, _, raw := ta.call(t, "PUT", base+"/db-password", "", map[string]string{"value": value}); status != 404 {
+		t.Fatalf("put before the application exists = %d %s", status, raw)
+	}
+	if status, _, raw := ta.call(t, "POST", "/v1/tenants", "", map[string]string{"name": "acme"}); status != 201 {
+		t.Fatalf("tenant create = %d %s", status, raw)
+	}
+	if status, _, raw := ta.call(t, "POST", "/v1/tenants/acme/environments/production/applications", "", map[string]string{"name": "billing"}); status != 201 {
+		t.Fatalf("app create = %d %s", status, raw)
+	}
 
 	status, meta, raw := ta.call(t, "PUT", base+"/db-password", "", map[string]string{"value": value})
 	if status != 200 || meta["name"] != "db-password" || meta["key_version"] != float64(1) {

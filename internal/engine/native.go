@@ -284,9 +284,14 @@ func applyLimits(ns *server.Server, acc *server.Account, l AccountLimits) error 
 }
 
 // NativeAuthWait bounds how long a native login waits for the decision to be installed.
-// Start-up installs it within a second or two; past the bound the connection is closed and the
-// client's reconnect tries again.
-const NativeAuthWait = 10 * time.Second
+// Start-up installs it well within a second; a waiting login holds its connection (the engine
+// stops its own authentication timer before it asks), and a client gives up on a login after
+// its connect timeout (nats.go: 2 s) and tries again, so the wait is short.
+const NativeAuthWait = 3 * time.Second
+
+// maxNativeWaiters bounds the logins waiting at once; more are closed at once, unanswered,
+// and their clients try again.
+const maxNativeWaiters = 1024
 
 // nativeAuth is the part of the authenticator that serves native clients.
 type nativeAuth struct {
@@ -329,7 +334,10 @@ func (a *nativeAuth) decision(wait time.Duration) NativeAuth {
 	if fn != nil {
 		return fn
 	}
-	a.waiting.Add(1)
+	if a.waiting.Add(1) > maxNativeWaiters {
+		a.waiting.Add(-1)
+		return nil
+	}
 	defer a.waiting.Add(-1)
 	t := time.NewTimer(wait)
 	defer t.Stop()

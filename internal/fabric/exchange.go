@@ -142,6 +142,11 @@ func (s *Service) CreateExchange(ctx context.Context, r Ref, t ExchangeType) (Ex
 	if t != Direct && t != Fanout && t != Topic {
 		return Exchange{}, invalidf("type: direct, fanout or topic")
 	}
+	done, err := s.creating(r)
+	if err != nil {
+		return Exchange{}, err
+	}
+	defer done()
 	ta, err := s.account(ctx, r.Tenant, r.Environment)
 	if err != nil {
 		return Exchange{}, err

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/penstock/penstock/internal/authz"
 )
 
 // QueueSpec is a queue's settings. Zero values take the configured defaults.
@@ -85,7 +87,12 @@ func (s *Service) CreateQueue(ctx context.Context, r Ref, spec QueueSpec) (Queue
 	if err := r.check("queue"); err != nil {
 		return Queue{}, err
 	}
-	spec, err := s.withDefaults(spec)
+	done, err := s.creating(r)
+	if err != nil {
+		return Queue{}, err
+	}
+	defer done()
+	spec, err = s.withDefaults(spec)
 	if err != nil {
 		return Queue{}, err
 	}
@@ -252,8 +259,27 @@ func (s *Service) DeleteQueue(ctx context.Context, r Ref) error {
 	return s.unbindQueue(ctx, ta, r)
 }
 
-// DeleteApplication deletes every queue and exchange of an application.
+// creating admits the creation of a queue or exchange of r's application: the application
+// exists and is not being deleted, and no deletion of queues runs until done is called. A
+// creation that got past the API's checks just before a deletion began is either refused here
+// or finished before the deletion lists what to delete.
+func (s *Service) creating(r Ref) (done func(), err error) {
+	s.life.RLock()
+	if id := s.o.Identity; id != nil {
+		sc := authz.Scope{Tenant: r.Tenant, Environment: r.Environment, Application: r.Application}
+		if id.Deleting(sc) || !id.Exists(sc) {
+			s.life.RUnlock()
+			return nil, fmt.Errorf("application %s: %w", r.Application, ErrNotFound)
+		}
+	}
+	return s.life.RUnlock, nil
+}
+
+// DeleteApplication deletes every queue and exchange of an application, and any exchange
+// record whose stream is already gone.
 func (s *Service) DeleteApplication(ctx context.Context, app Ref) error {
+	s.life.Lock()
+	defer s.life.Unlock()
 	if !s.o.Engine.HasAccount(app.account()) {
 		return nil
 	}
@@ -266,6 +292,15 @@ func (s *Service) DeleteApplication(ctx context.Context, app Ref) error {
 		if err := s.DeleteExchange(ctx, app); err != nil && !errors.Is(err, ErrNotFound) {
 			return err
 		}
+	}
+	if keys, err := ta.bindings.ListKeysFiltered(ctx, exchangeKey(app.Application, "*")); err == nil {
+		for k := range keys.Keys() {
+			if err := ta.bindings.Delete(ctx, k); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+				return fmt.Errorf("delete exchange record: %w", err)
+			}
+		}
+	} else if !errors.Is(err, jetstream.ErrNoKeysFound) {
+		return fmt.Errorf("list exchange records: %w", err)
 	}
 	for _, kind := range []string{"Q", "D"} {
 		for _, n := range streamsOf(ctx, ta, kind, app.Application) {
@@ -282,6 +317,8 @@ func (s *Service) DeleteApplication(ctx context.Context, app Ref) error {
 // DeleteEnvironment deletes every queue, dead-letter queue, exchange and binding of a
 // tenant-environment, as its tenant is deleted.
 func (s *Service) DeleteEnvironment(ctx context.Context, tenant, env string) error {
+	s.life.Lock()
+	defer s.life.Unlock()
 	name := AccountName(tenant, env)
 	if !s.o.Engine.HasAccount(name) {
 		return nil

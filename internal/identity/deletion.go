@@ -107,6 +107,27 @@ func (s *Store) Unmark(ctx context.Context, sc authz.Scope) error {
 // Deleting reports whether sc, or a scope above it, is being deleted.
 func (s *Store) Deleting(sc authz.Scope) bool { return s.hidden(sc) }
 
+// Exists reports whether the tenant, environment or application sc names exists (and is not
+// being deleted); the platform always does.
+func (s *Store) Exists(sc authz.Scope) bool {
+	if sc.Tenant == "" {
+		return true
+	}
+	t, ok := s.Tenant(sc.Tenant)
+	switch {
+	case !ok:
+		return false
+	case sc.Environment == "":
+		return true
+	case !slices.Contains(t.Environments, sc.Environment):
+		return false
+	case sc.Application == "":
+		return true
+	}
+	_, ok = s.App(sc.Tenant, sc.Environment, sc.Application)
+	return ok
+}
+
 // hidden reports whether sc, or a scope above it, is being deleted.
 func (s *Store) hidden(sc authz.Scope) bool {
 	if sc.Tenant == "" {

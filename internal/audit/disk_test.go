@@ -63,7 +63,9 @@ func verifyAfterDiskEdit(t *testing.T, edit func([]byte) ([]byte, bool)) {
 		t.Fatal(err)
 	}
 	defer master.Close()
-	open := func() (*server.Server, *engine.Engine, *keyring.Keyring, *Log) { return openOnDisk(t, storeDir, master) }
+	open := func() (*server.Server, *engine.Engine, *keyring.Keyring, *Log) {
+		return openOnDisk(t, storeDir, master)
+	}
 	ns, eng, kr, l := open()
 	appendN(t, l, 20)
 	if err := l.Checkpoint(ctx); err != nil {

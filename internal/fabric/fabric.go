@@ -105,13 +105,13 @@ type Options struct {
 
 // Service is the fabric.
 type Service struct {
-	o   Options
+	o Options
 	// life orders creations of queues and exchanges (read) before and after the deletion of
 	// an application's or environment's (write).
 	life sync.RWMutex
-	log *slog.Logger
-	cfg config.Fabric
-	m   *metrics
+	log  *slog.Logger
+	cfg  config.Fabric
+	m    *metrics
 
 	ctx    context.Context
 	cancel context.CancelFunc

@@ -111,7 +111,7 @@ func checkDeleted(t *testing.T, p *proc, lp lifePopulated, deleted string) {
 	if code, out := p.cli("", "queue", "stats", "--app", shop, "out"); code == 0 {
 		t.Fatalf("the deleted queue answers: %s", out)
 	}
-	if code, out := p.cli("", "secrets", "list", "--app", shop); code == 0 || !strings.Contains(out, "scope.deleted") {
+	if code, out := p.cli("", "secrets", "list", "--app", shop); code == 0 || !strings.Contains(out, "not_found") {
 		t.Fatalf("the deleted application's secrets: %d %s", code, out)
 	}
 	if _, out := p.cli("", "pipeline", "list", "--app", shop); strings.Contains(out, `"copy"`) {

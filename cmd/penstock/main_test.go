@@ -510,6 +510,12 @@ func TestKeysAndSecretsCommands(t *testing.T) {
 	p.loginAsAdmin()
 	const value = "cli-secret-value-0c4d"
 	app := "acme/production/billing"
+	for _, s := range [][]string{{"tenant", "create", "acme"}, {"app", "create", "--env", "acme/production", "billing"},
+		{"tenant", "create", "globex"}, {"app", "create", "--env", "globex/test", "etl"}} {
+		if code, out := p.cli("", s...); code != 0 {
+			t.Fatalf("penstock %s: %d %s", strings.Join(s, " "), code, out)
+		}
+	}
 	for _, step := range []struct {
 		stdin string
 		args  []string

@@ -4,9 +4,13 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -298,4 +302,58 @@ func TestDeletingAnEnvironment(t *testing.T) {
 		t.Fatalf("the new environment has old applications: %v", out)
 	}
 	w.makeApp(t, "acme/production/other")
+}
+
+// A deletion waiting for a pipeline to drain (its sink hangs) holds up only its own tenant:
+// another tenant is created and deleted meanwhile.
+func TestSlowDeletionHoldsUpOnlyItsTenant(t *testing.T) {
+	w := lifeApp(t)
+	release := make(chan struct{})
+	var releaseOnce sync.Once
+	letGo := func() { releaseOnce.Do(func() { close(release) }) }
+	var reached atomic.Int64
+	sink := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		reached.Add(1)
+		<-release
+	}))
+	defer sink.Close()
+	defer letGo()
+	w.must(t, "PUT", "/v1/tenants/acme/egress", map[string]any{"rules": []string{sink.Listener.Addr().String()}}, 200)
+	w.must(t, "PUT", appPath("acme/production/other")+"/pipelines/hang", map[string]any{
+		"source":   map[string]any{"type": "queue", "queue": "in"},
+		"sink":     map[string]any{"type": "http", "url": sink.URL},
+		"schedule": "continuous",
+		"batch":    map[string]any{"size": 1, "flush_interval": "10ms"},
+	}, 200)
+	w.publish(t, "acme/production/other", 5)
+	waitUntil(t, "the hanging sink to be called", func() bool { return reached.Load() > 0 })
+	deleted := make(chan int, 1)
+	go func() {
+		req, _ := http.NewRequest("DELETE", w.url(appPath("acme/production/other")), nil)
+		req.Header.Set("Authorization", "Bearer "+w.admin)
+		c := w.client("", nil)
+		c.Timeout = 2 * time.Minute // it waits for the drain
+		resp, err := c.Do(req)
+		if err != nil {
+			deleted <- -1
+			return
+		}
+		resp.Body.Close()
+		deleted <- resp.StatusCode
+	}()
+	waitUntil(t, "the deletion to be marked", func() bool {
+		st, _, _ := w.call(t, "GET", appPath("acme/production/other")+"/queues", w.admin, nil)
+		return st == 404
+	})
+	w.must(t, "POST", "/v1/tenants", map[string]string{"name": "initech"}, 201)
+	w.must(t, "DELETE", "/v1/tenants/initech", nil, 204)
+	select {
+	case st := <-deleted:
+		t.Fatalf("the deletion ended (%d) before the other tenant's changes could show they did not wait", st)
+	default:
+	}
+	letGo() // the sink answers; the drain ends, and the deletion with it
+	if st := <-deleted; st != 204 {
+		t.Fatalf("delete after the drain: %d", st)
+	}
 }

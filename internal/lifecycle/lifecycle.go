@@ -47,9 +47,27 @@ type Options struct {
 // Service creates and deletes tenants, environments and applications.
 type Service struct {
 	o Options
-	// mu makes this process's lifecycle changes one at a time: a creation never runs in the
-	// middle of a deletion of the same name.
-	mu sync.Mutex
+	// Lifecycle changes of one tenant run one at a time in this process: a creation never
+	// runs in the middle of a deletion of the same name. Tenants do not wait for each other
+	// (a deletion can wait up to pipelines.drain_timeout for a pipeline to stop).
+	mu      sync.Mutex
+	tenants map[string]*sync.Mutex
+}
+
+// lockTenant serializes the lifecycle changes of one tenant; it returns the unlock.
+func (s *Service) lockTenant(tenant string) func() {
+	s.mu.Lock()
+	if s.tenants == nil {
+		s.tenants = map[string]*sync.Mutex{}
+	}
+	m := s.tenants[tenant]
+	if m == nil {
+		m = &sync.Mutex{}
+		s.tenants[tenant] = m
+	}
+	s.mu.Unlock()
+	m.Lock()
+	return m.Unlock
 }
 
 // New returns the lifecycle service. Call Resume before serving.
@@ -70,8 +88,7 @@ func (s *Service) CreateTenant(ctx context.Context, name string) (identity.Tenan
 	if err := identity.CheckTenantName(name); err != nil {
 		return identity.Tenant{}, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.lockTenant(name)()
 	if err := s.free(ctx, authz.Scope{Tenant: name}); err != nil {
 		return identity.Tenant{}, err
 	}
@@ -83,8 +100,7 @@ func (s *Service) CreateEnvironment(ctx context.Context, tenant, env string) (id
 	if err := identity.CheckName("environment", env); err != nil {
 		return identity.Tenant{}, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.lockTenant(tenant)()
 	if _, ok := s.o.Identity.Tenant(tenant); !ok {
 		return identity.Tenant{}, identity.ErrNotFound
 	}
@@ -99,8 +115,7 @@ func (s *Service) CreateApplication(ctx context.Context, tenant, env, name strin
 	if err := identity.CheckName("application", name); err != nil {
 		return identity.Application{}, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.lockTenant(tenant)()
 	if t, ok := s.o.Identity.Tenant(tenant); !ok || !slices.Contains(t.Environments, env) {
 		return identity.Application{}, identity.ErrNotFound
 	}
@@ -147,8 +162,7 @@ func (s *Service) Delete(ctx context.Context, actor string, sc authz.Scope) erro
 	if sc.Tenant == "" || sc.Validate() != nil {
 		return fmt.Errorf("%w: scope %q: a tenant, environment or application", identity.ErrInvalid, sc.String())
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.lockTenant(sc.Tenant)()
 	d, pending := s.o.Identity.Deletion(sc)
 	if !pending {
 		if !s.exists(sc) || !s.visible(sc) {
@@ -175,8 +189,6 @@ func (s *Service) visible(sc authz.Scope) bool {
 // Resume finishes every deletion a crash or an error interrupted, outermost first. It runs at
 // start, before anything is served.
 func (s *Service) Resume(ctx context.Context) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	for {
 		pending := s.o.Identity.Deletions()
 		if len(pending) == 0 {
@@ -184,7 +196,10 @@ func (s *Service) Resume(ctx context.Context) error {
 		}
 		d := pending[0]
 		s.o.Logger.Info("resuming an interrupted deletion", "scope", d.Scope.String())
-		if err := s.finish(ctx, d, true); err != nil {
+		unlock := s.lockTenant(d.Scope.Tenant)
+		err := s.finish(ctx, d, true)
+		unlock()
+		if err != nil {
 			return fmt.Errorf("resume deletion of %s: %w", d.Scope, err)
 		}
 	}

@@ -428,8 +428,11 @@ func (s *Service) live(app keyring.Scope) bool { return s.o.Live == nil || s.o.L
 // the scope: the scope is no longer live by then, so nothing starts them again. Their stored
 // specs, checkpoints and runs go when the lifecycle purges the scope's records.
 func (s *Service) StopScope(sc keyring.Scope) {
+	// The workers are taken out under the lock; waiting for them to drain is done outside it,
+	// so that other scopes' pipelines are not held up by a slow sink here. Nothing starts a
+	// new worker of sc meanwhile: it is no longer live (its deletion is marked) and every
+	// start checks that under the lock.
 	s.life.Lock()
-	defer s.life.Unlock()
 	s.mu.Lock()
 	var stop []*worker
 	for k, w := range s.workers {
@@ -442,6 +445,7 @@ func (s *Service) StopScope(sc keyring.Scope) {
 	for _, w := range stop {
 		w.stop()
 	}
+	s.life.Unlock()
 	for _, w := range stop {
 		<-w.done
 	}

@@ -215,9 +215,30 @@ func identityError(o Options, op string, err error) error {
 	case errors.Is(err, identity.ErrDeleting):
 		return NewError(http.StatusConflict, "scope.deleting", err.Error()+"; the deletion finishes first (retry the delete, or wait)")
 	case errors.Is(err, identity.ErrExists):
+		var n *namedError
+		if errors.As(err, &n) {
+			return NewError(http.StatusConflict, "already_exists", n.what+" already exists")
+		}
 		return NewError(http.StatusConflict, "already_exists", "a resource with that name already exists")
 	case errors.Is(err, identity.ErrInvalid):
 		return NewError(http.StatusUnprocessableEntity, "invalid_request", err.Error())
 	}
 	return keyError(o, op, err)
+}
+
+// namedError says which resource an error is about, so that the answer can name it.
+type namedError struct {
+	what string
+	err  error
+}
+
+func (e *namedError) Error() string { return e.what + ": " + e.err.Error() }
+func (e *namedError) Unwrap() error { return e.err }
+
+// named wraps err (if any) with the resource it is about.
+func named(err error, what string) error {
+	if err == nil {
+		return nil
+	}
+	return &namedError{what: what, err: err}
 }

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 
 	"github.com/danielgtaylor/huma/v2"
@@ -132,7 +133,7 @@ func registerTenancy(g gate, hapi huma.API, o Options) {
 	}, platformScope[nameInput], func(ctx context.Context, _ *caller, in *nameInput) (*tenantOutput, error) {
 		t, err := o.Lifecycle.CreateTenant(ctx, in.Body.Name)
 		if err != nil {
-			return nil, identityError(o, "create tenant", err)
+			return nil, identityError(o, "create tenant", named(err, fmt.Sprintf("tenant %q", in.Body.Name)))
 		}
 		return &tenantOutput{Body: t}, nil
 	})
@@ -213,7 +214,7 @@ func registerTenancy(g gate, hapi huma.API, o Options) {
 		func(ctx context.Context, _ *caller, in *envCreateInput) (*tenantOutput, error) {
 			t, err := o.Lifecycle.CreateEnvironment(ctx, in.Tenant, in.Body.Name)
 			if err != nil {
-				return nil, identityError(o, "add environment", err)
+				return nil, identityError(o, "add environment", named(err, fmt.Sprintf("environment %q of tenant %q", in.Body.Name, in.Tenant)))
 			}
 			return &tenantOutput{Body: t}, nil
 		})
@@ -239,7 +240,7 @@ func registerTenancy(g gate, hapi huma.API, o Options) {
 		func(ctx context.Context, _ *caller, in *createAppInput) (*appOutput, error) {
 			a, err := o.Lifecycle.CreateApplication(ctx, in.Tenant, in.Environment, in.Body.Name)
 			if err != nil {
-				return nil, identityError(o, "create application", err)
+				return nil, identityError(o, "create application", named(err, fmt.Sprintf("application %q in %s/%s", in.Body.Name, in.Tenant, in.Environment)))
 			}
 			return &appOutput{Body: a}, nil
 		})

@@ -149,3 +149,24 @@ func TestNoSecretBeforeItsApplication(t *testing.T) {
 		t.Errorf("the new application starts with a secret written before it existed: %v", out)
 	}
 }
+
+// Creating what exists says which thing exists, by name.
+func TestAlreadyExistsNamesTheResource(t *testing.T) {
+	ta := startApp(t, nil)
+	admin := ta.adminSession(t)
+	for _, c := range []struct {
+		path string
+		body map[string]string
+		want string
+	}{
+		{"/v1/tenants", map[string]string{"name": "acme"}, `tenant "acme" already exists`},
+		{"/v1/tenants/acme/environments/production/applications", map[string]string{"name": "billing"}, `application "billing" in acme/production already exists`},
+		{"/v1/tenants/acme/environments", map[string]string{"name": "staging"}, `environment "staging" of tenant "acme" already exists`},
+	} {
+		first, _, _ := ta.call(t, "POST", c.path, admin, c.body)
+		st, body, raw := ta.call(t, "POST", c.path, admin, c.body)
+		if (first != 201 && c.path != "/v1/tenants/acme/environments") || st != 409 || body["code"] != "already_exists" || body["message"] != c.want {
+			t.Errorf("POST %s twice: %d then %d %s, want 409 %q", c.path, first, st, raw, c.want)
+		}
+	}
+}

@@ -97,7 +97,7 @@ func register[I, O any](g gate, hapi huma.API, r Route, op huma.Operation, resou
 			// routes read what a deleted tenant left (for the platform's auditors).
 			if !r.Deletion && r.Action != authz.AuditRead && g.o.Identity != nil && !strings.HasPrefix(sc.Tenant, "\x00") &&
 				(g.o.Identity.Deleting(sc) || !g.o.Identity.Exists(sc)) {
-				err := notFound()
+				err := missing(sc)
 				g.record(ctx, c, r, sc, err)
 				return nil, err
 			}
@@ -153,6 +153,20 @@ func (g gate) member(c *caller, t identity.Tenant) bool {
 }
 
 func notFound() error { return NewError(http.StatusNotFound, "not_found", "no such resource") }
+
+// missing names the scope a request is about that does not exist (said only to a caller
+// allowed in it: one with nothing in the tenant gets notFound, as for a tenant that does not
+// exist).
+func missing(sc authz.Scope) error {
+	what := "tenant " + sc.Tenant
+	switch {
+	case sc.Application != "":
+		what = "application " + sc.String()
+	case sc.Environment != "":
+		what = "environment " + sc.String()
+	}
+	return NewError(http.StatusNotFound, "not_found", "no such "+what)
+}
 
 // check fails if an operation of the API was registered without going through register.
 func (reg *routes) check(hapi huma.API) {

@@ -170,3 +170,21 @@ func TestAlreadyExistsNamesTheResource(t *testing.T) {
 		}
 	}
 }
+
+// A request inside an application that does not exist says which application.
+func TestNotFoundNamesTheScope(t *testing.T) {
+	ta := startApp(t, nil)
+	admin := ta.adminSession(t)
+	ta.call(t, "POST", "/v1/tenants", admin, map[string]string{"name": "acme"})
+	st, body, raw := ta.call(t, "GET", "/v1/tenants/acme/environments/production/applications/nope/queues", admin, nil)
+	if st != 404 || body["message"] != "no such application acme/production/nope" {
+		t.Fatalf("%d %s", st, raw)
+	}
+	// A caller with nothing in a tenant learns nothing about it.
+	_, key, _ := ta.call(t, "POST", "/v1/apikeys", admin, map[string]string{"role": "developer", "scope": "acme/production"})
+	ta.call(t, "POST", "/v1/tenants", admin, map[string]string{"name": "globex"})
+	st, body, raw = ta.call(t, "GET", "/v1/tenants/globex/environments/production/applications/nope/queues", key["key"].(string), nil)
+	if st != 404 || body["message"] != "no such resource" {
+		t.Fatalf("another tenant's missing application: %d %s", st, raw)
+	}
+}

@@ -314,7 +314,7 @@ func runJob(job, work, table string, batch, conc int) (measured, error) {
 	if _, _, err := svc.Apply(ctx, a, []byte(spec)); err != nil {
 		return measured{}, err
 	}
-	if err := svc.RunNow(ctx, a, "bench"); err != nil {
+	if _, err := svc.RunNow(ctx, a, "bench"); err != nil {
 		return measured{}, err
 	}
 	for {

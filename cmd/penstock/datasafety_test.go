@@ -170,7 +170,7 @@ func TestRotationKilledAtEachStepLosesNothing(t *testing.T) {
 				t.Fatalf("penstock %s after the crash: %d %s", strings.Join(c.args, " "), code, out)
 			}
 			checkPopulated(t, p)
-			code, out := p.cli("", "keys", "status")
+			code, out := p.cli("", "keys", "status", "-o", "table")
 			if code != 0 || strings.Contains(out, "previous master key") {
 				t.Fatalf("keys status: %d\n%s", code, out)
 			}

@@ -525,9 +525,9 @@ func TestKeysAndSecretsCommands(t *testing.T) {
 		{value + "\n", []string{"secrets", "put", "--app", app, "db-password"}, 0, "db-password stored"},
 		{"other\n", []string{"secrets", "put", "--app", "globex/test/etl", "token"}, 0, "token stored"},
 		{"", []string{"secrets", "list", "--app", app}, 0, "db-password"},
-		{"", []string{"keys", "rotate", "--scope", app}, 0, "version 2"},
-		{"", []string{"keys", "rotate-master"}, 0, "master key is now local:"},
-		{"", []string{"keys", "status"}, 0, "acme/production/billing  2"},
+		{"", []string{"keys", "rotate", "--scope", app, "-o", "table"}, 0, "version 2"},
+		{"", []string{"keys", "rotate-master", "-o", "table"}, 0, "master key is now local:"},
+		{"", []string{"keys", "status", "-o", "table"}, 0, "acme/production/billing  2"},
 		{"", []string{"keys", "rotate", "--scope", "Bad/Scope"}, 1, "body.scope"},
 		{"", []string{"secrets", "put", "--app", "acme/production", "x"}, 1, "tenant/environment/application"},
 	} {

@@ -23,6 +23,13 @@ type loginInput struct {
 	}
 }
 
+type passwordPolicyOutput struct {
+	Body struct {
+		Rules     string `json:"rules" doc:"the rules in words"`
+		MinLength int    `json:"min_length"`
+	}
+}
+
 type loginOutput struct {
 	SetCookie string `header:"Set-Cookie"`
 	Body      struct {
@@ -66,6 +73,16 @@ type codeInput struct {
 func registerAccount(g gate, hapi huma.API, o Options) {
 	setup := Route{Action: authz.Action("account"), AccountSetup: true}
 	none := func(*struct{}) authz.Scope { return authz.Platform }
+
+	register(g, hapi, Route{Action: Public}, huma.Operation{
+		OperationID: "password-policy", Method: http.MethodGet, Path: "/v1/auth/password-policy", Tags: []string{"auth"},
+		Summary: "What a new password must be, in words and as settings (shown before a password is chosen)",
+	}, nil, func(ctx context.Context, _ *caller, _ *struct{}) (*passwordPolicyOutput, error) {
+		p := o.Identity.Policy()
+		out := &passwordPolicyOutput{}
+		out.Body.Rules, out.Body.MinLength = p.Describe(), p.MinLength
+		return out, nil
+	})
 
 	register(g, hapi, Route{Action: Public}, huma.Operation{
 		OperationID: "login", Method: http.MethodPost, Path: "/v1/auth/login", Tags: []string{"auth"},
@@ -202,7 +219,7 @@ func identityError(o Options, op string, err error) error {
 	case err == nil:
 		return nil
 	case errors.As(err, &pe):
-		return &Error{Status: http.StatusUnprocessableEntity, Code: "user.weak_password", Message: pe.Error(),
+		return &Error{Status: http.StatusUnprocessableEntity, Code: "user.weak_password", Message: pe.Error() + " (a password must be " + o.Identity.Policy().Describe() + ")",
 			Details: []*ErrorDetail{{Location: "body.new", Message: pe.Rule}}}
 	case errors.Is(err, identity.ErrBadCredentials):
 		return NewError(http.StatusUnauthorized, "auth.invalid_credentials", "the current password is wrong")

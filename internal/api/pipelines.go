@@ -149,8 +149,14 @@ func registerPipelines(g gate, hapi huma.API, o Options) {
 	register(g, hapi, Route{Action: authz.PipelineRun}, huma.Operation{
 		OperationID: "pipeline-run", Method: http.MethodPost, Path: appBase + "/pipelines/{pipeline}/run", Tags: tags,
 		Summary: "Start a run now, whatever the schedule", DefaultStatus: http.StatusAccepted,
-	}, pScope, func(ctx context.Context, _ *caller, in *pipelineParams) (*struct{}, error) {
-		return nil, fail("run pipeline", ps.RunNow(ctx, in.app().keyScope(), in.Pipeline))
+	}, pScope, func(ctx context.Context, _ *caller, in *pipelineParams) (*runNowOutput, error) {
+		id, err := ps.RunNow(ctx, in.app().keyScope(), in.Pipeline)
+		if err != nil {
+			return nil, fail("run pipeline", err)
+		}
+		out := &runNowOutput{}
+		out.Body.Run = id
+		return out, nil
 	})
 
 	register(g, hapi, Route{Action: authz.TenantRead}, huma.Operation{
@@ -198,6 +204,12 @@ func pipelineError(o Options, op string, err error) error {
 		return keyError(o, op, err)
 	}
 	return fabricError(o, op, err)
+}
+
+type runNowOutput struct {
+	Body struct {
+		Run string `json:"run" doc:"the run's id, as GET .../runs lists it once it starts (a run in progress shows its totals there)"`
+	}
 }
 
 type webhookInput struct {

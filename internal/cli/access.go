@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/term"
 )
 
 // apiCmd builds a command that calls the API as the configured caller.
@@ -29,13 +30,6 @@ func group(use, short string, subs ...*cobra.Command) *cobra.Command {
 	c := &cobra.Command{Use: use, Short: short}
 	c.AddCommand(subs...)
 	return c
-}
-
-// printJSON prints an answer indented, for people and for jq.
-func printJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
 }
 
 // readLines reads up to n lines of standard input (passwords, codes): never from flags, so
@@ -65,19 +59,19 @@ func accessCmds(environ []string) []*cobra.Command {
 			return nil
 		}),
 		apiCmd(environ, "whoami", "Show who you are and your roles", cobra.NoArgs, func(ctx context.Context, cf *clientFlags, cmd *cobra.Command, _ []string) error {
-			var out map[string]any
+			var out json.RawMessage
 			if err := cf.call(ctx, "GET", "/v1/auth/whoami", nil, &out); err != nil {
 				return err
 			}
-			return printJSON(cmd.OutOrStdout(), out)
+			return render(cmd, out, "")
 		}),
-		apiCmd(environ, "password < current-and-new", "Change your password: the current one, then the new one, on standard input", cobra.NoArgs,
+		apiCmd(environ, "password", "Change your password: prompted on a terminal, else the current one and the new one on two lines of standard input", cobra.NoArgs,
 			func(ctx context.Context, cf *clientFlags, cmd *cobra.Command, _ []string) error {
-				l := readLines(cmd.InOrStdin(), 2)
-				if len(l) != 2 {
-					return errors.New("give the current password and the new one on two lines of standard input")
+				current, next, err := readPasswordChange(ctx, cf, cmd)
+				if err != nil {
+					return err
 				}
-				if err := cf.call(ctx, "POST", "/v1/auth/password", map[string]string{"current": l[0], "new": l[1]}, nil); err != nil {
+				if err := cf.call(ctx, "POST", "/v1/auth/password", map[string]string{"current": current, "new": next}, nil); err != nil {
 					return err
 				}
 				fmt.Fprintln(cmd.OutOrStdout(), "password changed")
@@ -210,15 +204,11 @@ func jsonCall(method string, path func([]string) string, body func([]string) any
 		if body != nil {
 			b = body(args)
 		}
-		var out any
+		var out json.RawMessage
 		if err := cf.call(ctx, method, path(args), b, &out); err != nil {
 			return err
 		}
-		if out == nil {
-			fmt.Fprintln(cmd.OutOrStdout(), "done")
-			return nil
-		}
-		return printJSON(cmd.OutOrStdout(), out)
+		return render(cmd, out, "done")
 	}
 }
 
@@ -329,7 +319,7 @@ func loginCmd(environ []string) *cobra.Command {
 			w := cmd.OutOrStdout()
 			fmt.Fprintf(w, "logged in as %s\n", user)
 			if out.MustChangePassword {
-				fmt.Fprintln(w, "you must change your password first: penstock password < current-then-new")
+				fmt.Fprintln(w, "you must change your password first: penstock password (it prompts; from a script, the current and the new password on two lines of standard input)")
 			}
 			if out.MustEnrolMFA {
 				fmt.Fprintln(w, "you must enrol a second factor: penstock mfa enrol, then penstock mfa verify CODE")
@@ -342,4 +332,48 @@ func loginCmd(environ []string) *cobra.Command {
 	_ = cmd.MarkFlagRequired("user")
 	cf.add(cmd)
 	return cmd
+}
+
+// readPasswordChange reads the current and the new password: on a terminal by prompting
+// without echo, with the server's rules shown first and the new one asked twice; otherwise as
+// two lines of standard input.
+func readPasswordChange(ctx context.Context, cf *clientFlags, cmd *cobra.Command) (string, string, error) {
+	in, ok := cmd.InOrStdin().(*os.File)
+	if !ok || !term.IsTerminal(int(in.Fd())) {
+		l := readLines(cmd.InOrStdin(), 2)
+		if len(l) != 2 || l[0] == "" || l[1] == "" {
+			return "", "", errors.New("no terminal to prompt on: give the current password and the new one on two lines of standard input, " +
+				`for example printf '%s\n%s\n' "$CURRENT" "$NEW" | penstock password`)
+		}
+		return l[0], l[1], nil
+	}
+	w := cmd.ErrOrStderr()
+	var policy struct {
+		Rules string `json:"rules"`
+	}
+	if err := cf.call(ctx, "GET", "/v1/auth/password-policy", nil, &policy); err == nil && policy.Rules != "" {
+		fmt.Fprintf(w, "A new password must be %s.\n", policy.Rules)
+	}
+	ask := func(prompt string) (string, error) {
+		fmt.Fprint(w, prompt)
+		b, err := term.ReadPassword(int(in.Fd()))
+		fmt.Fprintln(w)
+		return string(b), err
+	}
+	current, err := ask("Current password: ")
+	if err != nil {
+		return "", "", err
+	}
+	next, err := ask("New password: ")
+	if err != nil {
+		return "", "", err
+	}
+	again, err := ask("New password again: ")
+	if err != nil {
+		return "", "", err
+	}
+	if next != again {
+		return "", "", errors.New("the two new passwords differ; nothing was changed")
+	}
+	return current, next, nil
 }

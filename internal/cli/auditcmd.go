@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/url"
@@ -26,6 +27,7 @@ func auditCmd(environ []string) *cobra.Command {
 			}
 			return jsonCall("GET", func([]string) string { return "/v1/audit?" + q.Encode() }, nil)(ctx, cf, cmd, nil)
 		})
+	withColumns(list, "seq", "time", "tenant", "actor", "action", "result", "target", "source", "details")
 	for _, f := range []struct{ name, usage string }{
 		{"tenant", "a tenant's events (tenant auditors and owners must give theirs)"}, {"actor", "user:<name>, apikey:<id>, anonymous, system"},
 		{"action", "such as secret.write or auth.login"}, {"result", "ok, denied, error or started"},
@@ -54,6 +56,13 @@ func auditCmd(environ []string) *cobra.Command {
 				return err
 			}
 			w := cmd.OutOrStdout()
+			if f := explicitFormat(cmd); f == formatJSON || f == formatYAML {
+				b, _ := json.Marshal(rep)
+				if err := render(cmd, b, ""); err != nil || rep.OK {
+					return err
+				}
+				return exitError{code: 1}
+			}
 			if !rep.OK {
 				b := rep.Break
 				fmt.Fprintf(w, "BROKEN: %s at sequence %d (chain %s, index %d): %s\n", b.Kind, b.Seq, b.Chain, b.Index, b.Detail)

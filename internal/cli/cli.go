@@ -31,6 +31,11 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer, environ [
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	addOutputFlag(root)
+	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
+		_, err := outputFormat(cmd)
+		return err
+	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.SetArgs(args)

@@ -17,6 +17,10 @@ type apiCommand struct {
 	args       cobra.PositionalArgs
 	flags      func(cmd *cobra.Command)
 	build      func(cmd *cobra.Command, app string, args []string) (method, path string, body any, err error)
+	// columns, when set, are what a table of the answer shows (see withColumns).
+	columns []string
+	// after, when set, runs once the answer is printed (queue consume --ack).
+	after func(cmd *cobra.Command, cf *clientFlags, app string, args []string, answer json.RawMessage) error
 }
 
 func (a apiCommand) command(environ []string) *cobra.Command {
@@ -37,21 +41,17 @@ func (a apiCommand) command(environ []string) *cobra.Command {
 			if err := cf.call(cmd.Context(), method, path, body, &out); err != nil {
 				return err
 			}
-			if len(out) == 0 {
-				fmt.Fprintln(cmd.OutOrStdout(), "done")
-				return nil
+			if err := render(cmd, out, "done"); err != nil || a.after == nil {
+				return err
 			}
-			var pretty any
-			if json.Unmarshal(out, &pretty) != nil {
-				return fmt.Errorf("unexpected answer")
-			}
-			b, _ := json.MarshalIndent(pretty, "", "  ")
-			fmt.Fprintln(cmd.OutOrStdout(), string(b))
-			return nil
+			return a.after(cmd, &cf, base, args, out)
 		},
 	}
 	cmd.Flags().StringVar(&app, "app", "", "tenant/environment/application")
 	_ = cmd.MarkFlagRequired("app")
+	if a.columns != nil {
+		withColumns(cmd, a.columns...)
+	}
 	if a.flags != nil {
 		a.flags(cmd)
 	}
@@ -141,6 +141,7 @@ func queueCmd(environ []string) *cobra.Command {
 				return "POST", base + "/queues", body, nil
 			}}.command(environ),
 		apiCommand{use: "list --app T/E/A", short: "List queues with their stats", args: cobra.NoArgs,
+			columns: []string{"name", "stats.depth", "stats.in_flight", "stats.dead_letters", "stats.published", "stats.acked", "stats.oldest", "spec.max_deliveries", "spec.ack_wait"},
 			build: func(_ *cobra.Command, base string, _ []string) (string, string, any, error) {
 				return "GET", base + "/queues", nil, nil
 			}}.command(environ),
@@ -162,12 +163,14 @@ func queueCmd(environ []string) *cobra.Command {
 			flags: func(c *cobra.Command) {
 				c.Flags().Int("max", 1, "most messages")
 				c.Flags().Duration("wait", 0, "long-poll: wait up to this long for the first message (at most 30s)")
+				c.Flags().Bool("ack", false, "acknowledge the messages once they are printed (they are then deleted)")
 			},
 			build: func(c *cobra.Command, base string, args []string) (string, string, any, error) {
 				n, _ := c.Flags().GetInt("max")
 				w, _ := c.Flags().GetDuration("wait")
 				return "POST", base + "/queues/" + seg(args[0]) + "/consume", map[string]any{"max": n, "wait_ms": w.Milliseconds()}, nil
-			}}.command(environ),
+			},
+			after: ackPrinted}.command(environ),
 	)
 	for _, s := range []struct{ name, short string }{
 		{"ack", "Acknowledge deliveries by token: the messages are deleted"},
@@ -277,4 +280,35 @@ func exchangeCmd(environ []string) *cobra.Command {
 			}}.command(environ),
 	)
 	return cmd
+}
+
+// ackPrinted acknowledges, with queue consume --ack, the deliveries just printed. A failure
+// says which messages stay unacknowledged: they come back after the queue's ack wait.
+func ackPrinted(cmd *cobra.Command, cf *clientFlags, base string, args []string, answer json.RawMessage) error {
+	if ack, _ := cmd.Flags().GetBool("ack"); !ack {
+		return nil
+	}
+	var out struct {
+		Messages []struct {
+			ID       string `json:"id"`
+			AckToken string `json:"ack_token"`
+		} `json:"messages"`
+	}
+	if err := json.Unmarshal(answer, &out); err != nil {
+		return fmt.Errorf("the server's answer to consume: %w", err)
+	}
+	if len(out.Messages) == 0 {
+		return nil
+	}
+	tokens := make([]string, len(out.Messages))
+	for i, m := range out.Messages {
+		tokens[i] = m.AckToken
+	}
+	if err := cf.call(cmd.Context(), "POST", base+"/queues/"+seg(args[0])+"/ack", map[string]any{"tokens": tokens}, nil); err != nil {
+		return fmt.Errorf("the %d message(s) printed were not acknowledged and will be delivered again after the ack wait: %w", len(tokens), err)
+	}
+	if f, _ := outputFormat(cmd); f == formatTable {
+		fmt.Fprintf(cmd.ErrOrStderr(), "acknowledged %d message(s)\n", len(tokens))
+	}
+	return nil
 }

@@ -28,8 +28,7 @@ func keysStatusCmd(environ []string) *cobra.Command {
 			if err := cf.call(cmd.Context(), "GET", "/v1/keys", nil, &st); err != nil {
 				return err
 			}
-			printKeyStatus(cmd.OutOrStdout(), st)
-			return nil
+			return printAs(cmd, st, func(w io.Writer) { printKeyStatus(w, st) })
 		},
 	}
 	cf.addAuth(cmd)
@@ -89,11 +88,23 @@ func keysRotateCmd(environ []string) *cobra.Command {
 			if err := cf.call(cmd.Context(), "POST", "/v1/keys/rotate", map[string]string{"scope": scope}, &out); err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s: primary key is now version %d; re-encryption runs in the background (penstock keys status)\n", out.Scope, out.Version)
-			return nil
+			if !waitFlag(cmd) {
+				return printAs(cmd, out, func(w io.Writer) {
+					fmt.Fprintf(w, "%s: primary key is now version %d; re-encryption runs in the background (penstock keys status)\n", out.Scope, out.Version)
+				})
+			}
+			job, err := followReencryption(cmd, &cf, out.Scope, out.Version)
+			if err != nil {
+				return err
+			}
+			return printAs(cmd, job, func(w io.Writer) {
+				fmt.Fprintf(w, "%s: primary key is now version %d; %s record(s) re-encrypted, %s rewrapped in %s\n",
+					out.Scope, out.Version, count(int64(job.Done)), count(int64(job.Rewrap)), elapsed(job.Finished.Sub(job.Started)))
+			})
 		},
 	}
 	cmd.Flags().StringVar(&scope, "scope", "", "tenant, tenant/environment or tenant/environment/application")
+	cmd.Flags().Bool("wait", false, "follow the re-encryption to its end (default: on when the output is a terminal)")
 	_ = cmd.MarkFlagRequired("scope")
 	cf.addAuth(cmd)
 	return cmd
@@ -109,11 +120,33 @@ func keysRotateMasterCmd(environ []string) *cobra.Command {
 			var out struct {
 				Master string `json:"master"`
 			}
-			if err := cf.call(cmd.Context(), "POST", "/v1/keys/rotate-master", nil, &out); err != nil {
+			pr := newProgress(cmd)
+			start := time.Now()
+			stop := make(chan struct{})
+			shown := make(chan struct{})
+			go func() {
+				defer close(shown)
+				t := time.NewTicker(time.Second)
+				defer t.Stop()
+				for {
+					pr.show("rotating the master key: rewrapping every data key and the store key, " + elapsed(time.Since(start)))
+					select {
+					case <-stop:
+						return
+					case <-t.C:
+					}
+				}
+			}()
+			err := cf.call(cmd.Context(), "POST", "/v1/keys/rotate-master", nil, &out)
+			close(stop)
+			<-shown
+			pr.end()
+			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "master key is now %s; every data key is rewrapped under it\n", out.Master)
-			return nil
+			return printAs(cmd, out, func(w io.Writer) {
+				fmt.Fprintf(w, "master key is now %s; every data key is rewrapped under it (%s)\n", out.Master, elapsed(time.Since(start)))
+			})
 		},
 	}
 	cf.addAuth(cmd)
@@ -144,4 +177,33 @@ func keysDestroyCmd(environ []string) *cobra.Command {
 	_ = cmd.MarkFlagRequired("confirm")
 	cf.addAuth(cmd)
 	return cmd
+}
+
+// followReencryption shows a scope's re-encryption to version until it finishes, and
+// returns its job; a failed job is an error.
+func followReencryption(cmd *cobra.Command, cf *clientFlags, scope string, version int) (keyring.Job, error) {
+	pr := newProgress(cmd)
+	defer pr.end()
+	var job keyring.Job
+	err := poll(cmd.Context(), 500*time.Millisecond, func() (bool, error) {
+		var st keyring.Status
+		if err := cf.call(cmd.Context(), "GET", "/v1/keys", nil, &st); err != nil {
+			return false, err
+		}
+		for _, j := range st.Jobs {
+			if j.Scope == scope && j.Version == version {
+				job = j
+				pr.show(fmt.Sprintf("re-encrypting %s to key version %d: %s/%s records, %s rewrapped", scope, version,
+					count(int64(j.Done)), count(int64(j.Total)), count(int64(j.Rewrap))))
+				return !j.Finished.IsZero() || j.Error != "", nil
+			}
+		}
+		// No job: nothing was sealed under the scope, or its record is already gone.
+		job = keyring.Job{Scope: scope, Version: version, Started: time.Now(), Finished: time.Now()}
+		return true, nil
+	})
+	if err == nil && job.Error != "" {
+		err = fmt.Errorf("re-encryption of %s to version %d failed: %s", scope, version, job.Error)
+	}
+	return job, err
 }

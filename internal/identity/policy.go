@@ -46,6 +46,28 @@ var common = func() map[string]bool {
 	return m
 }()
 
+// Describe says in words what a password must be, for people about to choose one.
+func (p PasswordPolicy) Describe() string {
+	var classes []string
+	for _, c := range []struct {
+		on   bool
+		name string
+	}{{p.RequireUpper, "an upper-case letter"}, {p.RequireLower, "a lower-case letter"}, {p.RequireDigit, "a digit"}, {p.RequireSymbol, "a symbol"}} {
+		if c.on {
+			classes = append(classes, c.name)
+		}
+	}
+	s := fmt.Sprintf("at least %d characters", p.MinLength)
+	switch len(classes) {
+	case 0:
+	case 1:
+		s += " with " + classes[0]
+	default:
+		s += " with " + strings.Join(classes[:len(classes)-1], ", ") + " and " + classes[len(classes)-1]
+	}
+	return s + "; not containing your user name or email; not a common password"
+}
+
 // Check returns nil or the *PolicyError of the first rule pw breaks. identities are the user
 // name and email, which the password must not contain (case-insensitively).
 func (p PasswordPolicy) Check(pw redact.Secret, identities ...string) error {

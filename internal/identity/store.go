@@ -72,6 +72,9 @@ func DefaultConfig() Config {
 	return Config{Argon2: DefaultArgon2, Policy: DefaultPolicy, SessionIdle: 30 * time.Minute, SessionMax: 12 * time.Hour, Now: time.Now}
 }
 
+// Policy is what a new password must satisfy.
+func (s *Store) Policy() PasswordPolicy { return s.cfg.Policy }
+
 // Open opens the bucket and starts the watch that keeps the view current; it returns once the
 // view holds everything stored.
 func Open(ctx context.Context, plat *engine.Account, keys *keyring.Keyring, cfg Config, log *slog.Logger) (*Store, error) {

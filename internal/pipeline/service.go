@@ -485,30 +485,54 @@ func (s *Service) SetPaused(ctx context.Context, app keyring.Scope, name string,
 }
 
 // RunNow starts a run at once, whatever the schedule.
-func (s *Service) RunNow(ctx context.Context, app keyring.Scope, name string) error {
+func (s *Service) RunNow(ctx context.Context, app keyring.Scope, name string) (string, error) {
 	_, p, err := s.load(ctx, app, name)
 	if err != nil {
-		return err
+		return "", err
 	}
 	if p.Paused {
-		return ErrPaused
+		return "", ErrPaused
 	}
 	s.mu.Lock()
 	w, ok := s.workers[key(app, name)]
 	s.mu.Unlock()
 	if !ok {
-		return ErrNotFound
+		return "", ErrNotFound
 	}
+	id := newRunID()
 	select {
-	case w.now <- struct{}{}:
-		return nil
+	case w.now <- id:
+		return id, nil
 	default:
-		return ErrRunning
+		return "", ErrRunning
 	}
 }
 
-// Runs returns a pipeline's recent runs, newest first.
+// Runs returns a pipeline's recent runs, newest first; the run in progress on this node shows
+// its totals as of its last batch.
 func (s *Service) Runs(ctx context.Context, app keyring.Scope, name string) ([]Run, error) {
+	runs, err := s.storedRuns(ctx, app, name)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	w := s.workers[key(app, name)]
+	s.mu.Unlock()
+	if w == nil {
+		return runs, nil
+	}
+	if live := w.live.Load(); live != nil {
+		if len(runs) > 0 && runs[0].ID == live.ID {
+			runs[0] = *live
+		} else {
+			runs = append([]Run{*live}, runs...)
+		}
+	}
+	return runs, nil
+}
+
+// storedRuns is a pipeline's run history as stored.
+func (s *Service) storedRuns(ctx context.Context, app keyring.Scope, name string) ([]Run, error) {
 	b, _, err := s.runs.Get(ctx, app, name)
 	if errors.Is(err, keyring.ErrNotFound) {
 		return []Run{}, nil
@@ -521,7 +545,7 @@ func (s *Service) Runs(ctx context.Context, app keyring.Scope, name string) ([]R
 }
 
 func (s *Service) saveRun(ctx context.Context, app keyring.Scope, name string, r Run) {
-	runs, err := s.Runs(ctx, app, name)
+	runs, err := s.storedRuns(ctx, app, name)
 	if err != nil {
 		runs = nil
 	}
@@ -542,7 +566,7 @@ func (s *Service) saveRun(ctx context.Context, app keyring.Scope, name string, r
 // markInterrupted closes the record of a run the previous process did not finish (it was
 // killed): its batches past the last checkpoint are read again by the next run.
 func (s *Service) markInterrupted(ctx context.Context, app keyring.Scope, name string) {
-	runs, err := s.Runs(ctx, app, name)
+	runs, err := s.storedRuns(ctx, app, name)
 	if err != nil || len(runs) == 0 || runs[0].Status != "running" {
 		return
 	}

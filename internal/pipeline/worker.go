@@ -19,24 +19,30 @@ import (
 
 // worker runs one pipeline on its schedule. Exactly one run is in progress at a time.
 type worker struct {
-	s    *Service
-	app  keyring.Scope
-	p    Pipeline
-	now  chan struct{}
+	s   *Service
+	app keyring.Scope
+	p   Pipeline
+	// now takes a manual run's id.
+	now  chan string
 	quit chan struct{}
+	// live is the run in progress as of its last batch, for Runs (nil between runs).
+	live atomic.Pointer[Run]
 	// done is closed when the worker's goroutine has ended.
 	done    chan struct{}
 	once    sync.Once
 	running atomic.Bool
 }
 
-func (w *worker) stop()           { w.once.Do(func() { close(w.quit) }) }
+func (w *worker) stop() { w.once.Do(func() { close(w.quit) }) }
+
+// publish makes r what Runs shows of the run in progress.
+func (w *worker) publish(r Run)   { w.live.Store(&r) }
 func (w *worker) isRunning() bool { return w.running.Load() }
 
 // start replaces the pipeline's worker with one for p.
 func (s *Service) start(app keyring.Scope, p Pipeline) {
 	s.stopWorker(app, p.Name)
-	w := &worker{s: s, app: app, p: p, now: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{})}
+	w := &worker{s: s, app: app, p: p, now: make(chan string, 1), quit: make(chan struct{}), done: make(chan struct{})}
 	s.mu.Lock()
 	s.workers[key(app, p.Name)] = w
 	s.mu.Unlock()
@@ -66,7 +72,7 @@ func (w *worker) loop() {
 	}
 	failures := 0
 	for {
-		trigger := ""
+		trigger, id := "", ""
 		var timer <-chan time.Time
 		switch {
 		case w.p.Paused:
@@ -89,7 +95,7 @@ func (w *worker) loop() {
 				return
 			case <-w.s.ctx.Done():
 				return
-			case <-w.now:
+			case id = <-w.now:
 				trigger = "manual"
 			case <-timer:
 				trigger = "schedule"
@@ -103,7 +109,7 @@ func (w *worker) loop() {
 			return
 		default:
 		}
-		r := w.runOnce(trigger, sched.Continuous && trigger == "continuous")
+		r := w.runOnce(trigger, sched.Continuous && trigger == "continuous", id)
 		if r.Status == "failed" {
 			failures++
 		} else {
@@ -117,13 +123,20 @@ func (w *worker) loop() {
 	}
 }
 
-// runOnce builds the connectors, runs, and records the run.
-func (w *worker) runOnce(trigger string, continuous bool) Run {
+// newRunID names a run: its start time, then a random part.
+func newRunID() string { return time.Now().UTC().Format("20060102T150405Z") + "-" + nuid.Next()[12:] }
+
+// runOnce builds the connectors, runs, and records the run under id (a new one if empty).
+func (w *worker) runOnce(trigger string, continuous bool, id string) Run {
 	w.running.Store(true)
 	defer w.running.Store(false)
 	s, app, spec := w.s, w.app, w.p.Spec
-	run := Run{ID: time.Now().UTC().Format("20060102T150405Z") + "-" + nuid.Next()[12:], Version: w.p.Version, Trigger: trigger,
-		Status: "running", Start: time.Now().UTC()}
+	if id == "" {
+		id = newRunID()
+	}
+	run := Run{ID: id, Version: w.p.Version, Trigger: trigger, Status: "running", Start: time.Now().UTC()}
+	w.publish(run)
+	defer w.live.Store(nil)
 	ring := s.logRingFor(app, spec.Name)
 	log := slog.New(teeHandler{s.o.Logger.Handler(), ring.handler()}).With("pipeline", spec.Name, "app", app.String(), "run", run.ID)
 	// ctx outlives a stop by the drain timeout, so the batch in flight can finish.
@@ -153,7 +166,7 @@ func (w *worker) runOnce(trigger string, continuous bool) Run {
 	}()
 	s.saveRun(ctx, app, spec.Name, run)
 	log.Info("run started", "trigger", trigger, "version", w.p.Version)
-	rep := &reporter{s: s, app: app, spec: spec, run: &run, log: log, saved: time.Now()}
+	rep := &reporter{s: s, w: w, app: app, spec: spec, run: &run, log: log, saved: time.Now()}
 	st, err := w.execute(ctx, stop, run.ID, log, continuous, rep.progress)
 	run.RunStats, run.End = st, time.Now().UTC()
 	run.Seconds = run.End.Sub(run.Start).Seconds()
@@ -178,6 +191,7 @@ func (w *worker) runOnce(trigger string, continuous bool) Run {
 // continuous run shows its totals, and tells the spec's notify queue about dead letters.
 type reporter struct {
 	s    *Service
+	w    *worker
 	app  keyring.Scope
 	spec Spec
 	run  *Run
@@ -213,6 +227,8 @@ type Notice struct {
 
 func (p *reporter) progress(st RunStats, lastDead string) {
 	p.run.RunStats, p.lastDead = st, lastDead
+	p.run.Seconds = time.Since(p.run.Start).Seconds()
+	p.w.publish(*p.run)
 	p.count()
 	if time.Since(p.saved) >= saveEvery {
 		p.s.saveRun(context.Background(), p.app, p.spec.Name, *p.run)

@@ -530,6 +530,12 @@ func TestKeysAndSecretsCommands(t *testing.T) {
 		{"", []string{"keys", "status", "-o", "table"}, 0, "acme/production/billing  2"},
 		{"", []string{"keys", "rotate", "--scope", "Bad/Scope"}, 1, "body.scope"},
 		{"", []string{"secrets", "put", "--app", "acme/production", "x"}, 1, "tenant/environment/application"},
+		// Revisions are per secret: other secrets do not move them.
+		{"va", []string{"secrets", "put", "--app", "globex/test/etl", "a"}, 0, "a stored (revision 1)"},
+		{"vb", []string{"secrets", "put", "--app", "globex/test/etl", "b"}, 0, "b stored (revision 1)"},
+		{"vb2", []string{"secrets", "put", "--app", "globex/test/etl", "b"}, 0, "b stored (revision 2)"},
+		{"vc", []string{"secrets", "put", "--app", "globex/test/etl", "c"}, 0, "c stored (revision 1)"},
+		{"\n", []string{"secrets", "put", "--app", "globex/test/etl", "d"}, 1, "no secret value on standard input"},
 	} {
 		code, out := p.cli(step.stdin, step.args...)
 		if code != step.code || !strings.Contains(out, step.want) {
@@ -538,6 +544,15 @@ func TestKeysAndSecretsCommands(t *testing.T) {
 		if strings.Contains(out, value) {
 			t.Fatalf("penstock %s printed the secret value", strings.Join(step.args, " "))
 		}
+	}
+	code, out := p.cli("", "secrets", "list", "--app", "globex/test/etl")
+	var revs []string
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n")[1:] {
+		f := strings.Fields(line)
+		revs = append(revs, f[0]+":"+f[1])
+	}
+	if code != 0 || strings.Join(revs, " ") != "a:1 b:2 c:1 token:1" {
+		t.Fatalf("secrets list: revisions %v, exit %d\n%s", revs, code, out)
 	}
 	if err := p.stop(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -561,7 +576,7 @@ func TestKeysAndSecretsCommands(t *testing.T) {
 	if code, out := p.cli("", "keys", "destroy", "--scope", "acme", "--confirm", "acme"); code != 0 {
 		t.Fatalf("destroy: %d %s", code, out)
 	}
-	code, out := p.cli("", "secrets", "list", "--app", app)
+	code, out = p.cli("", "secrets", "list", "--app", app)
 	if code != 1 || !strings.Contains(out, "scope.deleted") {
 		t.Fatalf("list after destroy: %d %s", code, out)
 	}

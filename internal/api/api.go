@@ -67,7 +67,7 @@ func Handler(o Options) (http.Handler, []Route) {
 	mux := http.NewServeMux()
 	cfg := huma.DefaultConfig("Penstock API", o.Version)
 	cfg.CreateHooks = nil // no $schema links in bodies
-	cfg.DocsPath = ""     // the docs page loads scripts from a CDN; the spec is at /openapi.json
+	cfg.DocsPath = ""     // huma's page loads scripts from a CDN; registerDocs serves ours at /docs
 	cfg.Info.Description = "Penstock: secure multi-tenant message fabric and ETL pipelines."
 	cfg.Components.SecuritySchemes = map[string]*huma.SecurityScheme{
 		"session": {Type: "http", Scheme: "bearer", Description: "a session token from POST /v1/auth/login (or the penstock_session cookie)"},
@@ -96,6 +96,7 @@ func Handler(o Options) (http.Handler, []Route) {
 		registerWebhooks(g, hapi, o)
 	}
 	g.reg.check(hapi)
+	registerDocs(g, hapi)
 
 	requests := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "penstock_http_requests_total",

@@ -55,6 +55,7 @@ func register[I, O any](g gate, hapi huma.API, r Route, op huma.Operation, resou
 	}
 	r.Method, r.Path, r.OperationID = op.Method, op.Path, op.OperationID
 	g.reg.list = append(g.reg.list, r)
+	describeAccess(&op, r.Action)
 	if r.Action != Public {
 		op.Security = []map[string][]string{{"session": {}}, {"apiKey": {}}, {"signature": {}}}
 		op.Errors = append(op.Errors, http.StatusUnauthorized, http.StatusForbidden, http.StatusNotFound)

@@ -24,7 +24,9 @@ type Sealed struct {
 
 // Entry describes a sealed record without its value.
 type Entry struct {
-	ID         string
+	ID string
+	// Revision is the bucket's revision of the record: it changes with every write to the
+	// bucket, re-encryption included, and is what Update compares.
 	Revision   uint64
 	Updated    time.Time
 	KeyVersion int
@@ -81,7 +83,40 @@ func (s *Sealed) Put(ctx context.Context, sc Scope, id string, value []byte) (ui
 	return s.kv.Put(ctx, sealedKey(sc, id), ct)
 }
 
-// Get opens a record.
+// Update seals value and stores it only if the record is still at revision rev or, with rev
+// 0, only if there is no record; it returns what it stored. ErrConflict means another write
+// came first: read the record again and decide anew.
+func (s *Sealed) Update(ctx context.Context, sc Scope, id string, value []byte, rev uint64) (Entry, error) {
+	if err := checkID(id); err != nil {
+		return Entry{}, err
+	}
+	ct, err := s.k.Seal(ctx, sc, s.kind, id, value)
+	if err != nil {
+		return Entry{}, err
+	}
+	key := sealedKey(sc, id)
+	var newRev uint64
+	if rev == 0 {
+		newRev, err = s.kv.Create(ctx, key, ct)
+	} else {
+		newRev, err = s.kv.Update(ctx, key, ct, rev)
+	}
+	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		return Entry{}, ErrConflict
+	}
+	if err != nil {
+		return Entry{}, fmt.Errorf("write %s: %w", s.kind, err)
+	}
+	// The stored entry carries the engine's time; a later write may already have replaced it,
+	// and then the time of this one is as good as the engine's.
+	if e, err := s.kv.Get(ctx, key); err == nil && e.Revision() == newRev {
+		return s.entry(ctx, sc, e), nil
+	}
+	return s.entryOf(ctx, sc, key, newRev, time.Now(), ct), nil
+}
+
+// Get opens a record. A record that is there but does not open comes with its entry and the
+// error.
 func (s *Sealed) Get(ctx context.Context, sc Scope, id string) ([]byte, Entry, error) {
 	if err := checkID(id); err != nil {
 		return nil, Entry{}, err
@@ -101,7 +136,7 @@ func (s *Sealed) Get(ctx context.Context, sc Scope, id string) ([]byte, Entry, e
 	}
 	pt, err := s.k.Unseal(ctx, sc, s.kind, id, e.Value())
 	if err != nil {
-		return nil, Entry{}, err
+		return nil, s.entry(ctx, sc, e), err // what is there, for a caller that replaces it
 	}
 	return pt, s.entry(ctx, sc, e), nil
 }
@@ -164,8 +199,12 @@ func (s *Sealed) keys(ctx context.Context, sc Scope) ([]string, error) {
 }
 
 func (s *Sealed) entry(ctx context.Context, sc Scope, e jetstream.KeyValueEntry) Entry {
-	out := Entry{ID: e.Key()[strings.LastIndexByte(e.Key(), '.')+1:], Revision: e.Revision(), Updated: e.Created()}
-	if id, err := KeyID(e.Value()); err == nil {
+	return s.entryOf(ctx, sc, e.Key(), e.Revision(), e.Created(), e.Value())
+}
+
+func (s *Sealed) entryOf(ctx context.Context, sc Scope, key string, rev uint64, updated time.Time, ct []byte) Entry {
+	out := Entry{ID: key[strings.LastIndexByte(key, '.')+1:], Revision: rev, Updated: updated}
+	if id, err := KeyID(ct); err == nil {
 		if dk, err := s.k.dataKeyFor(ctx, sc, false); err == nil {
 			out.KeyVersion = dk.versions[id]
 		}

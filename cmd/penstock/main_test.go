@@ -545,7 +545,7 @@ func TestKeysAndSecretsCommands(t *testing.T) {
 			t.Fatalf("penstock %s printed the secret value", strings.Join(step.args, " "))
 		}
 	}
-	code, out := p.cli("", "secrets", "list", "--app", "globex/test/etl")
+	code, out := p.cli("", "secrets", "list", "--app", "globex/test/etl", "-o", "table")
 	var revs []string
 	for _, line := range strings.Split(strings.TrimSpace(out), "\n")[1:] {
 		f := strings.Fields(line)
@@ -563,7 +563,7 @@ func TestKeysAndSecretsCommands(t *testing.T) {
 	for i := range 2 {
 		p = serve(t, dir, "--listen", addr) // the saved session names this server
 		p.home = home                       // the saved session outlives restarts: sessions live in the engine
-		code, out := p.cli("", "secrets", "list", "--app", app)
+		code, out := p.cli("", "secrets", "list", "--app", app, "-o", "table")
 		if code != 0 || !strings.Contains(out, "db-password") || !strings.Contains(out, "  2\n") {
 			t.Fatalf("restart %d: list: %d\n%s\n%s", i, code, out, p.logs.String())
 		}
@@ -580,7 +580,7 @@ func TestKeysAndSecretsCommands(t *testing.T) {
 	if code != 1 || !strings.Contains(out, "scope.deleted") {
 		t.Fatalf("list after destroy: %d %s", code, out)
 	}
-	if code, out := p.cli("", "secrets", "list", "--app", "globex/test/etl"); code != 0 || !strings.Contains(out, "token") {
+	if code, out := p.cli("", "secrets", "list", "--app", "globex/test/etl", "-o", "table"); code != 0 || !strings.Contains(out, "token") {
 		t.Fatalf("other tenant after destroy: %d %s", code, out)
 	}
 	if strings.Contains(p.logs.String(), value) {

@@ -2,13 +2,13 @@ package cli
 
 import (
 	"bufio"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/url"
 	"slices"
 	"strings"
-	"text/tabwriter"
 	"unicode/utf8"
 
 	"github.com/spf13/cobra"
@@ -128,23 +128,11 @@ func secretsListCmd(environ []string) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var out struct {
-				Secrets []struct {
-					Name       string `json:"name"`
-					Revision   uint64 `json:"revision"`
-					Updated    string `json:"updated"`
-					KeyVersion int    `json:"key_version"`
-				} `json:"secrets"`
-			}
+			var out json.RawMessage
 			if err := cf.call(cmd.Context(), "GET", base, nil, &out); err != nil {
 				return err
 			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 2, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tREVISION\tUPDATED\tKEY VERSION")
-			for _, s := range out.Secrets {
-				fmt.Fprintf(tw, "%s\t%d\t%s\t%d\n", s.Name, s.Revision, s.Updated, s.KeyVersion)
-			}
-			return tw.Flush()
+			return render(cmd, out, "")
 		},
 	}
 	cmd.Flags().StringVar(&app, "app", "", "tenant/environment/application")

@@ -670,7 +670,7 @@ func (p *proc) loginAsAdmin() {
 	for _, s := range steps {
 		_, out := p.cli(s.stdin, s.args...)
 		if !strings.Contains(out, s.want) {
-			p.t.Fatalf("penstock %s: want %q:\n%s", strings.Join(s.args, " "), s.want, out)
+			p.t.Fatalf("penstock %s: want %q:\n%s\nserver log:\n%s", strings.Join(s.args, " "), s.want, out, p.logs.String())
 		}
 	}
 	code, out := p.cli("", "mfa", "enrol")

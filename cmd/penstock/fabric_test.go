@@ -84,7 +84,7 @@ func TestFabricKill9LosesNoAcknowledgedMessage(t *testing.T) {
 		{[]string{"exchange", "create", "--app", app, "events", "--type", "topic"}, `"type": "topic"`},
 		{[]string{"exchange", "bind", "--app", app, "events", "--queue", "orders", "--key", "order.*"}, `"queue": "orders"`},
 		{[]string{"queue", "dead-letters", "list", "--app", app, "orders"}, `"dead_letters": []`},
-		{[]string{"queue", "create", "--app", app, "Bad_Name"}, "body.name"},
+		{[]string{"queue", "create", "--app", app, "Bad_Name"}, `queue name "Bad_Name" is not valid`},
 	} {
 		_, out := p.cli("", s.args...)
 		if !strings.Contains(out, s.want) {

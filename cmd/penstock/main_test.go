@@ -528,7 +528,7 @@ func TestKeysAndSecretsCommands(t *testing.T) {
 		{"", []string{"keys", "rotate", "--scope", app}, 0, "version 2"},
 		{"", []string{"keys", "rotate-master"}, 0, "master key is now local:"},
 		{"", []string{"keys", "status"}, 0, "acme/production/billing  2"},
-		{"", []string{"keys", "rotate", "--scope", "Bad/Scope"}, 1, "body.scope"},
+		{"", []string{"keys", "rotate", "--scope", "Bad/Scope"}, 1, "--scope"},
 		{"", []string{"secrets", "put", "--app", "acme/production", "x"}, 1, "tenant/environment/application"},
 	} {
 		code, out := p.cli(step.stdin, step.args...)

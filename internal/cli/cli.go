@@ -25,19 +25,16 @@ func Main(ctx context.Context) {
 
 // Run executes one command line and returns the exit code; tests call it directly.
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer, environ []string) int {
-	root := &cobra.Command{
-		Use:           "penstock",
-		Short:         "Penstock: secure multi-tenant message fabric and ETL pipelines",
-		SilenceUsage:  true,
-		SilenceErrors: true,
-	}
+	root := commands(environ)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.SetArgs(args)
-	root.AddCommand(serveCmd(environ), doctorCmd(environ), versionCmd(), configCmd(environ), statusCmd(), keysCmd(environ), secretsCmd(environ))
-	root.AddCommand(accessCmds(environ)...)
-	root.AddCommand(auditCmd(environ), queueCmd(environ), exchangeCmd(environ), pipelineCmd(environ))
-	err := root.ExecuteContext(ctx)
+	root.SetFlagErrorFunc(flagError)
+	guard(root)
+	cmd, err := root.ExecuteContextC(ctx)
+	if cmd == nil {
+		cmd = root
+	}
 	var ee exitError
 	switch {
 	case err == nil:
@@ -45,7 +42,21 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer, environ [
 	case errors.As(err, &ee):
 		return ee.code
 	default:
-		fmt.Fprintln(stderr, "penstock:", err)
+		fmt.Fprintln(stderr, "penstock: "+explain(cmd, err))
 		return 1
 	}
+}
+
+// commands is the command tree.
+func commands(environ []string) *cobra.Command {
+	root := &cobra.Command{
+		Use:           "penstock",
+		Short:         "Penstock: secure multi-tenant message fabric and ETL pipelines",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(serveCmd(environ), doctorCmd(environ), versionCmd(), configCmd(environ), statusCmd(), keysCmd(environ), secretsCmd(environ))
+	root.AddCommand(accessCmds(environ)...)
+	root.AddCommand(auditCmd(environ), queueCmd(environ), exchangeCmd(environ), pipelineCmd(environ))
+	return root
 }

@@ -578,7 +578,7 @@ func TestKeysAndSecretsCommands(t *testing.T) {
 	var created struct {
 		Key string `json:"key"`
 	}
-	if err := json.Unmarshal([]byte(out), &created); code != 0 || err != nil || !strings.HasPrefix(created.Key, "psk_") {
+	if err := firstJSON(out, &created); code != 0 || err != nil || !strings.HasPrefix(created.Key, "psk_") {
 		t.Fatalf("apikey create: %d %v\n%s", code, err, out)
 	}
 	for _, extra := range [][]string{nil, {"--sign"}} {

@@ -57,7 +57,7 @@ func newLifePopulated(t *testing.T) lifePopulated {
 	var created struct {
 		Key string `json:"key"`
 	}
-	if err := json.Unmarshal([]byte(out), &created); code != 0 || err != nil {
+	if err := firstJSON(out, &created); code != 0 || err != nil {
 		t.Fatalf("apikey create: %d %v\n%s", code, err, out)
 	}
 	if st := p.whoami(created.Key); st != 200 {

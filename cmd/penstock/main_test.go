@@ -528,7 +528,7 @@ func TestKeysAndSecretsCommands(t *testing.T) {
 		{"", []string{"keys", "rotate", "--scope", app, "-o", "table"}, 0, "version 2"},
 		{"", []string{"keys", "rotate-master", "-o", "table"}, 0, "master key is now local:"},
 		{"", []string{"keys", "status", "-o", "table"}, 0, "acme/production/billing  2"},
-		{"", []string{"keys", "rotate", "--scope", "Bad/Scope"}, 1, "body.scope"},
+		{"", []string{"keys", "rotate", "--scope", "Bad/Scope"}, 1, "--scope"},
 		{"", []string{"secrets", "put", "--app", "acme/production", "x"}, 1, "tenant/environment/application"},
 		// Revisions are per secret: other secrets do not move them.
 		{"va", []string{"secrets", "put", "--app", "globex/test/etl", "a"}, 0, "a stored (revision 1)"},
@@ -593,7 +593,7 @@ func TestKeysAndSecretsCommands(t *testing.T) {
 	var created struct {
 		Key string `json:"key"`
 	}
-	if err := json.Unmarshal([]byte(out), &created); code != 0 || err != nil || !strings.HasPrefix(created.Key, "psk_") {
+	if err := firstJSON(out, &created); code != 0 || err != nil || !strings.HasPrefix(created.Key, "psk_") {
 		t.Fatalf("apikey create: %d %v\n%s", code, err, out)
 	}
 	for _, extra := range [][]string{nil, {"--sign"}} {

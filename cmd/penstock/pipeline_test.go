@@ -39,7 +39,7 @@ func TestPipelineKill9ResumesWithEveryRowOnce(t *testing.T) {
 	var created struct {
 		Key string `json:"key"`
 	}
-	if err := json.Unmarshal([]byte(out), &created); code != 0 || err != nil {
+	if err := firstJSON(out, &created); code != 0 || err != nil {
 		t.Fatalf("apikey create: %d %v\n%s", code, err, out)
 	}
 	key := created.Key

@@ -5,7 +5,9 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/danielgtaylor/huma/v2"
@@ -119,11 +121,11 @@ func registerAccount(g gate, hapi huma.API, o Options) {
 		case errors.Is(err, identity.ErrLocked):
 			return nil, NewError(http.StatusTooManyRequests, "auth.locked", "too many failed attempts; try again later")
 		case errors.Is(err, identity.ErrMFARequired):
-			return nil, NewError(http.StatusUnauthorized, "auth.mfa_required", "send the one-time code from your authenticator as code")
+			return nil, NewError(http.StatusUnauthorized, "auth.mfa_required", "a one-time code from your authenticator (or a recovery code) is required")
 		case errors.Is(err, identity.ErrBadCode):
 			return nil, NewError(http.StatusUnauthorized, "auth.invalid_code", "invalid or already used one-time code")
 		case errors.Is(err, identity.ErrBadCredentials):
-			return nil, NewError(http.StatusUnauthorized, "auth.invalid_credentials", "invalid user name or password")
+			return nil, NewError(http.StatusUnauthorized, "auth.invalid_credentials", "invalid user name or password"+lockoutRule(o.Lockout))
 		case err != nil:
 			return nil, internalError(o, "login", err)
 		}
@@ -209,6 +211,24 @@ func registerAccount(g gate, hapi huma.API, o Options) {
 	})
 }
 
+// lockoutRule says how failed logins are limited, the same for every user name, known or not.
+func lockoutRule(l *identity.Lockout) string {
+	if l == nil || l.Threshold <= 0 {
+		return ""
+	}
+	short := func(d time.Duration) string {
+		s := d.String() // 1m0s, 1h0m0s, 1m30s
+		if strings.HasSuffix(s, "m0s") {
+			s = strings.TrimSuffix(s, "0s")
+		}
+		if strings.HasSuffix(s, "h0m") {
+			s = strings.TrimSuffix(s, "0m")
+		}
+		return s
+	}
+	return fmt.Sprintf(" (attempts are limited: after %d failures in a row, logins are refused for %s, doubling up to %s)", l.Threshold, short(l.Base), short(l.Max))
+}
+
 // sourceFrom is the request's source address, for lockouts.
 func sourceFrom(ctx context.Context) string { return requestFrom(ctx).source }
 
@@ -228,7 +248,7 @@ func identityError(o Options, op string, err error) error {
 	case errors.Is(err, identity.ErrBadCode):
 		return NewError(http.StatusUnprocessableEntity, "auth.invalid_code", "invalid or already used one-time code")
 	case errors.Is(err, identity.ErrNotFound):
-		return notFound()
+		return notFoundOf(err)
 	case errors.Is(err, identity.ErrDeleting):
 		return NewError(http.StatusConflict, "scope.deleting", err.Error()+"; the deletion finishes first (retry the delete, or wait)")
 	case errors.Is(err, identity.ErrExists):
@@ -251,6 +271,15 @@ type namedError struct {
 
 func (e *namedError) Error() string { return e.what + ": " + e.err.Error() }
 func (e *namedError) Unwrap() error { return e.err }
+
+// notFoundOf is the 404 for err, naming the resource it is about if it says.
+func notFoundOf(err error) error {
+	var n *namedError
+	if errors.As(err, &n) {
+		return NewError(http.StatusNotFound, "not_found", "no such "+n.what)
+	}
+	return notFound()
+}
 
 // named wraps err (if any) with the resource it is about.
 func named(err error, what string) error {

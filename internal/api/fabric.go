@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"strconv"
 	"time"
@@ -294,7 +295,7 @@ func registerFabric(g gate, hapi huma.API, o Options) {
 	appScope := func(in *appParams) authz.Scope { return in.app().scope() }
 	qScope := func(in *queueParams) authz.Scope { return in.app().scope() }
 	xScope := func(in *exchangeParams) authz.Scope { return in.app().scope() }
-	fail := func(op string, err error) error { return fabricError(o, op, err) }
+	fail := func(op string, err error, about ...thing) error { return fabricError(o, op, err, about...) }
 
 	register(g, hapi, Route{Action: authz.QueueManage}, huma.Operation{
 		OperationID: "queue-create", Method: http.MethodPost, Path: appBase + "/queues",
@@ -307,7 +308,7 @@ func registerFabric(g gate, hapi huma.API, o Options) {
 		}
 		q, err := f.CreateQueue(ctx, in.app().ref(in.Body.Name), spec)
 		if err != nil {
-			return nil, fail("create queue", err)
+			return nil, fail("create queue", err, in.app().thing("queue", in.Body.Name), in.app().application())
 		}
 		return &queueOutput{Body: viewQueue(q)}, nil
 	})
@@ -317,7 +318,7 @@ func registerFabric(g gate, hapi huma.API, o Options) {
 	}, appScope, func(ctx context.Context, _ *caller, in *appParams) (*queuesOutput, error) {
 		qs, err := f.Queues(ctx, in.app().ref(""))
 		if err != nil {
-			return nil, fail("list queues", err)
+			return nil, fail("list queues", err, in.app().application())
 		}
 		out := &queuesOutput{}
 		out.Body.Queues = []queueView{}
@@ -332,7 +333,7 @@ func registerFabric(g gate, hapi huma.API, o Options) {
 	}, qScope, func(ctx context.Context, _ *caller, in *queueParams) (*queueOutput, error) {
 		q, err := f.Queue(ctx, in.app().ref(in.Queue))
 		if err != nil {
-			return nil, fail("get queue", err)
+			return nil, fail("get queue", err, in.queue())
 		}
 		return &queueOutput{Body: viewQueue(q)}, nil
 	})
@@ -340,7 +341,7 @@ func registerFabric(g gate, hapi huma.API, o Options) {
 		OperationID: "queue-delete", Method: http.MethodDelete, Path: appBase + "/queues/{queue}",
 		Summary: "Delete a queue, its messages, dead letters and bindings", Tags: tags, DefaultStatus: http.StatusNoContent,
 	}, qScope, func(ctx context.Context, _ *caller, in *queueParams) (*struct{}, error) {
-		return nil, fail("delete queue", f.DeleteQueue(ctx, in.app().ref(in.Queue)))
+		return nil, fail("delete queue", f.DeleteQueue(ctx, in.app().ref(in.Queue)), in.queue())
 	})
 	register(g, hapi, Route{Action: authz.QueuePublish, DataPlane: true}, huma.Operation{
 		OperationID: "queue-publish", Method: http.MethodPost, Path: appBase + "/queues/{queue}/messages",
@@ -353,7 +354,7 @@ func registerFabric(g gate, hapi huma.API, o Options) {
 		}
 		rec, err := f.Publish(ctx, fabric.Target{Ref: in.app().ref(in.Queue)}, msgs)
 		if err != nil {
-			return nil, fail("publish", err)
+			return nil, fail("publish", err, in.app().thing("queue", in.Queue))
 		}
 		out := &publishOutput{}
 		out.Body.Receipts = rec
@@ -366,7 +367,7 @@ func registerFabric(g gate, hapi huma.API, o Options) {
 		n := max(in.Body.Max, 1)
 		ds, err := f.Consume(ctx, in.app().ref(in.Queue), n, time.Duration(in.Body.WaitMS)*time.Millisecond)
 		if err != nil {
-			return nil, fail("consume", err)
+			return nil, fail("consume", err, in.app().thing("queue", in.Queue))
 		}
 		out := &consumeOutput{}
 		out.Body.Messages = make([]deliveryView, len(ds))
@@ -390,7 +391,7 @@ func registerFabric(g gate, hapi huma.API, o Options) {
 			OperationID: "queue-" + s.op, Method: http.MethodPost, Path: appBase + "/queues/{queue}/" + s.op,
 			Summary: s.summary, Tags: tags, DefaultStatus: http.StatusNoContent,
 		}, func(in *settleInput) authz.Scope { return in.app().scope() }, func(ctx context.Context, _ *caller, in *settleInput) (*struct{}, error) {
-			return nil, fail(s.op, f.Settle(ctx, in.app().ref(in.Queue), in.Body.Tokens, s.how, time.Duration(in.Body.DelayMS)*time.Millisecond))
+			return nil, fail(s.op, f.Settle(ctx, in.app().ref(in.Queue), in.Body.Tokens, s.how, time.Duration(in.Body.DelayMS)*time.Millisecond), in.app().thing("queue", in.Queue))
 		})
 	}
 	register(g, hapi, Route{Action: authz.QueueConsume}, huma.Operation{
@@ -399,7 +400,7 @@ func registerFabric(g gate, hapi huma.API, o Options) {
 	}, func(in *deadListInput) authz.Scope { return in.app().scope() }, func(ctx context.Context, _ *caller, in *deadListInput) (*deadListOutput, error) {
 		ds, next, err := f.DeadLetters(ctx, in.app().ref(in.Queue), in.From, in.Limit)
 		if err != nil {
-			return nil, fail("list dead letters", err)
+			return nil, fail("list dead letters", err, in.app().thing("queue", in.Queue))
 		}
 		out := &deadListOutput{}
 		out.Body.DeadLetters = []deadView{}
@@ -415,7 +416,8 @@ func registerFabric(g gate, hapi huma.API, o Options) {
 	}, func(in *deadGetInput) authz.Scope { return in.app().scope() }, func(ctx context.Context, _ *caller, in *deadGetInput) (*deadOutput, error) {
 		d, err := f.DeadLetter(ctx, in.app().ref(in.Queue), in.Seq)
 		if err != nil {
-			return nil, fail("get dead letter", err)
+			return nil, fail("get dead letter", err, in.app().thing("queue", in.Queue),
+				thing{"dead letter", fmt.Sprintf("dead letter %d of queue %q in %s", in.Seq, in.Queue, in.app().scope())})
 		}
 		return &deadOutput{Body: viewDead(d)}, nil
 	})
@@ -425,7 +427,7 @@ func registerFabric(g gate, hapi huma.API, o Options) {
 	}, func(in *replayInput) authz.Scope { return in.app().scope() }, func(ctx context.Context, _ *caller, in *replayInput) (*countOutput, error) {
 		n, err := f.Replay(ctx, in.app().ref(in.Queue), in.Body.Seqs)
 		if err != nil {
-			return nil, fail("replay", err)
+			return nil, fail("replay", err, in.app().thing("queue", in.Queue))
 		}
 		out := &countOutput{}
 		out.Body.Count = uint64(n)
@@ -437,7 +439,7 @@ func registerFabric(g gate, hapi huma.API, o Options) {
 	}, qScope, func(ctx context.Context, _ *caller, in *queueParams) (*countOutput, error) {
 		n, err := f.PurgeDeadLetters(ctx, in.app().ref(in.Queue))
 		if err != nil {
-			return nil, fail("purge dead letters", err)
+			return nil, fail("purge dead letters", err, in.queue())
 		}
 		out := &countOutput{}
 		out.Body.Count = n
@@ -452,7 +454,7 @@ func registerFabric(g gate, hapi huma.API, o Options) {
 	}, func(in *createExchangeInput) authz.Scope { return in.app().scope() }, func(ctx context.Context, _ *caller, in *createExchangeInput) (*exchangeOutput, error) {
 		x, err := f.CreateExchange(ctx, in.app().ref(in.Body.Name), in.Body.Type)
 		if err != nil {
-			return nil, fail("create exchange", err)
+			return nil, fail("create exchange", err, in.app().thing("exchange", in.Body.Name), in.app().application())
 		}
 		return &exchangeOutput{Body: x}, nil
 	})
@@ -462,7 +464,7 @@ func registerFabric(g gate, hapi huma.API, o Options) {
 	}, appScope, func(ctx context.Context, _ *caller, in *appParams) (*exchangesOutput, error) {
 		xs, err := f.Exchanges(ctx, in.app().ref(""))
 		if err != nil {
-			return nil, fail("list exchanges", err)
+			return nil, fail("list exchanges", err, in.app().application())
 		}
 		out := &exchangesOutput{}
 		out.Body.Exchanges = append([]fabric.Exchange{}, xs...)
@@ -474,7 +476,7 @@ func registerFabric(g gate, hapi huma.API, o Options) {
 	}, xScope, func(ctx context.Context, _ *caller, in *exchangeParams) (*exchangeOutput, error) {
 		x, err := f.GetExchange(ctx, in.app().ref(in.Exchange))
 		if err != nil {
-			return nil, fail("get exchange", err)
+			return nil, fail("get exchange", err, in.exchange())
 		}
 		return &exchangeOutput{Body: x}, nil
 	})
@@ -482,7 +484,7 @@ func registerFabric(g gate, hapi huma.API, o Options) {
 		OperationID: "exchange-delete", Method: http.MethodDelete, Path: appBase + "/exchanges/{exchange}",
 		Summary: "Delete an exchange and its bindings", Tags: xtags, DefaultStatus: http.StatusNoContent,
 	}, xScope, func(ctx context.Context, _ *caller, in *exchangeParams) (*struct{}, error) {
-		return nil, fail("delete exchange", f.DeleteExchange(ctx, in.app().ref(in.Exchange)))
+		return nil, fail("delete exchange", f.DeleteExchange(ctx, in.app().ref(in.Exchange)), in.exchange())
 	})
 	register(g, hapi, Route{Action: authz.QueueManage}, huma.Operation{
 		OperationID: "exchange-bind", Method: http.MethodPost, Path: appBase + "/exchanges/{exchange}/bind",
@@ -490,7 +492,7 @@ func registerFabric(g gate, hapi huma.API, o Options) {
 	}, func(in *bindInput) authz.Scope { return in.app().scope() }, func(ctx context.Context, _ *caller, in *bindInput) (*exchangeOutput, error) {
 		x, err := f.Bind(ctx, in.app().ref(in.Exchange), in.Body)
 		if err != nil {
-			return nil, fail("bind", err)
+			return nil, fail("bind", err, in.binding()...)
 		}
 		return &exchangeOutput{Body: x}, nil
 	})
@@ -500,7 +502,7 @@ func registerFabric(g gate, hapi huma.API, o Options) {
 	}, func(in *bindInput) authz.Scope { return in.app().scope() }, func(ctx context.Context, _ *caller, in *bindInput) (*exchangeOutput, error) {
 		x, err := f.Unbind(ctx, in.app().ref(in.Exchange), in.Body)
 		if err != nil {
-			return nil, fail("unbind", err)
+			return nil, fail("unbind", err, in.binding()...)
 		}
 		return &exchangeOutput{Body: x}, nil
 	})
@@ -515,7 +517,7 @@ func registerFabric(g gate, hapi huma.API, o Options) {
 		}
 		rec, err := f.Publish(ctx, fabric.Target{Ref: in.app().ref(in.Exchange), Exchange: true}, msgs)
 		if err != nil {
-			return nil, fail("publish", err)
+			return nil, fail("publish", err, in.app().thing("exchange", in.Exchange))
 		}
 		out := &publishOutput{}
 		out.Body.Receipts = rec
@@ -523,14 +525,62 @@ func registerFabric(g gate, hapi huma.API, o Options) {
 	})
 }
 
-// fabricError maps the fabric's errors to the API's codes.
-func fabricError(o Options, op string, err error) error {
+// thing is something a request names, as an answer names it that says it is missing or
+// exists already. Its kind is matched with a fabric.Missing's.
+type thing struct{ kind, desc string }
+
+func (p appParams) thing(kind, name string) thing {
+	return thing{kind, fmt.Sprintf("%s %q in %s", kind, name, p.scope())}
+}
+
+func (p appParams) application() thing {
+	return thing{"application", "application " + p.scope().String()}
+}
+
+func (p *queueParams) queue() thing { return p.app().thing("queue", p.Queue) }
+
+func (p *exchangeParams) exchange() thing { return p.app().thing("exchange", p.Exchange) }
+
+// binding is what a bind or unbind names: the exchange, the queue, the binding of the two.
+func (in *bindInput) binding() []thing {
+	return []thing{in.app().thing("exchange", in.Exchange), in.app().thing("queue", in.Body.Queue),
+		{"binding", fmt.Sprintf("binding of queue %q with key %q to exchange %q in %s", in.Body.Queue, in.Body.Key, in.Exchange, in.app().scope())}}
+}
+
+// which is the thing of about that err says is missing: the one of the kind a fabric.Missing
+// gives, else the first. It echoes only what the request named.
+func which(err error, about []thing) (thing, bool) {
+	var m *fabric.Missing
+	if !errors.As(err, &m) {
+		if len(about) == 0 {
+			return thing{}, false
+		}
+		return about[0], true
+	}
+	for _, t := range about {
+		if t.kind == m.Kind {
+			return t, true
+		}
+	}
+	return thing{}, false
+}
+
+// fabricError maps the fabric's errors to the API's codes. A missing or existing thing is
+// named from about, the things the request names (the first is what it is about).
+func fabricError(o Options, op string, err error, about ...thing) error {
 	switch {
 	case err == nil:
 		return nil
 	case errors.Is(err, fabric.ErrNotFound):
-		return NewError(http.StatusNotFound, "not_found", "no such queue, exchange, binding or message")
+		t, ok := which(err, about)
+		if !ok {
+			return notFound()
+		}
+		return NewError(http.StatusNotFound, "not_found", "no such "+t.desc)
 	case errors.Is(err, fabric.ErrExists):
+		if len(about) > 0 {
+			return NewError(http.StatusConflict, "conflict", about[0].desc+" already exists")
+		}
 		return NewError(http.StatusConflict, "conflict", "it already exists")
 	case errors.Is(err, fabric.ErrInvalid):
 		return NewError(http.StatusUnprocessableEntity, "invalid_request", err.Error())

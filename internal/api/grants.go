@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"strings"
 	"time"
@@ -114,11 +115,11 @@ func registerGrants(g gate, hapi huma.API, o Options) {
 			// administrator adds a user to a tenant): anything else answers as a missing user
 			// does, so tenants cannot probe for the platform's users.
 			if !authz.Decide(c.principal, authz.UserManage, authz.Platform).Allow && !id.Member(in.Body.Subject, sc.Tenant) {
-				return nil, notFound()
+				return nil, notFoundOf(named(identity.ErrNotFound, fmt.Sprintf("member %q of tenant %s", in.Body.Subject, sc.Tenant)))
 			}
 			b, err := id.Grant(ctx, in.Body.Subject, role, sc)
 			if err != nil {
-				return nil, identityError(o, "grant", err)
+				return nil, identityError(o, "grant", named(err, fmt.Sprintf("subject %q", in.Body.Subject)))
 			}
 			return &bindingOutput{Body: b}, nil
 		})
@@ -153,7 +154,7 @@ func registerGrants(g gate, hapi huma.API, o Options) {
 	}, func(ctx context.Context, c *caller, in *bindingPath) (*struct{}, error) {
 		b, ok := id.Binding(in.ID)
 		if !ok {
-			return nil, notFound()
+			return nil, notFoundOf(named(identity.ErrNotFound, fmt.Sprintf("role binding %q", in.ID)))
 		}
 		if !authz.Grants(c.principal.Bindings, b.Role, b.Scope) {
 			return nil, NewError(http.StatusForbidden, "forbidden", "you cannot revoke a role you do not hold at that scope")
@@ -224,7 +225,7 @@ func registerGrants(g gate, hapi huma.API, o Options) {
 	}, func(ctx context.Context, c *caller, in *keyPath) (*struct{}, error) {
 		k, ok := id.APIKey(in.ID)
 		if !ok {
-			return nil, notFound()
+			return nil, notFoundOf(named(identity.ErrNotFound, fmt.Sprintf("API key %q", in.ID)))
 		}
 		if k.Owner != c.principal.Kind+":"+c.principal.Name && !authz.Grants(c.principal.Bindings, k.Role, k.Scope) {
 			return nil, NewError(http.StatusForbidden, "forbidden", "you cannot revoke a key with a role you do not hold at its scope")

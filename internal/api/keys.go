@@ -128,6 +128,10 @@ func keyError(o Options, op string, err error) error {
 	case errors.Is(err, keyring.ErrDestroyed):
 		return NewError(http.StatusGone, "scope.deleted", "the scope was deleted: its keys were destroyed and its data is unrecoverable")
 	case errors.Is(err, keyring.ErrNotFound):
+		var n *namedError
+		if errors.As(err, &n) {
+			return NewError(http.StatusNotFound, "secret.not_found", "no such "+n.what)
+		}
 		return NewError(http.StatusNotFound, "secret.not_found", "no secret with that name")
 	case errors.Is(err, keyring.ErrInvalid):
 		return NewError(http.StatusUnprocessableEntity, "invalid_request", err.Error())

@@ -22,6 +22,8 @@ type pipelineParams struct {
 
 func (p *pipelineParams) app() appParams { return appParams{p.Tenant, p.Environment, p.Application} }
 
+func (p *pipelineParams) pipeline() thing { return p.app().thing("pipeline", p.Pipeline) }
+
 type applyPipelineInput struct {
 	Tenant      string `path:"tenant" pattern:"^[a-z0-9][a-z0-9-]{0,62}$" doc:"Tenant"`
 	Environment string `path:"environment" pattern:"^[a-z0-9][a-z0-9-]{0,62}$" doc:"Environment"`
@@ -62,11 +64,11 @@ func registerPipelines(g gate, hapi huma.API, o Options) {
 	// exists answers 404 for an application that does not exist, before anything else.
 	exists := func(a appParams) error {
 		if _, ok := o.Identity.App(a.Tenant, a.Environment, a.Application); !ok {
-			return NewError(http.StatusNotFound, "not_found", "no such application")
+			return missing(a.scope())
 		}
 		return nil
 	}
-	fail := func(op string, err error) error { return pipelineError(o, op, err) }
+	fail := func(op string, err error, about ...thing) error { return pipelineError(o, op, err, about...) }
 
 	register(g, hapi, Route{Action: authz.PipelineManage}, huma.Operation{
 		OperationID: "pipeline-apply", Method: http.MethodPut, Path: appBase + "/pipelines/{pipeline}", Tags: tags,
@@ -84,14 +86,14 @@ func registerPipelines(g gate, hapi huma.API, o Options) {
 			if in.DryRun {
 				spec, err := ps.Validate(ctx, in.app().keyScope(), doc)
 				if err != nil {
-					return nil, fail("validate pipeline", err)
+					return nil, fail("validate pipeline", err, in.app().thing("pipeline", in.Pipeline))
 				}
 				return &pipelineOutput{Body: pipeline.Pipeline{Tenant: in.Tenant, Environment: in.Environment,
 					Application: in.Application, Name: spec.Name, Spec: spec}}, nil
 			}
 			p, _, err := ps.Apply(ctx, in.app().keyScope(), doc)
 			if err != nil {
-				return nil, fail("apply pipeline", err)
+				return nil, fail("apply pipeline", err, in.app().thing("pipeline", in.Pipeline))
 			}
 			return &pipelineOutput{Body: p}, nil
 		})
@@ -118,7 +120,7 @@ func registerPipelines(g gate, hapi huma.API, o Options) {
 	}, pScope, func(ctx context.Context, _ *caller, in *pipelineParams) (*pipelineOutput, error) {
 		p, err := ps.Get(ctx, in.app().keyScope(), in.Pipeline)
 		if err != nil {
-			return nil, fail("get pipeline", err)
+			return nil, fail("get pipeline", err, in.pipeline())
 		}
 		return &pipelineOutput{Body: p}, nil
 	})
@@ -127,7 +129,7 @@ func registerPipelines(g gate, hapi huma.API, o Options) {
 		OperationID: "pipeline-delete", Method: http.MethodDelete, Path: appBase + "/pipelines/{pipeline}", Tags: tags,
 		Summary: "Stop and delete a pipeline, its checkpoint and history (its dead-letter queue stays)", DefaultStatus: http.StatusNoContent,
 	}, pScope, func(ctx context.Context, _ *caller, in *pipelineParams) (*struct{}, error) {
-		return nil, fail("delete pipeline", ps.Delete(ctx, in.app().keyScope(), in.Pipeline))
+		return nil, fail("delete pipeline", ps.Delete(ctx, in.app().keyScope(), in.Pipeline), in.pipeline())
 	})
 
 	for _, act := range []struct {
@@ -140,7 +142,7 @@ func registerPipelines(g gate, hapi huma.API, o Options) {
 		}, pScope, func(ctx context.Context, _ *caller, in *pipelineParams) (*pipelineOutput, error) {
 			p, err := ps.SetPaused(ctx, in.app().keyScope(), in.Pipeline, act.paused)
 			if err != nil {
-				return nil, fail(act.op, err)
+				return nil, fail(act.op, err, in.pipeline())
 			}
 			return &pipelineOutput{Body: p}, nil
 		})
@@ -152,7 +154,7 @@ func registerPipelines(g gate, hapi huma.API, o Options) {
 	}, pScope, func(ctx context.Context, _ *caller, in *pipelineParams) (*runNowOutput, error) {
 		id, err := ps.RunNow(ctx, in.app().keyScope(), in.Pipeline)
 		if err != nil {
-			return nil, fail("run pipeline", err)
+			return nil, fail("run pipeline", err, in.pipeline())
 		}
 		out := &runNowOutput{}
 		out.Body.Run = id
@@ -164,11 +166,11 @@ func registerPipelines(g gate, hapi huma.API, o Options) {
 		Summary: "A pipeline's last 50 runs, newest first: counts, duration, error",
 	}, pScope, func(ctx context.Context, _ *caller, in *pipelineParams) (*runsOutput, error) {
 		if err := ps.Exists(ctx, in.app().keyScope(), in.Pipeline); err != nil {
-			return nil, fail("pipeline runs", err)
+			return nil, fail("pipeline runs", err, in.pipeline())
 		}
 		runs, err := ps.Runs(ctx, in.app().keyScope(), in.Pipeline)
 		if err != nil {
-			return nil, fail("pipeline runs", err)
+			return nil, fail("pipeline runs", err, in.pipeline())
 		}
 		out := &runsOutput{}
 		out.Body.Runs = runs
@@ -180,7 +182,7 @@ func registerPipelines(g gate, hapi huma.API, o Options) {
 		Summary: "A pipeline's last 500 log lines on this node (redacted), oldest first",
 	}, pScope, func(ctx context.Context, _ *caller, in *pipelineParams) (*logsOutput, error) {
 		if err := ps.Exists(ctx, in.app().keyScope(), in.Pipeline); err != nil {
-			return nil, fail("pipeline logs", err)
+			return nil, fail("pipeline logs", err, in.pipeline())
 		}
 		out := &logsOutput{}
 		out.Body.Lines = ps.Logs(in.app().keyScope(), in.Pipeline)
@@ -188,11 +190,18 @@ func registerPipelines(g gate, hapi huma.API, o Options) {
 	})
 }
 
-func pipelineError(o Options, op string, err error) error {
+// pipelineError maps the pipelines' errors to the API's codes; a missing pipeline is named from
+// about, the things the request names.
+func pipelineError(o Options, op string, err error, about ...thing) error {
 	switch {
 	case err == nil:
 		return nil
 	case errors.Is(err, pipeline.ErrNotFound):
+		for _, t := range about {
+			if t.kind == "pipeline" {
+				return NewError(http.StatusNotFound, "not_found", "no such "+t.desc)
+			}
+		}
 		return NewError(http.StatusNotFound, "not_found", "no such pipeline")
 	case errors.Is(err, pipeline.ErrInvalid):
 		return NewError(http.StatusUnprocessableEntity, "pipeline.invalid", err.Error())

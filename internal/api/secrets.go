@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 
 	"github.com/danielgtaylor/huma/v2"
@@ -88,7 +89,7 @@ func registerSecrets(g gate, hapi huma.API, o Options) {
 		Errors:        []int{http.StatusNotFound, http.StatusGone},
 	}, func(in *secretPath) authz.Scope { return authz.Scope(in.scope()) }, func(ctx context.Context, _ *caller, in *secretPath) (*struct{}, error) {
 		if err := o.Secrets.Delete(ctx, in.scope(), in.Name); err != nil {
-			return nil, keyError(o, "delete secret", err)
+			return nil, keyError(o, "delete secret", named(err, fmt.Sprintf("secret %q in %s", in.Name, authz.Scope(in.scope()))))
 		}
 		return nil, nil
 	})

@@ -291,7 +291,7 @@ func registerTenancy(g gate, hapi huma.API, o Options) {
 			OperationID: "user-" + v.verb, Method: http.MethodPost, Path: "/v1/users/{user}/" + v.verb, Tags: []string{"users"},
 			Summary: v.verb + " a user (disabling ends their sessions)", DefaultStatus: http.StatusNoContent,
 		}, platformScope[userPath], func(ctx context.Context, _ *caller, in *userPath) (*struct{}, error) {
-			return nil, identityError(o, v.verb+" user", id.SetDisabled(ctx, in.User, v.disable))
+			return nil, identityError(o, v.verb+" user", named(id.SetDisabled(ctx, in.User, v.disable), fmt.Sprintf("user %q", in.User)))
 		})
 	}
 
@@ -300,7 +300,7 @@ func registerTenancy(g gate, hapi huma.API, o Options) {
 		Summary: "End every session of a user", DefaultStatus: http.StatusNoContent,
 	}, platformScope[userPath], func(ctx context.Context, _ *caller, in *userPath) (*struct{}, error) {
 		if _, ok := id.User(in.User); !ok {
-			return nil, notFound()
+			return nil, notFoundOf(named(identity.ErrNotFound, fmt.Sprintf("user %q", in.User)))
 		}
 		return nil, identityError(o, "end sessions", id.EndSessions(ctx, in.User))
 	})
@@ -311,7 +311,7 @@ func registerTenancy(g gate, hapi huma.API, o Options) {
 	}, platformScope[userPath], func(ctx context.Context, _ *caller, in *userPath) (*userOutput, error) {
 		pw, err := id.ResetPassword(ctx, in.User)
 		if err != nil {
-			return nil, identityError(o, "reset password", err)
+			return nil, identityError(o, "reset password", named(err, fmt.Sprintf("user %q", in.User)))
 		}
 		u, _ := id.User(in.User)
 		out := &userOutput{}

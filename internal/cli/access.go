@@ -276,7 +276,11 @@ func apikeyCreateCmd(environ []string) *cobra.Command {
 			if s, _ := cmd.Flags().GetBool("service"); s {
 				body["service"] = true
 			}
-			return jsonCall("POST", func([]string) string { return "/v1/apikeys" }, func([]string) any { return body })(ctx, cf, cmd, a)
+			if err := jsonCall("POST", func([]string) string { return "/v1/apikeys" }, func([]string) any { return body })(ctx, cf, cmd, a); err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.ErrOrStderr(), "the key is shown once: store it now (it cannot be read back)")
+			return nil
 		})
 	c.Flags().String("role", "", "owner, admin, developer, operator, viewer or auditor")
 	c.Flags().String("scope", "", "tenant, tenant/environment or tenant/environment/application")

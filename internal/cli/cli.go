@@ -25,6 +25,30 @@ func Main(ctx context.Context) {
 
 // Run executes one command line and returns the exit code; tests call it directly.
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer, environ []string) int {
+	root := commands(environ)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.SetArgs(args)
+	root.SetFlagErrorFunc(flagError)
+	guard(root)
+	cmd, err := root.ExecuteContextC(ctx)
+	if cmd == nil {
+		cmd = root
+	}
+	var ee exitError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &ee):
+		return ee.code
+	default:
+		fmt.Fprintln(stderr, "penstock: "+explain(cmd, err))
+		return 1
+	}
+}
+
+// commands is the command tree.
+func commands(environ []string) *cobra.Command {
 	root := &cobra.Command{
 		Use:           "penstock",
 		Short:         "Penstock: secure multi-tenant message fabric and ETL pipelines",
@@ -36,21 +60,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer, environ [
 		_, err := outputFormat(cmd)
 		return err
 	}
-	root.SetOut(stdout)
-	root.SetErr(stderr)
-	root.SetArgs(args)
 	root.AddCommand(serveCmd(environ), doctorCmd(environ), versionCmd(), configCmd(environ), statusCmd(), keysCmd(environ), secretsCmd(environ))
 	root.AddCommand(accessCmds(environ)...)
 	root.AddCommand(auditCmd(environ), queueCmd(environ), exchangeCmd(environ), pipelineCmd(environ))
-	err := root.ExecuteContext(ctx)
-	var ee exitError
-	switch {
-	case err == nil:
-		return 0
-	case errors.As(err, &ee):
-		return ee.code
-	default:
-		fmt.Fprintln(stderr, "penstock:", err)
-		return 1
-	}
+	return root
 }

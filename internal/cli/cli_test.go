@@ -61,7 +61,7 @@ func TestVersionAndUnknownCommand(t *testing.T) {
 
 func TestStatusWithoutCA(t *testing.T) {
 	code, _, errOut := run(t, nil, "status", "--data-dir", t.TempDir())
-	if code != 1 || !strings.Contains(errOut, "read CA certificate") {
+	if code != 1 || !strings.Contains(errOut, "no CA certificate at ") || !strings.Contains(errOut, "--ca") {
 		t.Fatalf("status without a CA: %d %q", code, errOut)
 	}
 }

@@ -228,7 +228,7 @@ func printRows(w io.Writer, name string, n *yaml.Node, cols []string) {
 		for i, c := range cols {
 			row[i] = "-"
 			if v := lookup(m, c); v != nil {
-				row[i] = oneLine(cell(v))
+				row[i] = cellLine(cell(v))
 				if v.Kind != yaml.ScalarNode && len(row[i]) > 60 {
 					row[i] = row[i][:57] + "..."
 				}
@@ -319,11 +319,11 @@ func printMessage(w io.Writer, m *yaml.Node) {
 		case "data_base64":
 			payload, binary = v, true
 		case "id":
-			meta = append([]string{k + "=" + oneLine(cell(v))}, meta...)
+			meta = append([]string{k + "=" + cellLine(cell(v))}, meta...)
 		case "ack_token":
 			token = append(token, k+"="+cell(v))
 		default:
-			meta = append(meta, k+"="+oneLine(cell(v)))
+			meta = append(meta, k+"="+cellLine(cell(v)))
 		}
 	}
 	meta = append(meta, token...)
@@ -425,7 +425,7 @@ func compact(n *yaml.Node) string {
 	return string(b)
 }
 
-// oneLine keeps a table cell on its line.
-func oneLine(s string) string {
+// cellLine keeps a table cell on its line.
+func cellLine(s string) string {
 	return strings.NewReplacer("\n", `\n`, "\r", `\r`, "\t", " ").Replace(s)
 }

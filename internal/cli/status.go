@@ -49,15 +49,16 @@ func (f *clientFlags) httpClient() (*http.Client, error) {
 	}
 	pem, err := os.ReadFile(caPath)
 	if err != nil {
-		return nil, fmt.Errorf("read CA certificate: %w (pass --ca or --data-dir)", err)
+		return nil, caError(caPath, f.ca != "", err)
 	}
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(pem) {
 		return nil, fmt.Errorf("%s holds no PEM certificate", caPath)
 	}
 	return &http.Client{
-		Timeout:   30 * time.Second,
-		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}},
+		Timeout: 30 * time.Second,
+		Transport: reachTransport{base: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}},
+			server: f.server, ca: caPath},
 	}, nil
 }
 

@@ -261,7 +261,7 @@ func (s *Service) DeadLetter(ctx context.Context, r Ref, seq uint64) (DeadLetter
 	}
 	raw, err := st.GetMsg(ctx, seq)
 	if err != nil {
-		return DeadLetter{}, jsErr(err, "dead letter")
+		return DeadLetter{}, missing(jsErr(err, "dead letter"), "dead letter")
 	}
 	return toDeadLetter(raw), nil
 }

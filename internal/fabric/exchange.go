@@ -265,7 +265,7 @@ func (s *Service) Unbind(ctx context.Context, r Ref, b QueueBinding) (Exchange, 
 		}
 	})
 	if err == nil && !found {
-		return x, fmt.Errorf("binding: %w", ErrNotFound)
+		return x, &Missing{Kind: "binding"}
 	}
 	return x, err
 }
@@ -293,7 +293,7 @@ func (s *Service) updateBindings(ctx context.Context, r Ref, b QueueBinding, add
 				return Exchange{}, err
 			}
 			if _, err := ta.acc.JetStream().Stream(ctx, q.queueStream()); err != nil {
-				return Exchange{}, jsErr(err, "queue "+b.Queue)
+				return Exchange{}, missing(jsErr(err, "queue "+b.Queue), "queue")
 			}
 		}
 		change(&x)

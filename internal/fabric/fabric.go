@@ -37,6 +37,22 @@ var (
 	ErrPayloadLimit = errors.New("message larger than the payload limit")
 )
 
+// Missing is an ErrNotFound saying which kind of thing is missing, where a caller could not
+// tell from what it asked: the queue a binding names, the binding itself, one dead letter of
+// a queue that exists.
+type Missing struct{ Kind string }
+
+func (m *Missing) Error() string        { return m.Kind + ": " + ErrNotFound.Error() }
+func (m *Missing) Is(target error) bool { return target == ErrNotFound }
+
+// missing is err as a Missing of kind when it is an ErrNotFound.
+func missing(err error, kind string) error {
+	if errors.Is(err, ErrNotFound) {
+		return &Missing{Kind: kind}
+	}
+	return err
+}
+
 // invalidf is an ErrInvalid naming what is wrong.
 func invalidf(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrInvalid, fmt.Sprintf(format, args...))

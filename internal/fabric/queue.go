@@ -269,7 +269,7 @@ func (s *Service) creating(r Ref) (done func(), err error) {
 		sc := authz.Scope{Tenant: r.Tenant, Environment: r.Environment, Application: r.Application}
 		if id.Deleting(sc) || !id.Exists(sc) {
 			s.life.RUnlock()
-			return nil, fmt.Errorf("application %s: %w", r.Application, ErrNotFound)
+			return nil, &Missing{Kind: "application"}
 		}
 	}
 	return s.life.RUnlock, nil

@@ -42,7 +42,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer, environ [
 	case errors.As(err, &ee):
 		return ee.code
 	default:
-		fmt.Fprintln(stderr, "penstock: "+explain(cmd, err))
+		fmt.Fprintln(stderr, "penstock: "+safeText(explain(cmd, err)))
 		return 1
 	}
 }

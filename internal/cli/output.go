@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 	"go.yaml.in/yaml/v3"
@@ -87,7 +88,7 @@ func render(cmd *cobra.Command, raw []byte, sentence string) error {
 		return err
 	}
 	var doc yaml.Node
-	if err := yaml.Unmarshal(raw, &doc); err != nil || len(doc.Content) == 0 {
+	if err := yaml.Unmarshal(asciiJSON(raw), &doc); err != nil || len(doc.Content) == 0 {
 		return fmt.Errorf("the server's answer is not JSON: %v", err)
 	}
 	n := doc.Content[0]
@@ -100,7 +101,7 @@ func render(cmd *cobra.Command, raw []byte, sentence string) error {
 		}
 		return enc.Close()
 	}
-	printTable(w, n, strings.FieldsFunc(cmd.Annotations[columnsAnnotation], func(r rune) bool { return r == ',' }))
+	printTable(terminalSafe{w}, n, strings.FieldsFunc(cmd.Annotations[columnsAnnotation], func(r rune) bool { return r == ',' }))
 	return nil
 }
 
@@ -428,4 +429,60 @@ func compact(n *yaml.Node) string {
 // cellLine keeps a table cell on its line.
 func cellLine(s string) string {
 	return strings.NewReplacer("\n", `\n`, "\r", `\r`, "\t", " ").Replace(s)
+}
+
+// terminalSafe writes text that came from elsewhere (payloads, names, errors) with its control
+// characters shown as escapes, so a message cannot move the cursor, retitle the window or
+// rewrite what a terminal shows; line breaks and tabs stay as they are.
+type terminalSafe struct{ w io.Writer }
+
+func (t terminalSafe) Write(p []byte) (int, error) {
+	if _, err := io.WriteString(t.w, safeText(string(p))); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// safeText is s with every control character but a line break or a tab, and every byte that
+// is not UTF-8, written as an escape.
+func safeText(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, size := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && size == 1:
+			fmt.Fprintf(&b, `\x%02x`, s[i])
+		case unsafeRune(r) && r < 0x100:
+			fmt.Fprintf(&b, `\x%02x`, r)
+		case unsafeRune(r):
+			fmt.Fprintf(&b, `\u%04x`, r)
+		default:
+			b.WriteString(s[i : i+size])
+		}
+		i += size
+	}
+	return b.String()
+}
+
+func unsafeRune(r rune) bool {
+	return r < 0x20 && r != '\n' && r != '\t' || r == 0x7f || r >= 0x80 && r < 0xa0 ||
+		r == '\u2028' || r == '\u2029' || r >= '\u202a' && r <= '\u202e' || r >= '\u2066' && r <= '\u2069'
+}
+
+// asciiJSON escapes every character beyond ASCII in a JSON text (they are all inside strings),
+// in the double-quoted escapes YAML reads: YAML refuses some characters written as themselves
+// (C1 controls, for one), and a payload may hold any.
+func asciiJSON(raw []byte) []byte {
+	var b bytes.Buffer
+	for _, r := range string(raw) {
+		switch {
+		case r < utf8.RuneSelf:
+			b.WriteRune(r)
+		case r <= 0xffff:
+			fmt.Fprintf(&b, `\u%04x`, r)
+		default:
+			fmt.Fprintf(&b, `\U%08x`, r)
+		}
+	}
+	return b.Bytes()
 }

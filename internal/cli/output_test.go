@@ -144,3 +144,37 @@ func TestCount(t *testing.T) {
 		}
 	}
 }
+
+// What a message, a name or an error carries cannot drive the terminal it is printed on:
+// control characters and line-reordering marks print as escapes, in tables and in errors.
+func TestTerminalSafe(t *testing.T) {
+	evil := "\x1b]0;owned\x07\x1b[2J\rrm -rf\u202e\u009b31m"
+	answer, _ := json.Marshal(map[string]any{"messages": []map[string]any{{"id": evil, "data": "line\n" + evil}}})
+	got := rendered(t, "table", string(answer))
+	if strings.ContainsAny(got, "\x1b\x07\r\u202e\u009b") {
+		t.Fatalf("control characters reached the terminal: %q", got)
+	}
+	for _, want := range []string{"line\n" + `\x1b]0;owned\x07\x1b[2J\x0drm -rf\u202e\x9b31m`, `id=\x1b]0;owned`} {
+		if !strings.Contains(got, want) {
+			t.Errorf("no %q in %q", want, got)
+		}
+	}
+	// YAML carries any payload, C1 controls and characters beyond the BMP included, and reads back.
+	data := "line\n" + evil + " 😀"
+	answer, _ = json.Marshal(map[string]any{"messages": []map[string]any{{"data": data}}})
+	var back struct {
+		Messages []struct {
+			Data string `yaml:"data"`
+		} `yaml:"messages"`
+	}
+	y := rendered(t, "yaml", string(answer))
+	if err := yaml.Unmarshal([]byte(y), &back); err != nil || len(back.Messages) != 1 || back.Messages[0].Data != data {
+		t.Fatalf("yaml of a hostile payload: %v %q\n%s", err, back, y)
+	}
+	if got := safeText("tab\tnew\nline ü"); got != "tab\tnew\nline ü" {
+		t.Errorf("plain text changed: %q", got)
+	}
+	if got := safeText("\xff"); got != `\xff` {
+		t.Errorf("a byte that is not UTF-8: %q", got)
+	}
+}

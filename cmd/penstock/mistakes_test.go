@@ -63,10 +63,9 @@ func TestFiveMistakes(t *testing.T) {
 				"(attempts are limited: after 5 failures in a row, logins are refused for 1m, doubling up to 1h)"}},
 		{"unknown flag", true, "", []string{"queue", "create", "--app", app, "orders", "--colour", "blue"}, []string{
 			"penstock: queue create: unknown flag --colour; run penstock queue create --help"}},
-		// The pipeline spec's errors are being given true lines, columns and field paths
-		// elsewhere: this holds today's line to the file and the line it names, and is to be
-		// tightened to the exact position once that lands.
-		{"bad YAML", false, "", []string{"pipeline", "validate", "-f", bad}, []string{"penstock: " + bad + ": ", "line "}},
+		// An unclosed { on line 2: the file, its true line and column, and what closes it.
+		{"bad YAML", false, "", []string{"pipeline", "validate", "-f", bad}, []string{
+			"penstock: " + bad + `:2:9: "{" is not closed: expected "," or "}" by line 3, column 5`}},
 		{"bad name", true, "", []string{"queue", "create", "--app", app, "Bad_Name"}, []string{
 			`penstock: queue name "Bad_Name" is not valid: ` + nameRule}},
 		{"missing queue", true, "", []string{"queue", "stats", "--app", app, "nope"}, []string{

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 
 	"github.com/danielgtaylor/huma/v2"
@@ -204,7 +205,7 @@ func pipelineError(o Options, op string, err error, about ...thing) error {
 		}
 		return NewError(http.StatusNotFound, "not_found", "no such pipeline")
 	case errors.Is(err, pipeline.ErrInvalid):
-		return NewError(http.StatusUnprocessableEntity, "pipeline.invalid", err.Error())
+		return specError(err)
 	case errors.Is(err, pipeline.ErrPaused):
 		return NewError(http.StatusConflict, "pipeline.paused", "the pipeline is paused; resume it first")
 	case errors.Is(err, pipeline.ErrRunning):
@@ -219,6 +220,24 @@ type runNowOutput struct {
 	Body struct {
 		Run string `json:"run" doc:"the run's id, as GET .../runs lists it once it starts (a run in progress shows its totals there)"`
 	}
+}
+
+// specError answers a spec's problems: one detail each, located at its field path in the
+// body (the spec is the body), as huma locates its own validation errors.
+func specError(err error) *Error {
+	var es pipeline.SpecErrors
+	if !errors.As(err, &es) {
+		return NewError(http.StatusUnprocessableEntity, "pipeline.invalid", err.Error())
+	}
+	e := NewError(http.StatusUnprocessableEntity, "pipeline.invalid", fmt.Sprintf("pipeline spec has %d error(s)", len(es)))
+	for _, se := range es {
+		loc := "body"
+		if se.Path != "" {
+			loc += "." + se.Path
+		}
+		e.Details = append(e.Details, &ErrorDetail{Location: loc, Message: se.Detail()})
+	}
+	return e
 }
 
 type webhookInput struct {

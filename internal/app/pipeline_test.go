@@ -50,7 +50,8 @@ func TestWebhookToQueueToPostgres(t *testing.T) {
 	}
 	// Before the platform admin opens egress, loopback PostgreSQL is refused at validation.
 	st, body, raw := ta.call(t, "PUT", base+"/pipelines/hooks?dry_run=true", admin, spec)
-	if st != 422 || body["code"] != "pipeline.invalid" || !strings.Contains(raw, "sink.host: egress denied") {
+	if st != 422 || body["code"] != "pipeline.invalid" ||
+		!strings.Contains(raw, `{"location":"body.sink.host","message":"egress denied: 127.0.0.1:5432`) {
 		t.Fatalf("dry run before egress: %d %s", st, raw)
 	}
 	st, _, raw = ta.call(t, "PUT", "/v1/tenants/acme/egress", admin, map[string]any{"rules": []string{"127.0.0.1:5432"}})

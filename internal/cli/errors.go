@@ -11,6 +11,8 @@ import (
 
 	"github.com/danielgtaylor/huma/v2/validation"
 	"github.com/spf13/cobra"
+
+	"github.com/penstock/penstock/internal/pipeline"
 	"github.com/spf13/pflag"
 
 	"github.com/penstock/penstock/internal/names"
@@ -24,8 +26,12 @@ func explain(cmd *cobra.Command, err error) string {
 		ue *usageError
 		un *unreachable
 		re *url.Error
+		se pipeline.SpecErrors
 	)
 	switch {
+	case errors.As(err, &se):
+		// A spec's errors are a list, one per line, an expression's caret under its own.
+		return err.Error()
 	case errors.As(err, &ue):
 		return ue.Error()
 	case errors.As(err, &un):

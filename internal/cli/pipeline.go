@@ -86,14 +86,9 @@ func readSpec(file string) (pipeline.Spec, error) {
 	if err != nil {
 		return pipeline.Spec{}, err
 	}
-	spec, err := pipeline.Parse(b)
-	if err != nil {
-		return pipeline.Spec{}, fmt.Errorf("%s: %w", file, err)
-	}
-	if _, err := pipeline.Check(spec, app.Connectors()); err != nil {
-		return pipeline.Spec{}, fmt.Errorf("%s: %w", file, err)
-	}
-	return spec, nil
+	// Every error names file, with its line and column.
+	spec, _, err := pipeline.Load(file, b, app.Connectors())
+	return spec, err
 }
 
 func pipelineValidateCmd() *cobra.Command {

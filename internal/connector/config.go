@@ -29,14 +29,49 @@ func (s SecretRef) Name() string {
 var secretRefPattern = regexp.MustCompile(`^\$\{secret:([A-Za-z0-9_-]{1,128})\}$`)
 
 // Decode fills the struct out points to from cfg, by its fields' `json` names, and returns what
-// it refers to. Every error names its field path below path: unknown keys, wrong types,
-// missing `required:"true"` fields, values outside `enum:"a,b"`, literal credentials in
-// SecretRef fields, and URLs (`url:"true"`) that carry a password. Fields tagged `dial:"true"`
-// (host:port or a URL) are reported in Refs.Dials.
+// it refers to. It reports every problem, not just the first, as FieldErrors naming each field
+// path below path: unknown keys, wrong types, missing `required:"true"` fields, values outside
+// `enum:"a,b"` or above `max`, literal credentials in SecretRef fields, and URLs (`url:"true"`)
+// that carry a password. Fields tagged `dial:"true"` (host:port or a URL) are reported in
+// Refs.Dials.
 func Decode(path string, cfg map[string]any, out any) (Refs, error) {
-	var refs Refs
-	err := decodeStruct(path, cfg, reflect.ValueOf(out).Elem(), &refs)
-	return refs, err
+	d := decoder{}
+	d.decodeStruct(path, cfg, reflect.ValueOf(out).Elem())
+	if len(d.errs) > 0 {
+		return d.refs, d.errs
+	}
+	return d.refs, nil
+}
+
+// FieldError is one problem with one setting, named by its field path.
+type FieldError struct {
+	Path string
+	Msg  string
+	// Key says that the key itself is wrong (it is unknown), rather than its value.
+	Key bool
+}
+
+func (e FieldError) Error() string { return e.Path + ": " + e.Msg }
+
+// FieldErrors is every problem Decode found, one per line.
+type FieldErrors []FieldError
+
+func (es FieldErrors) Error() string {
+	lines := make([]string, len(es))
+	for i, e := range es {
+		lines[i] = e.Error()
+	}
+	return strings.Join(lines, "\n")
+}
+
+// decoder collects what a configuration refers to and everything wrong with it.
+type decoder struct {
+	refs Refs
+	errs FieldErrors
+}
+
+func (d *decoder) fail(p, format string, args ...any) {
+	d.errs = append(d.errs, FieldError{Path: p, Msg: fmt.Sprintf(format, args...)})
 }
 
 func join(path, key string) string {
@@ -63,7 +98,7 @@ func fieldsOf(t reflect.Type, prefix []int, out map[string][]int) {
 	}
 }
 
-func decodeStruct(path string, cfg map[string]any, v reflect.Value, refs *Refs) error {
+func (d *decoder) decodeStruct(path string, cfg map[string]any, v reflect.Value) {
 	t := v.Type()
 	known := map[string][]int{}
 	fieldsOf(t, nil, known)
@@ -79,7 +114,8 @@ func decodeStruct(path string, cfg map[string]any, v reflect.Value, refs *Refs) 
 	sort.Strings(keys)
 	for _, k := range keys {
 		if _, ok := known[k]; !ok {
-			return fmt.Errorf("%s: unknown key (known: %s)", join(path, k), strings.Join(names, ", "))
+			d.errs = append(d.errs, FieldError{Path: join(path, k), Key: true,
+				Msg: "unknown key (known: " + strings.Join(names, ", ") + ")"})
 		}
 	}
 	for _, name := range names {
@@ -88,61 +124,61 @@ func decodeStruct(path string, cfg map[string]any, v reflect.Value, refs *Refs) 
 		raw, present := cfg[name]
 		if !present || raw == nil {
 			if f.Tag.Get("required") == "true" {
-				return fmt.Errorf("%s: required", p)
+				d.fail(p, "required")
 			}
 			continue
 		}
 		fv := v.FieldByIndex(known[name])
-		if err := decodeValue(p, raw, fv, refs); err != nil {
-			return err
-		}
-		if err := checkTags(p, f, fv, refs); err != nil {
-			return err
+		if d.decodeValue(p, raw, fv) {
+			d.checkTags(p, f, fv)
 		}
 	}
-	return nil
 }
 
-func checkTags(p string, f reflect.StructField, fv reflect.Value, refs *Refs) error {
-	if err := checkMax(p, f, fv); err != nil {
-		return err
+// checkTags applies a decoded field's tags; the first broken rule is its error.
+func (d *decoder) checkTags(p string, f reflect.StructField, fv reflect.Value) {
+	if msg := checkMax(f, fv); msg != "" {
+		d.fail(p, "%s", msg)
+		return
 	}
 	if enum := f.Tag.Get("enum"); enum != "" && fv.Kind() == reflect.String {
 		if !slices.Contains(strings.Split(enum, ","), fv.String()) {
-			return fmt.Errorf("%s: %q is not one of %s", p, fv.String(), strings.ReplaceAll(enum, ",", ", "))
+			d.fail(p, "%q is not one of %s", fv.String(), strings.ReplaceAll(enum, ",", ", "))
+			return
 		}
 	}
 	if f.Tag.Get("url") == "true" && fv.Kind() == reflect.String {
 		u, err := url.Parse(fv.String())
 		if err != nil || u.Scheme == "" || u.Host == "" {
-			return fmt.Errorf("%s: not an absolute URL", p)
+			d.fail(p, "not an absolute URL")
+			return
 		}
 		if _, has := u.User.Password(); has {
-			return fmt.Errorf("%s: a password in the URL is not allowed; store it with `penstock secrets put` and refer to it as ${secret:NAME} in the password field", p)
+			d.fail(p, "a password in the URL is not allowed; store it with `penstock secrets put` and refer to it as ${secret:NAME} in the password field")
+			return
 		}
 	}
 	if f.Tag.Get("dial") == "true" && fv.Kind() == reflect.String && fv.String() != "" {
-		if refs.Dials == nil {
-			refs.Dials = map[string]string{}
+		if d.refs.Dials == nil {
+			d.refs.Dials = map[string]string{}
 		}
-		refs.Dials[p] = fv.String()
+		d.refs.Dials[p] = fv.String()
 	}
-	return nil
 }
 
 var durationType = reflect.TypeFor[time.Duration]()
 
 // checkMax applies a field's `max` tag: every duration and number of a connector's
 // configuration is bounded (TestEveryNumberIsBounded), and a value beyond it is refused with
-// its field path.
-func checkMax(p string, f reflect.StructField, fv reflect.Value) error {
+// its field path. It returns what is wrong, or "".
+func checkMax(f reflect.StructField, fv reflect.Value) string {
 	limit := f.Tag.Get("max")
 	if limit == "" {
-		return nil
+		return ""
 	}
 	if fv.Kind() == reflect.Pointer {
 		if fv.IsNil() {
-			return nil
+			return ""
 		}
 		fv = fv.Elem()
 	}
@@ -150,20 +186,20 @@ func checkMax(p string, f reflect.StructField, fv reflect.Value) error {
 	case fv.Type() == durationType:
 		d, err := time.ParseDuration(limit)
 		if err == nil && time.Duration(fv.Int()) > d {
-			return fmt.Errorf("%s: at most %s", p, limit)
+			return "at most " + limit
 		}
 	case fv.CanInt():
 		n, err := strconv.ParseInt(limit, 10, 64)
 		if err == nil && fv.Int() > n {
-			return fmt.Errorf("%s: at most %s", p, limit)
+			return "at most " + limit
 		}
 	case fv.CanFloat():
 		n, err := strconv.ParseFloat(limit, 64)
 		if err == nil && fv.Float() > n {
-			return fmt.Errorf("%s: at most %s", p, limit)
+			return "at most " + limit
 		}
 	}
-	return nil
+	return ""
 }
 
 // Unbounded lists the duration and number fields of a configuration type (a pointer to
@@ -195,114 +231,143 @@ func Unbounded(cfg any) []string {
 	return out
 }
 
-func decodeValue(p string, raw any, v reflect.Value, refs *Refs) error {
+// decodeValue sets v from raw, reporting false (and its errors) when raw does not fit; the
+// items of a list or mapping are all decoded, whatever their neighbours' errors.
+func (d *decoder) decodeValue(p string, raw any, v reflect.Value) bool {
 	if v.Type() == durationType {
 		s, ok := raw.(string)
 		if !ok {
-			return fmt.Errorf("%s: must be a duration such as 30s or 5m", p)
+			d.fail(p, "must be a duration such as 30s or 5m")
+			return false
 		}
-		d, err := time.ParseDuration(s)
-		if err != nil || d < 0 {
-			return fmt.Errorf("%s: %q is not a duration such as 30s or 5m", p, s)
+		dur, err := time.ParseDuration(s)
+		if err != nil || dur < 0 {
+			d.fail(p, "%q is not a duration such as 30s or 5m", s)
+			return false
 		}
-		v.SetInt(int64(d))
-		return nil
+		v.SetInt(int64(dur))
+		return true
 	}
 	if v.Type() == reflect.TypeFor[SecretRef]() {
 		s, ok := raw.(string)
 		if !ok {
-			return fmt.Errorf("%s: must be a secret reference ${secret:NAME}", p)
+			d.fail(p, "must be a secret reference ${secret:NAME}")
+			return false
 		}
 		if s != "" && !secretRefPattern.MatchString(s) {
-			return fmt.Errorf("%s: a literal credential is not allowed; store it with `penstock secrets put` and write ${secret:NAME}", p)
+			d.fail(p, "a literal credential is not allowed; store it with `penstock secrets put` and write ${secret:NAME}")
+			return false
 		}
 		v.SetString(s)
 		if n := SecretRef(s).Name(); n != "" {
-			if refs.Secrets == nil {
-				refs.Secrets = map[string]string{}
+			if d.refs.Secrets == nil {
+				d.refs.Secrets = map[string]string{}
 			}
-			refs.Secrets[p] = n
+			d.refs.Secrets[p] = n
 		}
-		return nil
+		return true
 	}
 	switch v.Kind() {
 	case reflect.Pointer:
 		nv := reflect.New(v.Type().Elem())
-		if err := decodeValue(p, raw, nv.Elem(), refs); err != nil {
-			return err
+		if !d.decodeValue(p, raw, nv.Elem()) {
+			return false
 		}
 		v.Set(nv)
 	case reflect.String:
 		s, ok := raw.(string)
 		if !ok {
-			return fmt.Errorf("%s: must be a string", p)
+			d.fail(p, "must be a string")
+			return false
 		}
 		if secretRefPattern.MatchString(s) {
-			return fmt.Errorf("%s: takes no secret reference; only credential fields do", p)
+			d.fail(p, "takes no secret reference; only credential fields do")
+			return false
 		}
 		v.SetString(s)
 	case reflect.Bool:
 		b, ok := raw.(bool)
 		if !ok {
-			return fmt.Errorf("%s: must be true or false", p)
+			d.fail(p, "must be true or false")
+			return false
 		}
 		v.SetBool(b)
 	case reflect.Int, reflect.Int64:
 		n, ok := number(raw)
 		if !ok || n != math.Trunc(n) || math.Abs(n) > 1<<53 {
-			return fmt.Errorf("%s: must be an integer", p)
+			d.fail(p, "must be an integer")
+			return false
 		}
 		v.SetInt(int64(n))
 	case reflect.Float64:
 		n, ok := number(raw)
 		if !ok {
-			return fmt.Errorf("%s: must be a number", p)
+			d.fail(p, "must be a number")
+			return false
 		}
 		v.SetFloat(n)
 	case reflect.Slice:
 		items, ok := raw.([]any)
 		if !ok {
-			return fmt.Errorf("%s: must be a list", p)
+			d.fail(p, "must be a list")
+			return false
 		}
 		out := reflect.MakeSlice(v.Type(), len(items), len(items))
+		all := true
 		for i, it := range items {
-			if err := decodeValue(fmt.Sprintf("%s[%d]", p, i), it, out.Index(i), refs); err != nil {
-				return err
-			}
+			all = d.decodeValue(fmt.Sprintf("%s[%d]", p, i), it, out.Index(i)) && all
+		}
+		if !all {
+			return false
 		}
 		v.Set(out)
 	case reflect.Map:
 		m, ok := raw.(map[string]any)
 		if !ok {
-			return fmt.Errorf("%s: must be a mapping", p)
+			d.fail(p, "must be a mapping")
+			return false
 		}
 		if v.Type().Elem().Kind() == reflect.Interface {
 			v.Set(reflect.ValueOf(m))
-			return nil
+			return true
 		}
+		keys := make([]string, 0, len(m))
+		for k := range m {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
 		out := reflect.MakeMapWithSize(v.Type(), len(m))
-		for k, it := range m {
+		all := true
+		for _, k := range keys {
 			ev := reflect.New(v.Type().Elem()).Elem()
-			if err := decodeValue(join(p, k), it, ev, refs); err != nil {
-				return err
+			if d.decodeValue(join(p, k), m[k], ev) {
+				out.SetMapIndex(reflect.ValueOf(k), ev)
+			} else {
+				all = false
 			}
-			out.SetMapIndex(reflect.ValueOf(k), ev)
+		}
+		if !all {
+			return false
 		}
 		v.Set(out)
 	case reflect.Struct:
 		m, ok := raw.(map[string]any)
 		if !ok {
-			return fmt.Errorf("%s: must be a mapping", p)
+			d.fail(p, "must be a mapping")
+			return false
 		}
-		return decodeStruct(p, m, v, refs)
+		before := len(d.errs)
+		d.decodeStruct(p, m, v)
+		return len(d.errs) == before
 	case reflect.Interface:
 		if raw != nil {
 			v.Set(reflect.ValueOf(raw))
 		}
 	default:
-		return fmt.Errorf("%s: unsupported field type %s", p, v.Type())
+		d.fail(p, "unsupported field type %s", v.Type())
+		return false
 	}
-	return nil
+	return true
 }
 
 func number(raw any) (float64, bool) {

@@ -14,6 +14,7 @@ import (
 	"github.com/expr-lang/expr/ast"
 	"github.com/expr-lang/expr/builtin"
 	"github.com/expr-lang/expr/conf"
+	"github.com/expr-lang/expr/file"
 	"github.com/expr-lang/expr/vm"
 	"github.com/expr-lang/expr/vm/runtime"
 
@@ -466,7 +467,7 @@ func (b *budget) limitOptions(patterns map[string]pattern) []expr.Option {
 // bodies take a step, sortBy and groupBy keys are walked, ==, !=, in, + and matches become
 // the counted functions, and `record` is the environment itself.
 type limits struct {
-	err      error
+	err      *file.Error
 	patterns map[string]pattern
 }
 
@@ -476,9 +477,10 @@ type pattern struct {
 	insts int
 }
 
-func (l *limits) fail(err error) {
+// fail keeps the first refusal, at the node refused, for the compiler's caret.
+func (l *limits) fail(n ast.Node, err error) {
 	if l.err == nil {
-		l.err = err
+		l.err = &file.Error{Location: n.Location(), Message: err.Error()}
 	}
 }
 
@@ -517,12 +519,12 @@ func (l *limits) Visit(node *ast.Node) {
 		case "matches":
 			lit, ok := n.Right.(*ast.StringNode)
 			if !ok {
-				l.fail(errors.New("the pattern of matches must be a literal string"))
+				l.fail(n.Right, errors.New("the pattern of matches must be a literal string"))
 				return
 			}
 			re, err := syntax.Parse(lit.Value, syntax.Perl)
 			if err != nil {
-				l.fail(fmt.Errorf("matches: %v", err))
+				l.fail(n.Right, fmt.Errorf("matches: %v", err))
 				return
 			}
 			prog, err := syntax.Compile(re.Simplify())
@@ -530,7 +532,7 @@ func (l *limits) Visit(node *ast.Node) {
 				err = fmt.Errorf("matches: the pattern compiles to %d instructions, more than %d", len(prog.Inst), maxPatternInsts)
 			}
 			if err != nil {
-				l.fail(err)
+				l.fail(n.Right, err)
 				return
 			}
 			l.patterns[lit.Value] = pattern{regexp.MustCompile(lit.Value), len(prog.Inst)}
@@ -542,7 +544,7 @@ func (l *limits) Visit(node *ast.Node) {
 		}
 	case *ast.VariableDeclaratorNode:
 		if n.Name == "record" {
-			l.fail(errors.New("record is the record itself: it cannot be declared"))
+			l.fail(n, errors.New("record is the record itself: it cannot be declared"))
 		}
 	}
 }
@@ -598,8 +600,8 @@ func (p *program) instance() (*instance, error) {
 		expr.Patch(l),
 	}, b.limitOptions(l.patterns)...)
 	c, err := expr.Compile(p.src, append(opts, p.extra...)...)
-	if err == nil {
-		err = l.err
+	if err == nil && l.err != nil {
+		err = l.err.Bind(file.NewSource(p.src))
 	}
 	if err != nil {
 		return nil, err

@@ -6,36 +6,53 @@ import (
 	"testing"
 
 	"github.com/penstock/penstock/internal/connector"
-	"github.com/penstock/penstock/internal/connector/files"
-	"github.com/penstock/penstock/internal/connector/httpc"
-	"github.com/penstock/penstock/internal/connector/postgres"
-	"github.com/penstock/penstock/internal/connector/queue"
 )
 
 // FuzzParse feeds arbitrary documents to the spec parser and the offline checks: they must
 // accept or refuse with ErrInvalid, never panic, and an accepted spec must survive its own
-// round trip.
+// round trip. Load, which does both at once, must agree, and place its errors inside the
+// document.
 func FuzzParse(f *testing.F) {
-	reg := connector.NewRegistry(files.Plugin, httpc.Plugin, postgres.Plugin, queue.Plugin)
+	reg := testRegistry()
 	for _, seed := range []string{
 		"name: a\nsource: {type: file, path: a.csv}\nsink: {type: file, path: b.jsonl}\n",
 		"name: b\nsource: {type: postgres, host: db, database: d, user: u, table: t, cursor_column: id}\nsink: {type: http, url: 'https://x.example/in'}\nschedule: '*/5 * * * *'\nbatch: {size: 10, flush_interval: 2s}\n",
 		"name: c\nsource: {type: queue, queue: q}\ntransforms: [{filter: 'a > 1'}, {map: '{a: a}'}, {redact: {fields: [e], key: '${secret:k}'}}]\nsink: {type: queue, queue: r}\n",
 		`{"name": "d", "source": {"type": "queue", "queue": "q"}, "sink": {"type": "queue", "queue": "q"}, "errors": {"retries": -1}}`,
 		"a: &a [*a, *a]\n", "name: [1, 2]\n", "{", "",
+		"name: e\nsource: {type: queue\nsink: {type: queue}\n", "name: f\nsource:\n\ttype: queue\n",
+		"name: g\nsource: {type: queue, queue: q}\nsink: {type: queue, queue: r}\ntransforms:\n  - map: |\n      {a:\n       1 +}\n",
 	} {
 		f.Add([]byte(seed))
 	}
 	f.Fuzz(func(t *testing.T, doc []byte) {
+		_, _, loadErr := Load("f", doc, reg)
+		var es SpecErrors
+		if loadErr != nil && !errors.As(loadErr, &es) {
+			t.Fatalf("load error not SpecErrors: %v", loadErr)
+		}
+		lines := len(newSource("", doc).lines)
+		for _, e := range es {
+			if e.Line < 0 || e.Line > lines || e.Column < 0 || e.Line == 0 && e.Column != 0 {
+				t.Fatalf("error outside the document's %d lines: %v", lines, e)
+			}
+		}
 		spec, err := Parse(doc)
 		if err != nil {
 			if !errors.Is(err, ErrInvalid) {
 				t.Fatalf("error not ErrInvalid: %v", err)
 			}
+			if loadErr == nil {
+				t.Fatalf("Load accepts what Parse refuses: %v", err)
+			}
 			return
 		}
-		if _, err := Check(spec, reg); err != nil && !errors.Is(err, ErrInvalid) {
+		_, err = Check(spec, reg)
+		if err != nil && !errors.Is(err, ErrInvalid) {
 			t.Fatalf("check error not ErrInvalid: %v", err)
+		}
+		if (err == nil) != (loadErr == nil) {
+			t.Fatalf("Load says %v, Parse and Check say %v", loadErr, err)
 		}
 		again, err := Parse(spec.JSON())
 		if err != nil {

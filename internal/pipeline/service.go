@@ -169,16 +169,11 @@ func (s *Service) Close() {
 func key(app keyring.Scope, name string) string { return app.String() + "/" + name }
 
 // Validate checks a spec completely against an application: connectors, transforms, the
-// secrets it names and the egress targets it dials. Each error names its field path.
+// secrets it names and the egress targets it dials. Its error is SpecErrors, every problem
+// found with its field path, or another error when a check could not be made.
 func (s *Service) Validate(ctx context.Context, app keyring.Scope, doc []byte) (Spec, error) {
-	spec, err := Parse(doc)
-	if err != nil {
-		return Spec{}, err
-	}
-	refs, err := Check(spec, s.o.Registry)
-	if err != nil {
-		return Spec{}, err
-	}
+	var c checker
+	spec, refs := c.spec("", doc, s.o.Registry)
 	names := make([]string, 0, len(refs.Secrets))
 	for p := range refs.Secrets {
 		names = append(names, p)
@@ -186,10 +181,10 @@ func (s *Service) Validate(ctx context.Context, app keyring.Scope, doc []byte) (
 	sort.Strings(names)
 	for _, p := range names {
 		if _, err := s.o.Secrets(ctx, app, refs.Secrets[p]); err != nil {
-			if errors.Is(err, keyring.ErrNotFound) {
-				return Spec{}, invalidf("%s: secret %q does not exist in application %s (penstock secrets put)", p, refs.Secrets[p], app)
+			if !errors.Is(err, keyring.ErrNotFound) {
+				return Spec{}, fmt.Errorf("%s: %w", p, err)
 			}
-			return Spec{}, fmt.Errorf("%s: %w", p, err)
+			c.addf(p, "secret %q does not exist in application %s (penstock secrets put)", refs.Secrets[p], app)
 		}
 	}
 	policy := s.o.Egress(app.Tenant)
@@ -200,8 +195,11 @@ func (s *Service) Validate(ctx context.Context, app keyring.Scope, doc []byte) (
 	sort.Strings(dials)
 	for _, p := range dials {
 		if err := s.checkDial(ctx, policy, refs.Dials[p]); err != nil {
-			return Spec{}, invalidf("%s: %v", p, err)
+			c.add(p, err.Error())
 		}
+	}
+	if err := c.err(); err != nil {
+		return Spec{}, err
 	}
 	return spec, nil
 }
@@ -235,8 +233,39 @@ func (s *Service) checkDial(ctx context.Context, policy egress.Policy, hostport 
 }
 
 // Check validates a spec offline: its connectors' settings and its transforms. It returns
-// what the spec refers to (secrets, network targets) for the online checks.
+// what the spec refers to (secrets, network targets) for the online checks. Its error is
+// SpecErrors, without positions: Load gives them.
 func Check(spec Spec, reg *connector.Registry) (connector.Refs, error) {
+	var c checker
+	refs := c.check(spec, reg)
+	return refs, c.err()
+}
+
+// Load parses a spec and checks it offline, as Parse then Check do, reporting every problem of
+// both at once, each at its line and column in doc; name is the document's file name in
+// errors ("" for none). Its error is SpecErrors.
+func Load(name string, doc []byte, reg *connector.Registry) (Spec, connector.Refs, error) {
+	var c checker
+	spec, refs := c.spec(name, doc, reg)
+	if err := c.err(); err != nil {
+		return Spec{}, refs, err
+	}
+	return spec, refs, nil
+}
+
+// spec parses and checks doc offline, recording every problem.
+func (c *checker) spec(name string, doc []byte, reg *connector.Registry) (Spec, connector.Refs) {
+	spec, ok := c.parse(name, doc)
+	if !ok {
+		return spec, connector.Refs{}
+	}
+	return spec, c.check(spec, reg)
+}
+
+// check records the problems of a spec's connectors and transforms, and returns what they
+// refer to. A connector's secrets are named even when its settings have other problems, so
+// that one pass reports them all; its network targets only when its settings are right.
+func (c *checker) check(spec Spec, reg *connector.Registry) connector.Refs {
 	var refs connector.Refs
 	for _, side := range []struct {
 		path string
@@ -244,9 +273,13 @@ func Check(spec Spec, reg *connector.Registry) (connector.Refs, error) {
 		m    map[string]any
 	}{{"source", connector.SourceKind, spec.Source}, {"sink", connector.SinkKind, spec.Sink}} {
 		typ, cfg := connectorConfig(side.m)
+		if typ == "" {
+			continue // missing: parse said so
+		}
 		p, err := reg.Lookup(typ, side.kind)
 		if err != nil {
-			return refs, invalidf("%s.type: %v", side.path, err)
+			c.add(side.path+".type", err.Error())
+			continue
 		}
 		var r connector.Refs
 		if side.kind == connector.SourceKind {
@@ -255,16 +288,15 @@ func Check(spec Spec, reg *connector.Registry) (connector.Refs, error) {
 			_, r, err = p.Sink(side.path, cfg, connector.Resources{})
 		}
 		if err != nil {
-			return refs, fmt.Errorf("%w: %v", ErrInvalid, err)
+			c.addErr(side.path, err)
+			r.Dials = nil
 		}
 		refs.Merge(r)
 	}
-	_, r, err := compileTransforms(context.Background(), spec.Transforms, nil)
-	if err != nil {
-		return refs, err
-	}
+	// Without a secret resolver, transforms has no error of its own to return.
+	_, r, _ := c.transforms(context.Background(), spec.Transforms, nil)
 	refs.Merge(r)
-	return refs, nil
+	return refs
 }
 
 // Apply creates or updates a pipeline after validating it, and (re)starts its worker.

@@ -5,7 +5,6 @@
 package pipeline
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,7 +13,6 @@ import (
 	"time"
 
 	"github.com/robfig/cron/v3"
-	"go.yaml.in/yaml/v3"
 
 	"github.com/penstock/penstock/internal/connector"
 	"github.com/penstock/penstock/internal/names"
@@ -23,12 +21,8 @@ import (
 // MaxSpecBytes bounds a spec document.
 const MaxSpecBytes = 1 << 20
 
-// ErrInvalid wraps every spec error; the message names the field path.
+// ErrInvalid is what every spec error is (errors.Is): SpecErrors, each with its field path.
 var ErrInvalid = errors.New("invalid pipeline")
-
-func invalidf(format string, args ...any) error {
-	return fmt.Errorf("%w: %s", ErrInvalid, fmt.Sprintf(format, args...))
-}
 
 // Spec is a pipeline as declared.
 type Spec struct {
@@ -82,29 +76,40 @@ var nameRe = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,57}$`)
 
 // Parse reads a spec from YAML or JSON (YAML's superset), refusing unknown keys, wrong types,
 // duplicate keys and documents over MaxSpecBytes, and fills defaults. It does not look at
-// connectors or transforms: Compile does.
+// connectors or transforms: Check does, and Load does both. Its error is SpecErrors.
 func Parse(doc []byte) (Spec, error) {
+	var c checker
+	s, _ := c.parse("", doc)
+	if err := c.err(); err != nil {
+		return Spec{}, err
+	}
+	return s, nil
+}
+
+// parse reads doc (named name) into a spec as far as it can, recording every problem, and reports whether
+// the document was a mapping, whose connectors and transforms are then worth checking.
+func (c *checker) parse(name string, doc []byte) (Spec, bool) {
+	var s Spec
 	if len(doc) > MaxSpecBytes {
-		return Spec{}, invalidf("spec: larger than %d bytes", MaxSpecBytes)
+		c.src = newSource(name, nil)
+		c.addf("", "larger than %d bytes", MaxSpecBytes)
+		return s, false
 	}
-	var raw any
-	dec := yaml.NewDecoder(bytes.NewReader(doc))
-	if err := dec.Decode(&raw); err != nil {
-		return Spec{}, invalidf("spec: %v", err)
-	}
-	var extra any
-	if err := dec.Decode(&extra); err == nil {
-		return Spec{}, invalidf("spec: one document only")
+	c.src = newSource(name, doc)
+	raw, ok := c.load(doc)
+	if !ok {
+		return s, false
 	}
 	m, ok := normalize(raw).(map[string]any)
 	if !ok {
-		return Spec{}, invalidf("spec: must be a mapping with name, source and sink")
+		c.add("", "must be a mapping with name, source and sink")
+		return s, false
 	}
-	var s Spec
 	if _, err := connector.Decode("", m, &s); err != nil {
-		return Spec{}, fmt.Errorf("%w: %v", ErrInvalid, err)
+		c.addErr("", err)
 	}
-	return s, s.defaults()
+	s.defaults(c)
+	return s, true
 }
 
 // normalize turns YAML's decoded values into JSON's: maps keyed by strings, ints as int64.
@@ -132,33 +137,32 @@ func normalize(v any) any {
 	return v
 }
 
-func (s *Spec) defaults() error {
+// defaults fills what the spec leaves out and checks what the decoder cannot: each field
+// refused here keeps only its first problem (checker.add).
+func (s *Spec) defaults(c *checker) {
 	if !nameRe.MatchString(s.Name) {
-		return invalidf("name: 1-58 of a-z, 0-9 and -, starting with a letter or digit")
+		c.add("name", "1-58 of a-z, 0-9 and -, starting with a letter or digit")
 	}
 	if s.Schedule == "" {
 		s.Schedule = "manual"
 	}
 	if _, err := ParseSchedule(s.Schedule); err != nil {
-		return invalidf("schedule: %v", err)
+		c.add("schedule", err.Error())
 	}
 	switch {
 	case s.Batch.Size == 0:
 		s.Batch.Size = 500
 	case s.Batch.Size < 1 || s.Batch.Size > 10000:
-		return invalidf("batch.size: 1 to 10000")
+		c.add("batch.size", "1 to 10000")
 	}
 	if s.Batch.FlushInterval == 0 {
 		s.Batch.FlushInterval = time.Second
-	}
-	if s.Batch.FlushInterval > time.Hour {
-		return invalidf("batch.flush_interval: at most 1h")
 	}
 	switch {
 	case s.Errors.Retries == 0:
 		s.Errors.Retries = 5
 	case s.Errors.Retries < -1 || s.Errors.Retries > 100:
-		return invalidf("errors.retries: -1 (none) to 100")
+		c.add("errors.retries", "-1 (none) to 100")
 	}
 	if s.Errors.Backoff.Min == 0 {
 		s.Errors.Backoff.Min = 100 * time.Millisecond
@@ -166,46 +170,40 @@ func (s *Spec) defaults() error {
 	if s.Errors.Backoff.Max == 0 {
 		s.Errors.Backoff.Max = 30 * time.Second
 	}
-	if s.Errors.Backoff.Max > time.Hour {
-		return invalidf("errors.backoff.max: at most 1h")
-	}
 	if s.Errors.Backoff.Max < s.Errors.Backoff.Min {
-		return invalidf("errors.backoff.max: must not be below errors.backoff.min")
+		c.add("errors.backoff.max", "must not be below errors.backoff.min")
 	}
 	if s.Errors.DeadLetter == nil {
 		t := true
 		s.Errors.DeadLetter = &t
 	}
 	if s.Errors.Notify != "" {
-		if err := names.Check("queue", s.Errors.Notify); err != nil {
-			return invalidf("errors.notify: %v", err)
-		}
-		if !*s.Errors.DeadLetter {
-			return invalidf("errors.notify: needs errors.dead_letter (records that fail stop the run instead)")
-		}
-		if s.Errors.Notify == s.Name+"-dlq" || s.Source["type"] == "queue" && s.Source["queue"] == s.Errors.Notify {
-			return invalidf("errors.notify: %q is the pipeline's own dead-letter or source queue", s.Errors.Notify)
+		switch err := names.Check("queue", s.Errors.Notify); {
+		case err != nil:
+			c.add("errors.notify", err.Error())
+		case !*s.Errors.DeadLetter:
+			c.add("errors.notify", "needs errors.dead_letter (records that fail stop the run instead)")
+		case s.Errors.Notify == s.Name+"-dlq" || s.Source["type"] == "queue" && s.Source["queue"] == s.Errors.Notify:
+			c.addf("errors.notify", "%q is the pipeline's own dead-letter or source queue", s.Errors.Notify)
 		}
 	}
 	switch {
 	case s.Concurrency == 0:
 		s.Concurrency = 1
-	case s.Concurrency < 1 || s.Concurrency > 16:
-		return invalidf("concurrency: 1 to 16")
+	case s.Concurrency < 1:
+		c.add("concurrency", "1 to 16")
 	}
 	if len(s.Transforms) > 64 {
-		return invalidf("transforms: at most 64")
+		c.add("transforms", "at most 64")
 	}
 	for _, side := range []struct {
 		path string
 		m    map[string]any
 	}{{"source", s.Source}, {"sink", s.Sink}} {
-		t, ok := side.m["type"].(string)
-		if !ok || t == "" {
-			return invalidf("%s.type: required (a connector name)", side.path)
+		if t, ok := side.m["type"].(string); side.m != nil && (!ok || t == "") {
+			c.addf(side.path+".type", "required (a connector name)")
 		}
 	}
-	return nil
 }
 
 // connectorConfig splits a source or sink into its type and its settings.

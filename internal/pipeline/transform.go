@@ -6,11 +6,13 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
 
 	"github.com/expr-lang/expr"
+	"github.com/expr-lang/expr/file"
 	"github.com/santhosh-tekuri/jsonschema/v6"
 
 	"github.com/penstock/penstock/internal/connector"
@@ -33,21 +35,43 @@ type Transform interface {
 }
 
 // compileExpr compiles an expression once, at apply time, so that its errors reach the
-// spec's author; runs compile an instance per goroutine from the same source.
-func compileExpr(path, src string, extra ...expr.Option) (*program, error) {
+// spec's author (checker.exprError places them); runs compile an instance per goroutine from
+// the same source.
+func compileExpr(src string, extra ...expr.Option) (*program, error) {
 	if src == "" {
-		return nil, invalidf("%s: empty expression", path)
+		return nil, errors.New("empty expression")
 	}
 	if len(src) > maxExprBytes {
-		return nil, invalidf("%s: longer than %d bytes", path, maxExprBytes)
+		return nil, fmt.Errorf("longer than %d bytes", maxExprBytes)
 	}
 	p := &program{src: src, extra: extra, pool: make(chan *instance, 16)}
 	in, err := p.instance()
 	if err != nil {
-		return nil, invalidf("%s: %v", path, oneLine(err.Error()))
+		return nil, err
 	}
 	p.pool <- in
 	return p, nil
+}
+
+// exprError records why the expression src at path does not compile: where the document
+// holds it, and with the expression's line and a caret under the column when the compiler
+// says where.
+func (c *checker) exprError(path, src string, err error) {
+	var fe *file.Error
+	if !errors.As(err, &fe) || fe.Line < 1 {
+		c.add(path, oneLine(err.Error()))
+		return
+	}
+	text := ""
+	if lines := strings.Split(src, "\n"); fe.Line <= len(lines) {
+		text = lines[fe.Line-1]
+	}
+	e := SpecError{Path: path, Msg: oneLine(fe.Message), Expr: &ExprPos{Line: fe.Line, Column: fe.Column + 1, Text: text}}
+	if c.src != nil {
+		e.File = c.src.name
+		e.Line, e.Column = c.src.clamp(c.src.exprAt(path, fe.Line, fe.Column))
+	}
+	c.put(e)
 }
 
 func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
@@ -154,16 +178,17 @@ func (t *validateTransform) Apply(rec connector.Record) (connector.Record, bool,
 	return rec, true, nil
 }
 
-func compileSchema(path string, schema map[string]any) (*jsonschema.Schema, error) {
+// compileSchema compiles a validate transform's schema; its error is what is wrong, on one line.
+func compileSchema(schema map[string]any) (*jsonschema.Schema, error) {
 	c := jsonschema.NewCompiler()
 	// Schemas may not load anything from outside themselves.
 	c.UseLoader(noLoader{})
 	if err := c.AddResource("schema.json", schema); err != nil {
-		return nil, invalidf("%s: %s", path, oneLine(err.Error()))
+		return nil, errors.New(oneLine(err.Error()))
 	}
 	s, err := c.Compile("schema.json")
 	if err != nil {
-		return nil, invalidf("%s: %s", path, oneLine(err.Error()))
+		return nil, errors.New(oneLine(err.Error()))
 	}
 	return s, nil
 }
@@ -175,14 +200,29 @@ func (noLoader) Load(url string) (any, error) {
 }
 
 // compileTransforms builds the transforms of a spec. secret resolves redaction keys; nil
-// (validation without the application) uses a placeholder key.
+// (validation without the application) uses a placeholder key. Every problem of the spec is
+// in its SpecErrors; another error (a key that cannot be read) stops it.
 func compileTransforms(ctx context.Context, specs []map[string]any, secret func(ctx context.Context, name string) ([]byte, error)) ([]Transform, connector.Refs, error) {
+	var c checker
+	out, refs, err := c.transforms(ctx, specs, secret)
+	if err != nil {
+		return nil, refs, err
+	}
+	if err := c.err(); err != nil {
+		return nil, refs, err
+	}
+	return out, refs, nil
+}
+
+// transforms compiles what it can of specs, recording each problem.
+func (c *checker) transforms(ctx context.Context, specs []map[string]any, secret func(ctx context.Context, name string) ([]byte, error)) ([]Transform, connector.Refs, error) {
 	var out []Transform
 	var refs connector.Refs
 	for i, t := range specs {
 		path := fmt.Sprintf("transforms[%d]", i)
 		if len(t) != 1 {
-			return nil, refs, invalidf("%s: exactly one of map, filter, redact, validate", path)
+			c.add(path, "exactly one of map, filter, redact, validate")
+			continue
 		}
 		var kind string
 		var arg any
@@ -194,63 +234,72 @@ func compileTransforms(ctx context.Context, specs []map[string]any, secret func(
 		case "map", "filter":
 			src, ok := arg.(string)
 			if !ok {
-				return nil, refs, invalidf("%s: must be an expression (a string)", path)
+				c.add(path, "must be an expression (a string)")
+				continue
+			}
+			var extra []expr.Option
+			if kind == "filter" {
+				extra = append(extra, expr.AsBool())
+			}
+			p, err := compileExpr(src, extra...)
+			if err != nil {
+				c.exprError(path, src, err)
+				continue
 			}
 			if kind == "map" {
-				p, err := compileExpr(path, src)
-				if err != nil {
-					return nil, refs, err
-				}
 				out = append(out, &mapTransform{path: path, p: p})
 			} else {
-				p, err := compileExpr(path, src, expr.AsBool())
-				if err != nil {
-					return nil, refs, err
-				}
 				out = append(out, &filterTransform{path: path, p: p})
 			}
 		case "redact":
 			m, ok := arg.(map[string]any)
 			if !ok {
-				return nil, refs, invalidf("%s: must be a mapping with fields, mode and key", path)
+				c.add(path, "must be a mapping with fields, mode and key")
+				continue
 			}
-			var c redactConfig
-			r, err := connector.Decode(path, m, &c)
-			if err != nil {
-				return nil, refs, fmt.Errorf("%w: %v", ErrInvalid, err)
-			}
+			var cfg redactConfig
+			r, err := connector.Decode(path, m, &cfg)
 			refs.Merge(r)
-			if len(c.Fields) == 0 {
-				return nil, refs, invalidf("%s.fields: at least one field", path)
+			if err != nil {
+				c.addErr(path, err)
+				continue
 			}
-			if c.Key.Name() == "" {
-				return nil, refs, invalidf("%s.key: required, as ${secret:NAME}", path)
+			if len(cfg.Fields) == 0 {
+				c.add(path+".fields", "at least one field")
+				continue
+			}
+			if cfg.Key.Name() == "" {
+				c.add(path+".key", "required, as ${secret:NAME}")
+				continue
 			}
 			key := []byte("validation placeholder")
 			if secret != nil {
-				if key, err = secret(ctx, c.Key.Name()); err != nil {
+				if key, err = secret(ctx, cfg.Key.Name()); err != nil {
 					return nil, refs, fmt.Errorf("%s.key: %w", path, err)
 				}
 			}
-			fields := append([]string(nil), c.Fields...)
+			fields := append([]string(nil), cfg.Fields...)
 			sort.Strings(fields)
-			out = append(out, &redactTransform{fields: fields, mask: c.Mode == "mask", key: key})
+			out = append(out, &redactTransform{fields: fields, mask: cfg.Mode == "mask", key: key})
 		case "validate":
 			m, ok := arg.(map[string]any)
 			if !ok {
-				return nil, refs, invalidf("%s: must be a mapping with schema", path)
+				c.add(path, "must be a mapping with schema")
+				continue
 			}
-			var c validateConfig
-			if _, err := connector.Decode(path, m, &c); err != nil {
-				return nil, refs, fmt.Errorf("%w: %v", ErrInvalid, err)
+			var cfg validateConfig
+			if _, err := connector.Decode(path, m, &cfg); err != nil {
+				c.addErr(path, err)
+				continue
 			}
-			s, err := compileSchema(path+".schema", c.Schema)
+			s, err := compileSchema(cfg.Schema)
 			if err != nil {
-				return nil, refs, err
+				c.add(path+".schema", err.Error())
+				continue
 			}
 			out = append(out, &validateTransform{path: path, schema: s})
 		default:
-			return nil, refs, invalidf("%s: unknown transform (map, filter, redact, validate)", path)
+			c.addKey(path, "unknown transform (map, filter, redact, validate)")
 		}
 	}
 	return out, refs, nil

@@ -196,7 +196,7 @@ func followRun(ctx context.Context, cf *clientFlags, cmd *cobra.Command, path, i
 func runLine(r pipeline.Run) string {
 	d := time.Duration(r.Seconds * float64(time.Second))
 	rate := ""
-	if r.Seconds > 0 {
+	if r.Seconds > 0 && r.In > 0 {
 		rate = fmt.Sprintf("  %s records/s", count(int64(float64(r.In)/r.Seconds)))
 	}
 	return fmt.Sprintf("run %s %s: %s read, %s written, %s filtered, %s dead-lettered in %s%s",

@@ -42,10 +42,10 @@ func (p *progress) show(line string) {
 	p.last = line
 }
 
-// end leaves the last line shown and moves to the next.
+// end clears the line shown on a terminal: what the work came to is printed after it.
 func (p *progress) end() {
 	if p.tty && p.width > 0 {
-		fmt.Fprintln(p.w)
+		fmt.Fprintf(p.w, "\r%s\r", strings.Repeat(" ", p.width))
 		p.width = 0
 	}
 }

@@ -188,11 +188,11 @@ func (e *Engine) DisconnectNetwork() error {
 	if e.embedded == nil {
 		return ErrNotEmbedded
 	}
-	cz, err := e.embedded.ns.Connz(&server.ConnzOptions{Limit: 1 << 20})
+	conns, err := e.embedded.networkConns()
 	if err != nil {
 		return err
 	}
-	for _, c := range cz.Conns {
+	for _, c := range conns {
 		if c.IP != "" {
 			_ = e.embedded.ns.DisconnectClientByID(c.Cid)
 		}
@@ -206,18 +206,51 @@ type ConnStat struct {
 	InMsgs, InBytes int64
 }
 
-// Connections lists the connections open on the server with their inbound counters.
+// Connections lists the open connections that came in through a native login, with their
+// inbound counters.
 func (e *Engine) Connections() ([]ConnStat, error) {
 	if e.embedded == nil {
 		return nil, ErrNotEmbedded
 	}
-	cz, err := e.embedded.ns.Connz(&server.ConnzOptions{Limit: 1 << 20})
+	conns, err := e.embedded.networkConns()
 	if err != nil {
 		return nil, err
 	}
-	out := make([]ConnStat, 0, len(cz.Conns))
-	for _, c := range cz.Conns {
-		out = append(out, ConnStat{ID: c.Cid, InMsgs: c.InMsgs, InBytes: c.InBytes})
+	out := make([]ConnStat, 0, len(conns))
+	for _, c := range conns {
+		if c.IP != "" {
+			out = append(out, ConnStat{ID: c.Cid, InMsgs: c.InMsgs, InBytes: c.InBytes})
+		}
+	}
+	return out, nil
+}
+
+// networkConns lists the connections bound to the accounts a network login can reach: every
+// native client account this process wired, and the platform account when engine.client_listen
+// lets platform clients in over the network.
+//
+// It lists account by account, never the whole server: the server's listing reads each
+// connection's login fields, which an MQTT connection still being parsed writes without a
+// lock (nats-server 2.15.2, mqttParseConnect), while an account holds only connections that
+// finished their login.
+func (em *embedded) networkConns() ([]*server.ConnInfo, error) {
+	a := em.auth
+	a.wiring.Lock()
+	accounts := make([]string, 0, len(a.loginAccounts)+1)
+	for name := range a.loginAccounts {
+		accounts = append(accounts, name)
+	}
+	a.wiring.Unlock()
+	if a.platformPort {
+		accounts = append(accounts, PlatformAccount)
+	}
+	var out []*server.ConnInfo
+	for _, name := range accounts {
+		cz, err := em.ns.Connz(&server.ConnzOptions{Account: name, Limit: 1 << 20})
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, cz.Conns...)
 	}
 	return out, nil
 }
@@ -307,6 +340,8 @@ type nativeAuth struct {
 	// wired records what this process set up: "limits|acct", "export|acct|subject",
 	// "import|acct|local", "stream|acct|subject", "feed|acct|subject".
 	wired map[string]bool
+	// loginAccounts are the accounts native logins were bound to (never the platform's).
+	loginAccounts map[string]bool
 }
 
 func newNativeAuth() nativeAuth {
@@ -370,6 +405,10 @@ func (a *authenticator) clientAccount(g NativeGrant) (*server.Account, error) {
 		a.wired = map[string]bool{}
 	}
 	acc, _ := a.srv.LookupOrRegisterAccount(g.Account)
+	if a.loginAccounts == nil {
+		a.loginAccounts = map[string]bool{}
+	}
+	a.loginAccounts[g.Account] = true
 	if !a.wired["limits|"+g.Account] {
 		// Claims first: applying claims later would drop the imports.
 		if err := applyLimits(a.srv, acc, g.Limits); err != nil {

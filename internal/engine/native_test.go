@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -140,5 +142,90 @@ func TestNativeLoginWaitIsBounded(t *testing.T) {
 	e.SetNativeAuth(grantAll)
 	if err := login(e, roots, "nats"); err != nil {
 		t.Fatalf("login once the decision is installed: %v", err)
+	}
+}
+
+// Listing and closing network connections runs while MQTT clients log in: the listing must
+// never read a connection whose login the server is still parsing (the race detector fails
+// this test if it does), must show the native clients, and must leave Penstock's own
+// in-process connections alone.
+func TestConnectionListingWhileClientsLogIn(t *testing.T) {
+	e, roots := nativeEngine(t, time.Minute)
+	e.SetNativeAuth(grantAll)
+	tc := &tls.Config{RootCAs: roots, ServerName: "localhost", MinVersion: tls.VersionTLS12}
+	held, err := nats.Connect("tls://"+e.NativeAddrs().NATS, nats.UserInfo("tenant-a", "good"), nats.Secure(tc),
+		nats.Timeout(time.Minute), nats.MaxReconnects(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	heldID, err := held.GetClientID()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Two clients log in over MQTT again and again while the connections are listed, then
+	// closed. A login that fails before the closing starts fails the test.
+	var (
+		stop, closing = make(chan struct{}), make(chan struct{})
+		logins        atomic.Int64
+		wg            sync.WaitGroup
+		loginErr      = make(chan error, 2)
+	)
+	for g := range 2 {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				rc, err := testenv.MQTTConnack(e.NativeAddrs().MQTT, tc, fmt.Sprintf("g%d-%d", g, i), "tenant-a", "good", time.Minute)
+				select {
+				case <-closing:
+					continue
+				default:
+				}
+				if err != nil || rc != 0 {
+					loginErr <- fmt.Errorf("mqtt login %d: CONNACK %d, %v", i, rc, err)
+					return
+				}
+				logins.Add(1)
+			}
+		})
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for lists := 0; lists < 100 || logins.Load() < 20; lists++ {
+		if time.Now().After(deadline) {
+			t.Fatalf("after 2m: %d MQTT logins, %d listings", logins.Load(), lists)
+		}
+		select {
+		case err := <-loginErr:
+			t.Fatal(err)
+		default:
+		}
+		conns, err := e.Connections()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.ContainsFunc(conns, func(c engine.ConnStat) bool { return c.ID == heldID }) {
+			t.Fatalf("the native client %d is missing from %d listed connections", heldID, len(conns))
+		}
+	}
+	close(closing)
+	if err := e.DisconnectNetwork(); err != nil {
+		t.Fatal(err)
+	}
+	close(stop)
+	wg.Wait()
+	waitFor(t, "the native client closed by DisconnectNetwork", time.Minute, held.IsClosed)
+
+	// Penstock's own connection to the tenant account stays open and answers.
+	acc, err := e.Account(context.Background(), "tenant-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := acc.JetStream().AccountInfo(context.Background()); err != nil || !acc.Conn().IsConnected() {
+		t.Fatalf("in-process connection after DisconnectNetwork: connected %v, %v", acc.Conn().IsConnected(), err)
 	}
 }

@@ -3,9 +3,13 @@ package main
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/penstock/penstock/internal/testenv"
 )
 
 // slowPipeline sets up, in acme/production/shop of p, a pipeline "slow" that copies a CSV of
@@ -60,5 +64,59 @@ func TestWaitKeepsToOneConnection(t *testing.T) {
 	}
 	if strings.Count(p.logs.String(), `"path":"/v1/tenants/acme/environments/production/applications/shop/pipelines/slow/runs"`) < 3 {
 		t.Fatalf("the run was too quick to need 3 polls; the test proves nothing:\n%s", out)
+	}
+}
+
+// run-now answers 202 with a run's id while another run is in progress: the run waits for it.
+// If the pipeline is paused (or changed, or the server restarts) before it starts, it never
+// runs; run-now --wait then said "waiting for the run before it to end" for ever. It must end
+// with an error that says the run did not start.
+func TestWaitForARunThatWillNeverStart(t *testing.T) {
+	dir := t.TempDir()
+	p := serve(t, dir)
+	p.loginAsAdmin()
+	app := "acme/production/shop"
+	cli := slowPipeline(t, p, 100000)
+	first := between(cli("", 0, "pipeline", "run-now", "--app", app, "slow"), `"run": "`, `"`)
+	waitUntil(t, time.Minute, "the first run running", func() bool {
+		return strings.Contains(cli("", 0, "pipeline", "runs", "--app", app, "slow"), `"id": "`+first+`",`)
+	})
+
+	cmd := exec.Command(binary, "pipeline", "run-now", "--app", app, "slow", "--wait", "--server", p.api, "--data-dir", p.dataDir)
+	cmd.Env = append(os.Environ(), "HOME="+p.home, "XDG_CONFIG_HOME="+p.home)
+	out := &testenv.LogBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			<-exited
+		}
+	})
+	waitUntil(t, time.Minute, "the second run waiting for the first", func() bool {
+		return strings.Contains(out.String(), "waiting for the run before it to end")
+	})
+	if runs := cli("", 0, "pipeline", "runs", "--app", app, "slow"); !strings.Contains(runs, `"status": "queued"`) ||
+		!strings.Contains(runs, `"id": "`+first+`",`) {
+		t.Errorf("runs does not show the second run queued behind the first:\n%s", runs)
+	}
+	cli("", 0, "pipeline", "pause", "--app", app, "slow")
+	cli("", 0, "pipeline", "resume", "--app", app, "slow")
+
+	select {
+	case err := <-exited:
+		ee, ok := err.(*exec.ExitError)
+		if !ok || ee.ExitCode() != 1 || !strings.Contains(out.String(), "did not start and will not") {
+			t.Fatalf("run-now --wait of a run dropped before it began: %v\n%s", err, out.String())
+		}
+	case <-time.After(time.Minute):
+		t.Fatalf("run-now --wait still waiting a minute after its run was dropped:\n%s", out.String())
+	}
+	if runs := cli("", 0, "pipeline", "runs", "--app", app, "slow"); strings.Contains(runs, `"status": "queued"`) {
+		t.Fatalf("a dropped run is still shown queued:\n%s", runs)
 	}
 }

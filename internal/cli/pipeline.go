@@ -145,6 +145,7 @@ func runNowCmd(environ []string, path func(*cobra.Command, string) (string, erro
 func followRun(ctx context.Context, cf *clientFlags, cmd *cobra.Command, path, id string) error {
 	pr := newProgress(cmd)
 	var run pipeline.Run
+	absent := 0
 	err := poll(ctx, 500*time.Millisecond, func() (bool, error) {
 		var out struct {
 			Runs []pipeline.Run `json:"runs"`
@@ -153,13 +154,26 @@ func followRun(ctx context.Context, cf *clientFlags, cmd *cobra.Command, path, i
 			return false, err
 		}
 		for _, r := range out.Runs {
-			if r.ID == id {
-				run = r
-				pr.show(runLine(r))
-				return r.Status != "running", nil
+			switch {
+			case r.ID != id:
+				continue
+			case r.Status == "queued":
+				absent = 0
+				pr.show("run " + id + ": waiting for the run before it to end")
+				return false, nil
 			}
+			run = r
+			pr.show(runLine(r))
+			return r.Status != "running", nil
 		}
-		pr.show("run " + id + ": waiting for the run before it to end")
+		// A run the server answered for is queued, running or done: one that is none of these
+		// was dropped before it began (the pipeline was paused, changed or deleted, or the
+		// server restarted). Twice, so that a run moving from one to the next is not taken
+		// for one.
+		if absent++; absent >= 2 {
+			return false, fmt.Errorf("run %s did not start and will not: the pipeline was paused, changed or deleted, or the server restarted, "+
+				"before it began (penstock pipeline runs; start another with penstock pipeline run-now)", id)
+		}
 		return false, nil
 	})
 	pr.end()

@@ -23,6 +23,12 @@ type clientFlags struct {
 	apiKeyFile          string
 	sign                bool
 	environ             []string
+	// client is the HTTP client made for these flags, kept so that a command's calls share its
+	// connections: one that polls (--wait) would otherwise open a connection per call and hold
+	// each open until the server's idle timeout, and meet the server's limit of connections
+	// from one address within half a minute.
+	client    *http.Client
+	clientFor [2]string // the CA file and server it was made for
 }
 
 func (f *clientFlags) add(cmd *cobra.Command) {
@@ -47,6 +53,9 @@ func (f *clientFlags) httpClient() (*http.Client, error) {
 	if caPath == "" {
 		caPath = filepath.Join(f.dataDir, certs.CACertFile)
 	}
+	if f.client != nil && f.clientFor == [2]string{caPath, f.server} {
+		return f.client, nil
+	}
 	pem, err := os.ReadFile(caPath)
 	if err != nil {
 		return nil, caError(caPath, f.ca != "", err)
@@ -55,11 +64,13 @@ func (f *clientFlags) httpClient() (*http.Client, error) {
 	if !pool.AppendCertsFromPEM(pem) {
 		return nil, fmt.Errorf("%s holds no PEM certificate", caPath)
 	}
-	return &http.Client{
+	f.client = &http.Client{
 		Timeout: 30 * time.Second,
 		Transport: reachTransport{base: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}},
 			server: f.server, ca: caPath},
-	}, nil
+	}
+	f.clientFor = [2]string{caPath, f.server}
+	return f.client, nil
 }
 
 func statusCmd() *cobra.Command {

@@ -79,7 +79,7 @@ type Run struct {
 	ID      string    `json:"id"`
 	Version int       `json:"version" doc:"the pipeline version it ran"`
 	Trigger string    `json:"trigger" doc:"schedule, manual or continuous"`
-	Status  string    `json:"status" doc:"running, succeeded, failed, stopped, or interrupted (the process died)"`
+	Status  string    `json:"status" doc:"queued (run-now asked for it; it starts when the run before it ends), running, succeeded, failed, stopped, or interrupted (the process died)"`
 	Start   time.Time `json:"start"`
 	End     time.Time `json:"end,omitzero"`
 	Seconds float64   `json:"duration_seconds"`
@@ -532,8 +532,11 @@ func (s *Service) RunNow(ctx context.Context, app keyring.Scope, name string) (s
 		return "", ErrNotFound
 	}
 	id := newRunID()
+	w.qmu.Lock()
+	defer w.qmu.Unlock()
 	select {
 	case w.now <- id:
+		w.queued = id
 		return id, nil
 	default:
 		return "", ErrRunning
@@ -553,12 +556,18 @@ func (s *Service) Runs(ctx context.Context, app keyring.Scope, name string) ([]R
 	if w == nil {
 		return runs, nil
 	}
-	if live := w.live.Load(); live != nil {
+	w.qmu.Lock()
+	live, queued := w.live.Load(), w.queued
+	w.qmu.Unlock()
+	if live != nil {
 		if len(runs) > 0 && runs[0].ID == live.ID {
 			runs[0] = *live
 		} else {
 			runs = append([]Run{*live}, runs...)
 		}
+	}
+	if queued != "" && (len(runs) == 0 || runs[0].ID != queued) {
+		runs = append([]Run{{ID: queued, Version: w.p.Version, Trigger: "manual", Status: "queued"}}, runs...)
 	}
 	return runs, nil
 }

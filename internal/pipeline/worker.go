@@ -27,6 +27,11 @@ type worker struct {
 	quit chan struct{}
 	// live is the run in progress as of its last batch, for Runs (nil between runs).
 	live atomic.Pointer[Run]
+	// queued is the id of the manual run sent on now that has not started yet, for Runs: a run
+	// RunNow answered for is queued, running or stored, and one that is none of these will not
+	// run (its worker was stopped first). qmu orders it with now and with live.
+	qmu    sync.Mutex
+	queued string
 	// done is closed when the worker's goroutine has ended.
 	done    chan struct{}
 	once    sync.Once
@@ -79,6 +84,11 @@ func (w *worker) loop() {
 		case sched.Continuous:
 			if failures == 0 {
 				trigger = "continuous"
+				select { // a manual run asked for comes first
+				case id = <-w.now:
+					trigger = "manual"
+				default:
+				}
 			} else {
 				timer = time.After(backoff(w.p.Spec.Errors.Backoff, failures))
 			}
@@ -135,7 +145,12 @@ func (w *worker) runOnce(trigger string, continuous bool, id string) Run {
 		id = newRunID()
 	}
 	run := Run{ID: id, Version: w.p.Version, Trigger: trigger, Status: "running", Start: time.Now().UTC()}
+	w.qmu.Lock()
 	w.publish(run)
+	if w.queued == id {
+		w.queued = ""
+	}
+	w.qmu.Unlock()
 	defer w.live.Store(nil)
 	ring := s.logRingFor(app, spec.Name)
 	log := slog.New(teeHandler{s.o.Logger.Handler(), ring.handler()}).With("pipeline", spec.Name, "app", app.String(), "run", run.ID)

@@ -104,11 +104,23 @@ func clip(s string, n int) string {
 	return s[:n] + "..."
 }
 
+// auditWait bounds how long a change's audit events may take to write once the caller has
+// gone: they are written whether or not the caller still waits.
+const auditWait = 30 * time.Second
+
+// untilAudited is ctx without its cancellation (a caller that goes away does not stop an audit
+// write), bounded by auditWait.
+func untilAudited(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), auditWait)
+}
+
 // started records that a change is about to happen; its error, if any, is the answer.
 func (g gate) started(ctx context.Context, c *caller, r Route, sc authz.Scope) error {
 	e := g.event(ctx, c, r, sc)
 	e.Result = "started"
-	if _, err := g.o.Audit.Append(ctx, e); err != nil {
+	actx, cancel := untilAudited(ctx)
+	defer cancel()
+	if _, err := g.o.Audit.Append(actx, e); err != nil {
 		g.auditFailed()
 		g.o.Logger.Error("audit log unavailable: refusing the change", "operation", r.OperationID, "error", err)
 		return NewError(http.StatusServiceUnavailable, "audit.unavailable", "the audit log cannot be written, so the change was not made")
@@ -131,7 +143,10 @@ func (g gate) record(ctx context.Context, c *caller, r Route, sc authz.Scope, er
 			}
 		}
 	}
-	if _, aerr := g.o.Audit.Append(ctx, e); aerr != nil {
+	// The outcome of a change is written even when its caller has gone: the change happened.
+	actx, cancel := untilAudited(ctx)
+	defer cancel()
+	if _, aerr := g.o.Audit.Append(actx, e); aerr != nil {
 		g.auditFailed()
 		g.o.Logger.Error("audit log: outcome not written", "operation", r.OperationID, "error", aerr)
 	}

@@ -78,7 +78,9 @@ func registerKeys(g gate, hapi huma.API, o Options) {
 		Tags:    []string{"keys"},
 		Errors:  []int{http.StatusConflict},
 	}, platformScope[struct{}], func(ctx context.Context, _ *caller, _ *struct{}) (*masterOutput, error) {
-		if err := o.Keyring.RotateMaster(ctx, o.Master); err != nil {
+		// A rotation, once begun, is finished even if the caller goes away: its steps resume
+		// after a crash, but a caller's timeout is not a reason to stop halfway.
+		if err := o.Keyring.RotateMaster(context.WithoutCancel(ctx), o.Master); err != nil {
 			if errors.Is(err, keyring.ErrRotateConfigured) {
 				return nil, NewError(http.StatusConflict, "keys.master_configured", err.Error())
 			}
@@ -103,7 +105,7 @@ func registerKeys(g gate, hapi huma.API, o Options) {
 			return nil, &Error{Status: http.StatusUnprocessableEntity, Code: "invalid_request", Message: "confirm must repeat scope",
 				Details: []*ErrorDetail{{Location: "body.confirm", Message: "must equal body.scope"}}}
 		}
-		if err := o.Keyring.Destroy(ctx, s); err != nil {
+		if err := o.Keyring.Destroy(context.WithoutCancel(ctx), s); err != nil { // never left halfway by a caller that goes
 			return nil, keyError(o, "destroy", err)
 		}
 		return nil, nil

@@ -111,7 +111,7 @@ func keysRotateCmd(environ []string) *cobra.Command {
 }
 
 func keysRotateMasterCmd(environ []string) *cobra.Command {
-	cf := clientFlags{environ: environ}
+	cf := clientFlags{environ: environ, untimed: true}
 	cmd := &cobra.Command{
 		Use:   "rotate-master",
 		Short: "Replace the master key file and rewrap every data key, without downtime",

@@ -84,7 +84,7 @@ func render(cmd *cobra.Command, raw []byte, sentence string) error {
 			return fmt.Errorf("the server's answer is not JSON: %w", err)
 		}
 		b.WriteByte('\n')
-		_, err := w.Write(b.Bytes())
+		_, err := w.Write(escapeUnsafe(b.Bytes()))
 		return err
 	}
 	var doc yaml.Node
@@ -94,12 +94,17 @@ func render(cmd *cobra.Command, raw []byte, sentence string) error {
 	n := doc.Content[0]
 	if f == formatYAML {
 		blockStyle(n)
-		enc := yaml.NewEncoder(w)
+		var b bytes.Buffer
+		enc := yaml.NewEncoder(&b)
 		enc.SetIndent(2)
 		if err := enc.Encode(n); err != nil {
 			return err
 		}
-		return enc.Close()
+		if err := enc.Close(); err != nil {
+			return err
+		}
+		_, err := w.Write(escapeUnsafe(b.Bytes()))
+		return err
 	}
 	printTable(terminalSafe{w}, n, strings.FieldsFunc(cmd.Annotations[columnsAnnotation], func(r rune) bool { return r == ',' }))
 	return nil
@@ -142,7 +147,11 @@ func blockStyle(n *yaml.Node) {
 	n.Style &^= yaml.FlowStyle
 	if n.Kind == yaml.ScalarNode && n.Tag == "!!str" {
 		n.Style &^= yaml.DoubleQuotedStyle | yaml.SingleQuotedStyle
-		if strings.Contains(n.Value, "\n") {
+		switch {
+		case strings.ContainsFunc(n.Value, unsafeRune):
+			// Double quotes, where escapeUnsafe may write its characters as escapes.
+			n.Style |= yaml.DoubleQuotedStyle
+		case strings.Contains(n.Value, "\n"):
 			n.Style |= yaml.LiteralStyle
 		}
 	}
@@ -469,14 +478,36 @@ func unsafeRune(r rune) bool {
 		r == '\u2028' || r == '\u2029' || r >= '\u202a' && r <= '\u202e' || r >= '\u2066' && r <= '\u2069'
 }
 
-// asciiJSON escapes every character beyond ASCII in a JSON text (they are all inside strings),
+// escapeUnsafe writes, in a JSON or YAML text, the characters that could drive a terminal
+// (unsafeRune: C1 controls, DEL, line and paragraph separators, bidirectional marks) as \u
+// escapes, which JSON strings and YAML double-quoted scalars read back as the same character.
+// Neither encoder escapes them all: Go's JSON leaves DEL, C1 and bidirectional marks as they
+// are, YAML the bidirectional marks. In YAML, blockStyle puts every scalar holding one in
+// double quotes; every other line break, tab or control character is already escaped by the
+// encoders, or is the text's own layout.
+func escapeUnsafe(text []byte) []byte {
+	if !bytes.ContainsFunc(text, func(r rune) bool { return r >= 0x7f && unsafeRune(r) }) {
+		return text
+	}
+	var b bytes.Buffer
+	for _, r := range string(text) {
+		if r >= 0x7f && unsafeRune(r) {
+			fmt.Fprintf(&b, `\u%04x`, r)
+		} else {
+			b.WriteRune(r)
+		}
+	}
+	return b.Bytes()
+}
+
+// asciiJSON escapes DEL and every character beyond ASCII in a JSON text (they are all inside strings),
 // in the double-quoted escapes YAML reads: YAML refuses some characters written as themselves
 // (C1 controls, for one), and a payload may hold any.
 func asciiJSON(raw []byte) []byte {
 	var b bytes.Buffer
 	for _, r := range string(raw) {
 		switch {
-		case r < utf8.RuneSelf:
+		case r < utf8.RuneSelf && r != 0x7f:
 			b.WriteRune(r)
 		case r <= 0xffff:
 			fmt.Fprintf(&b, `\u%04x`, r)

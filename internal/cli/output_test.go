@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 	"go.yaml.in/yaml/v3"
@@ -170,6 +171,27 @@ func TestTerminalSafe(t *testing.T) {
 	y := rendered(t, "yaml", string(answer))
 	if err := yaml.Unmarshal([]byte(y), &back); err != nil || len(back.Messages) != 1 || back.Messages[0].Data != data {
 		t.Fatalf("yaml of a hostile payload: %v %q\n%s", err, back, y)
+	}
+	// JSON and YAML never hand the terminal a character that drives it, and read back the same.
+	data = "\x7f\u0085\u009b31m\u2028\u202eabc\u2066\x1b[2J\r\nend"
+	answer, _ = json.Marshal(map[string]any{"messages": []map[string]any{{"data": data, "id\u202e": data}}})
+	for _, f := range []string{"json", "yaml"} {
+		out := rendered(t, f, string(answer))
+		if i := strings.IndexFunc(out, func(r rune) bool { return r != '\n' && unsafeRune(r) }); i >= 0 {
+			t.Errorf("-o %s wrote %q at %d: %q", f, out[i:i+utf8.RuneLen([]rune(out[i:])[0])], i, out)
+		}
+		var back struct {
+			Messages []map[string]string `json:"messages" yaml:"messages"`
+		}
+		var err error
+		if f == "json" {
+			err = json.Unmarshal([]byte(out), &back)
+		} else {
+			err = yaml.Unmarshal([]byte(out), &back)
+		}
+		if err != nil || len(back.Messages) != 1 || back.Messages[0]["data"] != data || back.Messages[0]["id\u202e"] != data {
+			t.Errorf("-o %s does not read back: %v %q\n%s", f, err, back, out)
+		}
 	}
 	if got := safeText("tab\tnew\nline ü"); got != "tab\tnew\nline ü" {
 		t.Errorf("plain text changed: %q", got)

@@ -29,6 +29,9 @@ type clientFlags struct {
 	// from one address within half a minute.
 	client    *http.Client
 	clientFor [2]string // the CA file and server it was made for
+	// untimed: the command's call lasts as long as its work (keys rotate-master), so its
+	// client has no overall timeout; the server finishes the work even if the client goes.
+	untimed bool
 }
 
 func (f *clientFlags) add(cmd *cobra.Command) {
@@ -64,8 +67,12 @@ func (f *clientFlags) httpClient() (*http.Client, error) {
 	if !pool.AppendCertsFromPEM(pem) {
 		return nil, fmt.Errorf("%s holds no PEM certificate", caPath)
 	}
+	timeout := 30 * time.Second
+	if f.untimed {
+		timeout = 0
+	}
 	f.client = &http.Client{
-		Timeout: 30 * time.Second,
+		Timeout: timeout,
 		Transport: reachTransport{base: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}},
 			server: f.server, ca: caPath},
 	}

@@ -1,0 +1,213 @@
+package backup
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"path"
+	"slices"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go/jetstream"
+	"gocloud.dev/blob"
+	"gocloud.dev/gcerrors"
+
+	"github.com/penstock/penstock/internal/engine"
+	"github.com/penstock/penstock/internal/keyring"
+)
+
+// Source is one engine account to back up, and the keyring scope its parts are sealed under.
+type Source struct {
+	Account string
+	Scope   keyring.Scope
+}
+
+// Options are what taking, checking and restoring backups need.
+type Options struct {
+	Engine  *engine.Engine
+	Keyring *keyring.Keyring
+	Bucket  *blob.Bucket
+}
+
+// manifestObject is where a backup's manifest is stored; its parts are beside it.
+func manifestObject(id string) string { return path.Join(id, "manifest") }
+
+// Create backs up every stream of the sources' accounts into the bucket under id, each a
+// sealed part, then writes the signed manifest: a backup without its manifest is not one.
+func Create(ctx context.Context, o Options, id, tenant string, sources []Source, sign ed25519.PrivateKey) (*Manifest, error) {
+	m := &Manifest{ID: id, Created: time.Now().UTC(), Tenant: tenant}
+	for _, src := range sources {
+		acc, err := o.Engine.Account(ctx, src.Account)
+		if err != nil {
+			return nil, err
+		}
+		var streams []string
+		names := acc.JetStream().StreamNames(ctx)
+		for n := range names.Name() {
+			streams = append(streams, n)
+		}
+		if err := names.Err(); err != nil {
+			return nil, fmt.Errorf("streams of account %s: %w", src.Account, err)
+		}
+		slices.Sort(streams)
+		for _, stream := range streams {
+			p, err := createPart(ctx, o, acc, src, id, stream)
+			if err != nil {
+				return nil, err
+			}
+			m.Parts = append(m.Parts, p)
+		}
+	}
+	b, err := m.Sign(sign)
+	if err != nil {
+		return nil, err
+	}
+	if err := o.Bucket.WriteAll(ctx, manifestObject(id), b, nil); err != nil {
+		return nil, fmt.Errorf("write the manifest of backup %s: %w", id, err)
+	}
+	return m, nil
+}
+
+func createPart(ctx context.Context, o Options, acc *engine.Account, src Source, id, stream string) (Part, error) {
+	p := Part{Object: path.Join(id, src.Account, stream), Account: src.Account, Stream: stream, Scope: src.Scope.String()}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel() // an unfinished object is discarded, not stored
+	bw, err := o.Bucket.NewWriter(wctx, p.Object, nil)
+	if err != nil {
+		return Part{}, err
+	}
+	sw, err := NewSealedWriter(ctx, o.Keyring, src.Scope, p.Object, bw)
+	if err != nil {
+		return Part{}, err
+	}
+	cfg, st, err := Snapshot(ctx, acc.Conn(), stream, sw)
+	if err == nil {
+		err = sw.Close()
+	}
+	if err != nil {
+		return Part{}, fmt.Errorf("back up %s/%s: %w", src.Account, stream, err)
+	}
+	if err := bw.Close(); err != nil {
+		return Part{}, fmt.Errorf("store %s: %w", p.Object, err)
+	}
+	sum := sw.Sum()
+	p.Size, p.SHA256, p.State = sw.Size(), hex.EncodeToString(sum[:]), st
+	if p.Config, err = json.Marshal(cfg); err != nil {
+		return Part{}, err
+	}
+	return p, nil
+}
+
+// ErrNotFound is returned for a backup id the bucket does not hold.
+var ErrNotFound = errors.New("no such backup")
+
+// Open reads and checks a backup's manifest.
+func Open(ctx context.Context, o Options, id string, pub ed25519.PublicKey) (*Manifest, error) {
+	b, err := o.Bucket.ReadAll(ctx, manifestObject(id))
+	if gcerrors.Code(err) == gcerrors.NotFound {
+		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	if err != nil {
+		return nil, err
+	}
+	m, err := ReadManifest(b, pub)
+	if err != nil {
+		return nil, err
+	}
+	if m.ID != id {
+		return nil, fmt.Errorf("%w: the manifest stored as %s is backup %s's", ErrManifest, id, m.ID)
+	}
+	return m, nil
+}
+
+// Verify checks, without restoring anything, that every part of the backup is as its
+// manifest says and opens to its last chunk.
+func Verify(ctx context.Context, o Options, m *Manifest) error {
+	for _, p := range m.Parts {
+		if err := readPart(ctx, o, p, io.Discard); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// readPart writes a part's plaintext (the engine's snapshot) to w, checking it against the
+// manifest as it goes: a part that does not match fails before its last byte reaches w.
+func readPart(ctx context.Context, o Options, p Part, w io.Writer) error {
+	scope, err := keyring.ParseScope(p.Scope)
+	if err != nil {
+		return fmt.Errorf("%w: part %s: scope: %v", ErrManifest, p.Object, err)
+	}
+	br, err := o.Bucket.NewReader(ctx, p.Object, nil)
+	if err != nil {
+		return fmt.Errorf("%w: part %s: %v", ErrUnreadable, p.Object, err)
+	}
+	defer func() { _ = br.Close() }()
+	hr := &hashingReader{r: br, h: sha256.New()}
+	sr, err := NewSealedReader(ctx, o.Keyring, scope, p.Object, hr)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(w, sr); err != nil {
+		return err
+	}
+	return p.Check(hr.n, hr.sum())
+}
+
+// RestoreParts restores the parts of a backup into their accounts, replacing streams of the
+// same names. Each part is read and checked against the manifest in full before the stream it
+// replaces is deleted, and again as it is restored.
+func RestoreParts(ctx context.Context, o Options, m *Manifest, parts []Part) error {
+	for _, p := range parts {
+		var cfg server.StreamConfig
+		if err := json.Unmarshal(p.Config, &cfg); err != nil {
+			return fmt.Errorf("%w: part %s: configuration: %v", ErrManifest, p.Object, err)
+		}
+		if cfg.Name != p.Stream {
+			return fmt.Errorf("%w: part %s holds stream %q", ErrManifest, p.Object, cfg.Name)
+		}
+		acc, err := o.Engine.Account(ctx, p.Account)
+		if err != nil {
+			return err
+		}
+		// The stream it replaces is deleted only once the whole part has opened and matched
+		// the manifest: a damaged backup leaves the live stream as it is.
+		if err := readPart(ctx, o, p, io.Discard); err != nil {
+			return err
+		}
+		if err := acc.JetStream().DeleteStream(ctx, p.Stream); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+			return fmt.Errorf("replace stream %s/%s: %w", p.Account, p.Stream, err)
+		}
+		pr, pw := io.Pipe()
+		go func() { pw.CloseWithError(readPart(ctx, o, p, pw)) }()
+		_, err = Restore(ctx, acc.Conn(), &cfg, pr)
+		_ = pr.Close()
+		if err != nil {
+			return fmt.Errorf("restore %s/%s from backup %s: %w", p.Account, p.Stream, m.ID, err)
+		}
+	}
+	return nil
+}
+
+// hashingReader counts and hashes what is read through it.
+type hashingReader struct {
+	r io.Reader
+	h hash.Hash
+	n int64
+}
+
+func (h *hashingReader) Read(p []byte) (int, error) {
+	n, err := h.r.Read(p)
+	h.n += int64(n)
+	h.h.Write(p[:n])
+	return n, err
+}
+
+func (h *hashingReader) sum() [32]byte { return [32]byte(h.h.Sum(nil)) }

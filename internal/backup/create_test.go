@@ -4,22 +4,38 @@ import (
 	"context"
 	"crypto/ed25519"
 	"errors"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"gocloud.dev/blob"
 	"gocloud.dev/blob/fileblob"
 
 	"github.com/penstock/penstock/internal/keyring"
 	"github.com/penstock/penstock/internal/keyring/keyringtest"
+	"github.com/penstock/penstock/internal/testenv"
 )
 
-// A tenant's backup in a directory target: its manifest opens only with the signing key, a
-// verify reads every part to its end, a damaged part or manifest is refused, and a restore
-// brings the tenant's streams back as at the backup while another tenant's stay as they are.
+// A tenant's backup in a directory target (file://).
 func TestTenantBackupToADirectory(t *testing.T) {
+	bucket, err := fileblob.OpenBucket(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bucket.Close()
+	tenantBackup(t, bucket)
+}
+
+// The same in S3-compatible object storage (s3://): a versitygw server of the test's own.
+func TestTenantBackupToS3(t *testing.T) {
+	tenantBackup(t, testenv.S3Bucket(t))
+}
+
+// tenantBackup: a tenant's manifest opens only with the signing key, a verify reads every
+// part to its end, a damaged part or manifest is refused (and a refused restore leaves the
+// live stream), and a restore brings the tenant's streams back as at the backup while another
+// tenant's stay as they are; once the tenant's keys are destroyed the backup no longer opens.
+func tenantBackup(t *testing.T, bucket *blob.Bucket) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	st, err := keyringtest.Open(ctx, t.TempDir())
@@ -27,12 +43,6 @@ func TestTenantBackupToADirectory(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	target := t.TempDir()
-	bucket, err := fileblob.OpenBucket(target, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer bucket.Close()
 	o := Options{Engine: st.Engine, Keyring: st.Keyring, Bucket: bucket}
 	pub, priv, _ := ed25519.GenerateKey(nil)
 	otherPub, _, _ := ed25519.GenerateKey(nil)
@@ -71,17 +81,20 @@ func TestTenantBackupToADirectory(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// Damage: a byte of the part; then the manifest.
-	partFile := filepath.Join(target, filepath.FromSlash(m.Parts[0].Object))
-	good, err := os.ReadFile(partFile)
+	// Damage: a byte of the part; then the manifest. Written back through the target itself.
+	replace := func(object string, b []byte) {
+		t.Helper()
+		if err := bucket.WriteAll(ctx, object, b, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	good, err := bucket.ReadAll(ctx, m.Parts[0].Object)
 	if err != nil {
 		t.Fatal(err)
 	}
 	bad := append([]byte(nil), good...)
 	bad[len(bad)-100] ^= 1
-	if err := os.WriteFile(partFile, bad, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	replace(m.Parts[0].Object, bad)
 	if err := Verify(ctx, o, got); !errors.Is(err, ErrUnreadable) {
 		t.Fatalf("verify of a damaged part: %v", err)
 	}
@@ -91,23 +104,16 @@ func TestTenantBackupToADirectory(t *testing.T) {
 	if _, err := acc.JetStream().Stream(ctx, "Q_orders"); err != nil {
 		t.Fatalf("a refused restore took the live stream: %v", err)
 	}
-	if err := os.WriteFile(partFile, good, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	manifestFile := filepath.Join(target, got.ID, "manifest")
-	mb, err := os.ReadFile(manifestFile)
+	replace(m.Parts[0].Object, good)
+	mb, err := bucket.ReadAll(ctx, manifestObject(got.ID))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(manifestFile, append([]byte(" "), mb...), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	replace(manifestObject(got.ID), append([]byte(" "), mb...))
 	if _, err := Open(ctx, o, got.ID, pub); !errors.Is(err, ErrManifest) {
 		t.Fatalf("a changed manifest: %v", err)
 	}
-	if err := os.WriteFile(manifestFile, mb, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	replace(manifestObject(got.ID), mb)
 
 	// The tenant's queue moves on after the backup; the restore puts it back as it was.
 	js := acc.JetStream()

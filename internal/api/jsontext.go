@@ -13,12 +13,12 @@ import (
 // strictJSONText refuses a JSON request body that is not valid UTF-8 or that escapes a lone
 // UTF-16 surrogate (\ud800 with no low half): encoding/json would quietly replace either with
 // U+FFFD, and a payload must be stored byte for byte as sent or not at all. Binary payloads go
-// as base64 (data_base64). Webhook bodies are taken raw, so they are left alone.
+// as base64 (data_base64). Webhook bodies are taken raw: read here too, but not checked.
 func strictJSONText(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// Whatever the Content-Type says: the decoder's idea of JSON is wider than any check of
 		// the header, and only JSON bodies are taken outside webhooks.
-		if r.Body == nil || r.ContentLength == 0 || strings.HasPrefix(r.URL.Path, "/v1/hooks/") {
+		if r.Body == nil || r.ContentLength == 0 {
 			next.ServeHTTP(w, r)
 			return
 		}
@@ -32,7 +32,9 @@ func strictJSONText(next http.Handler) http.Handler {
 			writeError(w, NewError(http.StatusBadRequest, "invalid_request", "the request body could not be read"))
 			return
 		}
-		if msg := jsonTextProblem(b); msg != "" {
+		// Webhook bodies are whatever the sender sends; they are read here all the same, so
+		// that every body is read under the server's read timeout before an operation runs.
+		if msg := jsonTextProblem(b); msg != "" && !strings.HasPrefix(r.URL.Path, "/v1/hooks/") {
 			writeError(w, NewError(http.StatusBadRequest, "body.invalid_text", msg+": send binary data as base64 (data_base64)"))
 			return
 		}

@@ -56,6 +56,16 @@ func register[I, O any](g gate, hapi huma.API, r Route, op huma.Operation, resou
 	r.Method, r.Path, r.OperationID = op.Method, op.Path, op.OperationID
 	g.reg.list = append(g.reg.list, r)
 	describeAccess(&op, r.Action)
+	// Every body is read in full before the operation runs (strictJSONText), under the
+	// server's api.limits.read_timeout. huma would otherwise set a read deadline of its own
+	// (5 s by default) on the connection at this point and never lift it: net/http, already
+	// waiting for the connection's next bytes once the body was read, then fails that read when
+	// the deadline passes and cancels the request's context, so any change that took longer
+	// (two argon2id hashes on a busy machine) failed with "context canceled" and a 500.
+	// -1 tells huma to lift any deadline instead.
+	if op.BodyReadTimeout == 0 {
+		op.BodyReadTimeout = -1
+	}
 	if r.Action != Public {
 		op.Security = []map[string][]string{{"session": {}}, {"apiKey": {}}, {"signature": {}}}
 		op.Errors = append(op.Errors, http.StatusUnauthorized, http.StatusForbidden, http.StatusNotFound)

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"gocloud.dev/blob"
 	"gocloud.dev/gcerrors"
@@ -185,15 +186,31 @@ func RestoreParts(ctx context.Context, o Options, m *Manifest, parts []Part) err
 		if err := acc.JetStream().DeleteStream(ctx, p.Stream); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
 			return fmt.Errorf("replace stream %s/%s: %w", p.Account, p.Stream, err)
 		}
-		pr, pw := io.Pipe()
-		go func() { pw.CloseWithError(readPart(ctx, o, p, pw)) }()
-		_, err = Restore(ctx, acc.Conn(), &cfg, pr)
-		_ = pr.Close()
-		if err != nil {
-			return fmt.Errorf("restore %s/%s from backup %s: %w", p.Account, p.Stream, m.ID, err)
+		for attempt := 1; ; attempt++ {
+			err = restorePart(ctx, o, p, acc.Conn(), &cfg)
+			if err == nil {
+				break
+			}
+			// The part opened a moment ago, so a failure here is the engine's (it gives up a
+			// restore that stalls) or the target's: the partial stream is gone, try again.
+			if attempt == restoreAttempts || ctx.Err() != nil || errors.Is(err, ErrUnreadable) || errors.Is(err, ErrManifest) {
+				return fmt.Errorf("restore %s/%s from backup %s: %w", p.Account, p.Stream, m.ID, err)
+			}
 		}
 	}
 	return nil
+}
+
+// restoreAttempts is how many times a part that opened is given to the engine.
+const restoreAttempts = 3
+
+// restorePart reads part p from the backup into the engine as stream cfg.Name.
+func restorePart(ctx context.Context, o Options, p Part, nc *nats.Conn, cfg *server.StreamConfig) error {
+	pr, pw := io.Pipe()
+	go func() { pw.CloseWithError(readPart(ctx, o, p, pw)) }()
+	_, err := Restore(ctx, nc, cfg, pr)
+	_ = pr.Close()
+	return err
 }
 
 // hashingReader counts and hashes what is read through it.

@@ -52,6 +52,12 @@ func (s *Service) Consume(ctx context.Context, r Ref, maxN int, wait time.Durati
 	if errors.Is(err, ErrNotFound) {
 		ta.forgetConsumer(r.queueStream())
 	}
+	if err == nil && len(out) == 0 && wait == 0 && ta.unseen(ctx, r, cons) {
+		// The engine answers a publish before it tells the queue's consumer about the stored
+		// message, so a consume right after a publish can find the consumer unaware of it.
+		// Wait for it, briefly: it is on its way.
+		wait = catchUp
+	}
 	if err != nil || len(out) > 0 || wait == 0 {
 		return s.deliveries(out), err
 	}
@@ -61,6 +67,26 @@ func (s *Service) Consume(ctx context.Context, r Ref, maxN int, wait time.Durati
 	}
 	more, err := fetch(cons, maxN-1, 0)
 	return s.deliveries(append(out, more...)), err
+}
+
+// catchUp bounds how long a consume that does not wait gives the queue's consumer to learn of
+// a message already stored.
+const catchUp = 2 * time.Second
+
+// unseen reports whether the queue's stream holds a message its consumer has neither delivered
+// nor counted yet: a later sequence than the last delivered, and more messages than are in
+// flight. Asked only when a consume that does not wait found nothing.
+func (ta *tenantAccount) unseen(ctx context.Context, r Ref, cons jetstream.Consumer) bool {
+	ci, err := cons.Info(ctx)
+	if err != nil {
+		return false
+	}
+	st, err := ta.acc.JetStream().Stream(ctx, r.queueStream())
+	if err != nil {
+		return false
+	}
+	si := st.CachedInfo()
+	return si.State.LastSeq > ci.Delivered.Stream && si.State.Msgs > uint64(ci.NumAckPending)
 }
 
 // consumer returns a queue's consumer handle, looked up once: a lookup is a round trip to

@@ -844,3 +844,22 @@ func TestForgedTokensAreRefused(t *testing.T) {
 		t.Fatalf("depth %d after refused settlements", st.Stats.Depth)
 	}
 }
+
+// A message whose publish was acknowledged is there for the very next consume, even one that
+// does not wait: the engine tells the queue's consumer about a stored message only after it
+// has answered the publish, so a consume that trusted the consumer's own count alone could
+// find nothing.
+func TestPublishedIsThereForTheNextConsume(t *testing.T) {
+	h := open(t, nil)
+	q := h.queue("acme", "jobs", QueueSpec{})
+	for i := range 300 {
+		publish(t, h.fab, q, text(i))
+		got, err := h.fab.Consume(ctx, q, 10, 0)
+		if err != nil || len(got) != 1 || string(got[0].Data) != fmt.Sprintf("message %d", i) {
+			t.Fatalf("round %d: consume right after the publish: %+v %v", i, got, err)
+		}
+		if err := h.fab.Settle(ctx, q, []string{got[0].AckToken}, Ack, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -56,6 +56,8 @@ type Options struct {
 	// Lifecycle creates and deletes tenants, environments and applications; the tenancy routes
 	// need it.
 	Lifecycle *lifecycle.Service
+	// Backups takes, lists, checks and restores backups; nil without backup.target.
+	Backups Backups
 	// Now is the clock for signed requests; nil means time.Now.
 	Now func() time.Time
 }
@@ -84,6 +86,7 @@ func Handler(o Options) (http.Handler, []Route) {
 	o.Registry.MustRegister(g.auditFailures)
 	registerHealth(g, hapi, o)
 	registerKeys(g, hapi, o)
+	registerBackups(g, hapi, o)
 	registerSecrets(g, hapi, o)
 	registerAccount(g, hapi, o)
 	registerTenancy(g, hapi, o)

@@ -25,6 +25,7 @@ import (
 
 	"github.com/penstock/penstock/internal/api"
 	"github.com/penstock/penstock/internal/audit"
+	"github.com/penstock/penstock/internal/backup"
 	"github.com/penstock/penstock/internal/certs"
 	"github.com/penstock/penstock/internal/config"
 	"github.com/penstock/penstock/internal/crashpoint"
@@ -60,6 +61,8 @@ type App struct {
 	sinks     []audit.Sink
 	bootstrap redact.Secret
 	routes    []api.Route
+	restored  *backup.Report // what this start restored
+	backups   *backups       // nil without backup.target
 	inflight  atomic.Int64 // handlers in progress
 
 	apiSrv     *http.Server
@@ -71,8 +74,12 @@ type App struct {
 // New locks the data directory, binds the listeners, then opens the engine: a second
 // process on the same directory, or a port already taken, fails before the store is touched.
 // Nothing is served until Run.
-func New(ctx context.Context, cfg config.Config, log *slog.Logger, version string) (_ *App, err error) {
+func New(ctx context.Context, cfg config.Config, log *slog.Logger, version string, opts ...Option) (_ *App, err error) {
 	a := &App{cfg: cfg, log: log}
+	var o options
+	for _, f := range opts {
+		f(&o)
+	}
 	defer func() {
 		if err != nil {
 			a.closeAll()
@@ -86,6 +93,12 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 	first, err := datadir.FirstStart(cfg.DataDir)
 	if err != nil {
 		return nil, err
+	}
+	if !first && (o.restoreFrom != "" || cfg.Backup.AutoRestore) {
+		// A restore may begin in a directory that holds only the master key it needs.
+		if first, err = datadir.FirstStartWithKey(cfg.DataDir, keyring.MasterKeyFile); err != nil {
+			return nil, err
+		}
 	}
 	if a.certs, err = certs.NewManager(cfg.DataDir, cfg.API.TLS, log.With("component", "tls")); err != nil {
 		return nil, err
@@ -147,6 +160,9 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 	if a.keys, err = keyring.New(ctx, keyring.Options{Master: a.master, Platform: plat, Logger: log.With("component", "keyring")}); err != nil {
 		return nil, err
 	}
+	if err := a.restoreAtStart(ctx, o, first); err != nil {
+		return nil, err
+	}
 	store, err := secrets.New(ctx, a.keys)
 	if err != nil {
 		return nil, err
@@ -188,6 +204,9 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 		"master_key": a.master.ID(), "config_changed": strings.Join(changed, ",")}
 	for _, k := range changed {
 		details["config."+k] = flat[k]
+	}
+	if err := a.afterRestore(ctx); err != nil {
+		return nil, err
 	}
 	if _, err := a.audit.Append(ctx, audit.Event{Actor: "system", Action: "platform.start", Result: audit.ResultOK, Details: details}); err != nil {
 		return nil, err
@@ -249,7 +268,10 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 	if err := a.life.Resume(ctx); err != nil { // before serving: an interrupted deletion finishes first
 		return nil, err
 	}
-	if first || !cfg.Engine.Embedded() { // an external engine holds its own platform, whatever the directory
+	if err := a.openBackups(ctx, reg); err != nil {
+		return nil, err
+	}
+	if (first && a.restored == nil) || !cfg.Engine.Embedded() { // an external engine holds its own platform, whatever the directory
 		// Only the embedded engine's platform is this directory's own: an external one may have
 		// served already, whatever the directory says.
 		if a.bootstrap, err = a.ident.Bootstrap(ctx, first && cfg.Engine.Embedded()); err != nil {
@@ -268,7 +290,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 		Limits: lim, Edge: em, Registry: reg,
 		Keyring: a.keys, Master: a.master, Secrets: store,
 		Identity: a.ident, Lockout: lockout, Nonces: nonces, Audit: a.audit, Fabric: a.fabric,
-		Pipelines: a.pipes, Lifecycle: a.life,
+		Pipelines: a.pipes, Lifecycle: a.life, Backups: a.backupsAPI(),
 	})
 	a.routes = routes
 	a.apiSrv = &http.Server{
@@ -284,6 +306,14 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 		ErrorLog:          slog.NewLogLogger(log.With("component", "http").Handler(), slog.LevelDebug),
 	}
 	return a, nil
+}
+
+// RestoreOnly ends a start that restored a backup (backup restore --to-data-dir): the
+// directory is complete, as after a first start, and everything is closed without serving.
+func (a *App) RestoreOnly() error {
+	err := datadir.Complete(a.cfg.DataDir)
+	a.closeAll()
+	return err
 }
 
 // track counts handlers in progress, so shutdown can wait for them before closing the engine.
@@ -341,6 +371,10 @@ func (a *App) Run(ctx context.Context) error {
 	if a.integ != nil {
 		forwarders.Add(1)
 		go func() { defer forwarders.Done(); a.integ.Run(fctx, integrityInterval) }()
+	}
+	if a.backups != nil {
+		forwarders.Add(1)
+		go func() { defer forwarders.Done(); a.backups.schedule(fctx) }()
 	}
 	for _, sink := range a.sinks {
 		forwarders.Add(1)
@@ -434,6 +468,9 @@ func (a *App) closeAll() {
 	}
 	if a.metricsLn != nil {
 		a.metricsLn.Close()
+	}
+	if a.backups != nil {
+		a.backups.close() // a job in progress is canceled; its end is audited
 	}
 	if a.audit != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

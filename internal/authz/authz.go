@@ -35,6 +35,8 @@ const (
 	PipelineManage  Action = "pipeline.manage"
 	PipelineRun     Action = "pipeline.run"
 	AuditRead       Action = "audit.read"
+	BackupCreate    Action = "backup.create" // take, list and verify backups
+	BackupRestore   Action = "backup.restore"
 )
 
 // Role is a fixed, documented set of actions.
@@ -58,9 +60,9 @@ var (
 		// platform users and the master key.
 		PlatformAdmin: {TenantCreate, TenantRead, TenantDelete, EnvManage, AppManage, UserManage, RoleManage, APIKeyManage,
 			AllowlistManage, EgressManage, SecretWrite, SecretRead, KeyManage, QueuePublish, QueueConsume, QueueManage, PipelineManage,
-			PipelineRun, AuditRead},
+			PipelineRun, AuditRead, BackupCreate, BackupRestore},
 		Owner: {TenantRead, TenantDelete, EnvManage, AppManage, RoleManage, APIKeyManage, AllowlistManage, SecretWrite,
-			SecretRead, QueuePublish, QueueConsume, QueueManage, PipelineManage, PipelineRun, AuditRead},
+			SecretRead, QueuePublish, QueueConsume, QueueManage, PipelineManage, PipelineRun, AuditRead, BackupCreate, BackupRestore},
 		Admin: {TenantRead, EnvManage, AppManage, RoleManage, APIKeyManage, AllowlistManage, SecretWrite, SecretRead,
 			QueuePublish, QueueConsume, QueueManage, PipelineManage, PipelineRun},
 		Developer: {TenantRead, AppManage, SecretWrite, SecretRead, QueuePublish, QueueConsume, QueueManage, PipelineManage, PipelineRun},

@@ -28,6 +28,8 @@ import (
 type Source struct {
 	Account string
 	Scope   keyring.Scope
+	// Skip names streams of the account the backup leaves out.
+	Skip map[string]bool
 }
 
 // Options are what taking, checking and restoring backups need.
@@ -43,6 +45,13 @@ func manifestObject(id string) string { return path.Join(id, "manifest") }
 // Create backs up every stream of the sources' accounts into the bucket under id, each a
 // sealed part, then writes the signed manifest: a backup without its manifest is not one.
 func Create(ctx context.Context, o Options, id, tenant string, sources []Source, sign ed25519.PrivateKey) (*Manifest, error) {
+	return create(ctx, o, id, tenant, sources, sign, nil, nil)
+}
+
+// create is Create with more parts added by extra after the streams', and report told of each
+// part stored.
+func create(ctx context.Context, o Options, id, tenant string, sources []Source, sign ed25519.PrivateKey,
+	extra func(*Manifest) error, report func(Part)) (*Manifest, error) {
 	m := &Manifest{ID: id, Created: time.Now().UTC(), Tenant: tenant}
 	for _, src := range sources {
 		acc, err := o.Engine.Account(ctx, src.Account)
@@ -52,7 +61,9 @@ func Create(ctx context.Context, o Options, id, tenant string, sources []Source,
 		var streams []string
 		names := acc.JetStream().StreamNames(ctx)
 		for n := range names.Name() {
-			streams = append(streams, n)
+			if !src.Skip[n] {
+				streams = append(streams, n)
+			}
 		}
 		if err := names.Err(); err != nil {
 			return nil, fmt.Errorf("streams of account %s: %w", src.Account, err)
@@ -64,6 +75,14 @@ func Create(ctx context.Context, o Options, id, tenant string, sources []Source,
 				return nil, err
 			}
 			m.Parts = append(m.Parts, p)
+			if report != nil {
+				report(p)
+			}
+		}
+	}
+	if extra != nil {
+		if err := extra(m); err != nil {
+			return nil, err
 		}
 	}
 	b, err := m.Sign(sign)

@@ -24,17 +24,24 @@ type Manifest struct {
 	Parts []Part `json:"parts"`
 }
 
-// Part is one stream's sealed snapshot.
+// Part is one stream's sealed snapshot, or (Kind "records") a tenant's records from the
+// platform's sealed stores.
 type Part struct {
-	Object  string          `json:"object"`  // where it is stored, relative to the backup
+	Kind    string          `json:"kind,omitempty"` // "" for a stream, "records"
+	Object  string          `json:"object"`         // where it is stored, relative to the backup
 	Account string          `json:"account"` // the engine account that holds the stream
 	Stream  string          `json:"stream"`
 	Scope   string          `json:"scope"` // the keyring scope it is sealed under
 	Size    int64           `json:"size"`  // sealed bytes
 	SHA256  string          `json:"sha256"`
 	State   StreamState     `json:"state"`
-	Config  json.RawMessage `json:"config"` // the stream's configuration, as the engine gave it
+	Config  json.RawMessage `json:"config,omitempty"` // the stream's configuration, as the engine gave it
+	// Records is how many records a records part holds.
+	Records int `json:"records,omitempty"`
 }
+
+// KindRecords is the kind of a part that holds a tenant's records.
+const KindRecords = "records"
 
 // ErrManifest is returned for a manifest that is damaged or not signed by the expected key.
 var ErrManifest = errors.New("backup manifest refused")

@@ -29,9 +29,10 @@ const (
 	// wait for the engine's acknowledgement at once. The engine stores the messages of a chunk
 	// before it takes the next, each synced when the store syncs every write, and gives up a
 	// restore that takes nothing for 5 s: a chunk must store well within that on a busy
-	// machine (256 KiB of ~400 B messages did not, in CI), so chunks are small and many wait.
-	restoreChunk    = 32 << 10
-	restoreInFlight = 32
+	// machine (256 KiB of ~400 B messages did not, in CI, nor did 32 KiB, some 80 fsyncs,
+	// while other tests and a compile shared the disk), so chunks are small and many wait.
+	restoreChunk    = 4 << 10
+	restoreInFlight = 64
 	// stall is how long either side may go without hearing from the other. The engine gives
 	// up after 5 s of silence on its side.
 	stall = 30 * time.Second

@@ -62,6 +62,6 @@ func commands(environ []string) *cobra.Command {
 	}
 	root.AddCommand(serveCmd(environ), doctorCmd(environ), versionCmd(), configCmd(environ), statusCmd(), keysCmd(environ), secretsCmd(environ))
 	root.AddCommand(accessCmds(environ)...)
-	root.AddCommand(auditCmd(environ), queueCmd(environ), exchangeCmd(environ), pipelineCmd(environ))
+	root.AddCommand(auditCmd(environ), backupCmd(environ), queueCmd(environ), exchangeCmd(environ), pipelineCmd(environ))
 	return root
 }

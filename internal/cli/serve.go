@@ -26,6 +26,9 @@ SIGHUP reloads the TLS certificate.`,
 		Args: cobra.NoArgs,
 	}
 	keys := configFlags(cmd.Flags())
+	var restoreFrom, restoreID string
+	cmd.Flags().StringVar(&restoreFrom, "restore-from", "", "on an empty data directory, restore the newest full backup that verifies from this target URL first")
+	cmd.Flags().StringVar(&restoreID, "restore-id", "", "with --restore-from: restore this backup instead of the newest")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		cfg, err := loadConfig(cmd.Flags(), keys, environ)
 		if err != nil {
@@ -40,11 +43,21 @@ SIGHUP reloads the TLS certificate.`,
 		defer signal.Stop(hup)
 
 		log.Info("starting", "version", Version(), "config", cfg)
-		a, err := app.New(cmd.Context(), cfg, log, Version())
+		var opts []app.Option
+		if restoreFrom != "" {
+			opts = append(opts, app.RestoreFrom(restoreFrom, restoreID, false))
+		} else if restoreID != "" {
+			fmt.Fprintln(cmd.ErrOrStderr(), "penstock: --restore-id needs --restore-from")
+			return exitError{code: 2}
+		}
+		a, err := app.New(cmd.Context(), cfg, log, Version(), opts...)
 		if err != nil {
 			// A refusal is for the person at the terminal: one plain line, no log record.
 			fmt.Fprintf(cmd.ErrOrStderr(), "penstock: cannot start: %v\n", err)
 			return exitError{code: 1}
+		}
+		if rep := a.Restored(); rep != nil {
+			fmt.Fprintf(cmd.OutOrStdout(), "Restored backup %s: %d parts, %d messages.\n", rep.ID, rep.Parts, rep.Messages)
 		}
 		if pw := a.BootstrapPassword(); !pw.IsZero() {
 			// Standard output, not the log: shown once, never logged or stored in the clear.

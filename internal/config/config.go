@@ -25,6 +25,28 @@ type Config struct {
 	Audit     Audit     `koanf:"audit"`
 	Fabric    Fabric    `koanf:"fabric"`
 	Pipelines Pipelines `koanf:"pipelines"`
+	Backup    Backup    `koanf:"backup"`
+}
+
+// Backup configures backups: where they go, how often they are taken and how many are kept,
+// and whether a start restores the newest one by itself.
+type Backup struct {
+	// Target is file:///absolute/dir or s3://bucket[/prefix]?region=R[&endpoint=URL];
+	// empty means no backups (backup commands answer that none is configured).
+	Target string `koanf:"target"`
+	// S3 credentials; without them the AWS SDK's own chain is used.
+	AccessKeyID     redact.Secret `koanf:"access_key_id"`
+	SecretAccessKey redact.Secret `koanf:"secret_access_key"`
+	// Schedule is the time between scheduled full backups (24h = daily); 0 turns them off.
+	Schedule time.Duration `koanf:"schedule"`
+	// What pruning after each scheduled backup keeps: the newest backup of each of the last
+	// KeepDaily days, KeepWeekly weeks and KeepMonthly months, and always the newest.
+	KeepDaily   int `koanf:"keep_daily"`
+	KeepWeekly  int `koanf:"keep_weekly"`
+	KeepMonthly int `koanf:"keep_monthly"`
+	// AutoRestore lets a start restore the newest full backup of Target when the data
+	// directory is empty. Without it an empty directory starts a new platform.
+	AutoRestore bool `koanf:"auto_restore"`
 }
 
 // Pipelines configures the pipeline runtime.
@@ -249,6 +271,7 @@ func Default() Config {
 		Engine:    Engine{SyncInterval: "always", Replicas: 1},
 		Audit:     Audit{Retention: 400 * 24 * time.Hour, CheckpointDelay: 3 * time.Second},
 		Pipelines: Pipelines{DrainTimeout: 30 * time.Second},
+		Backup:    Backup{Schedule: 24 * time.Hour, KeepDaily: 7, KeepWeekly: 4, KeepMonthly: 6},
 		Fabric: Fabric{
 			CommitWindow: 5 * time.Millisecond, MaxCommit: 1000, MaxPublishBatch: 1000,
 			MaxAge: 14 * 24 * time.Hour, MaxDeliveries: 5, AckWait: 30 * time.Second, DuplicateWindow: 2 * time.Minute,

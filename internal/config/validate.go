@@ -107,6 +107,7 @@ func (c Config) validate() FieldErrors {
 		v.hostPort("audit.syslog_addr", c.Audit.SyslogAddr, false)
 	}
 	c.Audit.validate(&v, c.DataDir)
+	c.Backup.validate(&v)
 	id := c.Identity
 	v.positiveDuration("identity.session_idle", id.SessionIdle)
 	v.positiveDuration("identity.session_max", id.SessionMax)
@@ -362,4 +363,35 @@ func within(path, dir string) (bool, error) {
 		return false, nil
 	}
 	return rel == "." || rel != ".." && !strings.HasPrefix(rel, "../"), nil
+}
+
+func (b Backup) validate(v *validator) {
+	if b.Target != "" {
+		u, err := url.Parse(b.Target)
+		switch {
+		case err != nil || (u.Scheme != "file" && u.Scheme != "s3"):
+			v.add("backup.target", "must be a file:///absolute/dir or s3://bucket?region=... URL")
+		case u.Scheme == "file" && (u.Host != "" || !strings.HasPrefix(u.Path, "/")):
+			v.add("backup.target", "a file:// target needs an absolute directory: file:///var/backups/penstock")
+		case u.Scheme == "s3" && u.Query().Get("region") == "":
+			v.add("backup.target", "an s3:// target needs ?region=")
+		}
+	}
+	if b.AccessKeyID.IsZero() != b.SecretAccessKey.IsZero() {
+		v.add("backup.secret_access_key", "set both backup.access_key_id and backup.secret_access_key, or neither")
+	}
+	if b.Schedule != 0 && b.Schedule < time.Minute {
+		v.add("backup.schedule", "0 (off) or at least 1m")
+	}
+	for _, k := range []struct {
+		path string
+		n    int
+	}{{"backup.keep_daily", b.KeepDaily}, {"backup.keep_weekly", b.KeepWeekly}, {"backup.keep_monthly", b.KeepMonthly}} {
+		if k.n < 0 || k.n > 1000 {
+			v.add(k.path, "between 0 and 1000")
+		}
+	}
+	if b.AutoRestore && b.Target == "" {
+		v.add("backup.auto_restore", "needs backup.target")
+	}
 }

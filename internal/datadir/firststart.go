@@ -148,3 +148,30 @@ func LoadKey(dir, rel, protects string) (redact.Secret, error) {
 	}
 	return LoadOrCreateKey(path)
 }
+
+// FirstStartWithKey is FirstStart for a directory that may hold, besides nothing, only the
+// key file named keyFile that the operator put there (a master key kept apart from a lost
+// directory, to restore a backup with): such a directory begins its first start too.
+func FirstStartWithKey(dir, keyFile string) (bool, error) {
+	rec, err := readInit(dir)
+	if err != nil {
+		return false, err
+	}
+	if rec != nil {
+		return rec.State == StateInitializing, nil
+	}
+	for _, f := range storeFiles {
+		if f == keyFile {
+			continue
+		}
+		if _, err := os.Lstat(filepath.Join(dir, f)); err == nil {
+			return false, nil
+		} else if !errors.Is(err, os.ErrNotExist) {
+			return false, fmt.Errorf("data directory: %w", err)
+		}
+	}
+	if err := writeInit(dir, initRecord{State: StateInitializing, Started: time.Now().UTC()}); err != nil {
+		return false, err
+	}
+	return true, nil
+}

@@ -58,7 +58,7 @@ func (s *Service) startDeadLetters(ta *tenantAccount) error {
 		if !ok || kind != "Q" || a.Consumer != app {
 			return
 		}
-		ctx, cancel := context.WithTimeout(s.ctx, 30*time.Second)
+		ctx, cancel := context.WithTimeout(ta.ctx, 30*time.Second)
 		defer cancel()
 		if err := s.deadLetter(ctx, ta, app, name, a.StreamSeq, "max_deliveries", a.Deliveries); err != nil {
 			s.log.Error("dead-letter move failed; the next sweep retries", "account", ta.acc.Name(), "stream", a.Stream, "seq", a.StreamSeq, "error", err)
@@ -74,11 +74,11 @@ func (s *Service) startDeadLetters(ta *tenantAccount) error {
 		tick := time.NewTicker(time.Minute)
 		defer tick.Stop()
 		for {
-			ctx, cancel := context.WithTimeout(s.ctx, time.Minute)
+			ctx, cancel := context.WithTimeout(ta.ctx, time.Minute)
 			s.sweepDead(ctx, ta)
 			cancel()
 			select {
-			case <-s.ctx.Done():
+			case <-ta.ctx.Done():
 				return
 			case <-tick.C:
 			}

@@ -362,7 +362,7 @@ func (s *Service) DeleteExchange(ctx context.Context, r Ref) error {
 // loadExchanges starts the router of every exchange in an account and keeps the bindings
 // current as other nodes change them.
 func (s *Service) loadExchanges(ctx context.Context, ta *tenantAccount) error {
-	w, err := ta.bindings.WatchAll(s.ctx)
+	w, err := ta.bindings.WatchAll(ta.ctx)
 	if err != nil {
 		return fmt.Errorf("watch bindings: %w", err)
 	}
@@ -402,7 +402,7 @@ func (s *Service) loadExchanges(ctx context.Context, ta *tenantAccount) error {
 					}
 				}
 				ta.mu.Unlock()
-			case <-s.ctx.Done():
+			case <-ta.ctx.Done():
 				return
 			}
 		}
@@ -437,7 +437,7 @@ func (s *Service) startRouter(ta *tenantAccount, r Ref) error {
 		ta.mu.Unlock()
 		return nil
 	}
-	ctx, cancel := context.WithCancel(s.ctx)
+	ctx, cancel := context.WithCancel(ta.ctx)
 	ta.routers[key] = cancel
 	ta.mu.Unlock()
 

@@ -143,6 +143,10 @@ type Service struct {
 
 // tenantAccount is the fabric's state for one tenant-environment account.
 type tenantAccount struct {
+	// ctx ends when the fabric closes or the account is reset (ResetAccount): its routers,
+	// dead-letter mover and bindings watch stop with it.
+	ctx      context.Context
+	cancel   context.CancelFunc
 	acc      *engine.Account
 	bindings jetstream.KeyValue
 	limiter  *rate.Limiter // messages per second
@@ -234,7 +238,8 @@ func (s *Service) account(ctx context.Context, tenant, env string) (*tenantAccou
 	if err != nil {
 		return nil, err
 	}
-	ta := &tenantAccount{acc: acc, bindings: kv, routers: map[string]context.CancelFunc{}, exchanges: map[string]Exchange{},
+	tctx, cancel := context.WithCancel(s.ctx)
+	ta := &tenantAccount{ctx: tctx, cancel: cancel, acc: acc, bindings: kv, routers: map[string]context.CancelFunc{}, exchanges: map[string]Exchange{},
 		consumers: map[string]jetstream.Consumer{}}
 	if s.cfg.PublishRate > 0 {
 		ta.limiter = rate.NewLimiter(rate.Limit(s.cfg.PublishRate), max(1, int(s.cfg.PublishRate)))
@@ -243,13 +248,50 @@ func (s *Service) account(ctx context.Context, tenant, env string) (*tenantAccou
 		ta.bytes = rate.NewLimiter(rate.Limit(s.cfg.PublishBytesRate), max(s.cfg.MaxPayload, int(s.cfg.PublishBytesRate)))
 	}
 	if err := s.startDeadLetters(ta); err != nil {
+		cancel()
 		return nil, err
 	}
 	if err := s.loadExchanges(ctx, ta); err != nil {
+		cancel()
 		return nil, err
 	}
 	s.accounts[name] = ta
 	return ta, nil
+}
+
+// ResetAccount forgets what the fabric holds in memory of a tenant-environment (its routers,
+// dead-letter mover, bindings, commit loops and consumer handles) and takes it up again from
+// what the engine now stores: a restore replaced its streams under it. Publishes and consumes
+// in progress in it fail.
+func (s *Service) ResetAccount(ctx context.Context, tenant, env string) error {
+	s.ForgetAccount(tenant, env)
+	_, err := s.account(ctx, tenant, env)
+	return err
+}
+
+// ForgetAccount stops what the fabric runs for a tenant-environment (its routers, dead-letter
+// mover, bindings watch and commit loops) and forgets its consumer handles, until the account
+// is next used or reset.
+func (s *Service) ForgetAccount(tenant, env string) {
+	name := AccountName(tenant, env)
+	s.mu.Lock()
+	ta, ok := s.accounts[name]
+	delete(s.accounts, name)
+	var drop []*committer
+	for key, c := range s.committers {
+		if strings.HasPrefix(key, name+"/") {
+			drop = append(drop, c)
+			delete(s.committers, key)
+		}
+	}
+	s.mu.Unlock()
+	if ok {
+		ta.cancel()
+	}
+	for _, c := range drop {
+		c.cancel()
+		<-c.stopped
+	}
 }
 
 // streamName reports whether a stream name is one of an application's queues, dead-letter

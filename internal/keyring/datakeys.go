@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -281,6 +282,12 @@ func (k *Keyring) Destroy(ctx context.Context, s Scope) error {
 		return err
 	}
 	k.log.Info("scope keys destroyed", "scope", s.String(), "scopes", n)
+	k.mu.Lock()
+	hooks := slices.Clone(k.onDestroy)
+	k.mu.Unlock()
+	for _, f := range hooks {
+		f(ctx, s)
+	}
 	return nil
 }
 

@@ -50,6 +50,8 @@ type Keyring struct {
 	cache  map[string]*dataKey // by scope key
 	gen    uint64              // bumped whenever cached keys may be stale; a read that began before does not cache
 	stores map[string]*Sealed  // registered sealed stores, by bucket
+	// onDestroy runs after each Destroy (see OnDestroy).
+	onDestroy []func(context.Context, Scope)
 
 	rotateMu sync.Mutex // one master rotation at a time
 

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -85,5 +86,93 @@ func (k *Keyring) Release(ctx context.Context, s Scope) error {
 	}
 	k.forget()
 	k.log.Info("destroyed scope released for reuse", "scope", s.String())
+	return nil
+}
+
+// Record is one stored record of a sealed store, as stored: its value is still sealed.
+type Record struct {
+	Bucket string `json:"bucket"`
+	Key    string `json:"key"`
+	Value  []byte `json:"value"`
+}
+
+// ExportRecords returns every record of the scope and of the scopes under it from every
+// sealed store this keyring has opened, still sealed, sorted by bucket and key.
+func (k *Keyring) ExportRecords(ctx context.Context, s Scope) ([]Record, error) {
+	if err := s.Validate(); err != nil {
+		return nil, err
+	}
+	var out []Record
+	for _, st := range k.sealedStores() {
+		lister, err := st.kv.ListKeysFiltered(ctx, s.key()+".>")
+		if err != nil {
+			return nil, fmt.Errorf("keyring: list %s records of %s: %w", st.kind, s, err)
+		}
+		var keys []string
+		for key := range lister.Keys() {
+			keys = append(keys, key)
+		}
+		slices.Sort(keys)
+		for _, key := range keys {
+			e, err := st.kv.Get(ctx, key)
+			if errors.Is(err, jetstream.ErrKeyNotFound) {
+				continue
+			}
+			if err != nil {
+				return nil, fmt.Errorf("keyring: read %s record %s: %w", st.kind, key, err)
+			}
+			out = append(out, Record{Bucket: st.kv.Bucket(), Key: key, Value: e.Value()})
+		}
+	}
+	slices.SortFunc(out, func(a, b Record) int { return strings.Compare(a.Bucket+"\x00"+a.Key, b.Bucket+"\x00"+b.Key) })
+	return out, nil
+}
+
+// ReplaceRecords makes the scope's records in every sealed store exactly recs: a record of
+// the scope that recs does not hold is purged. A record outside the scope, or of a store this
+// keyring has not opened, is refused before anything changes.
+func (k *Keyring) ReplaceRecords(ctx context.Context, s Scope, recs []Record) error {
+	if err := s.Validate(); err != nil {
+		return err
+	}
+	stores := map[string]*Sealed{}
+	for _, st := range k.sealedStores() {
+		stores[st.kv.Bucket()] = st
+	}
+	want := map[string]map[string][]byte{}
+	for _, r := range recs {
+		if stores[r.Bucket] == nil {
+			return invalid("record %s in bucket %q: no such sealed store", r.Key, r.Bucket)
+		}
+		if !strings.HasPrefix(r.Key, s.key()+".") {
+			return invalid("record %s in bucket %s is not of scope %s", r.Key, r.Bucket, s)
+		}
+		if want[r.Bucket] == nil {
+			want[r.Bucket] = map[string][]byte{}
+		}
+		want[r.Bucket][r.Key] = r.Value
+	}
+	for name, st := range stores {
+		lister, err := st.kv.ListKeysFiltered(ctx, s.key()+".>")
+		if err != nil {
+			return fmt.Errorf("keyring: list %s records of %s: %w", st.kind, s, err)
+		}
+		var stale []string
+		for key := range lister.Keys() {
+			if _, ok := want[name][key]; !ok {
+				stale = append(stale, key)
+			}
+		}
+		for _, key := range stale {
+			if err := st.kv.Purge(ctx, key); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+				return fmt.Errorf("keyring: purge %s record %s: %w", st.kind, key, err)
+			}
+		}
+		for key, v := range want[name] {
+			if _, err := st.kv.Put(ctx, key, v); err != nil {
+				return fmt.Errorf("keyring: write %s record %s: %w", st.kind, key, err)
+			}
+		}
+	}
 	return nil
 }

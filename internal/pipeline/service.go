@@ -490,6 +490,35 @@ func (s *Service) StopScope(sc keyring.Scope) {
 	s.mu.Unlock()
 }
 
+// StartScope starts a worker for every stored pipeline of the live applications in scope, as
+// Open does at start: after a restore replaced the scope's specs and checkpoints.
+func (s *Service) StartScope(ctx context.Context, sc keyring.Scope) error {
+	if s.o.Apps == nil {
+		return nil
+	}
+	s.life.Lock()
+	defer s.life.Unlock()
+	for _, app := range s.o.Apps() {
+		if !inScope(sc, app) {
+			continue
+		}
+		entries, err := s.defs.List(ctx, app)
+		if err != nil {
+			return err
+		}
+		for _, e := range entries {
+			s.markInterrupted(ctx, app, e.ID)
+			_, p, err := s.load(ctx, app, e.ID)
+			if err != nil {
+				s.o.Logger.Error("pipeline not started", "app", app.String(), "pipeline", e.ID, "error", err.Error())
+				continue
+			}
+			s.start(app, p)
+		}
+	}
+	return nil
+}
+
 // inScope reports whether app is sc or lies under it.
 func inScope(sc, app keyring.Scope) bool {
 	return sc.Tenant == app.Tenant && (sc.Environment == "" || sc.Environment == app.Environment &&

@@ -15,9 +15,9 @@ import (
 type Backups interface {
 	// Start begins a job: kind create (id empty), verify or restore (id named); tenant limits
 	// it to one tenant ("" is the whole platform).
-	Start(kind, tenant, id, actor string) (backup.Job, error)
-	Job(id string) (backup.Job, bool)
-	List(ctx context.Context, tenant string) ([]backup.Summary, error)
+	Start(kind, tenant, id, actor string) (backup.BackupJob, error)
+	Job(id string) (backup.BackupJob, bool)
+	List(ctx context.Context, tenant string) ([]backup.BackupSummary, error)
 }
 
 type backupCreateInput struct {
@@ -26,7 +26,7 @@ type backupCreateInput struct {
 	}
 }
 
-type backupJobOutput struct{ Body backup.Job }
+type backupJobOutput struct{ Body backup.BackupJob }
 
 type backupListInput struct {
 	Tenant string `query:"tenant" doc:"the tenant's own backups and the full backups; empty lists all (platform administrators)" pattern:"^[a-z0-9][a-z0-9-]{0,62}$"`
@@ -34,7 +34,7 @@ type backupListInput struct {
 
 type backupListOutput struct {
 	Body struct {
-		Backups []backup.Summary `json:"backups"`
+		Backups []backup.BackupSummary `json:"backups"`
 	}
 }
 
@@ -62,7 +62,7 @@ func registerBackups(g gate, hapi huma.API, o Options) {
 		if o.Backups == nil {
 			return nil, notConfigured
 		}
-		j, err := o.Backups.Start(kind, tenant, id, c.principal.Kind+":"+c.principal.Name)
+		j, err := o.Backups.Start(kind, tenant, id, c.actor())
 		if errors.Is(err, backup.ErrBusy) {
 			return nil, NewError(http.StatusConflict, "backup.busy", err.Error())
 		}

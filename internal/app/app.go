@@ -61,7 +61,7 @@ type App struct {
 	sinks     []audit.Sink
 	bootstrap redact.Secret
 	routes    []api.Route
-	restored  *backup.Report // what this start restored
+	restored  *backup.RestoreReport // what this start restored
 	backups   *backups       // nil without backup.target
 	inflight  atomic.Int64 // handlers in progress
 

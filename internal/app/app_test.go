@@ -44,6 +44,12 @@ func startApp(t testing.TB, mutate func(*config.Config)) *testApp {
 // handler tracking that shutdown waits for.
 func startAppWith(t testing.TB, mutate func(*config.Config), routes func(api http.Handler) http.Handler) *testApp {
 	t.Helper()
+	return startAppOpts(t, mutate, routes)
+}
+
+// startAppOpts is startAppWith with options for New.
+func startAppOpts(t testing.TB, mutate func(*config.Config), routes func(api http.Handler) http.Handler, opts ...Option) *testApp {
+	t.Helper()
 	cfg := config.Default()
 	cfg.DataDir = t.TempDir()
 	cfg.API.Listen = "127.0.0.1:0"
@@ -59,7 +65,7 @@ func startAppWith(t testing.TB, mutate func(*config.Config), routes func(api htt
 	logs := &testenv.LogBuffer{}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ctx, cancel := context.WithCancel(context.Background())
-	a, err := New(ctx, cfg, log, "test")
+	a, err := New(ctx, cfg, log, "test", opts...)
 	if err != nil {
 		cancel()
 		t.Fatalf("new app: %v", err)

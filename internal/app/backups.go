@@ -42,7 +42,7 @@ func RestoreFrom(target, id string, only bool) Option {
 }
 
 // Restored is what a start restored, nil if nothing.
-func (a *App) Restored() *backup.Report { return a.restored }
+func (a *App) Restored() *backup.RestoreReport { return a.restored }
 
 func backupTarget(c config.Backup, url string) backup.Target {
 	return backup.Target{URL: url, AccessKeyID: c.AccessKeyID, SecretAccessKey: c.SecretAccessKey}
@@ -72,21 +72,21 @@ func (a *App) restoreAtStart(ctx context.Context, o options, first bool) error {
 	}
 	defer func() { _ = bucket.Close() }()
 	svc := backup.NewService(backup.ServiceOptions{Engine: a.eng, Keyring: a.keys, Bucket: bucket, Logger: a.log.With("component", "backup")})
-	id := o.restoreID
-	if id == "" {
-		if id, err = a.newestVerified(ctx, svc); err != nil {
-			if errors.Is(err, backup.ErrNotFound) && o.restoreFrom == "" {
-				a.log.Warn("backup.auto_restore: the target holds no backup to restore; starting a new platform", "target", backup.Redacted(url))
-				return nil
-			}
-			return fmt.Errorf("restore: %w", err)
-		}
-	}
-	a.log.Info("restoring a backup into the empty data directory", "backup", id, "target", backup.Redacted(url))
+	a.log.Info("restoring a backup into the empty data directory", "backup", o.restoreID, "target", backup.Redacted(url))
 	start := time.Now()
-	rep, err := svc.RestoreAll(ctx, id, func(p backup.Progress) {
+	rep, err := svc.RestoreAll(ctx, o.restoreID, func(p backup.Progress) {
 		a.log.Info("restore progress", "parts", p.Parts, "of", p.TotalParts, "bytes", p.Bytes, "total_bytes", p.TotalBytes)
+	}, func(id string, err error) {
+		a.log.Warn("backup skipped: it does not verify", "backup", id, "error", err.Error())
 	})
+	if errors.Is(err, backup.ErrNotFound) && o.restoreFrom == "" && o.restoreID == "" {
+		a.log.Warn("backup.auto_restore: the target holds no backup to restore; starting a new platform", "target", backup.Redacted(url))
+		return nil
+	}
+	id := o.restoreID
+	if rep != nil {
+		id = rep.ID
+	}
 	if err != nil {
 		return fmt.Errorf("restore backup %s: %w", id, err)
 	}
@@ -94,29 +94,6 @@ func (a *App) restoreAtStart(ctx context.Context, o options, first bool) error {
 	a.log.Info("backup restored", "backup", id, "parts", rep.Parts, "messages", rep.Messages, "bytes", rep.Bytes,
 		"shredded", strings.Join(rep.Shredded, ","), "took", time.Since(start).Round(time.Millisecond))
 	return nil
-}
-
-// newestVerified returns the newest full backup that verifies, logging each that does not.
-func (a *App) newestVerified(ctx context.Context, svc *backup.Service) (string, error) {
-	list, err := svc.List(ctx, "")
-	if err != nil {
-		return "", err
-	}
-	for _, b := range list {
-		if b.Tenant != "" {
-			continue
-		}
-		if b.Error != "" {
-			a.log.Warn("backup skipped: its manifest does not check", "backup", b.ID, "error", b.Error)
-			continue
-		}
-		if _, err := svc.Verify(ctx, b.ID, "", nil); err != nil {
-			a.log.Warn("backup skipped: it does not verify", "backup", b.ID, "error", err.Error())
-			continue
-		}
-		return b.ID, nil
-	}
-	return "", fmt.Errorf("%w: no full backup in the target verifies", backup.ErrNotFound)
 }
 
 // afterRestore records a start's restore: the restore is the first event after the restored
@@ -227,7 +204,7 @@ func (a *App) openBackups(ctx context.Context, reg *prometheus.Registry) error {
 }
 
 // jobDone audits the end of every backup job.
-func (b *backups) jobDone(j backup.Job) {
+func (b *backups) jobDone(j backup.BackupJob) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	ev := audit.Event{Actor: j.Actor, Tenant: j.Tenant, Action: "backup." + map[string]string{
@@ -276,7 +253,7 @@ func (b *backups) schedule(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		_, err := b.jobs.Start("create", "", "", "system", func(ctx context.Context, progress func(backup.Progress)) (string, *backup.Report, error) {
+		_, err := b.jobs.Start("create", "", "", "system", func(ctx context.Context, progress func(backup.Progress)) (string, *backup.RestoreReport, error) {
 			m, err := b.svc.Backup(ctx, "", progress)
 			if err != nil {
 				return "", nil, err
@@ -319,15 +296,15 @@ func (a *App) backupsAPI() api.Backups {
 
 type backupAPI struct{ a *App }
 
-func (b *backupAPI) Job(id string) (backup.Job, bool) { return b.a.backups.jobs.Get(id) }
+func (b *backupAPI) Job(id string) (backup.BackupJob, bool) { return b.a.backups.jobs.Get(id) }
 
-func (b *backupAPI) List(ctx context.Context, tenant string) ([]backup.Summary, error) {
+func (b *backupAPI) List(ctx context.Context, tenant string) ([]backup.BackupSummary, error) {
 	return b.a.backups.svc.List(ctx, tenant)
 }
 
-func (b *backupAPI) Start(kind, tenant, id, actor string) (backup.Job, error) {
+func (b *backupAPI) Start(kind, tenant, id, actor string) (backup.BackupJob, error) {
 	bs, a := b.a.backups, b.a
-	return bs.jobs.Start(kind, tenant, id, actor, func(ctx context.Context, progress func(backup.Progress)) (string, *backup.Report, error) {
+	return bs.jobs.Start(kind, tenant, id, actor, func(ctx context.Context, progress func(backup.Progress)) (string, *backup.RestoreReport, error) {
 		switch kind {
 		case "create":
 			m, err := bs.svc.Backup(ctx, tenant, progress)

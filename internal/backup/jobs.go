@@ -10,9 +10,9 @@ import (
 	"time"
 )
 
-// Job is a backup, verify or restore running (or run) in the background: the API starts one
+// BackupJob is a backup, verify or restore running (or run) in the background: the API starts one
 // and answers at once; the caller follows it until it ends.
-type Job struct {
+type BackupJob struct {
 	ID       string    `json:"id"`
 	Kind     string    `json:"kind"` // create, verify, restore
 	Tenant   string    `json:"tenant,omitempty"`
@@ -23,7 +23,7 @@ type Job struct {
 	Finished time.Time `json:"finished,omitzero"`
 	Progress Progress  `json:"progress"`
 	Error    string    `json:"error,omitempty"`
-	Report   *Report   `json:"report,omitempty"`
+	Report   *RestoreReport   `json:"report,omitempty"`
 }
 
 // Job states.
@@ -37,10 +37,10 @@ const (
 // last few jobs to be asked about. Jobs live in memory: a restart forgets them.
 type Jobs struct {
 	ctx  context.Context
-	done func(Job)
+	done func(BackupJob)
 
 	mu   sync.Mutex
-	jobs []*Job
+	jobs []*BackupJob
 	busy bool
 	wg   sync.WaitGroup
 }
@@ -51,21 +51,21 @@ var ErrBusy = errors.New("a backup, verify or restore is already running")
 const keepJobs = 32
 
 // NewJobs returns a runner whose jobs run under ctx and report to done when they end.
-func NewJobs(ctx context.Context, done func(Job)) *Jobs {
+func NewJobs(ctx context.Context, done func(BackupJob)) *Jobs {
 	return &Jobs{ctx: ctx, done: done}
 }
 
 // Start runs work as a new job. work reports progress through its argument, and returns the
 // backup it took, checked or restored, and what a restore did.
-func (j *Jobs) Start(kind, tenant, backupID, actor string, work func(ctx context.Context, progress func(Progress)) (string, *Report, error)) (Job, error) {
+func (j *Jobs) Start(kind, tenant, backupID, actor string, work func(ctx context.Context, progress func(Progress)) (string, *RestoreReport, error)) (BackupJob, error) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if j.busy {
-		return Job{}, ErrBusy
+		return BackupJob{}, ErrBusy
 	}
 	r := make([]byte, 6)
 	_, _ = rand.Read(r)
-	job := &Job{ID: "bj_" + hex.EncodeToString(r), Kind: kind, Tenant: tenant, Backup: backupID, Actor: actor,
+	job := &BackupJob{ID: "bj_" + hex.EncodeToString(r), Kind: kind, Tenant: tenant, Backup: backupID, Actor: actor,
 		State: JobRunning, Started: time.Now().UTC()}
 	j.jobs = append(j.jobs, job)
 	if len(j.jobs) > keepJobs {
@@ -100,7 +100,7 @@ func (j *Jobs) Start(kind, tenant, backupID, actor string, work func(ctx context
 }
 
 // Get returns a job by id.
-func (j *Jobs) Get(id string) (Job, bool) {
+func (j *Jobs) Get(id string) (BackupJob, bool) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	for _, job := range j.jobs {
@@ -108,7 +108,7 @@ func (j *Jobs) Get(id string) (Job, bool) {
 			return *job, true
 		}
 	}
-	return Job{}, false
+	return BackupJob{}, false
 }
 
 // Wait waits for the running job, if any, to end.

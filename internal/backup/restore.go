@@ -82,8 +82,8 @@ func (s *Service) readRecords(ctx context.Context, p Part) ([]keyring.Record, er
 	return recs, nil
 }
 
-// Report says what a restore did.
-type Report struct {
+// RestoreReport says what a restore did.
+type RestoreReport struct {
 	ID string `json:"id"`
 	// Restored lists the tenants whose parts were restored.
 	Restored []string `json:"restored"`
@@ -103,49 +103,72 @@ var ErrNotEmpty = errors.New("a full restore needs an empty data directory")
 // RestoreAll restores a full backup into a new platform: an engine whose keyring is empty
 // and that holds nothing else yet (nothing of the platform has opened on it). The keys come
 // from the target's escrow; a tenant whose escrow is gone (its keys were destroyed after the
-// backup) is not restored and stays destroyed.
-func (s *Service) RestoreAll(ctx context.Context, id string, progress func(Progress)) (*Report, error) {
+// backup) is not restored and stays destroyed. With id "", the newest full backup whose parts
+// all read back and match its manifest is restored; skipped is told of each newer one that
+// does not.
+func (s *Service) RestoreAll(ctx context.Context, id string, progress func(Progress), skipped func(id string, err error)) (*RestoreReport, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	m, err := s.Manifest(ctx, id)
-	if err != nil {
-		return nil, err
-	}
-	if m.Tenant != "" {
-		return nil, fmt.Errorf("%w: backup %s is of tenant %s only; restore it into a running platform with --tenant", ErrInvalid, id, m.Tenant)
-	}
 	if err := s.checkEmpty(ctx); err != nil {
 		return nil, err
 	}
-	rep := &Report{ID: id}
-	// Every tenant's keys first, so that a damaged escrow stops the restore before any data.
-	tenants := []string{PlatformScope.Tenant}
-	for _, p := range m.Parts {
-		sc, err := keyring.ParseScope(p.Scope)
+	imported := map[string]bool{}
+	var (
+		m    *Manifest
+		gone map[string]bool
+	)
+	if id != "" {
+		var err error
+		if m, err = s.Manifest(ctx, id); err != nil {
+			return nil, err
+		}
+		if m.Tenant != "" {
+			return nil, fmt.Errorf("%w: backup %s is of tenant %s only; restore it into a running platform with --tenant", ErrInvalid, id, m.Tenant)
+		}
+		if gone, err = s.importKeys(ctx, m, imported); err != nil {
+			return nil, err
+		}
+	} else {
+		list, err := s.List(ctx, "")
 		if err != nil {
-			return nil, fmt.Errorf("%w: part %s: scope: %v", ErrManifest, p.Object, err)
+			return nil, err
 		}
-		if !slices.Contains(tenants, sc.Tenant) {
-			tenants = append(tenants, sc.Tenant)
-		}
-	}
-	gone := map[string]bool{}
-	for _, t := range tenants {
-		b, err := s.o.Bucket.ReadAll(ctx, escrowObject(t))
-		if gcerrors.Code(err) == gcerrors.NotFound {
-			if t == PlatformScope.Tenant {
-				return nil, fmt.Errorf("%w: the platform's key escrow (%s) is missing from the target", ErrUnreadable, escrowObject(t))
+		var why []string
+		for _, b := range list {
+			if b.Tenant != "" {
+				continue
 			}
-			gone[t] = true
-			continue
+			err := errors.New(b.Error)
+			var cand *Manifest
+			if b.Error == "" {
+				cand, err = s.Manifest(ctx, b.ID)
+			}
+			var g map[string]bool
+			if err == nil {
+				g, err = s.importKeys(ctx, cand, imported)
+			}
+			if err == nil {
+				err = s.verifyParts(ctx, cand, g)
+			}
+			if err != nil {
+				if skipped != nil {
+					skipped(b.ID, err)
+				}
+				why = append(why, b.ID+": "+err.Error())
+				continue
+			}
+			m, gone = cand, g
+			break
 		}
-		if err != nil {
-			return nil, fmt.Errorf("read the key escrow of %s: %w", t, err)
+		if m == nil && len(why) == 0 {
+			return nil, fmt.Errorf("%w: the target holds no full backup", ErrNotFound)
 		}
-		if _, err := s.o.Keyring.ImportEscrow(ctx, t, b); err != nil {
-			return nil, fmt.Errorf("%w: the key escrow of %s: %v", ErrUnreadable, t, err)
+		if m == nil {
+			return nil, fmt.Errorf("no full backup in the target verifies: %s", strings.Join(why, "; "))
 		}
+		id = m.ID
 	}
+	rep := &RestoreReport{ID: id}
 	for t := range gone {
 		if err := s.o.Keyring.MarkDestroyed(ctx, keyring.Scope{Tenant: t}); err != nil {
 			return nil, err
@@ -195,6 +218,58 @@ func (s *Service) RestoreAll(ctx context.Context, id string, progress func(Progr
 	return rep, nil
 }
 
+// importKeys imports the escrow of the platform and of every tenant in the backup that the
+// target still holds, and returns the tenants it does not hold: their keys were destroyed.
+func (s *Service) importKeys(ctx context.Context, m *Manifest, imported map[string]bool) (map[string]bool, error) {
+	tenants := []string{PlatformScope.Tenant}
+	for _, p := range m.Parts {
+		sc, err := keyring.ParseScope(p.Scope)
+		if err != nil {
+			return nil, fmt.Errorf("%w: part %s: scope: %v", ErrManifest, p.Object, err)
+		}
+		if !slices.Contains(tenants, sc.Tenant) {
+			tenants = append(tenants, sc.Tenant)
+		}
+	}
+	gone := map[string]bool{}
+	for _, t := range tenants {
+		if imported[t] {
+			continue
+		}
+		b, err := s.o.Bucket.ReadAll(ctx, escrowObject(t))
+		if gcerrors.Code(err) == gcerrors.NotFound {
+			if t == PlatformScope.Tenant {
+				return nil, fmt.Errorf("%w: the platform's key escrow (%s) is missing from the target", ErrUnreadable, escrowObject(t))
+			}
+			gone[t] = true
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read the key escrow of %s: %w", t, err)
+		}
+		if _, err := s.o.Keyring.ImportEscrow(ctx, t, b); err != nil {
+			return nil, fmt.Errorf("%w: the key escrow of %s: %v", ErrUnreadable, t, err)
+		}
+		imported[t] = true
+	}
+	return gone, nil
+}
+
+// verifyParts reads every part a full restore would restore (not those of tenants gone)
+// against the manifest.
+func (s *Service) verifyParts(ctx context.Context, m *Manifest, gone map[string]bool) error {
+	for _, p := range m.Parts {
+		sc, _ := keyring.ParseScope(p.Scope)
+		if gone[sc.Tenant] || p.Kind == KindRecords {
+			continue
+		}
+		if err := readPart(ctx, s.opts(), p, io.Discard); err != nil && !errors.Is(err, keyring.ErrDestroyed) {
+			return err
+		}
+	}
+	return nil
+}
+
 // checkEmpty refuses a platform engine that holds any stream but the keyring's, or a keyring
 // with any scope in it.
 func (s *Service) checkEmpty(ctx context.Context) error {
@@ -204,7 +279,7 @@ func (s *Service) checkEmpty(ctx context.Context) error {
 	}
 	names := acc.JetStream().StreamNames(ctx)
 	for n := range names.Name() {
-		if n != "KV_"+keyring.Bucket {
+		if !excludedStreams[n] {
 			return fmt.Errorf("%w: it holds stream %s", ErrNotEmpty, n)
 		}
 	}
@@ -257,7 +332,7 @@ type TenantHooks struct {
 // roles, API keys and environments are the platform's and are left as they are. Every part
 // is read and checked before anything of the tenant changes: a damaged backup, or one whose
 // keys are gone, leaves the tenant as it was.
-func (s *Service) RestoreTenant(ctx context.Context, id, tenant string, hooks TenantHooks, progress func(Progress)) (*Report, error) {
+func (s *Service) RestoreTenant(ctx context.Context, id, tenant string, hooks TenantHooks, progress func(Progress)) (*RestoreReport, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	m, err := s.Manifest(ctx, id)
@@ -273,7 +348,7 @@ func (s *Service) RestoreTenant(ctx context.Context, id, tenant string, hooks Te
 		return nil, fmt.Errorf("%w: no such tenant %q", ErrInvalid, tenant)
 	}
 	live := s.o.Tenants()[i]
-	rep := &Report{ID: id}
+	rep := &RestoreReport{ID: id}
 	prog := Progress{}
 	var streams []Part
 	var records *Part
@@ -334,7 +409,7 @@ func (s *Service) RestoreTenant(ctx context.Context, id, tenant string, hooks Te
 }
 
 func (s *Service) replaceTenant(ctx context.Context, m *Manifest, live Tenant, streams []Part, recs []keyring.Record,
-	rep *Report, prog *Progress, progress func(Progress)) error {
+	rep *RestoreReport, prog *Progress, progress func(Progress)) error {
 	// Streams of the tenant that the backup does not hold were made after it: they go.
 	want := map[string]bool{}
 	for _, p := range streams {

@@ -16,7 +16,7 @@ type Retention struct {
 
 // Keep returns the ids of backups (newest first) that the policy keeps. Backups from the
 // future (a clock set back) are kept.
-func (r Retention) Keep(backups []Summary, now time.Time) map[string]bool {
+func (r Retention) Keep(backups []BackupSummary, now time.Time) map[string]bool {
 	keep := map[string]bool{}
 	if len(backups) == 0 {
 		return keep

@@ -40,8 +40,9 @@ func escrowObject(tenant string) string { return escrowPrefix + tenant }
 
 // excludedStreams are platform streams a backup leaves out: the keyring's bucket, whose
 // records go to the escrow instead (a backup holding a tenant's keys would bring them back
-// after they were destroyed), and the replay nonces, which only matter for minutes.
-var excludedStreams = map[string]bool{"KV_" + keyring.Bucket: true, "KV_penstock_nonces": true}
+// after they were destroyed), the replay nonces, which only matter for minutes, and the
+// engine's health probe, which every engine makes for itself as it opens.
+var excludedStreams = map[string]bool{"KV_" + keyring.Bucket: true, "KV_penstock_nonces": true, "KV_penstock_health": true}
 
 // Tenant is a tenant and its environments, each an engine account.
 type Tenant struct {
@@ -172,19 +173,32 @@ func (s *Service) Backup(ctx context.Context, tenant string, progress func(Progr
 		}
 		tenants = tenants[i : i+1]
 	}
-	// The escrow first: a backup whose manifest exists can always find its keys.
-	if err := s.writeEscrow(ctx, tenant == "", tenants); err != nil {
-		return nil, err
-	}
 	id := newID(time.Now(), tenant)
 	var sources []Source
 	if tenant == "" {
 		sources = append(sources, Source{Account: engine.PlatformAccount, Scope: PlatformScope, Skip: excludedStreams})
 	}
+	scopes := []keyring.Scope{}
 	for _, t := range tenants {
+		scopes = append(scopes, keyring.Scope{Tenant: t.Name})
 		for _, env := range t.Environments {
-			sources = append(sources, Source{Account: t.Account(env), Scope: keyring.Scope{Tenant: t.Name, Environment: env}})
+			sc := keyring.Scope{Tenant: t.Name, Environment: env}
+			sources = append(sources, Source{Account: t.Account(env), Scope: sc})
+			scopes = append(scopes, sc)
 		}
+	}
+	for _, src := range sources {
+		scopes = append(scopes, src.Scope)
+	}
+	// Every key the parts will be sealed with exists before the escrow is taken, and the
+	// escrow is stored before any part: a backup whose manifest exists can find its keys.
+	for _, sc := range scopes {
+		if err := s.o.Keyring.EnsureKey(ctx, sc); err != nil {
+			return nil, fmt.Errorf("the key of %s: %w", sc, err)
+		}
+	}
+	if err := s.writeEscrow(ctx, tenant == "", tenants); err != nil {
+		return nil, err
 	}
 	var done Progress
 	report := func(p Part) {
@@ -195,6 +209,10 @@ func (s *Service) Backup(ctx context.Context, tenant string, progress func(Progr
 		}
 	}
 	m, err := create(ctx, s.opts(), id, tenant, sources, sign, func(m *Manifest) error {
+		// Again once the streams are stored: a key rotated meanwhile sealed some of them.
+		if err := s.writeEscrow(ctx, tenant == "", tenants); err != nil {
+			return err
+		}
 		for _, t := range tenants {
 			p, err := s.recordsPart(ctx, id, t.Name)
 			if err != nil {
@@ -292,8 +310,8 @@ func (s *Service) Forget(ctx context.Context, tenant string) error {
 	return nil
 }
 
-// Summary is a backup as a list shows it.
-type Summary struct {
+// BackupSummary is a backup as a list shows it.
+type BackupSummary struct {
 	ID      string    `json:"id"`
 	Created time.Time `json:"created"`
 	Tenant  string    `json:"tenant,omitempty"`
@@ -307,10 +325,10 @@ type Summary struct {
 
 // List returns the target's backups, newest first; tenant, if set, keeps the full backups
 // and that tenant's own.
-func (s *Service) List(ctx context.Context, tenant string) ([]Summary, error) {
+func (s *Service) List(ctx context.Context, tenant string) ([]BackupSummary, error) {
 	pub, err := s.publicKey(ctx)
 	if errors.Is(err, ErrNotFound) {
-		return []Summary{}, nil
+		return []BackupSummary{}, nil
 	}
 	if err != nil {
 		return nil, err
@@ -319,9 +337,9 @@ func (s *Service) List(ctx context.Context, tenant string) ([]Summary, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := []Summary{}
+	out := []BackupSummary{}
 	for _, id := range ids {
-		sum := Summary{ID: id}
+		sum := BackupSummary{ID: id}
 		m, err := Open(ctx, s.opts(), id, pub)
 		if errors.Is(err, ErrNotFound) {
 			continue // an unfinished backup: parts without a manifest
@@ -429,7 +447,7 @@ func (s *Service) Prune(ctx context.Context, policy Retention, now time.Time) ([
 	if err != nil {
 		return nil, err
 	}
-	byTenant := map[string][]Summary{}
+	byTenant := map[string][]BackupSummary{}
 	for _, b := range list {
 		if b.Error == "" {
 			byTenant[b.Tenant] = append(byTenant[b.Tenant], b)

@@ -28,7 +28,7 @@ func backupCmd(environ []string) *cobra.Command {
 // default on a terminal), follows it to its end with its progress on standard error.
 func backupJobCmd(environ []string, use, short string, args cobra.PositionalArgs,
 	build func(cmd *cobra.Command, tenant string, args []string) (path string, body any, err error),
-	done func(w io.Writer, j backup.Job)) (*cobra.Command, *string) {
+	done func(w io.Writer, j backup.BackupJob)) (*cobra.Command, *string) {
 	var tenant string
 	cf := clientFlags{environ: environ}
 	cmd := &cobra.Command{
@@ -38,7 +38,7 @@ func backupJobCmd(environ []string, use, short string, args cobra.PositionalArgs
 			if err != nil {
 				return err
 			}
-			var job backup.Job
+			var job backup.BackupJob
 			if err := cf.call(cmd.Context(), "POST", path, body, &job); err != nil {
 				return err
 			}
@@ -64,7 +64,7 @@ func backupJobCmd(environ []string, use, short string, args cobra.PositionalArgs
 
 // followBackupJob polls a job until it ends, showing bytes and parts done, the rate and, when
 // the total is known, the time left.
-func followBackupJob(cmd *cobra.Command, cf *clientFlags, job backup.Job) (backup.Job, error) {
+func followBackupJob(cmd *cobra.Command, cf *clientFlags, job backup.BackupJob) (backup.BackupJob, error) {
 	pr := newProgress(cmd)
 	defer pr.end()
 	start := time.Now()
@@ -78,7 +78,7 @@ func followBackupJob(cmd *cobra.Command, cf *clientFlags, job backup.Job) (backu
 	return job, err
 }
 
-func progressLine(j backup.Job, took time.Duration) string {
+func progressLine(j backup.BackupJob, took time.Duration) string {
 	p := j.Progress
 	rate := float64(p.Bytes) / max(took.Seconds(), 0.001)
 	line := fmt.Sprintf("%s: %s parts, %s at %s/s, %s", j.Kind, count(int64(p.Parts)), size(p.Bytes), size(int64(rate)), elapsed(took))
@@ -111,7 +111,7 @@ func backupCreateCmd(environ []string) *cobra.Command {
 		func(_ *cobra.Command, tenant string, _ []string) (string, any, error) {
 			return "/v1/backups", map[string]string{"tenant": tenant}, nil
 		},
-		func(w io.Writer, j backup.Job) {
+		func(w io.Writer, j backup.BackupJob) {
 			fmt.Fprintf(w, "backup %s: %d parts, %s, in %s\n", j.Backup, j.Progress.Parts, size(j.Progress.Bytes), elapsed(j.Finished.Sub(j.Started)))
 		})
 	return cmd
@@ -126,7 +126,7 @@ func backupVerifyCmd(environ []string) *cobra.Command {
 			}
 			return "/v1/backups/" + url.PathEscape(args[0]) + "/verify", map[string]string{"tenant": tenant}, nil
 		},
-		func(w io.Writer, j backup.Job) {
+		func(w io.Writer, j backup.BackupJob) {
 			fmt.Fprintf(w, "backup %s verifies: signature good, %d parts (%s) decrypt and match the manifest\n", j.Backup, j.Progress.Parts, size(j.Progress.Bytes))
 		})
 	return cmd
@@ -173,7 +173,7 @@ func backupRestoreCmd(environ []string) *cobra.Command {
 			}
 			return "/v1/backups/" + url.PathEscape(args[0]) + "/restore", map[string]string{"tenant": tenant}, nil
 		},
-		func(w io.Writer, j backup.Job) {
+		func(w io.Writer, j backup.BackupJob) {
 			fmt.Fprintf(w, "tenant %s restored from backup %s: %d parts, %s, in %s\n", j.Tenant, j.Backup, j.Progress.Parts, size(j.Progress.Bytes),
 				elapsed(j.Finished.Sub(j.Started)))
 			if j.Report != nil && len(j.Report.Skipped) > 0 {

@@ -161,3 +161,13 @@ func (k *Keyring) OnDestroy(f func(ctx context.Context, s Scope)) {
 	defer k.mu.Unlock()
 	k.onDestroy = append(k.onDestroy, f)
 }
+
+// EnsureKey gives the scope a data key if it has none yet, so that an escrow taken now holds
+// the key that what is sealed next will use.
+func (k *Keyring) EnsureKey(ctx context.Context, s Scope) error {
+	if err := s.Validate(); err != nil {
+		return err
+	}
+	_, err := k.dataKeyFor(ctx, s, true)
+	return err
+}

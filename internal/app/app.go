@@ -62,6 +62,8 @@ type App struct {
 	bootstrap redact.Secret
 	routes    []api.Route
 	restored  *backup.RestoreReport // what this start restored
+	// restoredAside and restoredDamage say where a damaged directory was set aside, and why.
+	restoredAside, restoredDamage string
 	backups   *backups       // nil without backup.target
 	inflight  atomic.Int64 // handlers in progress
 
@@ -74,12 +76,37 @@ type App struct {
 // New locks the data directory, binds the listeners, then opens the engine: a second
 // process on the same directory, or a port already taken, fails before the store is touched.
 // Nothing is served until Run.
-func New(ctx context.Context, cfg config.Config, log *slog.Logger, version string, opts ...Option) (_ *App, err error) {
-	a := &App{cfg: cfg, log: log}
+func New(ctx context.Context, cfg config.Config, log *slog.Logger, version string, opts ...Option) (*App, error) {
 	var o options
 	for _, f := range opts {
 		f(&o)
 	}
+	a, err := newApp(ctx, cfg, log, version, o)
+	var rd *replaceDamaged
+	if !errors.As(err, &rd) {
+		return a, err
+	}
+	// backup.auto_restore allows damage to be replaced: the damaged directory is set aside,
+	// not deleted, and the newest backup that verifies is restored in its place.
+	aside, err := datadir.SetAside(cfg.DataDir, restoreKeeps...)
+	if err != nil {
+		return nil, err
+	}
+	log.Warn("damaged streams found and backup.auto_restore is set: the data directory was set aside and a backup is restored in its place",
+		"damaged", rd.String(), "set_aside", aside)
+	o.replaced, o.aside = rd.findings, aside
+	if o.restoreFrom == "" {
+		o.restoreFrom = cfg.Backup.Target
+	}
+	return newApp(ctx, cfg, log, version, o)
+}
+
+// restoreKeeps are what a data directory may hold when a restore begins in it: the master key
+// the operator kept, and the TLS authority clients already trust.
+var restoreKeeps = []string{keyring.MasterKeyFile, "tls/ca.key", "tls/ca.crt"}
+
+func newApp(ctx context.Context, cfg config.Config, log *slog.Logger, version string, o options) (_ *App, err error) {
+	a := &App{cfg: cfg, log: log}
 	defer func() {
 		if err != nil {
 			a.closeAll()
@@ -96,7 +123,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 	}
 	if !first && (o.restoreFrom != "" || cfg.Backup.AutoRestore) {
 		// A restore may begin in a directory that holds only the master key it needs.
-		if first, err = datadir.FirstStartWithKey(cfg.DataDir, keyring.MasterKeyFile); err != nil {
+		if first, err = datadir.FirstStartWith(cfg.DataDir, restoreKeeps...); err != nil {
 			return nil, err
 		}
 	}
@@ -150,6 +177,9 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 		integ.Attach(a.eng)
 		if damage, err = integ.Check(ctx); err != nil {
 			return nil, fmt.Errorf("integrity check: %w", err)
+		}
+		if len(damage) > 0 && cfg.Backup.AutoRestore && o.aside == "" {
+			return nil, &replaceDamaged{findings: damage} // New sets the directory aside and restores
 		}
 		a.integ = integ // from here on, a stop records the streams
 	}

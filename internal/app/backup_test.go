@@ -4,15 +4,18 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/penstock/penstock/internal/audit"
+	"github.com/penstock/penstock/internal/backup"
 	"github.com/penstock/penstock/internal/config"
 	"github.com/penstock/penstock/internal/keyring"
 )
@@ -294,5 +297,154 @@ func TestBackupWhilePublishingThenRestoreIntoAnEmptyDirectory(t *testing.T) {
 		if e.Action == "backup.created" {
 			t.Fatalf("an event from after the backup survived the restore: %+v", e)
 		}
+	}
+}
+
+// restoreInto restores a target's backup into dir as `penstock backup restore --to-data-dir`
+// does, and returns the report or the error.
+func restoreInto(t *testing.T, dir, target, id string, mutate func(*config.Config)) (*backup.RestoreReport, error) {
+	t.Helper()
+	cfg := config.Default()
+	cfg.DataDir, cfg.API.Listen, cfg.Backup.Schedule = dir, "127.0.0.1:0", 0
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	a, err := New(context.Background(), cfg, slog.New(slog.DiscardHandler), "test", RestoreFrom(target, id, true))
+	if err != nil {
+		return nil, err
+	}
+	rep := a.Restored()
+	return rep, a.RestoreOnly()
+}
+
+// masterKeyOnly is a new data directory holding only dir's master key.
+func masterKeyOnly(t *testing.T, dir string) string {
+	t.Helper()
+	key, err := os.ReadFile(filepath.Join(dir, keyring.MasterKeyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nd := t.TempDir()
+	if err := os.WriteFile(filepath.Join(nd, keyring.MasterKeyFile), key, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return nd
+}
+
+// A tampered manifest, a tampered part and another master key are each refused with an error
+// that says which, and nothing is restored.
+func TestBackupRefusesTamperingAndAnotherKey(t *testing.T) {
+	w := newBackupWorld(t, "")
+	w.loadTenant(t, "acme", 20)
+	job := w.job(t, "POST", "/v1/backups", map[string]any{})
+	if job["state"] != "done" {
+		t.Fatalf("backup: %v", job)
+	}
+	id := job["backup"].(string)
+	dataDir := w.cfg.DataDir
+	w.stop()
+
+	// Another master key: the target's signing key does not open, so nothing is trusted.
+	other := t.TempDir()
+	if err := os.WriteFile(filepath.Join(other, keyring.MasterKeyFile), []byte(strings.Repeat("ab", 32)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := restoreInto(t, other, w.target, id, nil); err == nil || !strings.Contains(err.Error(), "does not open with this master key") {
+		t.Fatalf("another master key: %v", err)
+	}
+
+	// A part changed in one byte.
+	part := filepath.Join(w.dir, id, "acme_production", "Q_shop_orders")
+	orig, err := os.ReadFile(part)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := slices.Clone(orig)
+	bad[len(bad)/2] ^= 1
+	os.WriteFile(part, bad, 0o600)
+	if _, err := restoreInto(t, masterKeyOnly(t, dataDir), w.target, id, nil); err == nil || !strings.Contains(err.Error(), "Q_shop_orders") {
+		t.Fatalf("tampered part: %v", err)
+	}
+	os.WriteFile(part, orig, 0o600)
+
+	// The manifest changed (a part made to restore as another stream): its signature fails.
+	mf := filepath.Join(w.dir, id, "manifest")
+	orig, _ = os.ReadFile(mf)
+	os.WriteFile(mf, bytes.Replace(orig, []byte(`"stream": "Q_shop_orders"`), []byte(`"stream": "Q_shop_ordert"`), 1), 0o600)
+	if bytes.Equal(orig, mustRead(t, mf)) {
+		t.Fatal("the manifest names no stream Q_shop_orders to change")
+	}
+	if _, err := restoreInto(t, masterKeyOnly(t, dataDir), w.target, id, nil); err == nil || !strings.Contains(err.Error(), "signature does not verify") {
+		t.Fatalf("tampered manifest: %v", err)
+	}
+	os.WriteFile(mf, orig, 0o600)
+
+	// Untouched, it restores; into a directory that holds a platform, it does not.
+	nd := masterKeyOnly(t, dataDir)
+	if rep, err := restoreInto(t, nd, w.target, id, nil); err != nil || rep.ID != id {
+		t.Fatalf("restore: %+v %v", rep, err)
+	}
+	if _, err := restoreInto(t, nd, w.target, id, nil); err == nil || !strings.Contains(err.Error(), "already holds a platform") {
+		t.Fatalf("restore over a platform: %v", err)
+	}
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// A tenant deleted (its keys destroyed) after a backup stays deleted when that backup is
+// restored: its escrow went with its keys, so its parts cannot be read; the others restore.
+func TestShreddedTenantIsNotRestored(t *testing.T) {
+	w := newBackupWorld(t, "")
+	w.loadTenant(t, "acme", 10)
+	w.loadTenant(t, "globex", 10)
+	job := w.job(t, "POST", "/v1/backups", map[string]any{})
+	if job["state"] != "done" {
+		t.Fatalf("backup: %v", job)
+	}
+	id := job["backup"].(string)
+	if _, err := os.Stat(filepath.Join(w.dir, "keys", "escrow", "globex")); err != nil {
+		t.Fatalf("no escrow for globex: %v", err)
+	}
+	w.must(t, "DELETE", "/v1/tenants/globex", nil, 204)
+	if _, err := os.Stat(filepath.Join(w.dir, "keys", "escrow", "globex")); !os.IsNotExist(err) {
+		t.Fatalf("globex's escrow outlived its keys: %v", err)
+	}
+	// The backup still verifies for acme; for globex it cannot be read any more.
+	if v := w.job(t, "POST", "/v1/backups/"+id+"/verify", map[string]any{"tenant": "acme"}); v["state"] != "done" {
+		t.Fatalf("verify acme: %v", v)
+	}
+	dataDir := w.cfg.DataDir
+	w.stop()
+	nd := masterKeyOnly(t, dataDir)
+	rep, err := restoreInto(t, nd, w.target, id, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(rep.Shredded, []string{"globex"}) || !slices.Equal(rep.Restored, []string{"acme"}) {
+		t.Fatalf("report: %+v", rep)
+	}
+	tb := startApp(t, func(c *config.Config) { c.DataDir = nd })
+	tb.admin = w.admin
+	st, out, raw := tb.call(t, "GET", "/v1/tenants", w.admin, nil)
+	if st != 200 || strings.Contains(raw, "globex") || !strings.Contains(raw, "acme") {
+		t.Fatalf("tenants after the restore: %d %s", st, raw)
+	}
+	_ = out
+	if st, _, raw := tb.call(t, "GET", appPath("globex/production/shop")+"/queues/orders", w.admin, nil); st != 404 {
+		t.Fatalf("globex's queue after the restore: %d %s", st, raw)
+	}
+	if got := (&backupWorld{testApp: tb, admin: w.admin}).drain(t, w.admin, "acme/production/shop", "orders", 5); len(got) != 5 {
+		t.Fatalf("acme's orders: %d", len(got))
+	}
+	ev := tb.auditEvents(t, w.admin, "")
+	if i := slices.IndexFunc(ev.Events, func(e audit.Event) bool { return e.Action == "backup.restored" }); i < 0 || ev.Events[i].Details["shredded"] != "globex" {
+		t.Fatalf("the restore event does not say globex stays shredded")
 	}
 }

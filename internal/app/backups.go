@@ -21,6 +21,7 @@ import (
 	"github.com/penstock/penstock/internal/config"
 	"github.com/penstock/penstock/internal/fabric"
 	"github.com/penstock/penstock/internal/identity"
+	"github.com/penstock/penstock/internal/integrity"
 	"github.com/penstock/penstock/internal/keyring"
 )
 
@@ -31,6 +32,23 @@ type options struct {
 	restoreFrom string // a target URL
 	restoreID   string // "" for the newest full backup that verifies
 	restoreOnly bool   // refuse a data directory that holds a platform
+	// replaced and aside are set on the start after damage was set aside.
+	replaced []integrity.Finding
+	aside    string
+}
+
+// replaceDamaged stops a start that found damage that backup.auto_restore allows to be
+// replaced.
+type replaceDamaged struct{ findings []integrity.Finding }
+
+func (r *replaceDamaged) Error() string { return "damaged streams found: " + r.String() }
+
+func (r *replaceDamaged) String() string {
+	var names []string
+	for _, f := range r.findings {
+		names = append(names, f.Account+" > "+f.Stream)
+	}
+	return strings.Join(names, ", ")
 }
 
 // RestoreFrom makes a start on an empty data directory restore a full backup from the target
@@ -90,7 +108,10 @@ func (a *App) restoreAtStart(ctx context.Context, o options, first bool) error {
 	if err != nil {
 		return fmt.Errorf("restore backup %s: %w", id, err)
 	}
-	a.restored = rep
+	a.restored, a.restoredAside = rep, o.aside
+	if len(o.replaced) > 0 {
+		a.restoredDamage = (&replaceDamaged{findings: o.replaced}).String()
+	}
 	a.log.Info("backup restored", "backup", id, "parts", rep.Parts, "messages", rep.Messages, "bytes", rep.Bytes,
 		"shredded", strings.Join(rep.Shredded, ","), "took", time.Since(start).Round(time.Millisecond))
 	return nil
@@ -112,6 +133,9 @@ func (a *App) afterRestore(ctx context.Context) error {
 	}
 	if len(rep.Skipped) > 0 {
 		details["skipped"] = strings.Join(rep.Skipped, "; ")
+	}
+	if a.restoredAside != "" {
+		details["replaced_damage"], details["set_aside"] = a.restoredDamage, a.restoredAside
 	}
 	if _, err := a.audit.Append(ctx, audit.Event{Actor: "system", Action: "backup.restored", Target: rep.ID,
 		Result: audit.ResultOK, Details: details}); err != nil {

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/penstock/penstock/internal/redact"
@@ -149,10 +151,10 @@ func LoadKey(dir, rel, protects string) (redact.Secret, error) {
 	return LoadOrCreateKey(path)
 }
 
-// FirstStartWithKey is FirstStart for a directory that may hold, besides nothing, only the
-// key file named keyFile that the operator put there (a master key kept apart from a lost
-// directory, to restore a backup with): such a directory begins its first start too.
-func FirstStartWithKey(dir, keyFile string) (bool, error) {
+// FirstStartWith is FirstStart for a directory that may hold, besides nothing, only the files
+// named in keep: the master key the operator put there (kept apart from a lost directory, to
+// restore a backup with), or what SetAside left. Such a directory begins its first start too.
+func FirstStartWith(dir string, keep ...string) (bool, error) {
 	rec, err := readInit(dir)
 	if err != nil {
 		return false, err
@@ -161,7 +163,7 @@ func FirstStartWithKey(dir, keyFile string) (bool, error) {
 		return rec.State == StateInitializing, nil
 	}
 	for _, f := range storeFiles {
-		if f == keyFile {
+		if slices.Contains(keep, f) {
 			continue
 		}
 		if _, err := os.Lstat(filepath.Join(dir, f)); err == nil {
@@ -174,4 +176,51 @@ func FirstStartWithKey(dir, keyFile string) (bool, error) {
 		return false, err
 	}
 	return true, nil
+}
+
+// SetAside moves everything in dir but the lock and the files named in keep (paths relative to
+// dir, a directory's files one by one) into a new directory dir/replaced-<time>, and returns
+// its path: what a restore replaces is kept, never deleted.
+func SetAside(dir string, keep ...string) (string, error) {
+	aside := filepath.Join(dir, "replaced-"+time.Now().UTC().Format("20060102T150405.000Z"))
+	if err := os.Mkdir(aside, 0o700); err != nil {
+		return "", fmt.Errorf("data directory: %w", err)
+	}
+	var move func(rel string) error
+	move = func(rel string) error {
+		entries, err := os.ReadDir(filepath.Join(dir, rel))
+		if err != nil {
+			return err
+		}
+		for _, e := range entries {
+			r := filepath.Join(rel, e.Name())
+			switch {
+			case r == LockFile || slices.Contains(keep, r) || strings.HasPrefix(r, "replaced-"):
+				continue
+			case e.IsDir() && slices.ContainsFunc(keep, func(k string) bool { return strings.HasPrefix(k, r+"/") }):
+				if err := os.MkdirAll(filepath.Join(aside, r), 0o700); err != nil {
+					return err
+				}
+				if err := move(r); err != nil {
+					return err
+				}
+				continue
+			}
+			if err := os.MkdirAll(filepath.Dir(filepath.Join(aside, r)), 0o700); err != nil {
+				return err
+			}
+			if err := os.Rename(filepath.Join(dir, r), filepath.Join(aside, r)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if err := move("."); err != nil {
+		return aside, fmt.Errorf("data directory: set aside into %s: %w", aside, err)
+	}
+	if d, err := os.Open(dir); err == nil {
+		_ = d.Sync()
+		_ = d.Close()
+	}
+	return aside, nil
 }

@@ -448,3 +448,169 @@ func TestShreddedTenantIsNotRestored(t *testing.T) {
 		t.Fatalf("the restore event does not say globex stays shredded")
 	}
 }
+
+// Automatic restore: an empty directory restores with backup.auto_restore and starts a new
+// platform without it; a damaged one is set aside and restored with it, and without it starts
+// as it is with its damage reported.
+func TestAutomaticRestore(t *testing.T) {
+	w := newBackupWorld(t, "")
+	w.loadTenant(t, "acme", 200)
+	if job := w.job(t, "POST", "/v1/backups", map[string]any{}); job["state"] != "done" {
+		t.Fatalf("backup: %v", job)
+	}
+	dataDir := w.cfg.DataDir
+	w.stop()
+	auto := func(on bool, dir string) func(*config.Config) {
+		return func(c *config.Config) {
+			c.DataDir, c.Backup.Target, c.Backup.Schedule, c.Backup.AutoRestore = dir, w.target, 0, on
+		}
+	}
+	tenants := func(ta *testApp) string {
+		ta.admin = w.admin
+		_, _, raw := ta.call(t, "GET", "/v1/tenants", w.admin, nil)
+		return raw
+	}
+
+	// Empty, without the setting: a new platform, with its first administrator.
+	empty := masterKeyOnly(t, dataDir)
+	os.Remove(filepath.Join(empty, keyring.MasterKeyFile))
+	fresh := startApp(t, auto(false, empty))
+	if fresh.Restored() != nil || fresh.BootstrapPassword().IsZero() {
+		t.Fatal("an empty directory without backup.auto_restore did not start a new platform")
+	}
+	fresh.stop()
+
+	// Empty but for the master key, with the setting: restored.
+	restored := startApp(t, auto(true, masterKeyOnly(t, dataDir)))
+	if restored.Restored() == nil || !strings.Contains(tenants(restored), `"acme"`) {
+		t.Fatal("backup.auto_restore did not restore into an empty directory")
+	}
+	restored.stop()
+
+	// Damaged: the newest block of acme's queue cut short.
+	damage := func(t *testing.T) string {
+		d := t.TempDir()
+		if err := os.CopyFS(d, os.DirFS(dataDir)); err != nil {
+			t.Fatal(err)
+		}
+		filepath.WalkDir(d, func(p string, e os.DirEntry, err error) error {
+			if err == nil && !e.IsDir() {
+				os.Chmod(p, 0o600)
+			}
+			return nil
+		})
+		blocks, _ := filepath.Glob(filepath.Join(d, "jetstream", "acme_production", "streams", "Q_shop_orders", "msgs", "*.blk"))
+		if len(blocks) == 0 {
+			t.Fatal("no blocks for acme's queue")
+		}
+		b := mustRead(t, blocks[len(blocks)-1])
+		os.WriteFile(blocks[len(blocks)-1], b[:len(b)*6/10], 0o600)
+		return d
+	}
+	d := damage(t)
+	kept := startApp(t, auto(false, d))
+	if kept.Restored() != nil || len(kept.damage()) == 0 {
+		t.Fatalf("without backup.auto_restore a damaged directory was replaced, or its damage not found: %v", kept.damage())
+	}
+	kept.stop()
+	if aside, _ := filepath.Glob(filepath.Join(d, "replaced-*")); len(aside) != 0 {
+		t.Fatalf("set aside without the setting: %v", aside)
+	}
+
+	d = damage(t)
+	replaced := startApp(t, auto(true, d))
+	if replaced.Restored() == nil || len(replaced.damage()) != 0 {
+		t.Fatalf("with backup.auto_restore a damaged directory was not replaced: %v", replaced.damage())
+	}
+	aside, _ := filepath.Glob(filepath.Join(d, "replaced-*", "jetstream"))
+	if len(aside) != 1 {
+		t.Fatalf("the damaged store was not kept aside: %v", aside)
+	}
+	if got := (&backupWorld{testApp: replaced, admin: w.admin}).drain(t, w.admin, "acme/production/shop", "orders", 195); len(got) != 195 {
+		t.Fatalf("acme's orders after the replacement: %d", len(got))
+	}
+	ev := replaced.auditEvents(t, w.admin, "")
+	if i := slices.IndexFunc(ev.Events, func(e audit.Event) bool { return e.Action == "backup.restored" }); i < 0 ||
+		!strings.Contains(ev.Events[i].Details["replaced_damage"], "Q_shop_orders") || ev.Events[i].Details["set_aside"] != filepath.Dir(aside[0]) {
+		t.Fatal("the restore event does not say what damage it replaced and where the directory went")
+	}
+}
+
+// One tenant restored into the running platform: its queues, consumer positions, exchanges,
+// secrets and pipelines as at its backup, what it made since gone, the other tenant untouched;
+// a tenant's owner backs up and restores that tenant only.
+func TestRestoreOneTenantIntoTheRunningPlatform(t *testing.T) {
+	w := newBackupWorld(t, "")
+	w.loadTenant(t, "acme", 20)
+	w.loadTenant(t, "globex", 10)
+	_, out, raw := w.call(t, "POST", "/v1/apikeys", w.admin, map[string]string{"role": "owner", "scope": "acme"})
+	owner, _ := out["key"].(string)
+	if owner == "" {
+		t.Fatalf("owner key: %s", raw)
+	}
+	for _, c := range []struct {
+		body any
+		want int
+	}{{map[string]any{}, 403}, {map[string]any{"tenant": "globex"}, 404}} {
+		if st, _, raw := w.call(t, "POST", "/v1/backups", owner, c.body); st != c.want {
+			t.Fatalf("owner of acme backing up %v: %d %s", c.body, st, raw)
+		}
+	}
+	asOwner := &backupWorld{testApp: w.testApp, admin: owner}
+	job := asOwner.job(t, "POST", "/v1/backups", map[string]any{"tenant": "acme"})
+	if job["state"] != "done" || !strings.HasSuffix(fmt.Sprint(job["backup"]), "-acme") {
+		t.Fatalf("tenant backup: %v", job)
+	}
+	id := job["backup"].(string)
+	want := records(t, w.App, "acme")
+	// The owner sees acme's backup; the platform's list has it too.
+	if _, out, raw := w.call(t, "GET", "/v1/backups?tenant=acme", owner, nil); len(out["backups"].([]any)) != 1 {
+		t.Fatalf("owner's list: %s", raw)
+	}
+	if st, _, _ := w.call(t, "GET", "/v1/backups", owner, nil); st != 403 {
+		t.Fatalf("owner listing every backup: %d", st)
+	}
+
+	// Life goes on after the backup.
+	acme, globex := appPath("acme/production/shop"), appPath("globex/production/shop")
+	w.must(t, "POST", acme+"/queues/orders/messages", map[string]any{"messages": []map[string]any{{"data": "after the backup"}}}, 200)
+	w.must(t, "POST", acme+"/queues", map[string]any{"name": "extra"}, 201)
+	w.must(t, "PUT", acme+"/secrets/token", map[string]string{"value": "changed"}, 200)
+	w.must(t, "DELETE", acme+"/pipelines/copy", nil, 204)
+	w.must(t, "POST", globex+"/queues/orders/messages", map[string]any{"messages": []map[string]any{{"data": "globex after"}}}, 200)
+	globexBefore := records(t, w.App, "globex")
+
+	if st, _, raw := w.call(t, "POST", "/v1/backups/"+id+"/restore", w.admin, map[string]any{}); st != 422 {
+		t.Fatalf("restore without a tenant: %d %s", st, raw)
+	}
+	rj := asOwner.job(t, "POST", "/v1/backups/"+id+"/restore", map[string]any{"tenant": "acme"})
+	if rj["state"] != "done" {
+		t.Fatalf("restore: %v", rj)
+	}
+	if got := records(t, w.App, "acme"); !slices.EqualFunc(got, want, func(a, b keyring.Record) bool {
+		return a.Bucket == b.Bucket && a.Key == b.Key && bytes.Equal(a.Value, b.Value)
+	}) {
+		t.Fatalf("acme's records after the restore differ: %d, want %d", len(got), len(want))
+	}
+	if got := records(t, w.App, "globex"); len(got) != len(globexBefore) {
+		t.Fatalf("globex's records changed: %d, were %d", len(got), len(globexBefore))
+	}
+	if st, _, raw := w.call(t, "GET", acme+"/queues/extra", w.admin, nil); st != 404 {
+		t.Fatalf("a queue made after the backup survived the restore: %d %s", st, raw)
+	}
+	w.must(t, "GET", acme+"/pipelines/copy", nil, 200)
+	// The exchange routes into the restored queue, and the queue holds what it held.
+	w.must(t, "POST", acme+"/exchanges/events/messages", map[string]any{"messages": []map[string]any{{"routing_key": "order.x", "data": "routed"}}}, 200)
+	got := w.drain(t, w.admin, "acme/production/shop", "orders", 16)
+	if len(got) != 16 || !got["routed"] || got["after the backup"] || got["order 0 of acme"] || !got["order 19 of acme"] {
+		t.Fatalf("acme's orders after the restore: %d %v", len(got), got)
+	}
+	if g := w.drain(t, w.admin, "globex/production/shop", "orders", 6); len(g) != 6 || !g["globex after"] {
+		t.Fatalf("globex's orders: %v", g)
+	}
+	ev := w.auditEvents(t, w.admin, "tenant=acme")
+	if i := slices.IndexFunc(ev.Events, func(e audit.Event) bool { return e.Action == "backup.restored" && e.Result == "ok" }); i < 0 ||
+		ev.Events[i].Target != id || !strings.Contains(ev.Events[i].Actor, "apikey") {
+		t.Fatal("no backup.restored event by the owner's key")
+	}
+}

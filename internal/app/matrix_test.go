@@ -33,6 +33,8 @@ var may = map[authz.Action][]authz.Role{
 	authz.QueueManage:     {authz.Owner, authz.Admin, authz.Developer},
 	authz.PipelineManage:  {authz.Owner, authz.Admin, authz.Developer},
 	authz.PipelineRun:     {authz.Owner, authz.Admin, authz.Developer, authz.Operator},
+	authz.BackupCreate:    {authz.Owner},
+	authz.BackupRestore:   {authz.Owner},
 }
 
 type principal struct {
@@ -104,6 +106,16 @@ func TestEveryRouteForEveryRoleAndScope(t *testing.T) {
 			return call{"POST", "/v1/keys/rotate", map[string]string{"scope": "acme/production/billing"}, authz.Platform}
 		},
 		"keys-rotate-master": func(principal) call { return call{"POST", "/v1/keys/rotate-master", nil, authz.Platform} },
+		// This platform has no backup target: an allowed call answers 409 backup.not_configured.
+		"backup-create": func(principal) call { return call{"POST", "/v1/backups", map[string]any{"tenant": "acme"}, acme} },
+		"backup-list":   func(principal) call { return call{"GET", "/v1/backups?tenant=acme", nil, acme} },
+		"backup-verify": func(principal) call {
+			return call{"POST", "/v1/backups/20261205T120000Z-abcdef/verify", map[string]any{"tenant": "acme"}, acme}
+		},
+		"backup-restore": func(principal) call {
+			return call{"POST", "/v1/backups/20261205T120000Z-abcdef-acme/restore", map[string]any{"tenant": "acme"}, acme}
+		},
+		"backup-job": func(principal) call { return call{"GET", "/v1/backups/jobs/bj_000000000000", nil, authz.Platform} },
 		"keys-destroy": func(principal) call {
 			g := fresh("ghost")
 			return call{"POST", "/v1/keys/destroy", map[string]string{"scope": g, "confirm": g}, authz.Platform}

@@ -159,7 +159,7 @@ func backupListCmd(environ []string) *cobra.Command {
 
 func backupRestoreCmd(environ []string) *cobra.Command {
 	var dataDir, from string
-	cmd, _ := backupJobCmd(environ, "restore ID --tenant TENANT | restore [ID] --to-data-dir DIR [--from URL]",
+	cmd, _ := backupJobCmd(environ, "restore [ID] [--tenant TENANT] [--to-data-dir DIR] [--from URL]",
 		"Restore one tenant into the running platform, or the whole platform into an empty data directory", cobra.MaximumNArgs(1),
 		func(_ *cobra.Command, tenant string, args []string) (string, any, error) {
 			if len(args) == 0 {

@@ -41,6 +41,34 @@ func ToolsDir() string {
 // the binary the test skips, saying how to install it; under CI it fails.
 func S3Bucket(t testing.TB) *blob.Bucket {
 	t.Helper()
+	tg := S3Target(t)
+	client := s3.New(s3.Options{
+		Region: "us-east-1", BaseEndpoint: aws.String(tg.Endpoint), UsePathStyle: true,
+		Credentials:                credentials.NewStaticCredentialsProvider(tg.AccessKey, tg.SecretKey, ""),
+		RequestChecksumCalculation: aws.RequestChecksumCalculationWhenRequired,
+		ResponseChecksumValidation: aws.ResponseChecksumValidationWhenRequired,
+	})
+	b, err := s3blob.OpenBucket(context.Background(), client, tg.Bucket, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Close() })
+	return b
+}
+
+// S3 is a running S3-compatible server's bucket and credentials.
+type S3 struct {
+	Endpoint, Bucket     string
+	AccessKey, SecretKey string
+}
+
+// URL is the bucket as a backup.target.
+func (s S3) URL() string { return "s3://" + s.Bucket + "?region=us-east-1&endpoint=" + s.Endpoint }
+
+// S3Target starts an S3-compatible server of the test's own (see S3Bucket) with a bucket in
+// it, and returns where it is and its credentials.
+func S3Target(t testing.TB) S3 {
+	t.Helper()
 	bin := os.Getenv("PENSTOCK_VERSITYGW")
 	if bin == "" {
 		bin = filepath.Join(ToolsDir(), "versitygw")
@@ -102,10 +130,5 @@ func S3Bucket(t testing.TB) *blob.Bucket {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	b, err := s3blob.OpenBucket(context.Background(), client, bucket, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = b.Close() })
-	return b
+	return S3{Endpoint: "http://127.0.0.1:" + strconv.Itoa(port), Bucket: bucket, AccessKey: access, SecretKey: key}
 }

@@ -64,8 +64,8 @@ type App struct {
 	restored  *backup.RestoreReport // what this start restored
 	// restoredAside and restoredDamage say where a damaged directory was set aside, and why.
 	restoredAside, restoredDamage string
-	backups   *backups       // nil without backup.target
-	inflight  atomic.Int64 // handlers in progress
+	backups                       *backups     // nil without backup.target
+	inflight                      atomic.Int64 // handlers in progress
 
 	apiSrv     *http.Server
 	apiLn      net.Listener

@@ -662,3 +662,51 @@ func TestBackupToS3Target(t *testing.T) {
 		t.Fatalf("records after the restore from s3: %d, want %d", len(got), len(want))
 	}
 }
+
+// Scheduled backups: taken every backup.schedule, pruned to the retention policy, counted in
+// penstock_backup_last_success_timestamp_seconds; a failed one is audited as failed and
+// tried again.
+func TestScheduledBackupsAndRetention(t *testing.T) {
+	dir := t.TempDir()
+	ta := startApp(t, func(c *config.Config) {
+		c.Backup.Target, c.Backup.Schedule = "file://"+dir, time.Second
+		c.Backup.KeepDaily, c.Backup.KeepWeekly, c.Backup.KeepMonthly = 1, 0, 0
+	})
+	admin := ta.adminSession(t)
+	ta.call(t, "POST", "/v1/tenants", admin, map[string]string{"name": "acme"})
+	created := func() []audit.Event {
+		var out []audit.Event
+		for _, e := range ta.auditEvents(t, admin, "").Events {
+			if e.Action == "backup.created" && e.Actor == "system" {
+				out = append(out, e)
+			}
+		}
+		return out
+	}
+	waitUntil(t, "three scheduled backups", func() bool { return len(created()) >= 3 })
+	// Keep the newest of one day: one backup is left, the newest.
+	var list []any
+	waitUntil(t, "pruning to one backup", func() bool {
+		_, out, _ := ta.call(t, "GET", "/v1/backups", admin, nil)
+		list, _ = out["backups"].([]any)
+		return len(list) == 1
+	})
+	if v := metricValue(t, metrics(t, ta), "penstock_backup_last_success_timestamp_seconds"); v < float64(time.Now().Add(-time.Minute).Unix()) {
+		t.Fatalf("last success metric: %v", v)
+	}
+	// The target becomes unwritable: the next scheduled backup fails, and says so.
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dir, []byte("not a directory"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "a failed scheduled backup in the audit log", func() bool {
+		for _, e := range ta.auditEvents(t, admin, "").Events {
+			if e.Action == "backup.created" && e.Result == audit.ResultError && e.Details["error"] != "" {
+				return true
+			}
+		}
+		return false
+	})
+}

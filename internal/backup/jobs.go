@@ -13,17 +13,17 @@ import (
 // BackupJob is a backup, verify or restore running (or run) in the background: the API starts one
 // and answers at once; the caller follows it until it ends.
 type BackupJob struct {
-	ID       string    `json:"id"`
-	Kind     string    `json:"kind"` // create, verify, restore
-	Tenant   string    `json:"tenant,omitempty"`
-	Backup   string    `json:"backup,omitempty"` // the backup taken, checked or restored
-	Actor    string    `json:"-"`
-	State    string    `json:"state"` // running, done, failed
-	Started  time.Time `json:"started"`
-	Finished time.Time `json:"finished,omitzero"`
-	Progress Progress  `json:"progress"`
-	Error    string    `json:"error,omitempty"`
-	Report   *RestoreReport   `json:"report,omitempty"`
+	ID       string         `json:"id"`
+	Kind     string         `json:"kind"` // create, verify, restore
+	Tenant   string         `json:"tenant,omitempty"`
+	Backup   string         `json:"backup,omitempty"` // the backup taken, checked or restored
+	Actor    string         `json:"-"`
+	State    string         `json:"state"` // running, done, failed
+	Started  time.Time      `json:"started"`
+	Finished time.Time      `json:"finished,omitzero"`
+	Progress Progress       `json:"progress"`
+	Error    string         `json:"error,omitempty"`
+	Report   *RestoreReport `json:"report,omitempty"`
 }
 
 // Job states.

@@ -29,7 +29,7 @@ type Manifest struct {
 type Part struct {
 	Kind    string          `json:"kind,omitempty"` // "" for a stream, "records"
 	Object  string          `json:"object"`         // where it is stored, relative to the backup
-	Account string          `json:"account"` // the engine account that holds the stream
+	Account string          `json:"account"`        // the engine account that holds the stream
 	Stream  string          `json:"stream"`
 	Scope   string          `json:"scope"` // the keyring scope it is sealed under
 	Size    int64           `json:"size"`  // sealed bytes

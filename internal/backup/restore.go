@@ -3,7 +3,7 @@ package backup
 import (
 	"bytes"
 	"context"
-		"encoding/hex"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"

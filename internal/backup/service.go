@@ -529,4 +529,6 @@ func tenantParts(m *Manifest, tenant string) ([]Part, error) {
 	return out, nil
 }
 
-func objectFor(id string, elems ...string) string { return path.Join(append([]string{id}, elems...)...) }
+func objectFor(id string, elems ...string) string {
+	return path.Join(append([]string{id}, elems...)...)
+}

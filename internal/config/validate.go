@@ -380,8 +380,8 @@ func (b Backup) validate(v *validator) {
 	if b.AccessKeyID.IsZero() != b.SecretAccessKey.IsZero() {
 		v.add("backup.secret_access_key", "set both backup.access_key_id and backup.secret_access_key, or neither")
 	}
-	if b.Schedule != 0 && b.Schedule < time.Minute {
-		v.add("backup.schedule", "0 (off) or at least 1m")
+	if b.Schedule < 0 || (b.Schedule != 0 && b.Schedule < time.Second) {
+		v.add("backup.schedule", "0 (off) or at least 1s")
 	}
 	for _, k := range []struct {
 		path string

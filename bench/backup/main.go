@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -36,6 +37,7 @@ func main() {
 	sizeFlag := flag.String("size", "1GiB", "queue data to back up (MiB or GiB)")
 	msgSize := flag.Int("msg", 16<<10, "message size in bytes")
 	sync := flag.String("sync", "always", `engine sync_interval: "always" (Penstock's default) or a duration`)
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the backup create phase to this file")
 	work := flag.String("dir", "", "working directory (default: a new one under $TMPDIR, removed at the end)")
 	flag.Parse()
 	total, err := parseSize(*sizeFlag)
@@ -63,9 +65,13 @@ func main() {
 	n := int(total / int64(*msgSize))
 	fmt.Printf("loading %d messages of %d B (%s) into one queue, sync_interval %s ...\n", n, *msgSize, mib(total), *sync)
 	t0 := time.Now()
+	resetPeak()
+	stopSampling := sampleRSS("load (publishing the same data)")
 	if err := load(ctx, st, n, *msgSize); err != nil {
 		log.Fatal(err)
 	}
+	stopSampling()
+	loadRSS := peakRSS()
 	fmt.Printf("loaded in %s\n\n", time.Since(t0).Round(time.Millisecond))
 
 	bucket, err := fileblob.OpenBucket(target, &fileblob.Options{CreateDir: true, NoTempDir: true, Metadata: fileblob.MetadataDontWrite})
@@ -87,7 +93,17 @@ func main() {
 	dropCaches()
 	resetPeak()
 	var m *backup.Manifest
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			log.Fatal(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			log.Fatal(err)
+		}
+	}
 	create := timed(func() error { m, err = svc.Backup(ctx, "", nil); return err })
+	pprof.StopCPUProfile()
 	createRSS := peakRSS()
 	var sealed, plain int64
 	for _, p := range m.Parts {
@@ -118,7 +134,9 @@ func main() {
 	dropCaches()
 	resetPeak()
 	var rep *backup.RestoreReport
+	stopSampling = sampleRSS("restore")
 	restore := timed(func() error { rep, err = svc2.RestoreAll(ctx, m.ID, nil, nil); return err })
+	stopSampling()
 	restoreRSS := peakRSS()
 	st2.Close()
 	untar := filepath.Join(dir, "untar")
@@ -138,6 +156,7 @@ func main() {
 	fmt.Printf("%-44s %10s %10.1f %12s\n", "tar -cf of the store (peer)", tarCreate.Round(time.Millisecond), rate(storeBytes, tarCreate), "")
 	fmt.Printf("%-44s %10s %10.1f %12s\n", "backup restore (read, open, engine restore)", restore.Round(time.Millisecond), rate(plain, restore), mib(restoreRSS))
 	fmt.Printf("%-44s %10s %10.1f %12s\n", "tar -xf of the store (peer)", tarExtract.Round(time.Millisecond), rate(storeBytes, tarExtract), "")
+	fmt.Printf("%-44s %10s %10.1f %12s\n", "publishing the same data (for its RSS)", "", 0.0, mib(loadRSS))
 	fmt.Printf("\ncreate vs tar -cf: %.2fx; restore vs tar -xf: %.2fx (MB/s of queue data vs MB/s of store bytes)\n",
 		rate(plain, create)/rate(storeBytes, tarCreate), rate(plain, restore)/rate(storeBytes, tarExtract))
 }
@@ -236,3 +255,41 @@ func parseSize(s string) (int64, error) {
 }
 
 func mib(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
+
+// sampleRSS prints, when stopped, the largest anonymous and file-backed resident sizes seen.
+func sampleRSS(phase string) func() {
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		var anon, file int64
+		for {
+			b, _ := os.ReadFile("/proc/self/status")
+			for _, line := range strings.Split(string(b), "\n") {
+				for _, f := range []struct {
+					name string
+					max  *int64
+				}{{"RssAnon:", &anon}, {"RssFile:", &file}} {
+					if rest, ok := strings.CutPrefix(line, f.name); ok {
+						kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+						*f.max = max(*f.max, kb<<10)
+						if hp := os.Getenv("HEAPPROF"); hp != "" && f.name == "RssAnon:" && kb<<10 > 500<<20 {
+							if fh, err := os.Create(hp); err == nil {
+								_ = pprof.Lookup("heap").WriteTo(fh, 0)
+								fh.Close()
+								os.Setenv("HEAPPROF", "")
+							}
+						}
+					}
+				}
+			}
+			select {
+			case <-done:
+				fmt.Fprintf(os.Stderr, "%s: largest RssAnon %s, RssFile %s\n", phase, mib(anon), mib(file))
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}()
+	return func() { close(done); <-finished }
+}

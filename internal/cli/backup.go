@@ -109,7 +109,7 @@ func backupCreateCmd(environ []string) *cobra.Command {
 	cmd, _ := backupJobCmd(environ, "create [--tenant TENANT]",
 		"Back up the whole platform, or one tenant, to backup.target, while it runs", cobra.NoArgs,
 		func(_ *cobra.Command, tenant string, _ []string) (string, any, error) {
-			return "/v1/backups", map[string]string{"tenant": tenant}, nil
+			return "/v1/backups", tenantBody(tenant), nil
 		},
 		func(w io.Writer, j backup.BackupJob) {
 			fmt.Fprintf(w, "backup %s: %d parts, %s, in %s\n", j.Backup, j.Progress.Parts, size(j.Progress.Bytes), elapsed(j.Finished.Sub(j.Started)))
@@ -124,7 +124,7 @@ func backupVerifyCmd(environ []string) *cobra.Command {
 			if err := backup.ValidID(args[0]); err != nil {
 				return "", nil, err
 			}
-			return "/v1/backups/" + url.PathEscape(args[0]) + "/verify", map[string]string{"tenant": tenant}, nil
+			return "/v1/backups/" + url.PathEscape(args[0]) + "/verify", tenantBody(tenant), nil
 		},
 		func(w io.Writer, j backup.BackupJob) {
 			fmt.Fprintf(w, "backup %s verifies: signature good, %d parts (%s) decrypt and match the manifest\n", j.Backup, j.Progress.Parts, size(j.Progress.Bytes))
@@ -171,7 +171,7 @@ func backupRestoreCmd(environ []string) *cobra.Command {
 			if tenant == "" {
 				return "", nil, fmt.Errorf("--tenant is required for a restore into the running platform; a whole platform is restored into an empty data directory with --to-data-dir")
 			}
-			return "/v1/backups/" + url.PathEscape(args[0]) + "/restore", map[string]string{"tenant": tenant}, nil
+			return "/v1/backups/" + url.PathEscape(args[0]) + "/restore", tenantBody(tenant), nil
 		},
 		func(w io.Writer, j backup.BackupJob) {
 			fmt.Fprintf(w, "tenant %s restored from backup %s: %d parts, %s, in %s\n", j.Tenant, j.Backup, j.Progress.Parts, size(j.Progress.Bytes),
@@ -238,4 +238,12 @@ func backupRestoreCmd(environ []string) *cobra.Command {
 		})
 	}
 	return cmd
+}
+
+// tenantBody is a job's body: the tenant, if one is given.
+func tenantBody(tenant string) map[string]string {
+	if tenant == "" {
+		return map[string]string{}
+	}
+	return map[string]string{"tenant": tenant}
 }

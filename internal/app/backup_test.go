@@ -40,6 +40,7 @@ func newBackupWorld(t *testing.T, target string) *backupWorld {
 		c.API.Limits.RequestRate, c.API.Limits.RequestBurst = 1e6, 1e6
 		c.API.Limits.ConnRate, c.API.Limits.ConnBurst = 1e6, 1e6
 		c.Backup.Target, c.Backup.Schedule = target, 0
+		c.Fabric.DuplicateWindow = 10 * time.Minute // a restore keeps it: tested below
 	})
 	return &backupWorld{testApp: ta, target: target, dir: dir, admin: ta.adminSession(t)}
 }
@@ -241,6 +242,7 @@ func TestBackupWhilePublishingThenRestoreIntoAnEmptyDirectory(t *testing.T) {
 		c.API.Limits.RequestRate, c.API.Limits.RequestBurst = 1e6, 1e6
 		c.API.Limits.ConnRate, c.API.Limits.ConnBurst = 1e6, 1e6
 		c.Backup.Target, c.Backup.Schedule = w.target, 0
+		c.Fabric.DuplicateWindow = 10 * time.Minute
 	}, nil, RestoreFrom(w.target, "", false))
 	rep := tb.Restored()
 	if rep == nil || rep.ID != id || !slices.Equal(rep.Restored, []string{"acme", "globex"}) || len(rep.Shredded) != 0 {
@@ -277,6 +279,13 @@ func TestBackupWhilePublishingThenRestoreIntoAnEmptyDirectory(t *testing.T) {
 		if len(got) != n-5 {
 			t.Fatalf("%s: %d orders after the restore, want %d", tenant, len(got), n-5)
 		}
+	}
+	// The duplicate window came back with the queue: an order published again with its id is
+	// recognised.
+	out = w2.must(t, "POST", appPath("acme/production/shop")+"/queues/orders/messages",
+		map[string]any{"messages": []map[string]any{{"id": "acme-o-7", "data": "order 7 of acme"}}}, 200)
+	if out["receipts"].([]any)[0].(map[string]any)["duplicate"] != true {
+		t.Fatalf("a message id from before the backup is not a duplicate after the restore: %v", out)
 	}
 	// The exchange routes again, to the restored queue.
 	w2.must(t, "POST", appPath("globex/production/shop")+"/exchanges/events/messages",

@@ -71,10 +71,26 @@ func TestBackupCommands(t *testing.T) {
 		return d
 	}
 
+	// As docs/operations.md says: the master key, and the CA clients trust.
 	restored := keyOnly()
+	if err := os.MkdirAll(filepath.Join(restored, "tls"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"ca.crt", "ca.key"} {
+		b, err := os.ReadFile(filepath.Join(dir, "tls", f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(restored, "tls", f), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 	b, err := exec.Command(binary, "backup", "restore", "--to-data-dir", restored, "--from", "file://"+target, "-o", "table").CombinedOutput()
 	if err != nil || !strings.Contains(string(b), "backup "+id[1]+" restored into "+restored) {
 		t.Fatalf("backup restore --to-data-dir: %v\n%s", err, b)
+	}
+	if a, b := mustReadFile(t, filepath.Join(dir, "tls", "ca.crt")), mustReadFile(t, filepath.Join(restored, "tls", "ca.crt")); string(a) != string(b) {
+		t.Fatal("the restored directory has a new CA")
 	}
 	b, err = exec.Command(binary, "backup", "restore", "--to-data-dir", restored, "--from", "file://"+target).CombinedOutput()
 	if err == nil || !strings.Contains(string(b), "already holds a platform") {
@@ -100,4 +116,13 @@ func TestBackupCommands(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+}
+
+func mustReadFile(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

@@ -32,7 +32,7 @@ type Target struct {
 func OpenTarget(ctx context.Context, t Target) (*blob.Bucket, error) {
 	u, err := url.Parse(t.URL)
 	if err != nil || u.Scheme == "" {
-		return nil, errors.New("backup.target: must be a URL: file:///dir or s3://bucket?region=...")
+		return nil, errors.New("backup.target: must be a URL: file:///dir or s3://bucket?region=R")
 	}
 	switch u.Scheme {
 	case "file":
@@ -50,7 +50,7 @@ func OpenTarget(ctx context.Context, t Target) (*blob.Bucket, error) {
 
 func openS3(ctx context.Context, t Target, u *url.URL) (*blob.Bucket, error) {
 	if u.Host == "" {
-		return nil, errors.New("backup.target: an s3:// target names its bucket: s3://bucket?region=...")
+		return nil, errors.New("backup.target: an s3:// target names its bucket: s3://bucket?region=R")
 	}
 	q := u.Query()
 	for k := range q {

@@ -117,6 +117,9 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger, version st
 	}
 	// Decided once, before anything is written: keys, the CA and the first administrator are
 	// made only in a first start; next to existing data a missing one is a refusal.
+	if err := datadir.InterruptedRestore(cfg.DataDir); err != nil {
+		return nil, err
+	}
 	first, err := datadir.FirstStart(cfg.DataDir)
 	if err != nil {
 		return nil, err

@@ -19,6 +19,7 @@ import (
 	"github.com/penstock/penstock/internal/authz"
 	"github.com/penstock/penstock/internal/backup"
 	"github.com/penstock/penstock/internal/config"
+	"github.com/penstock/penstock/internal/datadir"
 	"github.com/penstock/penstock/internal/fabric"
 	"github.com/penstock/penstock/internal/identity"
 	"github.com/penstock/penstock/internal/integrity"
@@ -92,11 +93,23 @@ func (a *App) restoreAtStart(ctx context.Context, o options, first bool) error {
 	svc := backup.NewService(backup.ServiceOptions{Engine: a.eng, Keyring: a.keys, Bucket: bucket, Logger: a.log.With("component", "backup")})
 	a.log.Info("restoring a backup into the empty data directory", "backup", o.restoreID, "target", backup.Redacted(url))
 	start := time.Now()
+	// From the first write on, the directory holds part of a platform until the restore ends:
+	// an interrupted restore (a failure, a kill) leaves it refused by every start.
+	wrote := false
+	svc.BeforeFirstWrite = func() error {
+		wrote = true
+		return datadir.MarkRestoring(a.cfg.DataDir, "from "+backup.Redacted(url))
+	}
 	rep, err := svc.RestoreAll(ctx, o.restoreID, func(p backup.Progress) {
 		a.log.Info("restore progress", "parts", p.Parts, "of", p.TotalParts, "bytes", p.Bytes, "total_bytes", p.TotalBytes)
 	}, func(id string, err error) {
 		a.log.Warn("backup skipped: it does not verify", "backup", id, "error", err.Error())
 	})
+	if wrote && err == nil {
+		if cerr := datadir.ClearRestoring(a.cfg.DataDir); cerr != nil && err == nil {
+			err = cerr
+		}
+	}
 	if errors.Is(err, backup.ErrNotFound) && o.restoreFrom == "" && o.restoreID == "" {
 		a.log.Warn("backup.auto_restore: the target holds no backup to restore; starting a new platform", "target", backup.Redacted(url))
 		return nil
@@ -177,7 +190,7 @@ func (a *App) openBackups(ctx context.Context, reg *prometheus.Registry) error {
 		Tenants: func() []backup.Tenant {
 			var out []backup.Tenant
 			for _, t := range ident.Tenants() {
-				out = append(out, backup.Tenant{Name: t.Name, Environments: t.Environments,
+				out = append(out, backup.Tenant{Name: t.Name, Created: t.Created, Environments: t.Environments,
 					Account: func(env string) string { return fabric.AccountName(t.Name, env) }})
 			}
 			return out

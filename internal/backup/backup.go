@@ -130,7 +130,7 @@ var ErrNotFound = errors.New("no such backup")
 
 // Open reads and checks a backup's manifest.
 func Open(ctx context.Context, o Options, id string, pub ed25519.PublicKey) (*Manifest, error) {
-	b, err := o.Bucket.ReadAll(ctx, manifestObject(id))
+	b, err := readSmall(ctx, o.Bucket, manifestObject(id), maxManifest)
 	if gcerrors.Code(err) == gcerrors.NotFound {
 		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
 	}
@@ -247,3 +247,30 @@ func (h *hashingReader) Read(p []byte) (int, error) {
 }
 
 func (h *hashingReader) sum() [32]byte { return [32]byte(h.h.Sum(nil)) }
+
+// Largest manifest, key escrow and signing key objects read: anything larger is refused
+// before it is read, as a target's objects are not trusted before their signature or seal.
+const (
+	maxManifest  = 16 << 20
+	maxKeyObject = 4 << 20
+)
+
+// readSmall reads a whole object of at most limit bytes; a larger one is refused unread.
+func readSmall(ctx context.Context, b *blob.Bucket, key string, limit int64) ([]byte, error) {
+	r, err := b.NewReader(ctx, key, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = r.Close() }()
+	if r.Size() > limit {
+		return nil, fmt.Errorf("%w: %s is %d bytes, more than the %d a genuine one can be", ErrManifest, key, r.Size(), limit)
+	}
+	out, err := io.ReadAll(io.LimitReader(r, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(out)) > limit {
+		return nil, fmt.Errorf("%w: %s is more than %d bytes", ErrManifest, key, limit)
+	}
+	return out, nil
+}

@@ -128,6 +128,10 @@ func (s *Service) RestoreAll(ctx context.Context, id string, progress func(Progr
 		if gone, err = s.importKeys(ctx, m, imported); err != nil {
 			return nil, err
 		}
+		// Every part is checked before the first is restored: a damaged backup stops here.
+		if err := s.verifyParts(ctx, m, gone); err != nil {
+			return nil, err
+		}
 	} else {
 		list, err := s.List(ctx, "")
 		if err != nil {
@@ -236,7 +240,12 @@ func (s *Service) importKeys(ctx context.Context, m *Manifest, imported map[stri
 		if imported[t] {
 			continue
 		}
-		b, err := s.o.Bucket.ReadAll(ctx, escrowObject(t))
+		if len(imported) == 0 && s.BeforeFirstWrite != nil {
+			if err := s.BeforeFirstWrite(); err != nil {
+				return nil, err
+			}
+		}
+		b, err := readSmall(ctx, s.o.Bucket, escrowObject(t), maxKeyObject)
 		if gcerrors.Code(err) == gcerrors.NotFound {
 			if t == PlatformScope.Tenant {
 				return nil, fmt.Errorf("%w: the platform's key escrow (%s) is missing from the target", ErrUnreadable, escrowObject(t))
@@ -339,7 +348,7 @@ func (s *Service) RestoreTenant(ctx context.Context, id, tenant string, hooks Te
 	if err != nil {
 		return nil, err
 	}
-	parts, err := tenantParts(m, tenant)
+	parts, err := s.tenantParts(m, tenant)
 	if err != nil {
 		return nil, err
 	}

@@ -47,6 +47,7 @@ var excludedStreams = map[string]bool{"KV_" + keyring.Bucket: true, "KV_penstock
 // Tenant is a tenant and its environments, each an engine account.
 type Tenant struct {
 	Name         string
+	Created      time.Time // a backup from before it is of another tenant of the same name
 	Environments []string
 	// Account names an environment's engine account.
 	Account func(env string) string
@@ -69,6 +70,9 @@ type Service struct {
 
 	keyMu sync.Mutex
 	sign  ed25519.PrivateKey
+
+	// BeforeFirstWrite, when set, runs once before a full restore writes anything.
+	BeforeFirstWrite func() error
 }
 
 // NewService returns a service over o's target.
@@ -92,7 +96,7 @@ func (s *Service) signingKey(ctx context.Context, create bool) (ed25519.PrivateK
 	if s.sign != nil {
 		return s.sign, nil
 	}
-	b, err := s.o.Bucket.ReadAll(ctx, signingObject)
+	b, err := readSmall(ctx, s.o.Bucket, signingObject, maxKeyObject)
 	switch {
 	case err == nil:
 		seed, err := s.o.Keyring.MasterOpen(ctx, signingName, b)
@@ -352,7 +356,7 @@ func (s *Service) List(ctx context.Context, tenant string) ([]BackupSummary, err
 		} else {
 			sum.Created, sum.Tenant = m.Created, m.Tenant
 			// A tenant sees its own parts of a full backup, not the platform's size.
-			parts, err := tenantParts(m, tenant)
+			parts, err := s.tenantParts(m, tenant)
 			if err != nil {
 				continue
 			}
@@ -416,7 +420,7 @@ func (s *Service) Verify(ctx context.Context, id, tenant string, progress func(P
 	if err != nil {
 		return nil, err
 	}
-	parts, err := tenantParts(m, tenant)
+	parts, err := s.tenantParts(m, tenant)
 	if err != nil {
 		return nil, err
 	}
@@ -509,10 +513,18 @@ func (s *Service) Newest(ctx context.Context) (string, error) {
 func streamMissing(err error) bool { return errors.Is(err, jetstream.ErrStreamNotFound) }
 
 // tenantParts returns the parts of a backup that belong to tenant (all of them for ""). A
-// backup of another tenant, or one that holds nothing of the tenant, is ErrInvalid.
-func tenantParts(m *Manifest, tenant string) ([]Part, error) {
+// backup of another tenant, one that holds nothing of the tenant, or one taken before the
+// tenant was made (of an earlier tenant of that name) is ErrInvalid.
+func (s *Service) tenantParts(m *Manifest, tenant string) ([]Part, error) {
 	if tenant == "" {
 		return m.Parts, nil
+	}
+	if s.o.Tenants != nil {
+		for _, t := range s.o.Tenants() {
+			if t.Name == tenant && m.Created.Before(t.Created) {
+				return nil, fmt.Errorf("%w: backup %s holds nothing of tenant %s", ErrInvalid, m.ID, tenant)
+			}
+		}
 	}
 	if m.Tenant != "" && m.Tenant != tenant {
 		return nil, fmt.Errorf("%w: backup %s is of tenant %s", ErrInvalid, m.ID, m.Tenant)

@@ -224,3 +224,34 @@ func SetAside(dir string, keep ...string) (string, error) {
 	}
 	return aside, nil
 }
+
+// RestoringFile marks a data directory into which a restore is being written: until the
+// restore ends it holds part of a platform, and no start may serve it.
+const RestoringFile = "restore-in-progress"
+
+// MarkRestoring writes the marker, synced, before a restore writes anything.
+func MarkRestoring(dir, what string) error {
+	return WriteFile(filepath.Join(dir, RestoringFile), []byte(what+"\n"), 0o600, true)
+}
+
+// ClearRestoring removes the marker once the restore is complete.
+func ClearRestoring(dir string) error {
+	if err := os.Remove(filepath.Join(dir, RestoringFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	if d, err := os.Open(dir); err == nil {
+		_ = d.Sync()
+		_ = d.Close()
+	}
+	return nil
+}
+
+// InterruptedRestore returns an error if a restore into dir began and did not end.
+func InterruptedRestore(dir string) error {
+	b, err := os.ReadFile(filepath.Join(dir, RestoringFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	return fmt.Errorf("data directory %s holds an unfinished restore (%s): it holds part of a platform and is not started; "+
+		"move it aside and restore again into an empty directory", dir, strings.TrimSpace(string(b)))
+}

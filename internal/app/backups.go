@@ -159,6 +159,27 @@ func (a *App) afterRestore(ctx context.Context) error {
 			return fmt.Errorf("restore: mark shredded tenant %s for deletion: %w", t, err)
 		}
 	}
+	// Environments and applications deleted after the backup: their keys are destroyed (the
+	// escrow says so); their deletion is finished before anything is served.
+	for _, t := range a.ident.Tenants() {
+		for _, env := range t.Environments {
+			scopes := []authz.Scope{{Tenant: t.Name, Environment: env}}
+			for _, ap := range a.ident.Apps(t.Name, env) {
+				scopes = append(scopes, authz.Scope{Tenant: t.Name, Environment: env, Application: ap.Name})
+			}
+			for _, sc := range scopes {
+				gone, err := a.keys.IsDestroyed(ctx, keyring.Scope{Tenant: sc.Tenant, Environment: sc.Environment, Application: sc.Application})
+				if err != nil {
+					return err
+				}
+				if gone {
+					if _, err := a.ident.MarkDeletion(ctx, identity.Deletion{Scope: sc, Actor: "system"}); err != nil {
+						return fmt.Errorf("restore: mark %s, deleted after the backup, for deletion: %w", sc, err)
+					}
+				}
+			}
+		}
+	}
 	return nil
 }
 
@@ -191,7 +212,8 @@ func (a *App) openBackups(ctx context.Context, reg *prometheus.Registry) error {
 			var out []backup.Tenant
 			for _, t := range ident.Tenants() {
 				out = append(out, backup.Tenant{Name: t.Name, Created: t.Created, Environments: t.Environments,
-					Account: func(env string) string { return fabric.AccountName(t.Name, env) }})
+					Account:     func(env string) string { return fabric.AccountName(t.Name, env) },
+					Application: fabric.StreamApplication})
 			}
 			return out
 		}})

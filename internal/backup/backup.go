@@ -12,6 +12,7 @@ import (
 	"io"
 	"path"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -30,6 +31,20 @@ type Source struct {
 	Scope   keyring.Scope
 	// Skip names streams of the account the backup leaves out.
 	Skip map[string]bool
+	// ScopeOf, when set, gives the scope a stream is sealed under (an application's own
+	// streams under the application's key, so that deleting it shreds them in every backup);
+	// streams it returns the zero scope for are sealed under Scope.
+	ScopeOf func(stream string) keyring.Scope
+}
+
+// scopeOf is the scope the source's stream is sealed under.
+func (src Source) scopeOf(stream string) keyring.Scope {
+	if src.ScopeOf != nil {
+		if sc := src.ScopeOf(stream); sc.Tenant != "" {
+			return sc
+		}
+	}
+	return src.Scope
 }
 
 // Options are what taking, checking and restoring backups need.
@@ -68,7 +83,12 @@ func create(ctx context.Context, o Options, id, tenant string, sources []Source,
 		if err := names.Err(); err != nil {
 			return nil, fmt.Errorf("streams of account %s: %w", src.Account, err)
 		}
-		slices.Sort(streams)
+		slices.SortFunc(streams, func(a, b string) int {
+			if c := cutOrder(a) - cutOrder(b); c != 0 {
+				return c
+			}
+			return strings.Compare(a, b)
+		})
 		for _, stream := range streams {
 			p, err := createPart(ctx, o, acc, src, id, stream)
 			if err != nil {
@@ -96,14 +116,15 @@ func create(ctx context.Context, o Options, id, tenant string, sources []Source,
 }
 
 func createPart(ctx context.Context, o Options, acc *engine.Account, src Source, id, stream string) (Part, error) {
-	p := Part{Object: path.Join(id, src.Account, stream), Account: src.Account, Stream: stream, Scope: src.Scope.String()}
+	scope := src.scopeOf(stream)
+	p := Part{Object: path.Join(id, src.Account, stream), Account: src.Account, Stream: stream, Scope: scope.String()}
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel() // an unfinished object is discarded, not stored
 	bw, err := o.Bucket.NewWriter(wctx, p.Object, nil)
 	if err != nil {
 		return Part{}, err
 	}
-	sw, err := NewSealedWriter(ctx, o.Keyring, src.Scope, p.Object, bw)
+	sw, err := NewSealedWriter(ctx, o.Keyring, scope, p.Object, bw)
 	if err != nil {
 		return Part{}, err
 	}
@@ -273,4 +294,20 @@ func readSmall(ctx context.Context, b *blob.Bucket, key string, limit int64) ([]
 		return nil, fmt.Errorf("%w: %s is more than %d bytes", ErrManifest, key, limit)
 	}
 	return out, nil
+}
+
+// cutOrder orders an account's streams so that each is cut before the streams its messages
+// move to: an exchange (X_) before the queues it routes to (Q_), a queue before its
+// dead-letter queue (D_). A message moved between two cuts is then in both (delivered once
+// more after a restore: at least once), never in neither.
+func cutOrder(stream string) int {
+	switch {
+	case strings.HasPrefix(stream, "X_"):
+		return 0
+	case strings.HasPrefix(stream, "Q_"):
+		return 1
+	case strings.HasPrefix(stream, "D_"):
+		return 2
+	}
+	return 3
 }

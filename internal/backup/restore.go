@@ -269,10 +269,10 @@ func (s *Service) importKeys(ctx context.Context, m *Manifest, imported map[stri
 func (s *Service) verifyParts(ctx context.Context, m *Manifest, gone map[string]bool) error {
 	for _, p := range m.Parts {
 		sc, _ := keyring.ParseScope(p.Scope)
-		if gone[sc.Tenant] || p.Kind == KindRecords {
-			continue
+		if gone[sc.Tenant] || p.Kind == KindRecords || s.destroyed(ctx, sc) {
+			continue // not restored: shredded since the backup
 		}
-		if err := readPart(ctx, s.opts(), p, io.Discard); err != nil && !errors.Is(err, keyring.ErrDestroyed) {
+		if err := readPart(ctx, s.opts(), p, io.Discard); err != nil {
 			return err
 		}
 	}
@@ -368,6 +368,10 @@ func (s *Service) RestoreTenant(ctx context.Context, id, tenant string, hooks Te
 			records = &p
 		case !slices.Contains(live.Environments, sc.Environment):
 			rep.Skipped = append(rep.Skipped, p.Object+": environment "+sc.Environment+" no longer exists")
+			continue
+		case s.destroyed(ctx, sc):
+			// An application (or environment) deleted since: it stays deleted.
+			rep.Skipped = append(rep.Skipped, p.Object+": "+sc.String()+" was deleted after the backup")
 			continue
 		default:
 			streams = append(streams, p)
@@ -488,4 +492,11 @@ func restoreReadError(tenant string, err error) error {
 		return fmt.Errorf("%w: the keys of tenant %s (or of an environment in the backup) were destroyed after the backup: its parts cannot be read", ErrUnreadable, tenant)
 	}
 	return err
+}
+
+// destroyed reports whether the scope's keys were destroyed; an error reading the keyring
+// counts as not, and the part's own read then fails with it.
+func (s *Service) destroyed(ctx context.Context, sc keyring.Scope) bool {
+	gone, err := s.o.Keyring.IsDestroyed(ctx, sc)
+	return err == nil && gone
 }

@@ -51,6 +51,9 @@ type Tenant struct {
 	Environments []string
 	// Account names an environment's engine account.
 	Account func(env string) string
+	// Application names the application a stream of an environment's account belongs to,
+	// if any: its parts are sealed under the application's key.
+	Application func(stream string) (string, bool)
 }
 
 // ServiceOptions configure a Service.
@@ -187,16 +190,36 @@ func (s *Service) Backup(ctx context.Context, tenant string, progress func(Progr
 		scopes = append(scopes, keyring.Scope{Tenant: t.Name})
 		for _, env := range t.Environments {
 			sc := keyring.Scope{Tenant: t.Name, Environment: env}
-			sources = append(sources, Source{Account: t.Account(env), Scope: sc})
-			scopes = append(scopes, sc)
+			src := Source{Account: t.Account(env), Scope: sc}
+			if t.Application != nil {
+				src.ScopeOf = func(stream string) keyring.Scope {
+					if app, ok := t.Application(stream); ok {
+						return keyring.Scope{Tenant: t.Name, Environment: env, Application: app}
+					}
+					return keyring.Scope{}
+				}
+			}
+			sources = append(sources, src)
 		}
 	}
 	for _, src := range sources {
+		streams, err := s.streamsOf(ctx, src)
+		if err != nil {
+			return nil, err
+		}
 		scopes = append(scopes, src.Scope)
+		for _, st := range streams {
+			scopes = append(scopes, src.scopeOf(st))
+		}
 	}
 	// Every key the parts will be sealed with exists before the escrow is taken, and the
 	// escrow is stored before any part: a backup whose manifest exists can find its keys.
 	for _, sc := range scopes {
+		if destroyed, err := s.o.Keyring.IsDestroyed(ctx, sc); err != nil {
+			return nil, err
+		} else if destroyed {
+			continue // an application deleted as the backup began: its part fails below
+		}
 		if err := s.o.Keyring.EnsureKey(ctx, sc); err != nil {
 			return nil, fmt.Errorf("the key of %s: %w", sc, err)
 		}
@@ -244,15 +267,8 @@ func (s *Service) writeEscrow(ctx context.Context, platform bool, tenants []Tena
 		names = append(names, t.Name)
 	}
 	for _, name := range names {
-		b, err := s.o.Keyring.ExportEscrow(ctx, name)
-		if errors.Is(err, keyring.ErrDestroyed) {
-			continue // deleted while the backup began; its parts will not open either
-		}
-		if err != nil {
+		if err := s.RefreshEscrow(ctx, name); err != nil {
 			return fmt.Errorf("escrow the keys of %s: %w", name, err)
-		}
-		if err := s.o.Bucket.WriteAll(ctx, escrowObject(name), b, nil); err != nil {
-			return fmt.Errorf("store the escrow of %s: %w", name, err)
 		}
 	}
 	_, err := s.ForgetDestroyed(ctx)
@@ -261,15 +277,34 @@ func (s *Service) writeEscrow(ctx context.Context, platform bool, tenants []Tena
 
 // RefreshEscrow rewrites one tenant's escrow from its current keys (after one of its
 // environments' keys were destroyed, say).
+//
+// A destruction that lands while the escrow is written (a backup's, say) could have its keys
+// written back by it: the escrow is read again after each write, and written again until what
+// was written is what the keyring holds.
 func (s *Service) RefreshEscrow(ctx context.Context, tenant string) error {
-	b, err := s.o.Keyring.ExportEscrow(ctx, tenant)
-	if errors.Is(err, keyring.ErrDestroyed) {
-		return s.Forget(ctx, tenant)
+	var written []byte
+	for range 10 {
+		b, err := s.o.Keyring.ExportEscrow(ctx, tenant)
+		if errors.Is(err, keyring.ErrDestroyed) {
+			return s.Forget(ctx, tenant)
+		}
+		if err != nil {
+			return err
+		}
+		// Sealed anew each time: compare what it holds, not its bytes.
+		same, err := s.o.Keyring.SameEscrow(ctx, tenant, written, b)
+		if err != nil {
+			return err
+		}
+		if same {
+			return nil
+		}
+		if err := s.o.Bucket.WriteAll(ctx, escrowObject(tenant), b, nil); err != nil {
+			return fmt.Errorf("store the escrow of %s: %w", tenant, err)
+		}
+		written = b
 	}
-	if err != nil {
-		return err
-	}
-	return s.o.Bucket.WriteAll(ctx, escrowObject(tenant), b, nil)
+	return fmt.Errorf("the keys of %s kept changing while their escrow was written", tenant)
 }
 
 // ForgetDestroyed deletes the escrow of every tenant whose keys were destroyed, and returns
@@ -543,4 +578,20 @@ func (s *Service) tenantParts(m *Manifest, tenant string) ([]Part, error) {
 
 func objectFor(id string, elems ...string) string {
 	return path.Join(append([]string{id}, elems...)...)
+}
+
+// streamsOf lists the streams of a source's account that a backup takes.
+func (s *Service) streamsOf(ctx context.Context, src Source) ([]string, error) {
+	acc, err := s.o.Engine.Account(ctx, src.Account)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	names := acc.JetStream().StreamNames(ctx)
+	for n := range names.Name() {
+		if !src.Skip[n] {
+			out = append(out, n)
+		}
+	}
+	return out, names.Err()
 }

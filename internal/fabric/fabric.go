@@ -336,3 +336,10 @@ func jsErr(err error, what string) error {
 	}
 	return fmt.Errorf("%s: %w", what, err)
 }
+
+// StreamApplication names the application a tenant-environment's stream belongs to (its
+// queues, dead-letter queues and exchanges), or reports false for the account's own streams.
+func StreamApplication(stream string) (string, bool) {
+	_, app, _, ok := parseStream(stream)
+	return app, ok
+}

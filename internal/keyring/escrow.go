@@ -171,3 +171,36 @@ func (k *Keyring) EnsureKey(ctx context.Context, s Scope) error {
 	_, err := k.dataKeyFor(ctx, s, true)
 	return err
 }
+
+// SameEscrow reports whether two escrows of the tenant hold the same records (each is sealed
+// with its own nonce, so their bytes always differ). A nil one is never the same.
+func (k *Keyring) SameEscrow(ctx context.Context, tenant string, a, b []byte) (bool, error) {
+	if a == nil || b == nil {
+		return false, nil
+	}
+	open := func(x []byte) (escrowBody, error) {
+		var body escrowBody
+		pt, err := k.MasterOpen(ctx, escrowName(tenant), x)
+		if err != nil {
+			return body, err
+		}
+		return body, json.Unmarshal(pt, &body)
+	}
+	ba, err := open(a)
+	if err != nil {
+		return false, err
+	}
+	bb, err := open(b)
+	if err != nil {
+		return false, err
+	}
+	if len(ba.Records) != len(bb.Records) {
+		return false, nil
+	}
+	for key, v := range ba.Records {
+		if w, ok := bb.Records[key]; !ok || string(w) != string(v) {
+			return false, nil
+		}
+	}
+	return true, nil
+}

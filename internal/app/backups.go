@@ -242,6 +242,9 @@ func (a *App) openBackups(ctx context.Context, reg *prometheus.Registry) error {
 			b.log.Error("backup escrow not updated after keys were destroyed; the next backup retries", "scope", s.String(), "error", err)
 		}
 	})
+	// A master key rotation seals the target's signing key and escrow again under the new key
+	// before the old one goes; with the target unreachable the rotation stops, to be retried.
+	a.keys.OnMasterRotation(svc.Reseal)
 	// Catch up on destructions made while the target was unreachable, and read the newest
 	// backup's time for the metric and the schedule.
 	if gone, err := svc.ForgetDestroyed(ctx); err != nil {

@@ -595,3 +595,45 @@ func (s *Service) streamsOf(ctx context.Context, src Source) ([]string, error) {
 	}
 	return out, names.Err()
 }
+
+// Reseal seals the target's signing key and every tenant's escrow again under the current
+// master key: a master key rotation calls it before the old key is retired.
+func (s *Service) Reseal(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b, err := readSmall(ctx, s.o.Bucket, signingObject, maxKeyObject)
+	if gcerrors.Code(err) == gcerrors.NotFound {
+		return nil // no backup was ever taken here
+	}
+	if err != nil {
+		return fmt.Errorf("backup target: read the signing key: %w", err)
+	}
+	seed, err := s.o.Keyring.MasterOpen(ctx, signingName, b)
+	if err != nil {
+		return fmt.Errorf("backup target: the signing key does not open: %w", err)
+	}
+	sealed, err := s.o.Keyring.MasterSeal(ctx, signingName, seed)
+	if err != nil {
+		return err
+	}
+	if err := s.o.Bucket.WriteAll(ctx, signingObject, sealed, nil); err != nil {
+		return fmt.Errorf("backup target: store the signing key: %w", err)
+	}
+	it := s.o.Bucket.List(&blob.ListOptions{Prefix: escrowPrefix})
+	for {
+		obj, err := it.Next(ctx)
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("backup target: list the escrow: %w", err)
+		}
+		tenant := strings.TrimPrefix(obj.Key, escrowPrefix)
+		if (keyring.Scope{Tenant: tenant}).Validate() != nil {
+			continue
+		}
+		if err := s.RefreshEscrow(ctx, tenant); err != nil {
+			return fmt.Errorf("backup target: escrow of %s: %w", tenant, err)
+		}
+	}
+}

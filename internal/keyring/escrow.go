@@ -204,3 +204,13 @@ func (k *Keyring) SameEscrow(ctx context.Context, tenant string, a, b []byte) (b
 	}
 	return true, nil
 }
+
+// OnMasterRotation registers f to run during a master key rotation, after every data key is
+// rewrapped and before the old key is retired: what f reads with MasterOpen still opens, and
+// what it seals with MasterSeal is sealed by the new key. An error stops the rotation, which
+// a retry resumes.
+func (k *Keyring) OnMasterRotation(f func(ctx context.Context) error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.onMasterRotation = append(k.onMasterRotation, f)
+}

@@ -52,6 +52,8 @@ type Keyring struct {
 	stores map[string]*Sealed  // registered sealed stores, by bucket
 	// onDestroy runs after each Destroy (see OnDestroy).
 	onDestroy []func(context.Context, Scope)
+	// onMasterRotation runs before a rotated-out master key is retired (see OnMasterRotation).
+	onMasterRotation []func(context.Context) error
 
 	rotateMu sync.Mutex // one master rotation at a time
 

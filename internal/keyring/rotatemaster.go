@@ -1,6 +1,7 @@
 package keyring
 
 import (
+	"slices"
 	"context"
 	"encoding/json"
 	"errors"
@@ -99,6 +100,16 @@ func (k *Keyring) finishMasterRotation(ctx context.Context, m *Master) error {
 			return err
 		}
 		crashpoint.Hit("rotate-master/store-key-sealed")
+	}
+	// What is kept outside the data directory under the master key (a backup target's
+	// signing key and escrow) is sealed again while the old key can still open it.
+	k.mu.Lock()
+	hooks := slices.Clone(k.onMasterRotation)
+	k.mu.Unlock()
+	for _, f := range hooks {
+		if err := f(ctx); err != nil {
+			return fmt.Errorf("keyring: master rotation: %w", err)
+		}
 	}
 	ms.mu.Lock()
 	defer ms.mu.Unlock()

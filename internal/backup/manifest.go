@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -62,24 +63,15 @@ func (m *Manifest) Sign(priv ed25519.PrivateKey) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	sig := ed25519.Sign(priv, body)
-	return append(append(body, signaturePrefix...), hex.EncodeToString(sig)+"\n"...), nil
+	return signed(priv, body), nil
 }
 
 // ReadManifest checks a stored manifest's signature against pub before it decodes anything,
 // then decodes it.
 func ReadManifest(b []byte, pub ed25519.PublicKey) (*Manifest, error) {
-	i := bytes.LastIndex(b, []byte(signaturePrefix))
-	if i < 0 {
-		return nil, fmt.Errorf("%w: no signature line", ErrManifest)
-	}
-	body, sigHex := b[:i], bytes.TrimSuffix(b[i+len(signaturePrefix):], []byte("\n"))
-	sig, err := hex.DecodeString(string(sigHex))
-	if err != nil || len(sig) != ed25519.SignatureSize {
-		return nil, fmt.Errorf("%w: the signature line is damaged", ErrManifest)
-	}
-	if !ed25519.Verify(pub, body, sig) {
-		return nil, fmt.Errorf("%w: the signature does not verify with key %s (changed after signing, or signed by another key)", ErrManifest, KeyID(pub))
+	body, err := openSigned(b, pub)
+	if err != nil {
+		return nil, err
 	}
 	var m Manifest
 	if err := json.Unmarshal(body, &m); err != nil {
@@ -98,4 +90,27 @@ func (p Part) Check(size int64, sum [32]byte) error {
 			ErrUnreadable, p.Object, size, sum, p.Size, p.SHA256)
 	}
 	return nil
+}
+
+// signed appends to body the signature line of its Ed25519 signature.
+func signed(priv ed25519.PrivateKey, body []byte) []byte {
+	sig := ed25519.Sign(priv, body)
+	return append(append(slices.Clone(body), signaturePrefix...), hex.EncodeToString(sig)+"\n"...)
+}
+
+// openSigned checks what signed made against pub and returns the body.
+func openSigned(b []byte, pub ed25519.PublicKey) ([]byte, error) {
+	i := bytes.LastIndex(b, []byte(signaturePrefix))
+	if i < 0 {
+		return nil, fmt.Errorf("%w: no signature line", ErrManifest)
+	}
+	body, sigHex := b[:i], bytes.TrimSuffix(b[i+len(signaturePrefix):], []byte("\n"))
+	sig, err := hex.DecodeString(string(sigHex))
+	if err != nil || len(sig) != ed25519.SignatureSize {
+		return nil, fmt.Errorf("%w: the signature line is damaged", ErrManifest)
+	}
+	if !ed25519.Verify(pub, body, sig) {
+		return nil, fmt.Errorf("%w: the signature does not verify with key %s (changed after signing, or signed by another key)", ErrManifest, KeyID(pub))
+	}
+	return body, nil
 }

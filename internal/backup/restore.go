@@ -235,8 +235,22 @@ func (s *Service) importKeys(ctx context.Context, m *Manifest, imported map[stri
 			tenants = append(tenants, sc.Tenant)
 		}
 	}
+	pub, err := s.publicKey(ctx)
+	if err != nil {
+		return nil, err
+	}
 	gone := map[string]bool{}
 	for _, t := range tenants {
+		// Destroyed after the backup (the target's signed record says so): not restored, and
+		// its name's current keys (a tenant made anew) are not this backup's.
+		at, err := s.shreddedAt(ctx, t, pub)
+		if err != nil {
+			return nil, err
+		}
+		if t != PlatformScope.Tenant && !at.IsZero() && m.Created.Before(at) {
+			gone[t] = true
+			continue
+		}
 		if imported[t] {
 			continue
 		}
@@ -247,11 +261,8 @@ func (s *Service) importKeys(ctx context.Context, m *Manifest, imported map[stri
 		}
 		b, err := readSmall(ctx, s.o.Bucket, escrowObject(t), maxKeyObject)
 		if gcerrors.Code(err) == gcerrors.NotFound {
-			if t == PlatformScope.Tenant {
-				return nil, fmt.Errorf("%w: the platform's key escrow (%s) is missing from the target", ErrUnreadable, escrowObject(t))
-			}
-			gone[t] = true
-			continue
+			return nil, fmt.Errorf("%w: the key escrow of %s (%s) is missing from the target, and nothing in it records that %s was deleted: "+
+				"the target is incomplete or was tampered with", ErrUnreadable, t, escrowObject(t), t)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("read the key escrow of %s: %w", t, err)

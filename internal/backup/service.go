@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -340,8 +341,27 @@ func (s *Service) ForgetDestroyed(ctx context.Context) ([]string, error) {
 	return gone, nil
 }
 
-// Forget deletes a tenant's escrow: every backup of the tenant becomes unreadable.
+// shredRecord says, signed with the target's key, that a tenant's keys were destroyed: a
+// restore of a backup taken before then leaves the tenant destroyed. Without it a missing
+// escrow is damage to the target, not a deletion.
+type shredRecord struct {
+	Tenant    string    `json:"tenant"`
+	Destroyed time.Time `json:"destroyed"`
+}
+
+func shredObject(tenant string) string { return "keys/shredded/" + tenant }
+
+// Forget deletes a tenant's escrow, first recording (signed) that its keys were destroyed:
+// every backup of the tenant becomes unreadable.
 func (s *Service) Forget(ctx context.Context, tenant string) error {
+	if sign, err := s.signingKey(ctx, false); err == nil {
+		body, _ := json.Marshal(shredRecord{Tenant: tenant, Destroyed: time.Now().UTC()})
+		if err := s.o.Bucket.WriteAll(ctx, shredObject(tenant), signed(sign, body), nil); err != nil {
+			return fmt.Errorf("record the deletion of %s in the target: %w", tenant, err)
+		}
+	} else if !errors.Is(err, ErrNotFound) {
+		return err
+	} // no signing key: no backup was ever taken here, so none holds the tenant
 	err := s.o.Bucket.Delete(ctx, escrowObject(tenant))
 	if err != nil && gcerrors.Code(err) != gcerrors.NotFound {
 		return fmt.Errorf("delete the escrow of %s: %w", tenant, err)
@@ -636,4 +656,25 @@ func (s *Service) Reseal(ctx context.Context) error {
 			return fmt.Errorf("backup target: escrow of %s: %w", tenant, err)
 		}
 	}
+}
+
+// shreddedAt returns when the tenant's keys were destroyed, as the target's signed record
+// says, or the zero time if it records no destruction.
+func (s *Service) shreddedAt(ctx context.Context, tenant string, pub ed25519.PublicKey) (time.Time, error) {
+	b, err := readSmall(ctx, s.o.Bucket, shredObject(tenant), maxKeyObject)
+	if gcerrors.Code(err) == gcerrors.NotFound {
+		return time.Time{}, nil
+	}
+	if err != nil {
+		return time.Time{}, err
+	}
+	body, err := openSigned(b, pub)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("%s: %w", shredObject(tenant), err)
+	}
+	var r shredRecord
+	if err := json.Unmarshal(body, &r); err != nil || r.Tenant != tenant {
+		return time.Time{}, fmt.Errorf("%w: %s is not the record of %s", ErrManifest, shredObject(tenant), tenant)
+	}
+	return r.Destroyed, nil
 }

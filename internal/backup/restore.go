@@ -416,6 +416,9 @@ func (s *Service) RestoreTenant(ctx context.Context, id, tenant string, hooks Te
 		kept = append(kept, r)
 	}
 
+	// From here the tenant is replaced to the end, whoever goes away: a stop waits for it
+	// (a kill -9 in this phase leaves the tenant part-replaced; restore it again).
+	ctx = context.WithoutCancel(ctx)
 	if hooks.Stop != nil {
 		hooks.Stop(ctx, live)
 	}

@@ -332,7 +332,7 @@ func TestReviewMessageMovedToDeadLettersDuringBackupIsLost(t *testing.T) {
 		if st["state"] != "running" {
 			t.Fatalf("backup ended before the reject: %v", st)
 		}
-		if p, _ := st["progress"].(map[string]any); fmt.Sprint(p["Parts"]) == fmt.Sprint(platformParts) {
+		if p, _ := st["progress"].(map[string]any); fmt.Sprint(p["parts"]) == fmt.Sprint(platformParts) {
 			break
 		}
 		time.Sleep(2 * time.Millisecond)

@@ -159,9 +159,10 @@ func newID(now time.Time, tenant string) string {
 
 // Progress reports a long operation's advance; Bytes and Parts count what is done so far.
 type Progress struct {
-	Parts, TotalParts int
-	Bytes             int64
-	TotalBytes        int64 // 0 while unknown (a backup does not know its size before it ends)
+	Parts      int   `json:"parts"`
+	TotalParts int   `json:"total_parts"`
+	Bytes      int64 `json:"bytes"`
+	TotalBytes int64 `json:"total_bytes"` // 0 while unknown (a backup does not know its size before it ends)
 }
 
 // Backup takes a backup: of one tenant if tenant is set, else of the whole platform. Publishers

@@ -199,23 +199,12 @@ func (s *Service) RestoreAll(ctx context.Context, id string, progress func(Progr
 		prog.TotalBytes += p.Size
 	}
 	for _, p := range parts {
-		if err := RestoreParts(ctx, s.opts(), m, []Part{p}); err != nil {
-			return rep, err
-		}
-		if err := s.checkRestored(ctx, p); err != nil {
+		if err := s.restoreCounted(ctx, m, p, rep, &prog, progress); err != nil {
 			return rep, err
 		}
 		sc, _ := keyring.ParseScope(p.Scope)
 		if sc.Tenant != PlatformScope.Tenant && !slices.Contains(rep.Restored, sc.Tenant) {
 			rep.Restored = append(rep.Restored, sc.Tenant)
-		}
-		rep.Parts++
-		rep.Messages += p.State.Messages
-		rep.Bytes += p.Size
-		prog.Parts++
-		prog.Bytes += p.Size
-		if progress != nil {
-			progress(prog)
 		}
 	}
 	slices.Sort(rep.Restored)
@@ -464,19 +453,8 @@ func (s *Service) replaceTenant(ctx context.Context, m *Manifest, live Tenant, s
 		}
 	}
 	for _, p := range streams {
-		if err := RestoreParts(ctx, s.opts(), m, []Part{p}); err != nil {
+		if err := s.restoreCounted(ctx, m, p, rep, prog, progress); err != nil {
 			return err
-		}
-		if err := s.checkRestored(ctx, p); err != nil {
-			return err
-		}
-		rep.Parts++
-		rep.Messages += p.State.Messages
-		rep.Bytes += p.Size
-		prog.Parts++
-		prog.Bytes += p.Size
-		if progress != nil {
-			progress(*prog)
 		}
 	}
 	if err := s.o.Keyring.ReplaceRecords(ctx, keyring.Scope{Tenant: live.Name}, recs); err != nil {
@@ -513,4 +491,24 @@ func restoreReadError(tenant string, err error) error {
 func (s *Service) destroyed(ctx context.Context, sc keyring.Scope) bool {
 	gone, err := s.o.Keyring.IsDestroyed(ctx, sc)
 	return err == nil && gone
+}
+
+// restoreCounted restores one stream part, checks it against the manifest, and counts it in
+// the report and the progress.
+func (s *Service) restoreCounted(ctx context.Context, m *Manifest, p Part, rep *RestoreReport, prog *Progress, progress func(Progress)) error {
+	if err := RestoreParts(ctx, s.opts(), m, []Part{p}); err != nil {
+		return err
+	}
+	if err := s.checkRestored(ctx, p); err != nil {
+		return err
+	}
+	rep.Parts++
+	rep.Messages += p.State.Messages
+	rep.Bytes += p.Size
+	prog.Parts++
+	prog.Bytes += p.Size
+	if progress != nil {
+		progress(*prog)
+	}
+	return nil
 }

@@ -64,6 +64,7 @@ type App struct {
 	restored  *backup.RestoreReport // what this start restored
 	// restoredAside and restoredDamage say where a damaged directory was set aside, and why.
 	restoredAside, restoredDamage string
+	restoreMarked                 bool         // the restore-in-progress marker is there until afterRestore ends
 	backups                       *backups     // nil without backup.target
 	inflight                      atomic.Int64 // handlers in progress
 

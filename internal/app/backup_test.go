@@ -303,6 +303,9 @@ func TestBackupWhilePublishingThenRestoreIntoAnEmptyDirectory(t *testing.T) {
 	if restoredAt < 0 || ev.Events[restoredAt].Target != id {
 		t.Fatalf("no backup.restored event for %s", id)
 	}
+	if _, ok := ev.Events[restoredAt].Details["audit_reanchored"]; !ok {
+		t.Fatalf("backup.restored does not record the chains re-anchored: %v", ev.Events[restoredAt].Details)
+	}
 	for _, e := range ev.Events {
 		// The backup's own end was recorded after its cut: gone with everything after it.
 		if e.Action == "backup.created" {

@@ -105,11 +105,9 @@ func (a *App) restoreAtStart(ctx context.Context, o options, first bool) error {
 	}, func(id string, err error) {
 		a.log.Warn("backup skipped: it does not verify", "backup", id, "error", err.Error())
 	})
-	if wrote && err == nil {
-		if cerr := datadir.ClearRestoring(a.cfg.DataDir); cerr != nil && err == nil {
-			err = cerr
-		}
-	}
+	// The marker stays until afterRestore has re-anchored the audit log and recorded the
+	// restore: a start that stops before then is refused, not served half restored.
+	a.restoreMarked = wrote && err == nil
 	if errors.Is(err, backup.ErrNotFound) && o.restoreFrom == "" && o.restoreID == "" {
 		a.log.Warn("backup.auto_restore: the target holds no backup to restore; starting a new platform", "target", backup.Redacted(url))
 		return nil
@@ -150,6 +148,16 @@ func (a *App) afterRestore(ctx context.Context) error {
 	if a.restoredAside != "" {
 		details["replaced_damage"], details["set_aside"] = a.restoredDamage, a.restoredAside
 	}
+	// The audit stream and its anchors were cut one after the other while checkpoints went
+	// on: the anchors are set again from the restored stream's own checkpoints.
+	chains, aside, err := a.audit.Reanchor(ctx)
+	if err != nil {
+		return fmt.Errorf("restore: %w", err)
+	}
+	details["audit_reanchored"] = strings.Join(chains, ",")
+	if aside != "" {
+		details["audit_anchor_file_set_aside"] = aside
+	}
 	if _, err := a.audit.Append(ctx, audit.Event{Actor: "system", Action: "backup.restored", Target: rep.ID,
 		Result: audit.ResultOK, Details: details}); err != nil {
 		return err
@@ -179,6 +187,12 @@ func (a *App) afterRestore(ctx context.Context) error {
 				}
 			}
 		}
+	}
+	if a.restoreMarked {
+		if err := datadir.ClearRestoring(a.cfg.DataDir); err != nil {
+			return fmt.Errorf("restore: %w", err)
+		}
+		a.restoreMarked = false
 	}
 	return nil
 }

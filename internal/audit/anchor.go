@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 )
 
 const anchorFileFormat = "penstock-audit-anchor-v1"
@@ -94,6 +95,29 @@ func (a *FileAnchor) Advance(cs map[string]*Checkpoint) error {
 			cur[chain] = c
 		}
 	}
+	return a.writeLocked(cur)
+}
+
+// Replace makes the file hold cs (by chain) only, whatever it held: for a log restored from a
+// backup, which the file is ahead of. The file it held is first renamed aside, beside it, as
+// "<name>.replaced-<UTC time>", and that name returned ("" if there was no file).
+func (a *FileAnchor) Replace(cs map[string]*Checkpoint) (string, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	aside := ""
+	if _, err := os.Lstat(a.Path); err == nil {
+		aside = a.Path + ".replaced-" + time.Now().UTC().Format("20060102T150405.000000000Z")
+		if err := os.Rename(a.Path, aside); err != nil {
+			return "", err
+		}
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return "", err
+	}
+	return aside, a.writeLocked(cs)
+}
+
+// writeLocked replaces the file atomically (written aside, synced, renamed, directory synced).
+func (a *FileAnchor) writeLocked(cur map[string]*Checkpoint) error {
 	b, _ := json.MarshalIndent(anchorFile{Format: anchorFileFormat, Checkpoints: cur}, "", " ")
 	dir := filepath.Dir(a.Path)
 	tmp, err := os.CreateTemp(dir, ".penstock-audit-anchor-*")

@@ -122,11 +122,16 @@ func main() {
 	n := flag.Int("n", 20000, "messages per run")
 	sizesFlag := flag.String("sizes", "128,1024", "payload sizes in bytes")
 	skipRabbit := flag.Bool("skip-rabbitmq", false, "leave out the RabbitMQ peer")
-	only := flag.String("only", "", "run only the HTTPS runs (https), the native ones (native), or the engine's commit cost (commit-cost)")
+	only := flag.String("only", "", "run only the HTTPS runs (https), the native ones (native), the closed-loop single-message runs (closed-loop), or the engine's commit cost (commit-cost)")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the run here")
 	commitWindow = flag.Duration("commit-window", -1, "fabric.commit_window for the HTTPS runs (default: the configuration default)")
 	maxCommit = flag.Int("max-commit", 0, "fabric.max_commit for the HTTPS runs (default: the configuration default)")
+	clients := flag.Int("clients", 64, "closed-loop publishers (-only closed-loop)")
 	flag.Parse()
+	if *loadFlag != "" {
+		loadMain(*loadFlag)
+		return
+	}
 	if *cpuprofile != "" {
 		f, err := os.Create(*cpuprofile)
 		if err != nil {
@@ -136,6 +141,12 @@ func main() {
 			log.Fatal(err)
 		}
 		defer pprof.StopCPUProfile()
+	}
+	if *only == "closed-loop" {
+		if err := closedLoop(*n, 1024, *clients, *skipRabbit); err != nil {
+			log.Fatal(err)
+		}
+		return
 	}
 	if *only == "commit-cost" {
 		if err := commitCost(1024); err != nil {
@@ -518,6 +529,38 @@ func penstockNative(n, size int, mode string) (result, error) {
 	return pipeline(name, n, size, natsPublisher(nc, js, "shop.q.jobs", n, size, mode), natsConsumer(cons))
 }
 
+// serveAPI serves Penstock's HTTPS API over the stack (with its audit log, limits raised out
+// of the way) on a loopback port, and returns the queue's base URL.
+func (p *penstockStack) serveAPI() (string, func(), error) {
+	store, err := secrets.New(ctx, p.stack.Keyring)
+	if err != nil {
+		return "", nil, err
+	}
+	nonces, err := identity.OpenNonces(ctx, p.stack.Platform)
+	if err != nil {
+		return "", nil, err
+	}
+	al, err := audit.Open(ctx, audit.Options{Platform: p.stack.Platform, Keyring: p.stack.Keyring, Retention: time.Hour})
+	if err != nil {
+		return "", nil, err
+	}
+	limits := config.Default().API.Limits
+	limits.RequestRate, limits.RequestBurst, limits.ConnRate, limits.ConnBurst = 1e9, 1e9, 1e9, 1e9
+	limits.MaxBodyBytes = 16 << 20
+	reg := prometheus.NewRegistry()
+	h, _ := api.Handler(api.Options{Version: "bench", Logger: slog.New(slog.DiscardHandler), Ready: p.stack.Engine, Limits: limits,
+		Edge: edge.NewMetrics(reg), Registry: reg, Keyring: p.stack.Keyring, Master: p.stack.Master, Secrets: store,
+		Identity: p.ids, Lockout: identity.NewLockout(), Nonces: nonces, Audit: al, Fabric: p.fab})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	srv := &http.Server{Handler: h, TLSConfig: p.cm.TLSConfig()}
+	go srv.ServeTLS(ln, "", "")
+	return "https://" + ln.Addr().String() + "/v1/tenants/acme/environments/production/applications/shop/queues/jobs",
+		func() { srv.Close(); al.Close(ctx) }, nil
+}
+
 // penstockHTTPS: Penstock's HTTPS API in durable mode (fsync always, group commit), 64
 // clients publishing batches of 100, then 64 clients publishing one message per request;
 // 4 clients consume 500 at a time and acknowledge.
@@ -535,38 +578,15 @@ func penstockHTTPS(n, size int) (result, result, error) {
 			return result{name: name}, err
 		}
 		defer p.close()
-		store, err := secrets.New(ctx, p.stack.Keyring)
+		base, stopAPI, err := p.serveAPI()
 		if err != nil {
 			return result{name: name}, err
 		}
-		nonces, err := identity.OpenNonces(ctx, p.stack.Platform)
-		if err != nil {
-			return result{name: name}, err
-		}
-		al, err := audit.Open(ctx, audit.Options{Platform: p.stack.Platform, Keyring: p.stack.Keyring, Retention: time.Hour})
-		if err != nil {
-			return result{name: name}, err
-		}
-		defer al.Close(ctx)
-		limits := config.Default().API.Limits
-		limits.RequestRate, limits.RequestBurst, limits.ConnRate, limits.ConnBurst = 1e9, 1e9, 1e9, 1e9
-		limits.MaxBodyBytes = 16 << 20
-		reg := prometheus.NewRegistry()
-		h, _ := api.Handler(api.Options{Version: "bench", Logger: slog.New(slog.DiscardHandler), Ready: p.stack.Engine, Limits: limits,
-			Edge: edge.NewMetrics(reg), Registry: reg, Keyring: p.stack.Keyring, Master: p.stack.Master, Secrets: store,
-			Identity: p.ids, Lockout: identity.NewLockout(), Nonces: nonces, Audit: al, Fabric: p.fab})
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return result{name: name}, err
-		}
-		srv := &http.Server{Handler: h, TLSConfig: p.cm.TLSConfig()}
-		go srv.ServeTLS(ln, "", "")
-		defer srv.Close()
+		defer stopAPI()
 		client := &http.Client{Transport: &http.Transport{
 			TLSClientConfig:     &tls.Config{RootCAs: p.roots, ServerName: "localhost"},
 			MaxIdleConnsPerHost: 128, MaxConnsPerHost: 128,
 		}}
-		base := "https://" + ln.Addr().String() + "/v1/tenants/acme/environments/production/applications/shop/queues/jobs"
 		post := func(path string, body any) ([]byte, error) {
 			b, _ := json.Marshal(body)
 			req, _ := http.NewRequest("POST", base+path, bytes.NewReader(b))

@@ -45,6 +45,7 @@ type loadSpec struct {
 	Clients int    `json:"clients"`
 	N       int    `json:"n"`
 	Size    int    `json:"size"`
+	Consume bool   `json:"consume"` // consume while publishing (end to end), or publish only
 }
 
 // loadResult is what the child prints: when the last publish was acknowledged and the last
@@ -143,6 +144,9 @@ func load(spec loadSpec) loadResult {
 	if err != nil {
 		return loadResult{Error: err.Error()}
 	}
+	if !spec.Consume {
+		cons = nil
+	}
 	acks, e2e := &latencies{}, &latencies{}
 	var got atomic.Int64
 	finished := make(chan struct{})
@@ -187,6 +191,9 @@ func load(spec loadSpec) loadResult {
 	case err := <-errc:
 		close(stop)
 		return loadResult{Error: err.Error()}
+	}
+	if len(cons) == 0 {
+		once.Do(func() { close(finished) })
 	}
 	select {
 	case <-finished:
@@ -407,13 +414,19 @@ func httpsLoad(spec loadSpec, tc *tls.Config) ([]publisher, []consumer, error) {
 	return pubs, cons, nil
 }
 
+var closedConsume = flag.Bool("consume", false, "closed-loop runs: consume and acknowledge while publishing (end to end)")
+
 var loadFlag = flag.String("load", "", "run as the load generator of a closed-loop run (internal: the JSON spec)")
 
 // closedLoop runs the four closed-loop runs (clients publishers, n messages of size bytes)
 // and prints them with the issue's ratios.
 func closedLoop(n, size, clients int, skipRabbit bool) error {
-	fmt.Printf("closed loop: %d publishers of single %d-byte messages, each waiting for its acknowledgement (after fsync); %d messages per run; load in its own process\n\n",
-		clients, size, n)
+	what := "publish only"
+	if *closedConsume {
+		what = "one consumer (four over HTTPS) acknowledging while they publish"
+	}
+	fmt.Printf("closed loop: %d publishers of single %d-byte messages, each waiting for its acknowledgement (after fsync); %d messages per run; %s; load in its own process\n\n",
+		clients, size, n, what)
 	var rs []result
 	add := func(r result, err error) (result, error) {
 		if err != nil {
@@ -485,7 +498,7 @@ func closedRaw(n, size, clients int) (result, error) {
 	if _, err := js.CreateOrUpdateConsumer(ctx, "Q", jetstream.ConsumerConfig{Durable: "c", AckPolicy: jetstream.AckExplicitPolicy, MaxAckPending: -1}); err != nil {
 		return result{name: name}, err
 	}
-	return runLoad(name, loadSpec{Kind: "jetstream", URL: ns.ClientURL(), Subject: "q", Stream: "Q", Durable: "c", Clients: clients, N: n, Size: size})
+	return runLoad(name, loadSpec{Kind: "jetstream", URL: ns.ClientURL(), Subject: "q", Stream: "Q", Durable: "c", Clients: clients, N: n, Size: size, Consume: *closedConsume})
 }
 
 func closedNative(n, size, clients int) (result, error) {
@@ -497,7 +510,7 @@ func closedNative(n, size, clients int) (result, error) {
 	defer p.close()
 	return runLoad(name, loadSpec{Kind: "jetstream", URL: "tls://" + p.stack.Engine.NativeAddrs().NATS, CA: p.cm.CAPath(),
 		User: "acme/production", Key: p.key, Prefix: fabric.APIPrefix, Subject: "shop.q.jobs", Stream: "Q_shop_jobs", Durable: "shop",
-		Clients: clients, N: n, Size: size})
+		Clients: clients, N: n, Size: size, Consume: *closedConsume})
 }
 
 func closedHTTPS(n, size, clients int) (result, error) {
@@ -509,6 +522,9 @@ func closedHTTPS(n, size, clients int) (result, error) {
 	if *maxCommit > 0 {
 		fcfg.MaxCommit = *maxCommit
 	}
+	if *inFlight > 0 {
+		fcfg.CommitsInFlight = *inFlight
+	}
 	p, err := openPenstock("always", fcfg)
 	if err != nil {
 		return result{name: name}, err
@@ -519,7 +535,7 @@ func closedHTTPS(n, size, clients int) (result, error) {
 		return result{name: name}, err
 	}
 	defer stop()
-	r, err := runLoad(name, loadSpec{Kind: "https", URL: base, CA: p.cm.CAPath(), Key: p.key, Clients: clients, N: n, Size: size})
+	r, err := runLoad(name, loadSpec{Kind: "https", URL: base, CA: p.cm.CAPath(), Key: p.key, Clients: clients, N: n, Size: size, Consume: *closedConsume})
 	r.note += "; " + p.commits()
 	return r, err
 }
@@ -541,5 +557,5 @@ func closedRabbit(n, size, clients int) (result, error) {
 		return result{name: name}, err
 	}
 	defer func() { _, _ = ch.QueueDelete(qname, false, false, false) }()
-	return runLoad(name, loadSpec{Kind: "rabbitmq", URL: url, Queue: qname, Clients: clients, N: n, Size: size})
+	return runLoad(name, loadSpec{Kind: "rabbitmq", URL: url, Queue: qname, Clients: clients, N: n, Size: size, Consume: *closedConsume})
 }

@@ -57,6 +57,7 @@ var (
 	ctx          = context.Background()
 	commitWindow *time.Duration
 	maxCommit    *int
+	inFlight     *int
 )
 
 type result struct {
@@ -126,6 +127,7 @@ func main() {
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the run here")
 	commitWindow = flag.Duration("commit-window", -1, "fabric.commit_window for the HTTPS runs (default: the configuration default)")
 	maxCommit = flag.Int("max-commit", 0, "fabric.max_commit for the HTTPS runs (default: the configuration default)")
+	inFlight = flag.Int("commits-in-flight", 0, "fabric.commits_in_flight for the HTTPS runs (default: the configuration default)")
 	clients := flag.Int("clients", 64, "closed-loop publishers (-only closed-loop)")
 	flag.Parse()
 	if *loadFlag != "" {
@@ -155,7 +157,7 @@ func main() {
 		return
 	}
 	if *only == "native" {
-		for _, mode := range []string{"lazy", "batch"} {
+		for _, mode := range []string{"lazy", "always", "batch"} {
 			r, err := penstockNative(*n, 1024, mode)
 			if err != nil {
 				log.Fatal(err)
@@ -572,6 +574,9 @@ func penstockHTTPS(n, size int) (result, result, error) {
 		}
 		if *maxCommit > 0 {
 			fcfg.MaxCommit = *maxCommit
+		}
+		if *inFlight > 0 {
+			fcfg.CommitsInFlight = *inFlight
 		}
 		p, err := openPenstock("always", fcfg)
 		if err != nil {

@@ -155,6 +155,53 @@ func TestFabricKill9LosesNoAcknowledgedMessage(t *testing.T) {
 			mu.Unlock()
 		}
 	})
+	// An asynchronous native publisher, up to 256 unacknowledged: its messages are gathered
+	// into the fabric's atomic batches with other publishers', and must still be stored in
+	// the order it sent them.
+	anc, err := nats.Connect(p.nats, nats.UserInfo("acme/production", key),
+		nats.Secure(&tls.Config{RootCAs: p.caPool(), ServerName: "localhost"}), nats.MaxReconnects(0))
+	if err != nil {
+		t.Fatalf("native connect to %s: %v", p.nats, err)
+	}
+	ajs, _ := jetstream.New(anc, jetstream.WithPublishAsyncMaxPending(256))
+	var asyncOrder []string // ids in the order they were sent
+	wg.Go(func() {
+		type sent struct {
+			id string
+			f  jetstream.PubAckFuture
+		}
+		window := make(chan sent, 256)
+		go func() {
+			defer close(window)
+			for i := 0; ; i++ {
+				id := fmt.Sprintf("a-%d", i)
+				f, err := ajs.PublishAsync("shop.q.orders", []byte(id), jetstream.WithMsgID(id))
+				if err != nil {
+					return
+				}
+				mu.Lock()
+				asyncOrder = append(asyncOrder, id)
+				mu.Unlock()
+				select {
+				case window <- sent{id, f}:
+				case <-stop:
+					return
+				}
+			}
+		}()
+		for s := range window {
+			select {
+			case ack := <-s.f.Ok():
+				mu.Lock()
+				published[s.id] = true
+				seqOf[s.id] = ack.Sequence
+				mu.Unlock()
+			case <-s.f.Err():
+			case <-stop:
+				return
+			}
+		}
+	})
 	var ackedBeforeKill map[string]bool // set at the kill: acks answered 204 before it
 	var redelivered []string            // of those, delivered again after the restart
 	consume := func(c *http.Client) int {
@@ -203,18 +250,19 @@ func TestFabricKill9LosesNoAcknowledgedMessage(t *testing.T) {
 		}
 	})
 	// Kill once the load has done enough of each, however slow the machine.
-	waitUntil(t, 180*time.Second, "300 acknowledged publishes and 100 acknowledged consumptions", func() bool {
+	waitUntil(t, 180*time.Second, "300 acknowledged publishes (100 asynchronous native) and 100 acknowledged consumptions", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
-		return len(published) >= 300 && len(consumed) >= 100
+		return len(published) >= 300 && len(consumed) >= 100 && seqOf["a-99"] != 0
 	})
 	if err := p.cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	<-p.exited
 	close(stop)
-	wg.Wait()
 	nc.Close()
+	anc.Close()
+	wg.Wait()
 	mu.Lock()
 	np, nc0 := len(published), len(consumed)
 	ackedBeforeKill = maps.Clone(consumed)
@@ -266,6 +314,19 @@ func TestFabricKill9LosesNoAcknowledgedMessage(t *testing.T) {
 	resp.Body.Close()
 	for _, d := range dead.DeadLetters {
 		t.Errorf("message %s was dead-lettered (unsure ack before the kill: %v)", d.Data, unsure[d.Data])
+	}
+	// The asynchronous publisher's acknowledged messages are in the queue in the order it
+	// sent them.
+	var last uint64
+	for _, id := range asyncOrder {
+		seq, ok := seqOf[id]
+		if !ok {
+			continue
+		}
+		if seq <= last {
+			t.Fatalf("asynchronous native publish %s stored at %d, after a later one's %d", id, seq, last)
+		}
+		last = seq
 	}
 	missing, ambiguous := 0, 0
 	for id := range published {

@@ -67,6 +67,9 @@ type Fabric struct {
 	CommitWindow time.Duration `koanf:"commit_window"`
 	// MaxCommit is the most messages in one atomic batch (JetStream allows 1000).
 	MaxCommit int `koanf:"max_commit"`
+	// CommitsInFlight is how many atomic batches one queue or exchange has being committed
+	// at once; the next batch gathers while they are.
+	CommitsInFlight int `koanf:"commits_in_flight"`
 	// MaxPublishBatch is the most messages one publish request may carry.
 	MaxPublishBatch int `koanf:"max_publish_batch"`
 	// Native protocol listeners of the embedded engine, each with TLS; empty is off.
@@ -273,7 +276,7 @@ func Default() Config {
 		Pipelines: Pipelines{DrainTimeout: 30 * time.Second},
 		Backup:    Backup{Schedule: 24 * time.Hour, KeepDaily: 7, KeepWeekly: 4, KeepMonthly: 6},
 		Fabric: Fabric{
-			CommitWindow: 5 * time.Millisecond, MaxCommit: 1000, MaxPublishBatch: 1000,
+			CommitWindow: 5 * time.Millisecond, MaxCommit: 1000, CommitsInFlight: 16, MaxPublishBatch: 1000,
 			MaxAge: 14 * 24 * time.Hour, MaxDeliveries: 5, AckWait: 30 * time.Second, DuplicateWindow: 2 * time.Minute,
 			MaxConnections: 1000, MaxSubscriptions: 10000, MaxPayload: 1 << 20,
 		},

@@ -131,6 +131,7 @@ func (f Fabric) validate(v *validator, e Engine) {
 		v.add("fabric.commit_window", "must be between 0 and 1s")
 	}
 	v.between("fabric.max_commit", f.MaxCommit, 1, 1000)
+	v.between("fabric.commits_in_flight", f.CommitsInFlight, 1, 50)   // JetStream allows 50 batches in flight per stream
 	v.between("fabric.max_publish_batch", f.MaxPublishBatch, 1, 1000) // one request is one atomic batch
 	for path, addr := range map[string]string{"fabric.nats_listen": f.NATSListen, "fabric.mqtt_listen": f.MQTTListen, "fabric.websocket_listen": f.WebSocketListen} {
 		if addr == "" {

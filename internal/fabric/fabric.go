@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
@@ -122,6 +123,10 @@ type Options struct {
 // Service is the fabric.
 type Service struct {
 	o Options
+	// groupNative: native clients' queue publishes take the group commit (ingest.go), on the
+	// embedded engine with sync "always". With a sync interval each publish is one write
+	// without a sync, and the hop through the fabric would only cost.
+	groupNative bool
 	// life orders creations of queues and exchanges (read) before and after the deletion of
 	// an application's or environment's (write).
 	life sync.RWMutex
@@ -145,13 +150,16 @@ type Service struct {
 type tenantAccount struct {
 	// ctx ends when the fabric closes or the account is reset (ResetAccount): its routers,
 	// dead-letter mover and bindings watch stop with it.
-	ctx      context.Context
-	cancel   context.CancelFunc
-	acc      *engine.Account
-	bindings jetstream.KeyValue
-	limiter  *rate.Limiter // messages per second
-	bytes    *rate.Limiter // bytes per second
-	routers  map[string]context.CancelFunc
+	ctx         context.Context
+	cancel      context.CancelFunc
+	tenant, env string
+	acc         *engine.Account
+	relay       *relay             // native publishes sent to their stream as they are
+	ingest      *nats.Subscription // native queue publishes (ingest.go)
+	bindings    jetstream.KeyValue
+	limiter     *rate.Limiter // messages per second
+	bytes       *rate.Limiter // bytes per second
+	routers     map[string]context.CancelFunc
 
 	mu        sync.RWMutex
 	exchanges map[string]Exchange           // app/name -> exchange with bindings
@@ -173,7 +181,7 @@ func Open(ctx context.Context, o Options) (*Service, error) {
 	}
 	s := &Service{o: o, log: o.Logger, cfg: o.Config, m: newMetrics(o.Registry),
 		accounts: map[string]*tenantAccount{}, committers: map[string]*committer{}, conns: map[uint64]nativeConn{},
-		denials: map[netip.Addr]time.Time{}}
+		denials: map[netip.Addr]time.Time{}, groupNative: o.Engine.Embedded() && o.Engine.Durability() == "always"}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	for _, t := range o.Identity.Tenants() {
 		for _, env := range t.Environments {
@@ -239,7 +247,7 @@ func (s *Service) account(ctx context.Context, tenant, env string) (*tenantAccou
 		return nil, err
 	}
 	tctx, cancel := context.WithCancel(s.ctx)
-	ta := &tenantAccount{ctx: tctx, cancel: cancel, acc: acc, bindings: kv, routers: map[string]context.CancelFunc{}, exchanges: map[string]Exchange{},
+	ta := &tenantAccount{ctx: tctx, cancel: cancel, tenant: tenant, env: env, acc: acc, bindings: kv, routers: map[string]context.CancelFunc{}, exchanges: map[string]Exchange{},
 		consumers: map[string]jetstream.Consumer{}}
 	if s.cfg.PublishRate > 0 {
 		ta.limiter = rate.NewLimiter(rate.Limit(s.cfg.PublishRate), max(1, int(s.cfg.PublishRate)))
@@ -252,6 +260,10 @@ func (s *Service) account(ctx context.Context, tenant, env string) (*tenantAccou
 		return nil, err
 	}
 	if err := s.loadExchanges(ctx, ta); err != nil {
+		cancel()
+		return nil, err
+	}
+	if err := s.startIngest(ta); err != nil {
 		cancel()
 		return nil, err
 	}
@@ -287,6 +299,7 @@ func (s *Service) ForgetAccount(tenant, env string) {
 	s.mu.Unlock()
 	if ok {
 		ta.cancel()
+		ta.stopIngest()
 	}
 	for _, c := range drop {
 		c.cancel()

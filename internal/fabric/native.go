@@ -135,6 +135,9 @@ func (s *Service) authNative(c engine.NativeClient) (engine.NativeGrant, bool) {
 	s.mu.Unlock()
 	s.m.nativeAuth.WithLabelValues("ok").Inc()
 	s.auditNative(tenant, env, k.ID, src, "ok", "")
+	if s.groupNative {
+		g = throughIngest(g)
+	}
 	g.Expires = k.Expires
 	g.Limits = engine.AccountLimits{Connections: s.cfg.MaxConnections, Subscriptions: s.cfg.MaxSubscriptions,
 		Payload: s.cfg.MaxPayload, Storage: clientStorage}

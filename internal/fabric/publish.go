@@ -165,7 +165,18 @@ func (s *Service) natsMsg(t Target, m Message) (*nats.Msg, error) {
 
 type pubReq struct {
 	msgs []*nats.Msg
-	done chan pubResult
+	// done receives the result of an HTTPS publish; answer, if set instead, takes it (a native
+	// client's publish, answered on its reply subject).
+	done   chan pubResult
+	answer func(pubResult)
+}
+
+func (r *pubReq) finish(res pubResult) {
+	if r.answer != nil {
+		r.answer(res)
+		return
+	}
+	r.done <- res
 }
 
 type pubResult struct {
@@ -173,8 +184,11 @@ type pubResult struct {
 	err      error
 }
 
-// committer gathers the publishes to one stream into atomic batches, one in flight at a time:
-// while a batch is being made durable, the next one fills.
+// committer gathers the publishes to one stream into atomic batches: while batches are being
+// made durable, the next one fills. Batches are sent to the engine in the order their
+// messages arrived, from one goroutine, so a publisher's messages are stored in the order it
+// sent them even with several batches in flight; only the wait for the engine's answer is
+// concurrent.
 type committer struct {
 	nc     *nats.Conn
 	js     jetstream.JetStream
@@ -183,6 +197,116 @@ type committer struct {
 	cancel context.CancelFunc
 	// stopped is closed when the commit loop has ended and failed what was queued.
 	stopped chan struct{}
+
+	// The engine answers each batch on inbox.<token>, dispatched to the batch waiting for it.
+	inbox   string
+	sub     *nats.Subscription
+	wmu     sync.Mutex
+	next    uint64
+	waiting map[string]chan *nats.Msg
+}
+
+// answered hands the engine's answer to the batch waiting for it.
+func (c *committer) answered(m *nats.Msg) {
+	token := m.Subject[len(c.inbox)+1:]
+	c.wmu.Lock()
+	ch, ok := c.waiting[token]
+	delete(c.waiting, token)
+	c.wmu.Unlock()
+	if ok {
+		ch <- m
+	}
+}
+
+// sent is a batch handed to the engine, waiting for its answer.
+type sent struct {
+	c     *committer
+	token string
+	ch    chan *nats.Msg
+	n     int
+}
+
+// send hands msgs to the engine as one atomic batch (a single message as a plain publish),
+// without waiting for the answer. It must be called from one goroutine at a time per
+// committer for the batches to be stored in the order they are sent.
+func (c *committer) send(msgs []*nats.Msg) (*sent, error) {
+	c.wmu.Lock()
+	c.next++
+	token := strconv.FormatUint(c.next, 36)
+	sd := &sent{c: c, token: token, ch: make(chan *nats.Msg, 1), n: len(msgs)}
+	c.waiting[token] = sd.ch
+	c.wmu.Unlock()
+	reply := c.inbox + "." + token
+	var err error
+	if len(msgs) == 1 {
+		m := msgs[0]
+		m.Reply = reply
+		err = c.nc.PublishMsg(m)
+		m.Reply = ""
+	} else {
+		id := nuid.Next()
+		for i, m := range msgs {
+			m.Header.Set("Nats-Batch-Id", id)
+			m.Header.Set("Nats-Batch-Sequence", strconv.Itoa(i+1))
+			if i == len(msgs)-1 {
+				m.Header.Set("Nats-Batch-Commit", "1")
+				m.Reply = reply
+			}
+			if err = c.nc.PublishMsg(m); err != nil {
+				break
+			}
+		}
+		for _, m := range msgs {
+			m.Reply = ""
+			m.Header.Del("Nats-Batch-Id")
+			m.Header.Del("Nats-Batch-Sequence")
+			m.Header.Del("Nats-Batch-Commit")
+		}
+	}
+	if err != nil {
+		sd.forget()
+		return nil, fmt.Errorf("publish: %w", err)
+	}
+	return sd, nil
+}
+
+func (sd *sent) forget() {
+	sd.c.wmu.Lock()
+	delete(sd.c.waiting, sd.token)
+	sd.c.wmu.Unlock()
+}
+
+// wait returns the first sequence the batch was stored at, and for a single message whether
+// it was a duplicate of one stored before.
+func (sd *sent) wait(ctx context.Context) (first uint64, dup bool, err error) {
+	var resp *nats.Msg
+	select {
+	case resp = <-sd.ch:
+	case <-ctx.Done():
+		sd.forget()
+		return 0, false, fmt.Errorf("publish: %w", ctx.Err())
+	}
+	if resp.Header.Get("Status") == "503" && len(resp.Data) == 0 {
+		// No responders: no stream takes the subject any more.
+		return 0, false, fmt.Errorf("stream %s: %w", sd.c.stream, ErrNotFound)
+	}
+	var pa pubAck
+	if err := json.Unmarshal(resp.Data, &pa); err != nil {
+		return 0, false, fmt.Errorf("publish: bad acknowledgement: %w", err)
+	}
+	if pa.Error != nil {
+		if pa.Error.ErrCode == 10201 {
+			return 0, false, errBatchDuplicate
+		}
+		return 0, false, jsErr(&jetstream.APIError{Code: pa.Error.Code, ErrorCode: jetstream.ErrorCode(pa.Error.ErrCode), Description: pa.Error.Description}, "publish")
+	}
+	if sd.n == 1 {
+		return pa.Seq, pa.Duplicate, nil
+	}
+	if pa.Count != sd.n {
+		return 0, false, fmt.Errorf("publish: batch of %d acknowledged as %d", sd.n, pa.Count)
+	}
+	return pa.Seq - uint64(sd.n) + 1, false, nil
 }
 
 func (s *Service) committerFor(ctx context.Context, ta *tenantAccount, stream string) (*committer, error) {
@@ -203,7 +327,14 @@ func (s *Service) committerFor(ctx context.Context, ta *tenantAccount, stream st
 	}
 	cctx, cancel := context.WithCancel(s.ctx)
 	c = &committer{nc: ta.acc.Conn(), js: ta.acc.JetStream(), stream: stream, ch: make(chan *pubReq, 4096), cancel: cancel,
-		stopped: make(chan struct{})}
+		stopped: make(chan struct{}), inbox: nats.NewInbox(), waiting: map[string]chan *nats.Msg{}}
+	sub, err := c.nc.Subscribe(c.inbox+".*", c.answered)
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("publish: %w", err)
+	}
+	_ = sub.SetPendingLimits(-1, -1) // bounded by the batches in flight
+	c.sub = sub
 	s.committers[key] = c
 	s.wg.Add(1)
 	go func() {
@@ -227,23 +358,24 @@ func (s *Service) dropCommitter(ta *tenantAccount, stream string) {
 
 func (s *Service) commitLoop(ctx context.Context, c *committer) {
 	defer close(c.stopped)
+	defer func() { _ = c.sub.Unsubscribe() }()
 	defer func() {
 		// Fail whatever is still queued.
 		for {
 			select {
 			case r := <-c.ch:
-				r.done <- pubResult{err: ErrClosed}
+				r.finish(pubResult{err: ErrClosed})
 			default:
 				return
 			}
 		}
 	}()
 	maxN := s.cfg.MaxCommit
-	// Up to commitsInFlight batches are being made durable at once: a JetStream atomic batch
+	// Up to fabric.commits_in_flight batches are being made durable at once: a JetStream atomic batch
 	// has a fixed cost (the engine stages it in a store of its own), which concurrent batches
 	// overlap. Each request is in exactly one batch, and a publisher waits for its
 	// acknowledgement before it sends more, so its messages stay in order.
-	slots := make(chan struct{}, commitsInFlight)
+	slots := make(chan struct{}, max(s.cfg.CommitsInFlight, 1))
 	var inflight sync.WaitGroup
 	defer inflight.Wait()
 	for {
@@ -286,7 +418,7 @@ func (s *Service) commitLoop(ctx context.Context, c *committer) {
 			}
 			if n+len(r.msgs) > maxN {
 				// Too big to join: it starts the next batch.
-				s.commit(ctx, c, batch)
+				s.commit(ctx, c, batch, s.startCommit(c, batch))
 				batch, n = []*pubReq{r}, len(r.msgs)
 				continue
 			}
@@ -296,36 +428,50 @@ func (s *Service) commitLoop(ctx context.Context, c *committer) {
 		if timer != nil {
 			timer.Stop()
 		}
+		// Sent here, in arrival order; answered by a goroutine of its own.
+		sd := s.startCommit(c, batch)
 		inflight.Add(1)
 		go func(batch []*pubReq) {
 			defer inflight.Done()
 			defer func() { <-slots }()
-			s.commit(ctx, c, batch)
+			s.commit(ctx, c, batch, sd)
 		}(batch)
 	}
 }
 
-// commitsInFlight is how many atomic batches one stream has being committed at once
-// (JetStream allows 50 per stream).
-const commitsInFlight = 16
+// started is a batch sent to the engine, or why it could not be.
+type started struct {
+	sd   *sent
+	err  error
+	msgs []*nats.Msg
+	at   time.Time
+}
 
-// commit makes one batch durable and answers each of its requests. Every request is stored
-// whole or not at all: when the gathered batch fails for a reason that may belong to one of
-// its requests (an id already stored, a full queue, a spent storage quota), each request is
-// committed again on its own, as its own atomic batch, and answered for itself.
-func (s *Service) commit(ctx context.Context, c *committer, batch []*pubReq) {
+func (s *Service) startCommit(c *committer, batch []*pubReq) started {
 	var msgs []*nats.Msg
 	for _, r := range batch {
 		msgs = append(msgs, r.msgs...)
 	}
 	s.m.commitSize.Observe(float64(len(msgs)))
-	start := time.Now()
+	st := started{msgs: msgs, at: time.Now()}
+	st.sd, st.err = c.send(msgs)
+	return st
+}
+
+// commit makes one batch durable and answers each of its requests. Every request is stored
+// whole or not at all: when the gathered batch fails for a reason that may belong to one of
+// its requests (an id already stored, a full queue, a spent storage quota), each request is
+// committed again on its own, as its own atomic batch, and answered for itself.
+func (s *Service) commit(ctx context.Context, c *committer, batch []*pubReq, st started) {
 	// ctx ends when the queue is deleted (then nothing of the batch matters) or the fabric
 	// closes, which happens after the API has drained its requests.
 	actx, cancel := context.WithTimeout(ctx, commitTimeout)
 	defer cancel()
-	first, dup, err := s.atomic(actx, c, msgs)
-	s.m.commitLatency.Observe(time.Since(start).Seconds())
+	first, dup, err := uint64(0), false, st.err
+	if err == nil {
+		first, dup, err = st.sd.wait(actx)
+	}
+	s.m.commitLatency.Observe(time.Since(st.at).Seconds())
 	if err == nil {
 		seq := first
 		for _, r := range batch {
@@ -337,20 +483,20 @@ func (s *Service) commit(ctx context.Context, c *committer, batch []*pubReq) {
 			if dup {
 				rec[0].Duplicate = true // a single message, already stored
 			}
-			r.done <- pubResult{receipts: rec}
+			r.finish(pubResult{receipts: rec})
 		}
 		return
 	}
 	if errors.Is(err, errBatchDuplicate) || (len(batch) > 1 && (errors.Is(err, ErrQueueFull) || errors.Is(err, ErrStorageQuota))) {
 		for _, r := range batch {
 			rec, err := s.commitRequest(actx, c, r.msgs)
-			r.done <- pubResult{receipts: rec, err: s.commitError(actx, c, err)}
+			r.finish(pubResult{receipts: rec, err: s.commitError(actx, c, err)})
 		}
 		return
 	}
 	err = s.commitError(actx, c, err)
 	for _, r := range batch {
-		r.done <- pubResult{err: err}
+		r.finish(pubResult{err: err})
 	}
 }
 
@@ -474,55 +620,14 @@ type pubAck struct {
 	} `json:"error,omitempty"`
 }
 
-// atomic publishes msgs as one JetStream atomic batch and returns the first sequence. A single
-// message is an ordinary publish (whose duplicate answer is then reported).
+// atomic publishes msgs as one JetStream atomic batch and waits for it: it returns the first
+// sequence. A single message is an ordinary publish (whose duplicate answer is then reported).
 func (s *Service) atomic(ctx context.Context, c *committer, msgs []*nats.Msg) (first uint64, dup bool, err error) {
-	if len(msgs) == 1 {
-		ack, err := c.js.PublishMsg(ctx, msgs[0])
-		if err != nil {
-			return 0, false, jsErr(err, "publish")
-		}
-		return ack.Sequence, ack.Duplicate, nil
-	}
-	id := nuid.Next()
-	for i, m := range msgs {
-		m.Header.Set("Nats-Batch-Id", id)
-		m.Header.Set("Nats-Batch-Sequence", strconv.Itoa(i+1))
-		if i < len(msgs)-1 {
-			if err := c.nc.PublishMsg(m); err != nil {
-				return 0, false, fmt.Errorf("publish: %w", err)
-			}
-		}
-	}
-	last := msgs[len(msgs)-1]
-	last.Header.Set("Nats-Batch-Commit", "1")
-	last.Reply = ""
-	resp, err := c.nc.RequestMsgWithContext(ctx, last)
-	for _, m := range msgs {
-		m.Header.Del("Nats-Batch-Id")
-		m.Header.Del("Nats-Batch-Sequence")
-		m.Header.Del("Nats-Batch-Commit")
-	}
-	if errors.Is(err, nats.ErrNoResponders) {
-		return 0, false, fmt.Errorf("stream %s: %w", c.stream, ErrNotFound)
-	}
+	sd, err := c.send(msgs)
 	if err != nil {
-		return 0, false, fmt.Errorf("publish: %w", err)
+		return 0, false, err
 	}
-	var pa pubAck
-	if err := json.Unmarshal(resp.Data, &pa); err != nil {
-		return 0, false, fmt.Errorf("publish: bad acknowledgement: %w", err)
-	}
-	if pa.Error != nil {
-		if pa.Error.ErrCode == 10201 {
-			return 0, false, errBatchDuplicate
-		}
-		return 0, false, jsErr(&jetstream.APIError{Code: pa.Error.Code, ErrorCode: jetstream.ErrorCode(pa.Error.ErrCode), Description: pa.Error.Description}, "publish")
-	}
-	if pa.Count != len(msgs) {
-		return 0, false, fmt.Errorf("publish: batch of %d acknowledged as %d", len(msgs), pa.Count)
-	}
-	return pa.Seq - uint64(len(msgs)) + 1, false, nil
+	return sd.wait(ctx)
 }
 
 // errCodeWrongLastMsgID is the engine's answer to a Nats-Expected-Last-Msg-Id that does not

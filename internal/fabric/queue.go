@@ -347,6 +347,8 @@ func (s *Service) DeleteEnvironment(ctx context.Context, tenant, env string) err
 	s.mu.Lock()
 	delete(s.accounts, name)
 	s.mu.Unlock()
+	ta.cancel()
+	ta.stopIngest()
 	return nil
 }
 

@@ -154,8 +154,8 @@ type tenantAccount struct {
 	cancel      context.CancelFunc
 	tenant, env string
 	acc         *engine.Account
-	relay       *relay             // native publishes sent to their stream as they are
 	ingest      *nats.Subscription // native queue publishes (ingest.go)
+	lookups     *rate.Limiter      // engine lookups of queues the ingest has not seen yet
 	bindings    jetstream.KeyValue
 	limiter     *rate.Limiter // messages per second
 	bytes       *rate.Limiter // bytes per second
@@ -164,6 +164,7 @@ type tenantAccount struct {
 	mu        sync.RWMutex
 	exchanges map[string]Exchange           // app/name -> exchange with bindings
 	consumers map[string]jetstream.Consumer // queue stream -> its consumer handle
+	missing   map[string]time.Time          // queue streams the engine said are not there, until
 	lastQuota time.Time
 }
 
@@ -249,6 +250,7 @@ func (s *Service) account(ctx context.Context, tenant, env string) (*tenantAccou
 	tctx, cancel := context.WithCancel(s.ctx)
 	ta := &tenantAccount{ctx: tctx, cancel: cancel, tenant: tenant, env: env, acc: acc, bindings: kv, routers: map[string]context.CancelFunc{}, exchanges: map[string]Exchange{},
 		consumers: map[string]jetstream.Consumer{}}
+	ta.lookups = rate.NewLimiter(ingestLookups, ingestLookups)
 	if s.cfg.PublishRate > 0 {
 		ta.limiter = rate.NewLimiter(rate.Limit(s.cfg.PublishRate), max(1, int(s.cfg.PublishRate)))
 	}

@@ -3,15 +3,14 @@ package fabric
 import (
 	"encoding/json"
 	"errors"
-	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/penstock/penstock/internal/engine"
+	"github.com/penstock/penstock/internal/names"
 )
 
 // Native clients' queue publishes take the same group commit as HTTPS ones. A client's
@@ -23,7 +22,7 @@ import (
 //
 // Messages that carry engine instructions (an atomic batch of the client's own, expected
 // sequences, rollups, TTLs: any Nats- header but Nats-Msg-Id) go to the queue's stream as they
-// are, answered by the engine itself.
+// are, in their turn among the committer's batches, and the engine's answer is relayed.
 const ingestPrefix = "pub."
 
 // throughIngest makes a grant's queue imports ("<app>.q.*") land on the fabric's ingest
@@ -47,18 +46,13 @@ func (s *Service) startIngest(ta *tenantAccount) error {
 	if !s.groupNative {
 		return nil
 	}
-	rl, err := newRelay(ta.acc.Conn())
-	if err != nil {
-		return err
-	}
-	ta.relay = rl
 	sub, err := ta.acc.Conn().Subscribe(ingestPrefix+"*.q.*", func(m *nats.Msg) { s.ingest(ta, m) })
 	if err != nil {
-		_ = rl.sub.Unsubscribe()
 		return err
 	}
-	// Held back by the committers when they are full; dropped past this (the publisher's
-	// request then times out, and a retry with its message id is idempotent).
+	// A publish waits here only while its queue's committer is full and the client asked for
+	// no answer (MQTT, core NATS); past this the connection drops messages (a request then
+	// times out, and a retry with its message id is idempotent).
 	_ = sub.SetPendingLimits(1<<16, 256<<20)
 	ta.ingest = sub
 	go func() {
@@ -74,41 +68,102 @@ func (s *Service) startIngest(ta *tenantAccount) error {
 func (ta *tenantAccount) stopIngest() {
 	if ta.ingest != nil {
 		_ = ta.ingest.Unsubscribe()
-		_ = ta.relay.sub.Unsubscribe()
 	}
 }
 
 func (s *Service) ingest(ta *tenantAccount, m *nats.Msg) {
+	conn := ta.acc.Conn()
 	app, name, ok := strings.Cut(strings.TrimPrefix(m.Subject, ingestPrefix), ".q.")
-	if !ok {
+	if !ok || !names.Valid(app, "-") || !names.Valid(name, "-") {
+		// No queue can have this name: answered without asking the engine.
+		answerNative(conn, m.Reply, "", pubResult{err: ErrNotFound})
 		return
 	}
 	r := Ref{Tenant: ta.tenant, Environment: ta.env, Application: app, Name: name}
-	stream, conn := r.queueStream(), ta.acc.Conn()
+	stream := r.queueStream()
+	if s.knownMissing(ta, stream) || !s.hasCommitter(ta, stream) && !ta.lookups.Allow() {
+		// A queue not published to yet costs the engine a lookup, made here where every
+		// native publish of the tenant-environment passes: a client publishing to made-up
+		// names gets "not found" without one once it has spent the lookups of a second.
+		answerNative(conn, m.Reply, stream, pubResult{err: ErrNotFound})
+		return
+	}
+	c, err := s.committerFor(ta.ctx, ta, stream)
+	if err != nil {
+		if errors.Is(err, ErrNotFound) {
+			s.rememberMissing(ta, stream)
+		}
+		answerNative(conn, m.Reply, stream, pubResult{err: err})
+		return
+	}
 	if m.Header == nil {
 		m.Header = nats.Header{}
 	}
 	// The engine's note of where a service request came from: the client's internal account
 	// name, not the client's data.
 	m.Header.Del("Nats-Request-Info")
-	if direct(m.Header) {
-		ta.relay.forward(&nats.Msg{Subject: r.queueSubject(), Header: m.Header, Data: m.Data}, m.Reply, stream)
-		return
-	}
-	c, err := s.committerFor(ta.ctx, ta, stream)
-	if err != nil {
-		answerNative(conn, m.Reply, stream, pubResult{err: err})
-		return
-	}
+	msg := &nats.Msg{Subject: r.queueSubject(), Header: m.Header, Data: m.Data}
 	reply := m.Reply
-	req := &pubReq{msgs: []*nats.Msg{{Subject: r.queueSubject(), Header: m.Header, Data: m.Data}},
-		answer: func(res pubResult) { answerNative(conn, reply, stream, res) }}
-	select {
-	case c.ch <- req:
-	case <-c.stopped:
-		answerNative(conn, reply, stream, pubResult{err: ErrClosed})
-	case <-ta.ctx.Done():
+	req := &pubReq{msgs: []*nats.Msg{msg}, answer: func(res pubResult) { answerNative(conn, reply, stream, res) }}
+	switch {
+	case direct(m.Header):
+		req.asIs = true
+		if reply != "" {
+			req.relay = func(resp *nats.Msg) { relayAnswer(conn, reply, stream, resp) }
+		}
+	case tooLargeForBatch(conn, msg):
+		req.alone = true
 	}
+	if reply != "" {
+		// Never held up by one busy queue: the other queues of the tenant-environment
+		// share this subscription.
+		select {
+		case c.ch <- req:
+			if c.closed.Load() {
+				req.finish(pubResult{err: ErrClosed})
+			}
+		default:
+			req.finish(pubResult{err: errBusy})
+		}
+		return
+	}
+	if !c.enqueue(ta.ctx, req) {
+		req.finish(pubResult{err: ErrClosed})
+	}
+}
+
+// ingestLookups is how many queues not yet published to a tenant-environment's native
+// publishes may look up in the engine per second (and at once).
+const ingestLookups = 100
+
+// errBusy answers a native publish whose queue has a full commit queue: the client retries.
+var errBusy = errors.New("publishing is busy: retry")
+
+// missingFor is how long a queue the engine said is not there is answered so without asking
+// again (a client publishing to made-up names costs nothing more); creating the queue ends it.
+const missingFor = time.Second
+
+func (s *Service) knownMissing(ta *tenantAccount, stream string) bool {
+	ta.mu.RLock()
+	defer ta.mu.RUnlock()
+	until, ok := ta.missing[stream]
+	return ok && time.Now().Before(until)
+}
+
+func (s *Service) rememberMissing(ta *tenantAccount, stream string) {
+	ta.mu.Lock()
+	defer ta.mu.Unlock()
+	if ta.missing == nil || len(ta.missing) >= 4096 {
+		ta.missing = map[string]time.Time{}
+	}
+	ta.missing[stream] = time.Now().Add(missingFor)
+}
+
+// forgetMissing ends a queue's "not there" answer once it is created.
+func (ta *tenantAccount) forgetMissing(stream string) {
+	ta.mu.Lock()
+	delete(ta.missing, stream)
+	ta.mu.Unlock()
 }
 
 // direct tells whether a message carries instructions for the engine beyond its id: it is
@@ -141,9 +196,9 @@ func answerNative(conn *nats.Conn, reply, stream string, res pubResult) {
 	if reply == "" {
 		return
 	}
-	a := nativeAck{Stream: stream}
+	var a nativeAck
 	if res.err == nil && len(res.receipts) == 1 {
-		a.Seq, a.Duplicate = res.receipts[0].Seq, res.receipts[0].Duplicate
+		a = nativeAck{Stream: stream, Seq: res.receipts[0].Seq, Duplicate: res.receipts[0].Duplicate}
 	} else {
 		a.Error = ackError(res.err)
 	}
@@ -151,13 +206,21 @@ func answerNative(conn *nats.Conn, reply, stream string, res pubResult) {
 	_ = conn.Publish(reply, b)
 }
 
-// ackError is the engine's error for what a commit met, with the engine's own code where it
-// gave one.
+// relayAnswer hands the engine's answer to a message sent as it is to the client; "no
+// responders" (the stream is gone) becomes the engine's "stream not found".
+func relayAnswer(conn *nats.Conn, reply, stream string, resp *nats.Msg) {
+	if resp.Header.Get("Status") == "503" && len(resp.Data) == 0 {
+		answerNative(conn, reply, stream, pubResult{err: ErrNotFound})
+		return
+	}
+	_ = conn.PublishMsg(&nats.Msg{Subject: reply, Header: resp.Header, Data: resp.Data})
+}
+
+// ackError is the engine's error for what a commit met: the engine's own code and words for
+// what the client can change (4xx), its code and no more for the server's own failures.
 func ackError(err error) *nativeAckError {
 	var apiErr *jetstream.APIError
 	switch {
-	case errors.As(err, &apiErr):
-		return &nativeAckError{Code: apiErr.Code, ErrCode: uint16(apiErr.ErrorCode), Description: apiErr.Description}
 	case errors.Is(err, ErrNotFound):
 		return &nativeAckError{Code: 404, ErrCode: 10059, Description: "stream not found"}
 	case errors.Is(err, ErrQueueFull):
@@ -168,77 +231,12 @@ func ackError(err error) *nativeAckError {
 		return &nativeAckError{Code: 400, ErrCode: 10054, Description: "maximum payload exceeded"}
 	case errors.Is(err, ErrClosed):
 		return &nativeAckError{Code: 503, ErrCode: 10008, Description: "publishing stopped: the queue was deleted or the server is stopping"}
+	case errors.Is(err, errBusy):
+		return &nativeAckError{Code: 503, ErrCode: 10008, Description: errBusy.Error()}
+	case errors.As(err, &apiErr) && apiErr.Code >= 400 && apiErr.Code < 500:
+		return &nativeAckError{Code: apiErr.Code, ErrCode: uint16(apiErr.ErrorCode), Description: apiErr.Description}
+	case errors.As(err, &apiErr):
+		return &nativeAckError{Code: apiErr.Code, ErrCode: uint16(apiErr.ErrorCode), Description: "publish failed"}
 	}
 	return &nativeAckError{Code: 500, ErrCode: 10011, Description: "publish failed"}
-}
-
-// relay sends a native client's message to its stream as it is and hands the engine's answer
-// to the client's reply subject: a reply subject of the engine's service imports cannot be
-// given on to the engine by a client connection, so the relay asks with its own.
-type relay struct {
-	conn  *nats.Conn
-	inbox string
-	sub   *nats.Subscription
-	mu    sync.Mutex
-	next  uint64
-	to    map[string]relayed // token -> where the answer goes
-}
-
-type relayed struct {
-	reply, stream string
-	at            time.Time
-}
-
-func newRelay(conn *nats.Conn) (*relay, error) {
-	rl := &relay{conn: conn, inbox: nats.NewInbox(), to: map[string]relayed{}}
-	sub, err := conn.Subscribe(rl.inbox+".*", rl.answered)
-	if err != nil {
-		return nil, err
-	}
-	_ = sub.SetPendingLimits(-1, -1) // bounded by the messages relayed
-	rl.sub = sub
-	return rl, nil
-}
-
-// relayAnswerWait is how long an unanswered relayed message is remembered.
-const relayAnswerWait = 2 * time.Minute
-
-// forward sends m (in the order forward is called) with a reply of the relay's own when the
-// client gave one.
-func (rl *relay) forward(m *nats.Msg, reply, stream string) {
-	if reply != "" {
-		rl.mu.Lock()
-		rl.next++
-		token := strconv.FormatUint(rl.next, 36)
-		now := time.Now()
-		if rl.next%1024 == 0 {
-			for k, v := range rl.to {
-				if now.Sub(v.at) > relayAnswerWait {
-					delete(rl.to, k) // the engine answers only some messages of a batch
-				}
-			}
-		}
-		rl.to[token] = relayed{reply: reply, stream: stream, at: now}
-		rl.mu.Unlock()
-		m.Reply = rl.inbox + "." + token
-	}
-	if err := rl.conn.PublishMsg(m); err != nil {
-		answerNative(rl.conn, reply, stream, pubResult{err: err})
-	}
-}
-
-func (rl *relay) answered(m *nats.Msg) {
-	token := m.Subject[len(rl.inbox)+1:]
-	rl.mu.Lock()
-	to, ok := rl.to[token]
-	delete(rl.to, token)
-	rl.mu.Unlock()
-	if !ok {
-		return
-	}
-	if m.Header.Get("Status") == "503" && len(m.Data) == 0 {
-		answerNative(rl.conn, to.reply, to.stream, pubResult{err: ErrNotFound})
-		return
-	}
-	_ = rl.conn.PublishMsg(&nats.Msg{Subject: to.reply, Header: m.Header, Data: m.Data})
 }

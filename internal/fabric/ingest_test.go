@@ -1,6 +1,7 @@
 package fabric
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/penstock/penstock/internal/authz"
+	"github.com/penstock/penstock/internal/config"
 )
 
 // Native NATS publishes to a queue take the fabric's group commit (sync "always"): many
@@ -153,4 +155,27 @@ func respData(m *nats.Msg) string {
 		return ""
 	}
 	return string(m.Data)
+}
+
+// An HTTPS message that fits the engine's max_payload alone but not with the batch headers is
+// committed on its own; in a request of several (stored all or none, so in one batch) it is
+// refused by name, and nothing of the request is stored.
+func TestHTTPSNearMaxPayload(t *testing.T) {
+	h := open(t, func(c *config.Fabric) { c.MaxPayload = 0 })
+	q := h.queue("acme", "jobs", QueueSpec{})
+	ta, err := h.fab.account(ctx, "acme", "production")
+	if err != nil {
+		t.Fatal(err)
+	}
+	big := make([]byte, ta.acc.Conn().MaxPayload()-64)
+	if rec := publish(t, h.fab, q, Message{ID: "big", Data: big}); len(rec) != 1 || rec[0].Seq != 1 {
+		t.Fatalf("a message near max_payload alone: %+v", rec)
+	}
+	_, err = h.fab.Publish(ctx, Target{Ref: q}, []Message{{Data: []byte("small")}, {Data: big}})
+	if !errors.Is(err, ErrPayloadLimit) || !strings.Contains(err.Error(), "messages[1]") {
+		t.Fatalf("a request of two with one near max_payload: %v", err)
+	}
+	if st, _ := h.fab.Queue(ctx, q); st.Stats.Depth != 1 {
+		t.Fatalf("depth %d, want 1", st.Stats.Depth)
+	}
 }

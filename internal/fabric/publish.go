@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -91,13 +92,20 @@ func (s *Service) Publish(ctx context.Context, t Target, msgs []Message) ([]Rece
 	if err != nil {
 		return nil, err
 	}
-	req := &pubReq{msgs: out, done: make(chan pubResult, 1)}
-	select {
-	case c.ch <- req:
-	case <-ctx.Done():
+	alone := false
+	for i, m := range out {
+		if tooLargeForBatch(c.nc, m) {
+			if len(out) > 1 {
+				// Stored all or none means in one atomic batch, whose headers it has no room for.
+				return nil, fmt.Errorf("messages[%d]: %w: %d bytes with its headers, too large for a batch (at most %d)", i, ErrPayloadLimit,
+					wireSize(m), c.nc.MaxPayload()-batchHeaderRoom)
+			}
+			alone = true
+		}
+	}
+	req := &pubReq{msgs: out, done: make(chan pubResult, 1), alone: alone}
+	if !c.enqueue(ctx, req) {
 		return nil, ctx.Err()
-	case <-s.ctx.Done():
-		return nil, ErrClosed
 	}
 	var r pubResult
 	select {
@@ -169,14 +177,44 @@ type pubReq struct {
 	// client's publish, answered on its reply subject).
 	done   chan pubResult
 	answer func(pubResult)
+	// asIs: msgs[0] is a native client's message with engine instructions, sent to the stream
+	// as it is; relay (nil if the client asked for no answer) takes the engine's answer.
+	asIs  bool
+	relay func(*nats.Msg)
+	// alone: too large to take the batch headers, committed on its own.
+	alone bool
+	once  sync.Once
 }
 
+// finish answers the request, once: a request caught by its committer stopping may be
+// answered both by the committer's last drain and by its sender.
 func (r *pubReq) finish(res pubResult) {
-	if r.answer != nil {
-		r.answer(res)
-		return
+	r.once.Do(func() {
+		if r.answer != nil {
+			r.answer(res)
+			return
+		}
+		r.done <- res
+	})
+}
+
+// enqueue hands a request to the committer, or answers it ErrClosed when the committer has
+// stopped (or stops while taking it). It returns false if ctx ended first, the request
+// unanswered.
+func (c *committer) enqueue(ctx context.Context, r *pubReq) bool {
+	select {
+	case c.ch <- r:
+	case <-c.stopped:
+		r.finish(pubResult{err: ErrClosed})
+		return true
+	case <-ctx.Done():
+		return false
 	}
-	r.done <- res
+	if c.closed.Load() {
+		// Taken after the commit loop's last drain began: maybe never read.
+		r.finish(pubResult{err: ErrClosed})
+	}
+	return true
 }
 
 type pubResult struct {
@@ -195,8 +233,10 @@ type committer struct {
 	stream string
 	ch     chan *pubReq
 	cancel context.CancelFunc
-	// stopped is closed when the commit loop has ended and failed what was queued.
+	// stopped is closed when the commit loop has ended and failed what was queued; closed is
+	// set before its last drain of ch.
 	stopped chan struct{}
+	closed  atomic.Bool
 
 	// The engine answers each batch on inbox.<token>, dispatched to the batch waiting for it.
 	inbox   string
@@ -270,6 +310,23 @@ func (c *committer) send(msgs []*nats.Msg) (*sent, error) {
 	return sd, nil
 }
 
+// sendRaw sends m as it is, with a reply of the committer's, and returns the wait for the
+// engine's answer.
+func (c *committer) sendRaw(m *nats.Msg) (*sent, error) {
+	c.wmu.Lock()
+	c.next++
+	token := strconv.FormatUint(c.next, 36)
+	sd := &sent{c: c, token: token, ch: make(chan *nats.Msg, 1), n: 1}
+	c.waiting[token] = sd.ch
+	c.wmu.Unlock()
+	m.Reply = c.inbox + "." + token
+	if err := c.nc.PublishMsg(m); err != nil {
+		sd.forget()
+		return nil, fmt.Errorf("publish: %w", err)
+	}
+	return sd, nil
+}
+
 func (sd *sent) forget() {
 	sd.c.wmu.Lock()
 	delete(sd.c.waiting, sd.token)
@@ -307,6 +364,14 @@ func (sd *sent) wait(ctx context.Context) (first uint64, dup bool, err error) {
 		return 0, false, fmt.Errorf("publish: batch of %d acknowledged as %d", sd.n, pa.Count)
 	}
 	return pa.Seq - uint64(sd.n) + 1, false, nil
+}
+
+// hasCommitter tells whether a stream's committer is running (its stream was found).
+func (s *Service) hasCommitter(ta *tenantAccount, stream string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.committers[ta.acc.Name()+"/"+stream]
+	return ok
 }
 
 func (s *Service) committerFor(ctx context.Context, ta *tenantAccount, stream string) (*committer, error) {
@@ -360,7 +425,9 @@ func (s *Service) commitLoop(ctx context.Context, c *committer) {
 	defer close(c.stopped)
 	defer func() { _ = c.sub.Unsubscribe() }()
 	defer func() {
-		// Fail whatever is still queued.
+		// Closed first: a request that enters the channel after this answers itself
+		// (enqueue); one that entered before is answered here.
+		c.closed.Store(true)
 		for {
 			select {
 			case r := <-c.ch:
@@ -371,13 +438,29 @@ func (s *Service) commitLoop(ctx context.Context, c *committer) {
 		}
 	}()
 	maxN := s.cfg.MaxCommit
-	// Up to fabric.commits_in_flight batches are being made durable at once: a JetStream atomic batch
-	// has a fixed cost (the engine stages it in a store of its own), which concurrent batches
-	// overlap. Each request is in exactly one batch, and a publisher waits for its
-	// acknowledgement before it sends more, so its messages stay in order.
+	// Up to fabric.commits_in_flight batches are being made durable at once: a JetStream
+	// atomic batch has a fixed cost (the engine stages it in a store of its own), which
+	// concurrent batches overlap. Batches are sent from this goroutine in the order their
+	// requests arrived, so the engine stores them in that order. A batch that carries message
+	// ids is committed before anything after it is sent: if an id is already stored, its
+	// requests are committed again one by one, which must not let later batches pass them.
 	slots := make(chan struct{}, max(s.cfg.CommitsInFlight, 1))
 	var inflight sync.WaitGroup
 	defer inflight.Wait()
+	dispatch := func(batch []*pubReq) {
+		st := s.startCommit(c, batch)
+		if carriesIDs(batch) {
+			s.commit(ctx, c, batch, st)
+			<-slots
+			return
+		}
+		inflight.Add(1)
+		go func() {
+			defer inflight.Done()
+			defer func() { <-slots }()
+			s.commit(ctx, c, batch, st)
+		}()
+	}
 	for {
 		select {
 		case slots <- struct{}{}:
@@ -388,7 +471,13 @@ func (s *Service) commitLoop(ctx context.Context, c *committer) {
 		select {
 		case first = <-c.ch:
 		case <-ctx.Done():
+			<-slots
 			return
+		}
+		if first.asIs {
+			s.sendAsIs(ctx, c, first)
+			<-slots
+			continue
 		}
 		batch := []*pubReq{first}
 		n := len(first.msgs)
@@ -398,8 +487,9 @@ func (s *Service) commitLoop(ctx context.Context, c *committer) {
 			timer = time.NewTimer(s.cfg.CommitWindow)
 			deadline = timer.C
 		}
+		var asIs *pubReq // sent as it is right after the batch gathered before it
 	gather:
-		for n < maxN {
+		for n < maxN && !first.alone {
 			var r *pubReq
 			if deadline == nil {
 				select {
@@ -416,10 +506,18 @@ func (s *Service) commitLoop(ctx context.Context, c *committer) {
 					break gather
 				}
 			}
-			if n+len(r.msgs) > maxN {
-				// Too big to join: it starts the next batch.
-				s.commit(ctx, c, batch, s.startCommit(c, batch))
+			if r.asIs {
+				asIs = r
+				break gather
+			}
+			if r.alone || n+len(r.msgs) > maxN {
+				// Too big to join: the batch so far is committed, and it starts the next.
+				st := s.startCommit(c, batch)
+				s.commit(ctx, c, batch, st)
 				batch, n = []*pubReq{r}, len(r.msgs)
+				if r.alone {
+					break gather
+				}
 				continue
 			}
 			batch = append(batch, r)
@@ -428,15 +526,50 @@ func (s *Service) commitLoop(ctx context.Context, c *committer) {
 		if timer != nil {
 			timer.Stop()
 		}
-		// Sent here, in arrival order; answered by a goroutine of its own.
-		sd := s.startCommit(c, batch)
-		inflight.Add(1)
-		go func(batch []*pubReq) {
-			defer inflight.Done()
-			defer func() { <-slots }()
-			s.commit(ctx, c, batch, sd)
-		}(batch)
+		dispatch(batch)
+		if asIs != nil {
+			s.sendAsIs(ctx, c, asIs)
+		}
 	}
+}
+
+// carriesIDs tells whether a batch holds a message with an id.
+func carriesIDs(batch []*pubReq) bool {
+	for _, r := range batch {
+		for _, m := range r.msgs {
+			if m.Header.Get(jetstream.MsgIDHeader) != "" {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// sendAsIs sends a native client's message that carries engine instructions to the stream as
+// it is, in its turn, and relays the engine's answer to the client (if it asked for one).
+func (s *Service) sendAsIs(ctx context.Context, c *committer, r *pubReq) {
+	m := r.msgs[0]
+	if r.relay == nil {
+		if err := c.nc.PublishMsg(m); err != nil {
+			s.log.Warn("native publish not sent", "stream", c.stream, "error", err)
+		}
+		return
+	}
+	sd, err := c.sendRaw(m)
+	if err != nil {
+		r.finish(pubResult{err: err})
+		return
+	}
+	go func() {
+		wctx, cancel := context.WithTimeout(ctx, commitTimeout)
+		defer cancel()
+		select {
+		case resp := <-sd.ch:
+			r.relay(resp)
+		case <-wctx.Done():
+			sd.forget() // the client's own request times out
+		}
+	}()
 }
 
 // started is a batch sent to the engine, or why it could not be.
@@ -633,3 +766,28 @@ func (s *Service) atomic(ctx context.Context, c *committer, msgs []*nats.Msg) (f
 // errCodeWrongLastMsgID is the engine's answer to a Nats-Expected-Last-Msg-Id that does not
 // match (JSStreamWrongLastMsgIDErrF).
 const errCodeWrongLastMsgID jetstream.ErrorCode = 10070
+
+// batchHeaderRoom is what the atomic batch headers add to a message (Nats-Batch-Id,
+// Nats-Batch-Sequence, Nats-Batch-Commit, with room to spare).
+const batchHeaderRoom = 128
+
+// wireSize is a message's payload as the engine counts it against max_payload: its headers
+// as encoded, and its data.
+func wireSize(m *nats.Msg) int {
+	n := len(m.Data)
+	if len(m.Header) > 0 {
+		n += len("NATS/1.0\r\n\r\n")
+		for k, vs := range m.Header {
+			for _, v := range vs {
+				n += len(k) + len(": \r\n") + len(v)
+			}
+		}
+	}
+	return n
+}
+
+// tooLargeForBatch tells whether m, with the batch headers added, would pass the engine's
+// max_payload: it is then committed on its own, as a plain publish.
+func tooLargeForBatch(nc *nats.Conn, m *nats.Msg) bool {
+	return int64(wireSize(m)+batchHeaderRoom) > nc.MaxPayload()
+}

@@ -158,6 +158,7 @@ func (s *Service) CreateQueue(ctx context.Context, r Ref, spec QueueSpec) (Queue
 		_ = js.DeleteStream(ctx, r.queueStream())
 		return Queue{}, jsErr(err, "create queue consumer")
 	}
+	ta.forgetMissing(r.queueStream())
 	return s.Queue(ctx, r)
 }
 

@@ -433,8 +433,11 @@ func closedLoop(n, size, clients int, skipRabbit bool) error {
 			return r, fmt.Errorf("%s: %w", r.name, err)
 		}
 		rs = append(rs, r)
-		fmt.Printf("%-62s %8.0f published/s %8.0f msgs/s end to end, e2e p50 %s p99 %s; %s\n", r.name, r.pubRate(), r.rate(),
-			r.p50.Round(10*time.Microsecond), r.p99.Round(10*time.Microsecond), r.note)
+		e2e := ""
+		if *closedConsume {
+			e2e = fmt.Sprintf(" %8.0f msgs/s end to end, e2e p50 %s p99 %s;", r.rate(), r.p50.Round(10*time.Microsecond), r.p99.Round(10*time.Microsecond))
+		}
+		fmt.Printf("%-56s %8.0f published/s;%s %s\n", r.name, r.pubRate(), e2e, r.note)
 		return r, nil
 	}
 	raw, err := add(closedRaw(n, size, clients))

@@ -11,6 +11,8 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -46,6 +48,17 @@ type loadSpec struct {
 	N       int    `json:"n"`
 	Size    int    `json:"size"`
 	Consume bool   `json:"consume"` // consume while publishing (end to end), or publish only
+	// Spread > 1: publisher k writes to the queue (subject, URL) named with suffix k % Spread,
+	// one of Spread queues; publish only.
+	Spread int `json:"spread,omitempty"`
+}
+
+// target is what publisher k writes to: name, or name with its queue's number when spread.
+func (s loadSpec) target(name string, k int) string {
+	if s.Spread <= 1 {
+		return name
+	}
+	return name + strconv.Itoa(k%s.Spread)
 }
 
 // loadResult is what the child prints: when the last publish was acknowledged and the last
@@ -218,7 +231,8 @@ func load(spec loadSpec) loadResult {
 func rabbitLoad(spec loadSpec) ([]publisher, []consumer, []func(), error) {
 	var closers []func()
 	var pubs []publisher
-	for range spec.Clients {
+	for k := range spec.Clients {
+		queue := spec.target(spec.Queue, k)
 		conn, err := amqp.Dial(spec.URL)
 		if err != nil {
 			return nil, nil, closers, err
@@ -232,7 +246,7 @@ func rabbitLoad(spec loadSpec) ([]publisher, []consumer, []func(), error) {
 			return nil, nil, closers, err
 		}
 		pubs = append(pubs, func(body []byte) error {
-			dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", spec.Queue, false, false,
+			dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", queue, false, false,
 				amqp.Publishing{DeliveryMode: amqp.Persistent, Body: body})
 			if err != nil {
 				return err
@@ -304,15 +318,19 @@ func jetstreamLoad(spec loadSpec, tc *tls.Config) ([]publisher, []consumer, []fu
 		return nc, js, err
 	}
 	var pubs []publisher
-	for range spec.Clients {
+	for k := range spec.Clients {
 		_, js, err := connect()
 		if err != nil {
 			return nil, nil, closers, err
 		}
+		subject := spec.target(spec.Subject, k)
 		pubs = append(pubs, func(body []byte) error {
-			_, err := js.Publish(ctx, spec.Subject, body)
+			_, err := js.Publish(ctx, subject, body)
 			return err
 		})
+	}
+	if !spec.Consume {
+		return pubs, nil, closers, nil
 	}
 	_, js, err := connect()
 	if err != nil {
@@ -347,31 +365,38 @@ func jetstreamLoad(spec loadSpec, tc *tls.Config) ([]publisher, []consumer, []fu
 	return pubs, []consumer{con}, closers, nil
 }
 
+// postTo POSTs body as JSON with the API key and returns the answer's body (an error for a
+// status of 300 or more).
+func postTo(client *http.Client, url, key string, body any) ([]byte, error) {
+	b, _ := json.Marshal(body)
+	req, _ := http.NewRequest("POST", url, bytes.NewReader(b))
+	req.Header.Set("Authorization", "Bearer "+key)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var buf bytes.Buffer
+	_, _ = buf.ReadFrom(resp.Body)
+	if resp.StatusCode >= 300 {
+		return nil, fmt.Errorf("%s: %d %s", url, resp.StatusCode, buf.String())
+	}
+	return buf.Bytes(), nil
+}
+
 // httpsLoad: each publisher POSTs one message per request on its own keep-alive connection;
 // four consumers take up to 500 and acknowledge them in one request.
 func httpsLoad(spec loadSpec, tc *tls.Config) ([]publisher, []consumer, error) {
 	client := &http.Client{Transport: &http.Transport{TLSClientConfig: tc, MaxIdleConnsPerHost: 2 * spec.Clients, MaxConnsPerHost: 2 * spec.Clients}}
 	post := func(path string, body any) ([]byte, error) {
-		b, _ := json.Marshal(body)
-		req, _ := http.NewRequest("POST", spec.URL+path, bytes.NewReader(b))
-		req.Header.Set("Authorization", "Bearer "+spec.Key)
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := client.Do(req)
-		if err != nil {
-			return nil, err
-		}
-		defer resp.Body.Close()
-		var buf bytes.Buffer
-		_, _ = buf.ReadFrom(resp.Body)
-		if resp.StatusCode >= 300 {
-			return nil, fmt.Errorf("%s: %d %s", path, resp.StatusCode, buf.String())
-		}
-		return buf.Bytes(), nil
+		return postTo(client, spec.URL+path, spec.Key, body)
 	}
 	var pubs []publisher
-	for range spec.Clients {
+	for k := range spec.Clients {
+		url := spec.target(spec.URL, k) + "/messages"
 		pubs = append(pubs, func(body []byte) error {
-			_, err := post("/messages", map[string]any{"messages": []map[string]string{{"id": nuid.Next(), "data": string(body)}}})
+			_, err := postTo(client, url, spec.Key, map[string]any{"messages": []map[string]string{{"id": nuid.Next(), "data": string(body)}}})
 			return err
 		})
 	}
@@ -414,7 +439,22 @@ func httpsLoad(spec loadSpec, tc *tls.Config) ([]publisher, []consumer, error) {
 	return pubs, cons, nil
 }
 
-var closedConsume = flag.Bool("consume", false, "closed-loop runs: consume and acknowledge while publishing (end to end)")
+var (
+	closedConsume = flag.Bool("consume", false, "closed-loop runs: consume and acknowledge while publishing (end to end)")
+	closedQueues  = flag.Int("queues", 1, "closed-loop runs: spread the publishers over this many queues (streams), publish only")
+)
+
+// queueNames are the closed-loop run's queues: name, or name0..name<K-1> with -queues K.
+func queueNames(name string) []string {
+	if *closedQueues <= 1 {
+		return []string{name}
+	}
+	var out []string
+	for k := range *closedQueues {
+		out = append(out, name+strconv.Itoa(k))
+	}
+	return out
+}
 
 var loadFlag = flag.String("load", "", "run as the load generator of a closed-loop run (internal: the JSON spec)")
 
@@ -422,6 +462,12 @@ var loadFlag = flag.String("load", "", "run as the load generator of a closed-lo
 // and prints them with the issue's ratios.
 func closedLoop(n, size, clients int, skipRabbit bool) error {
 	what := "publish only"
+	if *closedQueues > 1 {
+		if *closedConsume {
+			return errors.New("-queues above 1 is publish only: leave out -consume")
+		}
+		what = fmt.Sprintf("publish only, spread over %d queues (streams), publisher k on queue k mod %d", *closedQueues, *closedQueues)
+	}
 	if *closedConsume {
 		what = "one consumer (four over HTTPS) acknowledging while they publish"
 	}
@@ -476,7 +522,7 @@ func closedLoop(n, size, clients int, skipRabbit bool) error {
 }
 
 func closedRaw(n, size, clients int) (result, error) {
-	name := "(a) raw JetStream, 1 stream, sync always"
+	name := "(a) raw JetStream, sync always"
 	dir, _ := os.MkdirTemp("", "bench-fabric")
 	defer os.RemoveAll(dir)
 	ns, err := server.NewServer(&server.Options{JetStream: true, StoreDir: dir, Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true,
@@ -495,13 +541,16 @@ func closedRaw(n, size, clients int) (result, error) {
 	}
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
-	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "Q", Subjects: []string{"q"}, Retention: jetstream.WorkQueuePolicy}); err != nil {
-		return result{name: name}, err
+	for _, q := range queueNames("q") {
+		if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: strings.ToUpper(q), Subjects: []string{q}, Retention: jetstream.WorkQueuePolicy}); err != nil {
+			return result{name: name}, err
+		}
+		if _, err := js.CreateOrUpdateConsumer(ctx, strings.ToUpper(q), jetstream.ConsumerConfig{Durable: "c", AckPolicy: jetstream.AckExplicitPolicy, MaxAckPending: -1}); err != nil {
+			return result{name: name}, err
+		}
 	}
-	if _, err := js.CreateOrUpdateConsumer(ctx, "Q", jetstream.ConsumerConfig{Durable: "c", AckPolicy: jetstream.AckExplicitPolicy, MaxAckPending: -1}); err != nil {
-		return result{name: name}, err
-	}
-	return runLoad(name, loadSpec{Kind: "jetstream", URL: ns.ClientURL(), Subject: "q", Stream: "Q", Durable: "c", Clients: clients, N: n, Size: size, Consume: *closedConsume})
+	return runLoad(name, loadSpec{Kind: "jetstream", URL: ns.ClientURL(), Subject: "q", Stream: "Q", Durable: "c", Clients: clients, N: n, Size: size,
+		Consume: *closedConsume, Spread: *closedQueues})
 }
 
 func closedNative(n, size, clients int) (result, error) {
@@ -511,9 +560,26 @@ func closedNative(n, size, clients int) (result, error) {
 		return result{name: name}, err
 	}
 	defer p.close()
+	if err := p.spreadQueues(); err != nil {
+		return result{name: name}, err
+	}
 	return runLoad(name, loadSpec{Kind: "jetstream", URL: "tls://" + p.stack.Engine.NativeAddrs().NATS, CA: p.cm.CAPath(),
 		User: "acme/production", Key: p.key, Prefix: fabric.APIPrefix, Subject: "shop.q.jobs", Stream: "Q_shop_jobs", Durable: "shop",
-		Clients: clients, N: n, Size: size, Consume: *closedConsume})
+		Clients: clients, N: n, Size: size, Consume: *closedConsume, Spread: *closedQueues})
+}
+
+// spreadQueues creates the queues jobs0.. of a -queues run beside jobs.
+func (p *penstockStack) spreadQueues() error {
+	if *closedQueues <= 1 {
+		return nil
+	}
+	for _, q := range queueNames("jobs") {
+		ref := fabric.Ref{Tenant: "acme", Environment: "production", Application: "shop", Name: q}
+		if _, err := p.fab.CreateQueue(ctx, ref, fabric.QueueSpec{MaxDeliveries: 5}); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func closedHTTPS(n, size, clients int) (result, error) {
@@ -533,12 +599,16 @@ func closedHTTPS(n, size, clients int) (result, error) {
 		return result{name: name}, err
 	}
 	defer p.close()
+	if err := p.spreadQueues(); err != nil {
+		return result{name: name}, err
+	}
 	base, stop, err := p.serveAPI()
 	if err != nil {
 		return result{name: name}, err
 	}
 	defer stop()
-	r, err := runLoad(name, loadSpec{Kind: "https", URL: base, CA: p.cm.CAPath(), Key: p.key, Clients: clients, N: n, Size: size, Consume: *closedConsume})
+	r, err := runLoad(name, loadSpec{Kind: "https", URL: base, CA: p.cm.CAPath(), Key: p.key, Clients: clients, N: n, Size: size,
+		Consume: *closedConsume, Spread: *closedQueues})
 	r.note += "; " + p.commits()
 	return r, err
 }
@@ -556,9 +626,12 @@ func closedRabbit(n, size, clients int) (result, error) {
 		return result{name: name}, err
 	}
 	qname := "penstock-bench-" + nuid.Next()
-	if _, err := ch.QueueDeclare(qname, true, false, false, false, amqp.Table{"x-queue-type": "quorum"}); err != nil {
-		return result{name: name}, err
+	for _, q := range queueNames(qname) {
+		if _, err := ch.QueueDeclare(q, true, false, false, false, amqp.Table{"x-queue-type": "quorum"}); err != nil {
+			return result{name: name}, err
+		}
+		defer func() { _, _ = ch.QueueDelete(q, false, false, false) }()
 	}
-	defer func() { _, _ = ch.QueueDelete(qname, false, false, false) }()
-	return runLoad(name, loadSpec{Kind: "rabbitmq", URL: url, Queue: qname, Clients: clients, N: n, Size: size, Consume: *closedConsume})
+	return runLoad(name, loadSpec{Kind: "rabbitmq", URL: url, Queue: qname, Clients: clients, N: n, Size: size,
+		Consume: *closedConsume, Spread: *closedQueues})
 }

@@ -584,17 +584,7 @@ func (p *penstockStack) spreadQueues() error {
 
 func closedHTTPS(n, size, clients int) (result, error) {
 	name := "(c) Penstock HTTPS, one message per request, durable"
-	fcfg := config.Default().Fabric
-	if *commitWindow >= 0 {
-		fcfg.CommitWindow = *commitWindow
-	}
-	if *maxCommit > 0 {
-		fcfg.MaxCommit = *maxCommit
-	}
-	if *inFlight > 0 {
-		fcfg.CommitsInFlight = *inFlight
-	}
-	p, err := openPenstock("always", fcfg)
+	p, err := openPenstock("always", commitConfig())
 	if err != nil {
 		return result{name: name}, err
 	}

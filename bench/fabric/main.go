@@ -563,22 +563,27 @@ func (p *penstockStack) serveAPI() (string, func(), error) {
 		func() { srv.Close(); al.Close(ctx) }, nil
 }
 
+// commitConfig is the fabric configuration with the group commit settings of the flags.
+func commitConfig() config.Fabric {
+	fcfg := config.Default().Fabric
+	if *commitWindow >= 0 {
+		fcfg.CommitWindow = *commitWindow
+	}
+	if *maxCommit > 0 {
+		fcfg.MaxCommit = *maxCommit
+	}
+	if *inFlight > 0 {
+		fcfg.CommitsInFlight = *inFlight
+	}
+	return fcfg
+}
+
 // penstockHTTPS: Penstock's HTTPS API in durable mode (fsync always, group commit), 64
 // clients publishing batches of 100, then 64 clients publishing one message per request;
 // 4 clients consume 500 at a time and acknowledge.
 func penstockHTTPS(n, size int) (result, result, error) {
 	run := func(name string, perReq int) (result, error) {
-		fcfg := config.Default().Fabric
-		if *commitWindow >= 0 {
-			fcfg.CommitWindow = *commitWindow
-		}
-		if *maxCommit > 0 {
-			fcfg.MaxCommit = *maxCommit
-		}
-		if *inFlight > 0 {
-			fcfg.CommitsInFlight = *inFlight
-		}
-		p, err := openPenstock("always", fcfg)
+		p, err := openPenstock("always", commitConfig())
 		if err != nil {
 			return result{name: name}, err
 		}
@@ -592,23 +597,7 @@ func penstockHTTPS(n, size int) (result, result, error) {
 			TLSClientConfig:     &tls.Config{RootCAs: p.roots, ServerName: "localhost"},
 			MaxIdleConnsPerHost: 128, MaxConnsPerHost: 128,
 		}}
-		post := func(path string, body any) ([]byte, error) {
-			b, _ := json.Marshal(body)
-			req, _ := http.NewRequest("POST", base+path, bytes.NewReader(b))
-			req.Header.Set("Authorization", "Bearer "+p.key)
-			req.Header.Set("Content-Type", "application/json")
-			resp, err := client.Do(req)
-			if err != nil {
-				return nil, err
-			}
-			defer resp.Body.Close()
-			var buf bytes.Buffer
-			_, _ = buf.ReadFrom(resp.Body)
-			if resp.StatusCode >= 300 {
-				return nil, fmt.Errorf("%s: %d %s", path, resp.StatusCode, buf.String())
-			}
-			return buf.Bytes(), nil
-		}
+		post := func(path string, body any) ([]byte, error) { return postTo(client, base+path, p.key, body) }
 		var next atomic.Int64
 		pub := func(stop <-chan struct{}) error {
 			var wg sync.WaitGroup

@@ -81,7 +81,7 @@ func (s *Service) ingest(ta *tenantAccount, m *nats.Msg) {
 	}
 	r := Ref{Tenant: ta.tenant, Environment: ta.env, Application: app, Name: name}
 	stream := r.queueStream()
-	if s.knownMissing(ta, stream) || !s.hasCommitter(ta, stream) && !ta.lookups.Allow() {
+	if ta.knownMissing(stream) || !s.hasCommitter(ta, stream) && !ta.lookups.Allow() {
 		// A queue not published to yet costs the engine a lookup, made here where every
 		// native publish of the tenant-environment passes: a client publishing to made-up
 		// names gets "not found" without one once it has spent the lookups of a second.
@@ -91,7 +91,7 @@ func (s *Service) ingest(ta *tenantAccount, m *nats.Msg) {
 	c, err := s.committerFor(ta.ctx, ta, stream)
 	if err != nil {
 		if errors.Is(err, ErrNotFound) {
-			s.rememberMissing(ta, stream)
+			ta.rememberMissing(stream)
 		}
 		answerNative(conn, m.Reply, stream, pubResult{err: err})
 		return
@@ -143,14 +143,14 @@ var errBusy = errors.New("publishing is busy: retry")
 // again (a client publishing to made-up names costs nothing more); creating the queue ends it.
 const missingFor = time.Second
 
-func (s *Service) knownMissing(ta *tenantAccount, stream string) bool {
+func (ta *tenantAccount) knownMissing(stream string) bool {
 	ta.mu.RLock()
 	defer ta.mu.RUnlock()
 	until, ok := ta.missing[stream]
 	return ok && time.Now().Before(until)
 }
 
-func (s *Service) rememberMissing(ta *tenantAccount, stream string) {
+func (ta *tenantAccount) rememberMissing(stream string) {
 	ta.mu.Lock()
 	defer ta.mu.Unlock()
 	if ta.missing == nil || len(ta.missing) >= 4096 {

@@ -563,9 +563,12 @@ func closedNative(n, size, clients int) (result, error) {
 	if err := p.spreadQueues(); err != nil {
 		return result{name: name}, err
 	}
-	return runLoad(name, loadSpec{Kind: "jetstream", URL: "tls://" + p.stack.Engine.NativeAddrs().NATS, CA: p.cm.CAPath(),
+	p.mark()
+	r, err := runLoad(name, loadSpec{Kind: "jetstream", URL: "tls://" + p.stack.Engine.NativeAddrs().NATS, CA: p.cm.CAPath(),
 		User: "acme/production", Key: p.key, Prefix: fabric.APIPrefix, Subject: "shop.q.jobs", Stream: "Q_shop_jobs", Durable: "shop",
 		Clients: clients, N: n, Size: size, Consume: *closedConsume, Spread: *closedQueues})
+	r.note += "; " + p.commits()
+	return r, err
 }
 
 // spreadQueues creates the queues jobs0.. of a -queues run beside jobs.
@@ -597,6 +600,7 @@ func closedHTTPS(n, size, clients int) (result, error) {
 		return result{name: name}, err
 	}
 	defer stop()
+	p.mark()
 	r, err := runLoad(name, loadSpec{Kind: "https", URL: base, CA: p.cm.CAPath(), Key: p.key, Clients: clients, N: n, Size: size,
 		Consume: *closedConsume, Spread: *closedQueues})
 	r.note += "; " + p.commits()

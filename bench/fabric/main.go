@@ -58,6 +58,7 @@ var (
 	commitWindow *time.Duration
 	maxCommit    *int
 	inFlight     *int
+	groupSync    *bool
 )
 
 type result struct {
@@ -128,6 +129,7 @@ func main() {
 	commitWindow = flag.Duration("commit-window", -1, "fabric.commit_window for the HTTPS runs (default: the configuration default)")
 	maxCommit = flag.Int("max-commit", 0, "fabric.max_commit for the HTTPS runs (default: the configuration default)")
 	inFlight = flag.Int("commits-in-flight", 0, "fabric.commits_in_flight for the HTTPS runs (default: the configuration default)")
+	groupSync = flag.Bool("group-sync", true, "engine.group_sync for Penstock's runs at sync always (false: the engine's fsync per write)")
 	clients := flag.Int("clients", 64, "closed-loop publishers (-only closed-loop)")
 	flag.Parse()
 	if *loadFlag != "" {
@@ -426,6 +428,8 @@ type penstockStack struct {
 	keyID string
 	dir   string
 	reg   *prometheus.Registry
+	// syncs0 is the engine's group sync count when the measured load began.
+	syncs0 uint64
 }
 
 // commits reports the group commits made: how many, messages per commit, and mean time.
@@ -449,8 +453,16 @@ func (p *penstockStack) commits() string {
 	if n == 0 {
 		return "no group commits"
 	}
+	if p.stack.Engine.GroupSync() {
+		syncs := float64(p.stack.Engine.Syncs() - p.syncs0)
+		return fmt.Sprintf("%.0f group syncs, %.1f messages each; %.0f engine commits, %.1f messages and %.1f ms each (with the sync)",
+			syncs, msgs/max(syncs, 1), n, msgs/n, secs/n*1000)
+	}
 	return fmt.Sprintf("%.0f group commits, %.1f messages each, %.1f ms each", n, msgs/n, secs/n*1000)
 }
+
+// mark starts the count of group syncs commits reports.
+func (p *penstockStack) mark() { p.syncs0 = p.stack.Engine.Syncs() }
 
 func openPenstock(sync string, fcfg config.Fabric) (*penstockStack, error) {
 	dir, _ := os.MkdirTemp("", "bench-penstock")
@@ -463,6 +475,7 @@ func openPenstock(sync string, fcfg config.Fabric) (*penstockStack, error) {
 	roots.AppendCertsFromPEM(pem)
 	ecfg := config.Default().Engine
 	ecfg.SyncInterval = sync
+	ecfg.GroupSync = *groupSync
 	st, err := keyringtest.OpenEngine(ctx, filepath.Join(dir, "data"), ecfg, engine.Native{NATSListen: "127.0.0.1:0", TLS: cm.TLSConfig()})
 	if err != nil {
 		return nil, err

@@ -596,6 +596,8 @@ func fabricError(o Options, op string, err error, about ...thing) error {
 		return NewError(http.StatusInsufficientStorage, "quota.storage", "the tenant-environment's storage quota is full; nothing was stored")
 	case errors.Is(err, engine.ErrAccountUnavailable):
 		return NewError(http.StatusNotImplemented, "fabric.unavailable", "queues need the embedded engine or an operator-managed NATS with tenant accounts")
+	case errors.Is(err, fabric.ErrNotDurable):
+		return NewError(http.StatusServiceUnavailable, "not_durable", "the engine took the message but the disk did not confirm it; retry with the same message id")
 	case errors.Is(err, fabric.ErrClosed):
 		return NewError(http.StatusServiceUnavailable, "unavailable", "publishing stopped (the queue was deleted or the server is stopping); retry, with message ids to stay idempotent")
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):

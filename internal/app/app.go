@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -235,7 +236,7 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger, version st
 		return nil, err
 	}
 	details := map[string]string{"version": version, "engine": engineMode(a.eng), "sync": a.eng.Durability(),
-		"master_key": a.master.ID(), "config_changed": strings.Join(changed, ",")}
+		"group_sync": strconv.FormatBool(a.eng.GroupSync()), "master_key": a.master.ID(), "config_changed": strings.Join(changed, ",")}
 	for _, k := range changed {
 		details["config."+k] = flat[k]
 	}
@@ -395,7 +396,7 @@ func (a *App) Run(ctx context.Context) error {
 		g.Go(func() error { return serve(a.metricsSrv, a.metricsLn) })
 	}
 	a.log.Info("serving", "api", "https://"+a.APIAddr(), "metrics", a.MetricsAddr(),
-		"engine", engineMode(a.eng), "sync", a.eng.Durability(), "nats", a.eng.ClientURL(),
+		"engine", engineMode(a.eng), "sync", a.eng.Durability(), "group_sync", a.eng.GroupSync(), "nats", a.eng.ClientURL(),
 		"mqtt", a.eng.NativeAddrs().MQTT, "websocket", a.eng.NativeAddrs().WebSocket,
 		"data_dir", a.cfg.DataDir, "ca", a.certs.CAPath())
 	fctx, stopForwarding := context.WithCancel(context.Background())

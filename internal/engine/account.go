@@ -16,7 +16,22 @@ type Account struct {
 	nc       *nats.Conn
 	js       jetstream.JetStream
 	replicas int
+	sync     syncFunc // nil: the engine syncs every write itself, or does not promise to
 }
+
+// Sync returns once every write made before the call is on disk. With the engine's own
+// fsync per write (or an external engine) there is nothing left to do. Writes through
+// JetStream() are synced already; Sync is for writes made on the core connection.
+func (a *Account) Sync(ctx context.Context) error {
+	if a.sync == nil {
+		return nil
+	}
+	return a.sync(ctx)
+}
+
+// GroupSync tells whether this account's writes are made durable by Sync (true) or by the
+// engine itself.
+func (a *Account) GroupSync() bool { return a.sync != nil }
 
 // Name is the Penstock account name.
 func (a *Account) Name() string { return a.name }

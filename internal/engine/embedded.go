@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"path/filepath"
 	"strconv"
 	"time"
 
@@ -30,6 +31,8 @@ type embedded struct {
 	listening bool
 	native    Native
 	auth      *authenticator
+	// gsync, when set, makes writes durable: the server runs without its fsync per write.
+	gsync *groupSync
 }
 
 var _ accounts = (*embedded)(nil)
@@ -69,10 +72,16 @@ func startEmbedded(o Options) (*embedded, error) {
 		// global account.
 		CustomClientAuthentication: em.auth,
 	}
-	if sync == 0 {
+	group := sync == 0 && o.Config.GroupSync && groupSyncSupported
+	switch {
+	case group:
+		// The engine writes in place without syncing; Penstock's writers sync in groups
+		// (groupSync) before anything is acknowledged. The engine's timer still syncs.
+		opts.SyncInterval = 2 * time.Minute
+	case sync == 0:
 		opts.SyncAlways = true
 		opts.SyncInterval = 2 * time.Minute // flush timer only; every write is synced anyway
-	} else {
+	default:
 		opts.SyncInterval = sync
 	}
 	if o.Config.MaxStore == 0 {
@@ -113,6 +122,16 @@ func startEmbedded(o Options) (*embedded, error) {
 		return nil, errors.New("embedded engine: not ready after 30s")
 	}
 	em.ns = ns
+	if group {
+		// The engine's own directory: it may be a mount of its own.
+		g, err := newGroupSync(filepath.Join(o.DataDir, "jetstream"), o.Logger)
+		if err != nil {
+			ns.Shutdown()
+			ns.WaitForShutdown()
+			return nil, fmt.Errorf("embedded engine: %w", err)
+		}
+		em.gsync = g
+	}
 	return em, nil
 }
 
@@ -137,6 +156,9 @@ func (em *embedded) close() {
 	em.auth.stop()
 	em.ns.Shutdown()
 	em.ns.WaitForShutdown()
+	if em.gsync != nil {
+		em.gsync.Close()
+	}
 }
 
 // authenticator binds a connection to the account named as its user, if it presents the

@@ -178,10 +178,22 @@ func (e *Engine) Durability() string {
 	if jc == nil {
 		return "unknown"
 	}
-	if jc.SyncAlways {
+	if jc.SyncAlways || e.embedded.gsync != nil {
 		return "always"
 	}
 	return jc.SyncInterval.String()
+}
+
+// GroupSync tells whether acknowledged writes are made durable by Penstock's group syncfs
+// rather than by the engine's fsync of every write.
+func (e *Engine) GroupSync() bool { return e.embedded != nil && e.embedded.gsync != nil }
+
+// Syncs is how many group syncs have made writes durable so far.
+func (e *Engine) Syncs() uint64 {
+	if !e.GroupSync() {
+		return 0
+	}
+	return e.embedded.gsync.syncs.Load()
 }
 
 // Account returns the named account, creating it on the embedded engine if it is new.
@@ -211,6 +223,10 @@ func (e *Engine) Account(ctx context.Context, name string) (*Account, error) {
 		return nil, fmt.Errorf("account %q: jetstream not available: %w", name, err)
 	}
 	a := &Account{name: name, nc: nc, js: js, replicas: e.replicas}
+	if e.embedded != nil && e.embedded.gsync != nil {
+		a.sync = e.embedded.gsync.Sync
+		a.js = durableJS{JetStream: js, sync: a.sync}
+	}
 	e.cache[name] = a
 	return a, nil
 }

@@ -36,6 +36,9 @@ var (
 	ErrRateLimited  = errors.New("publish rate quota exceeded")
 	ErrStorageQuota = errors.New("storage quota exceeded")
 	ErrPayloadLimit = errors.New("message larger than the payload limit")
+	// ErrNotDurable: the engine took the message but the disk did not confirm it; a retry
+	// with the same message id is stored once.
+	ErrNotDurable = errors.New("not confirmed on disk")
 )
 
 // Missing is an ErrNotFound saying which kind of thing is missing, where a caller could not

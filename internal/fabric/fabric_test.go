@@ -50,9 +50,15 @@ type harness struct {
 // fabric, configured by cfg (nil: the defaults).
 func open(t *testing.T, change func(*config.Fabric)) *harness {
 	t.Helper()
+	return openEngine(t, config.Default().Engine, change)
+}
+
+// openEngine is open with the engine configured as ecfg.
+func openEngine(t *testing.T, ecfg config.Engine, change func(*config.Fabric)) *harness {
+	t.Helper()
 	dir := t.TempDir()
 	tc, roots := testenv.ServerTLS(t, dir)
-	st, err := keyringtest.OpenNative(ctx, filepath.Join(dir, "data"), engine.Native{
+	st, err := keyringtest.OpenEngine(ctx, filepath.Join(dir, "data"), ecfg, engine.Native{
 		NATSListen: "127.0.0.1:0", MQTTListen: "127.0.0.1:0", WebSocketListen: "127.0.0.1:0", TLS: tc,
 	})
 	if err != nil {

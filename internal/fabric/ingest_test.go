@@ -3,6 +3,7 @@ package fabric
 import (
 	"errors"
 	"fmt"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,12 +19,27 @@ import (
 )
 
 // Native NATS publishes to a queue take the fabric's group commit (sync "always"): many
-// publishers' messages share atomic batches, each is acknowledged with the engine's own
-// acknowledgement once its batch is durable, an asynchronous publisher's messages are stored
-// in the order it sent them, and ids, limits, missing queues and the client's own atomic
-// batches answer as the engine would.
+// publishers' messages share one fsync (a group sync of the engine's filesystem, or with
+// engine.group_sync off an atomic batch), each is acknowledged with the engine's own
+// acknowledgement once it is durable, an asynchronous publisher's messages are stored in the
+// order it sent them, and ids, limits, missing queues and the client's own atomic batches
+// answer as the engine would.
 func TestNativePublishesTakeTheGroupCommit(t *testing.T) {
-	h := open(t, nil)
+	for _, group := range []bool{true, false} {
+		t.Run(fmt.Sprintf("group_sync=%v", group), func(t *testing.T) {
+			ecfg := config.Default().Engine
+			ecfg.GroupSync = group
+			h := openEngine(t, ecfg, nil)
+			if want := group && runtime.GOOS == "linux"; h.stack.Engine.GroupSync() != want || h.stack.Engine.Durability() != "always" {
+				t.Fatalf("engine group sync %v, durability %q; want %v, always", h.stack.Engine.GroupSync(), h.stack.Engine.Durability(), want)
+			}
+			nativeGroupCommit(t, h)
+		})
+	}
+}
+
+func nativeGroupCommit(t *testing.T, h *harness) {
+	syncsBefore := h.stack.Engine.Syncs()
 	q := h.queue("acme", "jobs", QueueSpec{})
 	small := h.queue("acme", "small", QueueSpec{MaxMessages: 3})
 	key, keyID := h.key("acme", authz.Developer)
@@ -86,12 +102,19 @@ func TestNativePublishesTakeTheGroupCommit(t *testing.T) {
 	if st, _ := h.fab.Queue(ctx, q); st.Stats.Depth != uint64(total) {
 		t.Fatalf("depth %d, want %d", st.Stats.Depth, total)
 	}
-	var m dto.Metric
-	if err := h.fab.m.commitSize.Write(&m); err != nil {
-		t.Fatal(err)
-	}
-	if n := m.GetHistogram().GetSampleCount(); n == 0 || n >= uint64(total) || uint64(m.GetHistogram().GetSampleSum()) != uint64(total) {
-		t.Fatalf("%d messages in %d commits (sum %v): not gathered", total, n, m.GetHistogram().GetSampleSum())
+	if h.stack.Engine.GroupSync() {
+		// Every message was acknowledged after a group sync; the publishers shared them.
+		if n := h.stack.Engine.Syncs() - syncsBefore; n == 0 || n >= uint64(total) {
+			t.Fatalf("%d messages made durable by %d group syncs: not shared", total, n)
+		}
+	} else {
+		var m dto.Metric
+		if err := h.fab.m.commitSize.Write(&m); err != nil {
+			t.Fatal(err)
+		}
+		if n := m.GetHistogram().GetSampleCount(); n == 0 || n >= uint64(total) || uint64(m.GetHistogram().GetSampleSum()) != uint64(total) {
+			t.Fatalf("%d messages in %d commits (sum %v): not gathered", total, n, m.GetHistogram().GetSampleSum())
+		}
 	}
 
 	// An id stored before is a duplicate, acknowledged with the sequence it is stored at.

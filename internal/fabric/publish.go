@@ -228,8 +228,13 @@ type pubResult struct {
 // sent them even with several batches in flight; only the wait for the engine's answer is
 // concurrent.
 type committer struct {
-	nc     *nats.Conn
-	js     jetstream.JetStream
+	nc *nats.Conn
+	js jetstream.JetStream
+	// sync makes what the engine acknowledged durable (a no-op when the engine fsyncs every
+	// write). plain: single-message requests are sent as plain publishes, each answered once
+	// the engine stored it and a group sync covered it (set with the engine's group sync).
+	sync   func(context.Context) error
+	plain  bool
 	stream string
 	ch     chan *pubReq
 	cancel context.CancelFunc
@@ -391,7 +396,8 @@ func (s *Service) committerFor(ctx context.Context, ta *tenantAccount, stream st
 		return c, nil
 	}
 	cctx, cancel := context.WithCancel(s.ctx)
-	c = &committer{nc: ta.acc.Conn(), js: ta.acc.JetStream(), stream: stream, ch: make(chan *pubReq, 4096), cancel: cancel,
+	c = &committer{nc: ta.acc.Conn(), js: ta.acc.JetStream(), sync: ta.acc.Sync, plain: ta.acc.GroupSync(),
+		stream: stream, ch: make(chan *pubReq, 4096), cancel: cancel,
 		stopped: make(chan struct{}), inbox: nats.NewInbox(), waiting: map[string]chan *nats.Msg{}}
 	sub, err := c.nc.Subscribe(c.inbox+".*", c.answered)
 	if err != nil {
@@ -444,16 +450,18 @@ func (s *Service) commitLoop(ctx context.Context, c *committer) {
 	// requests arrived, so the engine stores them in that order. A batch that carries message
 	// ids is committed before anything after it is sent: if an id is already stored, its
 	// requests are committed again one by one, which must not let later batches pass them.
+	//
+	// With the engine's group sync (c.plain), a single-message request is not gathered: it
+	// is sent at once as a plain publish, which the engine writes without an fsync of its
+	// own, and answered when a group sync that began after the engine's acknowledgement has
+	// ended. Many publishers then share one fsync without the batch's staging cost, a
+	// duplicate id is answered as a duplicate for that message alone, and the order of
+	// sending is the order of storing. Up to maxPlainInFlight such publishes wait at once.
 	slots := make(chan struct{}, max(s.cfg.CommitsInFlight, 1))
+	plainSlots := make(chan struct{}, maxPlainInFlight)
 	var inflight sync.WaitGroup
 	defer inflight.Wait()
-	dispatch := func(batch []*pubReq) {
-		st := s.startCommit(c, batch)
-		if carriesIDs(batch) {
-			s.commit(ctx, c, batch, st)
-			<-slots
-			return
-		}
+	async := func(slots chan struct{}, batch []*pubReq, st started) {
 		inflight.Add(1)
 		go func() {
 			defer inflight.Done()
@@ -461,23 +469,46 @@ func (s *Service) commitLoop(ctx context.Context, c *committer) {
 			s.commit(ctx, c, batch, st)
 		}()
 	}
-	for {
-		select {
-		case slots <- struct{}{}:
-		case <-ctx.Done():
-			return
-		}
-		var first *pubReq
-		select {
-		case first = <-c.ch:
-		case <-ctx.Done():
+	dispatch := func(batch []*pubReq) {
+		st := s.startCommit(c, batch)
+		if carriesIDs(batch) {
+			s.commit(ctx, c, batch, st)
 			<-slots
 			return
+		}
+		async(slots, batch, st)
+	}
+	takes := func(r *pubReq) bool { return c.plain && len(r.msgs) == 1 && !r.asIs }
+	var next *pubReq // taken from the channel, to be handled first
+	for {
+		first := next
+		next = nil
+		if first == nil {
+			select {
+			case first = <-c.ch:
+			case <-ctx.Done():
+				return
+			}
 		}
 		if first.asIs {
 			s.sendAsIs(ctx, c, first)
-			<-slots
 			continue
+		}
+		if takes(first) {
+			select {
+			case plainSlots <- struct{}{}:
+			case <-ctx.Done():
+				first.finish(pubResult{err: ErrClosed})
+				return
+			}
+			async(plainSlots, []*pubReq{first}, s.startCommit(c, []*pubReq{first}))
+			continue
+		}
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			first.finish(pubResult{err: ErrClosed})
+			return
 		}
 		batch := []*pubReq{first}
 		n := len(first.msgs)
@@ -487,7 +518,6 @@ func (s *Service) commitLoop(ctx context.Context, c *committer) {
 			timer = time.NewTimer(s.cfg.CommitWindow)
 			deadline = timer.C
 		}
-		var asIs *pubReq // sent as it is right after the batch gathered before it
 	gather:
 		for n < maxN && !first.alone {
 			var r *pubReq
@@ -506,8 +536,8 @@ func (s *Service) commitLoop(ctx context.Context, c *committer) {
 					break gather
 				}
 			}
-			if r.asIs {
-				asIs = r
+			if r.asIs || takes(r) {
+				next = r // sent in its turn, right after the batch gathered before it
 				break gather
 			}
 			if r.alone || n+len(r.msgs) > maxN {
@@ -527,11 +557,12 @@ func (s *Service) commitLoop(ctx context.Context, c *committer) {
 			timer.Stop()
 		}
 		dispatch(batch)
-		if asIs != nil {
-			s.sendAsIs(ctx, c, asIs)
-		}
 	}
 }
+
+// maxPlainInFlight bounds the plain publishes of one queue waiting for the engine and the
+// group sync at once.
+const maxPlainInFlight = 1024
 
 // carriesIDs tells whether a batch holds a message with an id.
 func carriesIDs(batch []*pubReq) bool {
@@ -565,6 +596,10 @@ func (s *Service) sendAsIs(ctx context.Context, c *committer, r *pubReq) {
 		defer cancel()
 		select {
 		case resp := <-sd.ch:
+			if err := c.sync(wctx); err != nil {
+				r.finish(pubResult{err: fmt.Errorf("%w: %v", ErrNotDurable, err)})
+				return
+			}
 			r.relay(resp)
 		case <-wctx.Done():
 			sd.forget() // the client's own request times out
@@ -603,6 +638,11 @@ func (s *Service) commit(ctx context.Context, c *committer, batch []*pubReq, st 
 	first, dup, err := uint64(0), false, st.err
 	if err == nil {
 		first, dup, err = st.sd.wait(actx)
+		if err == nil {
+			if serr := c.sync(actx); serr != nil {
+				err = fmt.Errorf("%w: %v", ErrNotDurable, serr)
+			}
+		}
 	}
 	s.m.commitLatency.Observe(time.Since(st.at).Seconds())
 	if err == nil {
@@ -753,14 +793,20 @@ type pubAck struct {
 	} `json:"error,omitempty"`
 }
 
-// atomic publishes msgs as one JetStream atomic batch and waits for it: it returns the first
-// sequence. A single message is an ordinary publish (whose duplicate answer is then reported).
+// atomic publishes msgs as one JetStream atomic batch and waits for it to be stored and
+// durable: it returns the first sequence. A single message is an ordinary publish (whose duplicate answer is then reported).
 func (s *Service) atomic(ctx context.Context, c *committer, msgs []*nats.Msg) (first uint64, dup bool, err error) {
 	sd, err := c.send(msgs)
 	if err != nil {
 		return 0, false, err
 	}
-	return sd.wait(ctx)
+	if first, dup, err = sd.wait(ctx); err != nil {
+		return 0, false, err
+	}
+	if err := c.sync(ctx); err != nil {
+		return 0, false, fmt.Errorf("%w: %v", ErrNotDurable, err)
+	}
+	return first, dup, nil
 }
 
 // errCodeWrongLastMsgID is the engine's answer to a Nats-Expected-Last-Msg-Id that does not

@@ -76,8 +76,9 @@ func startEmbedded(o Options) (*embedded, error) {
 	switch {
 	case group:
 		// The engine writes in place without syncing; Penstock's writers sync in groups
-		// (groupSync) before anything is acknowledged. The engine's timer still syncs.
-		opts.SyncInterval = 2 * time.Minute
+		// (groupSync) before anything is acknowledged. The engine's own timer syncs within a
+		// second what no Penstock writer waits for: a native client's acks, MQTT sessions.
+		opts.SyncInterval = time.Second
 	case sync == 0:
 		opts.SyncAlways = true
 		opts.SyncInterval = 2 * time.Minute // flush timer only; every write is synced anyway

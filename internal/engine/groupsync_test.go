@@ -4,11 +4,17 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/penstock/penstock/internal/config"
+	"github.com/penstock/penstock/internal/datadir"
 )
 
 // A caller's Sync returns only after a syncfs that began after the call; callers that arrive
@@ -97,5 +103,42 @@ func waitUntil(t *testing.T, what string, ok func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(time.Millisecond)
+	}
+}
+
+// Once the disk failed a sync, the engine is not ready and every synced write fails: nothing
+// written after it can be promised.
+func TestFailedSyncMakesTheEngineUnready(t *testing.T) {
+	key, err := datadir.LoadOrCreateKey(filepath.Join(t.TempDir(), "store.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	e, err := Open(ctx, Options{DataDir: t.TempDir(), Config: config.Default().Engine, StoreKey: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if !e.GroupSync() {
+		t.Skip("group sync needs Linux")
+	}
+	if err := e.Ready(ctx); err != nil {
+		t.Fatal(err)
+	}
+	g := e.embedded.gsync
+	g.syncfs = func() error { return errors.New("input/output error") } // the next syncfs fails
+	if err := e.Ready(ctx); err == nil || !strings.Contains(err.Error(), "not made durable") {
+		t.Fatalf("ready after a failed sync: %v", err)
+	}
+	acc, err := e.Account(ctx, "acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := acc.KeyValue(ctx, jetstream.KeyValueConfig{Bucket: "b"}); err == nil {
+		t.Fatal("a bucket was created as if durable after the disk failed")
+	}
+	if err := acc.Sync(ctx); err == nil {
+		t.Fatal("sync succeeded after the disk failed")
 	}
 }

@@ -251,6 +251,11 @@ func (s *Service) Settle(ctx context.Context, r Ref, tokens []string, how Settle
 	if err := settleAcknowledged(ctx, ta.acc.Conn(), r, subjects, body); err != nil {
 		return err
 	}
+	// With the engine's group sync the removal is on disk before the answer, as with its
+	// fsync per write: an acknowledged ack never comes back, even after a power cut.
+	if err := ta.acc.Sync(ctx); err != nil {
+		return fmt.Errorf("%w: %v", ErrNotDurable, err)
+	}
 	if how == Ack {
 		s.m.acked.WithLabelValues("https").Add(float64(len(subjects)))
 	}

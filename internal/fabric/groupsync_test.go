@@ -1,0 +1,68 @@
+package fabric
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// With the engine's group sync, nothing is answered before a sync of the engine's files has
+// finished after the write: a lone publisher's single-message publishes, multi-message
+// requests, exchange publishes, native publishes and acknowledged acks each return only after
+// the engine's count of finished syncs has moved.
+func TestAnswersFollowTheGroupSync(t *testing.T) {
+	h := open(t, nil)
+	eng := h.stack.Engine
+	if !eng.GroupSync() {
+		t.Skip("group sync needs Linux")
+	}
+	q := h.queue("acme", "jobs", QueueSpec{})
+	synced := func(what string, do func() error) {
+		t.Helper()
+		before := eng.Syncs()
+		if err := do(); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if eng.Syncs() == before {
+			t.Fatalf("%s answered before any sync finished", what)
+		}
+	}
+	for i := range 5 {
+		synced(fmt.Sprintf("single publish %d", i), func() error {
+			_, err := h.fab.Publish(ctx, Target{Ref: q}, []Message{{ID: fmt.Sprint("s", i), Data: []byte("x")}})
+			return err
+		})
+	}
+	synced("duplicate publish", func() error {
+		rec, err := h.fab.Publish(ctx, Target{Ref: q}, []Message{{ID: "s1", Data: []byte("x")}})
+		if err == nil && !rec[0].Duplicate {
+			return fmt.Errorf("not a duplicate: %+v", rec)
+		}
+		return err
+	})
+	synced("three-message publish", func() error {
+		_, err := h.fab.Publish(ctx, Target{Ref: q}, []Message{{Data: []byte("a")}, {Data: []byte("b")}, {Data: []byte("c")}})
+		return err
+	})
+	key, keyID := h.key("acme", "developer")
+	c, err := h.dialNATS("acme/production", key, keyID, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _ := jetstream.NewWithAPIPrefix(c.nc, APIPrefix)
+	synced("native publish", func() error {
+		_, err := js.Publish(ctx, q.queueSubject(), []byte("n"))
+		return err
+	})
+	synced("native publish with an expected last sequence (sent as it is)", func() error {
+		_, err := js.Publish(ctx, q.queueSubject(), []byte("n"), jetstream.WithExpectLastSequence(9))
+		return err
+	})
+	ds, err := h.fab.Consume(ctx, q, 3, 2*time.Second)
+	if err != nil || len(ds) == 0 {
+		t.Fatalf("consume: %d, %v", len(ds), err)
+	}
+	synced("ack", func() error { return h.fab.Settle(ctx, q, []string{ds[0].AckToken}, Ack, 0) })
+}

@@ -597,7 +597,7 @@ func fabricError(o Options, op string, err error, about ...thing) error {
 	case errors.Is(err, engine.ErrAccountUnavailable):
 		return NewError(http.StatusNotImplemented, "fabric.unavailable", "queues need the embedded engine or an operator-managed NATS with tenant accounts")
 	case errors.Is(err, fabric.ErrNotDurable):
-		return NewError(http.StatusServiceUnavailable, "not_durable", "the engine applied the request but the disk did not confirm it; retrying is safe (a publish with the same message id is stored once)")
+		return NewError(http.StatusServiceUnavailable, "not_durable", "the engine applied the request but the disk did not confirm it, and cannot be trusted to until Penstock is restarted on a sound disk; the request may have taken effect (a publish retried with the same message id afterwards is stored once)")
 	case errors.Is(err, fabric.ErrClosed):
 		return NewError(http.StatusServiceUnavailable, "unavailable", "publishing stopped (the queue was deleted or the server is stopping); retry, with message ids to stay idempotent")
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):

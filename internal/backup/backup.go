@@ -237,6 +237,11 @@ func RestoreParts(ctx context.Context, o Options, m *Manifest, parts []Part) err
 				return fmt.Errorf("restore %s/%s from backup %s: %w", p.Account, p.Stream, m.ID, err)
 			}
 		}
+		// The engine writes a restored stream without syncing it: with its group sync, the
+		// restore is on disk before it is reported done.
+		if err := acc.Sync(ctx); err != nil {
+			return fmt.Errorf("restore %s/%s from backup %s: %w", p.Account, p.Stream, m.ID, err)
+		}
 	}
 	return nil
 }

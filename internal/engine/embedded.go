@@ -72,7 +72,9 @@ func startEmbedded(o Options) (*embedded, error) {
 		// global account.
 		CustomClientAuthentication: em.auth,
 	}
-	group := sync == 0 && o.Config.GroupSync && groupSyncSupported
+	// Clients on the engine's own port (engine.client_listen) are answered by the engine with
+	// no Penstock writer between: they keep the engine's fsync per write.
+	group := sync == 0 && o.Config.GroupSync && groupSyncSupported && o.Config.ClientListen == ""
 	switch {
 	case group:
 		// The engine writes in place without syncing; Penstock's writers sync in groups

@@ -62,6 +62,12 @@ func TestGroupSyncCoversAccountWrites(t *testing.T) {
 			t.Fatalf("%s returned without a group sync", w.name)
 		}
 	}
+	// With the engine's client port open, its clients are answered by the engine alone: it
+	// keeps its fsync per write.
+	e3 := openEmbedded(t, t.TempDir(), storeKey(t), func(c *config.Engine) { c.GroupSync = true; c.ClientListen = "127.0.0.1:0" })
+	if e3.GroupSync() || e3.Durability() != "always" {
+		t.Fatalf("client_listen set: group sync %v, durability %q", e3.GroupSync(), e3.Durability())
+	}
 	// Without it the engine fsyncs every write and Penstock adds nothing.
 	e2 := openEmbedded(t, t.TempDir(), storeKey(t), func(c *config.Engine) { c.GroupSync = false })
 	if e2.GroupSync() || e2.Durability() != "always" || e2.Syncs() != 0 {

@@ -188,6 +188,7 @@ func (s *Service) CreateExchange(ctx context.Context, r Ref, t ExchangeType) (Ex
 	ta.mu.Lock()
 	ta.exchanges[r.Application+"/"+r.Name] = x
 	ta.mu.Unlock()
+	ta.forgetMissing(r.exchangeStream())
 	if err := s.startRouter(ta, r); err != nil {
 		return Exchange{}, err
 	}

@@ -158,6 +158,7 @@ type tenantAccount struct {
 	tenant, env string
 	acc         *engine.Account
 	ingest      *nats.Subscription // native queue publishes (ingest.go)
+	ingestX     *nats.Subscription // native exchange publishes (ingest.go)
 	lookups     *rate.Limiter      // engine lookups of queues the ingest has not seen yet
 	bindings    jetstream.KeyValue
 	limiter     *rate.Limiter // messages per second

@@ -2,6 +2,7 @@ package fabric
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -59,6 +60,30 @@ func TestAnswersFollowTheGroupSync(t *testing.T) {
 	synced("native publish with an expected last sequence (sent as it is)", func() error {
 		_, err := js.Publish(ctx, q.queueSubject(), []byte("n"), jetstream.WithExpectLastSequence(9))
 		return err
+	})
+	// A native publish to an exchange takes the same path: stored in the exchange once the
+	// sync is done, then routed.
+	x := q
+	x.Name = "events"
+	if _, err := h.fab.CreateExchange(ctx, x, Direct); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.fab.Bind(ctx, x, QueueBinding{Queue: q.Name, Key: "k"}); err != nil {
+		t.Fatal(err)
+	}
+	synced("native exchange publish", func() error {
+		ack, err := js.Publish(ctx, q.Application+".x.events.k", []byte("routed"))
+		if err == nil && ack.Stream != x.exchangeStream() {
+			return fmt.Errorf("acknowledged by %q, want the exchange's stream", ack.Stream)
+		}
+		return err
+	})
+	if _, err := js.Publish(ctx, q.Application+".x.nope.k", []byte("n")); err == nil || !strings.Contains(err.Error(), "stream not found") {
+		t.Fatalf("native publish to a missing exchange: %v", err)
+	}
+	waitFor(t, "the exchange to route the native publish", func() bool {
+		st, err := h.fab.Queue(ctx, q)
+		return err == nil && st.Stats.Depth == 5+3+2+1
 	})
 	ds, err := h.fab.Consume(ctx, q, 3, 2*time.Second)
 	if err != nil || len(ds) == 0 {

@@ -31,7 +31,7 @@ const ingestPrefix = "pub."
 func throughIngest(g engine.NativeGrant) engine.NativeGrant {
 	imports := make([]engine.NativeImport, len(g.Imports))
 	for i, im := range g.Imports {
-		if strings.HasSuffix(im.Local, ".q.*") && im.Remote == im.Local {
+		if (strings.HasSuffix(im.Local, ".q.*") || strings.HasSuffix(im.Local, ".x.>")) && im.Remote == im.Local {
 			im.Remote = ingestPrefix + im.Local
 		}
 		imports[i] = im
@@ -50,6 +50,13 @@ func (s *Service) startIngest(ta *tenantAccount) error {
 	if err != nil {
 		return err
 	}
+	xsub, err := ta.acc.Conn().Subscribe(ingestPrefix+"*.x.>", func(m *nats.Msg) { s.ingest(ta, m) })
+	if err != nil {
+		_ = sub.Unsubscribe()
+		return err
+	}
+	_ = xsub.SetPendingLimits(1<<16, 256<<20)
+	ta.ingestX = xsub
 	// A publish waits here only while its queue's committer is full and the client asked for
 	// no answer (MQTT, core NATS); past this the connection drops messages (a request then
 	// times out, and a retry with its message id is idempotent).
@@ -69,18 +76,19 @@ func (ta *tenantAccount) stopIngest() {
 	if ta.ingest != nil {
 		_ = ta.ingest.Unsubscribe()
 	}
+	if ta.ingestX != nil {
+		_ = ta.ingestX.Unsubscribe()
+	}
 }
 
 func (s *Service) ingest(ta *tenantAccount, m *nats.Msg) {
 	conn := ta.acc.Conn()
-	app, name, ok := strings.Cut(strings.TrimPrefix(m.Subject, ingestPrefix), ".q.")
-	if !ok || !names.Valid(app, "-") || !names.Valid(name, "-") {
-		// No queue can have this name: answered without asking the engine.
+	stream, subject, ok := ingestTarget(ta, strings.TrimPrefix(m.Subject, ingestPrefix))
+	if !ok {
+		// No queue or exchange can have this name: answered without asking the engine.
 		answerNative(conn, m.Reply, "", pubResult{err: ErrNotFound})
 		return
 	}
-	r := Ref{Tenant: ta.tenant, Environment: ta.env, Application: app, Name: name}
-	stream := r.queueStream()
 	if ta.knownMissing(stream) || !s.hasCommitter(ta, stream) && !ta.lookups.Allow() {
 		// A queue not published to yet costs the engine a lookup, made here where every
 		// native publish of the tenant-environment passes: a client publishing to made-up
@@ -102,7 +110,7 @@ func (s *Service) ingest(ta *tenantAccount, m *nats.Msg) {
 	// The engine's note of where a service request came from: the client's internal account
 	// name, not the client's data.
 	m.Header.Del("Nats-Request-Info")
-	msg := &nats.Msg{Subject: r.queueSubject(), Header: m.Header, Data: m.Data}
+	msg := &nats.Msg{Subject: subject, Header: m.Header, Data: m.Data}
 	reply := m.Reply
 	req := &pubReq{msgs: []*nats.Msg{msg}, answer: func(res pubResult) { answerNative(conn, reply, stream, res) }}
 	switch {
@@ -132,6 +140,23 @@ func (s *Service) ingest(ta *tenantAccount, m *nats.Msg) {
 	}
 }
 
+// ingestTarget reads an ingest subject: "<app>.q.<queue>" or "<app>.x.<exchange>[.<routing
+// key>]", as the client published it. It returns the stream of the queue or exchange, and
+// the subject the message is stored under.
+func ingestTarget(ta *tenantAccount, subj string) (stream, subject string, ok bool) {
+	if app, name, isQueue := strings.Cut(subj, ".q."); isQueue {
+		r := Ref{Tenant: ta.tenant, Environment: ta.env, Application: app, Name: name}
+		return r.queueStream(), r.queueSubject(), names.Valid(app, "-") && names.Valid(name, "-")
+	}
+	app, tail, isExchange := strings.Cut(subj, ".x.")
+	name, key, _ := strings.Cut(tail, ".")
+	if !isExchange || !names.Valid(app, "-") || !names.Valid(name, "-") {
+		return "", "", false
+	}
+	t := Target{Ref: Ref{Tenant: ta.tenant, Environment: ta.env, Application: app, Name: name}, Exchange: true}
+	return t.stream(), t.subject(Message{RoutingKey: key}), true
+}
+
 // ingestLookups is how many queues not yet published to a tenant-environment's native
 // publishes may look up in the engine per second (and at once).
 const ingestLookups = 100
@@ -159,7 +184,7 @@ func (ta *tenantAccount) rememberMissing(stream string) {
 	ta.missing[stream] = time.Now().Add(missingFor)
 }
 
-// forgetMissing ends a queue's "not there" answer once it is created.
+// forgetMissing ends a queue's or exchange's "not there" answer once it is created.
 func (ta *tenantAccount) forgetMissing(stream string) {
 	ta.mu.Lock()
 	delete(ta.missing, stream)
@@ -231,6 +256,8 @@ func ackError(err error) *nativeAckError {
 		return &nativeAckError{Code: 400, ErrCode: 10054, Description: "maximum payload exceeded"}
 	case errors.Is(err, ErrClosed):
 		return &nativeAckError{Code: 503, ErrCode: 10008, Description: "publishing stopped: the queue was deleted or the server is stopping"}
+	case errors.Is(err, ErrNotDurable):
+		return &nativeAckError{Code: 503, ErrCode: 10008, Description: "not confirmed on disk: the server must be restarted on a sound disk; retry with the same message id then"}
 	case errors.Is(err, errBusy):
 		return &nativeAckError{Code: 503, ErrCode: 10008, Description: errBusy.Error()}
 	case errors.As(err, &apiErr) && apiErr.Code >= 400 && apiErr.Code < 500:

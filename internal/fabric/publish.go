@@ -478,7 +478,16 @@ func (s *Service) commitLoop(ctx context.Context, c *committer) {
 		}
 		async(slots, batch, st)
 	}
-	takes := func(r *pubReq) bool { return c.plain && len(r.msgs) == 1 && !r.asIs }
+	// backlog: so many requests wait already (asynchronous publishers with many in flight)
+	// that one atomic batch costs the engine less than as many plain publishes; then single
+	// messages without an id are gathered from what is queued, without waiting for more. A
+	// message with an id stays a plain publish, so a duplicate is answered for itself and
+	// never holds the queue up (a batch carrying ids is committed before the next is sent).
+	backlog := func() bool { return c.plain && len(c.ch) >= plainBacklog }
+	var joinSingles bool
+	takes := func(r *pubReq) bool {
+		return c.plain && len(r.msgs) == 1 && !r.asIs && (!joinSingles || r.msgs[0].Header.Get(jetstream.MsgIDHeader) != "")
+	}
 	var next *pubReq // taken from the channel, to be handled first
 	for {
 		first := next
@@ -494,6 +503,7 @@ func (s *Service) commitLoop(ctx context.Context, c *committer) {
 			s.sendAsIs(ctx, c, first)
 			continue
 		}
+		joinSingles = backlog()
 		if takes(first) {
 			select {
 			case plainSlots <- struct{}{}:
@@ -514,7 +524,7 @@ func (s *Service) commitLoop(ctx context.Context, c *committer) {
 		n := len(first.msgs)
 		var timer *time.Timer
 		var deadline <-chan time.Time
-		if s.cfg.CommitWindow > 0 {
+		if s.cfg.CommitWindow > 0 && !c.plain {
 			timer = time.NewTimer(s.cfg.CommitWindow)
 			deadline = timer.C
 		}
@@ -559,6 +569,10 @@ func (s *Service) commitLoop(ctx context.Context, c *committer) {
 		dispatch(batch)
 	}
 }
+
+// plainBacklog is how many waiting requests make a queue with group sync gather single
+// messages into atomic batches (bench/README.md, "Group sync").
+const plainBacklog = 128
 
 // maxPlainInFlight bounds the plain publishes of one queue waiting for the engine and the
 // group sync at once.

@@ -352,8 +352,10 @@ func (s *Service) DeleteExchange(ctx context.Context, r Ref) error {
 	}
 	delete(ta.exchanges, key)
 	ta.mu.Unlock()
-	s.dropCommitter(ta, r.exchangeStream())
+	// The stream goes first: a publish arriving in between finds no stream, so no new
+	// committer outlives the exchange.
 	err = ta.acc.JetStream().DeleteStream(ctx, r.exchangeStream())
+	s.dropCommitter(ta, r.exchangeStream())
 	if derr := ta.bindings.Delete(ctx, exchangeKey(r.Application, r.Name)); derr != nil && err == nil {
 		err = derr
 	}

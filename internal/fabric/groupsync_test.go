@@ -78,6 +78,18 @@ func TestAnswersFollowTheGroupSync(t *testing.T) {
 		}
 		return err
 	})
+	// An exchange named q, and a routing key with a q token, are exchange publishes.
+	xq := q
+	xq.Name = "q"
+	if _, err := h.fab.CreateExchange(ctx, xq, Fanout); err != nil {
+		t.Fatal(err)
+	}
+	if ack, err := js.Publish(ctx, q.Application+".x.q.k", []byte("to q")); err != nil || ack.Stream != xq.exchangeStream() {
+		t.Fatalf("publish to the exchange named q: %+v %v", ack, err)
+	}
+	if ack, err := js.Publish(ctx, q.Application+".x.events.eu.q.orders", []byte("unroutable")); err != nil || ack.Stream != x.exchangeStream() {
+		t.Fatalf("exchange publish with a q token in its routing key: %+v %v", ack, err)
+	}
 	if _, err := js.Publish(ctx, q.Application+".x.nope.k", []byte("n")); err == nil || !strings.Contains(err.Error(), "stream not found") {
 		t.Fatalf("native publish to a missing exchange: %v", err)
 	}

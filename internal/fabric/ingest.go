@@ -144,17 +144,24 @@ func (s *Service) ingest(ta *tenantAccount, m *nats.Msg) {
 // key>]", as the client published it. It returns the stream of the queue or exchange, and
 // the subject the message is stored under.
 func ingestTarget(ta *tenantAccount, subj string) (stream, subject string, ok bool) {
-	if app, name, isQueue := strings.Cut(subj, ".q."); isQueue {
-		r := Ref{Tenant: ta.tenant, Environment: ta.env, Application: app, Name: name}
-		return r.queueStream(), r.queueSubject(), names.Valid(app, "-") && names.Valid(name, "-")
-	}
-	app, tail, isExchange := strings.Cut(subj, ".x.")
-	name, key, _ := strings.Cut(tail, ".")
-	if !isExchange || !names.Valid(app, "-") || !names.Valid(name, "-") {
+	app, rest, _ := strings.Cut(subj, ".")
+	kind, tail, _ := strings.Cut(rest, ".")
+	if !names.Valid(app, "-") {
 		return "", "", false
 	}
-	t := Target{Ref: Ref{Tenant: ta.tenant, Environment: ta.env, Application: app, Name: name}, Exchange: true}
-	return t.stream(), t.subject(Message{RoutingKey: key}), true
+	switch kind {
+	case "q":
+		r := Ref{Tenant: ta.tenant, Environment: ta.env, Application: app, Name: tail}
+		return r.queueStream(), r.queueSubject(), names.Valid(tail, "-")
+	case "x":
+		name, key, _ := strings.Cut(tail, ".")
+		if !names.Valid(name, "-") {
+			return "", "", false
+		}
+		t := Target{Ref: Ref{Tenant: ta.tenant, Environment: ta.env, Application: app, Name: name}, Exchange: true}
+		return t.stream(), t.subject(Message{RoutingKey: key}), true
+	}
+	return "", "", false
 }
 
 // ingestLookups is how many queues not yet published to a tenant-environment's native

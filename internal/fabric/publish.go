@@ -676,6 +676,14 @@ func (s *Service) commit(ctx context.Context, c *committer, batch []*pubReq, st 
 	}
 	if errors.Is(err, errBatchDuplicate) || (len(batch) > 1 && (errors.Is(err, ErrQueueFull) || errors.Is(err, ErrStorageQuota))) {
 		for _, r := range batch {
+			if r.answer != nil && !errors.Is(err, errBatchDuplicate) {
+				// A native client's publish is not committed again: this batch was sent
+				// while the commit loop went on sending, so a retry now could store it after
+				// messages the client sent later. It is refused as the batch was; the queue
+				// was full or the quota spent when it came.
+				r.finish(pubResult{err: s.commitError(actx, c, err)})
+				continue
+			}
 			rec, err := s.commitRequest(actx, c, r.msgs)
 			r.finish(pubResult{receipts: rec, err: s.commitError(actx, c, err)})
 		}

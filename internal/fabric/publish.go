@@ -816,7 +816,8 @@ type pubAck struct {
 }
 
 // atomic publishes msgs as one JetStream atomic batch and waits for it to be stored and
-// durable: it returns the first sequence. A single message is an ordinary publish (whose duplicate answer is then reported).
+// durable: it returns the first sequence. A single message is an ordinary publish (whose
+// duplicate answer is then reported).
 func (s *Service) atomic(ctx context.Context, c *committer, msgs []*nats.Msg) (first uint64, dup bool, err error) {
 	sd, err := c.send(msgs)
 	if err != nil {

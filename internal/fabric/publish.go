@@ -57,9 +57,9 @@ func (t Target) subject(m Message) string {
 }
 
 // Publish stores messages in a queue or exchange and returns once they are durable: on the
-// embedded engine with sync "always", fsynced. Concurrent publishes to one stream are gathered
-// into one atomic batch (one fsync) per commit window. The messages of one call are stored
-// all or none.
+// embedded engine with sync "always", on disk (covered by a group sync, or fsynced by the
+// engine with engine.group_sync off). Concurrent publishers share the sync (commitLoop). The
+// messages of one call are stored all or none.
 func (s *Service) Publish(ctx context.Context, t Target, msgs []Message) ([]Receipt, error) {
 	kind := "queue"
 	if t.Exchange {

@@ -152,8 +152,11 @@ func (s *Store) hidden(sc authz.Scope) bool {
 
 // storedTenant reads a tenant's record whether or not it is being deleted.
 func (s *Store) storedTenant(name string) (Tenant, bool) {
-	var t Tenant
-	_, ok := s.get("tenant."+name, &t)
+	s.mu.RLock()
+	t, ok := s.tenants["tenant."+name]
+	s.mu.RUnlock()
+	// A copy the caller may change: the decoded record's lists are shared otherwise.
+	t.Environments, t.AllowList, t.Egress = slices.Clone(t.Environments), slices.Clone(t.AllowList), slices.Clone(t.Egress)
 	return t, ok
 }
 

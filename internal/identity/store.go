@@ -45,6 +45,10 @@ type Store struct {
 	apiKeys  map[string]APIKey
 	bindings map[string]map[string]RoleBinding
 	users    map[string]User
+	// tenants and apps (by KV key) are decoded as they arrive too: every request with a key
+	// looks its tenant and application up.
+	tenants map[string]Tenant
+	apps    map[string]Application
 	// gone holds, for keys this process deleted, the last revision it knew: a put of that
 	// revision or older that the watch delivers late must not bring the key back.
 	gone map[string]uint64
@@ -94,6 +98,7 @@ func Open(ctx context.Context, plat *engine.Account, keys *keyring.Keyring, cfg 
 	}
 	s := &Store{kv: kv, keys: keys, log: log, cfg: cfg, view: map[string]jetstream.KeyValueEntry{}, apiKeys: map[string]APIKey{},
 		bindings: map[string]map[string]RoleBinding{}, users: map[string]User{}, gone: map[string]uint64{},
+		tenants: map[string]Tenant{}, apps: map[string]Application{},
 		stop: cancel, watched: make(chan struct{})}
 	s.dummyHash() // now, so the first login for a missing user costs what any other does
 	ready := make(chan struct{})
@@ -145,6 +150,20 @@ func (s *Store) apply(e jetstream.KeyValueEntry) {
 			s.apiKeys[k.ID] = k
 		} else {
 			delete(s.apiKeys, key[len("apikey."):])
+		}
+	case strings.HasPrefix(key, "tenant."):
+		var t Tenant
+		if live && json.Unmarshal(e.Value(), &t) == nil {
+			s.tenants[key] = t
+		} else {
+			delete(s.tenants, key)
+		}
+	case strings.HasPrefix(key, "app."):
+		var a Application
+		if live && json.Unmarshal(e.Value(), &a) == nil {
+			s.apps[key] = a
+		} else {
+			delete(s.apps, key)
 		}
 	case strings.HasPrefix(key, "user."):
 		var u User
@@ -251,6 +270,8 @@ func (s *Store) del(ctx context.Context, key string) error {
 		s.gone[key] = cur.Revision()
 	}
 	delete(s.view, key)
+	delete(s.tenants, key)
+	delete(s.apps, key)
 	switch {
 	case strings.HasPrefix(key, "apikey."):
 		delete(s.apiKeys, key[len("apikey."):])

@@ -156,8 +156,9 @@ func (s *Store) CreateApp(ctx context.Context, tenant, env, name string) (Applic
 // App returns an application; one being deleted (or in a tenant or environment being
 // deleted) is not found.
 func (s *Store) App(tenant, env, name string) (Application, bool) {
-	var a Application
-	_, ok := s.get(appKey(tenant, env, name), &a)
+	s.mu.RLock()
+	a, ok := s.apps[appKey(tenant, env, name)]
+	s.mu.RUnlock()
 	if !ok || s.hidden(authz.Scope{Tenant: tenant, Environment: env, Application: name}) {
 		return Application{}, false
 	}

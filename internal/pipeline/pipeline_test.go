@@ -155,7 +155,8 @@ func (h *harness) runAndWait(name string) pipeline.Run {
 	for time.Now().Before(deadline) {
 		runs, _ := h.svc.Runs(ctx, h.app, name)
 		for _, r := range runs {
-			if r.ID == id && r.Status != "running" {
+			// A run asked for is "queued" until its worker takes it, then "running".
+			if r.ID == id && r.Status != "running" && r.Status != "queued" {
 				return r
 			}
 		}
@@ -740,7 +741,7 @@ func TestConcurrentLifecycleLeavesOneWorker(t *testing.T) {
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		runs, err := h.svc.Runs(ctx, h.app, "marker")
-		if err == nil && len(runs) >= 2 && runs[0].Status != "running" {
+		if err == nil && len(runs) >= 2 && runs[0].Status != "running" && runs[0].Status != "queued" {
 			break
 		}
 		if time.Now().After(deadline) {

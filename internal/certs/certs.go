@@ -161,37 +161,8 @@ func (m *Manager) internal() (*tls.Certificate, error) {
 	}
 	names := wantedNames(m.cfg.SANs)
 	certPath, keyPath := filepath.Join(m.dataDir, serverCertFile), filepath.Join(m.dataDir, serverKeyFile)
-	if c, err := tls.LoadX509KeyPair(certPath, keyPath); err == nil {
-		if covers(c.Leaf, names) && c.Leaf.NotAfter.Sub(m.now()) > renewBefore && c.Leaf.CheckSignatureFrom(caCert) == nil {
-			return &c, nil
-		}
-	} else if !errors.Is(err, os.ErrNotExist) {
-		m.log.Warn("internal server certificate unreadable; issuing a new one", "error", err)
-	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: serial(),
-		Subject:      pkix.Name{CommonName: "penstock", Organization: []string{"Penstock"}},
-		NotBefore:    m.now().Add(-time.Hour),
-		NotAfter:     m.now().Add(serverValidity),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	for _, n := range names {
-		if ip := net.ParseIP(n); ip != nil {
-			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
-		} else {
-			tmpl.DNSNames = append(tmpl.DNSNames, n)
-		}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
-	if err != nil {
-		return nil, fmt.Errorf("issue server certificate: %w", err)
-	}
-	if err := writePair(certPath, keyPath, der, key); err != nil {
+	leaf := pkix.Name{CommonName: "penstock", Organization: []string{"Penstock"}}
+	if err := m.issueIfDue(caCert, caKey, certPath, keyPath, leaf, names, x509.ExtKeyUsageServerAuth); err != nil {
 		return nil, err
 	}
 	c, err := tls.LoadX509KeyPair(certPath, keyPath)
@@ -278,6 +249,44 @@ func writePair(certPath, keyPath string, der []byte, key *ecdsa.PrivateKey) erro
 		return err
 	}
 	return writeFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+}
+
+// issueIfDue issues a certificate of the CA for subject and names into certPath and keyPath,
+// unless the one there covers them, is signed by the CA and is not close to expiry.
+func (m *Manager) issueIfDue(caCert *x509.Certificate, caKey *ecdsa.PrivateKey, certPath, keyPath string, subject pkix.Name,
+	names []string, usage ...x509.ExtKeyUsage) error {
+	if c, err := tls.LoadX509KeyPair(certPath, keyPath); err == nil {
+		if covers(c.Leaf, names) && c.Leaf.NotAfter.Sub(m.now()) > renewBefore && c.Leaf.CheckSignatureFrom(caCert) == nil &&
+			slices.Equal(c.Leaf.Subject.OrganizationalUnit, subject.OrganizationalUnit) {
+			return nil
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		m.log.Warn("internal certificate unreadable; issuing a new one", "path", certPath, "error", err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial(),
+		Subject:      subject,
+		NotBefore:    m.now().Add(-time.Hour),
+		NotAfter:     m.now().Add(serverValidity),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  usage,
+	}
+	for _, n := range names {
+		if ip := net.ParseIP(n); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, n)
+		}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
+	if err != nil {
+		return fmt.Errorf("issue certificate %s: %w", certPath, err)
+	}
+	return writePair(certPath, keyPath, der, key)
 }
 
 func writeFile(path string, data []byte) error {

@@ -20,6 +20,8 @@ type Config struct {
 	API       API       `koanf:"api"`
 	Metrics   Metrics   `koanf:"metrics"`
 	Engine    Engine    `koanf:"engine"`
+	Node      Node      `koanf:"node"`
+	Cluster   Cluster   `koanf:"cluster"`
 	Keyring   Keyring   `koanf:"keyring"`
 	Identity  Identity  `koanf:"identity"`
 	Audit     Audit     `koanf:"audit"`
@@ -245,9 +247,53 @@ type Engine struct {
 	NATSCAFile   string `koanf:"nats_ca_file"`
 	NATSCertFile string `koanf:"nats_cert_file"`
 	NATSKeyFile  string `koanf:"nats_key_file"`
-	// Replicas is the replication factor of the streams and buckets Penstock creates (1 on one
-	// machine, 3 in a cluster).
+	// Replicas is the replication factor of the streams and buckets Penstock creates; 0 picks
+	// it from the cluster's size: 1 alone, 2 with two nodes, 3 with three or more.
 	Replicas int `koanf:"replicas"`
+}
+
+// Node names this process among the nodes of a cluster and says where it may hold data.
+type Node struct {
+	// Name is this node's name in the cluster, stable across restarts (the engine's Raft
+	// peer is derived from it); "" means the host name.
+	Name string `koanf:"name"`
+	// Tags place data: an environment's placement (production or non-production) puts its
+	// queues only on nodes with the matching tag.
+	Tags []string `koanf:"tags"`
+}
+
+// Cluster joins the embedded engine to other Penstock nodes: one NATS cluster whose routes use
+// mutual TLS with certificates of the platform CA and the cluster credential, both brought by
+// `penstock cluster join`. Empty Listen means a single node.
+type Cluster struct {
+	// Name is the cluster's name; every node gives the same one.
+	Name string `koanf:"name"`
+	// Listen is host:port for routes from the other nodes.
+	Listen string `koanf:"listen"`
+	// Advertise is the host:port the other nodes reach this one at, when it differs from
+	// Listen (0.0.0.0, NAT); it is also the name the node's route certificate carries.
+	Advertise string `koanf:"advertise"`
+	// Peers are the other nodes' route addresses (host:port).
+	Peers []string `koanf:"peers"`
+}
+
+// Enabled reports whether this node is part of a cluster.
+func (c Cluster) Enabled() bool { return c.Listen != "" }
+
+// Size is the number of nodes the configuration names: this one and its peers.
+func (c Cluster) Size() int {
+	if !c.Enabled() {
+		return 1
+	}
+	return 1 + len(c.Peers)
+}
+
+// ReplicasFor is the replication factor engine.replicas gives in a cluster of size nodes.
+func (e Engine) ReplicasFor(size int) int {
+	if e.Replicas > 0 {
+		return e.Replicas
+	}
+	return min(size, 3)
 }
 
 // Embedded reports whether Penstock runs its own NATS server.
@@ -276,7 +322,8 @@ func Default() Config {
 				IdleTimeout:       120 * time.Second,
 			},
 		},
-		Engine:    Engine{SyncInterval: "always", GroupSync: true, Replicas: 1},
+		Engine:    Engine{SyncInterval: "always", GroupSync: true},
+		Cluster:   Cluster{Name: "penstock"},
 		Audit:     Audit{Retention: 400 * 24 * time.Hour, CheckpointDelay: 3 * time.Second},
 		Pipelines: Pipelines{DrainTimeout: 30 * time.Second},
 		Backup:    Backup{Schedule: 24 * time.Hour, KeepDaily: 7, KeepWeekly: 4, KeepMonthly: 6},

@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"regexp"
 
 	"net"
 	"net/url"
@@ -87,6 +88,7 @@ func (c Config) validate() FieldErrors {
 		}
 	}
 	c.Engine.validate(&v)
+	c.validateCluster(&v)
 	c.Fabric.validate(&v, c.Engine)
 	if c.Pipelines.DrainTimeout <= 0 || c.Pipelines.DrainTimeout > time.Hour {
 		v.add("pipelines.drain_timeout", "between 1ns and 1h")
@@ -183,8 +185,8 @@ func (e Engine) validate(v *validator) {
 	if e.MaxMemory < 0 {
 		v.add("engine.max_memory", "must not be negative")
 	}
-	if e.Replicas < 1 || e.Replicas > 5 {
-		v.add("engine.replicas", "must be between 1 and 5")
+	if e.Replicas < 0 || e.Replicas > 5 {
+		v.add("engine.replicas", "must be between 1 and 5, or 0 for the cluster's size (at most 3)")
 	}
 	if e.Embedded() {
 		for path, set := range map[string]bool{
@@ -297,6 +299,54 @@ func (v *validator) hostPort(path, s string, required bool) {
 	}
 	if host == "" {
 		v.add(path, "host must be set (use 0.0.0.0 to listen on every interface)")
+	}
+}
+
+var nodeName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
+
+func (c Config) validateCluster(v *validator) {
+	if c.Node.Name != "" && !nodeName.MatchString(c.Node.Name) {
+		v.add("node.name", "must be 1-63 of A-Z, a-z, 0-9, '.', '_' and '-', starting with a letter or digit")
+	}
+	for i, t := range c.Node.Tags {
+		if !nodeName.MatchString(t) {
+			v.add(fmt.Sprintf("node.tags[%d]", i), "must be 1-63 of A-Z, a-z, 0-9, '.', '_' and '-', starting with a letter or digit")
+		}
+	}
+	cl := c.Cluster
+	if !cl.Enabled() {
+		for path, set := range map[string]bool{"cluster.advertise": cl.Advertise != "", "cluster.peers": len(cl.Peers) > 0} {
+			if set {
+				v.add(path, "only applies with cluster.listen")
+			}
+		}
+		if c.Engine.Replicas > 1 && c.Engine.Replicas <= 5 {
+			v.add("engine.replicas", "must be 1 without a cluster (cluster.listen)")
+		}
+		return
+	}
+	if !nodeName.MatchString(cl.Name) {
+		v.add("cluster.name", "must be 1-63 of A-Z, a-z, 0-9, '.', '_' and '-', starting with a letter or digit")
+	}
+	v.hostPort("cluster.listen", cl.Listen, true)
+	v.hostPort("cluster.advertise", cl.Advertise, false)
+	seen := map[string]bool{}
+	for i, p := range cl.Peers {
+		path := fmt.Sprintf("cluster.peers[%d]", i)
+		v.hostPort(path, p, true)
+		if seen[p] {
+			v.add(path, "named twice")
+		}
+		seen[p] = true
+	}
+	if !c.Engine.Embedded() {
+		v.add("cluster.listen", "only applies to the embedded engine (engine.nats_url is set): an external NATS cluster is clustered by its own configuration")
+	}
+	if c.Engine.ClientListen != "" {
+		v.add("engine.client_listen", "is not available in a cluster: its clients would bypass the cluster's credential")
+	}
+	if c.Engine.Replicas > cl.Size() && c.Engine.Replicas <= 5 {
+		v.add("engine.replicas", fmt.Sprintf("must not exceed the cluster's %d nodes (this one and cluster.peers)", cl.Size()))
 	}
 }
 

@@ -33,6 +33,9 @@ type embedded struct {
 	auth      *authenticator
 	// gsync, when set, makes writes durable: the server runs without its fsync per write.
 	gsync *groupSync
+	// cluster and accounts are set on a node of a cluster.
+	cluster  *Cluster
+	accounts *accountList
 }
 
 var _ accounts = (*embedded)(nil)
@@ -74,7 +77,9 @@ func startEmbedded(o Options) (*embedded, error) {
 	}
 	// Clients on the engine's own port (engine.client_listen) are answered by the engine with
 	// no Penstock writer between: they keep the engine's fsync per write.
-	group := sync == 0 && o.Config.GroupSync && groupSyncSupported && o.Config.ClientListen == ""
+	// In a cluster a write is acknowledged once a majority of the nodes has it (each with its
+	// own fsync): a sync of this node's disk alone would not make it durable.
+	group := sync == 0 && o.Config.GroupSync && groupSyncSupported && o.Config.ClientListen == "" && o.Cluster == nil
 	switch {
 	case group:
 		// The engine writes in place without syncing; Penstock's writers sync in groups
@@ -107,10 +112,29 @@ func startEmbedded(o Options) (*embedded, error) {
 		em.listening = true
 	}
 
+	if o.Cluster != nil {
+		if em.accounts, err = loadAccountList(o.DataDir); err != nil {
+			return nil, fmt.Errorf("embedded engine: %w", err)
+		}
+		if err := applyCluster(opts, o.Cluster, em.accounts.names()); err != nil {
+			return nil, err
+		}
+		em.cluster = o.Cluster
+		opts.LameDuckDuration = 5 * time.Second
+		opts.LameDuckGracePeriod = time.Millisecond // 0 would mean the default, 10s
+	}
 	if err := applyNative(opts, o.Native); err != nil {
 		return nil, err
 	}
 	em.listening = em.listening || o.Native.NATSListen != ""
+	if o.Cluster != nil && opts.DontListen {
+		// The engine starts its routes only once its client listener is up: a loopback one
+		// that only a node certificate of the platform CA opens, used by nobody.
+		opts.DontListen = false
+		opts.Host, opts.Port = "127.0.0.1", server.RANDOM_PORT
+		opts.TLSConfig = o.Cluster.TLS
+		opts.TLS, opts.TLSVerify, opts.TLSTimeout = true, true, 5
+	}
 	em.opts = opts
 
 	ns, err := server.NewServer(opts)
@@ -157,6 +181,11 @@ func (em *embedded) connect(ctx context.Context, name string) (*nats.Conn, error
 
 func (em *embedded) close() {
 	em.auth.stop()
+	if em.cluster != nil {
+		// Lame duck: hand this node's Raft leaderships to the others before going, so the
+		// streams it led have a leader again at once rather than after an election timeout.
+		em.ns.LameDuckShutdown()
+	}
 	em.ns.Shutdown()
 	em.ns.WaitForShutdown()
 	if em.gsync != nil {

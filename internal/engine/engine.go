@@ -60,6 +60,8 @@ type Options struct {
 	NodeID string
 	// Native opens the embedded engine's listeners for tenants' own clients.
 	Native Native
+	// Cluster, when set, makes the embedded engine a node of a cluster.
+	Cluster *Cluster
 }
 
 // Engine is an open JetStream engine.
@@ -85,10 +87,14 @@ func Open(ctx context.Context, o Options) (*Engine, error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	e := &Engine{log: o.Logger, replicas: o.Config.Replicas, nodeID: o.NodeID, dataDir: o.DataDir, cache: map[string]*Account{}}
-	if e.replicas == 0 {
-		e.replicas = 1
+	size := 1
+	if o.Cluster != nil {
+		size = o.Cluster.size()
+		if o.NodeID == "" {
+			o.NodeID = o.Cluster.Node
+		}
 	}
+	e := &Engine{log: o.Logger, replicas: o.Config.ReplicasFor(size), nodeID: o.NodeID, dataDir: o.DataDir, cache: map[string]*Account{}}
 	if o.Config.Embedded() {
 		em, err := startEmbedded(o)
 		if err != nil {
@@ -102,6 +108,12 @@ func Open(ctx context.Context, o Options) (*Engine, error) {
 		e.accts = &external{opts: o}
 		if e.nodeID == "" {
 			e.nodeID = nats.NewInbox()[len(nats.InboxPrefix):]
+		}
+	}
+	if e.embedded != nil && e.embedded.cluster != nil {
+		if err := e.joinCluster(ctx); err != nil {
+			e.Close()
+			return nil, err
 		}
 	}
 	plat, err := e.Account(ctx, PlatformAccount)
@@ -122,6 +134,17 @@ func Open(ctx context.Context, o Options) (*Engine, error) {
 		Description: "readiness probes: one key per node",
 		History:     1,
 	})
+	for e.embedded != nil && e.embedded.cluster != nil && err != nil && ctx.Err() == nil {
+		// The cluster's JetStream may not have the nodes for its replicas yet.
+		e.log.Info("waiting for the cluster's nodes", "error", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+		e.health, err = plat.KeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket: healthBucket, Description: "readiness probes: one key per node", History: 1,
+		})
+	}
 	if err != nil {
 		e.Close()
 		return nil, fmt.Errorf("create health bucket: %w", err)
@@ -209,6 +232,15 @@ func (e *Engine) Account(ctx context.Context, name string) (*Account, error) {
 	if a, ok := e.cache[name]; ok {
 		return a, nil
 	}
+	if em := e.embedded; em != nil && em.cluster != nil && name != PlatformAccount {
+		plat := e.cache[PlatformAccount]
+		if plat == nil {
+			return nil, fmt.Errorf("account %q: the platform account is not open", name)
+		}
+		if err := em.registerEverywhere(ctx, plat.nc, name); err != nil {
+			return nil, fmt.Errorf("account %q: %w", name, err)
+		}
+	}
 	nc, err := e.accts.connect(ctx, name)
 	if err != nil {
 		return nil, fmt.Errorf("account %q: %w", name, err)
@@ -223,6 +255,19 @@ func (e *Engine) Account(ctx context.Context, name string) (*Account, error) {
 		return nil, fmt.Errorf("account %q: jetstream not available: %w", name, err)
 	}
 	a := &Account{name: name, nc: nc, js: js, replicas: e.replicas}
+	if em := e.embedded; em != nil && em.cluster != nil {
+		cj := clusterJS{JetStream: js, replicas: e.replicas}
+		if em.cluster.Placement != nil {
+			cj.placement = em.cluster.Placement(name)
+		}
+		a.js = cj
+		if name == PlatformAccount {
+			if err := em.serveRegistrations(nc, em.cluster.Node); err != nil {
+				nc.Close()
+				return nil, fmt.Errorf("account %q: serve registrations: %w", name, err)
+			}
+		}
+	}
 	if e.embedded != nil && e.embedded.gsync != nil {
 		a.sync = e.embedded.gsync.Sync
 		a.js = durableJS{JetStream: js, sync: a.sync}

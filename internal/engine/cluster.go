@@ -1,0 +1,475 @@
+package engine
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/penstock/penstock/internal/redact"
+)
+
+// Cluster joins the embedded engine to the engines of other Penstock nodes: one NATS cluster
+// whose routes use mutual TLS and the cluster credential, with JetStream clustered (Raft).
+type Cluster struct {
+	Name      string
+	Node      string // this node's server name; the engine's Raft peer is derived from it
+	Tags      []string
+	Listen    string // host:port for routes
+	Advertise string // host:port the others reach this node at ("" = Listen)
+	Peers     []string
+	// TLS is the route configuration: this node's certificate, and the platform CA both to
+	// verify the nodes that dial in (client certificates are required) and the nodes dialed.
+	TLS *tls.Config
+	// Credential is the password every route presents, as user RouteUser.
+	Credential redact.Secret
+	// Placement, when set, names the placement tags of an account's streams and buckets.
+	Placement func(account string) []string
+}
+
+// RouteUser is the user name routes present with the cluster credential.
+const RouteUser = "penstock-node"
+
+// AccountsFile, in the data directory, lists the accounts this node has registered in its
+// cluster's engine. They are declared to the engine before it starts, so the Raft log it
+// replays never names an account the engine does not know.
+const AccountsFile = "engine-accounts.json"
+
+// accountSubject, in the platform account, is where a node asks every node to register an
+// account before the account's first stream exists.
+const accountSubject = "penstock.engine.account"
+
+// registerWait bounds how long an account's registration waits for every node to answer.
+const registerWait = 10 * time.Second
+
+// ErrNodesMissing means an account cannot be created: not every node of the cluster answered
+// its registration, and a stream placed on a node that does not know its account would never
+// start there.
+var ErrNodesMissing = errors.New("not every node of the cluster registered the account")
+
+func (c *Cluster) size() int { return 1 + len(c.Peers) }
+
+// applyCluster sets the server options of a clustered node.
+func applyCluster(opts *server.Options, c *Cluster, known []string) error {
+	host, port, err := net.SplitHostPort(c.Listen)
+	if err != nil {
+		return fmt.Errorf("cluster.listen: %w", err)
+	}
+	if c.TLS == nil || c.Credential.IsZero() {
+		return errors.New("cluster: routes need the platform CA's node certificate and the cluster credential (penstock cluster join)")
+	}
+	// Accounts are declared the way a configuration file declares them: the only way to give
+	// the engine accounts with JetStream before it starts replaying its Raft log.
+	var conf strings.Builder
+	conf.WriteString("accounts {\n")
+	for _, name := range known {
+		if !accountName.MatchString(name) {
+			return fmt.Errorf("%s: account %q is not an account name", AccountsFile, name)
+		}
+		fmt.Fprintf(&conf, "  %q: { jetstream: enabled }\n", name)
+	}
+	conf.WriteString("}\n")
+	if err := opts.ProcessConfigString(conf.String()); err != nil {
+		return fmt.Errorf("declare accounts: %w", err)
+	}
+	opts.ServerName = c.Node
+	opts.Tags = append(opts.Tags[:0], c.Tags...)
+	opts.Cluster = server.ClusterOpts{
+		Name:        c.Name,
+		Host:        host,
+		Username:    RouteUser,
+		Password:    c.Credential.Reveal(),
+		AuthTimeout: 5,
+		TLSConfig:   c.TLS,
+		TLSTimeout:  5,
+		Advertise:   c.Advertise,
+		// Clients are not told about the other nodes' client ports: they are given each
+		// node's address by their operator.
+		NoAdvertise: true,
+	}
+	opts.Cluster.Port, _ = strconv.Atoi(port)
+	if opts.Cluster.Port == 0 {
+		opts.Cluster.Port = server.RANDOM_PORT
+	}
+	// The routes name this node too, as the engine's own configurations do: it counts them to
+	// know the size of the cluster it bootstraps (and ignores the route to itself).
+	self := c.Advertise
+	if self == "" {
+		self = c.Listen
+	}
+	for _, p := range append([]string{self}, c.Peers...) {
+		u := &url.URL{Scheme: "nats-route", Host: p, User: url.UserPassword(RouteUser, c.Credential.Reveal())}
+		opts.Routes = append(opts.Routes, u)
+	}
+	return nil
+}
+
+// accountList is the accounts a clustered node has registered, kept in AccountsFile.
+type accountList struct {
+	path string
+	mu   sync.Mutex
+	set  map[string]bool
+}
+
+func loadAccountList(dataDir string) (*accountList, error) {
+	l := &accountList{path: filepath.Join(dataDir, AccountsFile), set: map[string]bool{PlatformAccount: true}}
+	b, err := os.ReadFile(l.path)
+	if errors.Is(err, os.ErrNotExist) {
+		return l, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	if err := json.Unmarshal(b, &names); err != nil {
+		return nil, fmt.Errorf("%s: %w", l.path, err)
+	}
+	for _, n := range names {
+		l.set[n] = true
+	}
+	return l, nil
+}
+
+func (l *accountList) names() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make([]string, 0, len(l.set))
+	for n := range l.set {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func (l *accountList) has(name string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.set[name]
+}
+
+// add records name, on disk before it returns.
+func (l *accountList) add(name string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.set[name] {
+		return nil
+	}
+	l.set[name] = true
+	names := make([]string, 0, len(l.set))
+	for n := range l.set {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	b, _ := json.Marshal(names)
+	if err := writeFileSynced(l.path, b); err != nil {
+		delete(l.set, name)
+		return err
+	}
+	return nil
+}
+
+func writeFileSynced(path string, b []byte) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	d, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// register makes the account known to this node's engine, with JetStream, and records it.
+func (em *embedded) register(name string) error {
+	if !accountName.MatchString(name) {
+		return fmt.Errorf("account name %q", name)
+	}
+	acc, _ := em.ns.LookupOrRegisterAccount(name)
+	if !acc.JetStreamEnabled() {
+		if err := acc.EnableJetStream(nil, nil); err != nil {
+			return fmt.Errorf("enable jetstream: %w", err)
+		}
+	}
+	return em.accounts.add(name)
+}
+
+// serveRegistrations answers other nodes' account registrations on the platform account.
+func (em *embedded) serveRegistrations(nc *nats.Conn, node string) error {
+	_, err := nc.Subscribe(accountSubject, func(m *nats.Msg) {
+		answer := "ok " + node
+		if err := em.register(string(m.Data)); err != nil {
+			answer = "error " + node + ": " + err.Error()
+		}
+		_ = m.Respond([]byte(answer))
+	})
+	if err != nil {
+		return err
+	}
+	return nc.Flush()
+}
+
+// registerEverywhere asks every node of the cluster to register the account and returns once
+// all have, or ErrNodesMissing.
+func (em *embedded) registerEverywhere(ctx context.Context, plat *nats.Conn, name string) error {
+	if em.accounts.has(name) {
+		return nil
+	}
+	want := em.cluster.size()
+	inbox := plat.NewRespInbox()
+	sub, err := plat.SubscribeSync(inbox)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := plat.PublishRequest(accountSubject, inbox, []byte(name)); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, registerWait)
+	defer cancel()
+	answered := map[string]bool{}
+	var failures []string
+	for len(answered) < want {
+		m, err := sub.NextMsgWithContext(ctx)
+		if err != nil {
+			break
+		}
+		ans := string(m.Data)
+		switch {
+		case strings.HasPrefix(ans, "ok "):
+			answered[strings.TrimPrefix(ans, "ok ")] = true
+		case strings.HasPrefix(ans, "error "):
+			failures = append(failures, strings.TrimPrefix(ans, "error "))
+		}
+	}
+	if len(answered) < want {
+		nodes := make([]string, 0, len(answered))
+		for n := range answered {
+			nodes = append(nodes, n)
+		}
+		slices.Sort(nodes)
+		return fmt.Errorf("%w: %d of %d answered (%s)%s", ErrNodesMissing, len(answered), want,
+			strings.Join(nodes, ", "), failureList(failures))
+	}
+	return nil
+}
+
+func failureList(f []string) string {
+	if len(f) == 0 {
+		return ""
+	}
+	return "; " + strings.Join(f, "; ")
+}
+
+// clusterJS gives every stream and bucket an account creates the cluster's replication and
+// the account's placement, unless the configuration names its own.
+type clusterJS struct {
+	jetstream.JetStream
+	replicas  int
+	placement []string
+}
+
+func (c clusterJS) stream(cfg jetstream.StreamConfig) jetstream.StreamConfig {
+	if cfg.Replicas == 0 {
+		cfg.Replicas = c.replicas
+	}
+	if cfg.Placement == nil && len(c.placement) > 0 {
+		cfg.Placement = &jetstream.Placement{Tags: c.placement}
+	}
+	return cfg
+}
+
+func (c clusterJS) kv(cfg jetstream.KeyValueConfig) jetstream.KeyValueConfig {
+	if cfg.Replicas == 0 {
+		cfg.Replicas = c.replicas
+	}
+	if cfg.Placement == nil && len(c.placement) > 0 {
+		cfg.Placement = &jetstream.Placement{Tags: c.placement}
+	}
+	return cfg
+}
+
+func (c clusterJS) CreateStream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
+	return c.JetStream.CreateStream(ctx, c.stream(cfg))
+}
+
+func (c clusterJS) UpdateStream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
+	return c.JetStream.UpdateStream(ctx, c.stream(cfg))
+}
+
+func (c clusterJS) CreateOrUpdateStream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
+	return retryLost(ctx, func(ctx context.Context) (jetstream.Stream, error) {
+		return c.JetStream.CreateOrUpdateStream(ctx, c.stream(cfg))
+	})
+}
+
+func (c clusterJS) CreateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	return c.JetStream.CreateKeyValue(ctx, c.kv(cfg))
+}
+
+func (c clusterJS) UpdateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	return c.JetStream.UpdateKeyValue(ctx, c.kv(cfg))
+}
+
+func (c clusterJS) CreateOrUpdateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	return retryLost(ctx, func(ctx context.Context) (jetstream.KeyValue, error) {
+		return c.JetStream.CreateOrUpdateKeyValue(ctx, c.kv(cfg))
+	})
+}
+
+// attemptWait bounds one attempt of a definition that may be retried.
+const attemptWait = 5 * time.Second
+
+// retryLost repeats an idempotent definition (create or update) whose answer did not come:
+// when nodes define the same stream at once (every node opens the platform's buckets as it
+// starts), the engine answers some of the requests only.
+func retryLost[T any](ctx context.Context, do func(context.Context) (T, error)) (T, error) {
+	for {
+		actx, cancel := context.WithTimeout(ctx, attemptWait)
+		v, err := do(actx)
+		lost := err != nil && actx.Err() != nil && ctx.Err() == nil
+		cancel()
+		if !lost {
+			return v, err
+		}
+	}
+}
+
+// joinWait bounds how long a starting node waits for its cluster's JetStream to elect a
+// leader (the other nodes may be starting too).
+const joinWait = 2 * time.Minute
+
+// joinCluster waits until this node's JetStream is current with the cluster's meta leader.
+func (e *Engine) joinCluster(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, joinWait)
+	defer cancel()
+	ns := e.embedded.ns
+	last := time.Now()
+	for !ns.JetStreamIsCurrent() {
+		if time.Since(last) > 5*time.Second {
+			e.log.Info("waiting for the cluster's JetStream leader", "peers", e.embedded.cluster.Peers)
+			last = time.Now()
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("cluster %s: no JetStream leader after %s: are a majority of the nodes (%s) started and reachable?",
+				e.embedded.cluster.Name, joinWait, strings.Join(e.embedded.cluster.Peers, ", "))
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// ClusterStatus is a node's view of its cluster.
+type ClusterStatus struct {
+	Name   string `json:"name"`
+	Node   string `json:"node"`
+	Leader string `json:"meta_leader"` // the node that places streams; "" without a majority
+	// Nodes are the engine's peers as this node sees them, itself included.
+	Nodes  []PeerStatus `json:"nodes"`
+	Routes int          `json:"routes"` // route connections to other nodes
+	// Streams lists every stream with a replica here that is led elsewhere, is without a
+	// leader, or (when led here) has a replica that is not current.
+	Streams []StreamReplicas `json:"streams"`
+}
+
+// PeerStatus is one node of the cluster.
+type PeerStatus struct {
+	Name    string        `json:"name"`
+	Current bool          `json:"current"`
+	Offline bool          `json:"offline,omitempty"`
+	Lag     uint64        `json:"lag,omitempty"`
+	Active  time.Duration `json:"active_ns,omitempty"`
+}
+
+// StreamReplicas is where one stream's replicas are and how current they are.
+type StreamReplicas struct {
+	Account  string       `json:"account"`
+	Stream   string       `json:"stream"`
+	Leader   string       `json:"leader"`
+	Replicas []PeerStatus `json:"replicas"`
+	Lagging  bool         `json:"lagging"`
+}
+
+// ErrNotClustered is returned by cluster operations on a single node.
+var ErrNotClustered = errors.New("this node is not part of a cluster (cluster.listen is not set)")
+
+// Clustered reports whether the engine is a node of a cluster.
+func (e *Engine) Clustered() bool { return e.embedded != nil && e.embedded.cluster != nil }
+
+// ClusterStatus reports the cluster as this node sees it.
+func (e *Engine) ClusterStatus() (ClusterStatus, error) {
+	if !e.Clustered() {
+		return ClusterStatus{}, ErrNotClustered
+	}
+	ns := e.embedded.ns
+	st := ClusterStatus{Name: e.embedded.cluster.Name, Node: e.embedded.cluster.Node, Routes: ns.NumRoutes()}
+	jsz, err := ns.Jsz(&server.JSzOptions{Accounts: true, Streams: true, Limit: 1 << 30})
+	if err != nil {
+		return st, err
+	}
+	if m := jsz.Meta; m != nil {
+		st.Leader = m.Leader
+		st.Nodes = append(st.Nodes, PeerStatus{Name: st.Node, Current: ns.JetStreamIsCurrent()})
+		for _, p := range m.Replicas {
+			st.Nodes = append(st.Nodes, peerStatus(p))
+		}
+	}
+	for _, a := range jsz.AccountDetails {
+		for _, s := range a.Streams {
+			r := StreamReplicas{Account: a.Name, Stream: s.Name}
+			if c := s.Cluster; c != nil {
+				r.Leader = c.Leader
+				for _, p := range c.Replicas {
+					ps := peerStatus(p)
+					r.Lagging = r.Lagging || !ps.Current
+					r.Replicas = append(r.Replicas, ps)
+				}
+			}
+			r.Lagging = r.Lagging || r.Leader == ""
+			st.Streams = append(st.Streams, r)
+		}
+	}
+	sort.Slice(st.Streams, func(i, j int) bool {
+		if st.Streams[i].Account != st.Streams[j].Account {
+			return st.Streams[i].Account < st.Streams[j].Account
+		}
+		return st.Streams[i].Stream < st.Streams[j].Stream
+	})
+	return st, nil
+}
+
+func peerStatus(p *server.PeerInfo) PeerStatus {
+	return PeerStatus{Name: p.Name, Current: p.Current, Offline: p.Offline, Lag: p.Lag, Active: p.Active}
+}

@@ -1,0 +1,323 @@
+package engine_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/penstock/penstock/internal/certs"
+	"github.com/penstock/penstock/internal/config"
+	"github.com/penstock/penstock/internal/datadir"
+	"github.com/penstock/penstock/internal/engine"
+	"github.com/penstock/penstock/internal/redact"
+)
+
+// freePorts reserves n loopback ports and releases them for the nodes to listen on.
+func freePorts(t *testing.T, n int) []string {
+	t.Helper()
+	var ls []net.Listener
+	var out []string
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls = append(ls, l)
+		out = append(out, l.Addr().String())
+	}
+	for _, l := range ls {
+		l.Close()
+	}
+	return out
+}
+
+// testCluster is three data directories sharing one CA, credential and store key, the way
+// `penstock cluster join` leaves them.
+type testCluster struct {
+	t     *testing.T
+	dirs  []string
+	addrs []string
+	key   redact.Secret
+	cred  redact.Secret
+	log   *slog.Logger
+	// mutate changes a node's cluster options before it starts.
+	mutate func(i int, c *engine.Cluster)
+}
+
+func newTestCluster(t *testing.T, n int) *testCluster {
+	t.Helper()
+	tc := &testCluster{t: t, addrs: freePorts(t, n), key: storeKey(t), log: slog.New(slog.NewTextHandler(testLogOut(), &slog.HandlerOptions{Level: slog.LevelDebug}))}
+	cred, err := datadir.LoadOrCreateKey(filepath.Join(t.TempDir(), "cred"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc.cred = cred
+	for i := range n {
+		dir := t.TempDir()
+		if i > 0 {
+			copyCA(t, tc.dirs[0], dir)
+		} else if _, err := certs.NewManager(dir, config.TLS{}, tc.log); err != nil {
+			t.Fatal(err)
+		}
+		tc.dirs = append(tc.dirs, dir)
+	}
+	return tc
+}
+
+func copyCA(t *testing.T, from, to string) {
+	t.Helper()
+	c, k, err := certs.CAFiles(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := certs.InstallCA(to, c, k); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (tc *testCluster) options(i int) engine.Options {
+	t := tc.t
+	m, err := certs.NewManager(tc.dirs[i], config.TLS{}, tc.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := fmt.Sprintf("n%d", i+1)
+	rt, err := m.RouteTLS(node, []string{"127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var peers []string
+	for j, a := range tc.addrs {
+		if j != i {
+			peers = append(peers, a)
+		}
+	}
+	c := &engine.Cluster{Name: "test", Node: node, Listen: tc.addrs[i], Peers: peers, TLS: rt, Credential: tc.cred}
+	if tc.mutate != nil {
+		tc.mutate(i, c)
+	}
+	return engine.Options{DataDir: tc.dirs[i], Config: config.Default().Engine, StoreKey: tc.key, Cluster: c, Logger: tc.log}
+}
+
+func (tc *testCluster) open(ctx context.Context, i int) (*engine.Engine, error) {
+	return engine.Open(ctx, tc.options(i))
+}
+
+// start opens every node at once (each waits for a majority) and closes them at cleanup.
+func (tc *testCluster) start() []*engine.Engine {
+	t := tc.t
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	out := make([]*engine.Engine, len(tc.dirs))
+	errs := make([]error, len(tc.dirs))
+	var wg sync.WaitGroup
+	for i := range tc.dirs {
+		wg.Go(func() {
+			if out[i], errs[i] = tc.open(ctx, i); errs[i] != nil {
+				cancel() // the others would wait for it
+			}
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		for _, e := range out {
+			if e != nil {
+				e.Close()
+			}
+		}
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for _, e := range out {
+			if e != nil {
+				e.Close()
+			}
+		}
+	})
+	return out
+}
+
+func TestClusterReplicatesAndSurvivesANode(t *testing.T) {
+	tc := newTestCluster(t, 3)
+	nodes := tc.start()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	// An account created on one node is known to every node before its first stream.
+	a1, err := nodes[0].Account(ctx, "t1_production")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := a1.Stream(ctx, jetstream.StreamConfig{Name: "Q", Subjects: []string{"q"}, Storage: jetstream.FileStorage})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Config.Replicas != 3 || info.Cluster == nil || len(info.Cluster.Replicas) != 2 {
+		t.Fatalf("stream replicas: config %d, cluster %+v; want 3 replicas", info.Config.Replicas, info.Cluster)
+	}
+	// A stream created the way the fabric does it, straight on the account's JetStream
+	// context, gets the cluster's replicas too.
+	js1 := a1.JetStream()
+	if _, err := js1.CreateStream(ctx, jetstream.StreamConfig{Name: "D", Subjects: []string{"d"}}); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := js1.Stream(ctx, "D"); err != nil || d.CachedInfo().Config.Replicas != 3 {
+		t.Fatalf("stream D: %v, replicas %d", err, d.CachedInfo().Config.Replicas)
+	}
+
+	a2, err := nodes[1].Account(ctx, "t1_production")
+	if err != nil {
+		t.Fatal(err)
+	}
+	publish := func(js jetstream.JetStream, from, to int) {
+		t.Helper()
+		for i := from; i < to; i++ {
+			if _, err := js.Publish(ctx, "q", fmt.Appendf(nil, "m%d", i)); err != nil {
+				t.Fatalf("publish %d: %v", i, err)
+			}
+		}
+	}
+	publish(a2.JetStream(), 0, 100)
+
+	// One node gone: the other two keep the stream writable.
+	nodes[2].Close()
+	publish(js1, 100, 200)
+
+	// Back with the same directory: it knows the account from before and catches up.
+	n3, err := tc.open(ctx, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes[2] = n3
+	a3, err := n3.Account(ctx, "t1_production")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s3, err := a3.JetStream().Stream(ctx, "Q")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(time.Minute)
+	for {
+		info, err := s3.Info(ctx)
+		if err == nil && info.State.Msgs == 200 && info.Cluster != nil && allCurrent(info.Cluster) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stream after the node's return: %+v, %v", info, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for i := range 200 {
+		m, err := s3.GetMsg(ctx, uint64(i+1))
+		if err != nil || string(m.Data) != fmt.Sprintf("m%d", i) {
+			t.Fatalf("message %d: %v %q", i+1, err, m.Data)
+		}
+	}
+}
+
+func allCurrent(c *jetstream.ClusterInfo) bool {
+	if c.Leader == "" {
+		return false
+	}
+	for _, r := range c.Replicas {
+		if !r.Current {
+			return false
+		}
+	}
+	return true
+}
+
+// TestClusterRefusesStrangers: a node without the cluster credential, or with a certificate
+// of another CA, or with the API's certificate instead of a node certificate, never joins.
+func TestClusterRefusesStrangers(t *testing.T) {
+	tc := newTestCluster(t, 3)
+	nodes := tc.start()
+	ctx := context.Background()
+
+	cases := map[string]func(dir string, c *engine.Cluster){
+		"wrong credential": func(_ string, c *engine.Cluster) { c.Credential = redact.NewSecret("not the cluster credential") },
+		"another CA": func(dir string, c *engine.Cluster) {
+			m, err := certs.NewManager(dir, config.TLS{}, tc.log)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.TLS, err = m.RouteTLS(c.Node, nil); err != nil {
+				t.Fatal(err)
+			}
+		},
+	}
+	for name, mutate := range cases {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			if name != "another CA" {
+				copyCA(t, tc.dirs[0], dir)
+			}
+			addr := freePorts(t, 1)[0]
+			m, err := certs.NewManager(dir, config.TLS{}, tc.log)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rt, err := m.RouteTLS("stranger", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := &engine.Cluster{Name: "test", Node: "stranger", Listen: addr, Peers: tc.addrs, TLS: rt, Credential: tc.cred}
+			mutate(dir, c)
+			octx, cancel := context.WithTimeout(ctx, 8*time.Second)
+			defer cancel()
+			e, err := engine.Open(octx, engine.Options{DataDir: dir, Config: config.Default().Engine, StoreKey: tc.key, Cluster: c, Logger: tc.log})
+			if err == nil {
+				e.Close()
+				t.Fatal("a node with a " + name + " joined the cluster")
+			}
+			if !strings.Contains(err.Error(), "no JetStream leader") {
+				t.Fatalf("error: %v", err)
+			}
+		})
+	}
+	// The members still count three nodes and accept writes.
+	for _, n := range nodes {
+		st, err := n.ClusterStatus()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, p := range st.Nodes {
+			names = append(names, p.Name)
+		}
+		if len(names) != 3 || strings.Contains(strings.Join(names, ","), "stranger") || st.Leader == "" {
+			t.Fatalf("%s sees nodes %v, leader %q", st.Node, names, st.Leader)
+		}
+	}
+	a, err := nodes[0].Account(ctx, engine.PlatformAccount)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Stream(ctx, jetstream.StreamConfig{Name: "after", Subjects: []string{"after"}}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func testLogOut() io.Writer {
+	if os.Getenv("PENSTOCK_TEST_LOG") != "" {
+		return os.Stderr
+	}
+	return io.Discard
+}

@@ -58,6 +58,8 @@ type Options struct {
 	Lifecycle *lifecycle.Service
 	// Backups takes, lists, checks and restores backups; nil without backup.target.
 	Backups Backups
+	// Cluster answers the cluster routes; nil on a single node.
+	Cluster Cluster
 	// Now is the clock for signed requests; nil means time.Now.
 	Now func() time.Time
 }
@@ -87,6 +89,7 @@ func Handler(o Options) (http.Handler, []Route) {
 	registerHealth(g, hapi, o)
 	registerKeys(g, hapi, o)
 	registerBackups(g, hapi, o)
+	registerCluster(g, hapi, o)
 	registerSecrets(g, hapi, o)
 	registerAccount(g, hapi, o)
 	registerTenancy(g, hapi, o)

@@ -45,10 +45,15 @@ import (
 
 // App is one running Penstock process.
 type App struct {
-	cfg   config.Config
-	log   *slog.Logger
-	eng   *engine.Engine
-	certs *certs.Manager
+	cfg config.Config
+	log *slog.Logger
+	eng *engine.Engine
+	// leases, in a cluster, decide which node runs each pipeline and the backup schedule.
+	leases *pipeline.Leases
+	// drain is closed by a drain request: Run stops as on SIGTERM.
+	drain     chan struct{}
+	drainOnce sync.Once
+	certs     *certs.Manager
 
 	lock      *datadir.Lock
 	integ     *integrity.Checker
@@ -108,7 +113,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 var restoreKeeps = []string{keyring.MasterKeyFile, "tls/ca.key", "tls/ca.crt"}
 
 func newApp(ctx context.Context, cfg config.Config, log *slog.Logger, version string, o options) (_ *App, err error) {
-	a := &App{cfg: cfg, log: log}
+	a := &App{cfg: cfg, log: log, drain: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			a.closeAll()
@@ -163,12 +168,22 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger, version st
 			NATSListen: cfg.Fabric.NATSListen, MQTTListen: cfg.Fabric.MQTTListen, WebSocketListen: cfg.Fabric.WebSocketListen,
 			TLS: a.certs.TLSConfig(), MaxPayload: int32(max(cfg.Fabric.MaxPayload, 1<<20)),
 		}}
-	if cfg.Engine.Embedded() {
+	if cfg.Cluster.Enabled() {
+		if eo.Cluster, err = a.clusterOptions(cfg); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.Engine.Embedded() && !cfg.Cluster.Enabled() {
+		// In a cluster a node's streams are replicas: what other nodes consumed or deleted
+		// while it was down is not damage, and a damaged replica is repaired from the others.
 		eo.StoreKey = a.master.StoreKey()
 		// Read before the engine opens: a damaged record is a refusal that changed nothing.
 		if integ, err = integrity.Open(cfg.DataDir, a.master, log.With("component", "integrity")); err != nil {
 			return nil, err
 		}
+	}
+	if cfg.Cluster.Enabled() {
+		eo.StoreKey = a.master.StoreKey()
 	}
 	if a.eng, err = engine.Open(ctx, eo); err != nil {
 		return nil, fmt.Errorf("engine: %w", err)
@@ -271,7 +286,14 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger, version st
 		filesRoot = filepath.Join(cfg.DataDir, "files")
 	}
 	ident := a.ident
+	if cfg.Cluster.Enabled() {
+		node, _ := NodeName(cfg) // known: the engine opened with it
+		if a.leases, err = pipeline.OpenLeases(ctx, plat, node, log.With("component", "pipeline")); err != nil {
+			return nil, err
+		}
+	}
 	if a.pipes, err = pipeline.Open(ctx, pipeline.Options{
+		Leases:  a.leases,
 		Keyring: a.keys, Fabric: a.fabric, Registry: Connectors(), FilesRoot: filesRoot,
 		Logger: log.With("component", "pipeline"), DrainTimeout: cfg.Pipelines.DrainTimeout,
 		Egress: ident.EgressPolicy,
@@ -306,10 +328,12 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger, version st
 	if err := a.openBackups(ctx, reg); err != nil {
 		return nil, err
 	}
-	if (first && a.restored == nil) || !cfg.Engine.Embedded() { // an external engine holds its own platform, whatever the directory
+	if (first && a.restored == nil) || !cfg.Engine.Embedded() || cfg.Cluster.Enabled() { // an external engine holds its own platform, whatever the directory
 		// Only the embedded engine's platform is this directory's own: an external one may have
 		// served already, whatever the directory says.
-		if a.bootstrap, err = a.ident.Bootstrap(ctx, first && cfg.Engine.Embedded()); err != nil {
+		// A node joining a cluster starts with a new directory, but the platform may have
+		// served: only a single node's first start may reset the administrator it made.
+		if a.bootstrap, err = a.ident.Bootstrap(ctx, first && cfg.Engine.Embedded() && !cfg.Cluster.Enabled()); err != nil {
 			return nil, err
 		}
 		crashpoint.Hit("first-start/bootstrapped")
@@ -325,7 +349,7 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger, version st
 		Limits: lim, Edge: em, Registry: reg,
 		Keyring: a.keys, Master: a.master, Secrets: store,
 		Identity: a.ident, Lockout: lockout, Nonces: nonces, Audit: a.audit, Fabric: a.fabric,
-		Pipelines: a.pipes, Lifecycle: a.life, Backups: a.backupsAPI(),
+		Pipelines: a.pipes, Lifecycle: a.life, Backups: a.backupsAPI(), Cluster: a.clusterAPI(),
 	})
 	a.routes = routes
 	a.apiSrv = &http.Server{
@@ -390,6 +414,16 @@ func (a *App) Run(ctx context.Context) error {
 		a.closeAll()
 		return err
 	}
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go func() {
+		select {
+		case <-a.drain: // POST /v1/cluster/drain: the same stop as SIGTERM, then exit 0
+			a.log.Info("draining: this node stops; its leaderships and pipelines pass to the others")
+			stop()
+		case <-ctx.Done():
+		}
+	}()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return serve(a.apiSrv, a.apiLn) })
 	if a.metricsSrv != nil {
@@ -409,7 +443,7 @@ func (a *App) Run(ctx context.Context) error {
 	}
 	if a.backups != nil {
 		forwarders.Add(1)
-		go func() { defer forwarders.Done(); a.backups.schedule(fctx) }()
+		go func() { defer forwarders.Done(); a.backups.scheduleHeld(fctx) }()
 	}
 	for _, sink := range a.sinks {
 		forwarders.Add(1)

@@ -24,6 +24,7 @@ import (
 	"github.com/penstock/penstock/internal/identity"
 	"github.com/penstock/penstock/internal/integrity"
 	"github.com/penstock/penstock/internal/keyring"
+	"github.com/penstock/penstock/internal/pipeline"
 )
 
 // Option changes how New starts.
@@ -208,6 +209,35 @@ type backups struct {
 	// lastSuccess is the Unix time of the newest backup taken or found, NaN before any.
 	lastSuccess atomic.Uint64
 	cancel      context.CancelFunc
+	// leases, in a cluster, make one node at a time keep the schedule.
+	leases *pipeline.Leases
+}
+
+// scheduleHeld keeps the schedule on this node while it holds the schedule's lease (in a
+// cluster), or always (one node).
+func (b *backups) scheduleHeld(ctx context.Context) {
+	if b.leases == nil {
+		b.schedule(ctx)
+		return
+	}
+	for ctx.Err() == nil {
+		lost, release, ok := b.leases.Hold(ctx.Done(), "backup-schedule")
+		if !ok {
+			return
+		}
+		sctx, cancel := context.WithCancel(ctx)
+		go func() {
+			select {
+			case <-lost:
+				cancel()
+			case <-sctx.Done():
+			}
+		}()
+		b.refreshLastSuccess(sctx)
+		b.schedule(sctx)
+		cancel()
+		release()
+	}
 }
 
 func (a *App) openBackups(ctx context.Context, reg *prometheus.Registry) error {
@@ -232,7 +262,7 @@ func (a *App) openBackups(ctx context.Context, reg *prometheus.Registry) error {
 			return out
 		}})
 	jctx, cancel := context.WithCancel(context.Background())
-	b := &backups{svc: svc, bucket: bucket, cfg: c, log: a.log.With("component", "backup"), audit: a.audit, cancel: cancel}
+	b := &backups{svc: svc, bucket: bucket, cfg: c, log: a.log.With("component", "backup"), audit: a.audit, cancel: cancel, leases: a.leases}
 	b.lastSuccess.Store(math.Float64bits(math.NaN()))
 	b.jobs = backup.NewJobs(jctx, b.jobDone)
 	a.backups = b
@@ -266,17 +296,24 @@ func (a *App) openBackups(ctx context.Context, reg *prometheus.Registry) error {
 	} else if len(gone) > 0 {
 		b.log.Info("backup escrow deleted for tenants destroyed earlier", "tenants", strings.Join(gone, ","))
 	}
-	if list, err := svc.List(ctx, ""); err != nil {
+	b.refreshLastSuccess(ctx)
+	return nil
+}
+
+// refreshLastSuccess reads the newest full backup's time from the target: another node may
+// have taken it.
+func (b *backups) refreshLastSuccess(ctx context.Context) {
+	list, err := b.svc.List(ctx, "")
+	if err != nil {
 		b.log.Warn("backup target not readable", "error", err)
-	} else {
-		for _, s := range list {
-			if s.Error == "" && s.Tenant == "" {
-				b.lastSuccess.Store(math.Float64bits(float64(s.Created.Unix())))
-				break
-			}
+		return
+	}
+	for _, s := range list {
+		if s.Error == "" && s.Tenant == "" {
+			b.lastSuccess.Store(math.Float64bits(float64(s.Created.Unix())))
+			return
 		}
 	}
-	return nil
 }
 
 // jobDone audits the end of every backup job.

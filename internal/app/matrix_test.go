@@ -97,11 +97,15 @@ func TestEveryRouteForEveryRoleAndScope(t *testing.T) {
 	n := 0
 	fresh := func(prefix string) string { n++; return fmt.Sprintf("%s-%d", prefix, n) }
 	calls := map[string]func(p principal) call{
-		"keys-status":  func(principal) call { return call{"GET", "/v1/keys", nil, authz.Platform} },
-		"audit-list":   func(principal) call { return call{"GET", "/v1/audit?tenant=acme&limit=5", nil, acme} },
-		"audit-verify": func(principal) call { return call{"GET", "/v1/audit/verify", nil, authz.Platform} },
-		"audit-export": func(principal) call { return call{"GET", "/v1/audit/export?tenant=acme", nil, acme} },
-		"audit-key":    func(principal) call { return call{"GET", "/v1/audit/key", nil, authz.Platform} },
+		"keys-status": func(principal) call { return call{"GET", "/v1/keys", nil, authz.Platform} },
+		// One node here: allowed callers get 409 cluster.not_clustered (the cluster tests
+		// cover the answers of a cluster), the others 403.
+		"cluster-status": func(principal) call { return call{"GET", "/v1/cluster", nil, authz.Platform} },
+		"cluster-drain":  func(principal) call { return call{"POST", "/v1/cluster/drain", nil, authz.Platform} },
+		"audit-list":     func(principal) call { return call{"GET", "/v1/audit?tenant=acme&limit=5", nil, acme} },
+		"audit-verify":   func(principal) call { return call{"GET", "/v1/audit/verify", nil, authz.Platform} },
+		"audit-export":   func(principal) call { return call{"GET", "/v1/audit/export?tenant=acme", nil, acme} },
+		"audit-key":      func(principal) call { return call{"GET", "/v1/audit/key", nil, authz.Platform} },
 		"keys-rotate": func(principal) call {
 			return call{"POST", "/v1/keys/rotate", map[string]string{"scope": "acme/production/billing"}, authz.Platform}
 		},

@@ -37,6 +37,7 @@ const (
 	AuditRead       Action = "audit.read"
 	BackupCreate    Action = "backup.create" // take, list and verify backups
 	BackupRestore   Action = "backup.restore"
+	ClusterManage   Action = "cluster.manage" // cluster status and draining a node: platform admins only
 )
 
 // Role is a fixed, documented set of actions.
@@ -60,7 +61,7 @@ var (
 		// platform users and the master key.
 		PlatformAdmin: {TenantCreate, TenantRead, TenantDelete, EnvManage, AppManage, UserManage, RoleManage, APIKeyManage,
 			AllowlistManage, EgressManage, SecretWrite, SecretRead, KeyManage, QueuePublish, QueueConsume, QueueManage, PipelineManage,
-			PipelineRun, AuditRead, BackupCreate, BackupRestore},
+			PipelineRun, AuditRead, BackupCreate, BackupRestore, ClusterManage},
 		Owner: {TenantRead, TenantDelete, EnvManage, AppManage, RoleManage, APIKeyManage, AllowlistManage, SecretWrite,
 			SecretRead, QueuePublish, QueueConsume, QueueManage, PipelineManage, PipelineRun, AuditRead, BackupCreate, BackupRestore},
 		Admin: {TenantRead, EnvManage, AppManage, RoleManage, APIKeyManage, AllowlistManage, SecretWrite, SecretRead,

@@ -345,6 +345,18 @@ func (c Config) validateCluster(v *validator) {
 	if c.Engine.ClientListen != "" {
 		v.add("engine.client_listen", "is not available in a cluster: its clients would bypass the cluster's credential")
 	}
+	if c.Keyring.MasterKey.IsZero() && c.Keyring.KMSURL.IsZero() {
+		v.add("keyring.master_key", "a cluster needs the same master key on every node: set keyring.master_key (PENSTOCK_KEYRING_MASTER_KEY) or keyring.kms_url, not a key file of one data directory")
+	}
+	if !c.Keyring.PreviousMasterKey.IsZero() || !c.Keyring.PreviousKMSURL.IsZero() {
+		v.add("keyring.previous_master_key", "a master key rotation is not available in a cluster yet: the first node restarted would rewrap every key under a master key the others do not have")
+	}
+	if c.Pipelines.FilesRoot == "" {
+		v.add("pipelines.files_root", "set it to a directory every node shares (a pipeline runs on whichever node holds its lease): the default is inside this node's data directory")
+	}
+	if c.Backup.AutoRestore {
+		v.add("backup.auto_restore", "is not available in a cluster: a node with an empty directory catches up from the others; restore a whole cluster onto one node, then join the others (docs/cluster.md)")
+	}
 	if c.Engine.Replicas > cl.Size() && c.Engine.Replicas <= 5 {
 		v.add("engine.replicas", fmt.Sprintf("must not exceed the cluster's %d nodes (this one and cluster.peers)", cl.Size()))
 	}

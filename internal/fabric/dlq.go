@@ -49,7 +49,9 @@ type deliveryExceeded struct {
 // missed.
 func (s *Service) startDeadLetters(ta *tenantAccount) error {
 	nc := ta.acc.Conn()
-	sub, err := nc.Subscribe("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>", func(m *nats.Msg) {
+	// One node of a cluster handles each advisory (moving a dead letter twice is harmless:
+	// its id makes the second a duplicate, but it costs a write).
+	sub, err := nc.QueueSubscribe("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>", "penstock-dead-letters", func(m *nats.Msg) {
 		var a deliveryExceeded
 		if json.Unmarshal(m.Data, &a) != nil {
 			return

@@ -40,17 +40,22 @@ func throughIngest(g engine.NativeGrant) engine.NativeGrant {
 	return g
 }
 
+// ingestGroup is the queue group of every node's ingest.
+const ingestGroup = "penstock-ingest"
+
 // startIngest takes the native queue publishes of a tenant-environment until its account is
 // forgotten or the fabric closes.
 func (s *Service) startIngest(ta *tenantAccount) error {
 	if !s.groupNative {
 		return nil
 	}
-	sub, err := ta.acc.Conn().Subscribe(ingestPrefix+"*.q.*", func(m *nats.Msg) { s.ingest(ta, m) })
+	// A queue group: in a cluster every node takes native publishes, each publish once (the
+	// engine hands a message to the group's member on the client's own node first).
+	sub, err := ta.acc.Conn().QueueSubscribe(ingestPrefix+"*.q.*", ingestGroup, func(m *nats.Msg) { s.ingest(ta, m) })
 	if err != nil {
 		return err
 	}
-	xsub, err := ta.acc.Conn().Subscribe(ingestPrefix+"*.x.>", func(m *nats.Msg) { s.ingest(ta, m) })
+	xsub, err := ta.acc.Conn().QueueSubscribe(ingestPrefix+"*.x.>", ingestGroup, func(m *nats.Msg) { s.ingest(ta, m) })
 	if err != nil {
 		_ = sub.Unsubscribe()
 		return err

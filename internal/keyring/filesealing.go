@@ -1,6 +1,7 @@
 package keyring
 
 import (
+	"context"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/hkdf"
@@ -59,4 +60,20 @@ func (m *Master) fileAEAD(name string) (cipher.AEAD, error) {
 		return nil, err
 	}
 	return cipher.NewGCM(block)
+}
+
+// SealShared seals b under the master key itself (its KMS, or the local key), with purpose as
+// additional data: unlike SealFile, any process given the same master key opens it. It is how
+// a cluster's join token carries the platform CA and the cluster credential to a new node.
+func (m *Master) SealShared(ctx context.Context, purpose string, b []byte) ([]byte, error) {
+	return m.ms.cur().EncryptWithContext(ctx, b, []byte("penstock/shared/"+purpose))
+}
+
+// OpenShared opens what SealShared sealed for purpose.
+func (m *Master) OpenShared(ctx context.Context, purpose string, ct []byte) ([]byte, error) {
+	pt, err := m.ms.cur().DecryptWithContext(ctx, ct, []byte("penstock/shared/"+purpose))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w (sealed under another master key, or changed)", purpose, ErrDecrypt)
+	}
+	return pt, nil
 }

@@ -117,7 +117,40 @@ func New(ctx context.Context, o Options) (*Keyring, error) {
 		cancel()
 		return nil, err
 	}
+	if err := k.watchScopes(ctx); err != nil {
+		cancel()
+		return nil, err
+	}
 	return k, nil
+}
+
+// watchScopes drops the cached data keys whenever any scope's record changes, here or on
+// another node of a cluster (a rotation, a destruction, a release): the next use reads the
+// record again. Key changes are rare; the cache refills at once.
+func (k *Keyring) watchScopes(ctx context.Context) error {
+	w, err := k.kv.Watch(k.jobCtx, "scope.>", jetstream.UpdatesOnly())
+	if err != nil {
+		return fmt.Errorf("keyring: watch keys: %w", err)
+	}
+	k.jobs.Add(1)
+	go func() {
+		defer k.jobs.Done()
+		defer func() { _ = w.Stop() }()
+		for {
+			select {
+			case <-k.jobCtx.Done():
+				return
+			case e, ok := <-w.Updates():
+				if !ok {
+					return
+				}
+				if e != nil {
+					k.forget()
+				}
+			}
+		}
+	}()
+	return nil
 }
 
 // Close stops background jobs (they resume at the next start) and waits for them.

@@ -233,3 +233,38 @@ func (k *Keyring) IsDestroyed(ctx context.Context, sc Scope) (bool, error) {
 	}
 	return false, err
 }
+
+// Watch calls fn for every change to the store's records from now on, here or on another
+// node of a cluster, with the record's scope and id (deleted for a deletion), until ctx ends.
+func (s *Sealed) Watch(ctx context.Context, fn func(sc Scope, id string, deleted bool)) error {
+	w, err := s.kv.WatchAll(ctx, jetstream.UpdatesOnly())
+	if err != nil {
+		return fmt.Errorf("watch %s: %w", s.kind, err)
+	}
+	go func() {
+		defer func() { _ = w.Stop() }()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case e, ok := <-w.Updates():
+				if !ok {
+					return
+				}
+				if e == nil {
+					continue
+				}
+				i := strings.LastIndexByte(e.Key(), '.')
+				if i < 0 {
+					continue
+				}
+				sc, err := scopeFromKey(e.Key()[:i])
+				if err != nil {
+					continue
+				}
+				fn(sc, e.Key()[i+1:], e.Operation() != jetstream.KeyValuePut)
+			}
+		}
+	}()
+	return nil
+}

@@ -37,6 +37,9 @@ type Options struct {
 	Registry *connector.Registry
 	// Egress returns a tenant's egress policy.
 	Egress func(tenant string) egress.Policy
+	// Leases, in a cluster, make one node at a time run each pipeline; nil runs every
+	// pipeline here.
+	Leases *Leases
 	// Apps lists every application, for the scheduler to find stored pipelines at start.
 	Apps func() []keyring.Scope
 	// Live reports whether an application exists and is not being deleted; a pipeline of any
@@ -142,7 +145,9 @@ func Open(ctx context.Context, o Options) (*Service, error) {
 				return nil, err
 			}
 			for _, e := range entries {
-				s.markInterrupted(ctx, app, e.ID)
+				if o.Leases == nil { // in a cluster the lease's next holder marks it
+					s.markInterrupted(ctx, app, e.ID)
+				}
 				_, p, err := s.load(ctx, app, e.ID)
 				if err != nil {
 					o.Logger.Error("pipeline not started", "app", app.String(), "pipeline", e.ID, "error", err.Error())
@@ -152,7 +157,46 @@ func Open(ctx context.Context, o Options) (*Service, error) {
 			}
 		}
 	}
+	if o.Leases != nil {
+		// Pipelines applied, paused, resumed or deleted on another node.
+		if err := s.defs.Watch(s.ctx, s.follow); err != nil {
+			s.Close()
+			return nil, err
+		}
+	}
 	return s, nil
+}
+
+// follow brings this node's worker of a pipeline in line with its stored definition after a
+// change made here or on another node: a new version or pause state restarts it (the worker
+// then waits for the lease), a deletion stops it. A change this node made has been applied
+// already and is skipped.
+func (s *Service) follow(app keyring.Scope, name string, deleted bool) {
+	s.life.Lock()
+	defer s.life.Unlock()
+	if deleted {
+		s.stopWorker(app, name)
+		return
+	}
+	if !s.live(app) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, 30*time.Second)
+	defer cancel()
+	_, p, err := s.load(ctx, app, name)
+	if err != nil {
+		if !errors.Is(err, ErrNotFound) {
+			s.o.Logger.Error("pipeline change not followed", "app", app.String(), "pipeline", name, "error", err.Error())
+		}
+		return
+	}
+	s.mu.Lock()
+	w := s.workers[key(app, name)]
+	s.mu.Unlock()
+	if w != nil && w.p.Version == p.Version && w.p.Paused == p.Paused {
+		return
+	}
+	s.start(app, p)
 }
 
 // Close stops every worker, draining the batches in flight.

@@ -76,7 +76,20 @@ func (w *worker) loop() {
 		return
 	}
 	failures := 0
+	// In a cluster the node that holds the pipeline's lease runs it; the others wait here.
+	var lost <-chan struct{}
+	release := func() {}
+	defer func() { release() }()
 	for {
+		if w.s.o.Leases != nil && lost == nil {
+			l, rel, ok := w.s.o.Leases.hold(w.quit, w.s.ctx.Done(), leaseKey(w.app.String(), w.p.Name))
+			if !ok {
+				return
+			}
+			lost, release = l, rel
+			// A run the previous holder left unfinished is over.
+			w.s.markInterrupted(w.s.ctx, w.app, w.p.Name)
+		}
 		trigger, id := "", ""
 		var timer <-chan time.Time
 		switch {
@@ -101,6 +114,10 @@ func (w *worker) loop() {
 		}
 		if trigger == "" {
 			select {
+			case <-lost:
+				release()
+				lost, release = nil, func() {}
+				continue
 			case <-w.quit:
 				return
 			case <-w.s.ctx.Done():
@@ -119,11 +136,17 @@ func (w *worker) loop() {
 			return
 		default:
 		}
-		r := w.runOnce(trigger, sched.Continuous && trigger == "continuous", id)
+		r := w.runOnce(trigger, sched.Continuous && trigger == "continuous", id, lost)
 		if r.Status == "failed" {
 			failures++
 		} else {
 			failures = 0
+		}
+		select {
+		case <-lost:
+			release()
+			lost, release = nil, func() {}
+		default:
 		}
 		select {
 		case <-w.quit:
@@ -137,7 +160,7 @@ func (w *worker) loop() {
 func newRunID() string { return time.Now().UTC().Format("20060102T150405Z") + "-" + nuid.Next()[12:] }
 
 // runOnce builds the connectors, runs, and records the run under id (a new one if empty).
-func (w *worker) runOnce(trigger string, continuous bool, id string) Run {
+func (w *worker) runOnce(trigger string, continuous bool, id string, lost <-chan struct{}) Run {
 	w.running.Store(true)
 	defer w.running.Store(false)
 	s, app, spec := w.s, w.app, w.p.Spec
@@ -160,6 +183,7 @@ func (w *worker) runOnce(trigger string, continuous bool, id string) Run {
 	go func() {
 		select {
 		case <-w.quit:
+		case <-lost:
 		case <-s.ctx.Done():
 		case <-ctx.Done():
 			return
@@ -174,6 +198,7 @@ func (w *worker) runOnce(trigger string, continuous bool, id string) Run {
 	go func() {
 		select {
 		case <-w.quit:
+		case <-lost:
 		case <-s.ctx.Done():
 		case <-ctx.Done():
 		}

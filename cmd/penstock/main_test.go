@@ -71,6 +71,15 @@ func serve(t *testing.T, dataDir string, extra ...string) *proc {
 // serveEnv is serve with extra environment variables.
 func serveEnv(t *testing.T, dataDir string, env []string, extra ...string) *proc {
 	t.Helper()
+	p, serving := startServe(t, dataDir, env, extra...)
+	p.waitServing(serving, 60*time.Second)
+	return p
+}
+
+// startServe starts `penstock serve` without waiting for it to serve (nodes of a cluster
+// serve only once a majority is up); waitServing waits.
+func startServe(t *testing.T, dataDir string, env []string, extra ...string) (*proc, <-chan map[string]any) {
+	t.Helper()
 	args := append([]string{"serve", "--data-dir", dataDir, "--listen", "127.0.0.1:0"}, extra...)
 	cmd := exec.Command(binary, args...)
 	cmd.Env = append(append(os.Environ(), "PENSTOCK_API_SHUTDOWN_TIMEOUT=10s"), env...)
@@ -105,16 +114,20 @@ func serveEnv(t *testing.T, dataDir string, env []string, extra ...string) *proc
 			<-p.exited
 		}
 	})
+	return p, serving
+}
+
+func (p *proc) waitServing(serving <-chan map[string]any, d time.Duration) {
+	p.t.Helper()
 	select {
 	case rec := <-serving:
 		p.api, _ = rec["api"].(string)
 		p.nats, _ = rec["nats"].(string)
 	case err := <-p.exited:
-		t.Fatalf("penstock exited before serving: %v\n%s", err, p.logs.String())
-	case <-time.After(60 * time.Second):
-		t.Fatalf("penstock not serving after 60s:\n%s", p.logs.String())
+		p.t.Fatalf("penstock exited before serving: %v\n%s", err, p.logs.String())
+	case <-time.After(d):
+		p.t.Fatalf("penstock not serving after %v:\n%s", d, p.logs.String())
 	}
-	return p
 }
 
 // waitUntil polls cond until it holds, failing the test after d.

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -199,4 +200,28 @@ func (c clusterOps) Status() (engine.ClusterStatus, error) {
 func (c clusterOps) Drain() error {
 	c.a.drainOnce.Do(func() { close(c.a.drain) })
 	return nil
+}
+
+// InitCluster prepares the new data directory of a cluster's first node: the platform CA and
+// the cluster credential, so that a join token can be made before any node starts (the
+// nodes then start together: none serves before a majority is up).
+func InitCluster(cfg config.Config) error {
+	if !cfg.Cluster.Enabled() {
+		return errors.New("set cluster.listen and cluster.peers for this node first (docs/cluster.md)")
+	}
+	if _, err := os.Stat(filepath.Join(cfg.DataDir, ClusterKeyFile)); err == nil {
+		return fmt.Errorf("%s has a cluster credential already", cfg.DataDir)
+	}
+	first, err := datadir.FirstStart(cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	if !first {
+		return fmt.Errorf("data directory %s holds data already: a cluster starts from new directories (restore a backup onto the first node's new directory to bring a platform in)", cfg.DataDir)
+	}
+	if _, err := certs.NewManager(cfg.DataDir, cfg.API.TLS, slog.New(slog.DiscardHandler)); err != nil {
+		return err
+	}
+	_, err = datadir.LoadKey(cfg.DataDir, ClusterKeyFile, clusterKeyProtects)
+	return err
 }

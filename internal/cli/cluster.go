@@ -15,7 +15,7 @@ import (
 
 func clusterCmd(environ []string) *cobra.Command {
 	cmd := &cobra.Command{Use: "cluster", Short: "A cluster of Penstock nodes: status, join tokens, joining (docs/cluster.md)"}
-	cmd.AddCommand(clusterStatusCmd(environ), clusterJoinTokenCmd(environ), clusterJoinCmd(environ))
+	cmd.AddCommand(clusterStatusCmd(environ), clusterInitCmd(environ), clusterJoinTokenCmd(environ), clusterJoinCmd(environ))
 	return cmd
 }
 
@@ -81,6 +81,28 @@ func printClusterStatus(w io.Writer, st engine.ClusterStatus) {
 	}
 	tw.Flush()
 	fmt.Fprintf(w, "\n%d streams, %d lagging or without a leader\n", len(st.Streams), lagging)
+}
+
+func clusterInitCmd(environ []string) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "init",
+		Short: "Prepare the first node's new data directory: the platform CA and the cluster credential",
+		Args:  cobra.NoArgs,
+	}
+	keys := configFlags(cmd.Flags())
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		cfg, err := loadConfig(cmd.Flags(), keys, environ)
+		if err != nil {
+			printConfigErrors(cmd.ErrOrStderr(), err)
+			return exitError{code: 2}
+		}
+		if err := app.InitCluster(cfg); err != nil {
+			return err
+		}
+		fmt.Fprintf(cmd.OutOrStdout(), "%s is the first node of cluster %s: make a join token for the others with penstock cluster join-token\n", cfg.DataDir, cfg.Cluster.Name)
+		return nil
+	}
+	return cmd
 }
 
 func clusterJoinTokenCmd(environ []string) *cobra.Command {

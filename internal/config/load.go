@@ -104,7 +104,7 @@ func Load(src Sources) (Config, error) {
 		flagMap := map[string]any{}
 		src.Flags.Visit(func(f *pflag.Flag) {
 			if key, ok := src.FlagKeys[f.Name]; ok {
-				flagMap[key] = flagValue(f)
+				flagMap[key] = flagValue(key, f)
 			}
 		})
 		if err := k.Load(confmap.Provider(flagMap, "."), nil); err != nil {
@@ -141,11 +141,13 @@ func envValue(key, val string) any {
 	return val
 }
 
-func flagValue(f *pflag.Flag) any {
+// flagValue is a flag's value; a list-valued key given as a text flag is split on commas,
+// as in the environment.
+func flagValue(key string, f *pflag.Flag) any {
 	if sv, ok := f.Value.(pflag.SliceValue); ok {
 		return sv.GetSlice()
 	}
-	return f.Value.String()
+	return envValue(key, f.Value.String())
 }
 
 // decodeLeaf sets one key. Text (the environment, flags, quoted YAML) is parsed into the

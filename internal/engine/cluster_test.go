@@ -321,3 +321,70 @@ func testLogOut() io.Writer {
 	}
 	return io.Discard
 }
+
+// TestClusterMinorityRefusesWrites: a node left alone (the other two gone) accepts no write it
+// cannot replicate, and is not ready. (The write it did not acknowledge may still appear
+// once the others are back: a timed-out write has an unknown outcome in Raft, as anywhere.)
+func TestClusterMinorityRefusesWrites(t *testing.T) {
+	tc := newTestCluster(t, 3)
+	nodes := tc.start()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	a, err := nodes[0].Account(ctx, "t1_test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Stream(ctx, jetstream.StreamConfig{Name: "Q", Subjects: []string{"q"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.JetStream().Publish(ctx, "q", []byte("before")); err != nil {
+		t.Fatal(err)
+	}
+	nodes[1].Close()
+	nodes[2].Close()
+	wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
+	_, err = a.JetStream().Publish(wctx, "q", []byte("alone"))
+	wcancel()
+	if err == nil {
+		t.Fatal("a node alone acknowledged a write")
+	}
+	if err := nodes[0].Ready(ctx); err == nil {
+		t.Fatal("a node alone says it is ready")
+	}
+	var wg sync.WaitGroup
+	for _, i := range []int{1, 2} {
+		wg.Go(func() {
+			n, err := tc.open(ctx, i)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			nodes[i] = n
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+	s, err := nodes[1].Account(ctx, "t1_test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(time.Minute)
+	for {
+		st, err := s.JetStream().Stream(ctx, "Q")
+		if err == nil {
+			info, err := st.Info(ctx)
+			if err == nil && info.Cluster != nil && allCurrent(info.Cluster) {
+				if info.State.Msgs < 1 || info.State.Msgs > 2 {
+					t.Fatalf("stream holds %d messages, want the one acknowledged before (and at most the unacknowledged one)", info.State.Msgs)
+				}
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stream not current after the nodes' return: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

@@ -250,7 +250,7 @@ func (e *Engine) Account(ctx context.Context, name string) (*Account, error) {
 		nc.Close()
 		return nil, fmt.Errorf("account %q: jetstream: %w", name, err)
 	}
-	if _, err := js.AccountInfo(ctx); err != nil {
+	if err := e.checkJetStream(ctx, js); err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("account %q: jetstream not available: %w", name, err)
 	}
@@ -274,6 +274,20 @@ func (e *Engine) Account(ctx context.Context, name string) (*Account, error) {
 	}
 	e.cache[name] = a
 	return a, nil
+}
+
+// checkJetStream asks for the account's JetStream information. A node of a cluster that has
+// just (re)joined may not get its first answers in time while it catches up: it asks again,
+// for up to joinWait.
+func (e *Engine) checkJetStream(ctx context.Context, js jetstream.JetStream) error {
+	if e.embedded == nil || e.embedded.cluster == nil {
+		_, err := js.AccountInfo(ctx)
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, joinWait)
+	defer cancel()
+	_, err := retryLost(ctx, func(ctx context.Context) (*jetstream.AccountInfo, error) { return js.AccountInfo(ctx) })
+	return err
 }
 
 // Ready proves the engine is reachable and writable: it writes this node's key in the health

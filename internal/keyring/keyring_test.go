@@ -630,3 +630,62 @@ func TestInterruptedDestroyFinishesAtStart(t *testing.T) {
 		t.Fatalf("child's wrapped keyset still stored: %v", err)
 	}
 }
+
+// TestKeyChangesReachEveryKeyring: two keyrings on one store (two nodes of a cluster share
+// their buckets the same way), each with its own cache. A rotation made through one is used by
+// the other at once, and a destruction through one stops the other from sealing or opening
+// within a second.
+func TestKeyChangesReachEveryKeyring(t *testing.T) {
+	a := open(t, t.TempDir(), config.Keyring{})
+	ctx := context.Background()
+	b, err := New(ctx, Options{Master: a.master, Platform: mustPlatform(t, a.eng)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	ct, err := a.kr.Seal(ctx, acmeApp, "secret", "one", []byte("v1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pt, err := b.Unseal(ctx, acmeApp, "secret", "one", ct); err != nil || string(pt) != "v1" {
+		t.Fatalf("b opens a's record: %q %v", pt, err) // b's cache now holds version 1
+	}
+	if _, err := a.kr.Rotate(ctx, acmeApp); err != nil {
+		t.Fatal(err)
+	}
+	ct2, err := a.kr.Seal(ctx, acmeApp, "secret", "two", []byte("v2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	within := func(what string, ok func() bool) {
+		t.Helper()
+		start := time.Now()
+		for !ok() {
+			if time.Since(start) > time.Second {
+				t.Fatalf("%s: not within a second", what)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	within("b opens a record sealed with the rotated key", func() bool {
+		pt, err := b.Unseal(ctx, acmeApp, "secret", "two", ct2)
+		return err == nil && string(pt) == "v2"
+	})
+	if err := a.kr.Destroy(ctx, acmeProd); err != nil {
+		t.Fatal(err)
+	}
+	within("b refuses the destroyed scope", func() bool {
+		_, err1 := b.Unseal(ctx, acmeApp, "secret", "one", ct)
+		_, err2 := b.Seal(ctx, acmeApp, "secret", "three", []byte("v3"))
+		return errors.Is(err1, ErrDestroyed) && errors.Is(err2, ErrDestroyed)
+	})
+}
+
+func mustPlatform(t *testing.T, eng *engine.Engine) *engine.Account {
+	t.Helper()
+	plat, err := eng.Account(context.Background(), engine.PlatformAccount)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return plat
+}

@@ -75,6 +75,8 @@ func (a *App) clusterOptions(cfg config.Config) (*engine.Cluster, error) {
 	c := &engine.Cluster{
 		Name: cfg.Cluster.Name, Node: node, Tags: cfg.Node.Tags, Listen: cfg.Cluster.Listen,
 		Advertise: cfg.Cluster.Advertise, Peers: cfg.Cluster.Peers, TLS: rt, Credential: cred,
+		// As the fabric sets them on the accounts it opens (fabric.max_storage).
+		TenantLimits: engine.AccountLimits{Storage: cfg.Fabric.MaxStorage},
 	}
 	if len(cfg.Node.Tags) > 0 {
 		c.Placement = Placement
@@ -101,6 +103,10 @@ type joinToken struct {
 	CACert     []byte `json:"ca_cert"`
 	CAKey      []byte `json:"ca_key"`
 	Credential string `json:"credential"`
+	// Accounts the node that made the token had registered: the new node declares them to
+	// its engine before it first starts (those created later it finds at start, and starts
+	// its engine once more).
+	Accounts []string `json:"accounts"`
 }
 
 const joinPurpose = "cluster-join-token"
@@ -125,7 +131,11 @@ func JoinToken(ctx context.Context, cfg config.Config) (string, error) {
 		return "", err
 	}
 	defer m.Close()
-	b, _ := json.Marshal(joinToken{Cluster: cfg.Cluster.Name, CACert: certPEM, CAKey: keyPEM, Credential: cred.Reveal()})
+	accounts, err := engine.KnownAccounts(cfg.DataDir)
+	if err != nil {
+		return "", err
+	}
+	b, _ := json.Marshal(joinToken{Cluster: cfg.Cluster.Name, CACert: certPEM, CAKey: keyPEM, Credential: cred.Reveal(), Accounts: accounts})
 	ct, err := m.SealShared(ctx, joinPurpose, b)
 	if err != nil {
 		return "", err
@@ -148,10 +158,14 @@ func Join(ctx context.Context, cfg config.Config, token string) error {
 	if err != nil {
 		return fmt.Errorf("join token: %w", err)
 	}
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+	// The master key opens the token in a scratch directory: a wrong key must leave nothing
+	// sealed under it in the new node's directory.
+	scratch, err := os.MkdirTemp("", "penstock-join-")
+	if err != nil {
 		return err
 	}
-	m, err := keyring.LoadMaster(ctx, cfg.DataDir, cfg.Keyring)
+	defer os.RemoveAll(scratch)
+	m, err := keyring.LoadMaster(ctx, scratch, cfg.Keyring)
 	if err != nil {
 		return err
 	}
@@ -171,6 +185,9 @@ func Join(ctx context.Context, cfg config.Config, token string) error {
 		return fmt.Errorf("data directory %s has a cluster credential already: it joined a cluster before", cfg.DataDir)
 	}
 	if err := certs.InstallCA(cfg.DataDir, jt.CACert, jt.CAKey); err != nil {
+		return err
+	}
+	if err := engine.DeclareAccounts(cfg.DataDir, jt.Accounts); err != nil {
 		return err
 	}
 	return datadir.WriteKey(filepath.Join(cfg.DataDir, ClusterKeyFile), redact.NewSecret(jt.Credential))

@@ -309,8 +309,8 @@ func (c Config) validateCluster(v *validator) {
 		v.add("node.name", "must be 1-63 of A-Z, a-z, 0-9, '.', '_' and '-', starting with a letter or digit")
 	}
 	for i, t := range c.Node.Tags {
-		if !nodeName.MatchString(t) {
-			v.add(fmt.Sprintf("node.tags[%d]", i), "must be 1-63 of A-Z, a-z, 0-9, '.', '_' and '-', starting with a letter or digit")
+		if t != "production" && t != "non-production" {
+			v.add(fmt.Sprintf("node.tags[%d]", i), "must be production or non-production (the placement of environments' queues)")
 		}
 	}
 	cl := c.Cluster
@@ -330,12 +330,12 @@ func (c Config) validateCluster(v *validator) {
 	}
 	v.hostPort("cluster.listen", cl.Listen, true)
 	v.hostPort("cluster.advertise", cl.Advertise, false)
-	seen := map[string]bool{}
+	seen := map[string]bool{cl.Listen: true, cl.Advertise: true}
 	for i, p := range cl.Peers {
 		path := fmt.Sprintf("cluster.peers[%d]", i)
 		v.hostPort(path, p, true)
 		if seen[p] {
-			v.add(path, "named twice")
+			v.add(path, "named twice, or this node's own cluster.listen or cluster.advertise: peers are the other nodes, each once (their number is the cluster's size)")
 		}
 		seen[p] = true
 	}

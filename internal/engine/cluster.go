@@ -40,6 +40,8 @@ type Cluster struct {
 	Credential redact.Secret
 	// Placement, when set, names the placement tags of an account's streams and buckets.
 	Placement func(account string) []string
+	// TenantLimits are applied to every tenant account as this node registers it.
+	TenantLimits AccountLimits
 }
 
 // RouteUser is the user name routes present with the cluster credential.
@@ -216,6 +218,14 @@ func (em *embedded) register(name string) error {
 	if !accountName.MatchString(name) {
 		return fmt.Errorf("account name %q", name)
 	}
+	em.limitsMu.Lock()
+	l := em.limits
+	em.limitsMu.Unlock()
+	if l != nil && name != PlatformAccount {
+		if err := em.setLimits(name, *l); err != nil { // enables JetStream too
+			return fmt.Errorf("limits: %w", err)
+		}
+	}
 	acc, _ := em.ns.LookupOrRegisterAccount(name)
 	if !acc.JetStreamEnabled() {
 		if err := acc.EnableJetStream(nil, nil); err != nil {
@@ -240,11 +250,20 @@ func (em *embedded) serveRegistrations(nc *nats.Conn, node string) error {
 	return nc.Flush()
 }
 
+// accountsBucket, in the platform account, records every account whose registration every
+// node confirmed. A node that starts and finds one it does not know missed it while it was
+// away (or has a new disk): its engine skipped that account's stream assignments, so it
+// restarts its engine once with the account declared.
+const accountsBucket = "penstock_engine_accounts"
+
 // registerEverywhere asks every node of the cluster to register the account and returns once
-// all have, or ErrNodesMissing.
-func (em *embedded) registerEverywhere(ctx context.Context, plat *nats.Conn, name string) error {
-	if em.accounts.has(name) {
-		return nil
+// all have, or ErrNodesMissing. An account the cluster confirmed before is only registered
+// here.
+func (em *embedded) registerEverywhere(ctx context.Context, plat *nats.Conn, confirmed jetstream.KeyValue, name string) error {
+	if _, err := confirmed.Get(ctx, name); err == nil {
+		return em.register(name)
+	} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return err
 	}
 	want := em.cluster.size()
 	inbox := plat.NewRespInbox()
@@ -256,12 +275,12 @@ func (em *embedded) registerEverywhere(ctx context.Context, plat *nats.Conn, nam
 	if err := plat.PublishRequest(accountSubject, inbox, []byte(name)); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, registerWait)
+	rctx, cancel := context.WithTimeout(ctx, registerWait)
 	defer cancel()
 	answered := map[string]bool{}
 	var failures []string
 	for len(answered) < want {
-		m, err := sub.NextMsgWithContext(ctx)
+		m, err := sub.NextMsgWithContext(rctx)
 		if err != nil {
 			break
 		}
@@ -282,7 +301,25 @@ func (em *embedded) registerEverywhere(ctx context.Context, plat *nats.Conn, nam
 		return fmt.Errorf("%w: %d of %d answered (%s)%s", ErrNodesMissing, len(answered), want,
 			strings.Join(nodes, ", "), failureList(failures))
 	}
+	if _, err := confirmed.Put(ctx, name, []byte(em.cluster.Node)); err != nil {
+		return fmt.Errorf("record the account's registration: %w", err)
+	}
 	return nil
+}
+
+// missedAccounts lists the accounts the cluster confirmed that this node has not registered.
+func (em *embedded) missedAccounts(ctx context.Context, confirmed jetstream.KeyValue) ([]string, error) {
+	lister, err := confirmed.ListKeys(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for k := range lister.Keys() {
+		if accountName.MatchString(k) && !em.accounts.has(k) {
+			out = append(out, k)
+		}
+	}
+	return out, nil
 }
 
 func failureList(f []string) string {
@@ -399,8 +436,9 @@ type ClusterStatus struct {
 	// Nodes are the engine's peers as this node sees them, itself included.
 	Nodes  []PeerStatus `json:"nodes"`
 	Routes int          `json:"routes"` // route connections to other nodes
-	// Streams lists every stream with a replica here that is led elsewhere, is without a
-	// leader, or (when led here) has a replica that is not current.
+	// Streams lists every stream with a replica on this node. Lagging marks one without a
+	// leader or, when led by this node, with a replica that is not current: only a stream's
+	// leader knows that, so a whole picture takes every node's status.
 	Streams []StreamReplicas `json:"streams"`
 }
 
@@ -453,7 +491,8 @@ func (e *Engine) ClusterStatus() (ClusterStatus, error) {
 				r.Leader = c.Leader
 				for _, p := range c.Replicas {
 					ps := peerStatus(p)
-					r.Lagging = r.Lagging || !ps.Current
+					// Only a stream's leader knows how current its replicas are.
+					r.Lagging = r.Lagging || (r.Leader == st.Node && !ps.Current)
 					r.Replicas = append(r.Replicas, ps)
 				}
 			}
@@ -472,4 +511,32 @@ func (e *Engine) ClusterStatus() (ClusterStatus, error) {
 
 func peerStatus(p *server.PeerInfo) PeerStatus {
 	return PeerStatus{Name: p.Name, Current: p.Current, Offline: p.Offline, Lag: p.Lag, Active: p.Active}
+}
+
+// KnownAccounts lists the accounts the node with dataDir has registered (its AccountsFile).
+func KnownAccounts(dataDir string) ([]string, error) {
+	l, err := loadAccountList(dataDir)
+	if err != nil {
+		return nil, err
+	}
+	return l.names(), nil
+}
+
+// DeclareAccounts records names as accounts of the node with dataDir before its engine first
+// starts (a node joining a cluster with a join token): its engine then knows them when it
+// replays the cluster's log.
+func DeclareAccounts(dataDir string, names []string) error {
+	l, err := loadAccountList(dataDir)
+	if err != nil {
+		return err
+	}
+	for _, n := range names {
+		if !accountName.MatchString(n) {
+			return fmt.Errorf("account %q is not an account name", n)
+		}
+		if err := l.add(n); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -37,6 +38,10 @@ type embedded struct {
 	// cluster and accounts are set on a node of a cluster.
 	cluster  *Cluster
 	accounts *accountList
+	// limits, in a cluster, are the tenant accounts' limits every node applies as it
+	// registers an account (the fabric sets them with SetLimits).
+	limitsMu sync.Mutex
+	limits   *AccountLimits
 }
 
 var _ accounts = (*embedded)(nil)
@@ -121,6 +126,7 @@ func startEmbedded(o Options) (*embedded, error) {
 			return nil, err
 		}
 		em.cluster = o.Cluster
+		em.limits = &o.Cluster.TenantLimits
 		opts.LameDuckDuration = 5 * time.Second
 		opts.LameDuckGracePeriod = time.Millisecond // 0 would mean the default, 10s
 	}

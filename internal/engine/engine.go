@@ -62,6 +62,8 @@ type Options struct {
 	Native Native
 	// Cluster, when set, makes the embedded engine a node of a cluster.
 	Cluster *Cluster
+	// restarted: Open started the engine again after finding accounts it missed.
+	restarted bool
 }
 
 // Engine is an open JetStream engine.
@@ -79,6 +81,8 @@ type Engine struct {
 
 	health    jetstream.KeyValue
 	closeOnce sync.Once
+	// confirmed, in a cluster, records the accounts every node registered.
+	confirmed jetstream.KeyValue
 }
 
 // Open starts the embedded engine or connects to the external one, then makes sure the
@@ -120,6 +124,33 @@ func Open(ctx context.Context, o Options) (*Engine, error) {
 	if err != nil {
 		e.Close()
 		return nil, err
+	}
+	if em := e.embedded; em != nil && em.cluster != nil {
+		e.confirmed, err = plat.KeyValue(ctx, jetstream.KeyValueConfig{Bucket: accountsBucket, History: 1,
+			Description: "accounts every node of the cluster registered"})
+		if err != nil {
+			e.Close()
+			return nil, fmt.Errorf("accounts bucket: %w", err)
+		}
+		missed, err := em.missedAccounts(ctx, e.confirmed)
+		if err != nil {
+			e.Close()
+			return nil, fmt.Errorf("accounts bucket: %w", err)
+		}
+		if len(missed) > 0 && !o.restarted {
+			// The engine replayed its log without these accounts and skipped their
+			// streams: declare them and start it again.
+			e.log.Warn("this node missed accounts created while it was away: restarting its engine with them", "accounts", len(missed))
+			for _, n := range missed {
+				if err := em.accounts.add(n); err != nil {
+					e.Close()
+					return nil, err
+				}
+			}
+			e.Close()
+			o.restarted = true
+			return Open(ctx, o)
+		}
 	}
 	if e.embedded != nil {
 		// Recover every account's streams now, not on first use: a store key rotation
@@ -175,6 +206,9 @@ func (e *Engine) HasAccount(name string) bool {
 	e.mu.Unlock()
 	if ok || e.embedded == nil || !accountName.MatchString(name) {
 		return ok
+	}
+	if e.embedded.accounts != nil && e.embedded.accounts.has(name) {
+		return true
 	}
 	_, err := os.Stat(filepath.Join(e.dataDir, "jetstream", name))
 	return err == nil
@@ -237,7 +271,7 @@ func (e *Engine) Account(ctx context.Context, name string) (*Account, error) {
 		if plat == nil {
 			return nil, fmt.Errorf("account %q: the platform account is not open", name)
 		}
-		if err := em.registerEverywhere(ctx, plat.nc, name); err != nil {
+		if err := em.registerEverywhere(ctx, plat.nc, e.confirmed, name); err != nil {
 			return nil, fmt.Errorf("account %q: %w", name, err)
 		}
 	}

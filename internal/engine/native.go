@@ -265,9 +265,20 @@ func (e *Engine) SetLimits(name string, l AccountLimits) error {
 	if !accountName.MatchString(name) || name == PlatformAccount {
 		return fmt.Errorf("account %q: limits apply to tenant accounts", name)
 	}
+	if e.embedded.cluster != nil {
+		// Every node applies them as it registers the account: a stream's leader, on
+		// whichever node, checks its account's limits.
+		e.embedded.limitsMu.Lock()
+		e.embedded.limits = &l
+		e.embedded.limitsMu.Unlock()
+	}
+	return e.embedded.setLimits(name, l)
+}
+
+func (em *embedded) setLimits(name string, l AccountLimits) error {
 	// Limits are applied once per process: applying claims again would drop the account's
 	// exports, which native clients' imports point at.
-	a := e.embedded.auth
+	a := em.auth
 	a.wiring.Lock()
 	defer a.wiring.Unlock()
 	if a.wired == nil {
@@ -276,8 +287,8 @@ func (e *Engine) SetLimits(name string, l AccountLimits) error {
 	if a.wired["limits|"+name] {
 		return nil
 	}
-	acc, _ := e.embedded.ns.LookupOrRegisterAccount(name)
-	if err := applyLimits(e.embedded.ns, acc, l); err != nil {
+	acc, _ := em.ns.LookupOrRegisterAccount(name)
+	if err := applyLimits(em.ns, acc, l); err != nil {
 		return err
 	}
 	a.wired["limits|"+name] = true

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -128,26 +129,44 @@ func New(ctx context.Context, o Options) (*Keyring, error) {
 // another node of a cluster (a rotation, a destruction, a release): the next use reads the
 // record again. Key changes are rare; the cache refills at once.
 func (k *Keyring) watchScopes(ctx context.Context) error {
-	w, err := k.kv.Watch(k.jobCtx, "scope.>", jetstream.UpdatesOnly())
+	start := func() (jetstream.KeyWatcher, error) {
+		return k.kv.Watch(k.jobCtx, "scope.>", jetstream.UpdatesOnly())
+	}
+	w, err := start()
 	if err != nil {
 		return fmt.Errorf("keyring: watch keys: %w", err)
 	}
 	k.jobs.Add(1)
 	go func() {
 		defer k.jobs.Done()
-		defer func() { _ = w.Stop() }()
 		for {
-			select {
-			case <-k.jobCtx.Done():
-				return
-			case e, ok := <-w.Updates():
-				if !ok {
+			for open := true; open; {
+				select {
+				case <-k.jobCtx.Done():
+					_ = w.Stop()
 					return
-				}
-				if e != nil {
-					k.forget()
+				case e, ok := <-w.Updates():
+					open = ok
+					if ok && e != nil {
+						k.forget()
+					}
 				}
 			}
+			// The client library ended the watch: changes may have been missed meanwhile,
+			// so nothing cached is trusted.
+			k.log.Warn("keyring watch ended; dropping cached keys and watching again")
+			k.forget()
+			for {
+				if w, err = start(); err == nil {
+					break
+				}
+				select {
+				case <-k.jobCtx.Done():
+					return
+				case <-time.After(time.Second):
+				}
+			}
+			k.forget()
 		}
 	}()
 	return nil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"regexp"
 	"sort"
 	"strings"
@@ -236,34 +237,71 @@ func (k *Keyring) IsDestroyed(ctx context.Context, sc Scope) (bool, error) {
 
 // Watch calls fn for every change to the store's records from now on, here or on another
 // node of a cluster, with the record's scope and id (deleted for a deletion), until ctx ends.
-func (s *Sealed) Watch(ctx context.Context, fn func(sc Scope, id string, deleted bool)) error {
-	w, err := s.kv.WatchAll(ctx, jetstream.UpdatesOnly())
+// Each time the watch (re)starts, fn is also called for every record that exists then, so a
+// change made just before, or while the watch was down, is not missed: fn must be idempotent.
+// A watch the client library ends is logged and started again.
+func (s *Sealed) Watch(ctx context.Context, log *slog.Logger, fn func(sc Scope, id string, deleted bool)) error {
+	deliver := func(key string, deleted bool) {
+		i := strings.LastIndexByte(key, '.')
+		if i < 0 {
+			return
+		}
+		sc, err := scopeFromKey(key[:i])
+		if err != nil {
+			return
+		}
+		fn(sc, key[i+1:], deleted)
+	}
+	start := func() (jetstream.KeyWatcher, error) {
+		w, err := s.kv.WatchAll(ctx, jetstream.UpdatesOnly())
+		if err != nil {
+			return nil, fmt.Errorf("watch %s: %w", s.kind, err)
+		}
+		return w, nil
+	}
+	resync := func() {
+		lister, err := s.kv.ListKeys(ctx)
+		if err != nil {
+			if !errors.Is(err, jetstream.ErrNoKeysFound) && ctx.Err() == nil {
+				log.Warn("records not listed after the watch started", "kind", s.kind, "error", err.Error())
+			}
+			return
+		}
+		for k := range lister.Keys() {
+			deliver(k, false)
+		}
+	}
+	w, err := start()
 	if err != nil {
-		return fmt.Errorf("watch %s: %w", s.kind, err)
+		return err
 	}
 	go func() {
-		defer func() { _ = w.Stop() }()
+		resync()
 		for {
-			select {
-			case <-ctx.Done():
-				return
-			case e, ok := <-w.Updates():
-				if !ok {
+			for open := true; open; {
+				select {
+				case <-ctx.Done():
+					_ = w.Stop()
 					return
+				case e, ok := <-w.Updates():
+					open = ok
+					if ok && e != nil {
+						deliver(e.Key(), e.Operation() != jetstream.KeyValuePut)
+					}
 				}
-				if e == nil {
-					continue
-				}
-				i := strings.LastIndexByte(e.Key(), '.')
-				if i < 0 {
-					continue
-				}
-				sc, err := scopeFromKey(e.Key()[:i])
-				if err != nil {
-					continue
-				}
-				fn(sc, e.Key()[i+1:], e.Operation() != jetstream.KeyValuePut)
 			}
+			log.Warn("watch of records ended; starting it again", "kind", s.kind)
+			for {
+				if w, err = start(); err == nil {
+					break
+				}
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(time.Second):
+				}
+			}
+			resync()
 		}
 	}()
 	return nil

@@ -159,7 +159,7 @@ func Open(ctx context.Context, o Options) (*Service, error) {
 	}
 	if o.Leases != nil {
 		// Pipelines applied, paused, resumed or deleted on another node.
-		if err := s.defs.Watch(s.ctx, s.follow); err != nil {
+		if err := s.defs.Watch(s.ctx, o.Logger, s.follow); err != nil {
 			s.Close()
 			return nil, err
 		}

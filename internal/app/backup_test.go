@@ -683,6 +683,9 @@ func TestScheduledBackupsAndRetention(t *testing.T) {
 	ta := startApp(t, func(c *config.Config) {
 		c.Backup.Target, c.Backup.Schedule = "file://"+dir, time.Second
 		c.Backup.KeepDaily, c.Backup.KeepWeekly, c.Backup.KeepMonthly = 1, 0, 0
+		// The test polls the audit log while backups run: not the edge's limits under test.
+		c.API.Limits.RequestRate, c.API.Limits.RequestBurst = 1e6, 1e6
+		c.API.Limits.ConnRate, c.API.Limits.ConnBurst = 1e6, 1e6
 	})
 	admin := ta.adminSession(t)
 	ta.call(t, "POST", "/v1/tenants", admin, map[string]string{"name": "acme"})

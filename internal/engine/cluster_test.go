@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -387,4 +388,72 @@ func TestClusterMinorityRefusesWrites(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// TestClusterPlacesEnvironmentsByTag: with nodes tagged production and non-production, a
+// production account's streams are on production nodes only, another account's on
+// non-production nodes only, and a placement no node can meet is refused.
+func TestClusterPlacesEnvironmentsByTag(t *testing.T) {
+	tc := newTestCluster(t, 3)
+	tags := [][]string{{"production"}, {"production"}, {"non-production"}}
+	placement := func(account string) []string {
+		switch {
+		case account == engine.PlatformAccount:
+			return nil
+		case strings.HasSuffix(account, "_production"):
+			return []string{"production"}
+		case strings.HasSuffix(account, "_nowhere"):
+			return []string{"no-such-tag"}
+		}
+		return []string{"non-production"}
+	}
+	tc.mutate = func(i int, c *engine.Cluster) { c.Tags, c.Placement = tags[i], placement }
+	nodes := tc.start()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	where := func(account string, replicas int) ([]string, error) {
+		a, err := nodes[2].Account(ctx, account)
+		if err != nil {
+			return nil, err
+		}
+		s, err := a.JetStream().CreateStream(ctx, jetstream.StreamConfig{Name: "Q", Subjects: []string{"q"}, Replicas: replicas})
+		if err != nil {
+			return nil, err
+		}
+		info, err := s.Info(ctx)
+		if err != nil {
+			return nil, err
+		}
+		out := []string{info.Cluster.Leader}
+		for _, r := range info.Cluster.Replicas {
+			out = append(out, r.Name)
+		}
+		return out, nil
+	}
+	prod, err := where("t1_production", 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(sortedCopy(prod), ",") != "n1,n2" {
+		t.Fatalf("production stream on %v, want n1 and n2", prod)
+	}
+	test, err := where("t1_test", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(test) != 1 || test[0] != "n3" {
+		t.Fatalf("test stream on %v, want n3", test)
+	}
+	if _, err := where("t1_nowhere", 1); err == nil {
+		t.Fatal("a placement no node meets was accepted")
+	}
+	if _, err := where("t2_test", 2); err == nil {
+		t.Fatal("two replicas on the one non-production node were accepted")
+	}
+}
+
+func sortedCopy(s []string) []string {
+	out := append([]string{}, s...)
+	slices.Sort(out)
+	return out
 }

@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
+	"time"
 
 	"github.com/penstock/penstock/internal/datadir"
 )
@@ -36,26 +38,62 @@ func (m *Manager) RouteTLS(node string, hosts []string) (*tls.Config, error) {
 	certPath, keyPath := filepath.Join(m.dataDir, nodeCertFile), filepath.Join(m.dataDir, nodeKeyFile)
 	subject := pkix.Name{CommonName: node, Organization: []string{"Penstock"}, OrganizationalUnit: []string{NodeUnit}}
 	names := wantedNames(append([]string{node}, hosts...))
-	if err := m.issueIfDue(caCert, caKey, certPath, keyPath, subject, names, x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth); err != nil {
-		return nil, fmt.Errorf("route certificate: %w", err)
-	}
-	cert, err := tls.LoadX509KeyPair(certPath, keyPath)
-	if err != nil {
-		return nil, fmt.Errorf("route certificate: %w", err)
+	rc := &routeCert{load: func() (*tls.Certificate, error) {
+		if err := m.issueIfDue(caCert, caKey, certPath, keyPath, subject, names, x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth); err != nil {
+			return nil, fmt.Errorf("route certificate: %w", err)
+		}
+		c, err := tls.LoadX509KeyPair(certPath, keyPath)
+		if err != nil {
+			return nil, fmt.Errorf("route certificate: %w", err)
+		}
+		return &c, nil
+	}, now: func() time.Time { return m.now() }}
+	if _, err := rc.get(); err != nil {
+		return nil, err
 	}
 	pool := x509.NewCertPool()
 	pool.AddCert(caCert)
 	return &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		Certificates: []tls.Certificate{cert},
-		ClientCAs:    pool,
-		RootCAs:      pool,
-		ClientAuth:   tls.RequireAndVerifyClientCert,
+		MinVersion: tls.VersionTLS13,
+		// The certificate is renewed by the running node, as the API's is, 30 days before
+		// it expires: a handshake after that gets the new one.
+		GetCertificate:       func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return rc.get() },
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return rc.get() },
+		RootCAs:              pool,
+		ClientCAs:            pool,
+		ClientAuth:           tls.RequireAndVerifyClientCert,
 		// Beyond the chain (and, dialing, the name): a node certificate, not the API's.
 		VerifyConnection: func(cs tls.ConnectionState) error {
 			return verifyNode(cs, pool)
 		},
 	}, nil
+}
+
+// routeCert is this node's route certificate, checked for renewal at most once an hour.
+type routeCert struct {
+	load func() (*tls.Certificate, error)
+	now  func() time.Time
+
+	mu      sync.Mutex
+	cert    *tls.Certificate
+	checked time.Time
+}
+
+func (r *routeCert) get() (*tls.Certificate, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.cert != nil && r.now().Sub(r.checked) < time.Hour {
+		return r.cert, nil
+	}
+	c, err := r.load()
+	if err != nil {
+		if r.cert != nil {
+			return r.cert, nil // keep the current one; the next check tries again
+		}
+		return nil, err
+	}
+	r.cert, r.checked = c, r.now()
+	return c, nil
 }
 
 func verifyNode(cs tls.ConnectionState, pool *x509.CertPool) error {

@@ -177,13 +177,17 @@ func (w *worker) runOnce(trigger string, continuous bool, id string, lost <-chan
 	defer w.live.Store(nil)
 	ring := s.logRingFor(app, spec.Name)
 	log := slog.New(teeHandler{s.o.Logger.Handler(), ring.handler()}).With("pipeline", spec.Name, "app", app.String(), "run", run.ID)
-	// ctx outlives a stop by the drain timeout, so the batch in flight can finish.
+	// ctx outlives a stop by the drain timeout, so the batch in flight can finish. A lost
+	// lease ends it at once instead: another node may hold the lease already, and the batch
+	// not committed here is done again there from the last checkpoint.
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() {
 		select {
 		case <-w.quit:
 		case <-lost:
+			cancel()
+			return
 		case <-s.ctx.Done():
 		case <-ctx.Done():
 			return

@@ -259,21 +259,33 @@ func (e *Engine) Account(ctx context.Context, name string) (*Account, error) {
 		return nil, fmt.Errorf("account name %q: must be 1-128 of a-z, 0-9, _ and -, starting with a letter or digit", name)
 	}
 	e.mu.Lock()
-	defer e.mu.Unlock()
 	if e.closed {
+		e.mu.Unlock()
 		return nil, ErrClosed
 	}
 	if a, ok := e.cache[name]; ok {
+		e.mu.Unlock()
 		return a, nil
 	}
+	plat := e.cache[PlatformAccount]
+	e.mu.Unlock()
 	if em := e.embedded; em != nil && em.cluster != nil && name != PlatformAccount {
-		plat := e.cache[PlatformAccount]
+		// Outside the lock: the round waits for every node (up to registerWait when one is
+		// down), and other accounts must not wait with it. Registering twice is harmless.
 		if plat == nil {
 			return nil, fmt.Errorf("account %q: the platform account is not open", name)
 		}
 		if err := em.registerEverywhere(ctx, plat.nc, e.confirmed, name); err != nil {
 			return nil, fmt.Errorf("account %q: %w", name, err)
 		}
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return nil, ErrClosed
+	}
+	if a, ok := e.cache[name]; ok {
+		return a, nil
 	}
 	nc, err := e.accts.connect(ctx, name)
 	if err != nil {

@@ -226,11 +226,28 @@ func (s *Service) Close() {
 func (s *Service) account(ctx context.Context, tenant, env string) (*tenantAccount, error) {
 	name := AccountName(tenant, env)
 	s.mu.Lock()
+	ta, ok := s.accounts[name]
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		return nil, engine.ErrClosed
+	}
+	if ok {
+		return ta, nil
+	}
+	if s.o.Engine.Clustered() {
+		// A new account is registered on every node first, which waits for all of them:
+		// done outside the lock, so that other tenant-environments are not held up.
+		if _, err := s.o.Engine.Account(ctx, name); err != nil {
+			return nil, err
+		}
+	}
+	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
 		return nil, engine.ErrClosed
 	}
-	if ta, ok := s.accounts[name]; ok {
+	if ta, ok = s.accounts[name]; ok {
 		return ta, nil
 	}
 	if s.o.Engine.Embedded() {
@@ -252,7 +269,7 @@ func (s *Service) account(ctx context.Context, tenant, env string) (*tenantAccou
 		return nil, err
 	}
 	tctx, cancel := context.WithCancel(s.ctx)
-	ta := &tenantAccount{ctx: tctx, cancel: cancel, tenant: tenant, env: env, acc: acc, bindings: kv, routers: map[string]context.CancelFunc{}, exchanges: map[string]Exchange{},
+	ta = &tenantAccount{ctx: tctx, cancel: cancel, tenant: tenant, env: env, acc: acc, bindings: kv, routers: map[string]context.CancelFunc{}, exchanges: map[string]Exchange{},
 		consumers: map[string]jetstream.Consumer{}}
 	ta.lookups = rate.NewLimiter(ingestLookups, ingestLookups)
 	if s.cfg.PublishRate > 0 {

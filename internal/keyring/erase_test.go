@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -43,7 +44,9 @@ func TestWrappedKeysetsAreErasedOnDisk(t *testing.T) {
 	}
 	defer eng.Close()
 	plat, _ := eng.Account(ctx, engine.PlatformAccount)
-	bucket := "test_keyring_" + filepath.Base(dir)
+	// A name of its own: a run stopped before its cleanup leaves its bucket behind in the
+	// machine's server (t.TempDir names repeat across runs).
+	bucket := fmt.Sprintf("test_keyring_%d", time.Now().UnixNano())
 	kr, err := New(ctx, Options{Master: m, Platform: plat, Bucket: bucket})
 	if err != nil {
 		t.Fatal(err)

@@ -59,6 +59,7 @@ type Keyring struct {
 	rotateMu sync.Mutex // one master rotation at a time
 
 	jobs     sync.WaitGroup
+	watching sync.WaitGroup // the watch of key changes, which lasts until Close
 	jobCtx   context.Context
 	stopJobs context.CancelFunc
 	// afterRecord, when set by tests, runs after each record a job rewraps.
@@ -136,9 +137,9 @@ func (k *Keyring) watchScopes(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("keyring: watch keys: %w", err)
 	}
-	k.jobs.Add(1)
+	k.watching.Add(1)
 	go func() {
-		defer k.jobs.Done()
+		defer k.watching.Done()
 		for {
 			for open := true; open; {
 				select {
@@ -176,6 +177,7 @@ func (k *Keyring) watchScopes(ctx context.Context) error {
 func (k *Keyring) Close() {
 	k.stopJobs()
 	k.jobs.Wait()
+	k.watching.Wait()
 }
 
 // invalidError is a message about the caller's input; errors.Is(err, ErrInvalid) holds.

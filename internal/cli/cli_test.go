@@ -26,7 +26,7 @@ func TestConfigCheck(t *testing.T) {
 	}
 
 	bad := filepath.Join(dir, "bad.yaml")
-	os.WriteFile(bad, []byte("api:\n  lisen: x\n  limits:\n    read_timeout: soon\nengine:\n  replicas: 0\n"), 0o600)
+	os.WriteFile(bad, []byte("api:\n  lisen: x\n  limits:\n    read_timeout: soon\nengine:\n  replicas: 9\n"), 0o600)
 	code, _, errOut = run(t, []string{"PENSTOCK_LOG_LEVEL=loud"}, "config", "check", bad)
 	if code != 1 {
 		t.Fatalf("bad file: exit %d, want 1", code)

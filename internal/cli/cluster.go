@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/penstock/penstock/internal/app"
+	"github.com/penstock/penstock/internal/config"
 	"github.com/penstock/penstock/internal/engine"
 )
 
@@ -83,12 +84,8 @@ func printClusterStatus(w io.Writer, st engine.ClusterStatus) {
 	fmt.Fprintf(w, "\n%d streams, %d lagging or without a leader\n", len(st.Streams), lagging)
 }
 
-func clusterInitCmd(environ []string) *cobra.Command {
-	cmd := &cobra.Command{
-		Use:   "init",
-		Short: "Prepare the first node's new data directory: the platform CA and the cluster credential",
-		Args:  cobra.NoArgs,
-	}
+// withConfig gives cmd the configuration flags and runs run with the loaded configuration.
+func withConfig(cmd *cobra.Command, environ []string, run func(cmd *cobra.Command, cfg config.Config) error) *cobra.Command {
 	keys := configFlags(cmd.Flags())
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		cfg, err := loadConfig(cmd.Flags(), keys, environ)
@@ -96,36 +93,38 @@ func clusterInitCmd(environ []string) *cobra.Command {
 			printConfigErrors(cmd.ErrOrStderr(), err)
 			return exitError{code: 2}
 		}
+		return run(cmd, cfg)
+	}
+	return cmd
+}
+
+func clusterInitCmd(environ []string) *cobra.Command {
+	return withConfig(&cobra.Command{
+		Use:   "init",
+		Short: "Prepare the first node's new data directory: the platform CA and the cluster credential",
+		Args:  cobra.NoArgs,
+	}, environ, func(cmd *cobra.Command, cfg config.Config) error {
 		if err := app.InitCluster(cfg); err != nil {
 			return err
 		}
 		fmt.Fprintf(cmd.OutOrStdout(), "%s is the first node of cluster %s: make a join token for the others with penstock cluster join-token\n", cfg.DataDir, cfg.Cluster.Name)
 		return nil
-	}
-	return cmd
+	})
 }
 
 func clusterJoinTokenCmd(environ []string) *cobra.Command {
-	cmd := &cobra.Command{
+	return withConfig(&cobra.Command{
 		Use:   "join-token",
 		Short: "Print a token that lets a new node join this node's cluster (the platform CA and the cluster credential, sealed under the master key)",
 		Args:  cobra.NoArgs,
-	}
-	keys := configFlags(cmd.Flags())
-	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		cfg, err := loadConfig(cmd.Flags(), keys, environ)
-		if err != nil {
-			printConfigErrors(cmd.ErrOrStderr(), err)
-			return exitError{code: 2}
-		}
+	}, environ, func(cmd *cobra.Command, cfg config.Config) error {
 		tok, err := app.JoinToken(cmd.Context(), cfg)
 		if err != nil {
 			return err
 		}
 		fmt.Fprintln(cmd.OutOrStdout(), tok)
 		return nil
-	}
-	return cmd
+	})
 }
 
 func clusterJoinCmd(environ []string) *cobra.Command {

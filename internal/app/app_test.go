@@ -223,6 +223,26 @@ func TestHealthReadyAndMetrics(t *testing.T) {
 	}
 }
 
+// Profiles are served on the metrics listener only when metrics.pprof asks for them.
+func TestProfilesOnlyWhenAsked(t *testing.T) {
+	for _, on := range []bool{false, true} {
+		ta := startApp(t, func(c *config.Config) { c.Metrics.Pprof = on })
+		resp, err := http.Get("http://" + ta.MetricsAddr() + "/debug/pprof/heap?debug=1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		served := resp.StatusCode == 200 && strings.Contains(string(b), "heap profile")
+		if served != on {
+			t.Errorf("metrics.pprof %v: /debug/pprof/heap = %d (profile served: %v)", on, resp.StatusCode, served)
+		}
+		if status, _ := get(t, ta.client("", nil), ta.url("/debug/pprof/heap")); status != 404 {
+			t.Errorf("profiles on the API listener = %d, want 404", status)
+		}
+	}
+}
+
 func TestMetricsOffByDefault(t *testing.T) {
 	ta := startApp(t, func(c *config.Config) { c.Metrics.Listen = "" })
 	if ta.MetricsAddr() != "" {

@@ -213,6 +213,9 @@ type Limits struct {
 type Metrics struct {
 	// Listen is the host:port serving /metrics over plain HTTP; empty means off.
 	Listen string `koanf:"listen"`
+	// Pprof also serves Go's runtime profiles (/debug/pprof/) on that listener, for measuring
+	// what memory and CPU go to. Off by default; the listener has no authentication.
+	Pprof bool `koanf:"pprof"`
 }
 
 // Engine selects the NATS JetStream engine: embedded in this process (the default, when

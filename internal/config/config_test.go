@@ -176,6 +176,11 @@ engine: {sync_interval: sometimes, replicas: 9}
 			want: map[string]string{"metrics.listen": "must differ from api.listen"},
 		},
 		{
+			name: "profiles without the metrics listener",
+			file: "metrics: {pprof: true}\n",
+			want: map[string]string{"metrics.pprof": "needs metrics.listen"},
+		},
+		{
 			name: "external engine options",
 			file: "engine:\n  nats_url: http://user:pw@host\n  nats_user: svc\n  client_listen: 127.0.0.1:4223\n",
 			want: map[string]string{

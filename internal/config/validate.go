@@ -86,6 +86,8 @@ func (c Config) validate() FieldErrors {
 		if c.Metrics.Listen == c.API.Listen && !strings.HasSuffix(c.API.Listen, ":0") {
 			v.add("metrics.listen", "must differ from api.listen: metrics are never served on the API listener")
 		}
+	} else if c.Metrics.Pprof {
+		v.add("metrics.pprof", "needs metrics.listen: profiles are served on the metrics listener")
 	}
 	c.Engine.validate(&v)
 	c.validateCluster(&v)

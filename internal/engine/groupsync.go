@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // groupSync makes what the embedded engine has written durable for many writers at once.
@@ -17,8 +18,14 @@ import (
 // syncfs: while one runs, the callers arriving gather for the next. A failed syncfs is final:
 // the kernel may have dropped the pages it could not write, so no later sync can promise them,
 // and every Sync from then on fails.
+//
+// What no writer waits for (a native client's acknowledgements, MQTT sessions, the engine's
+// own state files) is made durable by the same loop within a second: a second without a sync
+// ends with one. One syncfs a second covers every stream, where the engine's own timer would
+// open and sync each stream's files: with thousands of streams that timer alone costs a core.
 type groupSync struct {
 	log    *slog.Logger
+	every  time.Duration
 	syncfs func() error
 	close  func() error
 	reqs   chan chan error
@@ -34,11 +41,12 @@ func newGroupSync(dir string, log *slog.Logger) (*groupSync, error) {
 	if err != nil {
 		return nil, err
 	}
-	return startGroupSync(syncfs, closeFn, log), nil
+	return startGroupSync(syncfs, closeFn, time.Second, log), nil
 }
 
-func startGroupSync(syncfs, closeFn func() error, log *slog.Logger) *groupSync {
-	g := &groupSync{log: log, syncfs: syncfs, close: closeFn, reqs: make(chan chan error, 4096),
+// startGroupSync starts the loop; every is the longest time without a sync.
+func startGroupSync(syncfs, closeFn func() error, every time.Duration, log *slog.Logger) *groupSync {
+	g := &groupSync{log: log, every: every, syncfs: syncfs, close: closeFn, reqs: make(chan chan error, 4096),
 		stop: make(chan struct{}), done: make(chan struct{})}
 	go g.loop()
 	return g
@@ -46,11 +54,22 @@ func startGroupSync(syncfs, closeFn func() error, log *slog.Logger) *groupSync {
 
 func (g *groupSync) loop() {
 	defer close(g.done)
+	tick := time.NewTicker(g.every)
+	defer tick.Stop()
+	last := g.syncs.Load()
 	for {
 		var group []chan error
 		select {
 		case r := <-g.reqs:
 			group = append(group, r)
+		case <-tick.C:
+			if n := g.syncs.Load(); n != last {
+				last = n // writers synced during the second
+				continue
+			}
+			_ = g.run()
+			last = g.syncs.Load()
+			continue
 		case <-g.stop:
 			return
 		}

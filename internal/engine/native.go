@@ -288,10 +288,39 @@ func (em *embedded) setLimits(name string, l AccountLimits) error {
 		return nil
 	}
 	acc, _ := em.ns.LookupOrRegisterAccount(name)
-	if err := applyLimits(em.ns, acc, l); err != nil {
+	apply := applyLimits
+	if l.Connections == 0 && l.Subscriptions == 0 && l.Payload == 0 {
+		apply = applyStorageLimit
+	}
+	if err := apply(em.ns, acc, l); err != nil {
 		return err
 	}
 	a.wired["limits|"+name] = true
+	return nil
+}
+
+// applyStorageLimit gives an account the limits of applyLimits when only its storage is
+// limited (a tenant-environment's account, which only Penstock connects to), through its
+// JetStream limits. Claims would do the same, but every claims update walks every account of
+// the server: with 10,000 tenant-environments, that made creating one, and starting, slow
+// in proportion to how many there are.
+func applyStorageLimit(_ *server.Server, acc *server.Account, l AccountLimits) error {
+	store := int64(-1)
+	if l.Storage > 0 {
+		store = l.Storage
+	}
+	// No memory storage, as the claims' MemoryStorage 0: tenants' streams are on disk.
+	limits := map[string]server.JetStreamAccountLimits{"": {MaxMemory: 0, MaxStore: store, MaxStreams: -1, MaxConsumers: -1,
+		MaxAckPending: -1, MemoryMaxStreamBytes: -1, StoreMaxStreamBytes: -1}}
+	var err error
+	if acc.JetStreamEnabled() {
+		err = acc.UpdateJetStreamLimits(limits)
+	} else {
+		err = acc.EnableJetStream(limits, nil)
+	}
+	if err != nil {
+		return fmt.Errorf("account %q: jetstream limits: %w", acc.GetName(), err)
+	}
 	return nil
 }
 

@@ -1,6 +1,7 @@
 package fabric
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -151,9 +152,13 @@ func (s *Service) CreateExchange(ctx context.Context, r Ref, t ExchangeType) (Ex
 	if err != nil {
 		return Exchange{}, err
 	}
+	kv, err := s.bindingsOf(ctx, ta, true)
+	if err != nil {
+		return Exchange{}, err
+	}
 	x := Exchange{Name: r.Name, Type: t, Bindings: []QueueBinding{}}
 	b, _ := json.Marshal(x)
-	rev, err := ta.bindings.Create(ctx, exchangeKey(r.Application, r.Name), b)
+	rev, err := kv.Create(ctx, exchangeKey(r.Application, r.Name), b)
 	if errors.Is(err, jetstream.ErrKeyExists) {
 		return Exchange{}, fmt.Errorf("exchange %s: %w", r.Name, ErrExists)
 	}
@@ -181,7 +186,7 @@ func (s *Service) CreateExchange(ctx context.Context, r Ref, t ExchangeType) (Ex
 		})
 	}
 	if err != nil {
-		_ = ta.bindings.Delete(ctx, exchangeKey(r.Application, r.Name))
+		_ = kv.Delete(ctx, exchangeKey(r.Application, r.Name))
 		_ = js.DeleteStream(ctx, r.exchangeStream())
 		return Exchange{}, jsErr(err, "create exchange")
 	}
@@ -208,7 +213,14 @@ func (s *Service) GetExchange(ctx context.Context, r Ref) (Exchange, error) {
 }
 
 func (s *Service) readExchange(ctx context.Context, ta *tenantAccount, r Ref) (Exchange, error) {
-	e, err := ta.bindings.Get(ctx, exchangeKey(r.Application, r.Name))
+	kv, err := s.bindingsOf(ctx, ta, false)
+	if err != nil {
+		return Exchange{}, err
+	}
+	if kv == nil {
+		return Exchange{}, fmt.Errorf("exchange %s: %w", r.Name, ErrNotFound)
+	}
+	e, err := kv.Get(ctx, exchangeKey(r.Application, r.Name))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return Exchange{}, fmt.Errorf("exchange %s: %w", r.Name, ErrNotFound)
 	}
@@ -299,7 +311,11 @@ func (s *Service) updateBindings(ctx context.Context, r Ref, b QueueBinding, add
 		}
 		change(&x)
 		raw, _ := json.Marshal(x)
-		rev, err := ta.bindings.Update(ctx, exchangeKey(r.Application, r.Name), raw, x.Revision)
+		kv, err := s.bindingsOf(ctx, ta, false) // readExchange found it: not nil
+		if err != nil {
+			return Exchange{}, err
+		}
+		rev, err := kv.Update(ctx, exchangeKey(r.Application, r.Name), raw, x.Revision)
 		if errors.Is(err, jetstream.ErrKeyExists) {
 			continue // changed meanwhile: read again
 		}
@@ -356,16 +372,52 @@ func (s *Service) DeleteExchange(ctx context.Context, r Ref) error {
 	// committer outlives the exchange.
 	err = ta.acc.JetStream().DeleteStream(ctx, r.exchangeStream())
 	s.dropCommitter(ta, r.exchangeStream())
-	if derr := ta.bindings.Delete(ctx, exchangeKey(r.Application, r.Name)); derr != nil && err == nil {
-		err = derr
+	if kv, kerr := s.bindingsOf(ctx, ta, false); kerr != nil {
+		err = cmp.Or(err, kerr)
+	} else if kv != nil {
+		if derr := kv.Delete(ctx, exchangeKey(r.Application, r.Name)); derr != nil && err == nil {
+			err = derr
+		}
 	}
 	return jsErr(err, "exchange "+r.Name)
 }
 
+// bindingsOf returns a tenant-environment's exchanges bucket, taking it up (loadExchanges)
+// the first time. The bucket is created with the first exchange (create): a tenant-environment
+// without exchanges has none, which spares each of them a stream, a watch and its heartbeats.
+// Without create, a missing bucket is nil and no error. A bucket another node created is
+// taken up when this node is asked about an exchange, or at its tenant-environment's next
+// dead-letter sweep (sweepDead), which starts its routers here too.
+func (s *Service) bindingsOf(ctx context.Context, ta *tenantAccount, create bool) (jetstream.KeyValue, error) {
+	ta.kvMu.Lock()
+	defer ta.kvMu.Unlock()
+	if ta.bindings != nil {
+		return ta.bindings, nil
+	}
+	var kv jetstream.KeyValue
+	var err error
+	if create {
+		kv, err = ta.acc.KeyValue(ctx, jetstream.KeyValueConfig{Bucket: bindingsBucket, Description: "exchanges and their bindings", History: 1})
+	} else if kv, err = ta.acc.JetStream().KeyValue(ctx, bindingsBucket); errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("exchanges bucket: %w", err)
+	}
+	if err := s.loadExchanges(ctx, ta, kv); err != nil {
+		return nil, err
+	}
+	ta.bindings = kv
+	return kv, nil
+}
+
+// bindingsBucket is the key-value bucket of a tenant-environment's exchanges.
+const bindingsBucket = "penstock_fabric"
+
 // loadExchanges starts the router of every exchange in an account and keeps the bindings
 // current as other nodes change them.
-func (s *Service) loadExchanges(ctx context.Context, ta *tenantAccount) error {
-	w, err := ta.bindings.WatchAll(ta.ctx)
+func (s *Service) loadExchanges(ctx context.Context, ta *tenantAccount, kv jetstream.KeyValue) error {
+	w, err := kv.WatchAll(ta.ctx)
 	if err != nil {
 		return fmt.Errorf("watch bindings: %w", err)
 	}
@@ -496,10 +548,6 @@ func (s *Service) startRouter(ta *tenantAccount, r Ref) error {
 		return jsErr(err, "exchange router "+r.Name)
 	}
 	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		<-ctx.Done()
-		cc.Stop()
-	}()
+	context.AfterFunc(ctx, func() { cc.Stop(); s.wg.Done() })
 	return nil
 }

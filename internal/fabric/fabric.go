@@ -157,12 +157,12 @@ type tenantAccount struct {
 	cancel      context.CancelFunc
 	tenant, env string
 	acc         *engine.Account
-	ingest      *nats.Subscription // native queue publishes (ingest.go)
-	ingestX     *nats.Subscription // native exchange publishes (ingest.go)
+	ingest      *nats.Subscription // native queue and exchange publishes (ingest.go)
 	lookups     *rate.Limiter      // engine lookups of queues the ingest has not seen yet
-	bindings    jetstream.KeyValue
-	limiter     *rate.Limiter // messages per second
-	bytes       *rate.Limiter // bytes per second
+	kvMu        sync.Mutex
+	bindings    jetstream.KeyValue // nil until the tenant-environment has an exchange (bindingsOf)
+	limiter     *rate.Limiter      // messages per second
+	bytes       *rate.Limiter      // bytes per second
 	routers     map[string]context.CancelFunc
 
 	mu        sync.RWMutex
@@ -170,6 +170,8 @@ type tenantAccount struct {
 	consumers map[string]jetstream.Consumer // queue stream -> its consumer handle
 	missing   map[string]time.Time          // queue streams the engine said are not there, until
 	lastQuota time.Time
+	// swept is when the dead-letter sweep last finished here (only sweepDeadLetters uses it).
+	swept time.Time
 }
 
 // Open starts the fabric: it resumes routing and dead-lettering in every tenant account the
@@ -199,6 +201,8 @@ func Open(ctx context.Context, o Options) (*Service, error) {
 			}
 		}
 	}
+	s.wg.Add(1)
+	go s.sweepDeadLetters()
 	if o.Engine.Embedded() {
 		o.Engine.SetNativeAuth(s.authNative)
 		s.wg.Add(1)
@@ -262,14 +266,8 @@ func (s *Service) account(ctx context.Context, tenant, env string) (*tenantAccou
 	if err != nil {
 		return nil, err
 	}
-	kv, err := acc.KeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket: "penstock_fabric", Description: "exchanges and their bindings", History: 1,
-	})
-	if err != nil {
-		return nil, err
-	}
 	tctx, cancel := context.WithCancel(s.ctx)
-	ta = &tenantAccount{ctx: tctx, cancel: cancel, tenant: tenant, env: env, acc: acc, bindings: kv, routers: map[string]context.CancelFunc{}, exchanges: map[string]Exchange{},
+	ta = &tenantAccount{ctx: tctx, cancel: cancel, tenant: tenant, env: env, acc: acc, routers: map[string]context.CancelFunc{}, exchanges: map[string]Exchange{},
 		consumers: map[string]jetstream.Consumer{}}
 	ta.lookups = rate.NewLimiter(ingestLookups, ingestLookups)
 	if s.cfg.PublishRate > 0 {
@@ -282,7 +280,7 @@ func (s *Service) account(ctx context.Context, tenant, env string) (*tenantAccou
 		cancel()
 		return nil, err
 	}
-	if err := s.loadExchanges(ctx, ta); err != nil {
+	if _, err := s.bindingsOf(ctx, ta, false); err != nil {
 		cancel()
 		return nil, err
 	}

@@ -1,6 +1,7 @@
 package fabric
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"strings"
@@ -51,26 +52,18 @@ func (s *Service) startIngest(ta *tenantAccount) error {
 	}
 	// A queue group: in a cluster every node takes native publishes, each publish once (the
 	// engine hands a message to the group's member on the client's own node first).
-	sub, err := ta.acc.Conn().QueueSubscribe(ingestPrefix+"*.q.*", ingestGroup, func(m *nats.Msg) { s.ingest(ta, m) })
+	// One subscription for queues (app.q.name) and exchanges (app.x.name.key): each costs the
+	// tenant-environment a goroutine, and a node holds thousands of them.
+	sub, err := ta.acc.Conn().QueueSubscribe(ingestPrefix+"*.*.>", ingestGroup, func(m *nats.Msg) { s.ingest(ta, m) })
 	if err != nil {
 		return err
 	}
-	xsub, err := ta.acc.Conn().QueueSubscribe(ingestPrefix+"*.x.>", ingestGroup, func(m *nats.Msg) { s.ingest(ta, m) })
-	if err != nil {
-		_ = sub.Unsubscribe()
-		return err
-	}
-	_ = xsub.SetPendingLimits(1<<16, 256<<20)
-	ta.ingestX = xsub
 	// A publish waits here only while its queue's committer is full and the client asked for
 	// no answer (MQTT, core NATS); past this the connection drops messages (a request then
 	// times out, and a retry with its message id is idempotent).
 	_ = sub.SetPendingLimits(1<<16, 256<<20)
 	ta.ingest = sub
-	go func() {
-		<-ta.ctx.Done()
-		ta.stopIngest()
-	}()
+	context.AfterFunc(ta.ctx, ta.stopIngest)
 	return nil
 }
 
@@ -80,9 +73,6 @@ func (s *Service) startIngest(ta *tenantAccount) error {
 func (ta *tenantAccount) stopIngest() {
 	if ta.ingest != nil {
 		_ = ta.ingest.Unsubscribe()
-	}
-	if ta.ingestX != nil {
-		_ = ta.ingestX.Unsubscribe()
 	}
 }
 

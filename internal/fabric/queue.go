@@ -294,14 +294,22 @@ func (s *Service) DeleteApplication(ctx context.Context, app Ref) error {
 			return err
 		}
 	}
-	if keys, err := ta.bindings.ListKeysFiltered(ctx, exchangeKey(app.Application, "*")); err == nil {
-		for k := range keys.Keys() {
-			if err := ta.bindings.Delete(ctx, k); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
-				return fmt.Errorf("delete exchange record: %w", err)
+	kv, err := s.bindingsOf(ctx, ta, false)
+	if err != nil {
+		return err
+	}
+	if kv != nil { // else no exchange was ever created here: no records
+		keys, err := kv.ListKeysFiltered(ctx, exchangeKey(app.Application, "*"))
+		if err != nil && !errors.Is(err, jetstream.ErrNoKeysFound) {
+			return fmt.Errorf("list exchange records: %w", err)
+		}
+		if err == nil {
+			for k := range keys.Keys() {
+				if err := kv.Delete(ctx, k); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+					return fmt.Errorf("delete exchange record: %w", err)
+				}
 			}
 		}
-	} else if !errors.Is(err, jetstream.ErrNoKeysFound) {
-		return fmt.Errorf("list exchange records: %w", err)
 	}
 	for _, kind := range []string{"Q", "D"} {
 		for _, n := range streamsOf(ctx, ta, kind, app.Application) {

@@ -1,0 +1,730 @@
+// Command scale measures one Penstock node holding many tenant-environments, each with its
+// engine account, a queue and an API key, beside a plain nats-server holding as many accounts
+// with a stream and a consumer each, measured in the same run: the time to create them, the
+// resident memory, goroutines and idle CPU with everything idle, the start-up time of a
+// restart, and (from the node's profiles) what grows with the count.
+//
+//	go run ./bench/scale -n 10000
+//
+// Both servers run as child processes, so that their figures do not include this program.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/pquerna/otp/totp"
+)
+
+var (
+	n        = flag.Int("n", 10000, "tenant-environments to create")
+	workers  = flag.Int("workers", 8, "concurrent creators")
+	idle     = flag.Duration("idle", time.Minute, "how long idle CPU is measured")
+	settle   = flag.Duration("settle", 20*time.Second, "wait after creating, before measuring idle")
+	binary   = flag.String("binary", "", "the penstock binary (default: built from ./cmd/penstock)")
+	outDir   = flag.String("out", "", "keep the node's heap and goroutine profiles here")
+	skipPeer = flag.Bool("skip-peer", false, "leave out the plain nats-server")
+	peerDir  = flag.String("peer-serve", "", "internal: run the peer nats-server on this store")
+	peerN    = flag.Int("peer-accounts", 0, "internal: the peer's account count")
+)
+
+func main() {
+	flag.Parse()
+	if *peerDir != "" {
+		peerServe(*peerDir, *peerN)
+		return
+	}
+	bin := *binary
+	if bin == "" {
+		tmp, err := os.MkdirTemp("", "bench-scale-bin")
+		if err != nil {
+			log.Fatal(err)
+		}
+		defer os.RemoveAll(tmp)
+		bin = filepath.Join(tmp, "penstock")
+		if out, err := exec.Command("go", "build", "-o", bin, "./cmd/penstock").CombinedOutput(); err != nil {
+			log.Fatalf("go build: %v\n%s", err, out)
+		}
+	}
+	marks := checkpoints(*n)
+	fmt.Printf("bench/scale: %d tenant-environments (account, queue, API key each), %d creators\n\n", *n, *workers)
+	p := penstockRun(bin, marks)
+	var q runFigures
+	if !*skipPeer {
+		q = peerRun(marks)
+	}
+	fmt.Printf("\n%-44s %16s %16s\n", "", "Penstock", "nats-server")
+	row := func(label string, a, b string) { fmt.Printf("%-44s %16s %16s\n", label, a, b) }
+	row("create all, s", secs(p.create), secs(q.create))
+	row("created per second", perSec(*n, p.create), perSec(*n, q.create))
+	row("RSS idle, MiB", mib(p.rss), mib(q.rss))
+	row("RSS per tenant-environment, KiB", kib((p.rss-p.rss0)/int64(*n)), kib((q.rss-q.rss0)/int64(*n)))
+	row("idle CPU, % of one core", pct(p.idleCPU), pct(q.idleCPU))
+	row("goroutines", strconv.Itoa(p.goroutines), "-")
+	row("threads", strconv.Itoa(p.threads), strconv.Itoa(q.threads))
+	row("open files", strconv.Itoa(p.fds), strconv.Itoa(q.fds))
+	row("start-up after restart, s", secs(p.startup), secs(q.startup))
+	row("RSS after restart, MiB", mib(p.rssRestart), mib(q.rssRestart))
+	row("store on disk, MiB", mib(p.disk), mib(q.disk))
+	if q.rss > 0 {
+		fmt.Printf("\nratios Penstock / nats-server: RSS %.2f, create time %.2f, start-up %.2f\n",
+			float64(p.rss)/float64(q.rss), p.create.Seconds()/q.create.Seconds(), p.startup.Seconds()/q.startup.Seconds())
+	}
+	fmt.Printf("goals: RSS < 2 GiB: %v; idle CPU < 5 %%: %v\n", p.rss < 2<<30, p.idleCPU < 5)
+}
+
+// checkpoints are the counts at which the growth is sampled.
+func checkpoints(n int) []int {
+	var out []int
+	for _, m := range []int{100, 1000, 2500, 5000, 10000, 20000} {
+		if m < n {
+			out = append(out, m)
+		}
+	}
+	return append(out, n)
+}
+
+type runFigures struct {
+	create, startup             time.Duration
+	rss0, rss, rssRestart, disk int64
+	idleCPU                     float64
+	goroutines, threads, fds    int
+}
+
+// child is a server process: its standard error is scanned for the line that says it serves.
+type child struct {
+	cmd    *exec.Cmd
+	stdout *bytes.Buffer
+	mu     sync.Mutex
+	ready  chan map[string]any
+	exited chan error
+}
+
+func startChild(cmd *exec.Cmd, readyLine func(line []byte) (map[string]any, bool)) (*child, error) {
+	c := &child{cmd: cmd, stdout: &bytes.Buffer{}, ready: make(chan map[string]any, 1), exited: make(chan error, 1)}
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		return nil, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		buf := make([]byte, 4096)
+		for {
+			k, err := stdout.Read(buf)
+			c.mu.Lock()
+			c.stdout.Write(buf[:k])
+			c.mu.Unlock()
+			if err != nil {
+				return
+			}
+		}
+	})
+	wg.Go(func() {
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			if rec, ok := readyLine(sc.Bytes()); ok {
+				c.ready <- rec
+			}
+		}
+	})
+	go func() { wg.Wait(); c.exited <- cmd.Wait() }()
+	return c, nil
+}
+
+func (c *child) waitReady(d time.Duration) map[string]any {
+	select {
+	case rec := <-c.ready:
+		return rec
+	case err := <-c.exited:
+		log.Fatalf("%s exited before serving: %v", c.cmd.Path, err)
+	case <-time.After(d):
+		log.Fatalf("%s not serving after %v", c.cmd.Path, d)
+	}
+	return nil
+}
+
+func (c *child) stop() {
+	c.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-c.exited:
+	case <-time.After(2 * time.Minute):
+		c.cmd.Process.Kill()
+		<-c.exited
+	}
+}
+
+// procStats reads a process's resident memory, threads, open files and CPU ticks.
+type procStats struct {
+	rss          int64
+	threads, fds int
+	cpu          time.Duration
+}
+
+func statsOf(pid int) procStats {
+	var s procStats
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 2 && f[0] == "VmRSS:" {
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			s.rss = kb << 10
+		}
+		if len(f) >= 2 && f[0] == "Threads:" {
+			s.threads, _ = strconv.Atoi(f[1])
+		}
+	}
+	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	s.fds = len(fds)
+	b, _ = os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if i := bytes.LastIndexByte(b, ')'); i > 0 {
+		f := strings.Fields(string(b[i+1:]))
+		// utime and stime are fields 14 and 15 of stat, 12 and 13 after the command name.
+		ut, _ := strconv.ParseInt(f[11], 10, 64)
+		st, _ := strconv.ParseInt(f[12], 10, 64)
+		s.cpu = time.Duration(ut+st) * 10 * time.Millisecond // USER_HZ is 100 on Linux
+	}
+	return s
+}
+
+// idleCPU is the process's CPU use over d, in percent of one core.
+func idleCPU(pid int, d time.Duration) float64 {
+	a := statsOf(pid).cpu
+	time.Sleep(d)
+	return float64(statsOf(pid).cpu-a) / float64(d) * 100
+}
+
+func dirSize(dir string) int64 {
+	var n int64
+	filepath.Walk(dir, func(_ string, fi os.FileInfo, err error) error {
+		if err == nil && !fi.IsDir() {
+			n += fi.Size()
+		}
+		return nil
+	})
+	return n
+}
+
+// penstock is a running `penstock serve` and an administrator's session on it.
+type penstock struct {
+	bin, dir, home string
+	env            []string
+	c              *child
+	api, metrics   string
+	client         *http.Client
+	token          string
+}
+
+func (p *penstock) start() time.Duration {
+	t0 := time.Now()
+	cmd := exec.Command(p.bin, "serve", "--data-dir", p.dir, "--listen", "127.0.0.1:0")
+	cmd.Env = append(os.Environ(), p.env...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // never outlives the bench
+	c, err := startChild(cmd, func(line []byte) (map[string]any, bool) {
+		var rec map[string]any
+		return rec, json.Unmarshal(line, &rec) == nil && rec["msg"] == "serving"
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	rec := c.waitReady(30 * time.Minute)
+	took := time.Since(t0)
+	p.c, p.api = c, rec["api"].(string)
+	p.metrics, _ = rec["metrics"].(string)
+	if p.client == nil {
+		pool := x509.NewCertPool()
+		pem, err := os.ReadFile(filepath.Join(p.dir, "tls", "ca.crt"))
+		if err != nil {
+			log.Fatal(err)
+		}
+		pool.AppendCertsFromPEM(pem)
+		p.client = &http.Client{Timeout: 2 * time.Minute, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool},
+			MaxIdleConnsPerHost: 64}}
+	}
+	return took
+}
+
+func (p *penstock) cli(stdin string, args ...string) string {
+	cmd := exec.Command(p.bin, append(args, "--server", p.api, "--data-dir", p.dir)...)
+	cmd.Stdin = strings.NewReader(stdin)
+	cmd.Env = append(os.Environ(), "HOME="+p.home, "XDG_CONFIG_HOME="+p.home)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		log.Fatalf("penstock %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// login does the first administrator's login as docs/access.md says: the one-time password,
+// a new password, a second factor.
+func (p *penstock) login() {
+	var pw string
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		p.c.mu.Lock()
+		out := p.c.stdout.String()
+		p.c.mu.Unlock()
+		if _, after, ok := strings.Cut(out, "one-time password:"); ok && len(strings.Fields(after)) > 0 {
+			pw = strings.Fields(after)[0]
+			break
+		}
+		if time.Now().After(deadline) {
+			log.Fatal("no one-time password printed")
+		}
+	}
+	p.cliAllowFail(pw+"\n", "login", "--user", "admin")
+	p.cli(pw+"\nScale-Bench-Pw-9\n", "password")
+	out := p.cli("", "mfa", "enrol")
+	_, after, _ := strings.Cut(out, "type the secret: ")
+	code, err := totp.GenerateCode(strings.Fields(after)[0], time.Now())
+	if err != nil {
+		log.Fatal(err)
+	}
+	p.cli("", "mfa", "verify", code)
+	b, err := os.ReadFile(filepath.Join(p.home, "penstock", "session.json"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	var s struct{ Token string }
+	if err := json.Unmarshal(b, &s); err != nil {
+		log.Fatal(err)
+	}
+	p.token = s.Token
+}
+
+// cliAllowFail runs a command whose exit status is not the point (a first login succeeds but
+// says the password must change).
+func (p *penstock) cliAllowFail(stdin string, args ...string) {
+	cmd := exec.Command(p.bin, append(args, "--server", p.api, "--data-dir", p.dir)...)
+	cmd.Stdin = strings.NewReader(stdin)
+	cmd.Env = append(os.Environ(), "HOME="+p.home, "XDG_CONFIG_HOME="+p.home)
+	cmd.Run()
+}
+
+func (p *penstock) post(bearer, path string, body any) ([]byte, error) {
+	b, _ := json.Marshal(body)
+	for try := 0; ; try++ {
+		req, _ := http.NewRequest("POST", p.api+path, bytes.NewReader(b))
+		req.Header.Set("Authorization", "Bearer "+bearer)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := p.client.Do(req)
+		if err != nil {
+			return nil, err
+		}
+		out, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode == 429 && try < 50 {
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		if resp.StatusCode >= 300 {
+			return nil, fmt.Errorf("POST %s: %d %s", path, resp.StatusCode, out)
+		}
+		return out, nil
+	}
+}
+
+func (p *penstock) scrape() map[string]float64 {
+	out := map[string]float64{}
+	if p.metrics == "" {
+		return out
+	}
+	resp, err := http.Get("http://" + p.metrics + "/metrics")
+	if err != nil {
+		return out
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) == 2 && !strings.HasPrefix(f[0], "#") {
+			v, _ := strconv.ParseFloat(f[1], 64)
+			out[f[0]] = v
+		}
+	}
+	return out
+}
+
+// createOne makes tenant t<i> with application shop in production, queue jobs and a
+// developer key for it, and returns the key.
+func (p *penstock) createOne(i int) (string, error) {
+	t := tenantName(i)
+	app := "/v1/tenants/" + t + "/environments/production/applications"
+	if _, err := p.post(p.token, "/v1/tenants", map[string]string{"name": t}); err != nil {
+		return "", err
+	}
+	if _, err := p.post(p.token, app, map[string]string{"name": "shop"}); err != nil {
+		return "", err
+	}
+	if _, err := p.post(p.token, app+"/shop/queues", map[string]string{"name": "jobs"}); err != nil {
+		return "", err
+	}
+	out, err := p.post(p.token, "/v1/apikeys", map[string]string{"role": "developer", "scope": t + "/production/shop", "name": "bench"})
+	if err != nil {
+		return "", err
+	}
+	var k struct{ Key string }
+	return k.Key, json.Unmarshal(out, &k)
+}
+
+func tenantName(i int) string { return fmt.Sprintf("t%05d", i) }
+
+// roundTrip publishes one message to tenant i's queue with its key and consumes it.
+func (p *penstock) roundTrip(i int, key string) error {
+	q := "/v1/tenants/" + tenantName(i) + "/environments/production/applications/shop/queues/jobs"
+	if _, err := p.post(key, q+"/messages", map[string]any{"messages": []map[string]string{{"data": "ping " + tenantName(i)}}}); err != nil {
+		return err
+	}
+	out, err := p.post(key, q+"/consume", map[string]any{"max": 1, "wait_ms": 5000})
+	if err != nil {
+		return err
+	}
+	if !strings.Contains(string(out), "ping "+tenantName(i)) {
+		return fmt.Errorf("tenant %s consumed %s", tenantName(i), out)
+	}
+	return nil
+}
+
+// parallel runs fn for 0..n-1 on the creators, calling at(k, elapsed) as each checkpoint's
+// count is reached.
+func parallel(n int, marks []int, fn func(i int) error, at func(k int, elapsed time.Duration)) time.Duration {
+	var next, done atomic.Int64
+	t0 := time.Now()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	mi := 0
+	for range *workers {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				if err := fn(i); err != nil {
+					log.Fatalf("tenant-environment %d: %v", i, err)
+				}
+				d := int(done.Add(1))
+				mu.Lock()
+				for mi < len(marks) && d >= marks[mi] {
+					at(marks[mi], time.Since(t0))
+					mi++
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return time.Since(t0)
+}
+
+func penstockRun(bin string, marks []int) runFigures {
+	dir, _ := os.MkdirTemp("", "bench-scale-penstock")
+	home, _ := os.MkdirTemp("", "bench-scale-home")
+	defer os.RemoveAll(dir)
+	defer os.RemoveAll(home)
+	p := &penstock{bin: bin, dir: dir, home: home, env: []string{
+		"PENSTOCK_METRICS_LISTEN=127.0.0.1:0", "PENSTOCK_METRICS_PPROF=true",
+		"PENSTOCK_FABRIC_NATS_LISTEN=127.0.0.1:0",
+		"PENSTOCK_API_LIMITS_REQUEST_RATE=1000000", "PENSTOCK_API_LIMITS_REQUEST_BURST=1000000",
+		"PENSTOCK_API_LIMITS_CONN_RATE=1000000", "PENSTOCK_API_LIMITS_CONN_BURST=1000000",
+	}}
+	var f runFigures
+	first := p.start()
+	p.login()
+	pid := p.c.cmd.Process.Pid
+	f.rss0 = statsOf(pid).rss
+	fmt.Printf("Penstock: first start %s, RSS %s MiB before any tenant\n", first.Round(time.Millisecond), mib(f.rss0))
+	fmt.Printf("%8s %10s %12s %10s %12s %10s %8s\n", "count", "elapsed", "created/s", "RSS MiB", "heap MiB", "goroutines", "files")
+	keys := make([]string, *n)
+	last, lastT := 0, time.Duration(0)
+	f.create = parallel(*n, marks, func(i int) error {
+		k, err := p.createOne(i)
+		keys[i] = k
+		return err
+	}, func(k int, el time.Duration) {
+		s := statsOf(pid)
+		m := p.scrape()
+		fmt.Printf("%8d %10s %12.1f %10s %12s %10.0f %8d\n", k, el.Round(time.Second), float64(k-last)/(el-lastT).Seconds(), mib(s.rss),
+			mib(int64(m["go_memstats_heap_inuse_bytes"])), m["go_goroutines"], s.fds)
+		last, lastT = k, el
+	})
+	sample := sampleOf(*n)
+	for _, i := range sample {
+		if err := p.roundTrip(i, keys[i]); err != nil {
+			log.Fatalf("after creating: %v", err)
+		}
+	}
+	time.Sleep(*settle)
+	f.idleCPU = idleCPU(pid, *idle)
+	s := statsOf(pid)
+	f.rss, f.threads, f.fds = s.rss, s.threads, s.fds
+	m := p.scrape()
+	f.goroutines = int(m["go_goroutines"])
+	fmt.Printf("idle: RSS %s MiB, heap in use %s MiB, %d goroutines, %d threads, %d open files, CPU %.2f %% of one core over %s\n",
+		mib(f.rss), mib(int64(m["go_memstats_heap_inuse_bytes"])), f.goroutines, f.threads, f.fds, f.idleCPU, *idle)
+	profiles(p)
+	p.c.stop()
+	f.disk = dirSize(dir)
+	f.startup = p.start()
+	pid = p.c.cmd.Process.Pid
+	for _, i := range sample {
+		if err := p.roundTrip(i, keys[i]); err != nil {
+			log.Fatalf("after the restart: %v", err)
+		}
+	}
+	time.Sleep(*settle)
+	f.rssRestart = statsOf(pid).rss
+	fmt.Printf("restart: serving after %s, RSS %s MiB after settling; sample of %d tenants publish and consume\n",
+		f.startup.Round(time.Millisecond), mib(f.rssRestart), len(sample))
+	p.c.stop()
+	return f
+}
+
+func sampleOf(n int) []int {
+	out := []int{0, n - 1}
+	for i := 1; i < 10; i++ {
+		out = append(out, i*n/10)
+	}
+	return out
+}
+
+// profiles prints what holds the node's memory and goroutines, and keeps the profiles.
+func profiles(p *penstock) {
+	get := func(path string) []byte {
+		resp, err := http.Get("http://" + p.metrics + path)
+		if err != nil {
+			log.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return b
+	}
+	heap := get("/debug/pprof/heap")
+	dir := *outDir
+	if dir == "" {
+		dir, _ = os.MkdirTemp("", "bench-scale-profiles")
+		defer os.RemoveAll(dir)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		log.Fatal(err)
+	}
+	hp := filepath.Join(dir, "heap.pb.gz")
+	os.WriteFile(hp, heap, 0o644)
+	os.WriteFile(filepath.Join(dir, "goroutine.txt"), get("/debug/pprof/goroutine?debug=1"), 0o644)
+	if out, err := exec.Command("go", "tool", "pprof", "-top", "-nodecount=15", "-sample_index=inuse_space", p.bin, hp).CombinedOutput(); err == nil {
+		fmt.Printf("\nheap in use, top 15 (go tool pprof -top %s):\n%s\n", hp, trimPprof(out))
+	}
+	cp := filepath.Join(dir, "cpu.pb.gz")
+	os.WriteFile(cp, get("/debug/pprof/profile?seconds=20"), 0o644)
+	if out, err := exec.Command("go", "tool", "pprof", "-top", "-cum", "-nodecount=25", p.bin, cp).CombinedOutput(); err == nil {
+		fmt.Printf("idle CPU over 20 s, top 25 by cumulative time (go tool pprof -top -cum %s):\n%s\n", cp, trimPprof(out))
+	}
+	fmt.Printf("goroutines by where they wait (top 10):\n")
+	for _, g := range goroutineGroups(get("/debug/pprof/goroutine?debug=1"), 10) {
+		fmt.Printf("%8d  %s\n", g.n, g.fn)
+	}
+	fmt.Println()
+}
+
+func trimPprof(out []byte) string {
+	lines := strings.Split(string(out), "\n")
+	for i, l := range lines {
+		if strings.Contains(l, "flat%") {
+			return strings.Join(lines[i:], "\n")
+		}
+	}
+	return string(out)
+}
+
+type group struct {
+	n  int
+	fn string
+}
+
+var frame = regexp.MustCompile(`^#\s+0x[0-9a-f]+\s+(\S+)`)
+
+// goroutineGroups sums a debug=1 goroutine profile by the first frame outside the runtime
+// and the standard library's synchronisation.
+func goroutineGroups(b []byte, top int) []group {
+	sums := map[string]int{}
+	var count int
+	var found bool
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[1] == "@" {
+			count, _ = strconv.Atoi(f[0])
+			found = false
+			continue
+		}
+		if m := frame.FindStringSubmatch(line); m != nil && !found {
+			fn := m[1]
+			if strings.HasPrefix(fn, "runtime.") || strings.HasPrefix(fn, "sync.") || strings.HasPrefix(fn, "internal/") ||
+				strings.HasPrefix(fn, "time.Sleep") {
+				continue
+			}
+			sums[fn] += count
+			found = true
+		}
+	}
+	var out []group
+	for fn, c := range sums {
+		out = append(out, group{c, fn})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].n > out[j].n })
+	return out[:min(top, len(out))]
+}
+
+// peerServe runs a plain nats-server with JetStream (fsync always, as Penstock's default) and
+// count accounts, each with a user, until SIGTERM.
+func peerServe(dir string, count int) {
+	var conf strings.Builder
+	fmt.Fprintf(&conf, "jetstream { store_dir: %q, sync_interval: always }\naccounts {\n", dir)
+	for i := range count {
+		fmt.Fprintf(&conf, "  A%05d { jetstream: enabled, users: [{user: u%05d, password: p}] }\n", i, i)
+	}
+	conf.WriteString("}\n")
+	opts := &server.Options{}
+	if err := opts.ProcessConfigString(conf.String()); err != nil {
+		log.Fatal(err)
+	}
+	opts.Host, opts.Port, opts.NoSigs, opts.NoLog = "127.0.0.1", -1, true, true
+	ns, err := server.NewServer(opts)
+	if err != nil {
+		log.Fatal(err)
+	}
+	ns.Start()
+	if !ns.ReadyForConnections(30 * time.Minute) {
+		log.Fatal("not ready")
+	}
+	fmt.Fprintf(os.Stderr, "ready %s\n", ns.ClientURL())
+	sig := make(chan os.Signal, 1)
+	signalNotify(sig)
+	<-sig
+	ns.Shutdown()
+	ns.WaitForShutdown()
+}
+
+func peerRun(marks []int) runFigures {
+	dir, _ := os.MkdirTemp("", "bench-scale-nats")
+	defer os.RemoveAll(dir)
+	self, err := os.Executable()
+	if err != nil {
+		log.Fatal(err)
+	}
+	var url string
+	start := func() (*child, time.Duration) {
+		t0 := time.Now()
+		cmd := exec.Command(self, "-peer-serve", dir, "-peer-accounts", strconv.Itoa(*n))
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		c, err := startChild(cmd, func(line []byte) (map[string]any, bool) {
+			u, ok := strings.CutPrefix(string(line), "ready ")
+			return map[string]any{"url": u}, ok
+		})
+		if err != nil {
+			log.Fatal(err)
+		}
+		url = c.waitReady(30 * time.Minute)["url"].(string)
+		return c, time.Since(t0)
+	}
+	c, first := start()
+	var f runFigures
+	pid := c.cmd.Process.Pid
+	f.rss0 = statsOf(pid).rss
+	fmt.Printf("\nnats-server: first start with %d accounts configured %s, RSS %s MiB before any stream\n", *n, first.Round(time.Millisecond), mib(f.rss0))
+	fmt.Printf("%8s %10s %12s %10s %8s\n", "count", "elapsed", "created/s", "RSS MiB", "files")
+	ctx := context.Background()
+	last, lastT := 0, time.Duration(0)
+	f.create = parallel(*n, marks, func(i int) error {
+		nc, err := nats.Connect(url, nats.UserInfo(fmt.Sprintf("u%05d", i), "p"))
+		if err != nil {
+			return err
+		}
+		defer nc.Close()
+		js, _ := jetstream.New(nc)
+		if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "Q", Subjects: []string{"q"}, Retention: jetstream.WorkQueuePolicy,
+			Storage: jetstream.FileStorage}); err != nil {
+			return err
+		}
+		_, err = js.CreateOrUpdateConsumer(ctx, "Q", jetstream.ConsumerConfig{Durable: "c", AckPolicy: jetstream.AckExplicitPolicy})
+		return err
+	}, func(k int, el time.Duration) {
+		s := statsOf(pid)
+		fmt.Printf("%8d %10s %12.1f %10s %8d\n", k, el.Round(time.Second), float64(k-last)/(el-lastT).Seconds(), mib(s.rss), s.fds)
+		last, lastT = k, el
+	})
+	time.Sleep(*settle)
+	f.idleCPU = idleCPU(pid, *idle)
+	s := statsOf(pid)
+	f.rss, f.threads, f.fds = s.rss, s.threads, s.fds
+	fmt.Printf("idle: RSS %s MiB, %d threads, %d open files, CPU %.2f %% of one core over %s\n", mib(f.rss), f.threads, f.fds, f.idleCPU, *idle)
+	c.stop()
+	f.disk = dirSize(dir)
+	c, f.startup = start()
+	time.Sleep(*settle)
+	f.rssRestart = statsOf(c.cmd.Process.Pid).rss
+	fmt.Printf("restart: ready after %s, RSS %s MiB after settling\n", f.startup.Round(time.Millisecond), mib(f.rssRestart))
+	c.stop()
+	return f
+}
+
+func secs(d time.Duration) string {
+	if d == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.1f", d.Seconds())
+}
+
+func perSec(n int, d time.Duration) string {
+	if d == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.1f", float64(n)/d.Seconds())
+}
+
+func mib(b int64) string {
+	if b == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.0f", float64(b)/(1<<20))
+}
+
+func kib(b int64) string {
+	if b <= 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.0f", float64(b)/(1<<10))
+}
+
+func pct(v float64) string { return fmt.Sprintf("%.2f", v) }
+
+func signalNotify(c chan os.Signal) { signal.Notify(c, syscall.SIGTERM, os.Interrupt) }

@@ -131,6 +131,8 @@ func main() {
 	inFlight = flag.Int("commits-in-flight", 0, "fabric.commits_in_flight for the HTTPS runs (default: the configuration default)")
 	groupSync = flag.Bool("group-sync", true, "engine.group_sync for Penstock's runs at sync always (false: the engine's fsync per write)")
 	clients := flag.Int("clients", 64, "closed-loop publishers (-only closed-loop)")
+	cluster := flag.Int("cluster", 0, "run the cluster figures instead: this many nodes (3) beside one, for 1 queue and for -cluster-queues queues")
+	clusterQueues := flag.Int("cluster-queues", 6, "-cluster: the second run spreads the load over this many queues")
 	flag.Parse()
 	if *loadFlag != "" {
 		loadMain(*loadFlag)
@@ -145,6 +147,15 @@ func main() {
 			log.Fatal(err)
 		}
 		defer pprof.StopCPUProfile()
+	}
+	if *cluster > 0 {
+		if *cluster < 2 {
+			log.Fatal("-cluster: at least 2 nodes")
+		}
+		if err := clusterRuns(*cluster, *n, 1024, []int{1, *clusterQueues}, *skipRabbit); err != nil {
+			log.Fatal(err)
+		}
+		return
 	}
 	if *only == "closed-loop" {
 		if err := closedLoop(*n, 1024, *clients, *skipRabbit); err != nil {

@@ -10,12 +10,7 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -37,7 +32,8 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/pquerna/otp/totp"
+
+	"github.com/penstock/penstock/bench/internal/proc"
 )
 
 var (
@@ -60,15 +56,12 @@ func main() {
 	}
 	bin := *binary
 	if bin == "" {
-		tmp, err := os.MkdirTemp("", "bench-scale-bin")
+		b, cleanup, err := proc.Build()
 		if err != nil {
 			log.Fatal(err)
 		}
-		defer os.RemoveAll(tmp)
-		bin = filepath.Join(tmp, "penstock")
-		if out, err := exec.Command("go", "build", "-o", bin, "./cmd/penstock").CombinedOutput(); err != nil {
-			log.Fatalf("go build: %v\n%s", err, out)
-		}
+		defer cleanup()
+		bin = b
 	}
 	marks := checkpoints(*n)
 	fmt.Printf("bench/scale: %d tenant-environments (account, queue, API key each), %d creators\n\n", *n, *workers)
@@ -115,114 +108,11 @@ type runFigures struct {
 	goroutines, threads, fds    int
 }
 
-// child is a server process: its standard error is scanned for the line that says it serves.
-type child struct {
-	cmd    *exec.Cmd
-	stdout *bytes.Buffer
-	mu     sync.Mutex
-	ready  chan map[string]any
-	exited chan error
-}
-
-func startChild(cmd *exec.Cmd, readyLine func(line []byte) (map[string]any, bool)) (*child, error) {
-	c := &child{cmd: cmd, stdout: &bytes.Buffer{}, ready: make(chan map[string]any, 1), exited: make(chan error, 1)}
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		return nil, err
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		buf := make([]byte, 4096)
-		for {
-			k, err := stdout.Read(buf)
-			c.mu.Lock()
-			c.stdout.Write(buf[:k])
-			c.mu.Unlock()
-			if err != nil {
-				return
-			}
-		}
-	})
-	wg.Go(func() {
-		sc := bufio.NewScanner(stderr)
-		sc.Buffer(make([]byte, 1<<20), 1<<20)
-		for sc.Scan() {
-			if rec, ok := readyLine(sc.Bytes()); ok {
-				c.ready <- rec
-			}
-		}
-	})
-	go func() { wg.Wait(); c.exited <- cmd.Wait() }()
-	return c, nil
-}
-
-func (c *child) waitReady(d time.Duration) map[string]any {
-	select {
-	case rec := <-c.ready:
-		return rec
-	case err := <-c.exited:
-		log.Fatalf("%s exited before serving: %v", c.cmd.Path, err)
-	case <-time.After(d):
-		log.Fatalf("%s not serving after %v", c.cmd.Path, d)
-	}
-	return nil
-}
-
-func (c *child) stop() {
-	c.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-c.exited:
-	case <-time.After(2 * time.Minute):
-		c.cmd.Process.Kill()
-		<-c.exited
-	}
-}
-
-// procStats reads a process's resident memory, threads, open files and CPU ticks.
-type procStats struct {
-	rss          int64
-	threads, fds int
-	cpu          time.Duration
-}
-
-func statsOf(pid int) procStats {
-	var s procStats
-	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) >= 2 && f[0] == "VmRSS:" {
-			kb, _ := strconv.ParseInt(f[1], 10, 64)
-			s.rss = kb << 10
-		}
-		if len(f) >= 2 && f[0] == "Threads:" {
-			s.threads, _ = strconv.Atoi(f[1])
-		}
-	}
-	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
-	s.fds = len(fds)
-	b, _ = os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if i := bytes.LastIndexByte(b, ')'); i > 0 {
-		f := strings.Fields(string(b[i+1:]))
-		// utime and stime are fields 14 and 15 of stat, 12 and 13 after the command name.
-		ut, _ := strconv.ParseInt(f[11], 10, 64)
-		st, _ := strconv.ParseInt(f[12], 10, 64)
-		s.cpu = time.Duration(ut+st) * 10 * time.Millisecond // USER_HZ is 100 on Linux
-	}
-	return s
-}
-
 // idleCPU is the process's CPU use over d, in percent of one core.
 func idleCPU(pid int, d time.Duration) float64 {
-	a := statsOf(pid).cpu
+	a := proc.StatsOf(pid).CPU
 	time.Sleep(d)
-	return float64(statsOf(pid).cpu-a) / float64(d) * 100
+	return float64(proc.StatsOf(pid).CPU-a) / float64(d) * 100
 }
 
 func dirSize(dir string) int64 {
@@ -236,177 +126,21 @@ func dirSize(dir string) int64 {
 	return n
 }
 
-// penstock is a running `penstock serve` and an administrator's session on it.
-type penstock struct {
-	bin, dir, home string
-	env            []string
-	c              *child
-	api, metrics   string
-	client         *http.Client
-	token          string
-}
-
-func (p *penstock) start() time.Duration {
-	t0 := time.Now()
-	cmd := exec.Command(p.bin, "serve", "--data-dir", p.dir, "--listen", "127.0.0.1:0")
-	cmd.Env = append(os.Environ(), p.env...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // never outlives the bench
-	c, err := startChild(cmd, func(line []byte) (map[string]any, bool) {
-		var rec map[string]any
-		return rec, json.Unmarshal(line, &rec) == nil && rec["msg"] == "serving"
-	})
-	if err != nil {
-		log.Fatal(err)
-	}
-	rec := c.waitReady(30 * time.Minute)
-	took := time.Since(t0)
-	p.c, p.api = c, rec["api"].(string)
-	p.metrics, _ = rec["metrics"].(string)
-	if p.client == nil {
-		pool := x509.NewCertPool()
-		pem, err := os.ReadFile(filepath.Join(p.dir, "tls", "ca.crt"))
-		if err != nil {
-			log.Fatal(err)
-		}
-		pool.AppendCertsFromPEM(pem)
-		p.client = &http.Client{Timeout: 2 * time.Minute, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool},
-			MaxIdleConnsPerHost: 64}}
-	}
-	return took
-}
-
-func (p *penstock) cli(stdin string, args ...string) string {
-	cmd := exec.Command(p.bin, append(args, "--server", p.api, "--data-dir", p.dir)...)
-	cmd.Stdin = strings.NewReader(stdin)
-	cmd.Env = append(os.Environ(), "HOME="+p.home, "XDG_CONFIG_HOME="+p.home)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		log.Fatalf("penstock %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return string(out)
-}
-
-// login does the first administrator's login as docs/access.md says: the one-time password,
-// a new password, a second factor.
-func (p *penstock) login() {
-	var pw string
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		p.c.mu.Lock()
-		out := p.c.stdout.String()
-		p.c.mu.Unlock()
-		if _, after, ok := strings.Cut(out, "one-time password:"); ok && len(strings.Fields(after)) > 0 {
-			pw = strings.Fields(after)[0]
-			break
-		}
-		if time.Now().After(deadline) {
-			log.Fatal("no one-time password printed")
-		}
-	}
-	p.cliAllowFail(pw+"\n", "login", "--user", "admin")
-	p.cli(pw+"\nScale-Bench-Pw-9\n", "password")
-	out := p.cli("", "mfa", "enrol")
-	_, after, _ := strings.Cut(out, "type the secret: ")
-	code, err := totp.GenerateCode(strings.Fields(after)[0], time.Now())
-	if err != nil {
-		log.Fatal(err)
-	}
-	p.cli("", "mfa", "verify", code)
-	b, err := os.ReadFile(filepath.Join(p.home, "penstock", "session.json"))
-	if err != nil {
-		log.Fatal(err)
-	}
-	var s struct{ Token string }
-	if err := json.Unmarshal(b, &s); err != nil {
-		log.Fatal(err)
-	}
-	p.token = s.Token
-}
-
-// cliAllowFail runs a command whose exit status is not the point (a first login succeeds but
-// says the password must change).
-func (p *penstock) cliAllowFail(stdin string, args ...string) {
-	cmd := exec.Command(p.bin, append(args, "--server", p.api, "--data-dir", p.dir)...)
-	cmd.Stdin = strings.NewReader(stdin)
-	cmd.Env = append(os.Environ(), "HOME="+p.home, "XDG_CONFIG_HOME="+p.home)
-	cmd.Run()
-}
-
-func (p *penstock) post(bearer, path string, body any) ([]byte, error) {
-	b, _ := json.Marshal(body)
-	for try := 0; ; try++ {
-		req, _ := http.NewRequest("POST", p.api+path, bytes.NewReader(b))
-		req.Header.Set("Authorization", "Bearer "+bearer)
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := p.client.Do(req)
-		if err != nil {
-			return nil, err
-		}
-		out, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode == 429 && try < 50 {
-			time.Sleep(100 * time.Millisecond)
-			continue
-		}
-		if resp.StatusCode >= 300 {
-			return nil, fmt.Errorf("POST %s: %d %s", path, resp.StatusCode, out)
-		}
-		return out, nil
-	}
-}
-
-func (p *penstock) scrape() map[string]float64 {
-	out := map[string]float64{}
-	if p.metrics == "" {
-		return out
-	}
-	resp, err := http.Get("http://" + p.metrics + "/metrics")
-	if err != nil {
-		return out
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) == 2 && !strings.HasPrefix(f[0], "#") {
-			v, _ := strconv.ParseFloat(f[1], 64)
-			out[f[0]] = v
-		}
-	}
-	return out
-}
-
 // createOne makes tenant t<i> with application shop in production, queue jobs and a
 // developer key for it, and returns the key.
-func (p *penstock) createOne(i int) (string, error) {
-	t := tenantName(i)
-	app := "/v1/tenants/" + t + "/environments/production/applications"
-	if _, err := p.post(p.token, "/v1/tenants", map[string]string{"name": t}); err != nil {
-		return "", err
-	}
-	if _, err := p.post(p.token, app, map[string]string{"name": "shop"}); err != nil {
-		return "", err
-	}
-	if _, err := p.post(p.token, app+"/shop/queues", map[string]string{"name": "jobs"}); err != nil {
-		return "", err
-	}
-	out, err := p.post(p.token, "/v1/apikeys", map[string]string{"role": "developer", "scope": t + "/production/shop", "name": "bench"})
-	if err != nil {
-		return "", err
-	}
-	var k struct{ Key string }
-	return k.Key, json.Unmarshal(out, &k)
+func createOne(p *proc.Penstock, i int) (string, error) {
+	return p.Queue(tenantName(i), "shop", "jobs")
 }
 
 func tenantName(i int) string { return fmt.Sprintf("t%05d", i) }
 
 // roundTrip publishes one message to tenant i's queue with its key and consumes it.
-func (p *penstock) roundTrip(i int, key string) error {
+func roundTrip(p *proc.Penstock, i int, key string) error {
 	q := "/v1/tenants/" + tenantName(i) + "/environments/production/applications/shop/queues/jobs"
-	if _, err := p.post(key, q+"/messages", map[string]any{"messages": []map[string]string{{"data": "ping " + tenantName(i)}}}); err != nil {
+	if _, err := p.Post(key, q+"/messages", map[string]any{"messages": []map[string]string{{"data": "ping " + tenantName(i)}}}); err != nil {
 		return err
 	}
-	out, err := p.post(key, q+"/consume", map[string]any{"max": 1, "wait_ms": 5000})
+	out, err := p.Post(key, q+"/consume", map[string]any{"max": 1, "wait_ms": 5000})
 	if err != nil {
 		return err
 	}
@@ -450,64 +184,70 @@ func parallel(n int, marks []int, fn func(i int) error, at func(k int, elapsed t
 
 func penstockRun(bin string, marks []int) runFigures {
 	dir, _ := os.MkdirTemp("", "bench-scale-penstock")
-	home, _ := os.MkdirTemp("", "bench-scale-home")
 	defer os.RemoveAll(dir)
-	defer os.RemoveAll(home)
-	p := &penstock{bin: bin, dir: dir, home: home, env: []string{
+	p := &proc.Penstock{Bin: bin, Dir: dir, Env: []string{
 		"PENSTOCK_METRICS_LISTEN=127.0.0.1:0", "PENSTOCK_METRICS_PPROF=true",
 		"PENSTOCK_FABRIC_NATS_LISTEN=127.0.0.1:0",
 		"PENSTOCK_API_LIMITS_REQUEST_RATE=1000000", "PENSTOCK_API_LIMITS_REQUEST_BURST=1000000",
 		"PENSTOCK_API_LIMITS_CONN_RATE=1000000", "PENSTOCK_API_LIMITS_CONN_BURST=1000000",
 	}}
+	defer p.Close()
 	var f runFigures
-	first := p.start()
-	p.login()
-	pid := p.c.cmd.Process.Pid
-	f.rss0 = statsOf(pid).rss
+	first, err := p.Start(30 * time.Minute)
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := p.Login(); err != nil {
+		log.Fatal(err)
+	}
+	pid := p.Child.Pid()
+	f.rss0 = proc.StatsOf(pid).RSS
 	fmt.Printf("Penstock: first start %s, RSS %s MiB before any tenant\n", first.Round(time.Millisecond), mib(f.rss0))
 	fmt.Printf("%8s %10s %12s %10s %12s %10s %8s\n", "count", "elapsed", "created/s", "RSS MiB", "heap MiB", "goroutines", "files")
 	keys := make([]string, *n)
 	last, lastT := 0, time.Duration(0)
 	f.create = parallel(*n, marks, func(i int) error {
-		k, err := p.createOne(i)
+		k, err := createOne(p, i)
 		keys[i] = k
 		return err
 	}, func(k int, el time.Duration) {
-		s := statsOf(pid)
-		m := p.scrape()
-		fmt.Printf("%8d %10s %12.1f %10s %12s %10.0f %8d\n", k, el.Round(time.Second), float64(k-last)/(el-lastT).Seconds(), mib(s.rss),
-			mib(int64(m["go_memstats_heap_inuse_bytes"])), m["go_goroutines"], s.fds)
+		s := proc.StatsOf(pid)
+		m := p.Scrape()
+		fmt.Printf("%8d %10s %12.1f %10s %12s %10.0f %8d\n", k, el.Round(time.Second), float64(k-last)/(el-lastT).Seconds(), mib(s.RSS),
+			mib(int64(m["go_memstats_heap_inuse_bytes"])), m["go_goroutines"], s.FDs)
 		last, lastT = k, el
 	})
 	sample := sampleOf(*n)
 	for _, i := range sample {
-		if err := p.roundTrip(i, keys[i]); err != nil {
+		if err := roundTrip(p, i, keys[i]); err != nil {
 			log.Fatalf("after creating: %v", err)
 		}
 	}
 	time.Sleep(*settle)
 	f.idleCPU = idleCPU(pid, *idle)
-	s := statsOf(pid)
-	f.rss, f.threads, f.fds = s.rss, s.threads, s.fds
-	m := p.scrape()
+	s := proc.StatsOf(pid)
+	f.rss, f.threads, f.fds = s.RSS, s.Threads, s.FDs
+	m := p.Scrape()
 	f.goroutines = int(m["go_goroutines"])
 	fmt.Printf("idle: RSS %s MiB, heap in use %s MiB, %d goroutines, %d threads, %d open files, CPU %.2f %% of one core over %s\n",
 		mib(f.rss), mib(int64(m["go_memstats_heap_inuse_bytes"])), f.goroutines, f.threads, f.fds, f.idleCPU, *idle)
 	profiles(p)
-	p.c.stop()
+	p.Child.Stop()
 	f.disk = dirSize(dir)
-	f.startup = p.start()
-	pid = p.c.cmd.Process.Pid
+	if f.startup, err = p.Start(30 * time.Minute); err != nil {
+		log.Fatal(err)
+	}
+	pid = p.Child.Pid()
 	for _, i := range sample {
-		if err := p.roundTrip(i, keys[i]); err != nil {
+		if err := roundTrip(p, i, keys[i]); err != nil {
 			log.Fatalf("after the restart: %v", err)
 		}
 	}
 	time.Sleep(*settle)
-	f.rssRestart = statsOf(pid).rss
+	f.rssRestart = proc.StatsOf(pid).RSS
 	fmt.Printf("restart: serving after %s, RSS %s MiB after settling; sample of %d tenants publish and consume\n",
 		f.startup.Round(time.Millisecond), mib(f.rssRestart), len(sample))
-	p.c.stop()
+	p.Child.Stop()
 	return f
 }
 
@@ -520,9 +260,9 @@ func sampleOf(n int) []int {
 }
 
 // profiles prints what holds the node's memory and goroutines, and keeps the profiles.
-func profiles(p *penstock) {
+func profiles(p *proc.Penstock) {
 	get := func(path string) []byte {
-		resp, err := http.Get("http://" + p.metrics + path)
+		resp, err := http.Get("http://" + p.Metrics + path)
 		if err != nil {
 			log.Fatal(err)
 		}
@@ -542,12 +282,12 @@ func profiles(p *penstock) {
 	hp := filepath.Join(dir, "heap.pb.gz")
 	os.WriteFile(hp, heap, 0o644)
 	os.WriteFile(filepath.Join(dir, "goroutine.txt"), get("/debug/pprof/goroutine?debug=1"), 0o644)
-	if out, err := exec.Command("go", "tool", "pprof", "-top", "-nodecount=15", "-sample_index=inuse_space", p.bin, hp).CombinedOutput(); err == nil {
+	if out, err := exec.Command("go", "tool", "pprof", "-top", "-nodecount=15", "-sample_index=inuse_space", p.Bin, hp).CombinedOutput(); err == nil {
 		fmt.Printf("\nheap in use, top 15 (go tool pprof -top %s):\n%s\n", hp, trimPprof(out))
 	}
 	cp := filepath.Join(dir, "cpu.pb.gz")
 	os.WriteFile(cp, get("/debug/pprof/profile?seconds=20"), 0o644)
-	if out, err := exec.Command("go", "tool", "pprof", "-top", "-cum", "-nodecount=25", p.bin, cp).CombinedOutput(); err == nil {
+	if out, err := exec.Command("go", "tool", "pprof", "-top", "-cum", "-nodecount=25", p.Bin, cp).CombinedOutput(); err == nil {
 		fmt.Printf("idle CPU over 20 s, top 25 by cumulative time (go tool pprof -top -cum %s):\n%s\n", cp, trimPprof(out))
 	}
 	fmt.Printf("goroutines by where they wait (top 10):\n")
@@ -642,24 +382,26 @@ func peerRun(marks []int) runFigures {
 		log.Fatal(err)
 	}
 	var url string
-	start := func() (*child, time.Duration) {
+	start := func() (*proc.Child, time.Duration) {
 		t0 := time.Now()
-		cmd := exec.Command(self, "-peer-serve", dir, "-peer-accounts", strconv.Itoa(*n))
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-		c, err := startChild(cmd, func(line []byte) (map[string]any, bool) {
+		c, err := proc.Start(exec.Command(self, "-peer-serve", dir, "-peer-accounts", strconv.Itoa(*n)), func(line []byte) (map[string]any, bool) {
 			u, ok := strings.CutPrefix(string(line), "ready ")
 			return map[string]any{"url": u}, ok
 		})
 		if err != nil {
 			log.Fatal(err)
 		}
-		url = c.waitReady(30 * time.Minute)["url"].(string)
+		rec, err := c.WaitReady(30 * time.Minute)
+		if err != nil {
+			log.Fatal(err)
+		}
+		url = rec["url"].(string)
 		return c, time.Since(t0)
 	}
 	c, first := start()
 	var f runFigures
-	pid := c.cmd.Process.Pid
-	f.rss0 = statsOf(pid).rss
+	pid := c.Pid()
+	f.rss0 = proc.StatsOf(pid).RSS
 	fmt.Printf("\nnats-server: first start with %d accounts configured %s, RSS %s MiB before any stream\n", *n, first.Round(time.Millisecond), mib(f.rss0))
 	fmt.Printf("%8s %10s %12s %10s %8s\n", "count", "elapsed", "created/s", "RSS MiB", "files")
 	ctx := context.Background()
@@ -678,22 +420,22 @@ func peerRun(marks []int) runFigures {
 		_, err = js.CreateOrUpdateConsumer(ctx, "Q", jetstream.ConsumerConfig{Durable: "c", AckPolicy: jetstream.AckExplicitPolicy})
 		return err
 	}, func(k int, el time.Duration) {
-		s := statsOf(pid)
-		fmt.Printf("%8d %10s %12.1f %10s %8d\n", k, el.Round(time.Second), float64(k-last)/(el-lastT).Seconds(), mib(s.rss), s.fds)
+		s := proc.StatsOf(pid)
+		fmt.Printf("%8d %10s %12.1f %10s %8d\n", k, el.Round(time.Second), float64(k-last)/(el-lastT).Seconds(), mib(s.RSS), s.FDs)
 		last, lastT = k, el
 	})
 	time.Sleep(*settle)
 	f.idleCPU = idleCPU(pid, *idle)
-	s := statsOf(pid)
-	f.rss, f.threads, f.fds = s.rss, s.threads, s.fds
+	s := proc.StatsOf(pid)
+	f.rss, f.threads, f.fds = s.RSS, s.Threads, s.FDs
 	fmt.Printf("idle: RSS %s MiB, %d threads, %d open files, CPU %.2f %% of one core over %s\n", mib(f.rss), f.threads, f.fds, f.idleCPU, *idle)
-	c.stop()
+	c.Stop()
 	f.disk = dirSize(dir)
 	c, f.startup = start()
 	time.Sleep(*settle)
-	f.rssRestart = statsOf(c.cmd.Process.Pid).rss
+	f.rssRestart = proc.StatsOf(c.Pid()).RSS
 	fmt.Printf("restart: ready after %s, RSS %s MiB after settling\n", f.startup.Round(time.Millisecond), mib(f.rssRestart))
-	c.stop()
+	c.Stop()
 	return f
 }
 

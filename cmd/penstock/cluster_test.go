@@ -450,10 +450,45 @@ func TestClusterKill9AndRollingRestartLoseNothing(t *testing.T) {
 	if missing > 0 {
 		t.Fatalf("%d of %d acknowledged messages lost", missing, len(published))
 	}
+	shredded := shredEverywhere(t, tc, admin)
 	t.Logf("3 nodes: %d acknowledged publishes (HTTPS and native NATS on every node), %d consumed, 0 lost; "+
 		"after kill -9 of n%d, 200 more publishes and 100 consumptions within %v; %d messages delivered more than once; "+
-		"client requests failed and retried on another node: %d around the kill, %d around the 30 s stop, %d in the rolling restart with drain",
-		len(published), len(consumed), victim+1, recovered.Round(time.Millisecond), dups, killErrors, stopErrors, rollingErrors)
+		"client requests failed and retried on another node: %d around the kill, %d around the 30 s stop, %d in the rolling restart with drain; "+
+		"a tenant's keys destroyed on one node were refused by all three within %v",
+		len(published), len(consumed), victim+1, recovered.Round(time.Millisecond), dups, killErrors, stopErrors, rollingErrors, shredded.Round(time.Millisecond))
+}
+
+// shredEverywhere stores a secret for tenant globex, reads it through every node, destroys
+// the tenant's keys on one node and returns how long until every node refuses to read it
+// (each node's keyring caches keys: the destruction must reach the caches of the others).
+func shredEverywhere(t *testing.T, tc *testCluster, admin *proc) time.Duration {
+	t.Helper()
+	app := "globex/production/etl"
+	for _, s := range [][]string{{"tenant", "create", "globex"}, {"app", "create", "--env", "globex/production", "etl"}} {
+		if code, out := admin.cli("", s...); code != 0 {
+			t.Fatalf("penstock %s: %d\n%s", strings.Join(s, " "), code, out)
+		}
+	}
+	if code, out := admin.cli("s3cret-value-for-shredding\n", "secrets", "put", "--app", app, "db-password"); code != 0 {
+		t.Fatalf("secrets put: %d\n%s", code, out)
+	}
+	for i := range 3 {
+		if code, out := adminCLI(t, admin, tc.node(i).api, "secrets", "list", "--app", app); code != 0 || !strings.Contains(out, "db-password") {
+			t.Fatalf("secrets list on n%d: %d\n%s", i+1, code, out)
+		}
+	}
+	destroyer := tc.node(2)
+	if code, out := adminCLI(t, admin, destroyer.api, "keys", "destroy", "--scope", "globex", "--confirm", "globex"); code != 0 {
+		t.Fatalf("keys destroy on n3: %d\n%s", code, out)
+	}
+	t0 := time.Now()
+	for i := range 3 {
+		waitUntil(t, time.Minute, fmt.Sprintf("n%d to refuse the destroyed tenant's secrets", i+1), func() bool {
+			code, out := adminCLI(t, admin, tc.node(i).api, "secrets", "list", "--app", app)
+			return code == 1 && strings.Contains(out, "scope.deleted")
+		})
+	}
+	return time.Since(t0)
 }
 
 var clients sync.Map // *proc -> *http.Client

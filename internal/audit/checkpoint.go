@@ -78,12 +78,18 @@ func (l *Log) checkpointLocked(ctx context.Context, all bool) error {
 	if err != nil {
 		return err
 	}
-	for subj := range info.State.Subjects {
+	// Only the chains whose event count moved since their head was read: reading every head
+	// cost each checkpoint one engine request per tenant, thousands on a large node.
+	for subj, n := range info.State.Subjects {
 		chain := strings.TrimPrefix(subj, chainSubject)
+		if _, known := l.heads[chain]; known && l.counts[chain] == n {
+			continue
+		}
 		delete(l.heads, chain)
 		if _, err := l.headLocked(ctx, chain); err != nil {
 			return err
 		}
+		l.counts[chain] = n
 	}
 	chains := make([]string, 0, len(l.heads))
 	for chain := range l.heads {

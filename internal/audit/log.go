@@ -54,8 +54,11 @@ type Log struct {
 	forwardCheckpoints bool
 	unsigned           chan struct{} // signalled by every append; drained by Checkpoints
 
-	mu      sync.Mutex
-	heads   map[string]head
+	mu    sync.Mutex
+	heads map[string]head
+	// counts is, per chain, how many events the stream held when its head was last read by a
+	// checkpoint: a checkpoint reads again only the heads of chains whose count moved.
+	counts  map[string]uint64
 	checked map[string]Head   // per chain, the head its latest checkpoint signed
 	refused map[string]string // per chain, why its anchor is not moved (the log is behind it)
 	pending int               // events since the last checkpoint
@@ -122,7 +125,7 @@ func Open(ctx context.Context, o Options) (*Log, error) {
 	}
 	return &Log{js: o.Platform.JetStream(), stream: st, state: kv, key: key, log: o.Logger, now: o.Now,
 		delay: o.CheckpointDelay, external: o.Anchor, forwardCheckpoints: o.ForwardCheckpoints, unsigned: make(chan struct{}, 1),
-		heads: map[string]head{}, checked: map[string]Head{}, refused: map[string]string{}}, nil
+		heads: map[string]head{}, counts: map[string]uint64{}, checked: map[string]Head{}, refused: map[string]string{}}, nil
 }
 
 var platformScope = keyring.Scope{Tenant: "platform"}

@@ -83,6 +83,7 @@ func (l *Log) Reanchor(ctx context.Context) (chains []string, aside string, err 
 	clear(l.checked)
 	clear(l.refused)
 	clear(l.heads)
+	clear(l.counts)
 	for chain := range lastOf {
 		chains = append(chains, chain)
 	}

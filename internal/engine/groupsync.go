@@ -20,8 +20,8 @@ import (
 // and every Sync from then on fails.
 //
 // What no writer waits for (a native client's acknowledgements, MQTT sessions, the engine's
-// own state files) is made durable by the same loop within a second: a second without a sync
-// ends with one. One syncfs a second covers every stream, where the engine's own timer would
+// own state files) is made durable by the same loop: a sync begins within a second of any
+// write (then takes as long as the disk needs). One syncfs a second covers every stream, where the engine's own timer would
 // open and sync each stream's files: with thousands of streams that timer alone costs a core.
 type groupSync struct {
 	log    *slog.Logger
@@ -31,9 +31,11 @@ type groupSync struct {
 	reqs   chan chan error
 	stop   chan struct{}
 	done   chan struct{}
-	syncs  atomic.Uint64
-	failed atomic.Pointer[error]
-	once   sync.Once
+	syncs  atomic.Uint64 // syncs that writers waited for
+	// periodic counts the syncs of the loop's own period, none waited for.
+	periodic atomic.Uint64
+	failed   atomic.Pointer[error]
+	once     sync.Once
 }
 
 func newGroupSync(dir string, log *slog.Logger) (*groupSync, error) {
@@ -54,21 +56,24 @@ func startGroupSync(syncfs, closeFn func() error, every time.Duration, log *slog
 
 func (g *groupSync) loop() {
 	defer close(g.done)
-	tick := time.NewTicker(g.every)
+	// Ticks at half the period: a tick syncs unless a sync began since the tick before, so a
+	// write is covered by a sync that begins within one period of it.
+	tick := time.NewTicker(g.every / 2)
 	defer tick.Stop()
-	last := g.syncs.Load()
+	var began, seen uint64 // syncs begun; and as of the last tick
 	for {
 		var group []chan error
 		select {
 		case r := <-g.reqs:
 			group = append(group, r)
 		case <-tick.C:
-			if n := g.syncs.Load(); n != last {
-				last = n // writers synced during the second
-				continue
+			if began == seen {
+				began++
+				if g.run() == nil {
+					g.periodic.Add(1)
+				}
 			}
-			_ = g.run()
-			last = g.syncs.Load()
+			seen = began
 			continue
 		case <-g.stop:
 			return
@@ -82,7 +87,11 @@ func (g *groupSync) loop() {
 				break gather
 			}
 		}
+		began++
 		err := g.run()
+		if err == nil {
+			g.syncs.Add(1)
+		}
 		for _, r := range group {
 			r <- err
 		}
@@ -101,7 +110,6 @@ func (g *groupSync) run() error {
 		g.log.Error("the engine's writes can no longer be made durable", "error", err)
 		return err
 	}
-	g.syncs.Add(1)
 	return nil
 }
 

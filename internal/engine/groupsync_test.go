@@ -150,7 +150,7 @@ func TestGroupSyncRunsEveryPeriodAlone(t *testing.T) {
 	g := startGroupSync(func() error { calls.Add(1); return nil }, func() error { return nil }, 20*time.Millisecond, slog.New(slog.DiscardHandler))
 	defer g.Close()
 	waitUntil(t, "three periodic syncs", func() bool { return calls.Load() >= 3 })
-	if n := g.syncs.Load(); n < 3 {
-		t.Fatalf("periodic syncs counted %d", n)
+	if n, w := g.periodic.Load(), g.syncs.Load(); n < 3 || w != 0 {
+		t.Fatalf("periodic syncs counted %d, writers' %d", n, w)
 	}
 }

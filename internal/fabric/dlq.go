@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"golang.org/x/time/rate"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -87,41 +86,47 @@ const (
 	deadSweepRate  = 20
 )
 
-// sweepDeadLetters runs sweepDead over the tenant-environments until the fabric closes.
+// sweepDeadLetters runs sweepDead over the tenant-environments until the fabric closes: at
+// each turn the one never swept, or else swept longest ago (and at least deadSweepEvery ago).
 func (s *Service) sweepDeadLetters() {
 	defer s.wg.Done()
 	lim := rate.NewLimiter(deadSweepRate, 1)
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
-		s.mu.Lock()
-		var due []*tenantAccount
-		for _, ta := range s.accounts {
-			if time.Since(ta.swept) >= deadSweepEvery {
-				due = append(due, ta)
-			}
-		}
-		s.mu.Unlock()
-		// The longest unswept first: new accounts (never swept) lead.
-		slices.SortFunc(due, func(a, b *tenantAccount) int { return a.swept.Compare(b.swept) })
-		for _, ta := range due {
-			if lim.Wait(s.ctx) != nil {
-				return
-			}
-			if ta.ctx.Err() != nil {
-				continue
-			}
-			ctx, cancel := context.WithTimeout(ta.ctx, time.Minute)
-			s.sweepDead(ctx, ta)
-			cancel()
-			ta.swept = time.Now()
-		}
-		select {
-		case <-s.ctx.Done():
+		if lim.Wait(s.ctx) != nil {
 			return
-		case <-tick.C:
+		}
+		ta := s.nextSweep()
+		if ta == nil {
+			select {
+			case <-s.ctx.Done():
+				return
+			case <-tick.C:
+			}
+			continue
+		}
+		ctx, cancel := context.WithTimeout(ta.ctx, time.Minute)
+		s.sweepDead(ctx, ta)
+		cancel()
+		ta.swept = time.Now()
+	}
+}
+
+// nextSweep picks the tenant-environment to sweep next, or nil when none is due.
+func (s *Service) nextSweep() *tenantAccount {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var pick *tenantAccount
+	for _, ta := range s.accounts {
+		if ta.ctx.Err() != nil || time.Since(ta.swept) < deadSweepEvery {
+			continue
+		}
+		if pick == nil || ta.swept.Before(pick.swept) {
+			pick = ta
 		}
 	}
+	return pick
 }
 
 // sweepDead moves to their dead-letter queues the messages a queue's consumer gave up on
@@ -140,6 +145,19 @@ func (s *Service) sweepDead(ctx context.Context, ta *tenantAccount) {
 			continue
 		}
 		kind, app, name, ok := parseStream(stream)
+		if ok && kind == "X" {
+			// An exchange another node made after this one took the exchanges up: routed
+			// here too from now on, so that it is routed while its maker is down.
+			ta.mu.RLock()
+			_, known := ta.exchanges[app+"/"+name]
+			ta.mu.RUnlock()
+			if known {
+				if err := s.startRouter(ta, Ref{Application: app, Name: name}); err != nil {
+					s.log.Warn("exchange router", "account", ta.acc.Name(), "exchange", name, "error", err)
+				}
+			}
+			continue
+		}
 		if !ok || kind != "Q" {
 			continue
 		}

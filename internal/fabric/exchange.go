@@ -1,7 +1,6 @@
 package fabric
 
 import (
-	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -360,6 +359,12 @@ func (s *Service) DeleteExchange(ctx context.Context, r Ref) error {
 	if err != nil {
 		return err
 	}
+	// The exchanges first: taking them up (an exchange another node made) starts routers,
+	// which must not start again for this one once its stream is gone.
+	kv, err := s.bindingsOf(ctx, ta, false)
+	if err != nil {
+		return err
+	}
 	key := r.Application + "/" + r.Name
 	ta.mu.Lock()
 	if stop, ok := ta.routers[key]; ok {
@@ -372,9 +377,7 @@ func (s *Service) DeleteExchange(ctx context.Context, r Ref) error {
 	// committer outlives the exchange.
 	err = ta.acc.JetStream().DeleteStream(ctx, r.exchangeStream())
 	s.dropCommitter(ta, r.exchangeStream())
-	if kv, kerr := s.bindingsOf(ctx, ta, false); kerr != nil {
-		err = cmp.Or(err, kerr)
-	} else if kv != nil {
+	if kv != nil {
 		if derr := kv.Delete(ctx, exchangeKey(r.Application, r.Name)); derr != nil && err == nil {
 			err = derr
 		}
@@ -416,8 +419,14 @@ const bindingsBucket = "penstock_fabric"
 
 // loadExchanges starts the router of every exchange in an account and keeps the bindings
 // current as other nodes change them.
-func (s *Service) loadExchanges(ctx context.Context, ta *tenantAccount, kv jetstream.KeyValue) error {
-	w, err := kv.WatchAll(ta.ctx)
+func (s *Service) loadExchanges(ctx context.Context, ta *tenantAccount, kv jetstream.KeyValue) (err error) {
+	wctx, stop := context.WithCancel(ta.ctx)
+	defer func() {
+		if err != nil {
+			stop() // not taken up: the next attempt watches anew
+		}
+	}()
+	w, err := kv.WatchAll(wctx)
 	if err != nil {
 		return fmt.Errorf("watch bindings: %w", err)
 	}
@@ -447,6 +456,10 @@ func (s *Service) loadExchanges(ctx context.Context, ta *tenantAccount, kv jetst
 				ta.mu.Lock()
 				if e.Operation() != jetstream.KeyValuePut {
 					delete(ta.exchanges, app+"/"+name)
+					if stop, ok := ta.routers[app+"/"+name]; ok { // deleted on another node
+						stop()
+						delete(ta.routers, app+"/"+name)
+					}
 				} else {
 					var x Exchange
 					if json.Unmarshal(e.Value(), &x) == nil {
@@ -457,7 +470,7 @@ func (s *Service) loadExchanges(ctx context.Context, ta *tenantAccount, kv jetst
 					}
 				}
 				ta.mu.Unlock()
-			case <-ta.ctx.Done():
+			case <-wctx.Done():
 				return
 			}
 		}
@@ -475,7 +488,11 @@ func (s *Service) loadExchanges(ctx context.Context, ta *tenantAccount, kv jetst
 	}
 	ta.mu.RUnlock()
 	for _, r := range refs {
-		if err := s.startRouter(ta, r); err != nil {
+		if err := s.startRouter(ta, r); errors.Is(err, ErrNotFound) {
+			// A record whose stream is gone (a crash between creating or deleting the two):
+			// never a reason not to start. Reading or deleting the exchange still finds it.
+			s.log.Warn("exchange without its stream: not routed", "account", ta.acc.Name(), "application", r.Application, "exchange", r.Name)
+		} else if err != nil {
 			return err
 		}
 	}
@@ -500,6 +517,9 @@ func (s *Service) startRouter(ta *tenantAccount, r Ref) error {
 	cons, err := js.Consumer(ctx, r.exchangeStream(), routerConsumer)
 	if err != nil {
 		cancel()
+		ta.mu.Lock()
+		delete(ta.routers, key) // a later start may try again
+		ta.mu.Unlock()
 		return jsErr(err, "exchange router "+r.Name)
 	}
 	prefix := r.exchangeSubject()

@@ -6,6 +6,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/penstock/penstock/internal/config"
 )
 
 func TestTopicMatchTable(t *testing.T) {
@@ -153,4 +157,133 @@ func TestExchangeRoutingEndToEnd(t *testing.T) {
 	if err != nil || len(xs) != 2 {
 		t.Fatalf("exchanges: %+v %v", xs, err)
 	}
+}
+
+// An application may be named pub, and its exchange q, with routing key k: its messages go to
+// the queues bound to it, and never into application x's queue k (the fabric's own subjects
+// for native publishes once began with "pub.", which such a message's subject matched). Every
+// publish is answered as stored.
+func TestAnApplicationNamedPubReachesOnlyItsOwnQueues(t *testing.T) {
+	h := open(t, nil)
+	other := Ref{Tenant: "acme", Environment: "production", Application: "x", Name: "k"}
+	jobs := Ref{Tenant: "acme", Environment: "production", Application: "pub", Name: "jobs"}
+	for _, r := range []Ref{other, jobs} {
+		if _, err := h.id.CreateApp(ctx, r.Tenant, r.Environment, r.Application); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := h.fab.CreateQueue(ctx, r, QueueSpec{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	x := Ref{Tenant: "acme", Environment: "production", Application: "pub", Name: "q"}
+	if _, err := h.fab.CreateExchange(ctx, x, Direct); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.fab.Bind(ctx, x, QueueBinding{Queue: "jobs", Key: "k"}); err != nil {
+		t.Fatal(err)
+	}
+	const n = 100
+	for i := range n {
+		if _, err := h.fab.Publish(ctx, Target{Ref: x, Exchange: true}, []Message{{Data: []byte("m"), RoutingKey: "k"}}); err != nil {
+			t.Fatalf("publish %d: %v", i, err)
+		}
+	}
+	waitFor(t, "the exchange's messages in pub/jobs", func() bool {
+		q, err := h.fab.Queue(ctx, jobs)
+		return err == nil && q.Stats.Depth == n
+	})
+	if q, err := h.fab.Queue(ctx, other); err != nil || q.Stats.Depth != 0 {
+		t.Fatalf("application x's queue k holds %d messages of application pub (%v)", q.Stats.Depth, err)
+	}
+}
+
+// Two fabrics on one engine stand for two nodes. An exchange made on one and deleted on the
+// other before that one took up the tenant-environment's exchanges is gone for both, and both
+// start again: an exchange record whose stream is gone never stops a start.
+func TestAnExchangeDeletedOnAnotherNodeIsGone(t *testing.T) {
+	h := open(t, nil)
+	q := h.queue("acme", "jobs", QueueSpec{})
+	other, err := Open(ctx, Options{Engine: h.stack.Engine, Identity: h.id, Audit: h.audit, Config: config.Default().Fabric,
+		Registry: prometheus.NewRegistry(), SweepInterval: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	x := q
+	x.Name = "events"
+	if _, err := h.fab.CreateExchange(ctx, x, Fanout); err != nil {
+		t.Fatal(err)
+	}
+	if err := other.DeleteExchange(ctx, x); err != nil {
+		t.Fatalf("delete on the other node: %v", err)
+	}
+	for i, f := range []*Service{h.fab, other} {
+		if _, err := f.GetExchange(ctx, x); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("node %d: the deleted exchange: %v", i+1, err)
+		}
+	}
+	if _, err := other.CreateExchange(ctx, x, Fanout); err != nil {
+		t.Fatalf("the exchange made again: %v", err)
+	}
+	// A record left without its stream (a crash between the two) is skipped, not fatal.
+	acc, err := h.stack.Engine.Account(ctx, AccountName("acme", "production"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := acc.JetStream().DeleteStream(ctx, x.exchangeStream()); err != nil {
+		t.Fatal(err)
+	}
+	other.Close()
+	again, err := Open(ctx, Options{Engine: h.stack.Engine, Identity: h.id, Audit: h.audit, Config: config.Default().Fabric,
+		Registry: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatalf("a start with an exchange record whose stream is gone: %v", err)
+	}
+	again.Close()
+}
+
+// An exchange made on one node after another took the exchanges up is routed by the other
+// too once it sweeps the tenant-environment: with its maker down, its messages still reach
+// their queues.
+func TestAnotherNodeRoutesAnExchangeOnceItSweeps(t *testing.T) {
+	h := open(t, nil)
+	q := h.queue("acme", "jobs", QueueSpec{})
+	other, err := Open(ctx, Options{Engine: h.stack.Engine, Identity: h.id, Audit: h.audit, Config: config.Default().Fabric,
+		Registry: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	first, second := q, q
+	first.Name, second.Name = "first", "second"
+	if _, err := h.fab.CreateExchange(ctx, first, Fanout); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.GetExchange(ctx, first); err != nil { // takes the exchanges up
+		t.Fatal(err)
+	}
+	if _, err := h.fab.CreateExchange(ctx, second, Fanout); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.fab.Bind(ctx, second, QueueBinding{Queue: "jobs"}); err != nil {
+		t.Fatal(err)
+	}
+	ta, err := other.account(ctx, "acme", "production")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the other node to follow the binding", func() bool {
+		ta.mu.RLock()
+		defer ta.mu.RUnlock()
+		return len(ta.exchanges["orders/second"].Bindings) == 1
+	})
+	other.sweepDead(ctx, ta)
+	h.fab.Close() // the exchange's maker is down
+	if _, err := other.Publish(ctx, Target{Ref: second, Exchange: true}, []Message{{Data: []byte("routed")}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the message routed by the other node", func() bool {
+		st, err := other.Queue(ctx, q)
+		return err == nil && st.Stats.Depth == 1
+	})
 }

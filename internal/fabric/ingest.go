@@ -15,7 +15,7 @@ import (
 )
 
 // Native clients' queue publishes take the same group commit as HTTPS ones. A client's
-// import maps its queue subjects ("<app>.q.<queue>") to "pub.<app>.q.<queue>" in its
+// import maps its queue subjects ("<app>.q.<queue>") to "_pub.<app>.q.<queue>" in its
 // tenant-environment's account, where the fabric takes each message into the queue's
 // committer and answers the client's reply subject with a JetStream publish acknowledgement
 // once the atomic batch holding the message is durable. With sync "always" that is one fsync
@@ -24,7 +24,11 @@ import (
 // Messages that carry engine instructions (an atomic batch of the client's own, expected
 // sequences, rollups, TTLs: any Nats- header but Nats-Msg-Id) go to the queue's stream as they
 // are, in their turn among the committer's batches, and the engine's answer is relayed.
-const ingestPrefix = "pub."
+//
+// The prefix starts with "_", which no application name can: "pub." was also where the
+// subjects of an application named pub begin, so the ingest took that application's exchange
+// messages ("pub.x.q.k") for native publishes to queue k of application x.
+const ingestPrefix = "_pub."
 
 // throughIngest makes a grant's queue imports ("<app>.q.*") land on the fabric's ingest
 // subjects instead of the queues' own. The client's permissions, and so the grant's identity

@@ -263,7 +263,11 @@ func penstockCluster(bin string, nodes, n, size, k int) (result, error) {
 			return result{name: name}, err
 		}
 		tc.ServerName = "localhost"
-		nc, err := nats.Connect("tls://"+p.NATS, nats.UserInfo("acme/production", key), nats.Secure(tc))
+		url := p.NATS
+		if !strings.Contains(url, "://") {
+			url = "tls://" + url
+		}
+		nc, err := nats.Connect(url, nats.UserInfo("acme/production", key), nats.Secure(tc))
 		if err != nil {
 			return result{name: name}, err
 		}

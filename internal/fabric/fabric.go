@@ -144,6 +144,7 @@ type Service struct {
 	mu         sync.Mutex
 	accounts   map[string]*tenantAccount
 	committers map[string]*committer // by account/stream
+	unswept    chan *tenantAccount   // taken up and not swept yet (sweepDeadLetters)
 	conns      map[uint64]nativeConn
 	denials    map[netip.Addr]time.Time // last audited refusal per source
 	closed     bool
@@ -187,7 +188,7 @@ func Open(ctx context.Context, o Options) (*Service, error) {
 		o.SweepInterval = time.Second
 	}
 	s := &Service{o: o, log: o.Logger, cfg: o.Config, m: newMetrics(o.Registry),
-		accounts: map[string]*tenantAccount{}, committers: map[string]*committer{}, conns: map[uint64]nativeConn{},
+		accounts: map[string]*tenantAccount{}, committers: map[string]*committer{}, unswept: make(chan *tenantAccount, 4096), conns: map[uint64]nativeConn{},
 		denials: map[netip.Addr]time.Time{}, groupNative: o.Engine.Embedded() && o.Engine.Durability() == "always"}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	for _, t := range o.Identity.Tenants() {
@@ -289,6 +290,10 @@ func (s *Service) account(ctx context.Context, tenant, env string) (*tenantAccou
 		return nil, err
 	}
 	s.accounts[name] = ta
+	select {
+	case s.unswept <- ta: // swept first; a full queue leaves it to the next round, first in it
+	default:
+	}
 	return ta, nil
 }
 

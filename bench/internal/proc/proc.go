@@ -257,7 +257,7 @@ func (p *Penstock) Login() error {
 		}
 	}
 	_, _ = p.CLI(pw+"\n", "login", "--user", "admin") // succeeds, and says the password must change
-	if _, err := p.CLI(pw+"\nBench-Admin-Pw-9\n", "password"); err != nil {
+	if _, err := p.CLI(pw+"\nBench-Operator-Pw-9\n", "password"); err != nil {
 		return err
 	}
 	out, err := p.CLI("", "mfa", "enrol")

@@ -576,3 +576,19 @@ func TestNativeAfterEnvironmentRecreated(t *testing.T) {
 		t.Fatalf("depth %d", st.Stats.Depth)
 	}
 }
+
+// A tenant-environment's account stores on disk only: its limits (set through the account's
+// JetStream limits) refuse a memory stream, as the claims they replaced did.
+func TestTenantAccountsRefuseMemoryStreams(t *testing.T) {
+	h := open(t, nil)
+	h.queue("acme", "jobs", QueueSpec{})
+	acc, err := h.stack.Engine.Account(ctx, AccountName("acme", "production"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = acc.JetStream().CreateStream(ctx, jetstream.StreamConfig{Name: "MEM", Subjects: []string{"mem.>"}, Storage: jetstream.MemoryStorage})
+	if err == nil {
+		t.Fatal("a memory stream was created in a tenant-environment's account")
+	}
+	t.Logf("refused: %v", err)
+}

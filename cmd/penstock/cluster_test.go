@@ -464,12 +464,14 @@ func TestClusterKill9AndRollingRestartLoseNothing(t *testing.T) {
 func shredEverywhere(t *testing.T, tc *testCluster, admin *proc) time.Duration {
 	t.Helper()
 	app := "globex/production/etl"
+	// The nodes were restarted: each has a new address, which admin's own does not follow.
+	api := tc.node(0).api
 	for _, s := range [][]string{{"tenant", "create", "globex"}, {"app", "create", "--env", "globex/production", "etl"}} {
-		if code, out := admin.cli("", s...); code != 0 {
+		if code, out := adminCLI(t, admin, api, s...); code != 0 {
 			t.Fatalf("penstock %s: %d\n%s", strings.Join(s, " "), code, out)
 		}
 	}
-	if code, out := admin.cli("s3cret-value-for-shredding\n", "secrets", "put", "--app", app, "db-password"); code != 0 {
+	if code, out := adminCLIStdin(t, admin, api, "s3cret-value-for-shredding\n", "secrets", "put", "--app", app, "db-password"); code != 0 {
 		t.Fatalf("secrets put: %d\n%s", code, out)
 	}
 	for i := range 3 {
@@ -507,6 +509,12 @@ func clientFor(p *proc) *http.Client {
 // node.
 func adminCLI(t *testing.T, admin *proc, api string, args ...string) (int, string) {
 	t.Helper()
+	return adminCLIStdin(t, admin, api, "", args...)
+}
+
+// adminCLIStdin is adminCLI with standard input.
+func adminCLIStdin(t *testing.T, admin *proc, api, stdin string, args ...string) (int, string) {
+	t.Helper()
 	b, err := os.ReadFile(filepath.Join(admin.home, "penstock", "session.json"))
 	if err != nil {
 		t.Fatal(err)
@@ -526,6 +534,7 @@ func adminCLI(t *testing.T, admin *proc, api string, args ...string) (int, strin
 	}
 	cmd := exec.Command(binary, append(args, "--server", api, "--data-dir", admin.dataDir)...)
 	cmd.Env = append(os.Environ(), "HOME="+home, "XDG_CONFIG_HOME="+home)
+	cmd.Stdin = strings.NewReader(stdin)
 	out, err := cmd.CombinedOutput()
 	if ee, ok := err.(*exec.ExitError); ok {
 		return ee.ExitCode(), string(out)

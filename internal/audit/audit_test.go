@@ -500,3 +500,70 @@ func TestCheckpointUpgradeExportAndExpiry(t *testing.T) {
 		t.Fatalf("a chain cut three hours into an expired log: %+v", rep)
 	}
 }
+
+// Two nodes write one chain while its old events expire: the chain's count is the same at two
+// checkpoints, yet the node that did not write the new event signs the new head, not the one
+// it had read before (a count proves nothing once events were removed).
+func TestCheckpointSignsTheHeadAfterExpiryAndAnotherWriter(t *testing.T) {
+	st, err := keyringtest.Open(ctx, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.Close)
+	o := Options{Platform: st.Platform, Keyring: st.Keyring, Retention: 2 * time.Second}
+	l1, err := Open(ctx, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l2, err := Open(ctx, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := Event{Actor: "user:alice", Tenant: "acme", Action: "secret.write", Target: "secret/x", Result: ResultOK, Source: "192.0.2.1"}
+	old, err := l1.Append(ctx, ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l1.Checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s, err := st.Platform.JetStream().Stream(ctx, Stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		info, err := s.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.State.FirstSeq > old.Seq {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the old event did not expire")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	last, err := l2.Append(ctx, ev) // the other node starts the chain again: its count is 1 again
+	if err != nil {
+		t.Fatal(err)
+	}
+	l1.mu.Lock()
+	err = l1.checkpointLocked(ctx, true) // the hourly roll call
+	l1.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var signed *Head
+	for _, r := range records(t, l1) {
+		if r.Checkpoint != nil {
+			if h, ok := r.Checkpoint.Heads[old.Chain]; ok {
+				signed = &h
+			}
+		}
+	}
+	if signed == nil || signed.Hash != last.Hash {
+		t.Fatalf("the last checkpoint of chain %q signs %+v, want the other node's event %+v", old.Chain, signed, last)
+	}
+}

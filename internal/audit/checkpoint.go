@@ -79,10 +79,15 @@ func (l *Log) checkpointLocked(ctx context.Context, all bool) error {
 		return err
 	}
 	// Only the chains whose event count moved since their head was read: reading every head
-	// cost each checkpoint one engine request per tenant, thousands on a large node.
-	for subj, n := range info.State.Subjects {
+	// cost each checkpoint one engine request per tenant, thousands on a large node. A count
+	// that did not move means no event was added only while none was removed: once events
+	// expire or are deleted (the stream's first sequence or its deleted count moved), a chain
+	// can lose old events and gain new ones with its count unchanged, so every head is read.
+	st := info.State
+	everything := st.FirstSeq != l.seenFirst || st.NumDeleted != l.seenDeleted
+	for subj, n := range st.Subjects {
 		chain := strings.TrimPrefix(subj, chainSubject)
-		if _, known := l.heads[chain]; known && l.counts[chain] == n {
+		if _, known := l.heads[chain]; known && l.counts[chain] == n && !everything {
 			continue
 		}
 		delete(l.heads, chain)
@@ -91,6 +96,7 @@ func (l *Log) checkpointLocked(ctx context.Context, all bool) error {
 		}
 		l.counts[chain] = n
 	}
+	l.seenFirst, l.seenDeleted = st.FirstSeq, st.NumDeleted
 	chains := make([]string, 0, len(l.heads))
 	for chain := range l.heads {
 		chains = append(chains, chain)

@@ -58,10 +58,14 @@ type Log struct {
 	heads map[string]head
 	// counts is, per chain, how many events the stream held when its head was last read by a
 	// checkpoint: a checkpoint reads again only the heads of chains whose count moved.
-	counts  map[string]uint64
-	checked map[string]Head   // per chain, the head its latest checkpoint signed
-	refused map[string]string // per chain, why its anchor is not moved (the log is behind it)
-	pending int               // events since the last checkpoint
+	counts map[string]uint64
+	// seenFirst and seenDeleted are the stream's first sequence and deleted count when counts
+	// were last taken: if either moved, events were removed and counts prove nothing.
+	seenFirst   uint64
+	seenDeleted int
+	checked     map[string]Head   // per chain, the head its latest checkpoint signed
+	refused     map[string]string // per chain, why its anchor is not moved (the log is behind it)
+	pending     int               // events since the last checkpoint
 }
 
 type head struct {

@@ -97,10 +97,13 @@ func (s *Service) sweepDeadLetters() {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	var round []*tenantAccount
-	for {
+	for s.ctx.Err() == nil {
 		var ta *tenantAccount
 		select {
 		case ta = <-s.unswept:
+			if !ta.swept.IsZero() {
+				continue // listed in a round meanwhile, and swept there
+			}
 		default:
 			var next time.Time
 			if len(round) == 0 {
@@ -122,11 +125,11 @@ func (s *Service) sweepDeadLetters() {
 				}
 			}
 		}
+		if ta.ctx.Err() != nil {
+			continue // forgotten or reset: costs no turn
+		}
 		if lim.Wait(s.ctx) != nil {
 			return
-		}
-		if ta.ctx.Err() != nil {
-			continue
 		}
 		ctx, cancel := context.WithTimeout(ta.ctx, time.Minute)
 		s.sweepDead(ctx, ta)
@@ -143,6 +146,9 @@ func (s *Service) dueForSweep() ([]*tenantAccount, time.Time) {
 	s.mu.Lock()
 	var due []*tenantAccount
 	for _, ta := range s.accounts {
+		if ta.ctx.Err() != nil {
+			continue // being forgotten
+		}
 		if at := ta.swept.Add(deadSweepEvery); !at.After(now) {
 			due = append(due, ta)
 		} else if at.Before(next) {

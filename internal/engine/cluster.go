@@ -366,7 +366,7 @@ func (c clusterJS) UpdateStream(ctx context.Context, cfg jetstream.StreamConfig)
 }
 
 func (c clusterJS) CreateOrUpdateStream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
-	return retryLost(ctx, func(ctx context.Context) (jetstream.Stream, error) {
+	return retryLost(ctx, c.placement == nil, func(ctx context.Context) (jetstream.Stream, error) {
 		return c.JetStream.CreateOrUpdateStream(ctx, c.stream(cfg))
 	})
 }
@@ -380,7 +380,7 @@ func (c clusterJS) UpdateKeyValue(ctx context.Context, cfg jetstream.KeyValueCon
 }
 
 func (c clusterJS) CreateOrUpdateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
-	return retryLost(ctx, func(ctx context.Context) (jetstream.KeyValue, error) {
+	return retryLost(ctx, c.placement == nil, func(ctx context.Context) (jetstream.KeyValue, error) {
 		return c.JetStream.CreateOrUpdateKeyValue(ctx, c.kv(cfg))
 	})
 }
@@ -391,16 +391,38 @@ const attemptWait = 5 * time.Second
 // retryLost repeats an idempotent definition (create or update) whose answer did not come:
 // when nodes define the same stream at once (every node opens the platform's buckets as it
 // starts), the engine answers some of the requests only.
-func retryLost[T any](ctx context.Context, do func(context.Context) (T, error)) (T, error) {
+//
+// With waitPeers (a definition without placement tags), "no suitable peers" is retried for
+// up to peersWait too: while the nodes start together, the leader may not know yet that the
+// others run JetStream, and the cluster's size is checked against the replicas at start.
+func retryLost[T any](ctx context.Context, waitPeers bool, do func(context.Context) (T, error)) (T, error) {
+	peersUntil := time.Now().Add(peersWait)
 	for {
 		actx, cancel := context.WithTimeout(ctx, attemptWait)
 		v, err := do(actx)
 		lost := err != nil && actx.Err() != nil && ctx.Err() == nil
 		cancel()
+		if !lost && waitPeers && noPeers(err) && time.Now().Before(peersUntil) {
+			select {
+			case <-ctx.Done():
+				return v, err
+			case <-time.After(250 * time.Millisecond):
+			}
+			continue
+		}
 		if !lost {
 			return v, err
 		}
 	}
+}
+
+// peersWait bounds how long a definition waits for the engine to know enough peers.
+const peersWait = 30 * time.Second
+
+// noPeers tells the engine's "no suitable peers for placement".
+func noPeers(err error) bool {
+	var api *jetstream.APIError
+	return errors.As(err, &api) && api.ErrorCode == 10005 // JSClusterNoPeersErrF
 }
 
 // joinWait bounds how long a starting node waits for its cluster's JetStream to elect a

@@ -332,7 +332,7 @@ func (e *Engine) checkJetStream(ctx context.Context, js jetstream.JetStream) err
 	}
 	ctx, cancel := context.WithTimeout(ctx, joinWait)
 	defer cancel()
-	_, err := retryLost(ctx, func(ctx context.Context) (*jetstream.AccountInfo, error) { return js.AccountInfo(ctx) })
+	_, err := retryLost(ctx, false, func(ctx context.Context) (*jetstream.AccountInfo, error) { return js.AccountInfo(ctx) })
 	return err
 }
 

@@ -528,8 +528,11 @@ func serve(s *http.Server, ln net.Listener) error {
 }
 
 func engineMode(e *engine.Engine) string {
-	if e.Embedded() {
+	switch {
+	case e.Embedded():
 		return "embedded"
+	case e.Operator():
+		return "operator"
 	}
 	return "external"
 }

@@ -28,6 +28,8 @@ var serverFlags = []struct {
 	{"nats-ca", "engine.nats_ca_file", "CA bundle to trust for the external NATS server"},
 	{"nats-cert", "engine.nats_cert_file", "client certificate for the external NATS server"},
 	{"nats-key", "engine.nats_key_file", "client key for the external NATS server"},
+	{"nats-operator-key", "engine.nats_operator_key_file", "operator mode: the NATS operator signing key Penstock signs its accounts with"},
+	{"nats-system-creds", "engine.nats_system_creds_file", "operator mode: a system account user's credentials, to push account JWTs"},
 }
 
 // configFlags adds --config and the server flags to fs.

@@ -250,6 +250,15 @@ type Engine struct {
 	NATSCAFile   string `koanf:"nats_ca_file"`
 	NATSCertFile string `koanf:"nats_cert_file"`
 	NATSKeyFile  string `koanf:"nats_key_file"`
+	// NATSOperatorKeyFile holds an operator signing key (an nkey seed, "SO...") of an external
+	// NATS deployment in operator mode: Penstock then signs an account for the platform and for
+	// every tenant-environment, pushes their JWTs to the servers' resolver and signs its own
+	// users in them. The accounts' keys are derived from it, so it must stay the same for the
+	// life of the deployment.
+	NATSOperatorKeyFile string `koanf:"nats_operator_key_file"`
+	// NATSSystemCredsFile is a .creds file of a user of the system account, through which the
+	// account JWTs are pushed to (and looked up in) the resolver. Operator mode only.
+	NATSSystemCredsFile string `koanf:"nats_system_creds_file"`
 	// Replicas is the replication factor of the streams and buckets Penstock creates; 0 picks
 	// it from the cluster's size: 1 alone, 2 with two nodes, 3 with three or more.
 	Replicas int `koanf:"replicas"`
@@ -301,6 +310,10 @@ func (e Engine) ReplicasFor(size int) int {
 
 // Embedded reports whether Penstock runs its own NATS server.
 func (e Engine) Embedded() bool { return e.NATSURL == "" }
+
+// Operator reports whether Penstock manages the accounts of an external NATS deployment in
+// operator mode.
+func (e Engine) Operator() bool { return !e.Embedded() && e.NATSOperatorKeyFile != "" }
 
 // Default returns the configuration used where nothing is set.
 func Default() Config {

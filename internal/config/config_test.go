@@ -195,6 +195,24 @@ engine: {sync_interval: sometimes, replicas: 9}
 			want: map[string]string{"engine.nats_creds_file": "only applies with engine.nats_url"},
 		},
 		{
+			name: "operator mode without its system user, and with a user of its own",
+			file: "engine:\n  nats_url: nats://127.0.0.1:4222\n  nats_operator_key_file: /op.nk\n  nats_user: svc\n  nats_password: pw\n",
+			want: map[string]string{"engine.nats_system_creds_file": "required with engine.nats_operator_key_file"},
+		},
+		{
+			name: "operator mode with a user of its own",
+			file: "engine:\n  nats_url: nats://127.0.0.1:4222\n  nats_operator_key_file: /op.nk\n  nats_system_creds_file: /sys.creds\n  nats_creds_file: /u.creds\n",
+			want: map[string]string{"engine": "Penstock signs its own users"},
+		},
+		{
+			name: "operator-mode options with the embedded engine, or alone",
+			file: "engine:\n  nats_operator_key_file: /op.nk\n  nats_system_creds_file: /sys.creds\n",
+			want: map[string]string{
+				"engine.nats_operator_key_file": "only applies with engine.nats_url",
+				"engine.nats_system_creds_file": "only applies with engine.nats_url",
+			},
+		},
+		{
 			name: "a password without a user",
 			file: "engine:\n  nats_url: nats://127.0.0.1:4222\n  nats_password: pw\n",
 			want: map[string]string{"engine.nats_password": "only applies with engine.nats_user"},

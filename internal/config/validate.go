@@ -192,13 +192,15 @@ func (e Engine) validate(v *validator) {
 	}
 	if e.Embedded() {
 		for path, set := range map[string]bool{
-			"engine.nats_creds_file": e.NATSCredsFile != "",
-			"engine.nats_user":       e.NATSUser != "",
-			"engine.nats_password":   !e.NATSPassword.IsZero(),
-			"engine.nats_token":      !e.NATSToken.IsZero(),
-			"engine.nats_ca_file":    e.NATSCAFile != "",
-			"engine.nats_cert_file":  e.NATSCertFile != "",
-			"engine.nats_key_file":   e.NATSKeyFile != "",
+			"engine.nats_creds_file":        e.NATSCredsFile != "",
+			"engine.nats_user":              e.NATSUser != "",
+			"engine.nats_password":          !e.NATSPassword.IsZero(),
+			"engine.nats_token":             !e.NATSToken.IsZero(),
+			"engine.nats_ca_file":           e.NATSCAFile != "",
+			"engine.nats_cert_file":         e.NATSCertFile != "",
+			"engine.nats_key_file":          e.NATSKeyFile != "",
+			"engine.nats_operator_key_file": e.NATSOperatorKeyFile != "",
+			"engine.nats_system_creds_file": e.NATSSystemCredsFile != "",
 		} {
 			if set {
 				v.add(path, "only applies with engine.nats_url")
@@ -241,6 +243,14 @@ func (e Engine) validate(v *validator) {
 	}
 	if (e.NATSCertFile == "") != (e.NATSKeyFile == "") {
 		v.add("engine.nats_cert_file", "nats_cert_file and nats_key_file must be set together")
+	}
+	switch {
+	case e.NATSOperatorKeyFile != "" && e.NATSSystemCredsFile == "":
+		v.add("engine.nats_system_creds_file", "required with engine.nats_operator_key_file: a system account user's .creds, to push account JWTs")
+	case e.NATSOperatorKeyFile == "" && e.NATSSystemCredsFile != "":
+		v.add("engine.nats_system_creds_file", "only applies with engine.nats_operator_key_file")
+	case e.NATSOperatorKeyFile != "" && auths > 0:
+		v.add("engine", "with nats_operator_key_file Penstock signs its own users: leave out nats_creds_file, nats_user and nats_token")
 	}
 }
 

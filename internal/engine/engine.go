@@ -71,6 +71,7 @@ type Engine struct {
 	log      *slog.Logger
 	accts    accounts
 	embedded *embedded // nil with an external server
+	operator *operator // an external deployment in operator mode, whose accounts Penstock signs
 	replicas int
 	nodeID   string
 	dataDir  string
@@ -109,7 +110,15 @@ func Open(ctx context.Context, o Options) (*Engine, error) {
 			e.nodeID = em.ns.ID()
 		}
 	} else {
-		e.accts = &external{opts: o}
+		if o.Config.Operator() {
+			op, err := openOperator(ctx, o)
+			if err != nil {
+				return nil, err
+			}
+			e.operator, e.accts = op, op
+		} else {
+			e.accts = &external{opts: o}
+		}
 		if e.nodeID == "" {
 			e.nodeID = nats.NewInbox()[len(nats.InboxPrefix):]
 		}
@@ -198,14 +207,26 @@ func (e *Engine) openStoredAccounts(ctx context.Context, dataDir string) error {
 	return nil
 }
 
-// HasAccount reports whether the named account exists: opened in this process or stored on
-// disk by the embedded engine.
+// HasAccount reports whether the named account exists: opened in this process, stored on
+// disk by the embedded engine, or held by an operator-mode deployment's resolver.
 func (e *Engine) HasAccount(name string) bool {
 	e.mu.Lock()
 	_, ok := e.cache[name]
 	e.mu.Unlock()
-	if ok || e.embedded == nil || !accountName.MatchString(name) {
+	if ok || !accountName.MatchString(name) {
 		return ok
+	}
+	if e.operator != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		has, err := e.operator.hasAccount(ctx, name)
+		if err != nil {
+			e.log.Warn("could not ask the resolver for an account", "account", name, "error", err)
+		}
+		return has
+	}
+	if e.embedded == nil {
+		return false
 	}
 	if e.embedded.accounts != nil && e.embedded.accounts.has(name) {
 		return true
@@ -216,6 +237,19 @@ func (e *Engine) HasAccount(name string) bool {
 
 // Embedded reports whether this process runs the NATS server.
 func (e *Engine) Embedded() bool { return e.embedded != nil }
+
+// Operator reports whether the engine is an external deployment in operator mode, whose
+// accounts (one per tenant-environment) Penstock signs and pushes to its resolver.
+func (e *Engine) Operator() bool { return e.operator != nil }
+
+// NATSAccount is the NATS account that holds the named Penstock account: its public key in
+// operator mode, the name itself on the embedded engine.
+func (e *Engine) NATSAccount(name string) (string, error) {
+	if e.operator != nil {
+		return e.operator.accountPublicKey(name)
+	}
+	return name, nil
+}
 
 // ClientURL is the embedded server's NATS client URL, or "" when it has no network port.
 func (e *Engine) ClientURL() string {

@@ -61,6 +61,23 @@ func openExternal(t *testing.T) *engine.Engine {
 	return e
 }
 
+// openOperatorMode connects to a nats-server in operator mode started for the test, as
+// Penstock with the operator's signing key and a system account user.
+func openOperatorMode(t *testing.T, srv *testenv.OperatorNATS) *engine.Engine {
+	t.Helper()
+	cfg := config.Default().Engine
+	cfg.NATSURL = srv.URL
+	cfg.NATSOperatorKeyFile = srv.OperatorKeyFile
+	cfg.NATSSystemCredsFile = srv.SystemCredsFile
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	e, err := engine.Open(ctx, engine.Options{Config: cfg})
+	if err != nil {
+		t.Fatalf("open operator-mode engine: %v\n%s", err, srv.Log())
+	}
+	return e
+}
+
 func uniqueName(t *testing.T, prefix string) string {
 	b := make([]byte, 4)
 	if _, err := rand.Read(b); err != nil {
@@ -74,6 +91,7 @@ func TestEngineModes(t *testing.T) {
 	modes := map[string]func(t *testing.T) *engine.Engine{
 		"embedded": func(t *testing.T) *engine.Engine { return openEmbedded(t, t.TempDir(), storeKey(t), nil) },
 		"external": openExternal,
+		"operator": func(t *testing.T) *engine.Engine { return openOperatorMode(t, testenv.StartOperatorNATS(t)) },
 	}
 	for name, open := range modes {
 		t.Run(name, func(t *testing.T) {
@@ -181,6 +199,18 @@ func TestExternalUnreachable(t *testing.T) {
 func TestEmbeddedAccountsAreIsolated(t *testing.T) {
 	e := openEmbedded(t, t.TempDir(), storeKey(t), nil)
 	defer e.Close()
+	checkAccountsIsolated(t, e)
+}
+
+// The same holds on a NATS deployment Penstock does not run, in operator mode.
+func TestOperatorAccountsAreIsolated(t *testing.T) {
+	e := openOperatorMode(t, testenv.StartOperatorNATS(t))
+	defer e.Close()
+	checkAccountsIsolated(t, e)
+}
+
+func checkAccountsIsolated(t *testing.T, e *engine.Engine) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	a, err := e.Account(ctx, "tenant-a")

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/penstock/penstock/internal/config"
 )
 
 // external is a NATS JetStream server Penstock does not run. Its credentials belong to one
@@ -22,20 +24,24 @@ func (x *external) connect(ctx context.Context, name string) (*nats.Conn, error)
 		return nil, ErrAccountUnavailable
 	}
 	c := x.opts.Config
-	opts := []nats.Option{
-		nats.Name("penstock/" + name),
-		nats.MaxReconnects(-1),
-	}
-	if dl, ok := ctx.Deadline(); ok {
-		opts = append(opts, nats.Timeout(timeUntil(dl)))
-	}
+	var auth []nats.Option
 	switch {
 	case c.NATSCredsFile != "":
-		opts = append(opts, nats.UserCredentials(c.NATSCredsFile))
+		auth = append(auth, nats.UserCredentials(c.NATSCredsFile))
 	case c.NATSUser != "":
-		opts = append(opts, nats.UserInfo(c.NATSUser, c.NATSPassword.Reveal()))
+		auth = append(auth, nats.UserInfo(c.NATSUser, c.NATSPassword.Reveal()))
 	case !c.NATSToken.IsZero():
-		opts = append(opts, nats.Token(c.NATSToken.Reveal()))
+		auth = append(auth, nats.Token(c.NATSToken.Reveal()))
+	}
+	return dialExternal(ctx, c, "penstock/"+name, auth...)
+}
+
+// dialExternal connects to the external server with the engine's TLS settings and the given
+// credentials.
+func dialExternal(ctx context.Context, c config.Engine, name string, auth ...nats.Option) (*nats.Conn, error) {
+	opts := append([]nats.Option{nats.Name(name), nats.MaxReconnects(-1)}, auth...)
+	if dl, ok := ctx.Deadline(); ok {
+		opts = append(opts, nats.Timeout(timeUntil(dl)))
 	}
 	if c.NATSCAFile != "" {
 		opts = append(opts, nats.RootCAs(c.NATSCAFile))

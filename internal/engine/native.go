@@ -259,11 +259,17 @@ func (em *embedded) networkConns() ([]*server.ConnInfo, error) {
 // connections, subscriptions and payload per message are refused beyond them by the server,
 // storage by JetStream.
 func (e *Engine) SetLimits(name string, l AccountLimits) error {
-	if e.embedded == nil {
+	if e.embedded == nil && e.operator == nil {
 		return ErrNotEmbedded
 	}
 	if !accountName.MatchString(name) || name == PlatformAccount {
 		return fmt.Errorf("account %q: limits apply to tenant accounts", name)
+	}
+	if e.operator != nil {
+		// In the account's JWT, pushed as the account is opened. Only storage: the
+		// connection and subscription limits are for the embedded engine's native clients.
+		e.operator.setLimits(name, l)
+		return nil
 	}
 	if e.embedded.cluster != nil {
 		// Every node applies them as it registers the account: a stream's leader, on

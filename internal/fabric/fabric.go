@@ -255,7 +255,7 @@ func (s *Service) account(ctx context.Context, tenant, env string) (*tenantAccou
 	if ta, ok = s.accounts[name]; ok {
 		return ta, nil
 	}
-	if s.o.Engine.Embedded() {
+	if s.o.Engine.Embedded() || s.o.Engine.Operator() {
 		// Only Penstock connects to a tenant-environment's account; native clients have
 		// accounts of their own (see Grant), limited as they connect.
 		err := s.o.Engine.SetLimits(name, engine.AccountLimits{Storage: s.cfg.MaxStorage})

@@ -1,0 +1,287 @@
+package engine
+
+import (
+	"context"
+	"crypto/hkdf"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/nats-io/jwt/v2"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
+)
+
+// operator is an external NATS deployment in operator mode whose accounts Penstock manages:
+// it signs an account JWT for the platform and for every tenant-environment with an operator
+// signing key, pushes it to the servers' resolver through a system account user, and connects
+// into each account as a user it signs itself. Tenants are isolated there as on the embedded
+// engine: each tenant-environment is an account of its own, without imports or exports.
+//
+// An account's key pair is derived from the operator signing key and the account's name, so
+// every Penstock process that holds the key reaches the same accounts with nothing stored,
+// and nobody without it can sign a user into them. The users' keys live only in memory.
+type operator struct {
+	opts   Options
+	signer nkeys.KeyPair
+	root   []byte // the signing key's raw seed, from which accounts' keys are derived
+	sys    *nats.Conn
+
+	mu     sync.Mutex
+	limits map[string]AccountLimits
+	pushed map[string]*jwt.AccountClaims // account name -> what this process pushed or found current
+}
+
+var _ accounts = (*operator)(nil)
+
+// accountKeyInfo and signingKeyInfo label the derivation of accounts' keys and their user
+// signing keys; changing them renames every account.
+const (
+	accountKeyInfo = "penstock nats account v1\x00"
+	signingKeyInfo = "penstock nats account signing key v1\x00"
+)
+
+// The resolver's subjects in the system account (nats-server's full and cache resolvers).
+const (
+	claimsUpdateSubject = "$SYS.REQ.CLAIMS.UPDATE"
+	claimsLookupSubject = "$SYS.REQ.ACCOUNT.%s.CLAIMS.LOOKUP"
+)
+
+func openOperator(ctx context.Context, o Options) (*operator, error) {
+	c := o.Config
+	b, err := os.ReadFile(c.NATSOperatorKeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("engine.nats_operator_key_file: %w", err)
+	}
+	seed := operatorSeed(b)
+	prefix, raw, err := nkeys.DecodeSeed(seed)
+	if err != nil || prefix != nkeys.PrefixByteOperator {
+		// The file's content is a secret: the error names the file, never what it holds.
+		return nil, fmt.Errorf("engine.nats_operator_key_file %s: not an operator nkey seed (SO...)", c.NATSOperatorKeyFile)
+	}
+	signer, err := nkeys.FromSeed(seed)
+	if err != nil {
+		return nil, fmt.Errorf("engine.nats_operator_key_file %s: not an operator nkey seed (SO...)", c.NATSOperatorKeyFile)
+	}
+	op := &operator{opts: o, signer: signer, root: raw, limits: map[string]AccountLimits{}, pushed: map[string]*jwt.AccountClaims{}}
+	op.sys, err = dialExternal(ctx, c, "penstock/system", nats.UserCredentials(c.NATSSystemCredsFile))
+	if err != nil {
+		return nil, fmt.Errorf("system account: %w", err)
+	}
+	return op, nil
+}
+
+// operatorSeed finds the seed in the key file: the seed alone, or an nkey/creds-style file
+// whose seed block holds it.
+func operatorSeed(b []byte) []byte {
+	for line := range strings.Lines(string(b)) {
+		if l := strings.TrimSpace(line); strings.HasPrefix(l, "SO") {
+			return []byte(l)
+		}
+	}
+	return []byte(strings.TrimSpace(string(b)))
+}
+
+// accountKey derives the named account's key pair (its identity) or, with signingKeyInfo,
+// the signing key its JWT lists and Penstock's users are signed with: an operator with strict
+// signing key usage accepts no user signed by the account's identity.
+func (x *operator) accountKey(name string) (nkeys.KeyPair, error) {
+	return x.derive(accountKeyInfo, name)
+}
+
+func (x *operator) derive(info, name string) (nkeys.KeyPair, error) {
+	raw, err := hkdf.Key(sha256.New, x.root, nil, info+name, 32)
+	if err != nil {
+		return nil, err
+	}
+	return nkeys.FromRawSeed(nkeys.PrefixByteAccount, raw)
+}
+
+// accountPublicKey is the NATS account (its public key) that holds the named Penstock account.
+func (x *operator) accountPublicKey(name string) (string, error) {
+	kp, err := x.accountKey(name)
+	if err != nil {
+		return "", err
+	}
+	return kp.PublicKey()
+}
+
+func (x *operator) setLimits(name string, l AccountLimits) {
+	x.mu.Lock()
+	x.limits[name] = l
+	x.mu.Unlock()
+}
+
+// claims is the account JWT Penstock wants the resolver to hold for name.
+func (x *operator) claims(name, pub, signer string) *jwt.AccountClaims {
+	ac := jwt.NewAccountClaims(pub)
+	ac.Name = name
+	ac.Tags.Add("penstock")
+	ac.SigningKeys.Add(signer)
+	js := &ac.Limits.JetStreamLimits
+	js.DiskStorage, js.Streams, js.Consumer, js.MaxAckPending = jwt.NoLimit, jwt.NoLimit, jwt.NoLimit, jwt.NoLimit
+	js.DiskMaxStreamBytes, js.MemoryMaxStreamBytes = 0, 0
+	if name == PlatformAccount {
+		js.MemoryStorage = jwt.NoLimit
+		return ac
+	}
+	// Tenants' streams are on disk, as on the embedded engine (its limits: MaxMemory 0).
+	js.MemoryStorage = 0
+	x.mu.Lock()
+	l, ok := x.limits[name]
+	x.mu.Unlock()
+	if ok && l.Storage > 0 {
+		js.DiskStorage = l.Storage
+	}
+	return ac
+}
+
+// same reports whether two account JWTs grant the same: the resolver keeps the one it has
+// when nothing Penstock sets has changed.
+// An account JWT with anything else (imports, exports, mappings, signing keys, revocations),
+// written by another tool, is replaced.
+func same(have, want *jwt.AccountClaims) bool {
+	hl, wl := have.Limits, want.Limits
+	keys := func(ac *jwt.AccountClaims) string {
+		k := ac.SigningKeys.Keys()
+		slices.Sort(k)
+		return strings.Join(k, ",")
+	}
+	return have.Subject == want.Subject && have.Name == want.Name &&
+		hl.NatsLimits == wl.NatsLimits && hl.AccountLimits == wl.AccountLimits && hl.JetStreamLimits == wl.JetStreamLimits &&
+		len(hl.JetStreamTieredLimits) == 0 && len(have.Imports) == 0 && len(have.Exports) == 0 &&
+		keys(have) == keys(want) && len(have.Mappings) == 0 && len(have.Revocations) == 0 &&
+		len(have.Authorization.AuthUsers) == 0 && len(have.Authorization.AllowedAccounts) == 0
+}
+
+// ensure makes the resolver hold the named account's JWT as Penstock wants it: looked up
+// first, pushed when missing or different.
+func (x *operator) ensure(ctx context.Context, name string) (pub string, signer nkeys.KeyPair, err error) {
+	kp, err := x.accountKey(name)
+	if err != nil {
+		return "", nil, err
+	}
+	signer, err = x.derive(signingKeyInfo, name)
+	if err != nil {
+		return "", nil, err
+	}
+	pub, _ = kp.PublicKey()
+	spub, _ := signer.PublicKey()
+	want := x.claims(name, pub, spub)
+	x.mu.Lock()
+	done := x.pushed[name]
+	x.mu.Unlock()
+	if done != nil && same(done, want) {
+		return pub, signer, nil
+	}
+	have, err := x.lookup(ctx, pub)
+	if err != nil {
+		return "", nil, err
+	}
+	if have == nil || !same(have, want) {
+		token, err := want.Encode(x.signer)
+		if err != nil {
+			return "", nil, fmt.Errorf("sign account JWT: %w", err)
+		}
+		if err := x.push(ctx, token); err != nil {
+			return "", nil, err
+		}
+		have = want
+	}
+	x.mu.Lock()
+	x.pushed[name] = have
+	x.mu.Unlock()
+	return pub, signer, nil
+}
+
+// lookup asks the resolver for the account's JWT; nil when it has none.
+func (x *operator) lookup(ctx context.Context, pub string) (*jwt.AccountClaims, error) {
+	m, err := x.sys.RequestWithContext(ctx, fmt.Sprintf(claimsLookupSubject, pub), nil)
+	if err != nil {
+		if errors.Is(err, nats.ErrNoResponders) {
+			return nil, errors.New("look up account JWT: no resolver answers (the servers need resolver: {type: full} and the system account user of engine.nats_system_creds_file)")
+		}
+		return nil, fmt.Errorf("look up account JWT: %w", err)
+	}
+	if len(m.Data) == 0 {
+		return nil, nil
+	}
+	ac, err := jwt.DecodeAccountClaims(string(m.Data))
+	if err != nil {
+		return nil, fmt.Errorf("look up account JWT: the resolver answered with an undecodable JWT: %w", err)
+	}
+	return ac, nil
+}
+
+// push stores an account JWT in the resolver and checks its answer.
+func (x *operator) push(ctx context.Context, token string) error {
+	m, err := x.sys.RequestWithContext(ctx, claimsUpdateSubject, []byte(token))
+	if err != nil {
+		if errors.Is(err, nats.ErrNoResponders) {
+			return errors.New("push account JWT: no resolver answers (the servers need resolver: {type: full} and the system account user of engine.nats_system_creds_file)")
+		}
+		return fmt.Errorf("push account JWT: %w", err)
+	}
+	var r struct {
+		Data *struct {
+			Code    int    `json:"code"`
+			Message string `json:"message"`
+		} `json:"data"`
+		Error *struct {
+			Code        int    `json:"code"`
+			Description string `json:"description"`
+		} `json:"error"`
+	}
+	if err := json.Unmarshal(m.Data, &r); err != nil {
+		return fmt.Errorf("push account JWT: unreadable answer: %w", err)
+	}
+	if r.Error != nil {
+		return fmt.Errorf("push account JWT: the resolver refused it (%d): %s", r.Error.Code, r.Error.Description)
+	}
+	if r.Data == nil || r.Data.Code != 200 {
+		return fmt.Errorf("push account JWT: unexpected answer %s", m.Data)
+	}
+	return nil
+}
+
+// hasAccount reports whether the resolver holds the named account.
+func (x *operator) hasAccount(ctx context.Context, name string) (bool, error) {
+	pub, err := x.accountPublicKey(name)
+	if err != nil {
+		return false, err
+	}
+	ac, err := x.lookup(ctx, pub)
+	return ac != nil, err
+}
+
+func (x *operator) connect(ctx context.Context, name string) (*nats.Conn, error) {
+	pub, signer, err := x.ensure(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	user, err := nkeys.CreateUser()
+	if err != nil {
+		return nil, err
+	}
+	upub, _ := user.PublicKey()
+	issue := func() (string, error) {
+		// No expiry: the JWT is useless without the user's key, which never leaves this
+		// process, and an expiring one would cut the connection in mid-request.
+		uc := jwt.NewUserClaims(upub)
+		uc.Name = "penstock"
+		uc.IssuerAccount = pub
+		return uc.Encode(signer)
+	}
+	return dialExternal(ctx, x.opts.Config, "penstock/"+name, nats.UserJWT(issue, user.Sign))
+}
+
+func (x *operator) close() {
+	if x.sys != nil {
+		x.sys.Close()
+	}
+}

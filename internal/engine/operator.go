@@ -54,6 +54,15 @@ const (
 
 func openOperator(ctx context.Context, o Options) (*operator, error) {
 	c := o.Config
+	st, err := os.Stat(c.NATSOperatorKeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("engine.nats_operator_key_file: %w", err)
+	}
+	if st.Mode().Perm()&0o077 != 0 {
+		// Whoever reads it can sign users into every tenant's account.
+		return nil, fmt.Errorf("engine.nats_operator_key_file %s is readable by group or others (mode %04o): run chmod 600 on it",
+			c.NATSOperatorKeyFile, st.Mode().Perm())
+	}
 	b, err := os.ReadFile(c.NATSOperatorKeyFile)
 	if err != nil {
 		return nil, fmt.Errorf("engine.nats_operator_key_file: %w", err)

@@ -236,7 +236,7 @@ func TestOperatorOutsideAccountSeesNothing(t *testing.T) {
 	}
 }
 
-// A key file that is not an operator seed, or missing, is refused with an error naming the
+// A key file that is not an operator seed, missing, or readable by others is refused with an error naming the
 // setting, and never with what the file holds.
 func TestOperatorKeyFileRefused(t *testing.T) {
 	srv := testenv.StartOperatorNATS(t)
@@ -247,7 +247,11 @@ func TestOperatorKeyFileRefused(t *testing.T) {
 	if err := os.WriteFile(wrong, aseed, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	for _, path := range []string{wrong, filepath.Join(dir, "missing.nk")} {
+	open := filepath.Join(dir, "readable.nk")
+	if err := os.WriteFile(open, []byte("SO-not-read"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{wrong, filepath.Join(dir, "missing.nk"), open} {
 		cfg := config.Default().Engine
 		cfg.NATSURL, cfg.NATSOperatorKeyFile, cfg.NATSSystemCredsFile = srv.URL, path, srv.SystemCredsFile
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

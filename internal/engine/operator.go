@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats.go"
@@ -208,12 +209,21 @@ func (x *operator) ensure(ctx context.Context, name string) (pub string, signer 
 	return pub, signer, nil
 }
 
+// resolverWait bounds a request to the resolver: a server that takes the request but never
+// answers (a resolver that cannot store it) must not hold a start for ever.
+const resolverWait = 10 * time.Second
+
 // lookup asks the resolver for the account's JWT; nil when it has none.
 func (x *operator) lookup(ctx context.Context, pub string) (*jwt.AccountClaims, error) {
+	ctx, cancel := context.WithTimeout(ctx, resolverWait)
+	defer cancel()
 	m, err := x.sys.RequestWithContext(ctx, fmt.Sprintf(claimsLookupSubject, pub), nil)
 	if err != nil {
 		if errors.Is(err, nats.ErrNoResponders) {
 			return nil, errors.New("look up account JWT: no resolver answers (the servers need resolver: {type: full} and the system account user of engine.nats_system_creds_file)")
+		}
+		if errors.Is(err, context.DeadlineExceeded) {
+			return nil, fmt.Errorf("look up account JWT: no answer within %s (old nats-server versions, such as 2.9, do not answer for an account they lack: Penstock is tested with the nats-server version of its go.mod)", resolverWait)
 		}
 		return nil, fmt.Errorf("look up account JWT: %w", err)
 	}
@@ -229,6 +239,8 @@ func (x *operator) lookup(ctx context.Context, pub string) (*jwt.AccountClaims, 
 
 // push stores an account JWT in the resolver and checks its answer.
 func (x *operator) push(ctx context.Context, token string) error {
+	ctx, cancel := context.WithTimeout(ctx, resolverWait)
+	defer cancel()
 	m, err := x.sys.RequestWithContext(ctx, claimsUpdateSubject, []byte(token))
 	if err != nil {
 		if errors.Is(err, nats.ErrNoResponders) {

@@ -19,6 +19,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/penstock/penstock/internal/pipeline"
 )
 
 // testCluster is three `penstock serve` processes on loopback, each with its own data
@@ -542,4 +544,209 @@ func adminCLIStdin(t *testing.T, admin *proc, api, stdin string, args ...string)
 		t.Fatal(err)
 	}
 	return 0, string(out)
+}
+
+// A continuous pipeline in a cluster runs on one node, the holder of its lease. kill -9 of that
+// node: another takes the lease over once it lapses, marks the dead node's run interrupted and
+// goes on from the last checkpoint; every message acknowledged to the publishers reaches the
+// sink queue (at least once), and there is never more than one run going.
+func TestClusterPipelineFailsOver(t *testing.T) {
+	tc := newTestCluster(t)
+	tc.start()
+	admin := tc.admin()
+	key := setupQueue(t, admin)
+	const app = "acme/production/shop"
+	if code, out := adminCLI(t, admin, tc.node(0).api, "queue", "create", "--app", app, "copied"); code != 0 {
+		t.Fatalf("queue create: %d\n%s", code, out)
+	}
+	spec := filepath.Join(t.TempDir(), "relay.yaml")
+	if err := os.WriteFile(spec, []byte("name: relay\nsource: {type: queue, queue: orders}\n"+
+		"transforms:\n  - map: '{n: n, relayed: true}'\nsink: {type: queue, queue: copied}\nschedule: continuous\n"+
+		"batch: {size: 20, flush_interval: 100ms}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, out := adminCLI(t, admin, tc.node(0).api, "pipeline", "apply", "--app", app, "-f", spec); code != 0 {
+		t.Fatalf("pipeline apply: %d\n%s", code, out)
+	}
+	type run struct {
+		ID, Status, Node string
+		Out              int64 `json:"records_out"`
+	}
+	var down [3]atomic.Bool
+	runsFrom := func() []run {
+		for i := range 3 {
+			if down[i].Load() {
+				continue
+			}
+			code, out := adminCLI(t, admin, tc.node(i).api, "pipeline", "runs", "--app", app, "relay")
+			var got struct{ Runs []run }
+			if code == 0 && firstJSON(out, &got) == nil {
+				return got.Runs
+			}
+		}
+		return nil
+	}
+	running := func(runs []run) []run {
+		var r []run
+		for _, x := range runs {
+			if x.Status == "running" {
+				r = append(r, x)
+			}
+		}
+		return r
+	}
+
+	// Publishers: one message at a time, to whichever node answers.
+	var mu sync.Mutex
+	published := map[int]bool{}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	const base = "/v1/tenants/acme/environments/production/applications/shop/queues/"
+	wg.Go(func() {
+		home := 0
+		for n := 0; ; n++ {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if p := tc.node(home); !down[home].Load() {
+					body := map[string]any{"messages": []map[string]string{{"id": fmt.Sprint("m-", n), "data": fmt.Sprintf(`{"n":%d}`, n)}}}
+					if st, _, err := p.post(clientFor(p), key, base+"orders/messages", body); err == nil && st == 200 {
+						mu.Lock()
+						published[n] = true
+						mu.Unlock()
+						break
+					}
+				}
+				home = (home + 1) % 3
+				time.Sleep(50 * time.Millisecond)
+			}
+		}
+	})
+	defer func() {
+		select {
+		case <-stop:
+		default:
+			close(stop)
+		}
+		wg.Wait()
+	}()
+	copied := map[int]int{}
+	consume := func() {
+		for i := range 3 {
+			if down[i].Load() {
+				continue
+			}
+			p := tc.node(i)
+			st, b, err := p.post(clientFor(p), key, base+"copied/consume", map[string]any{"max": 100, "wait_ms": 200})
+			if err != nil || st != 200 {
+				continue
+			}
+			var got struct {
+				Messages []struct {
+					AckToken string `json:"ack_token"`
+					Data     string `json:"data"`
+				} `json:"messages"`
+			}
+			_ = json.Unmarshal(b, &got)
+			var tokens []string
+			for _, m := range got.Messages {
+				var rec struct {
+					N       int  `json:"n"`
+					Relayed bool `json:"relayed"`
+				}
+				if err := json.Unmarshal([]byte(m.Data), &rec); err != nil || !rec.Relayed {
+					t.Fatalf("copied message %q is not the transformed record", m.Data)
+				}
+				copied[rec.N]++
+				tokens = append(tokens, m.AckToken)
+			}
+			if len(tokens) > 0 {
+				_, _, _ = p.post(clientFor(p), key, base+"copied/ack", map[string]any{"tokens": tokens})
+			}
+			return
+		}
+	}
+
+	var holder run
+	waitUntil(t, 3*time.Minute, "the pipeline running on one node with records copied", func() bool {
+		consume()
+		r := running(runsFrom())
+		if len(r) == 1 && r[0].Node != "" && r[0].Out >= 20 {
+			holder = r[0]
+			return true
+		}
+		return false
+	})
+	victim := -1
+	for i := range 3 {
+		if fmt.Sprintf("n%d", i+1) == holder.Node {
+			victim = i
+		}
+	}
+	if victim < 0 {
+		t.Fatalf("run %s names node %q", holder.ID, holder.Node)
+	}
+	killedAt := time.Now()
+	down[victim].Store(true)
+	_ = tc.node(victim).cmd.Process.Kill()
+	<-tc.node(victim).exited
+
+	var next run
+	waitUntil(t, 2*time.Minute, "another node running the pipeline", func() bool {
+		consume()
+		runs := runsFrom()
+		r := running(runs)
+		if len(r) > 1 {
+			t.Fatalf("two runs going at once: %+v", r)
+		}
+		for _, x := range runs {
+			if x.ID == holder.ID && x.Status != "interrupted" {
+				return false // the next holder marks the dead node's run first
+			}
+		}
+		if len(r) == 1 && r[0].Node != holder.Node {
+			next = r[0]
+			return true
+		}
+		return false
+	})
+	tookOver := time.Since(killedAt)
+
+	// The dead node comes back; the lease stays where it is, and one run goes on.
+	tc.start(victim)
+	down[victim].Store(false)
+	mu.Lock()
+	p0 := len(published)
+	mu.Unlock()
+	waitUntil(t, 2*time.Minute, "more publishes after the node's return", func() bool {
+		consume()
+		mu.Lock()
+		defer mu.Unlock()
+		return len(published) >= p0+20
+	})
+	close(stop)
+	wg.Wait()
+	waitUntil(t, 3*time.Minute, "every acknowledged message copied", func() bool {
+		consume()
+		for n := range published {
+			if copied[n] == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	if r := running(runsFrom()); len(r) != 1 || r[0].ID != next.ID {
+		t.Fatalf("after the node's return: running %+v, want only %s on %s", r, next.ID, next.Node)
+	}
+	dups := 0
+	for _, c := range copied {
+		if c > 1 {
+			dups++
+		}
+	}
+	t.Logf("pipeline relay ran on %s; kill -9 of it: %s ran it %v later (lease TTL %v); %d acknowledged messages all copied, %d of them more than once",
+		holder.Node, next.Node, tookOver.Round(time.Millisecond), pipeline.LeaseTTL, len(published), dups)
 }

@@ -185,8 +185,7 @@ func (l *Log) Append(ctx context.Context, e Event) (Event, error) {
 		b, _ := json.Marshal(e)
 		ack, err := l.js.Publish(ctx, chainSubject+e.Chain, b, jetstream.WithExpectLastSequencePerSubject(h.subjectSeq))
 		if err != nil {
-			var apiErr *jetstream.APIError
-			if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+			if engine.WrongLastSequence(err) {
 				delete(l.heads, e.Chain) // another node appended: reload the head and chain again
 				continue
 			}

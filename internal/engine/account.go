@@ -17,6 +17,9 @@ type Account struct {
 	js       jetstream.JetStream
 	replicas int
 	sync     syncFunc // nil: the engine syncs every write itself, or does not promise to
+	// clustered: reads go to a stream's leader (no direct gets), which has applied every write
+	// it acknowledged.
+	clustered bool
 }
 
 // Sync returns once every write made before the call is on disk. With the engine's own
@@ -86,7 +89,7 @@ func (a *Account) ErasableKeyValue(ctx context.Context, bucket, description stri
 		Storage:           jetstream.FileStorage,
 		Replicas:          a.replicas,
 		AllowRollup:       true,
-		AllowDirect:       true,
+		AllowDirect:       !a.clustered,
 		Duplicates:        2 * time.Minute,
 		Discard:           jetstream.DiscardNew,
 	})

@@ -379,10 +379,94 @@ func (c clusterJS) UpdateKeyValue(ctx context.Context, cfg jetstream.KeyValueCon
 	return c.JetStream.UpdateKeyValue(ctx, c.kv(cfg))
 }
 
+// CreateOrUpdateKeyValue defines the bucket's stream as the client library would, but
+// without direct gets, and returns it once this node can use it. A direct get may be answered
+// by any replica, which may not have applied the last writes yet: a node that wrote a key and
+// read it back could miss its own write. Without direct gets every read goes to the stream's
+// leader, which has applied everything it acknowledged.
 func (c clusterJS) CreateOrUpdateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
-	return retryLost(ctx, c.placement == nil, func(ctx context.Context) (jetstream.KeyValue, error) {
-		return c.JetStream.CreateOrUpdateKeyValue(ctx, c.kv(cfg))
-	})
+	cfg = c.kv(cfg)
+	scfg, ok := leaderReadKV(cfg)
+	if !ok {
+		return retryLost(ctx, c.placement == nil, func(ctx context.Context) (jetstream.KeyValue, error) {
+			return c.JetStream.CreateOrUpdateKeyValue(ctx, cfg)
+		})
+	}
+	if _, err := c.CreateOrUpdateStream(ctx, scfg); err != nil {
+		return nil, err
+	}
+	return c.KeyValue(ctx, cfg.Bucket)
+}
+
+// KeyValue opens a bucket. Just after another node defined it, this node's engine may not
+// know it yet (or have no responder for it): it asks again, for up to joinWait.
+func (c clusterJS) KeyValue(ctx context.Context, bucket string) (jetstream.KeyValue, error) {
+	ctx, cancel := context.WithTimeout(ctx, joinWait)
+	defer cancel()
+	for {
+		kv, err := c.JetStream.KeyValue(ctx, bucket)
+		if err == nil || !notYet(err) || ctx.Err() != nil {
+			return kv, err
+		}
+		select {
+		case <-ctx.Done():
+			return kv, err
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// WrongLastSequence tells a refused compare-and-set write (an expected last sequence that
+// another writer moved): code 10071 from a stream of one replica, 10164 from a replicated one.
+func WrongLastSequence(err error) bool {
+	var api *jetstream.APIError
+	return errors.As(err, &api) && (api.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		api.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
+}
+
+// notYet tells the errors of a stream another node has just defined.
+func notYet(err error) bool {
+	return errors.Is(err, jetstream.ErrBucketNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) ||
+		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)
+}
+
+// leaderReadKV is the stream of a KV bucket as the client library defines it (limits, history,
+// TTL, rollups, no deletes, discard new), with AllowDirect off. ok is false for settings it
+// does not translate; the library's own definition is used then.
+func leaderReadKV(cfg jetstream.KeyValueConfig) (jetstream.StreamConfig, bool) {
+	if cfg.Mirror != nil || len(cfg.Sources) > 0 || cfg.RePublish != nil || cfg.LimitMarkerTTL != 0 || cfg.Compression || cfg.History > jetstream.KeyValueMaxHistory {
+		return jetstream.StreamConfig{}, false
+	}
+	orNone := func(n int64) int64 {
+		if n == 0 {
+			return -1
+		}
+		return n
+	}
+	dup := 2 * time.Minute
+	if cfg.TTL > 0 && cfg.TTL < dup {
+		dup = cfg.TTL
+	}
+	return jetstream.StreamConfig{
+		Name:              "KV_" + cfg.Bucket,
+		Description:       cfg.Description,
+		Subjects:          []string{"$KV." + cfg.Bucket + ".>"},
+		MaxMsgsPerSubject: int64(max(cfg.History, 1)),
+		MaxBytes:          orNone(cfg.MaxBytes),
+		MaxAge:            cfg.TTL,
+		MaxMsgSize:        int32(orNone(int64(cfg.MaxValueSize))),
+		Storage:           cfg.Storage,
+		Replicas:          cfg.Replicas,
+		Placement:         cfg.Placement,
+		AllowRollup:       true,
+		DenyDelete:        true,
+		Duplicates:        dup,
+		MaxMsgs:           -1,
+		MaxConsumers:      -1,
+		AllowDirect:       false,
+		Discard:           jetstream.DiscardNew,
+		Metadata:          cfg.Metadata,
+	}, true
 }
 
 // attemptWait bounds one attempt of a definition that may be retried.

@@ -336,6 +336,7 @@ func (e *Engine) Account(ctx context.Context, name string) (*Account, error) {
 	}
 	a := &Account{name: name, nc: nc, js: js, replicas: e.replicas}
 	if em := e.embedded; em != nil && em.cluster != nil {
+		a.clustered = true
 		cj := clusterJS{JetStream: js, replicas: e.replicas}
 		if em.cluster.Placement != nil {
 			cj.placement = em.cluster.Placement(name)

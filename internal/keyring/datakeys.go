@@ -16,6 +16,7 @@ import (
 	"github.com/tink-crypto/tink-go/v2/tink"
 
 	"github.com/penstock/penstock/internal/crashpoint"
+	"github.com/penstock/penstock/internal/engine"
 )
 
 // scopeRecord is a scope's entry in the keyring bucket: its Tink keyset wrapped by a master
@@ -152,10 +153,7 @@ func (k *Keyring) writeKeyset(ctx context.Context, s Scope, h *keyset.Handle, re
 	return newRev, k.eraseOld(ctx, recordKey(s), newRev)
 }
 
-func isWrongSequence(err error) bool {
-	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
-}
+func isWrongSequence(err error) bool { return engine.WrongLastSequence(err) }
 
 // eraseOld overwrites in storage every revision of key but keep.
 func (k *Keyring) eraseOld(ctx context.Context, key string, keep uint64) error {

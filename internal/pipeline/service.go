@@ -86,6 +86,7 @@ type Run struct {
 	Start   time.Time `json:"start"`
 	End     time.Time `json:"end,omitzero"`
 	Seconds float64   `json:"duration_seconds"`
+	Node    string    `json:"node,omitempty" doc:"in a cluster, the node that ran it (held the pipeline's lease)"`
 	RunStats
 	Error string `json:"error,omitempty"`
 }

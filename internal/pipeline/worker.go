@@ -168,6 +168,9 @@ func (w *worker) runOnce(trigger string, continuous bool, id string, lost <-chan
 		id = newRunID()
 	}
 	run := Run{ID: id, Version: w.p.Version, Trigger: trigger, Status: "running", Start: time.Now().UTC()}
+	if s.o.Leases != nil {
+		run.Node = s.o.Leases.node
+	}
 	w.qmu.Lock()
 	w.publish(run)
 	if w.queued == id {

@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/penstock/penstock/internal/config"
@@ -29,6 +30,8 @@ func TestOperatorModeIsolatesTenants(t *testing.T) {
 		c.Engine.NATSSystemCredsFile = srv.SystemCredsFile
 		c.Keyring.MasterKey = redact.NewSecret(hex.EncodeToString(mk))
 		c.API.Limits.RequestRate, c.API.Limits.RequestBurst = 1e6, 1e6
+		c.Fabric.MaxStorage = 1 << 20
+		c.Fabric.MaxPayload = 128 << 10
 	}
 	ta := startApp(t, setup)
 	if !ta.eng.Operator() {
@@ -97,6 +100,28 @@ func TestOperatorModeIsolatesTenants(t *testing.T) {
 	// One tenant's key opens nothing of the other's.
 	if st, _, raw := ta.call(t, "POST", "/v1/tenants/globex/environments/production/applications/shop/queues/orders/consume", keys["acme"], map[string]any{"max": 10}); st != 403 && st != 404 {
 		t.Fatalf("acme's key on globex's queue: %d %s", st, raw)
+	}
+	// fabric.max_storage holds there too: the account's JWT carries it.
+	big := strings.Repeat("x", 60<<10)
+	stored, status := 0, 0
+	bulk := "/v1/tenants/globex/environments/production/applications/shop/queues"
+	if st, _, raw := ta.call(t, "POST", bulk, keys["globex"], map[string]any{"name": "bulk"}); st != 201 {
+		t.Fatalf("queue: %d %s", st, raw)
+	}
+	for range 60 {
+		st, body, raw := ta.call(t, "POST", bulk+"/bulk/messages", keys["globex"],
+			map[string]any{"messages": []map[string]any{{"data": big}}})
+		if st != 200 {
+			if st != 507 || body["code"] != "quota.storage" {
+				t.Fatalf("publish past the quota: %d %.300s", st, raw)
+			}
+			status = st
+			break
+		}
+		stored++
+	}
+	if status != 507 || stored > 17 {
+		t.Fatalf("a 1 MiB quota took %d messages of 60 KiB (last status %d)", stored, status)
 	}
 	ta.stop()
 

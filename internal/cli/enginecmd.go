@@ -34,12 +34,12 @@ func operatorInitCmd() *cobra.Command {
 				return err
 			}
 			out := cmd.OutOrStdout()
-			fmt.Fprintf(out, "operator %q in %s (secrets 0600):\n", name, dir)
-			fmt.Fprintf(out, "  %-20s the operator's JWT, which every nats-server trusts\n", engine.OperatorJWTFile)
-			fmt.Fprintf(out, "  %-20s the operator's own key: it signs only the operator JWT; keep it offline\n", engine.OperatorSeedFile)
-			fmt.Fprintf(out, "  %-20s the signing key for engine.nats_operator_key_file\n", engine.OperatorSigningFile)
-			fmt.Fprintf(out, "  %-20s a system account user for engine.nats_system_creds_file\n", engine.SystemCredsFile)
-			fmt.Fprintf(out, "  %-20s for nats-server: include it in each server's configuration (beside jetstream {...})\n", engine.ResolverConfFile)
+			fmt.Fprintf(out, "operator %q in %s:\n", name, dir)
+			fmt.Fprintf(out, "  %-30s the operator's JWT, which every nats-server trusts\n", engine.OperatorJWTFile)
+			fmt.Fprintf(out, "  %-30s for nats-server: include it in each server's configuration (it names absolute paths)\n", engine.ResolverConfFile)
+			fmt.Fprintf(out, "  %-30s the signing key for engine.nats_operator_key_file (0600)\n", engine.OperatorSigningFile)
+			fmt.Fprintf(out, "  %-30s a system account user for engine.nats_system_creds_file (0600)\n", engine.SystemCredsFile)
+			fmt.Fprintf(out, "  %-30s the operator's own key: it signs only the operator JWT; move it offline\n", engine.OperatorSeedFile)
 			fmt.Fprintf(out, "then: penstock serve --nats-url nats://HOST:4222 --nats-operator-key %s --nats-system-creds %s\n",
 				filepath.Join(dir, engine.OperatorSigningFile), filepath.Join(dir, engine.SystemCredsFile))
 			return nil

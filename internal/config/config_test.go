@@ -197,7 +197,12 @@ engine: {sync_interval: sometimes, replicas: 9}
 		{
 			name: "operator mode without its system user, and with a user of its own",
 			file: "engine:\n  nats_url: nats://127.0.0.1:4222\n  nats_operator_key_file: /op.nk\n  nats_user: svc\n  nats_password: pw\n",
-			want: map[string]string{"engine.nats_system_creds_file": "required with engine.nats_operator_key_file"},
+			want: map[string]string{"engine.nats_system_creds_file": "required with engine.nats_operator_key_file", "engine": "Penstock signs its own users"},
+		},
+		{
+			name: "operator mode with the signing key as system creds",
+			file: "engine:\n  nats_url: nats://127.0.0.1:4222\n  nats_operator_key_file: /op.nk\n  nats_system_creds_file: /op.nk\n",
+			want: map[string]string{"engine.nats_system_creds_file": "not the operator signing key's file"},
 		},
 		{
 			name: "operator mode with a user of its own",

@@ -249,7 +249,10 @@ func (e Engine) validate(v *validator) {
 		v.add("engine.nats_system_creds_file", "required with engine.nats_operator_key_file: a system account user's .creds, to push account JWTs")
 	case e.NATSOperatorKeyFile == "" && e.NATSSystemCredsFile != "":
 		v.add("engine.nats_system_creds_file", "only applies with engine.nats_operator_key_file")
-	case e.NATSOperatorKeyFile != "" && auths > 0:
+	case e.NATSOperatorKeyFile != "" && e.NATSOperatorKeyFile == e.NATSSystemCredsFile:
+		v.add("engine.nats_system_creds_file", "must be a system account user's .creds, not the operator signing key's file")
+	}
+	if e.NATSOperatorKeyFile != "" && auths > 0 {
 		v.add("engine", "with nats_operator_key_file Penstock signs its own users: leave out nats_creds_file, nats_user and nats_token")
 	}
 }

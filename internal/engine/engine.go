@@ -221,7 +221,10 @@ func (e *Engine) HasAccount(name string) bool {
 		defer cancel()
 		has, err := e.operator.hasAccount(ctx, name)
 		if err != nil {
+			// Unknown counts as there: the caller opens it and fails with the reason, rather
+			// than skip (and, deleting, leave behind) what it could not see.
 			e.log.Warn("could not ask the resolver for an account", "account", name, "error", err)
+			return true
 		}
 		return has
 	}

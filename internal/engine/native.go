@@ -268,8 +268,7 @@ func (e *Engine) SetLimits(name string, l AccountLimits) error {
 	if e.operator != nil {
 		// In the account's JWT, pushed as the account is opened. Only storage: the
 		// connection and subscription limits are for the embedded engine's native clients.
-		e.operator.setLimits(name, l)
-		return nil
+		return e.operator.setLimits(name, l)
 	}
 	if e.embedded.cluster != nil {
 		// Every node applies them as it registers the account: a stream's leader, on

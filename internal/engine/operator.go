@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -33,9 +32,10 @@ type operator struct {
 	root   []byte // the signing key's raw seed, from which accounts' keys are derived
 	sys    *nats.Conn
 
-	mu     sync.Mutex
-	limits map[string]AccountLimits
-	pushed map[string]*jwt.AccountClaims // account name -> what this process pushed or found current
+	mu        sync.Mutex
+	limits    map[string]AccountLimits
+	pushed    map[string]*jwt.AccountClaims // account name -> what this process pushed or found current
+	repairing map[string]bool
 }
 
 var _ accounts = (*operator)(nil)
@@ -78,12 +78,69 @@ func openOperator(ctx context.Context, o Options) (*operator, error) {
 	if err != nil {
 		return nil, fmt.Errorf("engine.nats_operator_key_file %s: not an operator nkey seed (SO...)", c.NATSOperatorKeyFile)
 	}
-	op := &operator{opts: o, signer: signer, root: raw, limits: map[string]AccountLimits{}, pushed: map[string]*jwt.AccountClaims{}}
+	if err := checkUserCreds(c.NATSSystemCredsFile); err != nil {
+		return nil, err
+	}
+	op := &operator{opts: o, signer: signer, root: raw, limits: map[string]AccountLimits{}, pushed: map[string]*jwt.AccountClaims{},
+		repairing: map[string]bool{}}
 	op.sys, err = dialExternal(ctx, c, "penstock/system", nats.UserCredentials(c.NATSSystemCredsFile))
 	if err != nil {
-		return nil, fmt.Errorf("system account: %w", err)
+		return nil, fmt.Errorf("engine.nats_system_creds_file %s: %w", c.NATSSystemCredsFile, err)
+	}
+	if err := op.checkTrusted(ctx); err != nil {
+		op.sys.Close()
+		return nil, err
 	}
 	return op, nil
+}
+
+// checkUserCreds refuses a file that is not a user's .creds (a user JWT and its seed) before
+// anything is sent: given a bare seed, the client would send the whole file as its JWT.
+func checkUserCreds(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("engine.nats_system_creds_file: %w", err)
+	}
+	bad := fmt.Errorf("engine.nats_system_creds_file %s: not a user's .creds file (a user JWT and its nkey seed, as nsc or penstock engine operator-init write them)", path)
+	token, err := jwt.ParseDecoratedJWT(b)
+	if err != nil {
+		return bad
+	}
+	if _, err := jwt.DecodeUserClaims(token); err != nil {
+		return bad
+	}
+	if _, err := jwt.ParseDecoratedUserNKey(b); err != nil {
+		return bad
+	}
+	return nil
+}
+
+// checkTrusted asks the servers which operators they trust and refuses a signing key none of
+// them lists: the accounts it signed would be refused at every connection. Servers that do
+// not answer are not waited for.
+func (x *operator) checkTrusted(ctx context.Context) error {
+	pub, _ := x.signer.PublicKey()
+	ctx, cancel := context.WithTimeout(ctx, resolverWait)
+	defer cancel()
+	m, err := x.sys.RequestWithContext(ctx, "$SYS.REQ.SERVER.PING.VARZ", nil)
+	if err != nil {
+		return nil
+	}
+	var r struct {
+		Data struct {
+			Operators []*jwt.OperatorClaims `json:"trusted_operators_claim"`
+		} `json:"data"`
+	}
+	if json.Unmarshal(m.Data, &r) != nil || len(r.Data.Operators) == 0 {
+		return nil
+	}
+	for _, oc := range r.Data.Operators {
+		if oc.Subject == pub || oc.SigningKeys.Contains(pub) {
+			return nil
+		}
+	}
+	return fmt.Errorf("engine.nats_operator_key_file %s: key %s is not a signing key of the operator the servers trust (nsc edit operator --sk adds one)",
+		x.opts.Config.NATSOperatorKeyFile, pub)
 }
 
 // operatorSeed finds the seed in the key file: the seed alone, or an nkey/creds-style file
@@ -121,10 +178,20 @@ func (x *operator) accountPublicKey(name string) (string, error) {
 	return kp.PublicKey()
 }
 
-func (x *operator) setLimits(name string, l AccountLimits) {
+// setLimits records an account's limits; an account already pushed (opened before, by a
+// backup say) gets its JWT again with them.
+func (x *operator) setLimits(name string, l AccountLimits) error {
 	x.mu.Lock()
 	x.limits[name] = l
+	_, pushed := x.pushed[name]
 	x.mu.Unlock()
+	if !pushed {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*resolverWait)
+	defer cancel()
+	_, _, err := x.ensure(ctx, name)
+	return err
 }
 
 // claims is the account JWT Penstock wants the resolver to hold for name.
@@ -151,22 +218,27 @@ func (x *operator) claims(name, pub, signer string) *jwt.AccountClaims {
 	return ac
 }
 
-// same reports whether two account JWTs grant the same: the resolver keeps the one it has
-// when nothing Penstock sets has changed.
-// An account JWT with anything else (imports, exports, mappings, signing keys, revocations),
-// written by another tool, is replaced.
-func same(have, want *jwt.AccountClaims) bool {
-	hl, wl := have.Limits, want.Limits
-	keys := func(ac *jwt.AccountClaims) string {
-		k := ac.SigningKeys.Keys()
-		slices.Sort(k)
-		return strings.Join(k, ",")
+// same reports whether the JWT the resolver holds is the one Penstock would sign: issued by
+// its signing key, for no limited time, and granting exactly the same (limits, signing keys
+// and their scopes, default permissions; no imports, exports, mappings or revocations). A JWT
+// another tool changed in any way is replaced.
+func (x *operator) same(have, want *jwt.AccountClaims) bool {
+	signer, _ := x.signer.PublicKey()
+	if have.Issuer != signer || have.Subject != want.Subject || have.Name != want.Name || have.Expires != 0 || have.NotBefore != 0 {
+		return false
 	}
-	return have.Subject == want.Subject && have.Name == want.Name &&
-		hl.NatsLimits == wl.NatsLimits && hl.AccountLimits == wl.AccountLimits && hl.JetStreamLimits == wl.JetStreamLimits &&
-		len(hl.JetStreamTieredLimits) == 0 && len(have.Imports) == 0 && len(have.Exports) == 0 &&
-		keys(have) == keys(want) && len(have.Mappings) == 0 && len(have.Revocations) == 0 &&
-		len(have.Authorization.AuthUsers) == 0 && len(have.Authorization.AllowedAccounts) == 0
+	// want as the resolver will hold it: encoded and decoded, so that defaults compare equal.
+	token, err := want.Encode(x.signer)
+	if err != nil {
+		return false
+	}
+	norm, err := jwt.DecodeAccountClaims(token)
+	if err != nil {
+		return false
+	}
+	a, err1 := json.Marshal(have.Account)
+	b, err2 := json.Marshal(norm.Account)
+	return err1 == nil && err2 == nil && string(a) == string(b)
 }
 
 // ensure makes the resolver hold the named account's JWT as Penstock wants it: looked up
@@ -186,14 +258,14 @@ func (x *operator) ensure(ctx context.Context, name string) (pub string, signer 
 	x.mu.Lock()
 	done := x.pushed[name]
 	x.mu.Unlock()
-	if done != nil && same(done, want) {
+	if done != nil && x.same(done, want) {
 		return pub, signer, nil
 	}
 	have, err := x.lookup(ctx, pub)
 	if err != nil {
 		return "", nil, err
 	}
-	if have == nil || !same(have, want) {
+	if have == nil || !x.same(have, want) {
 		token, err := want.Encode(x.signer)
 		if err != nil {
 			return "", nil, fmt.Errorf("sign account JWT: %w", err)
@@ -201,7 +273,7 @@ func (x *operator) ensure(ctx context.Context, name string) (pub string, signer 
 		if err := x.push(ctx, token); err != nil {
 			return "", nil, err
 		}
-		have = want
+		have, _ = jwt.DecodeAccountClaims(token)
 	}
 	x.mu.Lock()
 	x.pushed[name] = have
@@ -298,7 +370,46 @@ func (x *operator) connect(ctx context.Context, name string) (*nats.Conn, error)
 		uc.IssuerAccount = pub
 		return uc.Encode(signer)
 	}
-	return dialExternal(ctx, x.opts.Config, "penstock/"+name, nats.UserJWT(issue, user.Sign))
+	repair := func(err error) {
+		if err != nil && authError(err) {
+			x.repair(name)
+		}
+	}
+	// An account JWT lost or changed on the servers (a resolver directory restored from an old
+	// copy, another tool) refuses the connection: it keeps trying while the JWT is pushed again.
+	return dialExternal(ctx, x.opts.Config, "penstock/"+name, nats.UserJWT(issue, user.Sign), nats.IgnoreAuthErrorAbort(),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { repair(err) }),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { repair(err) }))
+}
+
+func authError(err error) bool {
+	msg := strings.ToLower(err.Error())
+	return errors.Is(err, nats.ErrAuthorization) || errors.Is(err, nats.ErrAuthExpired) || errors.Is(err, nats.ErrAccountAuthExpired) ||
+		strings.Contains(msg, "authorization violation") || strings.Contains(msg, "authentication expired")
+}
+
+// repair pushes an account's JWT again after the servers refused its user, once at a time.
+func (x *operator) repair(name string) {
+	x.mu.Lock()
+	if x.repairing[name] {
+		x.mu.Unlock()
+		return
+	}
+	x.repairing[name] = true
+	delete(x.pushed, name)
+	x.mu.Unlock()
+	go func() {
+		defer func() {
+			x.mu.Lock()
+			delete(x.repairing, name)
+			x.mu.Unlock()
+		}()
+		ctx, cancel := context.WithTimeout(context.Background(), 2*resolverWait)
+		defer cancel()
+		if _, _, err := x.ensure(ctx, name); err != nil {
+			x.opts.Logger.Warn("account JWT not pushed again after its user was refused", "account", name, "error", err)
+		}
+	}()
 }
 
 func (x *operator) close() {

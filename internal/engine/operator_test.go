@@ -143,7 +143,6 @@ func TestOperatorAccountsOutliveTheProcess(t *testing.T) {
 	// Another tool adds an export to the account, signed by the same operator.
 	ac := resolverJWT(t, srv, pub)
 	ac.Exports.Add(&jwt.Export{Name: "leak", Subject: ">", Type: jwt.Stream})
-	ac.IssuedAt = time.Now().Add(time.Second).Unix()
 	token, err := ac.Encode(srv.Signer)
 	if err != nil {
 		t.Fatal(err)
@@ -248,20 +247,157 @@ func TestOperatorKeyFileRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	open := filepath.Join(dir, "readable.nk")
-	if err := os.WriteFile(open, []byte("SO-not-read"), 0o644); err != nil {
+	sseed, _ := srv.Signer.Seed()
+	if err := os.WriteFile(open, sseed, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	for _, path := range []string{wrong, filepath.Join(dir, "missing.nk"), open} {
+	for path, want := range map[string]string{wrong: "not an operator nkey seed", filepath.Join(dir, "missing.nk"): "no such file",
+		open: "readable by group or others"} {
 		cfg := config.Default().Engine
 		cfg.NATSURL, cfg.NATSOperatorKeyFile, cfg.NATSSystemCredsFile = srv.URL, path, srv.SystemCredsFile
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		_, err := engine.Open(ctx, engine.Options{Config: cfg})
 		cancel()
-		if err == nil || !strings.Contains(err.Error(), "engine.nats_operator_key_file") {
-			t.Fatalf("open with %s: %v, want an error naming engine.nats_operator_key_file", path, err)
+		if err == nil || !strings.Contains(err.Error(), "engine.nats_operator_key_file") || !strings.Contains(err.Error(), want) {
+			t.Fatalf("open with %s: %v, want an error naming engine.nats_operator_key_file: %s", path, err, want)
 		}
-		if strings.Contains(err.Error(), string(aseed)) {
+		if strings.Contains(err.Error(), string(aseed)) || strings.Contains(err.Error(), string(sseed)) {
 			t.Fatalf("the error shows the seed: %v", err)
 		}
+	}
+}
+
+// A system creds file that is not a user's .creds (a bare seed: the client would send it whole
+// as its JWT), an operator key the servers do not trust, and the operator's own key on an
+// operator that requires signing keys are refused at start, naming the setting and never what
+// the files hold.
+func TestOperatorCredentialsRefused(t *testing.T) {
+	srv := testenv.StartOperatorNATS(t)
+	dir := t.TempDir()
+	sseed, _ := srv.Signer.Seed()
+	seedAsCreds := filepath.Join(dir, "seed.creds")
+	if err := os.WriteFile(seedAsCreds, sseed, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	stranger, _ := nkeys.CreateOperator()
+	strangerSeed, _ := stranger.Seed()
+	strangerFile := filepath.Join(dir, "stranger.nk")
+	if err := os.WriteFile(strangerFile, strangerSeed, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct{ key, creds, want string }{
+		{srv.OperatorKeyFile, seedAsCreds, "engine.nats_system_creds_file " + seedAsCreds + ": not a user's .creds"},
+		{srv.OperatorKeyFile, srv.OperatorKeyFile, "not a user's .creds"},
+		{strangerFile, srv.SystemCredsFile, "engine.nats_operator_key_file " + strangerFile + ": key"},
+		{filepath.Join(srv.Dir, "operator", engine.OperatorSeedFile), srv.SystemCredsFile, "refused"},
+	}
+	for _, c := range cases {
+		cfg := config.Default().Engine
+		cfg.NATSURL, cfg.NATSOperatorKeyFile, cfg.NATSSystemCredsFile = srv.URL, c.key, c.creds
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		_, err := engine.Open(ctx, engine.Options{Config: cfg})
+		cancel()
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Fatalf("open with key %s and creds %s: %v, want %q", c.key, c.creds, err, c.want)
+		}
+		if strings.Contains(err.Error(), string(sseed)) || strings.Contains(err.Error(), string(strangerSeed)) {
+			t.Fatalf("the error shows a seed: %v", err)
+		}
+	}
+	if strings.Contains(srv.Log(), string(sseed)) {
+		t.Fatal("the signing key's seed reached the server")
+	}
+}
+
+// Limits set after an account was opened (a backup opened it first) reach its JWT; a JWT
+// another tool changed in any way (an expiry, default permissions, a scope on the signing
+// key, another issuer) is signed again by Penstock when it opens the account; and accounts
+// whose JWTs the servers lost while Penstock runs are pushed again: the connections come back.
+func TestOperatorKeepsItsAccountJWTs(t *testing.T) {
+	srv := testenv.StartOperatorNATS(t)
+	e := openOperatorMode(t, srv)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if _, err := e.Account(ctx, "acme_production"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.SetLimits("acme_production", engine.AccountLimits{Storage: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	pub, _ := e.NATSAccount("acme_production")
+	if js := resolverJWT(t, srv, pub).Limits.JetStreamLimits; js.DiskStorage != 1<<20 {
+		t.Fatalf("limits set after the account opened: disk %d, want %d", js.DiskStorage, 1<<20)
+	}
+
+	// Lost while running: the server comes back without its JWTs.
+	srv.Restart(t, true)
+	deadline := time.Now().Add(time.Minute)
+	for {
+		err := e.Ready(ctx)
+		acc, aerr := e.Account(ctx, "acme_production")
+		if err == nil && aerr == nil {
+			if _, kerr := acc.KeyValue(ctx, jetstream.KeyValueConfig{Bucket: "after"}); kerr == nil {
+				break
+			} else {
+				err = kerr
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a minute after the server lost its account JWTs: %v %v\n%s", err, aerr, srv.Log())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	e.Close()
+
+	signer, _ := srv.Signer.PublicKey()
+	other, _ := nkeys.CreateOperator() // not trusted by the servers: only the resolver keeps it
+	tampers := map[string]func(ac *jwt.AccountClaims) nkeys.KeyPair{
+		"expiry": func(ac *jwt.AccountClaims) nkeys.KeyPair {
+			ac.Expires = time.Now().Add(time.Hour).Unix()
+			return srv.Signer
+		},
+		"default permissions": func(ac *jwt.AccountClaims) nkeys.KeyPair {
+			ac.DefaultPermissions.Pub.Deny.Add("$JS.API.>")
+			return srv.Signer
+		},
+		"signing key scope": func(ac *jwt.AccountClaims) nkeys.KeyPair {
+			for k := range ac.SigningKeys {
+				us := jwt.NewUserScope()
+				us.Key = k
+				us.Template.Pub.Deny.Add(">")
+				ac.SigningKeys.AddScopedSigner(us)
+			}
+			return srv.Signer
+		},
+		"another issuer": func(*jwt.AccountClaims) nkeys.KeyPair { return other },
+	}
+	for what, tamper := range tampers {
+		ac := resolverJWT(t, srv, pub)
+		token, err := ac.Encode(tamper(ac))
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv.Push(t, token)
+		e := openOperatorMode(t, srv)
+		if err := e.SetLimits("acme_production", engine.AccountLimits{Storage: 1 << 20}); err != nil {
+			t.Fatal(err)
+		}
+		acc, err := e.Account(ctx, "acme_production")
+		if err != nil {
+			t.Fatalf("after %s: %v", what, err)
+		}
+		if _, err := acc.KeyValue(ctx, jetstream.KeyValueConfig{Bucket: "after"}); err != nil {
+			t.Fatalf("after %s: %v", what, err)
+		}
+		got := resolverJWT(t, srv, pub)
+		if got.Issuer != signer || got.Expires != 0 || got.DefaultPermissions.Pub.Deny.Contains("$JS.API.>") || len(got.SigningKeys) != 1 {
+			t.Fatalf("after %s the resolver holds %+v", what, got)
+		}
+		for _, sc := range got.SigningKeys {
+			if sc != nil {
+				t.Fatalf("after %s a signing key keeps a scope: %+v", what, sc)
+			}
+		}
+		e.Close()
 	}
 }

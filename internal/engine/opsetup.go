@@ -22,13 +22,14 @@ type OperatorSetup struct {
 	SystemCreds   []byte // engine.nats_system_creds_file
 }
 
-// The files Write creates.
+// The files Write creates, under its directory: what nats-server reads (and its resolver's
+// directory, server/jwt) apart from Penstock's secrets and the operator's own key.
 const (
-	OperatorJWTFile     = "operator.jwt"
-	OperatorSeedFile    = "operator.nk"
-	OperatorSigningFile = "operator-signing.nk"
-	SystemCredsFile     = "system.creds"
-	ResolverConfFile    = "resolver.conf"
+	OperatorJWTFile     = "server/operator.jwt"
+	ResolverConfFile    = "server/resolver.conf"
+	OperatorSigningFile = "penstock/operator-signing.nk"
+	SystemCredsFile     = "penstock/system.creds"
+	OperatorSeedFile    = "offline/operator.nk"
 )
 
 // NewOperatorSetup creates the keys and JWTs of a new operator.
@@ -101,10 +102,12 @@ resolver_preload: { %s: %q }
 `, operatorJWT, s.SystemAccount, resolverDir, s.SystemAccount, s.SystemJWT)
 }
 
-// Write puts the setup's files in dir, a new directory (secrets 0600): the operator JWT, the
-// two seeds, the system user's credentials and resolver.conf for nats-server to include.
+// Write puts the setup's files in dir, a new directory: server/ (mode 0755, files 0644) holds
+// the operator JWT and resolver.conf for nats-server to include, and will hold the resolver's
+// JWTs; penstock/ (0700, files 0600) the signing key and the system user's credentials;
+// offline/ (0700) the operator's own key, which signs only the operator JWT.
 func (s *OperatorSetup) Write(dir string) error {
-	if err := os.Mkdir(dir, 0o700); err != nil {
+	if err := os.Mkdir(dir, 0o755); err != nil {
 		if errors.Is(err, os.ErrExist) {
 			return fmt.Errorf("%s exists: give a new directory, so that no key is overwritten", dir)
 		}
@@ -114,18 +117,24 @@ func (s *OperatorSetup) Write(dir string) error {
 	if err != nil {
 		return err
 	}
+	for sub, mode := range map[string]os.FileMode{"server": 0o755, "penstock": 0o700, "offline": 0o700} {
+		if err := os.Mkdir(filepath.Join(dir, sub), mode); err != nil {
+			return err
+		}
+	}
 	files := []struct {
 		name string
 		b    []byte
+		mode os.FileMode
 	}{
-		{OperatorJWTFile, []byte(s.OperatorJWT)},
-		{OperatorSeedFile, s.OperatorSeed},
-		{OperatorSigningFile, s.SigningSeed},
-		{SystemCredsFile, s.SystemCreds},
-		{ResolverConfFile, []byte(s.ServerConfig(filepath.Join(abs, OperatorJWTFile), filepath.Join(abs, "jwt")))},
+		{OperatorJWTFile, []byte(s.OperatorJWT), 0o644},
+		{ResolverConfFile, []byte(s.ServerConfig(filepath.Join(abs, OperatorJWTFile), filepath.Join(abs, "server", "jwt"))), 0o644},
+		{OperatorSigningFile, s.SigningSeed, 0o600},
+		{SystemCredsFile, s.SystemCreds, 0o600},
+		{OperatorSeedFile, s.OperatorSeed, 0o600},
 	}
 	for _, f := range files {
-		if err := os.WriteFile(filepath.Join(dir, f.name), f.b, 0o600); err != nil {
+		if err := os.WriteFile(filepath.Join(dir, f.name), f.b, f.mode); err != nil {
 			return err
 		}
 	}

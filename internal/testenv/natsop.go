@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -34,6 +35,9 @@ type OperatorNATS struct {
 	Signer nkeys.KeyPair
 	Dir    string
 	log    *LogBuffer
+	bin    string
+	conf   string
+	stop   func()
 }
 
 // Log is what the server printed so far.
@@ -93,7 +97,7 @@ func StartOperatorNATS(t testing.TB) *OperatorNATS {
 	must(err)
 	signer, err := nkeys.FromSeed(setup.SigningSeed)
 	must(err)
-	o := &OperatorNATS{Signer: signer, Dir: dir, log: &LogBuffer{}}
+	o := &OperatorNATS{Signer: signer, Dir: dir, log: &LogBuffer{}, bin: bin}
 	must(setup.Write(filepath.Join(dir, "operator")))
 	o.OperatorKeyFile = filepath.Join(dir, "operator", engine.OperatorSigningFile)
 	o.SystemCredsFile = filepath.Join(dir, "operator", engine.SystemCredsFile)
@@ -104,27 +108,37 @@ func StartOperatorNATS(t testing.TB) *OperatorNATS {
 	l.Close()
 	conf := fmt.Sprintf("server_name: penstock-test-operator\nlisten: 127.0.0.1:%d\njetstream: { store_dir: %q }\ninclude %q\n",
 		port, filepath.Join(dir, "js"), "operator/"+engine.ResolverConfFile) // relative to the file that includes it
-	confPath := filepath.Join(dir, "nats.conf")
-	must(os.WriteFile(confPath, []byte(conf), 0o600))
+	o.conf = filepath.Join(dir, "nats.conf")
+	must(os.WriteFile(o.conf, []byte(conf), 0o600))
+	o.URL = "nats://127.0.0.1:" + strconv.Itoa(port)
+	o.start(t)
+	return o
+}
 
-	cmd := exec.Command(bin, "-c", confPath)
+// start runs the server on its configuration and waits until the system user gets in.
+func (o *OperatorNATS) start(t testing.TB) {
+	t.Helper()
+
+	cmd := exec.Command(o.bin, "-c", o.conf)
 	cmd.Stdout, cmd.Stderr = o.log, o.log
-	must(cmd.Start())
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // no server left behind by a killed test
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
 	exited := make(chan struct{})
 	var waitErr error
 	go func() { waitErr = cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
+	o.stop = func() {
 		_ = cmd.Process.Kill()
 		<-exited
-	})
-	o.URL = "nats://127.0.0.1:" + strconv.Itoa(port)
-
+	}
+	t.Cleanup(o.stop)
 	deadline := time.Now().Add(time.Minute)
 	for {
 		nc, err := nats.Connect(o.URL, nats.UserCredentials(o.SystemCredsFile), nats.Timeout(2*time.Second))
 		if err == nil {
 			nc.Close()
-			return o
+			return
 		}
 		select {
 		case <-exited:
@@ -136,6 +150,20 @@ func StartOperatorNATS(t testing.TB) *OperatorNATS {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// Restart stops the server and starts it again on the same port and store; with dropJWTs,
+// without the account JWTs its resolver held (a resolver directory lost or restored from
+// before the accounts were made).
+func (o *OperatorNATS) Restart(t testing.TB, dropJWTs bool) {
+	t.Helper()
+	o.stop()
+	if dropJWTs {
+		if err := os.RemoveAll(filepath.Join(o.Dir, "operator", "server", "jwt")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	o.start(t)
 }
 
 // AddAccount signs a new account with the operator signing key, pushes it to the resolver

@@ -1,9 +1,0 @@
-package main
-
-import "testing"
-
-func TestZZClusterStarts(t *testing.T) {
-	tc := newTestCluster(t)
-	tc.start()
-	tc.admin()
-}

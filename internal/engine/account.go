@@ -96,7 +96,11 @@ func (a *Account) ErasableKeyValue(ctx context.Context, bucket, description stri
 	if err != nil {
 		return nil, fmt.Errorf("key-value bucket %q: %w", bucket, err)
 	}
-	kv, err := a.js.KeyValue(ctx, bucket)
+	open := a.js.KeyValue
+	if a.clustered {
+		open = func(ctx context.Context, bucket string) (jetstream.KeyValue, error) { return definedKeyValue(ctx, a.js, bucket) }
+	}
+	kv, err := open(ctx, bucket)
 	if err != nil {
 		return nil, fmt.Errorf("key-value bucket %q: %w", bucket, err)
 	}

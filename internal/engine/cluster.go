@@ -395,16 +395,18 @@ func (c clusterJS) CreateOrUpdateKeyValue(ctx context.Context, cfg jetstream.Key
 	if _, err := c.CreateOrUpdateStream(ctx, scfg); err != nil {
 		return nil, err
 	}
-	return c.KeyValue(ctx, cfg.Bucket)
+	return definedKeyValue(ctx, c.JetStream, cfg.Bucket)
 }
 
-// KeyValue opens a bucket. Just after another node defined it, this node's engine may not
-// know it yet (or have no responder for it): it asks again, for up to joinWait.
-func (c clusterJS) KeyValue(ctx context.Context, bucket string) (jetstream.KeyValue, error) {
+// definedKeyValue opens a bucket just defined. Right after a definition (this node's, or
+// another's a moment before) the engine may not know the bucket yet here (or have no
+// responder for it): it asks again, for up to joinWait. Only for a bucket known to exist: a
+// lookup of one that may not exist must not wait.
+func definedKeyValue(ctx context.Context, js jetstream.JetStream, bucket string) (jetstream.KeyValue, error) {
 	ctx, cancel := context.WithTimeout(ctx, joinWait)
 	defer cancel()
 	for {
-		kv, err := c.JetStream.KeyValue(ctx, bucket)
+		kv, err := js.KeyValue(ctx, bucket)
 		if err == nil || !notYet(err) || ctx.Err() != nil {
 			return kv, err
 		}

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	mrand "math/rand/v2"
 	"sort"
 	"strings"
 	"sync"
@@ -175,7 +176,7 @@ func (l *Log) Append(ctx context.Context, e Event) (Event, error) {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for attempt := 0; attempt < 5; attempt++ {
+	for attempt := 0; attempt < 10; attempt++ {
 		h, err := l.headLocked(ctx, e.Chain)
 		if err != nil {
 			return Event{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
@@ -186,7 +187,14 @@ func (l *Log) Append(ctx context.Context, e Event) (Event, error) {
 		ack, err := l.js.Publish(ctx, chainSubject+e.Chain, b, jetstream.WithExpectLastSequencePerSubject(h.subjectSeq))
 		if err != nil {
 			if engine.WrongLastSequence(err) {
-				delete(l.heads, e.Chain) // another node appended: reload the head and chain again
+				// Another node appended: reload the head and chain again, after a moment (on a
+				// replicated stream its write may still be in flight).
+				delete(l.heads, e.Chain)
+				select {
+				case <-ctx.Done():
+					return Event{}, fmt.Errorf("%w: %v", ErrUnavailable, ctx.Err())
+				case <-time.After(time.Duration(attempt+1)*5*time.Millisecond + time.Duration(mrand.IntN(10))*time.Millisecond):
+				}
 				continue
 			}
 			return Event{}, fmt.Errorf("%w: %v", ErrUnavailable, err)

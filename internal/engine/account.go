@@ -77,6 +77,9 @@ func (a *Account) Stream(ctx context.Context, cfg jetstream.StreamConfig) (jetst
 // history 2 the value a write replaces stays until its writer erases it: a value pushed out by
 // the history limit is removed without being overwritten.
 func (a *Account) ErasableKeyValue(ctx context.Context, bucket, description string, history int64) (jetstream.KeyValue, error) {
+	// In a cluster, reads go to the stream's leader, except in a bucket made before (see
+	// keptDirect).
+	direct := !a.clustered || keptDirect(ctx, a.js, "KV_"+bucket)
 	_, err := a.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:              "KV_" + bucket,
 		Description:       description,
@@ -89,7 +92,7 @@ func (a *Account) ErasableKeyValue(ctx context.Context, bucket, description stri
 		Storage:           jetstream.FileStorage,
 		Replicas:          a.replicas,
 		AllowRollup:       true,
-		AllowDirect:       !a.clustered,
+		AllowDirect:       direct,
 		Duplicates:        2 * time.Minute,
 		Discard:           jetstream.DiscardNew,
 	})
@@ -98,7 +101,9 @@ func (a *Account) ErasableKeyValue(ctx context.Context, bucket, description stri
 	}
 	open := a.js.KeyValue
 	if a.clustered {
-		open = func(ctx context.Context, bucket string) (jetstream.KeyValue, error) { return definedKeyValue(ctx, a.js, bucket) }
+		open = func(ctx context.Context, bucket string) (jetstream.KeyValue, error) {
+			return definedKeyValue(ctx, a.js, bucket)
+		}
 	}
 	kv, err := open(ctx, bucket)
 	if err != nil {

@@ -392,21 +392,38 @@ func (c clusterJS) CreateOrUpdateKeyValue(ctx context.Context, cfg jetstream.Key
 			return c.JetStream.CreateOrUpdateKeyValue(ctx, cfg)
 		})
 	}
+	scfg.AllowDirect = keptDirect(ctx, c.JetStream, scfg.Name)
 	if _, err := c.CreateOrUpdateStream(ctx, scfg); err != nil {
 		return nil, err
 	}
 	return definedKeyValue(ctx, c.JetStream, cfg.Bucket)
 }
 
+// keptDirect is whether an existing bucket stream allows direct gets: such a bucket keeps
+// them. Nodes of an earlier version read it with direct gets (the client decides from the
+// stream's settings when it opens the bucket) and would fail every read, during a rolling
+// upgrade, if a new node turned them off. Buckets created since read from their leader.
+func keptDirect(ctx context.Context, js jetstream.JetStream, stream string) bool {
+	ctx, cancel := context.WithTimeout(ctx, attemptWait)
+	defer cancel()
+	st, err := js.Stream(ctx, stream)
+	if err != nil {
+		return false
+	}
+	return st.CachedInfo().Config.AllowDirect
+}
+
 // definedKeyValue opens a bucket just defined. Right after a definition (this node's, or
 // another's a moment before) the engine may not know the bucket yet here (or have no
-// responder for it): it asks again, for up to joinWait. Only for a bucket known to exist: a
+// responder for it): it asks again, for up to peersWait. Only for a bucket known to exist: a
 // lookup of one that may not exist must not wait.
 func definedKeyValue(ctx context.Context, js jetstream.JetStream, bucket string) (jetstream.KeyValue, error) {
-	ctx, cancel := context.WithTimeout(ctx, joinWait)
+	ctx, cancel := context.WithTimeout(ctx, peersWait)
 	defer cancel()
 	for {
-		kv, err := js.KeyValue(ctx, bucket)
+		actx, acancel := context.WithTimeout(ctx, attemptWait) // an answer lost is asked again
+		kv, err := js.KeyValue(actx, bucket)
+		acancel()
 		if err == nil || !notYet(err) || ctx.Err() != nil {
 			return kv, err
 		}

@@ -494,6 +494,22 @@ func TestClusterReadsItsWritesAndKnowsConflicts(t *testing.T) {
 	if info := st.(*jetstream.KeyValueBucketStatus).StreamInfo(); info.Config.AllowDirect || info.Config.Replicas != 3 {
 		t.Fatalf("bucket stream: allow_direct %v, replicas %d; want reads from the leader of 3 replicas", info.Config.AllowDirect, info.Config.Replicas)
 	}
+	// A bucket an earlier version made (the client library's definition, direct gets on)
+	// keeps them: nodes of that version still read it so during a rolling upgrade.
+	raw, err := jetstream.New(accs[0].Conn())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := raw.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "old_bucket", Replicas: 3}); err != nil {
+		t.Fatal(err)
+	}
+	old, err := accs[1].KeyValue(ctx, jetstream.KeyValueConfig{Bucket: "old_bucket"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := old.Status(ctx); err != nil || !st.(*jetstream.KeyValueBucketStatus).StreamInfo().Config.AllowDirect {
+		t.Fatalf("a bucket with direct gets lost them when a new node defined it: %v", err)
+	}
 	for i := range 300 {
 		key := fmt.Sprintf("k%d", i)
 		rev, err := kvs[i%3].Create(ctx, key, []byte(key))

@@ -12,6 +12,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/penstock/penstock/internal/engine"
 )
 
 // ExchangeType is how an exchange routes.
@@ -315,8 +317,8 @@ func (s *Service) updateBindings(ctx context.Context, r Ref, b QueueBinding, add
 			return Exchange{}, err
 		}
 		rev, err := kv.Update(ctx, exchangeKey(r.Application, r.Name), raw, x.Revision)
-		if errors.Is(err, jetstream.ErrKeyExists) {
-			continue // changed meanwhile: read again
+		if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) || engine.WrongLastSequence(err) {
+			continue // changed meanwhile (on a replicated bucket, reported as a mismatch): read again
 		}
 		if err != nil {
 			return Exchange{}, fmt.Errorf("update bindings: %w", err)

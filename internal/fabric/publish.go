@@ -788,6 +788,11 @@ func (s *Service) storedAs(ctx context.Context, c *committer, m *nats.Msg) (uint
 	probe.Header.Set(jetstream.MsgIDHeader, id)
 	probe.Header.Set(jetstream.ExpectedLastMsgIDHeader, "penstock-probe-"+nuid.Next())
 	ack, err := c.js.PublishMsg(ctx, probe)
+	for try := 0; inProcess(err) && try < 50 && ctx.Err() == nil; try++ {
+		// A replicated stream: a racing publish of the same id is not applied yet.
+		time.Sleep(10 * time.Millisecond)
+		ack, err = c.js.PublishMsg(ctx, probe)
+	}
 	if err == nil {
 		if !ack.Duplicate {
 			return 0, false, fmt.Errorf("publish: the engine stored a duplicate probe for id %q at %d", id, ack.Sequence)
@@ -799,6 +804,13 @@ func (s *Service) storedAs(ctx context.Context, c *committer, m *nats.Msg) (uint
 		return 0, false, nil
 	}
 	return 0, false, jsErr(err, "publish")
+}
+
+// inProcess tells the engine's "duplicate message id is in process" (10158): on a replicated
+// stream, a message with that id is being stored and its outcome is not known yet.
+func inProcess(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == 10158
 }
 
 var errBatchDuplicate = errors.New("atomic batch contains a duplicate message id")

@@ -495,9 +495,10 @@ const attemptWait = 5 * time.Second
 // when nodes define the same stream at once (every node opens the platform's buckets as it
 // starts), the engine answers some of the requests only.
 //
-// With waitPeers (a definition without placement tags), "no suitable peers" is retried for
-// up to peersWait too: while the nodes start together, the leader may not know yet that the
-// others run JetStream, and the cluster's size is checked against the replicas at start.
+// "JetStream system temporarily unavailable" is retried for up to peersWait; with waitPeers
+// (a definition without placement tags), "no suitable peers" too: while the nodes start
+// together, the leader may not know yet that the others run JetStream, and the cluster's size
+// is checked against the replicas at start.
 func retryLost[T any](ctx context.Context, waitPeers bool, do func(context.Context) (T, error)) (T, error) {
 	peersUntil := time.Now().Add(peersWait)
 	for {
@@ -505,7 +506,7 @@ func retryLost[T any](ctx context.Context, waitPeers bool, do func(context.Conte
 		v, err := do(actx)
 		lost := err != nil && actx.Err() != nil && ctx.Err() == nil
 		cancel()
-		if !lost && waitPeers && noPeers(err) && time.Now().Before(peersUntil) {
+		if !lost && (waitPeers && noPeers(err) || unavailable(err)) && time.Now().Before(peersUntil) {
 			select {
 			case <-ctx.Done():
 				return v, err
@@ -521,6 +522,14 @@ func retryLost[T any](ctx context.Context, waitPeers bool, do func(context.Conte
 
 // peersWait bounds how long a definition waits for the engine to know enough peers.
 const peersWait = 30 * time.Second
+
+// unavailable tells the engine's "JetStream system temporarily unavailable" (10008), which a
+// node answers while its JetStream catches up with the cluster (at start, after a leader
+// change): asked again, the same request succeeds.
+func unavailable(err error) bool {
+	var api *jetstream.APIError
+	return errors.As(err, &api) && api.ErrorCode == 10008
+}
 
 // noPeers tells the engine's "no suitable peers for placement".
 func noPeers(err error) bool {

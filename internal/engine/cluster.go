@@ -415,16 +415,23 @@ func keptDirect(ctx context.Context, js jetstream.JetStream, stream string) bool
 
 // definedKeyValue opens a bucket just defined. Right after a definition (this node's, or
 // another's a moment before) the engine may not know the bucket yet here (or have no
-// responder for it): it asks again, for up to peersWait. Only for a bucket known to exist: a
+// responder for it): it asks again. Only for a bucket known to exist: a
 // lookup of one that may not exist must not wait.
 func definedKeyValue(ctx context.Context, js jetstream.JetStream, bucket string) (jetstream.KeyValue, error) {
-	ctx, cancel := context.WithTimeout(ctx, peersWait)
-	defer cancel()
+	// An answer lost (a node catching up after a restart) is asked again for as long as the
+	// caller waits, as retryLost does; "not found" or "no responders" for up to peersWait.
+	notYetUntil := time.Now().Add(peersWait)
 	for {
-		actx, acancel := context.WithTimeout(ctx, attemptWait) // an answer lost is asked again
+		actx, acancel := context.WithTimeout(ctx, attemptWait)
 		kv, err := js.KeyValue(actx, bucket)
+		lost := err != nil && actx.Err() != nil && ctx.Err() == nil
 		acancel()
-		if err == nil || !notYet(err) || ctx.Err() != nil {
+		switch {
+		case err == nil:
+			return kv, nil
+		case lost:
+			continue
+		case !notYet(err) || time.Now().After(notYetUntil) || ctx.Err() != nil:
 			return kv, err
 		}
 		select {

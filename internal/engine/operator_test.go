@@ -331,22 +331,16 @@ func TestOperatorKeepsItsAccountJWTs(t *testing.T) {
 
 	// Lost while running: the server comes back without its JWTs.
 	srv.Restart(t, true)
-	deadline := time.Now().Add(time.Minute)
-	for {
-		err := e.Ready(ctx)
-		acc, aerr := e.Account(ctx, "acme_production")
-		if err == nil && aerr == nil {
-			if _, kerr := acc.KeyValue(ctx, jetstream.KeyValueConfig{Bucket: "after"}); kerr == nil {
-				break
-			} else {
-				err = kerr
-			}
+	waitFor(t, "the account usable again after the server lost its JWTs", time.Minute, func() bool {
+		if e.Ready(ctx) != nil {
+			return false
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("a minute after the server lost its account JWTs: %v %v\n%s", err, aerr, srv.Log())
+		acc, err := e.Account(ctx, "acme_production")
+		if err == nil {
+			_, err = acc.KeyValue(ctx, jetstream.KeyValueConfig{Bucket: "after"})
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return err == nil
+	})
 	e.Close()
 
 	signer, _ := srv.Signer.PublicKey()

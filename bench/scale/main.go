@@ -40,7 +40,7 @@ var (
 	n        = flag.Int("n", 10000, "tenant-environments to create")
 	workers  = flag.Int("workers", 8, "concurrent creators")
 	idle     = flag.Duration("idle", time.Minute, "how long idle CPU is measured")
-	settle   = flag.Duration("settle", 20*time.Second, "wait after creating, before measuring idle")
+	settle   = flag.Duration("settle", 180*time.Second, "wait after creating, before measuring idle (longer than fabric.idle_close, 2m, plus one check)")
 	binary   = flag.String("binary", "", "the penstock binary (default: built from ./cmd/penstock)")
 	outDir   = flag.String("out", "", "keep the node's heap and goroutine profiles here")
 	skipPeer = flag.Bool("skip-peer", false, "leave out the plain nats-server")
@@ -229,8 +229,8 @@ func penstockRun(bin string, marks []int) runFigures {
 	f.rss, f.threads, f.fds = s.RSS, s.Threads, s.FDs
 	m := p.Scrape()
 	f.goroutines = int(m["go_goroutines"])
-	fmt.Printf("idle: RSS %s MiB, heap in use %s MiB, %d goroutines, %d threads, %d open files, CPU %.2f %% of one core over %s\n",
-		mib(f.rss), mib(int64(m["go_memstats_heap_inuse_bytes"])), f.goroutines, f.threads, f.fds, f.idleCPU, *idle)
+	fmt.Printf("idle: RSS %s MiB, heap in use %s MiB, %d goroutines, %d threads, %d open files, CPU %.2f %% of one core over %s; %.0f tenant-environments let go as idle\n",
+		mib(f.rss), mib(int64(m["go_memstats_heap_inuse_bytes"])), f.goroutines, f.threads, f.fds, f.idleCPU, *idle, m["penstock_fabric_idle_closed_total"])
 	profiles(p)
 	p.Child.Stop()
 	f.disk = dirSize(dir)

@@ -90,6 +90,10 @@ type Fabric struct {
 	MaxStorage       int64   `koanf:"max_storage"`
 	PublishRate      float64 `koanf:"publish_rate"`
 	PublishBytesRate float64 `koanf:"publish_bytes_rate"`
+	// IdleClose is how long a tenant-environment may go unused on a node before the node
+	// closes its own engine connection to it (taken up again on next use); 0 keeps every one
+	// open. Embedded engine only.
+	IdleClose time.Duration `koanf:"idle_close"`
 }
 
 // Audit configures the audit log.
@@ -346,6 +350,7 @@ func Default() Config {
 		Fabric: Fabric{
 			CommitWindow: 5 * time.Millisecond, MaxCommit: 1000, CommitsInFlight: 16, MaxPublishBatch: 1000,
 			MaxAge: 14 * 24 * time.Hour, MaxDeliveries: 5, AckWait: 30 * time.Second, DuplicateWindow: 2 * time.Minute,
+			IdleClose:      2 * time.Minute,
 			MaxConnections: 1000, MaxSubscriptions: 10000, MaxPayload: 1 << 20,
 		},
 		Identity: Identity{

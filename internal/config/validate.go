@@ -154,6 +154,10 @@ func (f Fabric) validate(v *validator, e Engine) {
 	if f.AckWait < time.Second {
 		v.add("fabric.ack_wait", "must be at least 1s")
 	}
+	if f.IdleClose != 0 && f.IdleClose < time.Minute {
+		// Longer than the longest long-poll (30 s), with room for a consumer's next one.
+		v.add("fabric.idle_close", "must be 0 (keep every tenant-environment open) or at least 1m")
+	}
 	if f.DuplicateWindow < 0 || f.DuplicateWindow > f.MaxAge {
 		v.add("fabric.duplicate_window", "must be between 0 and fabric.max_age")
 	}

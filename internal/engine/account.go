@@ -3,6 +3,8 @@ package engine
 import (
 	"context"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -20,6 +22,42 @@ type Account struct {
 	// clustered: reads go to a stream's leader (no direct gets), which has applied every write
 	// it acknowledged.
 	clustered bool
+
+	// handedOut is when Account last returned this (unix ns); idleMu guards the traffic
+	// counters IdleFor last saw and since when they have not moved.
+	handedOut atomic.Int64
+	idleMu    sync.Mutex
+	seen      uint64
+	quietFrom time.Time
+}
+
+// IdleFor tells how long the account's connection has carried no message either way and has
+// not been handed out by Engine.Account, as seen by successive calls: the first call, and any
+// after traffic, starts the count at zero. Advisories, subscriptions' messages and requests
+// all count as traffic.
+func (a *Account) IdleFor() time.Duration {
+	st := a.nc.Stats()
+	moved := st.InMsgs + st.OutMsgs
+	now := time.Now()
+	a.idleMu.Lock()
+	defer a.idleMu.Unlock()
+	if moved != a.seen || a.quietFrom.IsZero() {
+		a.seen, a.quietFrom = moved, now
+	}
+	if h := time.Unix(0, a.handedOut.Load()); h.After(a.quietFrom) {
+		return now.Sub(h)
+	}
+	return now.Sub(a.quietFrom)
+}
+
+// Quiet starts IdleFor's count again from the traffic the account carried so far: the traffic
+// of a check made for the idle close itself (asking the engine whether anything is in flight)
+// is not use.
+func (a *Account) Quiet() {
+	st := a.nc.Stats()
+	a.idleMu.Lock()
+	a.seen = st.InMsgs + st.OutMsgs
+	a.idleMu.Unlock()
 }
 
 // Sync returns once every write made before the call is on disk. With the engine's own

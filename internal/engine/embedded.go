@@ -174,11 +174,8 @@ func startEmbedded(o Options) (*embedded, error) {
 // connect registers the account (enabling JetStream on it, which also recovers its streams
 // from disk after a restart) and opens an in-process connection bound to it.
 func (em *embedded) connect(ctx context.Context, name string) (*nats.Conn, error) {
-	acc, _ := em.ns.LookupOrRegisterAccount(name)
-	if !acc.JetStreamEnabled() {
-		if err := acc.EnableJetStream(nil, nil); err != nil {
-			return nil, fmt.Errorf("enable jetstream: %w", err)
-		}
+	if err := em.enable(name); err != nil {
+		return nil, err
 	}
 	return nats.Connect("",
 		nats.InProcessServer(em.ns),
@@ -186,6 +183,18 @@ func (em *embedded) connect(ctx context.Context, name string) (*nats.Conn, error
 		nats.Name("penstock/"+name),
 		nats.MaxReconnects(-1),
 	)
+}
+
+// enable registers the account and enables JetStream on it, which recovers its streams from
+// disk after a restart, without connecting to it.
+func (em *embedded) enable(name string) error {
+	acc, _ := em.ns.LookupOrRegisterAccount(name)
+	if !acc.JetStreamEnabled() {
+		if err := acc.EnableJetStream(nil, nil); err != nil {
+			return fmt.Errorf("enable jetstream: %w", err)
+		}
+	}
+	return nil
 }
 
 func (em *embedded) close() {

@@ -198,13 +198,27 @@ func (e *Engine) openStoredAccounts(ctx context.Context, dataDir string) error {
 		return fmt.Errorf("list stored accounts: %w", err)
 	}
 	for _, de := range entries {
-		if de.IsDir() && accountName.MatchString(de.Name()) {
-			if _, err := e.Account(ctx, de.Name()); err != nil {
-				return err
+		if de.IsDir() && accountName.MatchString(de.Name()) && de.Name() != PlatformAccount {
+			if err := e.enableAccount(ctx, de.Name()); err != nil {
+				return fmt.Errorf("account %q: %w", de.Name(), err)
 			}
 		}
 	}
 	return nil
+}
+
+// enableAccount makes a stored account ready on this node (registered, its streams recovered)
+// without connecting to it: a node holding thousands of accounts connects to one only when it
+// is used (Account), and closes the connection once it is idle again (CloseAccount).
+func (e *Engine) enableAccount(ctx context.Context, name string) error {
+	em := e.embedded
+	if em.cluster == nil {
+		return em.enable(name)
+	}
+	e.mu.Lock()
+	plat := e.cache[PlatformAccount]
+	e.mu.Unlock()
+	return em.registerEverywhere(ctx, plat.nc, e.confirmed, name) // registering enables JetStream
 }
 
 // HasAccount reports whether the named account exists: opened in this process, stored on
@@ -302,6 +316,7 @@ func (e *Engine) Account(ctx context.Context, name string) (*Account, error) {
 	}
 	if a, ok := e.cache[name]; ok {
 		e.mu.Unlock()
+		a.handedOut.Store(time.Now().UnixNano())
 		return a, nil
 	}
 	plat := e.cache[PlatformAccount]
@@ -337,7 +352,10 @@ func (e *Engine) Account(ctx context.Context, name string) (*Account, error) {
 		nc.Close()
 		return nil, fmt.Errorf("account %q: jetstream not available: %w", name, err)
 	}
-	a := &Account{name: name, nc: nc, js: js, replicas: e.replicas}
+	a := &Account{name: name, nc: nc, js: js, replicas: e.replicas, quietFrom: time.Now()}
+	st := nc.Stats()
+	a.seen = st.InMsgs + st.OutMsgs
+	a.handedOut.Store(a.quietFrom.UnixNano())
 	if em := e.embedded; em != nil && em.cluster != nil {
 		a.clustered = true
 		cj := clusterJS{JetStream: js, replicas: e.replicas}
@@ -358,6 +376,45 @@ func (e *Engine) Account(ctx context.Context, name string) (*Account, error) {
 	}
 	e.cache[name] = a
 	return a, nil
+}
+
+// CloseAccount closes this process's connection to a tenant account and forgets it; the next
+// Account opens a new one. The account, its streams and its native clients stay: only
+// Penstock's own connection goes, with every subscription made on it. It is for accounts idle
+// for a while (Account.IdleFor): anyone still holding the old *Account gets "connection
+// closed". The platform account is never closed.
+func (e *Engine) CloseAccount(name string) {
+	if name == PlatformAccount {
+		return
+	}
+	e.mu.Lock()
+	a, ok := e.cache[name]
+	delete(e.cache, name)
+	e.mu.Unlock()
+	if ok {
+		a.nc.Close()
+	}
+}
+
+// IdleAccounts names the accounts (the platform account aside) whose connection has been idle
+// for at least d (Account.IdleFor).
+func (e *Engine) IdleAccounts(d time.Duration) []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out []string
+	for name, a := range e.cache {
+		if name != PlatformAccount && a.IdleFor() >= d {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
+// OpenAccounts is how many accounts this process holds a connection to.
+func (e *Engine) OpenAccounts() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.cache)
 }
 
 // checkJetStream asks for the account's JetStream information. A node of a cluster that has

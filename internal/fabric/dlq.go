@@ -135,6 +135,7 @@ func (s *Service) sweepDeadLetters() {
 		s.sweepDead(ctx, ta)
 		cancel()
 		ta.swept = time.Now()
+		ta.acc.Quiet() // the sweep's requests are not use (idle.go)
 	}
 }
 
@@ -247,6 +248,9 @@ func (s *Service) deadLetter(ctx context.Context, ta *tenantAccount, app, queue 
 	m.Header.Set(hdrDeadQueue, queue)
 	m.Header.Set(hdrDeadAt, time.Now().UTC().Format(time.RFC3339Nano))
 	m.Header.Set(jetstream.MsgIDHeader, "dead:"+strconv.FormatUint(seq, 10))
+	if err := s.ensureDeadStream(ctx, ta, r, st); err != nil {
+		return err
+	}
 	if _, err := js.PublishMsg(ctx, m); err != nil {
 		return jsErr(err, "store dead letter")
 	}
@@ -255,6 +259,65 @@ func (s *Service) deadLetter(ctx context.Context, ta *tenantAccount, app, queue 
 	}
 	s.m.deadLettered.WithLabelValues(reason).Inc()
 	return nil
+}
+
+// deadStreamConfig is the dead-letter queue of a queue whose stream has configuration q: its
+// age and size limits, and its duplicate window (which makes a move retried after a crash
+// store the message once).
+func deadStreamConfig(r Ref, q jetstream.StreamConfig) jetstream.StreamConfig {
+	dup := q.Duplicates
+	if dup <= time.Millisecond {
+		dup = 0 // the queue remembers no ids (see CreateQueue): the engine's default here
+	}
+	return jetstream.StreamConfig{
+		Name:        r.deadStream(),
+		Description: "dead letters of queue " + r.Name,
+		Subjects:    []string{r.deadSubject()},
+		Retention:   jetstream.LimitsPolicy,
+		MaxAge:      q.MaxAge,
+		MaxBytes:    q.MaxBytes,
+		Storage:     jetstream.FileStorage,
+		Duplicates:  dup,
+		Metadata:    map[string]string{"penstock.kind": "dead-letters", "penstock.queue": r.Name},
+	}
+}
+
+// ensureDeadStream creates the dead-letter queue of queue r (whose stream is queue) if it
+// does not exist yet. A queue deleted meanwhile does not keep one.
+func (s *Service) ensureDeadStream(ctx context.Context, ta *tenantAccount, r Ref, queue jetstream.Stream) error {
+	js := ta.acc.JetStream()
+	_, err := js.Stream(ctx, r.deadStream())
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return jsErr(err, "dead-letter queue")
+	}
+	if _, err := js.CreateOrUpdateStream(ctx, deadStreamConfig(r, queue.CachedInfo().Config)); err != nil {
+		return jsErr(err, "create dead-letter queue")
+	}
+	if _, err := js.Stream(ctx, r.queueStream()); errors.Is(err, jetstream.ErrStreamNotFound) {
+		_ = js.DeleteStream(ctx, r.deadStream())
+		return &Missing{Kind: "queue"}
+	}
+	return nil
+}
+
+// deadStream opens queue r's dead-letter queue: nil with no error when the queue exists and
+// has had no dead letter yet.
+func deadStream(ctx context.Context, ta *tenantAccount, r Ref) (jetstream.Stream, error) {
+	js := ta.acc.JetStream()
+	st, err := js.Stream(ctx, r.deadStream())
+	if err == nil {
+		return st, nil
+	}
+	if !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, jsErr(err, "queue "+r.Name)
+	}
+	if _, err := js.Stream(ctx, r.queueStream()); err != nil {
+		return nil, jsErr(err, "queue "+r.Name)
+	}
+	return nil, nil
 }
 
 // rejectToDead moves rejected deliveries to the dead-letter queue before they are terminated:
@@ -314,9 +377,9 @@ func (s *Service) DeadLetters(ctx context.Context, r Ref, from uint64, limit int
 	if err != nil {
 		return nil, 0, err
 	}
-	st, err := ta.acc.JetStream().Stream(ctx, r.deadStream())
-	if err != nil {
-		return nil, 0, jsErr(err, "queue "+r.Name)
+	st, err := deadStream(ctx, ta, r)
+	if err != nil || st == nil {
+		return nil, 0, err
 	}
 	state := st.CachedInfo().State
 	if from < state.FirstSeq {
@@ -348,9 +411,12 @@ func (s *Service) DeadLetter(ctx context.Context, r Ref, seq uint64) (DeadLetter
 	if err != nil {
 		return DeadLetter{}, err
 	}
-	st, err := ta.acc.JetStream().Stream(ctx, r.deadStream())
+	st, err := deadStream(ctx, ta, r)
 	if err != nil {
-		return DeadLetter{}, jsErr(err, "queue "+r.Name)
+		return DeadLetter{}, err
+	}
+	if st == nil {
+		return DeadLetter{}, &Missing{Kind: "dead letter"}
 	}
 	raw, err := st.GetMsg(ctx, seq)
 	if err != nil {
@@ -382,9 +448,9 @@ func (s *Service) Replay(ctx context.Context, r Ref, seqs []uint64) (int, error)
 		return 0, err
 	}
 	js := ta.acc.JetStream()
-	st, err := js.Stream(ctx, r.deadStream())
-	if err != nil {
-		return 0, jsErr(err, "queue "+r.Name)
+	st, err := deadStream(ctx, ta, r)
+	if err != nil || st == nil {
+		return 0, err
 	}
 	if len(seqs) == 0 {
 		state := st.CachedInfo().State
@@ -431,9 +497,9 @@ func (s *Service) PurgeDeadLetters(ctx context.Context, r Ref) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	st, err := ta.acc.JetStream().Stream(ctx, r.deadStream())
-	if err != nil {
-		return 0, jsErr(err, "queue "+r.Name)
+	st, err := deadStream(ctx, ta, r)
+	if err != nil || st == nil {
+		return 0, err
 	}
 	n := st.CachedInfo().State.Msgs
 	if err := st.Purge(ctx); err != nil {

@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -173,6 +174,8 @@ type tenantAccount struct {
 	lastQuota time.Time
 	// swept is when the dead-letter sweep last finished here (only sweepDeadLetters uses it).
 	swept time.Time
+	// used is when the fabric last handed it out (unix ns), for the idle close (idle.go).
+	used atomic.Int64
 }
 
 // Open starts the fabric: it resumes routing and dead-lettering in every tenant account the
@@ -204,6 +207,12 @@ func Open(ctx context.Context, o Options) (*Service, error) {
 	}
 	s.wg.Add(1)
 	go s.sweepDeadLetters()
+	if o.Engine.Embedded() && s.cfg.IdleClose > 0 {
+		// Only where native logins pass through the fabric (authNative takes their
+		// tenant-environment up again): on an external engine they do not.
+		s.wg.Add(1)
+		go s.closeIdle()
+	}
 	if o.Engine.Embedded() {
 		o.Engine.SetNativeAuth(s.authNative)
 		s.wg.Add(1)
@@ -238,6 +247,7 @@ func (s *Service) account(ctx context.Context, tenant, env string) (*tenantAccou
 		return nil, engine.ErrClosed
 	}
 	if ok {
+		ta.used.Store(time.Now().UnixNano())
 		return ta, nil
 	}
 	if s.o.Engine.Clustered() {
@@ -253,6 +263,7 @@ func (s *Service) account(ctx context.Context, tenant, env string) (*tenantAccou
 		return nil, engine.ErrClosed
 	}
 	if ta, ok = s.accounts[name]; ok {
+		ta.used.Store(time.Now().UnixNano())
 		return ta, nil
 	}
 	if s.o.Engine.Embedded() || s.o.Engine.Operator() {
@@ -270,6 +281,7 @@ func (s *Service) account(ctx context.Context, tenant, env string) (*tenantAccou
 	tctx, cancel := context.WithCancel(s.ctx)
 	ta = &tenantAccount{ctx: tctx, cancel: cancel, tenant: tenant, env: env, acc: acc, routers: map[string]context.CancelFunc{}, exchanges: map[string]Exchange{},
 		consumers: map[string]jetstream.Consumer{}}
+	ta.used.Store(time.Now().UnixNano())
 	ta.lookups = rate.NewLimiter(ingestLookups, ingestLookups)
 	if s.cfg.PublishRate > 0 {
 		ta.limiter = rate.NewLimiter(rate.Limit(s.cfg.PublishRate), max(1, int(s.cfg.PublishRate)))
@@ -313,7 +325,15 @@ func (s *Service) ResetAccount(ctx context.Context, tenant, env string) error {
 func (s *Service) ForgetAccount(tenant, env string) {
 	name := AccountName(tenant, env)
 	s.mu.Lock()
-	ta, ok := s.accounts[name]
+	ta := s.accounts[name]
+	drop := s.forgetLocked(name)
+	s.mu.Unlock()
+	s.stopForgotten(ta, drop)
+}
+
+// forgetLocked takes a tenant-environment and its commit loops out of the fabric's maps and
+// returns the commit loops, for stopForgotten. s.mu is held.
+func (s *Service) forgetLocked(name string) []*committer {
 	delete(s.accounts, name)
 	var drop []*committer
 	for key, c := range s.committers {
@@ -322,8 +342,12 @@ func (s *Service) ForgetAccount(tenant, env string) {
 			delete(s.committers, key)
 		}
 	}
-	s.mu.Unlock()
-	if ok {
+	return drop
+}
+
+// stopForgotten stops what ran for a forgotten tenant-environment (ta may be nil).
+func (s *Service) stopForgotten(ta *tenantAccount, drop []*committer) {
+	if ta != nil {
 		ta.cancel()
 		ta.stopIngest()
 	}

@@ -12,6 +12,7 @@ type metrics struct {
 	deadLettered, quotaExceeded                 *prometheus.CounterVec
 	nativeAuth                                  *prometheus.CounterVec
 	replayed, routed, unroutable, revoked       prometheus.Counter
+	idleClosed                                  prometheus.Counter
 	commitSize, commitLatency                   prometheus.Histogram
 
 	mu    sync.Mutex
@@ -43,6 +44,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		routed:     prometheus.NewCounter(prometheus.CounterOpts{Name: "penstock_fabric_routed_total", Help: "Copies exchanges stored in bound queues."}),
 		unroutable: prometheus.NewCounter(prometheus.CounterOpts{Name: "penstock_fabric_unroutable_total", Help: "Exchange messages no binding matched (dropped)."}),
 		revoked:    prometheus.NewCounter(prometheus.CounterOpts{Name: "penstock_fabric_native_closed_total", Help: "Native connections closed because their key or role no longer allows them."}),
+		idleClosed: prometheus.NewCounter(prometheus.CounterOpts{Name: "penstock_fabric_idle_closed_total",
+			Help: "Tenant-environments this node let go after fabric.idle_close unused (taken up again on next use)."}),
 		commitSize: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "penstock_fabric_commit_messages",
 			Help: "Messages per group commit.", Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000}}),
 		commitLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "penstock_fabric_commit_seconds",
@@ -50,7 +53,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		marks: map[Ref]rateMark{},
 	}
 	reg.MustRegister(m.published, m.publishedBytes, m.delivered, m.acked, m.deadLettered, m.quotaExceeded, m.nativeAuth,
-		m.replayed, m.routed, m.unroutable, m.revoked, m.commitSize, m.commitLatency)
+		m.replayed, m.routed, m.unroutable, m.revoked, m.idleClosed, m.commitSize, m.commitLatency)
 	return m
 }
 

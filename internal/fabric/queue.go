@@ -81,8 +81,8 @@ func (s *Service) withDefaults(q QueueSpec) (QueueSpec, error) {
 	return q, nil
 }
 
-// CreateQueue creates a queue and its dead-letter queue. Creating a queue that exists fails
-// with ErrExists.
+// CreateQueue creates a queue (its dead-letter queue comes with its first dead letter).
+// Creating a queue that exists fails with ErrExists.
 func (s *Service) CreateQueue(ctx context.Context, r Ref, spec QueueSpec) (Queue, error) {
 	if err := r.check("queue"); err != nil {
 		return Queue{}, err
@@ -104,21 +104,8 @@ func (s *Service) CreateQueue(ctx context.Context, r Ref, spec QueueSpec) (Queue
 	if _, err := js.Stream(ctx, r.queueStream()); err == nil {
 		return Queue{}, fmt.Errorf("queue %s: %w", r.Name, ErrExists)
 	}
-	// The dead-letter queue first: a queue never exists without one.
-	_, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:        r.deadStream(),
-		Description: "dead letters of queue " + r.Name,
-		Subjects:    []string{r.deadSubject()},
-		Retention:   jetstream.LimitsPolicy,
-		MaxAge:      spec.MaxAge,
-		MaxBytes:    spec.MaxBytes,
-		Storage:     jetstream.FileStorage,
-		Duplicates:  spec.DuplicateWindow,
-		Metadata:    map[string]string{"penstock.kind": "dead-letters", "penstock.queue": r.Name},
-	})
-	if err != nil {
-		return Queue{}, jsErr(err, "create dead-letter queue")
-	}
+	// The dead-letter queue is created with the queue's first dead letter (ensureDeadStream):
+	// a stream costs the node memory and goroutines, and most queues never have one.
 	dup := spec.DuplicateWindow
 	if dup == 0 {
 		dup = time.Millisecond // JetStream's smallest window: ids are effectively not remembered

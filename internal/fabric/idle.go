@@ -1,0 +1,146 @@
+package fabric
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// A node holding thousands of tenant-environments keeps an engine connection open only to
+// those in use. Each open one costs the node a connection on both sides (buffers, a reader, a
+// writer and a flusher), the ingest and dead-letter subscriptions with their goroutines, and
+// the engine's periodic connection events: at 10,000 idle tenant-environments that was about a
+// third of the node's memory and most of its idle CPU.
+//
+// A tenant-environment is let go (its connection closed, the fabric's state of it forgotten)
+// once it has gone unused for fabric.idle_close and nothing needs it open on this node:
+//   - no request through the fabric (s.account) and no message on its connection either way
+//     (publishes, consumes, advisories, the ingest) for that long;
+//   - no native client of it connected to this node: their publishes reach the fabric through
+//     its ingest subscription (a login takes the tenant-environment up again, in authNative);
+//   - no exchange: its routers move messages as they arrive, with nobody asking;
+//   - no message delivered and waiting for its acknowledgement: when its ack wait ends on the
+//     last delivery, the engine's "max deliveries" advisory arrives with nobody asking either,
+//     and only a listener moves it to the dead-letter queue at once.
+//
+// The next use takes it up again as the first did: a connection, the subscriptions, a
+// dead-letter sweep within a second.
+
+// idleCheckEvery bounds how often the idle close looks at the tenant-environments it holds.
+func idleCheckEvery(idle time.Duration) time.Duration {
+	return min(max(idle/4, 10*time.Millisecond), 30*time.Second)
+}
+
+// closeIdle lets go of idle tenant-environments until the fabric closes.
+func (s *Service) closeIdle() {
+	defer s.wg.Done()
+	t := time.NewTicker(idleCheckEvery(s.cfg.IdleClose))
+	defer t.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-t.C:
+		}
+		s.closeIdleOnce()
+	}
+}
+
+// closeIdleOnce lets go of every tenant-environment idle now, and returns how many.
+func (s *Service) closeIdleOnce() int {
+	idle := s.cfg.IdleClose
+	s.mu.Lock()
+	var candidates []*tenantAccount
+	for _, ta := range s.accounts {
+		if s.mayClose(ta, idle) {
+			candidates = append(candidates, ta)
+		}
+	}
+	s.mu.Unlock()
+	closed := 0
+	for _, ta := range candidates {
+		ctx, cancel := context.WithTimeout(ta.ctx, 10*time.Second)
+		pending, err := s.awaitingAck(ctx, ta)
+		cancel()
+		// The check's own requests are not use.
+		ta.acc.Quiet()
+		if pending || err != nil {
+			continue
+		}
+		s.mu.Lock()
+		if s.accounts[ta.acc.Name()] != ta || !s.mayClose(ta, idle) {
+			s.mu.Unlock()
+			continue
+		}
+		drop := s.forgetLocked(ta.acc.Name())
+		// Closed under the lock: a take-up waiting for it then opens a new connection, never
+		// this one.
+		s.o.Engine.CloseAccount(ta.acc.Name())
+		s.mu.Unlock()
+		s.stopForgotten(ta, drop)
+		s.m.idleClosed.Inc()
+		closed++
+	}
+	// Connections opened without the fabric (a backup's) and idle since.
+	for _, name := range s.o.Engine.IdleAccounts(idle) {
+		s.mu.Lock()
+		if _, held := s.accounts[name]; !held {
+			s.o.Engine.CloseAccount(name)
+			s.m.idleClosed.Inc()
+			closed++
+		}
+		s.mu.Unlock()
+	}
+	return closed
+}
+
+// mayClose tells whether a tenant-environment has been idle long enough and nothing on this
+// node needs it open, as far as the fabric knows without asking the engine. s.mu is held.
+func (s *Service) mayClose(ta *tenantAccount, idle time.Duration) bool {
+	if ta.ctx.Err() != nil || time.Since(time.Unix(0, ta.used.Load())) < idle {
+		return false
+	}
+	if s.openConnsLocked(ta.tenant, ta.env) > 0 {
+		return false
+	}
+	ta.mu.RLock()
+	exchanges := len(ta.exchanges) > 0 || len(ta.routers) > 0
+	ta.mu.RUnlock()
+	if exchanges || ta.hasBindings() {
+		return false
+	}
+	return ta.acc.IdleFor() >= idle
+}
+
+// hasBindings tells whether the tenant-environment has opened its exchanges' bindings.
+func (ta *tenantAccount) hasBindings() bool {
+	ta.kvMu.Lock()
+	defer ta.kvMu.Unlock()
+	return ta.bindings != nil
+}
+
+// awaitingAck tells whether any queue of the tenant-environment has a message delivered and
+// not yet acknowledged.
+func (s *Service) awaitingAck(ctx context.Context, ta *tenantAccount) (bool, error) {
+	js := ta.acc.JetStream()
+	names := js.StreamNames(ctx)
+	for stream := range names.Name() {
+		kind, app, _, ok := parseStream(stream)
+		if !ok || kind != "Q" {
+			continue
+		}
+		c, err := js.Consumer(ctx, stream, app)
+		if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) {
+			continue
+		}
+		if err != nil {
+			return false, err
+		}
+		if c.CachedInfo().NumAckPending > 0 {
+			return true, nil
+		}
+	}
+	return false, names.Err()
+}

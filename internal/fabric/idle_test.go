@@ -1,0 +1,257 @@
+package fabric
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/penstock/penstock/internal/authz"
+	"github.com/penstock/penstock/internal/config"
+)
+
+// held tells whether the fabric holds the tenant-environment (and its engine connection).
+func (h *harness) held(tenant string) bool {
+	h.fab.mu.Lock()
+	defer h.fab.mu.Unlock()
+	_, ok := h.fab.accounts[AccountName(tenant, "production")]
+	return ok
+}
+
+// openCalledClose opens a fabric without the background idle close, whose period is then set
+// for the test to call closeIdleOnce.
+func openCalledClose(t *testing.T) *harness {
+	h := open(t, func(f *config.Fabric) { f.IdleClose = 0 })
+	h.fab.cfg.IdleClose = 200 * time.Millisecond
+	return h
+}
+
+// idleNow waits until the tenant-environment has gone unused for the idle close's period, as
+// the close sees it.
+func (h *harness) idleNow(tenant string) {
+	h.t.Helper()
+	h.fab.mu.Lock()
+	ta := h.fab.accounts[AccountName(tenant, "production")]
+	h.fab.mu.Unlock()
+	if ta == nil {
+		h.t.Fatalf("%s is not held", tenant)
+	}
+	waitFor(h.t, tenant+" idle", func() bool {
+		return time.Since(time.Unix(0, ta.used.Load())) > h.fab.cfg.IdleClose && ta.acc.IdleFor() > h.fab.cfg.IdleClose
+	})
+}
+
+// An idle tenant-environment is let go (its engine connection closed) and taken up again by
+// its next use, with nothing lost either way; one in use is kept.
+func TestIdleCloseLetsGoAndTakesUpAgain(t *testing.T) {
+	h := openCalledClose(t)
+	q := h.queue("acme", "jobs", QueueSpec{})
+	g := h.queue("globex", "jobs", QueueSpec{})
+	publish(t, h.fab, q, text(1), text(2))
+	publish(t, h.fab, g, text(1))
+	opened := h.stack.Engine.OpenAccounts()
+
+	h.idleNow("acme")
+	publish(t, h.fab, g, text(2)) // globex is in use
+	if n := h.fab.closeIdleOnce(); n != 1 {
+		t.Fatalf("closed %d tenant-environments, want acme alone", n)
+	}
+	if h.held("acme") || !h.held("globex") {
+		t.Fatalf("held after the close: acme %v, globex %v", h.held("acme"), h.held("globex"))
+	}
+	if got := h.stack.Engine.OpenAccounts(); got != opened-1 {
+		t.Fatalf("engine connections %d, want %d", got, opened-1)
+	}
+
+	// Taken up again by the next use: what was stored is there, and new publishes land.
+	publish(t, h.fab, q, text(3))
+	ds, err := h.fab.Consume(ctx, q, 10, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ds) != 3 {
+		t.Fatalf("consumed %d messages after the take-up, want 3", len(ds))
+	}
+	for i, d := range ds {
+		if string(d.Data) != string(text(i+1).Data) {
+			t.Fatalf("message %d: %q", i, d.Data)
+		}
+	}
+	// A delivery waiting for its acknowledgement keeps the tenant-environment: the engine's
+	// "max deliveries" advisory may come with nobody asking.
+	h.idleNow("acme")
+	publish(t, h.fab, g, text(3))
+	if n := h.fab.closeIdleOnce(); n != 0 || !h.held("acme") {
+		t.Fatalf("closed %d with deliveries unacknowledged", n)
+	}
+	tokens := make([]string, len(ds))
+	for i, d := range ds {
+		tokens[i] = d.AckToken
+	}
+	if err := h.fab.Settle(ctx, q, tokens, Ack, 0); err != nil {
+		t.Fatal(err)
+	}
+	h.idleNow("acme")
+	publish(t, h.fab, g, text(4))
+	if n := h.fab.closeIdleOnce(); n != 1 {
+		t.Fatalf("closed %d once acknowledged, want 1", n)
+	}
+	if st, err := h.fab.Queue(ctx, q); err != nil || st.Stats.Depth != 0 {
+		t.Fatalf("queue after the second take-up: %+v, %v", st.Stats, err)
+	}
+	if n := testutil.ToFloat64(h.fab.m.idleClosed); n != 2 {
+		t.Fatalf("idle-closed metric %v, want 2", n)
+	}
+
+	// A connection opened without the fabric (as a backup does) is closed once idle too.
+	h.idleNow("acme")
+	publish(t, h.fab, g, text(5))
+	if n := h.fab.closeIdleOnce(); n != 1 || h.held("acme") {
+		t.Fatalf("closed %d, want acme", n)
+	}
+	before := h.stack.Engine.OpenAccounts()
+	acc, err := h.stack.Engine.Account(ctx, AccountName("acme", "production"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := h.stack.Engine.OpenAccounts(); got != before+1 {
+		t.Fatalf("engine connections %d after a direct open, want %d", got, before+1)
+	}
+	waitFor(t, "the direct connection to be idle", func() bool { return acc.IdleFor() > h.fab.cfg.IdleClose })
+	publish(t, h.fab, g, text(6))
+	if n := h.fab.closeIdleOnce(); n != 1 || h.stack.Engine.OpenAccounts() != before {
+		t.Fatalf("closed %d, engine connections %d, want 1 and %d", n, h.stack.Engine.OpenAccounts(), before)
+	}
+}
+
+// A native client connected to the node keeps its tenant-environment, whose ingest takes its
+// publishes; a login after the close takes it up again, ingest included.
+func TestIdleCloseAndNativeClients(t *testing.T) {
+	h := openCalledClose(t)
+	q := h.queue("acme", "jobs", QueueSpec{})
+	key, id := h.key("acme", authz.Developer)
+	send := func(c *natsClient, data string) {
+		t.Helper()
+		js, _ := jetstream.NewWithAPIPrefix(c.nc, APIPrefix)
+		if _, err := js.Publish(ctx, q.queueSubject(), []byte(data)); err != nil {
+			t.Fatalf("native publish %q: %v (%s)", data, err, c.errors())
+		}
+	}
+	c, err := h.dialNATS("acme/production", key, id, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	send(c, "one")
+	h.idleNow("acme")
+	if n := h.fab.closeIdleOnce(); n != 0 || !h.held("acme") {
+		t.Fatalf("closed %d with a native client connected", n)
+	}
+	send(c, "two")
+	c.nc.Close()
+	waitFor(t, "the native connection to be forgotten", func() bool { return h.fab.openConns("acme", "production") == 0 })
+	h.idleNow("acme")
+	if n := h.fab.closeIdleOnce(); n != 1 || h.held("acme") {
+		t.Fatalf("closed %d after the client left", n)
+	}
+	c, err = h.dialNATS("acme/production", key, id, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !h.held("acme") {
+		t.Fatal("a native login did not take the tenant-environment up")
+	}
+	send(c, "three")
+	if st, err := h.fab.Queue(ctx, q); err != nil || st.Stats.Depth != 3 {
+		t.Fatalf("queue: %+v, %v; want 3 messages", st.Stats, err)
+	}
+}
+
+// With the close running in the background, a delivery nobody acknowledges is moved to the
+// dead-letter queue by the engine's advisory when its deliveries run out: the listener stayed.
+// The tenant-environment is let go only after that.
+func TestIdleCloseWaitsForDeadLetters(t *testing.T) {
+	h := open(t, func(f *config.Fabric) { f.IdleClose = 100 * time.Millisecond })
+	q := h.queue("acme", "jobs", QueueSpec{MaxDeliveries: 1, AckWait: 2 * time.Second})
+	publish(t, h.fab, q, text(1))
+	if ds, err := h.fab.Consume(ctx, q, 1, time.Second); err != nil || len(ds) != 1 {
+		t.Fatalf("consume: %d, %v", len(ds), err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for testutil.ToFloat64(h.fab.m.deadLettered.WithLabelValues("max_deliveries")) < 1 {
+		if n := testutil.ToFloat64(h.fab.m.idleClosed); n != 0 {
+			t.Fatalf("let go with a delivery waiting for its acknowledgement (%v closes)", n)
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the advisory did not move the message to the dead-letter queue")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	waitFor(t, "the close once the message is dead-lettered", func() bool { return testutil.ToFloat64(h.fab.m.idleClosed) == 1 })
+	dl, _, err := h.fab.DeadLetters(ctx, q, 0, 10)
+	if err != nil || len(dl) != 1 || string(dl[0].Data) != string(text(1).Data) {
+		t.Fatalf("dead letters: %+v, %v", dl, err)
+	}
+}
+
+// A queue's dead-letter queue is made with its first dead letter: until then the dead-letter
+// operations answer for an empty one, and a queue that does not exist is still "not found".
+func TestDeadLetterQueueComesWithTheFirstDeadLetter(t *testing.T) {
+	h := open(t, nil)
+	q := h.queue("acme", "jobs", QueueSpec{MaxAge: time.Hour, DuplicateWindow: time.Minute})
+	ta, err := h.fab.account(ctx, "acme", "production")
+	if err != nil {
+		t.Fatal(err)
+	}
+	js := ta.acc.JetStream()
+	if _, err := js.Stream(ctx, q.deadStream()); !errors.Is(err, jetstream.ErrStreamNotFound) {
+		t.Fatalf("dead-letter stream before any dead letter: %v", err)
+	}
+	if dl, next, err := h.fab.DeadLetters(ctx, q, 0, 10); err != nil || len(dl) != 0 || next != 0 {
+		t.Fatalf("dead letters of a queue without any: %v, %d, %v", dl, next, err)
+	}
+	if _, err := h.fab.DeadLetter(ctx, q, 1); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("one dead letter of a queue without any: %v", err)
+	}
+	if n, err := h.fab.Replay(ctx, q, nil); err != nil || n != 0 {
+		t.Fatalf("replay: %d, %v", n, err)
+	}
+	if n, err := h.fab.PurgeDeadLetters(ctx, q); err != nil || n != 0 {
+		t.Fatalf("purge: %d, %v", n, err)
+	}
+	nope := q
+	nope.Name = "nope"
+	if _, _, err := h.fab.DeadLetters(ctx, nope, 0, 10); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("dead letters of a queue that does not exist: %v", err)
+	}
+
+	publish(t, h.fab, q, text(1))
+	ds, err := h.fab.Consume(ctx, q, 1, time.Second)
+	if err != nil || len(ds) != 1 {
+		t.Fatalf("consume: %d, %v", len(ds), err)
+	}
+	if err := h.fab.Settle(ctx, q, []string{ds[0].AckToken}, Reject, 0); err != nil {
+		t.Fatal(err)
+	}
+	st, err := js.Stream(ctx, q.deadStream())
+	if err != nil {
+		t.Fatalf("dead-letter stream after a reject: %v", err)
+	}
+	if c := st.CachedInfo().Config; c.MaxAge != time.Hour || c.Duplicates != time.Minute || c.Retention != jetstream.LimitsPolicy {
+		t.Fatalf("dead-letter stream config: max age %s, duplicates %s, retention %v", c.MaxAge, c.Duplicates, c.Retention)
+	}
+	dl, _, err := h.fab.DeadLetters(ctx, q, 0, 10)
+	if err != nil || len(dl) != 1 || dl[0].Reason != "rejected" || string(dl[0].Data) != string(text(1).Data) {
+		t.Fatalf("dead letters: %+v, %v", dl, err)
+	}
+	if qs, err := h.fab.Queue(ctx, q); err != nil || qs.Stats.DeadLetters != 1 || qs.Stats.Depth != 0 {
+		t.Fatalf("queue stats: %+v, %v", qs.Stats, err)
+	}
+	if err := h.fab.DeleteQueue(ctx, q); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.Stream(ctx, q.deadStream()); !errors.Is(err, jetstream.ErrStreamNotFound) {
+		t.Fatalf("dead-letter stream after the queue's deletion: %v", err)
+	}
+}

@@ -132,3 +132,47 @@ func (e *Engine) Scan(ctx context.Context, account, stream string) (ScanResult, 
 	res.Busy = true
 	return res, nil
 }
+
+// QueueState is what a single-node embedded engine holds of one stream and its consumers,
+// read without connecting to the stream's account.
+type QueueState struct {
+	Stream      string
+	First, Msgs uint64
+	Consumers   []ConsumerState
+}
+
+// ConsumerState is one consumer's delivery state.
+type ConsumerState struct {
+	Name string
+	// AckPending: delivered, not acknowledged yet. Redelivered: waiting to be delivered again.
+	AckPending, Redelivered int
+	// Delivered is the last stream sequence delivered.
+	Delivered uint64
+}
+
+// AccountStreams lists, by account, the streams of every account of a single-node embedded
+// engine with their consumers' delivery state (ErrNotEmbedded otherwise: a node of a cluster
+// does not hold every stream).
+func (e *Engine) AccountStreams() (map[string][]QueueState, error) {
+	if e.embedded == nil || e.embedded.cluster != nil {
+		return nil, ErrNotEmbedded
+	}
+	jsz, err := e.embedded.ns.Jsz(&server.JSzOptions{Accounts: true, Streams: true, Consumer: true, Limit: math.MaxInt32})
+	if err != nil {
+		return nil, fmt.Errorf("engine: list streams: %w", err)
+	}
+	out := map[string][]QueueState{}
+	for _, a := range jsz.AccountDetails {
+		for _, s := range a.Streams {
+			q := QueueState{Stream: s.Name, First: s.State.FirstSeq, Msgs: s.State.Msgs}
+			for _, c := range s.Consumer {
+				if c != nil {
+					q.Consumers = append(q.Consumers, ConsumerState{Name: c.Name, AckPending: c.NumAckPending,
+						Redelivered: c.NumRedelivered, Delivered: c.Delivered.Stream})
+				}
+			}
+			out[a.Name] = append(out[a.Name], q)
+		}
+	}
+	return out, nil
+}

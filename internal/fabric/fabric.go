@@ -194,9 +194,11 @@ func Open(ctx context.Context, o Options) (*Service, error) {
 		accounts: map[string]*tenantAccount{}, committers: map[string]*committer{}, unswept: make(chan *tenantAccount, 4096), conns: map[uint64]nativeConn{},
 		denials: map[netip.Addr]time.Time{}, groupNative: o.Engine.Embedded() && o.Engine.Durability() == "always"}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
+	due := s.dueAtStart()
 	for _, t := range o.Identity.Tenants() {
 		for _, env := range t.Environments {
-			if !o.Engine.HasAccount(AccountName(t.Name, env)) {
+			name := AccountName(t.Name, env)
+			if !o.Engine.HasAccount(name) || due != nil && !due[name] {
 				continue
 			}
 			if _, err := s.account(ctx, t.Name, env); err != nil {

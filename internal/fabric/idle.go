@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/penstock/penstock/internal/engine"
 )
 
 // A node holding thousands of tenant-environments keeps an engine connection open only to
@@ -27,6 +29,46 @@ import (
 //
 // The next use takes it up again as the first did: a connection, the subscriptions, a
 // dead-letter sweep within a second.
+
+// dueAtStart names the tenant-environments a starting node must take up at once, when it
+// lets idle ones go and holds every stream itself (a single node): those with an exchange
+// (its router resumes), a delivery waiting for its acknowledgement (the dead-letter listener),
+// or messages a missed advisory may have left behind (delivered, none outstanding: the sweep).
+// The others are taken up by their next use, as after an idle close; a node of 10,000
+// tenant-environments then starts without opening 10,000 connections. nil: take up every one.
+func (s *Service) dueAtStart() map[string]bool {
+	if s.cfg.IdleClose <= 0 || !s.o.Engine.Embedded() {
+		return nil
+	}
+	all, err := s.o.Engine.AccountStreams()
+	if err != nil {
+		if !errors.Is(err, engine.ErrNotEmbedded) {
+			s.log.Warn("list streams at start: taking every tenant-environment up", "error", err)
+		}
+		return nil
+	}
+	due := map[string]bool{}
+	for acct, streams := range all {
+		for _, st := range streams {
+			kind, app, _, ok := parseStream(st.Stream)
+			if st.Stream == "KV_"+bindingsBucket || ok && kind == "X" {
+				due[acct] = true
+			}
+			if !ok || kind != "Q" {
+				continue
+			}
+			for _, c := range st.Consumers {
+				if c.Name != app {
+					continue
+				}
+				if c.AckPending > 0 || c.Redelivered == 0 && st.Msgs > 0 && st.First <= c.Delivered {
+					due[acct] = true
+				}
+			}
+		}
+	}
+	return due
+}
 
 // idleCheckEvery bounds how often the idle close looks at the tenant-environments it holds.
 func idleCheckEvery(idle time.Duration) time.Duration {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/penstock/penstock/internal/authz"
@@ -253,5 +254,64 @@ func TestDeadLetterQueueComesWithTheFirstDeadLetter(t *testing.T) {
 	}
 	if _, err := js.Stream(ctx, q.deadStream()); !errors.Is(err, jetstream.ErrStreamNotFound) {
 		t.Fatalf("dead-letter stream after the queue's deletion: %v", err)
+	}
+}
+
+// A single node starting takes up at once only the tenant-environments that need it: an
+// exchange's (its router), and one whose queue holds a message a missed advisory left behind
+// (swept with nobody asking). The rest wait for their next use.
+func TestStartTakesUpOnlyWhatNeedsIt(t *testing.T) {
+	h := open(t, nil)
+	if _, err := h.id.CreateTenant(ctx, "initech"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.id.CreateApp(ctx, "initech", "production", "orders"); err != nil {
+		t.Fatal(err)
+	}
+	stuck := h.queue("acme", "jobs", QueueSpec{AckWait: time.Second, MaxDeliveries: 1})
+	plain := h.queue("globex", "jobs", QueueSpec{})
+	publish(t, h.fab, stuck, text(1))
+	publish(t, h.fab, plain, text(1))
+	if _, err := h.fab.CreateExchange(ctx, Ref{Tenant: "initech", Environment: "production", Application: "orders", Name: "events"}, Fanout); err != nil {
+		t.Fatal(err)
+	}
+	h.fab.Close() // nobody hears the advisory now
+
+	acc, err := h.stack.Engine.Account(ctx, stuck.account())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons, err := acc.JetStream().Consumer(ctx, stuck.queueStream(), stuck.consumer())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cons.Fetch(1, jetstream.FetchMaxWait(2*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the engine to give the message up", func() bool {
+		ci, err := cons.Info(ctx)
+		return err == nil && ci.NumAckPending == 0
+	})
+	h.stack.Engine.CloseAccount(stuck.account())
+
+	f, err := Open(ctx, Options{Engine: h.stack.Engine, Identity: h.id, Config: config.Default().Fabric, Registry: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	f.mu.Lock()
+	_, acme := f.accounts[AccountName("acme", "production")]
+	_, globex := f.accounts[AccountName("globex", "production")]
+	_, initech := f.accounts[AccountName("initech", "production")]
+	f.mu.Unlock()
+	if !acme || globex || !initech {
+		t.Fatalf("taken up at start: acme (a message to sweep) %v, globex (nothing) %v, initech (an exchange) %v", acme, globex, initech)
+	}
+	waitFor(t, "the sweep to dead-letter the message with nobody asking", func() bool {
+		return testutil.ToFloat64(f.m.deadLettered.WithLabelValues("max_deliveries")) == 1
+	})
+	// globex is taken up by its next use, with its message.
+	if st, err := f.Queue(ctx, plain); err != nil || st.Stats.Depth != 1 {
+		t.Fatalf("globex's queue: %+v, %v", st.Stats, err)
 	}
 }

@@ -155,3 +155,62 @@ func openAttached(t *testing.T, dir string, st *keyringtest.Stack) (*Checker, er
 	c.Attach(st.Engine)
 	return c, nil
 }
+
+// A running server's mark is written when the streams moved, not every interval: the record
+// of an idle node stays the one written last.
+func TestMarkWritesOnlyWhatChanged(t *testing.T) {
+	ctx := t.Context()
+	dir := t.TempDir()
+	st, err := keyringtest.Open(ctx, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	acc, err := st.Engine.Account(ctx, "acme_production")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := acc.JetStream().CreateStream(ctx, jetstream.StreamConfig{Name: "Q", Subjects: []string{"q"}}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := openAttached(t, dir, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	written := func() time.Time { _, _, w := c.Recorded(); return w }
+	if err := c.Mark(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	cleanAt := written()
+	// The first mark of a running server replaces the clean one, whatever moved.
+	if err := c.Mark(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, clean, w := c.Recorded(); clean || !w.After(cleanAt) {
+		t.Fatalf("after the first running mark: clean %v, written %v (clean one %v)", clean, w, cleanAt)
+	}
+	first := written()
+	if err := c.Mark(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if w := written(); !w.Equal(first) {
+		t.Fatalf("nothing moved and the record was written again (%v, then %v)", first, w)
+	}
+	if _, err := acc.JetStream().Publish(ctx, "q", []byte("m")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Mark(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if w := written(); !w.After(first) {
+		t.Fatalf("a publish did not move the record (%v, then %v)", first, w)
+	}
+	// And a restart reads what was written last.
+	c, err = openAttached(t, dir, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if found, err := c.Check(ctx); err != nil || len(found) != 0 {
+		t.Fatalf("check after the marks: %v %+v", err, found)
+	}
+}

@@ -300,6 +300,12 @@ func TestReviewMessageMovedToDeadLettersDuringBackupIsLost(t *testing.T) {
 		t.Fatal(err)
 	}
 	js := acc.JetStream()
+	// The dead-letter queue is made with the queue's first dead letter: the victim is that,
+	// and a second message takes its place.
+	base := appPath("acme/production/shop")
+	first := w.must(t, "POST", base+"/queues/orders/consume", map[string]any{"max": 1, "wait_ms": 2000}, 200)
+	w.must(t, "POST", base+"/queues/orders/reject", map[string]any{"tokens": []string{first["messages"].([]any)[0].(map[string]any)["ack_token"].(string)}}, 204)
+	w.must(t, "POST", base+"/queues/orders/messages", map[string]any{"messages": []map[string]string{{"data": "second"}}}, 200)
 	const dead = 8000
 	for i := range dead { // a large dead-letter queue, so its snapshot takes a moment
 		b := make([]byte, 4000)
@@ -315,20 +321,64 @@ func TestReviewMessageMovedToDeadLettersDuringBackupIsLost(t *testing.T) {
 	out := w.must(t, "POST", appPath("acme/production/shop")+"/queues/orders/consume", map[string]any{"max": 1, "wait_ms": 2000}, 200)
 	token := out["messages"].([]any)[0].(map[string]any)["ack_token"].(string)
 
+	q, d := rejectDuringBackup(t, w, token)
+	if strings.Contains(q, `"messages": 0,`) && strings.Contains(d, fmt.Sprintf(`"messages": %d,`, dead+1)) {
+		t.Errorf("the rejected message is in neither the queue's part nor its dead letters' part:\nQ: %s\nD: %s", firstLines(q, 12), firstLines(d, 12))
+	}
+}
+
+// A queue's dead-letter queue is made with its first dead letter. Made while the backup cuts
+// the account's streams (after it listed them), it is cut after them, so that a message moved
+// into it after its queue's cut is in the backup.
+func TestFirstDeadLetterDuringBackupIsCut(t *testing.T) {
+	w := newBackupWorld(t, "")
+	w.lightTenant(t, "acme", "shop", "orders", "victim", 1)
+	base := appPath("acme/production/shop")
+	w.must(t, "POST", base+"/queues", map[string]any{"name": "big"}, 201) // Q_shop_big is cut before Q_shop_orders
+	ctx := context.Background()
+	acc, err := w.eng.Account(ctx, "acme_production")
+	if err != nil {
+		t.Fatal(err)
+	}
+	js := acc.JetStream()
+	for i := range 8000 { // a large queue cut first, so the backup takes a moment
+		b := make([]byte, 4000)
+		_, _ = rand.Read(b)
+		if _, err := js.PublishAsync("shop.q.big", b); err != nil {
+			t.Fatal(err)
+		}
+		if i%500 == 0 {
+			<-js.PublishAsyncComplete()
+		}
+	}
+	<-js.PublishAsyncComplete()
+	out := w.must(t, "POST", base+"/queues/orders/consume", map[string]any{"max": 1, "wait_ms": 2000}, 200)
+	token := out["messages"].([]any)[0].(map[string]any)["ack_token"].(string)
+
+	q, d := rejectDuringBackup(t, w, token)
+	if q == "" || strings.Contains(q, `"messages": 0,`) && !strings.Contains(d, `"messages": 1,`) {
+		t.Errorf("the rejected message is in neither the queue's part nor a dead-letter part:\nQ: %s\nD: %s", firstLines(q, 12), firstLines(d, 12))
+	}
+}
+
+// rejectDuringBackup starts a backup, rejects the delivery of acme/production/shop's queue
+// orders named by token once the backup is cutting acme's streams, and returns the manifest's
+// parts of that queue (q) and of its dead letters (d, "" if none).
+func rejectDuringBackup(t *testing.T, w *backupWorld, token string) (q, d string) {
+	t.Helper()
+	ctx := context.Background()
 	plat, err := w.eng.Account(ctx, "platform")
 	if err != nil {
 		t.Fatal(err)
 	}
 	platformParts := 0
-	names := plat.JetStream().StreamNames(ctx)
-	for n := range names.Name() {
+	for n := range plat.JetStream().StreamNames(ctx).Name() {
 		if n != "KV_penstock_keyring" && n != "KV_penstock_nonces" && n != "KV_penstock_health" {
 			platformParts++
 		}
 	}
 	j := w.must(t, "POST", "/v1/backups", map[string]any{}, 202)
-	// Once the platform's parts are stored, acme's streams are being cut (its large
-	// D_shop_orders last): the reject lands between the queue's cut and its dead letters'.
+	// Once the platform's parts are stored, acme's streams are being cut.
 	waitUntil(t, "the backup to reach acme's streams", func() bool {
 		st := w.must(t, "GET", "/v1/backups/jobs/"+j["id"].(string), nil, 200)
 		if st["state"] != "running" {
@@ -348,7 +398,6 @@ func TestReviewMessageMovedToDeadLettersDuringBackupIsLost(t *testing.T) {
 		t.Fatalf("backup: %v", st)
 	}
 	raw := string(mustRead(t, filepath.Join(w.dir, st["backup"].(string), "manifest")))
-	var q, d string
 	for _, part := range strings.Split(raw, `"object": `)[1:] {
 		if strings.HasPrefix(part, `"`+st["backup"].(string)+`/acme_production/Q_shop_orders"`) {
 			q = part
@@ -357,9 +406,7 @@ func TestReviewMessageMovedToDeadLettersDuringBackupIsLost(t *testing.T) {
 			d = part
 		}
 	}
-	if strings.Contains(q, `"messages": 0,`) && strings.Contains(d, fmt.Sprintf(`"messages": %d,`, dead)) {
-		t.Errorf("the rejected message is in neither the queue's part nor its dead letters' part:\nQ: %s\nD: %s", firstLines(q, 12), firstLines(d, 12))
-	}
+	return q, d
 }
 
 func firstLines(s string, n int) string {

@@ -69,14 +69,44 @@ func create(ctx context.Context, o Options, id, tenant string, sources []Source,
 	extra func(*Manifest) error, report func(Part)) (*Manifest, error) {
 	m := &Manifest{ID: id, Created: time.Now().UTC(), Tenant: tenant}
 	for _, src := range sources {
-		acc, err := o.Engine.Account(ctx, src.Account)
+		parts, err := createAccount(ctx, o, id, src, report)
 		if err != nil {
 			return nil, err
 		}
+		m.Parts = append(m.Parts, parts...)
+	}
+	if extra != nil {
+		if err := extra(m); err != nil {
+			return nil, err
+		}
+	}
+	b, err := m.Sign(sign)
+	if err != nil {
+		return nil, err
+	}
+	if err := o.Bucket.WriteAll(ctx, manifestObject(id), b, nil); err != nil {
+		return nil, fmt.Errorf("write the manifest of backup %s: %w", id, err)
+	}
+	return m, nil
+}
+
+// createAccount backs up every stream of one account, in cutOrder. A queue's dead-letter
+// queue is made with its first dead letter: one made while the account's streams were being
+// cut is cut after them, so that a message moved into it after its queue's cut is in the
+// backup.
+func createAccount(ctx context.Context, o Options, id string, src Source, report func(Part)) ([]Part, error) {
+	acc, release, err := o.Engine.HeldAccount(ctx, src.Account)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	cut := map[string]bool{}
+	var parts []Part
+	for round := 0; round < 2; round++ {
 		var streams []string
 		names := acc.JetStream().StreamNames(ctx)
 		for n := range names.Name() {
-			if !src.Skip[n] {
+			if !src.Skip[n] && !cut[n] && (round == 0 || strings.HasPrefix(n, "D_")) {
 				streams = append(streams, n)
 			}
 		}
@@ -94,25 +124,14 @@ func create(ctx context.Context, o Options, id, tenant string, sources []Source,
 			if err != nil {
 				return nil, err
 			}
-			m.Parts = append(m.Parts, p)
+			cut[stream] = true
+			parts = append(parts, p)
 			if report != nil {
 				report(p)
 			}
 		}
 	}
-	if extra != nil {
-		if err := extra(m); err != nil {
-			return nil, err
-		}
-	}
-	b, err := m.Sign(sign)
-	if err != nil {
-		return nil, err
-	}
-	if err := o.Bucket.WriteAll(ctx, manifestObject(id), b, nil); err != nil {
-		return nil, fmt.Errorf("write the manifest of backup %s: %w", id, err)
-	}
-	return m, nil
+	return parts, nil
 }
 
 func createPart(ctx context.Context, o Options, acc *engine.Account, src Source, id, stream string) (Part, error) {
@@ -214,34 +233,45 @@ func RestoreParts(ctx context.Context, o Options, m *Manifest, parts []Part) err
 		if cfg.Name != p.Stream {
 			return fmt.Errorf("%w: part %s holds stream %q", ErrManifest, p.Object, cfg.Name)
 		}
-		acc, err := o.Engine.Account(ctx, p.Account)
+		// The stream it replaces is deleted only once the whole part has opened and matched
+		// the manifest: a damaged backup leaves the live stream as it is. Held meanwhile: the
+		// read puts nothing on the account's connection, which must not close as idle.
+		acc, release, err := o.Engine.HeldAccount(ctx, p.Account)
 		if err != nil {
 			return err
 		}
-		// The stream it replaces is deleted only once the whole part has opened and matched
-		// the manifest: a damaged backup leaves the live stream as it is.
-		if err := readPart(ctx, o, p, io.Discard); err != nil {
+		err = restoreOnePart(ctx, o, m, p, acc, &cfg)
+		release()
+		if err != nil {
 			return err
 		}
-		if err := acc.JetStream().DeleteStream(ctx, p.Stream); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
-			return fmt.Errorf("replace stream %s/%s: %w", p.Account, p.Stream, err)
+	}
+	return nil
+}
+
+// restoreOnePart checks part p whole, then replaces its stream with it.
+func restoreOnePart(ctx context.Context, o Options, m *Manifest, p Part, acc *engine.Account, cfg *server.StreamConfig) error {
+	if err := readPart(ctx, o, p, io.Discard); err != nil {
+		return err
+	}
+	if err := acc.JetStream().DeleteStream(ctx, p.Stream); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return fmt.Errorf("replace stream %s/%s: %w", p.Account, p.Stream, err)
+	}
+	for attempt := 1; ; attempt++ {
+		err := restorePart(ctx, o, p, acc.Conn(), cfg)
+		if err == nil {
+			break
 		}
-		for attempt := 1; ; attempt++ {
-			err = restorePart(ctx, o, p, acc.Conn(), &cfg)
-			if err == nil {
-				break
-			}
-			// The part opened a moment ago, so a failure here is the engine's (it gives up a
-			// restore that stalls) or the target's: the partial stream is gone, try again.
-			if attempt == restoreAttempts || ctx.Err() != nil || errors.Is(err, ErrUnreadable) || errors.Is(err, ErrManifest) {
-				return fmt.Errorf("restore %s/%s from backup %s: %w", p.Account, p.Stream, m.ID, err)
-			}
-		}
-		// The engine writes a restored stream without syncing it: with its group sync, the
-		// restore is on disk before it is reported done.
-		if err := acc.Sync(ctx); err != nil {
+		// The part opened a moment ago, so a failure here is the engine's (it gives up a
+		// restore that stalls) or the target's: the partial stream is gone, try again.
+		if attempt == restoreAttempts || ctx.Err() != nil || errors.Is(err, ErrUnreadable) || errors.Is(err, ErrManifest) {
 			return fmt.Errorf("restore %s/%s from backup %s: %w", p.Account, p.Stream, m.ID, err)
 		}
+	}
+	// The engine writes a restored stream without syncing it: with its group sync, the
+	// restore is on disk before it is reported done.
+	if err := acc.Sync(ctx); err != nil {
+		return fmt.Errorf("restore %s/%s from backup %s: %w", p.Account, p.Stream, m.ID, err)
 	}
 	return nil
 }

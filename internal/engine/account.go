@@ -26,6 +26,7 @@ type Account struct {
 	// handedOut is when Account last returned this (unix ns); idleMu guards the traffic
 	// counters IdleFor last saw and since when they have not moved.
 	handedOut atomic.Int64
+	holds     atomic.Int32 // HeldAccount users
 	idleMu    sync.Mutex
 	seen      uint64
 	quietFrom time.Time

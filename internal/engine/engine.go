@@ -315,8 +315,9 @@ func (e *Engine) Account(ctx context.Context, name string) (*Account, error) {
 		return nil, ErrClosed
 	}
 	if a, ok := e.cache[name]; ok {
-		e.mu.Unlock()
+		// Under the lock: CloseIdleAccount checks it under the lock too.
 		a.handedOut.Store(time.Now().UnixNano())
+		e.mu.Unlock()
 		return a, nil
 	}
 	plat := e.cache[PlatformAccount]
@@ -337,6 +338,7 @@ func (e *Engine) Account(ctx context.Context, name string) (*Account, error) {
 		return nil, ErrClosed
 	}
 	if a, ok := e.cache[name]; ok {
+		a.handedOut.Store(time.Now().UnixNano())
 		return a, nil
 	}
 	nc, err := e.accts.connect(ctx, name)
@@ -380,30 +382,67 @@ func (e *Engine) Account(ctx context.Context, name string) (*Account, error) {
 
 // CloseAccount closes this process's connection to a tenant account and forgets it; the next
 // Account opens a new one. The account, its streams and its native clients stay: only
-// Penstock's own connection goes, with every subscription made on it. It is for accounts idle
-// for a while (Account.IdleFor): anyone still holding the old *Account gets "connection
-// closed". The platform account is never closed.
+// Penstock's own connection goes, with every subscription made on it. Anyone still holding the
+// old *Account gets "connection closed": CloseIdleAccount is for accounts nobody uses. The
+// platform account is never closed.
 func (e *Engine) CloseAccount(name string) {
+	e.closeAccount(name, 0)
+}
+
+// CloseIdleAccount closes the account's connection (as CloseAccount) only if it has been idle
+// for at least d (Account.IdleFor) and nobody holds it (HeldAccount), and reports whether it
+// did, or was not open.
+func (e *Engine) CloseIdleAccount(name string, d time.Duration) bool {
+	return e.closeAccount(name, d)
+}
+
+func (e *Engine) closeAccount(name string, idle time.Duration) bool {
 	if name == PlatformAccount {
-		return
+		return false
 	}
 	e.mu.Lock()
 	a, ok := e.cache[name]
+	if ok && idle > 0 && (a.holds.Load() > 0 || a.IdleFor() < idle) {
+		e.mu.Unlock()
+		return false
+	}
 	delete(e.cache, name)
 	e.mu.Unlock()
 	if ok {
 		a.nc.Close()
 	}
+	return true
+}
+
+// HeldAccount is Account for a user that may go a while without a message on the account's
+// connection (a restore reading a large part from its bucket): the connection is not closed
+// as idle until release is called.
+func (e *Engine) HeldAccount(ctx context.Context, name string) (*Account, func(), error) {
+	for {
+		a, err := e.Account(ctx, name)
+		if err != nil {
+			return nil, nil, err
+		}
+		a.holds.Add(1)
+		e.mu.Lock()
+		current := e.cache[name] == a
+		e.mu.Unlock()
+		if current {
+			var once sync.Once
+			return a, func() { once.Do(func() { a.holds.Add(-1) }) }, nil
+		}
+		a.holds.Add(-1) // closed between the two: take the new one
+	}
 }
 
 // IdleAccounts names the accounts (the platform account aside) whose connection has been idle
-// for at least d (Account.IdleFor).
+// for at least d (Account.IdleFor) and that nobody holds.
 func (e *Engine) IdleAccounts(d time.Duration) []string {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	var out []string
 	for name, a := range e.cache {
-		if name != PlatformAccount && a.IdleFor() >= d {
+		if name != PlatformAccount && a.holds.Load() == 0 && a.IdleFor() >= d {
 			out = append(out, name)
 		}
 	}

@@ -150,14 +150,14 @@ type ConsumerState struct {
 	Delivered uint64
 }
 
-// AccountStreams lists, by account, the streams of every account of a single-node embedded
-// engine with their consumers' delivery state (ErrNotEmbedded otherwise: a node of a cluster
-// does not hold every stream).
-func (e *Engine) AccountStreams() (map[string][]QueueState, error) {
+// AccountStreams lists, by account, the streams of one account (or of every account, with
+// "") of a single-node embedded engine with their consumers' delivery state (ErrNotEmbedded
+// otherwise: a node of a cluster does not hold every stream, nor their leaders' state).
+func (e *Engine) AccountStreams(account string) (map[string][]QueueState, error) {
 	if e.embedded == nil || e.embedded.cluster != nil {
 		return nil, ErrNotEmbedded
 	}
-	jsz, err := e.embedded.ns.Jsz(&server.JSzOptions{Accounts: true, Streams: true, Consumer: true, Limit: math.MaxInt32})
+	jsz, err := e.embedded.ns.Jsz(&server.JSzOptions{Account: account, Accounts: true, Streams: true, Consumer: true, Limit: math.MaxInt32})
 	if err != nil {
 		return nil, fmt.Errorf("engine: list streams: %w", err)
 	}

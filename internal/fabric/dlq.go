@@ -54,6 +54,8 @@ func (s *Service) startDeadLetters(ta *tenantAccount) error {
 	// One node of a cluster handles each advisory (moving a dead letter twice is harmless:
 	// its id makes the second a duplicate, but it costs a write).
 	sub, err := nc.QueueSubscribe("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>", "penstock-dead-letters", func(m *nats.Msg) {
+		ta.busy.Add(1)
+		defer ta.busy.Add(-1)
 		var a deliveryExceeded
 		if json.Unmarshal(m.Data, &a) != nil {
 			return
@@ -71,6 +73,7 @@ func (s *Service) startDeadLetters(ta *tenantAccount) error {
 	if err != nil {
 		return fmt.Errorf("subscribe to delivery advisories: %w", err)
 	}
+	ta.advisories = sub
 	s.wg.Add(1)
 	context.AfterFunc(ta.ctx, func() { _ = sub.Unsubscribe(); s.wg.Done() })
 	return nil
@@ -132,10 +135,13 @@ func (s *Service) sweepDeadLetters() {
 			return
 		}
 		ctx, cancel := context.WithTimeout(ta.ctx, time.Minute)
+		ta.busy.Add(1)
 		s.sweepDead(ctx, ta)
 		cancel()
 		ta.swept = time.Now()
 		ta.acc.Quiet() // the sweep's requests are not use (idle.go)
+		ta.busy.Add(-1)
+		ta.sweptOnce.Store(true)
 	}
 }
 
@@ -293,6 +299,10 @@ func (s *Service) ensureDeadStream(ctx context.Context, ta *tenantAccount, r Ref
 	if !errors.Is(err, jetstream.ErrStreamNotFound) {
 		return jsErr(err, "dead-letter queue")
 	}
+	// Not while an application or environment is being deleted: one made after its deletion
+	// listed the streams would outlive it.
+	s.life.RLock()
+	defer s.life.RUnlock()
 	if _, err := js.CreateOrUpdateStream(ctx, deadStreamConfig(r, queue.CachedInfo().Config)); err != nil {
 		return jsErr(err, "create dead-letter queue")
 	}

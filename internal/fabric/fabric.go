@@ -149,6 +149,7 @@ type Service struct {
 	conns      map[uint64]nativeConn
 	denials    map[netip.Addr]time.Time // last audited refusal per source
 	closed     bool
+	starting   bool // Open is taking tenant-environments up (only Open's goroutine runs)
 }
 
 // tenantAccount is the fabric's state for one tenant-environment account.
@@ -174,8 +175,16 @@ type tenantAccount struct {
 	lastQuota time.Time
 	// swept is when the dead-letter sweep last finished here (only sweepDeadLetters uses it).
 	swept time.Time
-	// used is when the fabric last handed it out (unix ns), for the idle close (idle.go).
+	// used is when the fabric last handed it out (unix ns), for the idle close (idle.go);
+	// stored under s.mu, which the close holds.
 	used atomic.Int64
+	// busy counts dead-letter moves and sweeps under way; advisories is the subscription
+	// they come from. sweepFirst: taken up at start or in a cluster, it is not let go before
+	// its first sweep (sweptOnce).
+	busy       atomic.Int32
+	advisories *nats.Subscription
+	sweepFirst bool
+	sweptOnce  atomic.Bool
 }
 
 // Open starts the fabric: it resumes routing and dead-lettering in every tenant account the
@@ -195,6 +204,7 @@ func Open(ctx context.Context, o Options) (*Service, error) {
 		denials: map[netip.Addr]time.Time{}, groupNative: o.Engine.Embedded() && o.Engine.Durability() == "always"}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	due := s.dueAtStart()
+	s.starting = true
 	for _, t := range o.Identity.Tenants() {
 		for _, env := range t.Environments {
 			name := AccountName(t.Name, env)
@@ -207,6 +217,7 @@ func Open(ctx context.Context, o Options) (*Service, error) {
 			}
 		}
 	}
+	s.starting = false
 	s.wg.Add(1)
 	go s.sweepDeadLetters()
 	if o.Engine.Embedded() && s.cfg.IdleClose > 0 {
@@ -243,13 +254,15 @@ func (s *Service) account(ctx context.Context, tenant, env string) (*tenantAccou
 	name := AccountName(tenant, env)
 	s.mu.Lock()
 	ta, ok := s.accounts[name]
+	if ok {
+		ta.used.Store(time.Now().UnixNano())
+	}
 	closed := s.closed
 	s.mu.Unlock()
 	if closed {
 		return nil, engine.ErrClosed
 	}
 	if ok {
-		ta.used.Store(time.Now().UnixNano())
 		return ta, nil
 	}
 	if s.o.Engine.Clustered() {
@@ -284,6 +297,7 @@ func (s *Service) account(ctx context.Context, tenant, env string) (*tenantAccou
 	ta = &tenantAccount{ctx: tctx, cancel: cancel, tenant: tenant, env: env, acc: acc, routers: map[string]context.CancelFunc{}, exchanges: map[string]Exchange{},
 		consumers: map[string]jetstream.Consumer{}}
 	ta.used.Store(time.Now().UnixNano())
+	ta.sweepFirst = s.starting || s.o.Engine.Clustered()
 	ta.lookups = rate.NewLimiter(ingestLookups, ingestLookups)
 	if s.cfg.PublishRate > 0 {
 		ta.limiter = rate.NewLimiter(rate.Limit(s.cfg.PublishRate), max(1, int(s.cfg.PublishRate)))

@@ -2,6 +2,7 @@ package fabric
 
 import (
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -313,5 +314,138 @@ func TestStartTakesUpOnlyWhatNeedsIt(t *testing.T) {
 	// globex is taken up by its next use, with its message.
 	if st, err := f.Queue(ctx, plain); err != nil || st.Stats.Depth != 1 {
 		t.Fatalf("globex's queue: %+v, %v", st.Stats, err)
+	}
+}
+
+// A connection held by a user that puts nothing on it for a while (a restore reading a large
+// part from its bucket) is not closed as idle until released.
+func TestIdleCloseSparesHeldAccounts(t *testing.T) {
+	h := openCalledClose(t)
+	q := h.queue("acme", "jobs", QueueSpec{})
+	publish(t, h.fab, q, text(1))
+	h.fab.ForgetAccount("acme", "production") // as a restore does
+	acc, release, err := h.stack.Engine.HeldAccount(ctx, AccountName("acme", "production"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the held connection to be idle", func() bool { return acc.IdleFor() > h.fab.cfg.IdleClose })
+	if n := h.fab.closeIdleOnce(); n != 0 {
+		t.Fatalf("closed %d held connections", n)
+	}
+	if _, err := acc.JetStream().Stream(ctx, q.queueStream()); err != nil {
+		t.Fatalf("the held connection after the idle close: %v", err)
+	}
+	release()
+	waitFor(t, "the released connection to be idle", func() bool { return acc.IdleFor() > h.fab.cfg.IdleClose })
+	if n := h.fab.closeIdleOnce(); n != 1 {
+		t.Fatalf("closed %d once released, want 1", n)
+	}
+}
+
+// Under a storage quota, a queue whose size reserves storage gets its dead-letter queue (which
+// reserves as much) with it: the quota refuses the queue, not its first dead letter.
+func TestDeadLetterQueueReservedUnderStorageQuota(t *testing.T) {
+	h := open(t, func(f *config.Fabric) { f.MaxStorage = 1 << 20 })
+	r := Ref{Tenant: "acme", Environment: "production", Application: "orders", Name: "big"}
+	if _, err := h.fab.CreateQueue(ctx, r, QueueSpec{MaxBytes: 600 << 10}); !errors.Is(err, ErrStorageQuota) {
+		t.Fatalf("a queue and dead-letter queue of 600 KiB each under a 1 MiB quota: %v", err)
+	}
+	r.Name = "small"
+	if _, err := h.fab.CreateQueue(ctx, r, QueueSpec{MaxBytes: 400 << 10, MaxDeliveries: 1}); err != nil {
+		t.Fatal(err)
+	}
+	publish(t, h.fab, r, text(1))
+	ds, err := h.fab.Consume(ctx, r, 1, time.Second)
+	if err != nil || len(ds) != 1 {
+		t.Fatalf("consume: %d, %v", len(ds), err)
+	}
+	if err := h.fab.Settle(ctx, r, []string{ds[0].AckToken}, Reject, 0); err != nil {
+		t.Fatalf("the first dead letter under the quota: %v", err)
+	}
+	if dl, _, err := h.fab.DeadLetters(ctx, r, 0, 10); err != nil || len(dl) != 1 {
+		t.Fatalf("dead letters: %d, %v", len(dl), err)
+	}
+}
+
+// A dead-letter stream left by a queue of the same name (a deletion interrupted between its
+// two steps) takes the new queue's settings.
+func TestLeftoverDeadLetterQueueTakesTheNewSettings(t *testing.T) {
+	h := open(t, nil)
+	r := h.queue("acme", "jobs", QueueSpec{MaxAge: time.Hour, MaxDeliveries: 1})
+	publish(t, h.fab, r, text(1))
+	ds, err := h.fab.Consume(ctx, r, 1, time.Second)
+	if err != nil || len(ds) != 1 {
+		t.Fatalf("consume: %d, %v", len(ds), err)
+	}
+	if err := h.fab.Settle(ctx, r, []string{ds[0].AckToken}, Reject, 0); err != nil {
+		t.Fatal(err)
+	}
+	ta, err := h.fab.account(ctx, "acme", "production")
+	if err != nil {
+		t.Fatal(err)
+	}
+	js := ta.acc.JetStream()
+	if err := js.DeleteStream(ctx, r.queueStream()); err != nil { // DeleteQueue's first step only
+		t.Fatal(err)
+	}
+	ta.forgetConsumer(r.queueStream())
+	h.fab.dropCommitter(ta, r.queueStream())
+	if _, err := h.fab.CreateQueue(ctx, r, QueueSpec{MaxAge: 48 * time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := js.Stream(ctx, r.deadStream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := st.CachedInfo().Config; c.MaxAge != 48*time.Hour {
+		t.Fatalf("the new queue's dead-letter queue keeps the old max age %s", c.MaxAge)
+	}
+}
+
+// A queue's first dead letter while its environment is being deleted does not leave a
+// dead-letter stream behind it.
+func TestDeleteEnvironmentLeavesNoLateDeadLetterQueue(t *testing.T) {
+	h := open(t, nil)
+	for i := range 300 {
+		h.queue("acme", fmt.Sprintf("a%03d", i), QueueSpec{})
+	}
+	r := h.queue("acme", "zz", QueueSpec{})
+	publish(t, h.fab, r, text(1))
+	ds, err := h.fab.Consume(ctx, r, 1, time.Second)
+	if err != nil || len(ds) != 1 {
+		t.Fatalf("consume: %d, %v", len(ds), err)
+	}
+	ta, err := h.fab.account(ctx, "acme", "production")
+	if err != nil {
+		t.Fatal(err)
+	}
+	js := ta.acc.JetStream()
+	count := func() int {
+		n := 0
+		for range js.StreamNames(ctx).Name() {
+			n++
+		}
+		return n
+	}
+	before := count()
+	done := make(chan error, 1)
+	go func() { done <- h.fab.DeleteEnvironment(ctx, "acme", "production") }()
+	waitFor(t, "the deletion to be under way", func() bool { return count() < before-20 })
+	// The reject waits for the deletion, then finds no queue: whether it fails or not, no
+	// stream may be left.
+	_ = h.fab.Settle(ctx, r, []string{ds[0].AckToken}, Reject, 0)
+	if err := <-done; err != nil {
+		t.Fatalf("delete environment: %v", err)
+	}
+	acc, err := h.stack.Engine.Account(ctx, AccountName("acme", "production"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var left []string
+	for n := range acc.JetStream().StreamNames(ctx).Name() {
+		left = append(left, n)
+	}
+	if len(left) > 0 {
+		t.Fatalf("streams left after DeleteEnvironment: %v", left)
 	}
 }

@@ -105,7 +105,25 @@ func (s *Service) CreateQueue(ctx context.Context, r Ref, spec QueueSpec) (Queue
 		return Queue{}, fmt.Errorf("queue %s: %w", r.Name, ErrExists)
 	}
 	// The dead-letter queue is created with the queue's first dead letter (ensureDeadStream):
-	// a stream costs the node memory and goroutines, and most queues never have one.
+	// a stream costs the node memory and goroutines, and most queues never have one. But a
+	// queue whose size reserves storage under a storage quota gets it now, reserving its size
+	// too: the quota refuses the queue rather than its first dead letter. One left by a queue
+	// of the same name takes the new queue's settings.
+	dead := deadStreamConfig(r, jetstream.StreamConfig{MaxAge: spec.MaxAge, MaxBytes: spec.MaxBytes, Duplicates: spec.DuplicateWindow})
+	_, err = js.Stream(ctx, r.deadStream())
+	left := err == nil
+	made := false // by this call: deleted again if the queue cannot be
+	if left || spec.MaxBytes > 0 && s.cfg.MaxStorage > 0 {
+		if _, err := js.CreateOrUpdateStream(ctx, dead); err != nil {
+			return Queue{}, jsErr(err, "create dead-letter queue")
+		}
+		made = !left
+	}
+	undo := func() {
+		if made {
+			_ = js.DeleteStream(ctx, r.deadStream())
+		}
+	}
 	dup := spec.DuplicateWindow
 	if dup == 0 {
 		dup = time.Millisecond // JetStream's smallest window: ids are effectively not remembered
@@ -125,6 +143,7 @@ func (s *Service) CreateQueue(ctx context.Context, r Ref, spec QueueSpec) (Queue
 		Metadata:           map[string]string{"penstock.kind": "queue"},
 	})
 	if err != nil {
+		undo()
 		return Queue{}, jsErr(err, "create queue")
 	}
 	_, err = js.CreateOrUpdateConsumer(ctx, r.queueStream(), jetstream.ConsumerConfig{
@@ -143,6 +162,7 @@ func (s *Service) CreateQueue(ctx context.Context, r Ref, spec QueueSpec) (Queue
 	})
 	if err != nil {
 		_ = js.DeleteStream(ctx, r.queueStream())
+		undo()
 		return Queue{}, jsErr(err, "create queue consumer")
 	}
 	ta.forgetMissing(r.queueStream())

@@ -598,6 +598,8 @@ func fabricError(o Options, op string, err error, about ...thing) error {
 		return NewError(http.StatusNotImplemented, "fabric.unavailable", "queues need the embedded engine or an operator-managed NATS with tenant accounts")
 	case errors.Is(err, fabric.ErrNotDurable):
 		return NewError(http.StatusServiceUnavailable, "not_durable", "the engine applied the request but the disk did not confirm it, and cannot be trusted to until Penstock is restarted on a sound disk; the request may have taken effect (a publish retried with the same message id afterwards is stored once)")
+	case errors.Is(err, fabric.ErrInDoubt):
+		return NewError(http.StatusServiceUnavailable, "in_doubt", "the queue's leader changed while the publish was in flight, so it may or may not be stored; retry (a message retried with the same id is stored once)")
 	case errors.Is(err, fabric.ErrClosed):
 		return NewError(http.StatusServiceUnavailable, "unavailable", "publishing stopped (the queue was deleted or the server is stopping); retry, with message ids to stay idempotent")
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):

@@ -157,12 +157,24 @@ func (e *Engine) AccountStreams(account string) (map[string][]QueueState, error)
 	if e.embedded == nil || e.embedded.cluster != nil {
 		return nil, ErrNotEmbedded
 	}
-	jsz, err := e.embedded.ns.Jsz(&server.JSzOptions{Account: account, Accounts: true, Streams: true, Consumer: true, Limit: math.MaxInt32})
-	if err != nil {
-		return nil, fmt.Errorf("engine: list streams: %w", err)
+	var details []*server.AccountDetail
+	if account != "" {
+		// Not Jsz with an account filter: it computes every stream's state whatever the
+		// filter, which at 10,000 accounts made each call cost a walk of all of them.
+		d, err := e.embedded.ns.JszAccount(&server.JSzOptions{Account: account, Streams: true, Consumer: true})
+		if err != nil {
+			return nil, fmt.Errorf("engine: list streams of %s: %w", account, err)
+		}
+		details = []*server.AccountDetail{d}
+	} else {
+		jsz, err := e.embedded.ns.Jsz(&server.JSzOptions{Accounts: true, Streams: true, Consumer: true, Limit: math.MaxInt32})
+		if err != nil {
+			return nil, fmt.Errorf("engine: list streams: %w", err)
+		}
+		details = jsz.AccountDetails
 	}
 	out := map[string][]QueueState{}
-	for _, a := range jsz.AccountDetails {
+	for _, a := range details {
 		for _, s := range a.Streams {
 			q := QueueState{Stream: s.Name, First: s.State.FirstSeq, Msgs: s.State.Msgs}
 			for _, c := range s.Consumer {

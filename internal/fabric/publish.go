@@ -243,6 +243,12 @@ type committer struct {
 	stopped chan struct{}
 	closed  atomic.Bool
 
+	// clustered: the queue's stream is replicated, and its leader (last seen) may change
+	// while a batch waits for its answer (see sent.wait).
+	clustered bool
+	leaderMu  sync.Mutex
+	leader    string
+
 	// The engine answers each batch on inbox.<token>, dispatched to the batch waiting for it.
 	inbox   string
 	sub     *nats.Subscription
@@ -265,11 +271,48 @@ func (c *committer) answered(m *nats.Msg) {
 
 // sent is a batch handed to the engine, waiting for its answer.
 type sent struct {
-	c     *committer
-	token string
-	ch    chan *nats.Msg
-	n     int
+	c      *committer
+	token  string
+	ch     chan *nats.Msg
+	n      int
+	leader string // the stream's leader as last seen when the batch was sent
 }
+
+// lastLeader is the queue stream's leader as last seen.
+func (c *committer) lastLeader() string {
+	c.leaderMu.Lock()
+	defer c.leaderMu.Unlock()
+	return c.leader
+}
+
+// leaderMoved asks for the queue stream's leader and tells whether it is another than was.
+// An engine that does not answer (an election under way) has not moved yet.
+func (c *committer) leaderMoved(ctx context.Context, was string) bool {
+	ictx, cancel := context.WithTimeout(ctx, leaderCheck)
+	defer cancel()
+	st, err := c.js.Stream(ictx, c.stream)
+	if err != nil {
+		return false
+	}
+	ci := st.CachedInfo().Cluster
+	if ci == nil || ci.Leader == "" {
+		return false
+	}
+	c.leaderMu.Lock()
+	c.leader = ci.Leader
+	c.leaderMu.Unlock()
+	return ci.Leader != was
+}
+
+// leaderCheck is how long a replicated queue's batch waits for its answer before the commit
+// asks whether the stream's leader changed, and again after each check. A leader that died
+// with the batch never answers, and the new one does not know the batch: without the check,
+// the publisher waited commitTimeout (30 s) for an answer that could not come.
+const leaderCheck = 2 * time.Second
+
+// ErrInDoubt: the engine lost a publish's answer (the queue's leader changed while it was in
+// flight). It may or may not be stored; a retry with the same message ids is stored once.
+var ErrInDoubt = errors.New("the queue's leader changed while the publish was in flight: it may or may not be stored")
 
 // send hands msgs to the engine as one atomic batch (a single message as a plain publish),
 // without waiting for the answer. It must be called from one goroutine at a time per
@@ -278,7 +321,7 @@ func (c *committer) send(msgs []*nats.Msg) (*sent, error) {
 	c.wmu.Lock()
 	c.next++
 	token := strconv.FormatUint(c.next, 36)
-	sd := &sent{c: c, token: token, ch: make(chan *nats.Msg, 1), n: len(msgs)}
+	sd := &sent{c: c, token: token, ch: make(chan *nats.Msg, 1), n: len(msgs), leader: c.lastLeader()}
 	c.waiting[token] = sd.ch
 	c.wmu.Unlock()
 	reply := c.inbox + "." + token
@@ -342,11 +385,24 @@ func (sd *sent) forget() {
 // it was a duplicate of one stored before.
 func (sd *sent) wait(ctx context.Context) (first uint64, dup bool, err error) {
 	var resp *nats.Msg
-	select {
-	case resp = <-sd.ch:
-	case <-ctx.Done():
-		sd.forget()
-		return 0, false, fmt.Errorf("publish: %w", ctx.Err())
+	var check <-chan time.Time
+	if sd.c.clustered {
+		t := time.NewTicker(leaderCheck)
+		defer t.Stop()
+		check = t.C
+	}
+	for resp == nil {
+		select {
+		case resp = <-sd.ch:
+		case <-ctx.Done():
+			sd.forget()
+			return 0, false, fmt.Errorf("publish: %w", ctx.Err())
+		case <-check:
+			if sd.leader != "" && sd.c.leaderMoved(ctx, sd.leader) {
+				sd.forget()
+				return 0, false, fmt.Errorf("stream %s: %w", sd.c.stream, ErrInDoubt)
+			}
+		}
 	}
 	if resp.Header.Get("Status") == "503" && len(resp.Data) == 0 {
 		// No responders: no stream takes the subject any more.
@@ -387,7 +443,8 @@ func (s *Service) committerFor(ctx context.Context, ta *tenantAccount, stream st
 	if ok {
 		return c, nil
 	}
-	if _, err := ta.acc.JetStream().Stream(ctx, stream); err != nil {
+	st, err := ta.acc.JetStream().Stream(ctx, stream)
+	if err != nil {
 		return nil, jsErr(err, "stream "+stream)
 	}
 	s.mu.Lock()
@@ -399,6 +456,9 @@ func (s *Service) committerFor(ctx context.Context, ta *tenantAccount, stream st
 	c = &committer{nc: ta.acc.Conn(), js: ta.acc.JetStream(), sync: ta.acc.Sync, plain: ta.acc.GroupSync(),
 		stream: stream, ch: make(chan *pubReq, 4096), cancel: cancel,
 		stopped: make(chan struct{}), inbox: nats.NewInbox(), waiting: map[string]chan *nats.Msg{}}
+	if ci := st.CachedInfo().Cluster; s.o.Engine.Clustered() && ci != nil {
+		c.clustered, c.leader = true, ci.Leader
+	}
 	sub, err := c.nc.Subscribe(c.inbox+".*", c.answered)
 	if err != nil {
 		cancel()

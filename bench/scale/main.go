@@ -229,8 +229,8 @@ func penstockRun(bin string, marks []int) runFigures {
 	f.rss, f.threads, f.fds = s.RSS, s.Threads, s.FDs
 	m := p.Scrape()
 	f.goroutines = int(m["go_goroutines"])
-	fmt.Printf("idle: RSS %s MiB, heap in use %s MiB, %d goroutines, %d threads, %d open files, CPU %.2f %% of one core over %s; %.0f tenant-environments let go as idle\n",
-		mib(f.rss), mib(int64(m["go_memstats_heap_inuse_bytes"])), f.goroutines, f.threads, f.fds, f.idleCPU, *idle, m["penstock_fabric_idle_closed_total"])
+	fmt.Printf("idle: RSS %s MiB, heap in use %s MiB, stacks %s MiB, %d goroutines, %d threads, %d open files, CPU %.2f %% of one core over %s; %.0f tenant-environments let go as idle\n",
+		mib(f.rss), mib(int64(m["go_memstats_heap_inuse_bytes"])), mib(int64(m["go_memstats_stack_inuse_bytes"])), f.goroutines, f.threads, f.fds, f.idleCPU, *idle, m["penstock_fabric_idle_closed_total"])
 	profiles(p)
 	p.Child.Stop()
 	f.disk = dirSize(dir)
@@ -245,8 +245,10 @@ func penstockRun(bin string, marks []int) runFigures {
 	}
 	time.Sleep(*settle)
 	f.rssRestart = proc.StatsOf(pid).RSS
-	fmt.Printf("restart: serving after %s, RSS %s MiB after settling; sample of %d tenants publish and consume\n",
-		f.startup.Round(time.Millisecond), mib(f.rssRestart), len(sample))
+	m = p.Scrape()
+	fmt.Printf("restart: serving after %s, RSS %s MiB after settling (heap in use %s MiB, stacks %s MiB, %.0f goroutines); sample of %d tenants publish and consume\n",
+		f.startup.Round(time.Millisecond), mib(f.rssRestart), mib(int64(m["go_memstats_heap_inuse_bytes"])),
+		mib(int64(m["go_memstats_stack_inuse_bytes"])), m["go_goroutines"], len(sample))
 	p.Child.Stop()
 	return f
 }

@@ -121,6 +121,13 @@ func createAccount(ctx context.Context, o Options, id string, src Source, report
 		})
 		for _, stream := range streams {
 			p, err := createPart(ctx, o, acc, src, id, stream)
+			if err != nil && strings.HasPrefix(stream, "D_") {
+				// A dead-letter queue deleted meanwhile (with its queue, or made for a queue
+				// deleted meanwhile) is not in the backup, as a queue deleted before it began.
+				if _, serr := acc.JetStream().Stream(ctx, stream); errors.Is(serr, jetstream.ErrStreamNotFound) {
+					continue
+				}
+			}
 			if err != nil {
 				return nil, err
 			}

@@ -208,7 +208,11 @@ func (s *Service) sweepDead(ctx context.Context, ta *tenantAccount) {
 			continue
 		}
 		ci := cons.CachedInfo()
-		if ci.NumAckPending > 0 || ci.NumRedelivered > 0 {
+		// Every delivered message the consumer has not given up on is pending (in flight,
+		// waiting for redelivery, or a negative acknowledgement's delay). The redelivered
+		// count says nothing here: the engine keeps a message's count until it leaves the
+		// stream, so a message that ran out of more than one delivery counts in it for good.
+		if ci.NumAckPending > 0 {
 			continue
 		}
 		first, last := st.CachedInfo().State.FirstSeq, ci.Delivered.Stream

@@ -413,6 +413,7 @@ func (s *Service) bindingsOf(ctx context.Context, ta *tenantAccount, create bool
 		return nil, err
 	}
 	ta.bindings = kv
+	ta.hasBindings.Store(true)
 	return kv, nil
 }
 

@@ -181,8 +181,9 @@ type tenantAccount struct {
 	// busy counts dead-letter moves and sweeps under way; advisories is the subscription
 	// they come from. sweepFirst: taken up at start or in a cluster, it is not let go before
 	// its first sweep (sweptOnce).
-	busy       atomic.Int32
-	advisories *nats.Subscription
+	busy        atomic.Int32
+	advisories  *nats.Subscription
+	hasBindings atomic.Bool // its exchanges bucket is open here (bindingsOf)
 	sweepFirst bool
 	sweptOnce  atomic.Bool
 }

@@ -63,7 +63,7 @@ func (s *Service) dueAtStart() map[string]bool {
 				if c.Name != app {
 					continue
 				}
-				if c.AckPending > 0 || c.Redelivered == 0 && st.Msgs > 0 && st.First <= c.Delivered {
+				if c.AckPending > 0 || st.Msgs > 0 && st.First <= c.Delivered {
 					due[acct] = true
 				}
 			}
@@ -169,7 +169,9 @@ func (s *Service) mayClose(ta *tenantAccount, idle time.Duration) bool {
 	ta.mu.RLock()
 	exchanges := len(ta.exchanges) > 0 || len(ta.routers) > 0
 	ta.mu.RUnlock()
-	if exchanges {
+	// In a cluster, a node watching the exchanges bucket routes an exchange another node
+	// makes, also while its maker is down.
+	if exchanges || s.o.Engine.Clustered() && ta.hasBindings.Load() {
 		return false
 	}
 	return ta.acc.IdleFor() >= idle

@@ -262,6 +262,8 @@ func ackError(err error) *nativeAckError {
 		return &nativeAckError{Code: 400, ErrCode: 10054, Description: "maximum payload exceeded"}
 	case errors.Is(err, ErrClosed):
 		return &nativeAckError{Code: 503, ErrCode: 10008, Description: "publishing stopped: the queue was deleted or the server is stopping"}
+	case errors.Is(err, ErrInDoubt):
+		return &nativeAckError{Code: 503, ErrCode: 10008, Description: "the queue's leader changed while the publish was in flight: it may be stored; retry with the same message id"}
 	case errors.Is(err, ErrNotDurable):
 		return &nativeAckError{Code: 503, ErrCode: 10008, Description: "not confirmed on disk: the server must be restarted on a sound disk; retry with the same message id then"}
 	case errors.Is(err, errBusy):

@@ -243,11 +243,13 @@ type committer struct {
 	stopped chan struct{}
 	closed  atomic.Bool
 
-	// clustered: the queue's stream is replicated, and its leader (last seen) may change
-	// while a batch waits for its answer (see sent.wait).
+	// clustered: the queue's stream is replicated, and its leader may change while a batch
+	// waits for its answer (see sent.wait). leaderMu guards the last look at the leader,
+	// shared by the batches waiting then.
 	clustered bool
 	leaderMu  sync.Mutex
-	leader    string
+	leaderAt  time.Time // when it was asked
+	leader    leaderSeen
 
 	// The engine answers each batch on inbox.<token>, dispatched to the batch waiting for it.
 	inbox   string
@@ -275,40 +277,62 @@ type sent struct {
 	token  string
 	ch     chan *nats.Msg
 	n      int
-	leader string // the stream's leader as last seen when the batch was sent
+	sentAt time.Time
 }
 
-// lastLeader is the queue stream's leader as last seen.
-func (c *committer) lastLeader() string {
+// leaderSeen is who led the queue's stream and since when, as the engine said.
+type leaderSeen struct {
+	name  string
+	since time.Time // zero if the engine did not say
+}
+
+// currentLeader asks for the queue stream's leader, at most once a second for all the batches
+// of the queue waiting then. ok is false while the engine does not answer (an election).
+func (c *committer) currentLeader(ctx context.Context) (leaderSeen, bool) {
 	c.leaderMu.Lock()
 	defer c.leaderMu.Unlock()
-	return c.leader
-}
-
-// leaderMoved asks for the queue stream's leader and tells whether it is another than was.
-// An engine that does not answer (an election under way) has not moved yet.
-func (c *committer) leaderMoved(ctx context.Context, was string) bool {
+	if time.Since(c.leaderAt) < time.Second && c.leader.name != "" {
+		return c.leader, true
+	}
 	ictx, cancel := context.WithTimeout(ctx, leaderCheck)
 	defer cancel()
 	st, err := c.js.Stream(ictx, c.stream)
 	if err != nil {
-		return false
+		return leaderSeen{}, false
 	}
 	ci := st.CachedInfo().Cluster
 	if ci == nil || ci.Leader == "" {
+		return leaderSeen{}, false
+	}
+	c.leader, c.leaderAt = leaderSeen{name: ci.Leader}, time.Now()
+	if ci.LeaderSince != nil {
+		c.leader.since = *ci.LeaderSince
+	}
+	return c.leader, true
+}
+
+// lostTo tells whether the queue's stream has a leader elected after the batch was sent: the
+// leader the batch went to is gone, and the new one does not know the batch. leaderSkew allows
+// for the leader's clock being ahead of this node's.
+func (sd *sent) lostTo(ctx context.Context, began leaderSeen) bool {
+	now, ok := sd.c.currentLeader(ctx)
+	if !ok {
 		return false
 	}
-	c.leaderMu.Lock()
-	c.leader = ci.Leader
-	c.leaderMu.Unlock()
-	return ci.Leader != was
+	if !now.since.IsZero() {
+		return now.since.After(sd.sentAt.Add(leaderSkew))
+	}
+	return began.name != "" && now.name != began.name
 }
 
 // leaderCheck is how long a replicated queue's batch waits for its answer before the commit
 // asks whether the stream's leader changed, and again after each check. A leader that died
 // with the batch never answers, and the new one does not know the batch: without the check,
 // the publisher waited commitTimeout (30 s) for an answer that could not come.
-const leaderCheck = 2 * time.Second
+const (
+	leaderCheck = 2 * time.Second
+	leaderSkew  = 500 * time.Millisecond
+)
 
 // ErrInDoubt: the engine lost a publish's answer (the queue's leader changed while it was in
 // flight). It may or may not be stored; a retry with the same message ids is stored once.
@@ -321,7 +345,7 @@ func (c *committer) send(msgs []*nats.Msg) (*sent, error) {
 	c.wmu.Lock()
 	c.next++
 	token := strconv.FormatUint(c.next, 36)
-	sd := &sent{c: c, token: token, ch: make(chan *nats.Msg, 1), n: len(msgs), leader: c.lastLeader()}
+	sd := &sent{c: c, token: token, ch: make(chan *nats.Msg, 1), n: len(msgs), sentAt: time.Now()}
 	c.waiting[token] = sd.ch
 	c.wmu.Unlock()
 	reply := c.inbox + "." + token
@@ -386,10 +410,14 @@ func (sd *sent) forget() {
 func (sd *sent) wait(ctx context.Context) (first uint64, dup bool, err error) {
 	var resp *nats.Msg
 	var check <-chan time.Time
+	var began leaderSeen // without election times, the leader when the wait began
 	if sd.c.clustered {
 		t := time.NewTicker(leaderCheck)
 		defer t.Stop()
 		check = t.C
+		sd.c.leaderMu.Lock()
+		began = sd.c.leader
+		sd.c.leaderMu.Unlock()
 	}
 	for resp == nil {
 		select {
@@ -398,7 +426,12 @@ func (sd *sent) wait(ctx context.Context) (first uint64, dup bool, err error) {
 			sd.forget()
 			return 0, false, fmt.Errorf("publish: %w", ctx.Err())
 		case <-check:
-			if sd.leader != "" && sd.c.leaderMoved(ctx, sd.leader) {
+			if !sd.lostTo(ctx, began) {
+				continue
+			}
+			select {
+			case resp = <-sd.ch: // answered during the check after all
+			default:
 				sd.forget()
 				return 0, false, fmt.Errorf("stream %s: %w", sd.c.stream, ErrInDoubt)
 			}
@@ -457,7 +490,10 @@ func (s *Service) committerFor(ctx context.Context, ta *tenantAccount, stream st
 		stream: stream, ch: make(chan *pubReq, 4096), cancel: cancel,
 		stopped: make(chan struct{}), inbox: nats.NewInbox(), waiting: map[string]chan *nats.Msg{}}
 	if ci := st.CachedInfo().Cluster; s.o.Engine.Clustered() && ci != nil {
-		c.clustered, c.leader = true, ci.Leader
+		c.clustered, c.leader.name, c.leaderAt = true, ci.Leader, time.Now()
+		if ci.LeaderSince != nil {
+			c.leader.since = *ci.LeaderSince
+		}
 	}
 	sub, err := c.nc.Subscribe(c.inbox+".*", c.answered)
 	if err != nil {

@@ -246,19 +246,31 @@ func (c *Checker) Mark(ctx context.Context, clean bool) error {
 	}
 	c.mu.Lock()
 	live := c.findingsFromLiveLocked(now)
-	kept := len(c.findings)
 	c.mu.Unlock()
 	c.add(live)
 	c.mu.Lock()
-	// A running server's mark that would say what the last one says is not written again: at
-	// 10,000 idle streams, sealing and syncing the same record every interval was a visible
-	// part of the node's idle CPU.
-	again := !clean && !c.rec.Clean && len(c.findings) == kept && c.rec.holds(now)
+	// A running server's mark that would say what the last one says (the same streams, the
+	// same findings) is not written again: at 10,000 idle streams, sealing and syncing the same
+	// record every interval was a visible part of the node's idle CPU.
+	again := !clean && !c.rec.Clean && sameFindings(c.findings, c.rec.Findings) && c.rec.holds(now)
 	c.mu.Unlock()
 	if again {
 		return nil
 	}
 	return c.write(now, clean)
+}
+
+// sameFindings tells whether two lists hold the same findings, in the same order.
+func sameFindings(a, b []Finding) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i].Account != b[i].Account || a[i].Stream != b[i].Stream || a[i].Problem != b[i].Problem || !a[i].Detected.Equal(b[i].Detected) {
+			return false
+		}
+	}
+	return true
 }
 
 // holds tells whether the record marks exactly these streams, as they are now.

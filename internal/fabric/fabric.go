@@ -184,8 +184,8 @@ type tenantAccount struct {
 	busy        atomic.Int32
 	advisories  *nats.Subscription
 	hasBindings atomic.Bool // its exchanges bucket is open here (bindingsOf)
-	sweepFirst bool
-	sweptOnce  atomic.Bool
+	sweepFirst  bool
+	sweptOnce   atomic.Bool
 }
 
 // Open starts the fabric: it resumes routing and dead-lettering in every tenant account the

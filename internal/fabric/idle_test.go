@@ -180,16 +180,12 @@ func TestIdleCloseWaitsForDeadLetters(t *testing.T) {
 	if ds, err := h.fab.Consume(ctx, q, 1, time.Second); err != nil || len(ds) != 1 {
 		t.Fatalf("consume: %d, %v", len(ds), err)
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for testutil.ToFloat64(h.fab.m.deadLettered.WithLabelValues("max_deliveries")) < 1 {
+	waitFor(t, "the advisory to move the message to the dead-letter queue", func() bool {
 		if n := testutil.ToFloat64(h.fab.m.idleClosed); n != 0 {
 			t.Fatalf("let go with a delivery waiting for its acknowledgement (%v closes)", n)
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("the advisory did not move the message to the dead-letter queue")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return testutil.ToFloat64(h.fab.m.deadLettered.WithLabelValues("max_deliveries")) >= 1
+	})
 	waitFor(t, "the close once the message is dead-lettered", func() bool { return testutil.ToFloat64(h.fab.m.idleClosed) == 1 })
 	dl, _, err := h.fab.DeadLetters(ctx, q, 0, 10)
 	if err != nil || len(dl) != 1 || string(dl[0].Data) != string(text(1).Data) {

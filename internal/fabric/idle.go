@@ -79,17 +79,7 @@ func idleCheckEvery(idle time.Duration) time.Duration {
 
 // closeIdle lets go of idle tenant-environments until the fabric closes.
 func (s *Service) closeIdle() {
-	defer s.wg.Done()
-	t := time.NewTicker(idleCheckEvery(s.cfg.IdleClose))
-	defer t.Stop()
-	for {
-		select {
-		case <-s.ctx.Done():
-			return
-		case <-t.C:
-		}
-		s.closeIdleOnce()
-	}
+	s.every(idleCheckEvery(s.cfg.IdleClose), func() { s.closeIdleOnce() })
 }
 
 // closeIdleOnce lets go of every tenant-environment idle now, and returns how many.

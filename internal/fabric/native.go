@@ -218,9 +218,12 @@ func (s *Service) auditNative(tenant, env, keyID string, src netip.Addr, result,
 
 // sweep closes, every SweepInterval, the native connections whose key was revoked or expired,
 // whose owner lost the role, or whose tenant-environment went over its publish-rate quota.
-func (s *Service) sweep() {
+func (s *Service) sweep() { s.every(s.o.SweepInterval, s.sweepOnce) }
+
+// every runs fn every d until the fabric closes; the caller added it to s.wg.
+func (s *Service) every(d time.Duration, fn func()) {
 	defer s.wg.Done()
-	t := time.NewTicker(s.o.SweepInterval)
+	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
 		select {
@@ -228,7 +231,7 @@ func (s *Service) sweep() {
 			return
 		case <-t.C:
 		}
-		s.sweepOnce()
+		fn()
 	}
 }
 

@@ -1,6 +1,7 @@
 // Command scale measures one Penstock node holding many tenant-environments, each with its
-// engine account, a queue and an API key, beside a plain nats-server holding as many accounts
-// with a stream and a consumer each, measured in the same run: the time to create them, the
+// engine account, a queue and an API key, each used once (a message published and consumed
+// over HTTPS; -use=false leaves them unused), beside a plain nats-server holding as many
+// accounts with a stream and a consumer each, measured in the same run: the time to create them, the
 // resident memory, goroutines and idle CPU with everything idle, the start-up time of a
 // restart, and (from the node's profiles) what grows with the count.
 //
@@ -44,6 +45,7 @@ var (
 	binary   = flag.String("binary", "", "the penstock binary (default: built from ./cmd/penstock)")
 	outDir   = flag.String("out", "", "keep the node's heap and goroutine profiles here")
 	skipPeer = flag.Bool("skip-peer", false, "leave out the plain nats-server")
+	useAll   = flag.Bool("use", true, "after creating, publish and consume one message in every tenant-environment, so that each has been used (its queue's consumer made) before it goes idle")
 	peerDir  = flag.String("peer-serve", "", "internal: run the peer nats-server on this store")
 	peerN    = flag.Int("peer-accounts", 0, "internal: the peer's account count")
 )
@@ -217,6 +219,11 @@ func penstockRun(bin string, marks []int) runFigures {
 			mib(int64(m["go_memstats_heap_inuse_bytes"])), m["go_goroutines"], s.FDs)
 		last, lastT = k, el
 	})
+	if *useAll {
+		used := parallel(*n, nil, func(i int) error { return roundTrip(p, i, keys[i]) }, nil)
+		s := proc.StatsOf(pid)
+		fmt.Printf("used each once (publish, consume): %s, RSS %s MiB, %.0f goroutines\n", used.Round(time.Second), mib(s.RSS), p.Scrape()["go_goroutines"])
+	}
 	sample := sampleOf(*n)
 	for _, i := range sample {
 		if err := roundTrip(p, i, keys[i]); err != nil {
@@ -229,8 +236,9 @@ func penstockRun(bin string, marks []int) runFigures {
 	f.rss, f.threads, f.fds = s.RSS, s.Threads, s.FDs
 	m := p.Scrape()
 	f.goroutines = int(m["go_goroutines"])
-	fmt.Printf("idle: RSS %s MiB, heap in use %s MiB, stacks %s MiB, %d goroutines, %d threads, %d open files, CPU %.2f %% of one core over %s; %.0f tenant-environments let go as idle\n",
-		mib(f.rss), mib(int64(m["go_memstats_heap_inuse_bytes"])), mib(int64(m["go_memstats_stack_inuse_bytes"])), f.goroutines, f.threads, f.fds, f.idleCPU, *idle, m["penstock_fabric_idle_closed_total"])
+	fmt.Printf("idle: RSS %s MiB, heap in use %s MiB, stacks %s MiB, %d goroutines, %d threads, %d open files, CPU %.2f %% of one core over %s; %.0f tenant-environments let go as idle, %.0f queue consumers deleted with them\n",
+		mib(f.rss), mib(int64(m["go_memstats_heap_inuse_bytes"])), mib(int64(m["go_memstats_stack_inuse_bytes"])), f.goroutines, f.threads, f.fds, f.idleCPU, *idle,
+		m["penstock_fabric_idle_closed_total"], m["penstock_fabric_idle_consumers_deleted_total"])
 	profiles(p)
 	p.Child.Stop()
 	f.disk = dirSize(dir)

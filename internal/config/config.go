@@ -91,8 +91,9 @@ type Fabric struct {
 	PublishRate      float64 `koanf:"publish_rate"`
 	PublishBytesRate float64 `koanf:"publish_bytes_rate"`
 	// IdleClose is how long a tenant-environment may go unused on a node before the node
-	// closes its own engine connection to it (taken up again on next use); 0 keeps every one
-	// open. Embedded engine only.
+	// closes its own engine connection to it (taken up again on next use) and, on a single
+	// node, deletes its queue consumers that hold nothing; 0 keeps every one open. Embedded
+	// engine only.
 	IdleClose time.Duration `koanf:"idle_close"`
 }
 

@@ -145,7 +145,8 @@ type QueueState struct {
 type ConsumerState struct {
 	Name string
 	// AckPending: delivered, not acknowledged yet. Redelivered: waiting to be delivered again.
-	AckPending, Redelivered int
+	// Waiting: pull requests waiting for a message.
+	AckPending, Redelivered, Waiting int
 	// Delivered is the last stream sequence delivered.
 	Delivered uint64
 }
@@ -180,7 +181,7 @@ func (e *Engine) AccountStreams(account string) (map[string][]QueueState, error)
 			for _, c := range s.Consumer {
 				if c != nil {
 					q.Consumers = append(q.Consumers, ConsumerState{Name: c.Name, AckPending: c.NumAckPending,
-						Redelivered: c.NumRedelivered, Delivered: c.Delivered.Stream})
+						Redelivered: c.NumRedelivered, Waiting: c.NumWaiting, Delivered: c.Delivered.Stream})
 				}
 			}
 			out[a.Name] = append(out[a.Name], q)

@@ -44,12 +44,23 @@ func (s *Service) Consume(ctx context.Context, r Ref, maxN int, wait time.Durati
 	if err != nil {
 		return nil, err
 	}
-	cons, err := ta.consumer(ctx, r)
+	ta.useMu.RLock() // its consumer is not deleted as idle meanwhile (queueconsumer.go)
+	defer ta.useMu.RUnlock()
+	cons, err := s.consumer(ctx, ta, r, true)
 	if err != nil {
 		return nil, err
 	}
 	out, err := fetch(cons, maxN, 0)
-	if errors.Is(err, ErrNotFound) {
+	if consumerGone(err) {
+		// The handle's consumer went (the queue deleted and made again, or the idle close
+		// deleted it just as this consume began): made again, asked again.
+		ta.forgetConsumer(r.queueStream())
+		if cons, err = s.consumer(ctx, ta, r, true); err != nil {
+			return nil, err
+		}
+		out, err = fetch(cons, maxN, 0)
+	}
+	if consumerGone(err) {
 		ta.forgetConsumer(r.queueStream())
 	}
 	if err == nil && len(out) == 0 && wait == 0 && ta.unseen(ctx, r, cons) {
@@ -89,18 +100,24 @@ func (ta *tenantAccount) unseen(ctx context.Context, r Ref, cons jetstream.Consu
 	return si.State.LastSeq > ci.Delivered.Stream && si.State.Msgs > uint64(ci.NumAckPending)
 }
 
-// consumer returns a queue's consumer handle, looked up once: a lookup is a round trip to
-// the engine.
-func (ta *tenantAccount) consumer(ctx context.Context, r Ref) (jetstream.Consumer, error) {
+// consumer returns a queue's consumer handle, looked up once (a lookup is a round trip to
+// the engine), and, with create, made first if the queue has none (queueconsumer.go).
+func (s *Service) consumer(ctx context.Context, ta *tenantAccount, r Ref, create bool) (jetstream.Consumer, error) {
 	ta.mu.RLock()
 	c, ok := ta.consumers[r.queueStream()]
 	ta.mu.RUnlock()
 	if ok {
 		return c, nil
 	}
-	c, err := ta.acc.JetStream().Consumer(ctx, r.queueStream(), r.consumer())
+	var err error
+	if create {
+		c, err = s.ensureConsumer(ctx, ta, r)
+	} else {
+		c, err = ta.acc.JetStream().Consumer(ctx, r.queueStream(), r.consumer())
+		err = jsErr(err, "queue "+r.Name)
+	}
 	if err != nil {
-		return nil, jsErr(err, "queue "+r.Name)
+		return nil, err
 	}
 	ta.mu.Lock()
 	ta.consumers[r.queueStream()] = c
@@ -112,6 +129,11 @@ func (ta *tenantAccount) forgetConsumer(stream string) {
 	ta.mu.Lock()
 	delete(ta.consumers, stream)
 	ta.mu.Unlock()
+}
+
+// consumerGone tells whether a fetch failed because its consumer is not there.
+func consumerGone(err error) bool {
+	return errors.Is(err, ErrNotFound) || errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrConsumerDeleted)
 }
 
 func fetch(cons jetstream.Consumer, n int, wait time.Duration) ([]jetstream.Msg, error) {
@@ -229,7 +251,13 @@ func (s *Service) Settle(ctx context.Context, r Ref, tokens []string, how Settle
 	}
 	// The engine never answers a settlement of a delivery beyond what it has delivered: such
 	// a token is refused here rather than left to time out.
-	cons, err := ta.consumer(ctx, r)
+	// Not made for a settlement: a queue without a consumer has delivered nothing to settle.
+	cons, err := s.consumer(ctx, ta, r, false)
+	if errors.Is(err, ErrNotFound) {
+		if _, serr := ta.acc.JetStream().Stream(ctx, r.queueStream()); serr == nil {
+			return invalidf("tokens[0]: no such delivery of queue %s", r.Name)
+		}
+	}
 	if err != nil {
 		return err
 	}

@@ -186,6 +186,14 @@ type tenantAccount struct {
 	hasBindings atomic.Bool // its exchanges bucket is open here (bindingsOf)
 	sweepFirst  bool
 	sweptOnce   atomic.Bool
+	// consMu orders queue creation and a native login's making of queue consumers; nativeReady:
+	// that was done since the take-up, and queues are made with their consumer from then on
+	// (queueconsumer.go).
+	// useMu: consumes through the fabric hold it shared while they use a consumer; the idle
+	// close deletes consumers only when it gets it alone.
+	consMu      sync.Mutex
+	useMu       sync.RWMutex
+	nativeReady atomic.Bool
 }
 
 // Open starts the fabric: it resumes routing and dead-lettering in every tenant account the
@@ -219,6 +227,9 @@ func Open(ctx context.Context, o Options) (*Service, error) {
 		}
 	}
 	s.starting = false
+	if !s.lazyConsumers() {
+		s.makeMissingConsumers(ctx)
+	}
 	s.wg.Add(1)
 	go s.sweepDeadLetters()
 	if o.Engine.Embedded() && s.cfg.IdleClose > 0 {
@@ -332,8 +343,12 @@ func (s *Service) account(ctx context.Context, tenant, env string) (*tenantAccou
 // in progress in it fail.
 func (s *Service) ResetAccount(ctx context.Context, tenant, env string) error {
 	s.ForgetAccount(tenant, env)
-	_, err := s.account(ctx, tenant, env)
-	return err
+	ta, err := s.account(ctx, tenant, env)
+	if err != nil || s.openConns(tenant, env) == 0 {
+		return err
+	}
+	// Native clients connected through it pull from the restored queues' consumers.
+	return s.ensureConsumers(ctx, ta)
 }
 
 // ForgetAccount stops what the fabric runs for a tenant-environment (its routers, dead-letter

@@ -106,6 +106,20 @@ func (h *harness) queue(tenant, name string, spec QueueSpec) Ref {
 	return r
 }
 
+// withConsumer makes the queue's consumer now, as its first consume would (a queue gets it
+// then, on a single node that lets idle tenant-environments go), for a test that reads or
+// drives it in the engine directly.
+func (h *harness) withConsumer(r Ref) {
+	h.t.Helper()
+	ta, err := h.fab.account(ctx, r.Tenant, r.Environment)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if _, err := h.fab.ensureConsumer(ctx, ta, r); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
 // key creates an API key of the orders application with the given role.
 func (h *harness) key(tenant string, role authz.Role) (secret, id string) {
 	h.t.Helper()

@@ -30,7 +30,8 @@ import (
 //     and only a listener moves it to the dead-letter queue at once.
 //
 // The next use takes it up again as the first did: a connection, the subscriptions, a
-// dead-letter sweep within a second.
+// dead-letter sweep within a second. On a single node, its queues' consumers go with it when
+// they hold nothing, and come back with use (queueconsumer.go).
 
 // dueAtStart names the tenant-environments a starting node must take up at once, when it
 // lets idle ones go and holds every stream itself (a single node): those with an exchange
@@ -102,10 +103,19 @@ func (s *Service) closeIdleOnce() int {
 			continue
 		}
 		name := ta.acc.Name()
+		dropped := 0
+		if s.lazyConsumers() {
+			// Outside s.mu: engine round trips and syncs, while other tenants are served.
+			ctx, cancel := context.WithTimeout(ta.ctx, 10*time.Second)
+			dropped = s.dropConsumers(ctx, ta, idle)
+			cancel()
+		}
 		s.mu.Lock()
 		// Closed under the lock, and only if still idle and held by nobody: a take-up waiting
-		// for the lock then opens a new connection, never this one.
-		if s.accounts[name] != ta || !s.mayClose(ta, idle) || !s.o.Engine.CloseIdleAccount(name, idle) {
+		// for the lock then opens a new connection, never this one. The deletions' own traffic
+		// is not counted as use (dropConsumers), so a consume that began meanwhile is looked for
+		// in the engine again, without traffic (a single node).
+		if dropped < 0 || s.accounts[name] != ta || !s.mayClose(ta, idle) || dropped > 0 && s.inFlight(ta) || !s.o.Engine.CloseIdleAccount(name, idle) {
 			s.mu.Unlock()
 			continue
 		}
@@ -173,6 +183,26 @@ func pendingMsgs(sub *nats.Subscription) int {
 		return 0 // closed
 	}
 	return n
+}
+
+// inFlight tells whether a queue of the tenant-environment has a delivery waiting for its
+// acknowledgement or a pull request waiting, read from a single node's engine (true when it
+// cannot tell).
+func (s *Service) inFlight(ta *tenantAccount) bool {
+	streams, err := s.o.Engine.AccountStreams(ta.acc.Name())
+	if err != nil {
+		return true
+	}
+	for _, st := range streams[ta.acc.Name()] {
+		if kind, app, _, ok := parseStream(st.Stream); ok && kind == "Q" {
+			for _, c := range st.Consumers {
+				if c.Name == app && (c.AckPending > 0 || c.Waiting > 0) {
+					return true
+				}
+			}
+		}
+	}
+	return false
 }
 
 // awaitingAck tells whether any queue of the tenant-environment has a message delivered and

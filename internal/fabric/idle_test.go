@@ -271,6 +271,7 @@ func TestStartTakesUpOnlyWhatNeedsIt(t *testing.T) {
 	plain := h.queue("globex", "jobs", QueueSpec{})
 	publish(t, h.fab, stuck, text(1))
 	publish(t, h.fab, plain, text(1))
+	h.withConsumer(stuck)
 	if _, err := h.fab.CreateExchange(ctx, Ref{Tenant: "initech", Environment: "production", Application: "orders", Name: "events"}, Fanout); err != nil {
 		t.Fatal(err)
 	}
@@ -449,5 +450,339 @@ func TestDeleteEnvironmentLeavesNoLateDeadLetterQueue(t *testing.T) {
 	}
 	if len(left) > 0 {
 		t.Fatalf("streams left after DeleteEnvironment: %v", left)
+	}
+}
+
+// queueConsumers names the consumers the engine holds for a queue.
+func (h *harness) queueConsumers(r Ref) []string {
+	h.t.Helper()
+	all, err := h.stack.Engine.AccountStreams(r.account())
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	var out []string
+	for _, st := range all[r.account()] {
+		if st.Stream == r.queueStream() {
+			for _, c := range st.Consumers {
+				out = append(out, c.Name)
+			}
+		}
+	}
+	return out
+}
+
+// consumerConfig reads a queue's consumer settings from the engine.
+func (h *harness) consumerConfig(r Ref) jetstream.ConsumerConfig {
+	h.t.Helper()
+	acc, err := h.stack.Engine.Account(ctx, r.account())
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	c, err := acc.JetStream().Consumer(ctx, r.queueStream(), r.consumer())
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return c.CachedInfo().Config
+}
+
+// On a single node that lets idle tenant-environments go, a queue's consumer exists while it
+// is used: made by the first consume, deleted with the idle tenant-environment once it holds
+// no delivery, made again with the queue's settings by the next consume, which delivers what
+// was left. Nothing is lost or delivered twice on the way.
+func TestQueueConsumerComesAndGoesWithUse(t *testing.T) {
+	h := openCalledClose(t)
+	q := h.queue("acme", "jobs", QueueSpec{MaxDeliveries: 7, AckWait: 45 * time.Second})
+	other := h.queue("globex", "jobs", QueueSpec{})
+	if c := h.queueConsumers(q); len(c) != 0 {
+		t.Fatalf("a new queue has consumers %v", c)
+	}
+	publish(t, h.fab, q, text(1), text(2), text(3))
+	st, err := h.fab.Queue(ctx, q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Spec.MaxDeliveries != 7 || st.Spec.AckWait != 45*time.Second || st.Stats.Waiting != 3 || st.Stats.Depth != 3 || st.Stats.InFlight != 0 {
+		t.Fatalf("queue without a consumer: %+v", st)
+	}
+	if c := h.queueConsumers(q); len(c) != 0 {
+		t.Fatalf("reading a queue made consumers %v", c)
+	}
+
+	ds, err := h.fab.Consume(ctx, q, 2, time.Second)
+	if err != nil || len(ds) != 2 {
+		t.Fatalf("first consume: %d, %v", len(ds), err)
+	}
+	if cc := h.consumerConfig(q); cc.MaxDeliver != 7 || cc.AckWait != 45*time.Second {
+		t.Fatalf("consumer made with max deliveries %d, ack wait %s", cc.MaxDeliver, cc.AckWait)
+	}
+	if err := h.fab.Settle(ctx, q, []string{ds[0].AckToken}, Ack, 0); err != nil {
+		t.Fatal(err)
+	}
+	// A delivery in flight: neither the consumer nor the tenant-environment goes.
+	h.idleNow("acme")
+	publish(t, h.fab, other, text(1))
+	if n := h.fab.closeIdleOnce(); n != 0 || len(h.queueConsumers(q)) != 1 {
+		t.Fatalf("closed %d, consumers %v, with a delivery in flight", n, h.queueConsumers(q))
+	}
+	if err := h.fab.Settle(ctx, q, []string{ds[1].AckToken}, Ack, 0); err != nil {
+		t.Fatal(err)
+	}
+	h.idleNow("acme")
+	publish(t, h.fab, other, text(2))
+	if n := h.fab.closeIdleOnce(); n != 1 || h.held("acme") {
+		t.Fatalf("closed %d once settled", n)
+	}
+	if c := h.queueConsumers(q); len(c) != 0 {
+		t.Fatalf("consumers %v left with the idle tenant-environment", c)
+	}
+	if n := testutil.ToFloat64(h.fab.m.consumersDropped); n != 1 {
+		t.Fatalf("consumers-deleted metric %v, want 1", n)
+	}
+	st, err = h.fab.Queue(ctx, q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Stats.Depth != 1 || st.Stats.Waiting != 1 || st.Stats.Acked != 2 || st.Stats.Published != 3 || st.Spec.MaxDeliveries != 7 {
+		t.Fatalf("queue after its consumer went: %+v", st)
+	}
+
+	ds, err = h.fab.Consume(ctx, q, 10, time.Second)
+	if err != nil || len(ds) != 1 || string(ds[0].Data) != string(text(3).Data) {
+		t.Fatalf("consume after the take-up: %d messages, %v; want message 3 alone", len(ds), err)
+	}
+	if cc := h.consumerConfig(q); cc.MaxDeliver != 7 || cc.AckWait != 45*time.Second {
+		t.Fatalf("consumer made again with max deliveries %d, ack wait %s", cc.MaxDeliver, cc.AckWait)
+	}
+	if err := h.fab.Settle(ctx, q, []string{ds[0].AckToken}, Ack, 0); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := h.fab.Queue(ctx, q); err != nil || st.Stats.Depth != 0 {
+		t.Fatalf("queue at the end: %+v, %v", st.Stats, err)
+	}
+}
+
+// A message that ran out of deliveries and is not dead-lettered yet keeps its queue's consumer
+// until the sweep has moved it: a new consumer would deliver it again.
+func TestIdleCloseKeepsConsumerWithMessagesToSweep(t *testing.T) {
+	h := openCalledClose(t)
+	q := h.queue("acme", "jobs", QueueSpec{MaxDeliveries: 1, AckWait: time.Second})
+	publish(t, h.fab, q, text(1))
+	if ds, err := h.fab.Consume(ctx, q, 1, time.Second); err != nil || len(ds) != 1 {
+		t.Fatalf("consume: %d, %v", len(ds), err)
+	}
+	// Nobody hears the engine give it up: the advisory listener is stopped here.
+	h.fab.mu.Lock()
+	ta := h.fab.accounts[q.account()]
+	h.fab.mu.Unlock()
+	if err := ta.advisories.Unsubscribe(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the engine to give the message up", func() bool {
+		all, err := h.stack.Engine.AccountStreams(q.account())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, st := range all[q.account()] {
+			for _, c := range st.Consumers {
+				if st.Stream == q.queueStream() && c.AckPending == 0 && st.Msgs == 1 {
+					return true
+				}
+			}
+		}
+		return false
+	})
+	h.idleNow("acme")
+	if n := h.fab.closeIdleOnce(); n != 1 || len(h.queueConsumers(q)) != 1 {
+		t.Fatalf("closed %d, consumers %v, with a message left to sweep", n, h.queueConsumers(q))
+	}
+	// The next take-up sweeps it to the dead-letter queue; then the consumer goes too.
+	var dl []DeadLetter
+	waitFor(t, "the sweep after the take-up", func() bool {
+		var err error
+		dl, _, err = h.fab.DeadLetters(ctx, q, 0, 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(dl) == 1
+	})
+	if dl[0].Reason != "max_deliveries" || string(dl[0].Data) != string(text(1).Data) {
+		t.Fatalf("dead letter %+v", dl[0])
+	}
+	h.idleNow("acme")
+	if n := h.fab.closeIdleOnce(); n != 1 || len(h.queueConsumers(q)) != 0 {
+		t.Fatalf("closed %d, consumers %v, once swept", n, h.queueConsumers(q))
+	}
+}
+
+// A queue made before its stream kept the consumer's settings keeps them through the idle
+// close: they are copied to the stream before the consumer goes.
+func TestIdleCloseKeepsSettingsOfOlderQueues(t *testing.T) {
+	h := openCalledClose(t)
+	q := h.queue("acme", "jobs", QueueSpec{})
+	acc, err := h.stack.Engine.Account(ctx, q.account())
+	if err != nil {
+		t.Fatal(err)
+	}
+	js := acc.JetStream()
+	st, err := js.Stream(ctx, q.queueStream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := st.CachedInfo().Config
+	cfg.Metadata = map[string]string{"penstock.kind": "queue"} // as made before
+	if _, err := js.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.CreateOrUpdateConsumer(ctx, q.queueStream(), queueConsumerConfig(q, 5, 20*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	h.idleNow("acme")
+	if n := h.fab.closeIdleOnce(); n != 1 || len(h.queueConsumers(q)) != 0 {
+		t.Fatalf("closed %d, consumers %v", n, h.queueConsumers(q))
+	}
+	qs, err := h.fab.Queue(ctx, q)
+	if err != nil || qs.Spec.MaxDeliveries != 5 || qs.Spec.AckWait != 20*time.Second {
+		t.Fatalf("queue settings after its consumer went: %+v, %v", qs.Spec, err)
+	}
+	publish(t, h.fab, q, text(1))
+	if ds, err := h.fab.Consume(ctx, q, 1, time.Second); err != nil || len(ds) != 1 {
+		t.Fatalf("consume: %d, %v", len(ds), err)
+	}
+	if cc := h.consumerConfig(q); cc.MaxDeliver != 5 || cc.AckWait != 20*time.Second {
+		t.Fatalf("consumer made again with max deliveries %d, ack wait %s", cc.MaxDeliver, cc.AckWait)
+	}
+}
+
+// A native client pulls from a queue's consumer directly: its login makes the consumers of
+// every queue first, and a queue made while it may be connected gets one at once.
+func TestNativeLoginMakesQueueConsumers(t *testing.T) {
+	h := openCalledClose(t)
+	q := h.queue("acme", "jobs", QueueSpec{})
+	publish(t, h.fab, q, text(1))
+	key, id := h.key("acme", authz.Developer)
+	pull := func(c *natsClient, r Ref) string {
+		t.Helper()
+		js, _ := jetstream.NewWithAPIPrefix(c.nc, APIPrefix)
+		cons, err := js.Consumer(ctx, r.queueStream(), r.consumer())
+		if err != nil {
+			t.Fatalf("consumer of %s over NATS: %v (%s)", r.Name, err, c.errors())
+		}
+		b, err := cons.Fetch(1, jetstream.FetchMaxWait(3*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for m := range b.Messages() {
+			if err := m.DoubleAck(ctx); err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, string(m.Data()))
+		}
+		if len(got) != 1 {
+			t.Fatalf("pulled %q from %s: %v", got, r.Name, b.Error())
+		}
+		return got[0]
+	}
+	c, err := h.dialNATS("acme/production", key, id, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := pull(c, q); got != string(text(1).Data) {
+		t.Fatalf("pulled %q", got)
+	}
+	later := h.queue("acme", "later", QueueSpec{})
+	if len(h.queueConsumers(later)) != 1 {
+		t.Fatal("a queue made with a native client connected has no consumer")
+	}
+	publish(t, h.fab, later, text(2))
+	if got := pull(c, later); got != string(text(2).Data) {
+		t.Fatalf("pulled %q", got)
+	}
+	// Once the client left and the tenant-environment went idle, the consumers go; the next
+	// login makes them again. First the consumers alone (as when the close itself then does not
+	// happen): a login to the tenant-environment still held makes them again too.
+	c.nc.Close()
+	waitFor(t, "the native connection to be forgotten", func() bool { return h.fab.openConns("acme", "production") == 0 })
+	h.idleNow("acme")
+	h.fab.mu.Lock()
+	ta := h.fab.accounts[q.account()]
+	h.fab.mu.Unlock()
+	if n := h.fab.dropConsumers(ctx, ta, h.fab.cfg.IdleClose); n != 2 || ta.nativeReady.Load() {
+		t.Fatalf("dropped %d consumers, native-ready %v", n, ta.nativeReady.Load())
+	}
+	publish(t, h.fab, later, text(4))
+	c, err = h.dialNATS("acme/production", key, id, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := pull(c, later); got != string(text(4).Data) {
+		t.Fatalf("pulled %q after the consumers went", got)
+	}
+	c.nc.Close()
+	waitFor(t, "the native connection to be forgotten", func() bool { return h.fab.openConns("acme", "production") == 0 })
+	h.idleNow("acme")
+	if n := h.fab.closeIdleOnce(); n != 1 || len(h.queueConsumers(q))+len(h.queueConsumers(later)) != 0 {
+		t.Fatalf("closed %d; consumers %v %v", n, h.queueConsumers(q), h.queueConsumers(later))
+	}
+	publish(t, h.fab, q, text(3))
+	c, err = h.dialNATS("acme/production", key, id, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.nc.Close()
+	if got := pull(c, q); got != string(text(3).Data) {
+		t.Fatalf("pulled %q after the login", got)
+	}
+}
+
+// A queue deleted and made again under the same name is consumed through its new consumer, not
+// the handle of the old one; a settlement on a queue with no consumer is refused as no such
+// delivery, without making one.
+func TestQueueMadeAgainIsConsumed(t *testing.T) {
+	h := openCalledClose(t)
+	q := h.queue("acme", "jobs", QueueSpec{})
+	publish(t, h.fab, q, text(1))
+	ds, err := h.fab.Consume(ctx, q, 1, time.Second)
+	if err != nil || len(ds) != 1 {
+		t.Fatalf("consume: %d, %v", len(ds), err)
+	}
+	if err := h.fab.DeleteQueue(ctx, q); err != nil {
+		t.Fatal(err)
+	}
+	h.queue("acme", "jobs", QueueSpec{})
+	if err := h.fab.Settle(ctx, q, []string{ds[0].AckToken}, Ack, 0); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("settling a delivery of the deleted queue: %v", err)
+	}
+	if c := h.queueConsumers(q); len(c) != 0 {
+		t.Fatalf("a settlement made consumers %v", c)
+	}
+	publish(t, h.fab, q, text(2))
+	ds, err = h.fab.Consume(ctx, q, 1, time.Second)
+	if err != nil || len(ds) != 1 || string(ds[0].Data) != string(text(2).Data) {
+		t.Fatalf("consume of the queue made again: %d, %v", len(ds), err)
+	}
+}
+
+// A single node started with fabric.idle_close 0 after running with it gives every queue its
+// consumer again, as an earlier Penstock expects.
+func TestStartWithoutIdleCloseMakesMissingConsumers(t *testing.T) {
+	h := openCalledClose(t)
+	q := h.queue("acme", "jobs", QueueSpec{MaxDeliveries: 3})
+	if c := h.queueConsumers(q); len(c) != 0 {
+		t.Fatalf("consumers %v", c)
+	}
+	h.fab.Close()
+	cfg := config.Default().Fabric
+	cfg.IdleClose = 0
+	f, err := Open(ctx, Options{Engine: h.stack.Engine, Identity: h.id, Config: cfg, Registry: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if c := h.queueConsumers(q); len(c) != 1 {
+		t.Fatalf("consumers after the start: %v", c)
+	}
+	if cc := h.consumerConfig(q); cc.MaxDeliver != 3 {
+		t.Fatalf("max deliveries %d", cc.MaxDeliver)
 	}
 }

@@ -12,7 +12,7 @@ type metrics struct {
 	deadLettered, quotaExceeded                 *prometheus.CounterVec
 	nativeAuth                                  *prometheus.CounterVec
 	replayed, routed, unroutable, revoked       prometheus.Counter
-	idleClosed                                  prometheus.Counter
+	idleClosed, consumersDropped                prometheus.Counter
 	commitSize, commitLatency                   prometheus.Histogram
 
 	mu    sync.Mutex
@@ -46,6 +46,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		revoked:    prometheus.NewCounter(prometheus.CounterOpts{Name: "penstock_fabric_native_closed_total", Help: "Native connections closed because their key or role no longer allows them."}),
 		idleClosed: prometheus.NewCounter(prometheus.CounterOpts{Name: "penstock_fabric_idle_closed_total",
 			Help: "Tenant-environments this node let go after fabric.idle_close unused (taken up again on next use)."}),
+		consumersDropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "penstock_fabric_idle_consumers_deleted_total",
+			Help: "Queue consumers deleted with an idle tenant-environment, holding no delivery (made again on next consume)."}),
 		commitSize: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "penstock_fabric_commit_messages",
 			Help: "Messages per group commit.", Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000}}),
 		commitLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "penstock_fabric_commit_seconds",
@@ -53,7 +55,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		marks: map[Ref]rateMark{},
 	}
 	reg.MustRegister(m.published, m.publishedBytes, m.delivered, m.acked, m.deadLettered, m.quotaExceeded, m.nativeAuth,
-		m.replayed, m.routed, m.unroutable, m.revoked, m.idleClosed, m.commitSize, m.commitLatency)
+		m.replayed, m.routed, m.unroutable, m.revoked, m.idleClosed, m.consumersDropped, m.commitSize, m.commitLatency)
 	return m
 }
 

@@ -120,9 +120,16 @@ func (s *Service) authNative(c engine.NativeClient) (engine.NativeGrant, bool) {
 	// The account must exist with its limits before the client lands in it.
 	ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
 	defer cancel()
-	if _, err := s.account(ctx, tenant, env); err != nil {
+	ta, err := s.account(ctx, tenant, env)
+	if err != nil {
 		s.log.Error("native client: account unavailable", "tenant", tenant, "environment", env, "error", err)
 		return refuse("unavailable")
+	}
+	// It pulls from the queues' consumers directly: they must be there (queueconsumer.go).
+	// Not a refusal when the engine fails to: clients take a refused login for a revoked key
+	// and stop trying; the next login tries again.
+	if err := s.ensureConsumers(ctx, ta); err != nil {
+		s.log.Error("native client: queue consumers unavailable", "tenant", tenant, "environment", env, "error", err)
 	}
 	// Count and take the slot at once, so simultaneous logins cannot pass the limit together.
 	s.mu.Lock()

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
@@ -128,6 +127,13 @@ func (s *Service) CreateQueue(ctx context.Context, r Ref, spec QueueSpec) (Queue
 	if dup == 0 {
 		dup = time.Millisecond // JetStream's smallest window: ids are effectively not remembered
 	}
+	// With lazy consumers, the queue gets its consumer now only if a native client may pull
+	// from it: consMu orders this with a native login making the consumers of every queue.
+	lazy := s.lazyConsumers()
+	if lazy {
+		ta.consMu.Lock()
+		defer ta.consMu.Unlock()
+	}
 	_, err = js.CreateStream(ctx, jetstream.StreamConfig{
 		Name:               r.queueStream(),
 		Description:        "queue " + r.Name,
@@ -140,30 +146,19 @@ func (s *Service) CreateQueue(ctx context.Context, r Ref, spec QueueSpec) (Queue
 		Storage:            jetstream.FileStorage,
 		Duplicates:         dup,
 		AllowAtomicPublish: true,
-		Metadata:           map[string]string{"penstock.kind": "queue"},
+		Metadata:           queueMetadata(spec.MaxDeliveries, spec.AckWait),
 	})
 	if err != nil {
 		undo()
 		return Queue{}, jsErr(err, "create queue")
 	}
-	_, err = js.CreateOrUpdateConsumer(ctx, r.queueStream(), jetstream.ConsumerConfig{
-		Durable:       r.consumer(),
-		Description:   "the queue's consumers",
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       spec.AckWait,
-		MaxDeliver:    spec.MaxDeliveries,
-		MaxAckPending: -1,
-		MaxWaiting:    4096,
-		// Bounds on pull requests: native clients' requests cross a service import whose
-		// reply mapping lapses two minutes after its last message.
-		MaxRequestExpires: time.Minute,
-		MaxRequestBatch:   1000,
-		Metadata:          map[string]string{"penstock.max_deliveries": strconv.Itoa(spec.MaxDeliveries)},
-	})
-	if err != nil {
-		_ = js.DeleteStream(ctx, r.queueStream())
-		undo()
-		return Queue{}, jsErr(err, "create queue consumer")
+	if !lazy || ta.nativeReady.Load() {
+		_, err = js.CreateOrUpdateConsumer(ctx, r.queueStream(), queueConsumerConfig(r, spec.MaxDeliveries, spec.AckWait))
+		if err != nil {
+			_ = js.DeleteStream(ctx, r.queueStream())
+			undo()
+			return Queue{}, jsErr(err, "create queue consumer")
+		}
 	}
 	ta.forgetMissing(r.queueStream())
 	return s.Queue(ctx, r)
@@ -184,11 +179,26 @@ func (s *Service) Queue(ctx context.Context, r Ref) (Queue, error) {
 		return Queue{}, jsErr(err, "queue "+r.Name)
 	}
 	si := st.CachedInfo()
+	var ci *jetstream.ConsumerInfo
 	cons, err := st.Consumer(ctx, r.consumer())
-	if err != nil {
+	switch {
+	case errors.Is(err, jetstream.ErrConsumerNotFound):
+		// None yet, or deleted idle (queueconsumer.go): what the next one will start from.
+		ci = &jetstream.ConsumerInfo{NumPending: si.State.Msgs}
+		ci.Config.MaxDeliver, ci.Config.AckWait, _ = consumerSettings(si.Config)
+		if ci.Config.MaxDeliver == 0 {
+			ci.Config.MaxDeliver, ci.Config.AckWait = s.cfg.MaxDeliveries, s.cfg.AckWait
+		}
+		ci.Delivered.Stream = si.State.LastSeq
+		if si.State.Msgs > 0 {
+			ci.Delivered.Stream = si.State.FirstSeq - 1
+		}
+		ci.AckFloor.Stream = ci.Delivered.Stream
+	case err != nil:
 		return Queue{}, jsErr(err, "queue "+r.Name)
+	default:
+		ci = cons.CachedInfo()
 	}
-	ci := cons.CachedInfo()
 	q := Queue{Name: r.Name, Spec: QueueSpec{
 		MaxAge: si.Config.MaxAge, MaxMessages: si.Config.MaxMsgs, MaxBytes: si.Config.MaxBytes,
 		MaxDeliveries: ci.Config.MaxDeliver, AckWait: ci.Config.AckWait, DuplicateWindow: si.Config.Duplicates,
@@ -260,6 +270,7 @@ func (s *Service) DeleteQueue(ctx context.Context, r Ref) error {
 		return jsErr(err, "queue "+r.Name)
 	}
 	s.dropCommitter(ta, r.queueStream())
+	ta.forgetConsumer(r.queueStream()) // a queue made again under this name has a new one
 	s.m.forget(r)
 	if err := js.DeleteStream(ctx, r.deadStream()); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
 		return jsErr(err, "dead-letter queue "+r.Name)

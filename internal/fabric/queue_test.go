@@ -452,6 +452,7 @@ func TestDeadLetterSweepAfterMissedAdvisory(t *testing.T) {
 	h := open(t, nil)
 	q := h.queue("acme", "jobs", QueueSpec{AckWait: time.Second, MaxDeliveries: 1})
 	publish(t, h.fab, q, Message{Data: []byte("lost-advisory")}, text(2))
+	h.withConsumer(q)
 	h.fab.Close() // nobody hears the advisory now
 
 	acc, err := h.stack.Engine.Account(ctx, q.account())

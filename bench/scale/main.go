@@ -1,6 +1,6 @@
 // Command scale measures one Penstock node holding many tenant-environments, each with its
-// engine account, a queue and an API key, each used once (a message published and consumed
-// over HTTPS; -use=false leaves them unused), beside a plain nats-server holding as many
+// engine account, a queue and an API key, each used once (a message published, consumed and
+// acknowledged over HTTPS; -use=false leaves them unused), beside a plain nats-server holding as many
 // accounts with a stream and a consumer each, measured in the same run: the time to create them, the
 // resident memory, goroutines and idle CPU with everything idle, the start-up time of a
 // restart, and (from the node's profiles) what grows with the count.
@@ -12,6 +12,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -45,7 +46,7 @@ var (
 	binary   = flag.String("binary", "", "the penstock binary (default: built from ./cmd/penstock)")
 	outDir   = flag.String("out", "", "keep the node's heap and goroutine profiles here")
 	skipPeer = flag.Bool("skip-peer", false, "leave out the plain nats-server")
-	useAll   = flag.Bool("use", true, "after creating, publish and consume one message in every tenant-environment, so that each has been used (its queue's consumer made) before it goes idle")
+	useAll   = flag.Bool("use", true, "after creating, publish, consume and acknowledge one message in every tenant-environment, so that each has been used (its queue's consumer made) before it goes idle")
 	peerDir  = flag.String("peer-serve", "", "internal: run the peer nats-server on this store")
 	peerN    = flag.Int("peer-accounts", 0, "internal: the peer's account count")
 )
@@ -136,7 +137,8 @@ func createOne(p *proc.Penstock, i int) (string, error) {
 
 func tenantName(i int) string { return fmt.Sprintf("t%05d", i) }
 
-// roundTrip publishes one message to tenant i's queue with its key and consumes it.
+// roundTrip publishes one message to tenant i's queue with its key, consumes it and
+// acknowledges it.
 func roundTrip(p *proc.Penstock, i int, key string) error {
 	q := "/v1/tenants/" + tenantName(i) + "/environments/production/applications/shop/queues/jobs"
 	if _, err := p.Post(key, q+"/messages", map[string]any{"messages": []map[string]string{{"data": "ping " + tenantName(i)}}}); err != nil {
@@ -146,10 +148,17 @@ func roundTrip(p *proc.Penstock, i int, key string) error {
 	if err != nil {
 		return err
 	}
-	if !strings.Contains(string(out), "ping "+tenantName(i)) {
+	var got struct {
+		Messages []struct {
+			Data     string `json:"data"`
+			AckToken string `json:"ack_token"`
+		} `json:"messages"`
+	}
+	if err := json.Unmarshal(out, &got); err != nil || len(got.Messages) != 1 || got.Messages[0].Data != "ping "+tenantName(i) {
 		return fmt.Errorf("tenant %s consumed %s", tenantName(i), out)
 	}
-	return nil
+	_, err = p.Post(key, q+"/ack", map[string]any{"tokens": []string{got.Messages[0].AckToken}})
+	return err
 }
 
 // parallel runs fn for 0..n-1 on the creators, calling at(k, elapsed) as each checkpoint's
@@ -222,7 +231,7 @@ func penstockRun(bin string, marks []int) runFigures {
 	if *useAll {
 		used := parallel(*n, nil, func(i int) error { return roundTrip(p, i, keys[i]) }, nil)
 		s := proc.StatsOf(pid)
-		fmt.Printf("used each once (publish, consume): %s, RSS %s MiB, %.0f goroutines\n", used.Round(time.Second), mib(s.RSS), p.Scrape()["go_goroutines"])
+		fmt.Printf("used each once (publish, consume, ack): %s, RSS %s MiB, %.0f goroutines\n", used.Round(time.Second), mib(s.RSS), p.Scrape()["go_goroutines"])
 	}
 	sample := sampleOf(*n)
 	for _, i := range sample {

@@ -263,9 +263,10 @@ func penstockRun(bin string, marks []int) runFigures {
 	time.Sleep(*settle)
 	f.rssRestart = proc.StatsOf(pid).RSS
 	m = p.Scrape()
-	fmt.Printf("restart: serving after %s, RSS %s MiB after settling (heap in use %s MiB, stacks %s MiB, %.0f goroutines); sample of %d tenants publish and consume\n",
+	cpu := idleCPU(pid, *idle)
+	fmt.Printf("restart: serving after %s, RSS %s MiB after settling (heap in use %s MiB, stacks %s MiB, %.0f goroutines), then CPU %.2f %% of one core over %s; sample of %d tenants publish and consume\n",
 		f.startup.Round(time.Millisecond), mib(f.rssRestart), mib(int64(m["go_memstats_heap_inuse_bytes"])),
-		mib(int64(m["go_memstats_stack_inuse_bytes"])), m["go_goroutines"], len(sample))
+		mib(int64(m["go_memstats_stack_inuse_bytes"])), m["go_goroutines"], cpu, *idle, len(sample))
 	p.Child.Stop()
 	return f
 }

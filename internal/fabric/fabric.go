@@ -344,7 +344,7 @@ func (s *Service) account(ctx context.Context, tenant, env string) (*tenantAccou
 func (s *Service) ResetAccount(ctx context.Context, tenant, env string) error {
 	s.ForgetAccount(tenant, env)
 	ta, err := s.account(ctx, tenant, env)
-	if err != nil || s.openConns(tenant, env) == 0 {
+	if err != nil || !s.lazyConsumers() || s.openConns(tenant, env) == 0 {
 		return err
 	}
 	// Native clients connected through it pull from the restored queues' consumers.

@@ -85,6 +85,9 @@ func (s *Service) closeIdle() {
 
 // closeIdleOnce lets go of every tenant-environment idle now, and returns how many.
 func (s *Service) closeIdleOnce() int {
+	if s.lazyConsumers() {
+		s.readyNative()
+	}
 	idle := s.cfg.IdleClose
 	s.mu.Lock()
 	var candidates []*tenantAccount

@@ -786,3 +786,56 @@ func TestStartWithoutIdleCloseMakesMissingConsumers(t *testing.T) {
 		t.Fatalf("max deliveries %d", cc.MaxDeliver)
 	}
 }
+
+// Queue consumers a native login could not make (a busy engine) are made by the idle loop while
+// the client is connected, and a queue made while it is connected gets its consumer at once.
+func TestIdleLoopMakesConsumersALoginCouldNot(t *testing.T) {
+	h := openCalledClose(t)
+	q := h.queue("acme", "jobs", QueueSpec{})
+	key, id := h.key("acme", authz.Developer)
+	c, err := h.dialNATS("acme/production", key, id, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.nc.Close()
+	acc, err := h.stack.Engine.Account(ctx, q.account())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// As if the login's making of them had failed.
+	if err := acc.JetStream().DeleteConsumer(ctx, q.queueStream(), q.consumer()); err != nil {
+		t.Fatal(err)
+	}
+	h.fab.mu.Lock()
+	ta := h.fab.accounts[q.account()]
+	h.fab.mu.Unlock()
+	ta.nativeReady.Store(false)
+	later := h.queue("acme", "later", QueueSpec{})
+	if len(h.queueConsumers(later)) != 1 {
+		t.Fatal("a queue made with a native client connected has no consumer")
+	}
+	h.fab.closeIdleOnce()
+	if len(h.queueConsumers(q)) != 1 || !ta.nativeReady.Load() {
+		t.Fatalf("after the idle loop: consumers %v, ready %v", h.queueConsumers(q), ta.nativeReady.Load())
+	}
+	publish(t, h.fab, q, text(1))
+	js, _ := jetstream.NewWithAPIPrefix(c.nc, APIPrefix)
+	cons, err := js.Consumer(ctx, q.queueStream(), q.consumer())
+	if err != nil {
+		t.Fatalf("consumer over NATS: %v (%s)", err, c.errors())
+	}
+	b, err := cons.Fetch(1, jetstream.FetchMaxWait(3*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for m := range b.Messages() {
+		n++
+		if string(m.Data()) != string(text(1).Data) {
+			t.Fatalf("pulled %q", m.Data())
+		}
+	}
+	if n != 1 {
+		t.Fatalf("pulled %d messages: %v", n, b.Error())
+	}
+}

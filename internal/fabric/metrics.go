@@ -47,7 +47,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		idleClosed: prometheus.NewCounter(prometheus.CounterOpts{Name: "penstock_fabric_idle_closed_total",
 			Help: "Tenant-environments this node let go after fabric.idle_close unused (taken up again on next use)."}),
 		consumersDropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "penstock_fabric_idle_consumers_deleted_total",
-			Help: "Queue consumers deleted with an idle tenant-environment, holding no delivery (made again on next consume)."}),
+			Help: "Queue consumers holding nothing deleted by the idle close (made again by the next consume or native login)."}),
 		commitSize: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "penstock_fabric_commit_messages",
 			Help: "Messages per group commit.", Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000}}),
 		commitLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "penstock_fabric_commit_seconds",

@@ -127,9 +127,13 @@ func (s *Service) authNative(c engine.NativeClient) (engine.NativeGrant, bool) {
 	}
 	// It pulls from the queues' consumers directly: they must be there (queueconsumer.go).
 	// Not a refusal when the engine fails to: clients take a refused login for a revoked key
-	// and stop trying; the next login tries again.
-	if err := s.ensureConsumers(ctx, ta); err != nil {
-		s.log.Error("native client: queue consumers unavailable", "tenant", tenant, "environment", env, "error", err)
+	// and stop trying; the next login tries again,
+	// and the idle loop tries again while it is connected (readyNative).
+	// Elsewhere every queue has its consumer from its creation.
+	if s.lazyConsumers() {
+		if err := s.ensureConsumers(ctx, ta); err != nil {
+			s.log.Error("native client: queue consumers unavailable", "tenant", tenant, "environment", env, "error", err)
+		}
 	}
 	// Count and take the slot at once, so simultaneous logins cannot pass the limit together.
 	s.mu.Lock()

@@ -152,7 +152,7 @@ func (s *Service) CreateQueue(ctx context.Context, r Ref, spec QueueSpec) (Queue
 		undo()
 		return Queue{}, jsErr(err, "create queue")
 	}
-	if !lazy || ta.nativeReady.Load() {
+	if !lazy || ta.nativeReady.Load() || s.openConns(r.Tenant, r.Environment) > 0 {
 		_, err = js.CreateOrUpdateConsumer(ctx, r.queueStream(), queueConsumerConfig(r, spec.MaxDeliveries, spec.AckWait))
 		if err != nil {
 			_ = js.DeleteStream(ctx, r.queueStream())

@@ -98,7 +98,11 @@ func (s *Service) ensureConsumer(ctx context.Context, ta *tenantAccount, r Ref) 
 	if !ok {
 		md, aw = s.cfg.MaxDeliveries, s.cfg.AckWait
 	}
-	c, err = js.CreateOrUpdateConsumer(ctx, r.queueStream(), queueConsumerConfig(r, md, aw))
+	// Created only: one made meanwhile (by another consume, a login) is taken as it is.
+	c, err = js.CreateConsumer(ctx, r.queueStream(), queueConsumerConfig(r, md, aw))
+	if errors.Is(err, jetstream.ErrConsumerExists) {
+		c, err = js.Consumer(ctx, r.queueStream(), r.consumer())
+	}
 	return c, jsErr(err, "queue "+r.Name)
 }
 
@@ -121,13 +125,38 @@ func (s *Service) ensureConsumers(ctx context.Context, ta *tenantAccount) error 
 	if err := names.Err(); err != nil {
 		return jsErr(err, "list queues")
 	}
+	var first error
 	for _, r := range queues {
-		if _, err := s.ensureConsumer(ctx, ta, r); err != nil && !errors.Is(err, ErrNotFound) {
-			return err
+		if _, err := s.ensureConsumer(ctx, ta, r); err != nil && !errors.Is(err, ErrNotFound) && first == nil {
+			first = err
 		}
+	}
+	if first != nil {
+		return first // not ready: the idle loop tries again while a native client is connected
 	}
 	ta.nativeReady.Store(true)
 	return nil
+}
+
+// readyNative makes the queue consumers of tenant-environments with a native client connected
+// to this node whose login could not make them all (a busy engine, a login that waited for an
+// idle close past its deadline). Run by the idle loop.
+func (s *Service) readyNative() {
+	s.mu.Lock()
+	var due []*tenantAccount
+	for _, ta := range s.accounts {
+		if !ta.nativeReady.Load() && s.openConnsLocked(ta.tenant, ta.env) > 0 {
+			due = append(due, ta)
+		}
+	}
+	s.mu.Unlock()
+	for _, ta := range due {
+		ctx, cancel := context.WithTimeout(ta.ctx, 10*time.Second)
+		if err := s.ensureConsumers(ctx, ta); err != nil {
+			s.log.Warn("native client: queue consumers unavailable", "account", ta.acc.Name(), "error", err)
+		}
+		cancel()
+	}
 }
 
 // dropConsumers deletes the queue consumers of a tenant-environment the idle close is about to

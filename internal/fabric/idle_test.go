@@ -653,6 +653,31 @@ func TestIdleCloseKeepsSettingsOfOlderQueues(t *testing.T) {
 	}
 }
 
+// pullNative pulls one message from a queue's consumer over a native connection, acknowledged.
+func pullNative(t *testing.T, c *natsClient, r Ref) string {
+	t.Helper()
+	js, _ := jetstream.NewWithAPIPrefix(c.nc, APIPrefix)
+	cons, err := js.Consumer(ctx, r.queueStream(), r.consumer())
+	if err != nil {
+		t.Fatalf("consumer of %s over NATS: %v (%s)", r.Name, err, c.errors())
+	}
+	b, err := cons.Fetch(1, jetstream.FetchMaxWait(3*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for m := range b.Messages() {
+		if err := m.DoubleAck(ctx); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, string(m.Data()))
+	}
+	if len(got) != 1 {
+		t.Fatalf("pulled %q from %s: %v", got, r.Name, b.Error())
+	}
+	return got[0]
+}
+
 // A native client pulls from a queue's consumer directly: its login makes the consumers of
 // every queue first, and a queue made while it may be connected gets one at once.
 func TestNativeLoginMakesQueueConsumers(t *testing.T) {
@@ -660,34 +685,11 @@ func TestNativeLoginMakesQueueConsumers(t *testing.T) {
 	q := h.queue("acme", "jobs", QueueSpec{})
 	publish(t, h.fab, q, text(1))
 	key, id := h.key("acme", authz.Developer)
-	pull := func(c *natsClient, r Ref) string {
-		t.Helper()
-		js, _ := jetstream.NewWithAPIPrefix(c.nc, APIPrefix)
-		cons, err := js.Consumer(ctx, r.queueStream(), r.consumer())
-		if err != nil {
-			t.Fatalf("consumer of %s over NATS: %v (%s)", r.Name, err, c.errors())
-		}
-		b, err := cons.Fetch(1, jetstream.FetchMaxWait(3*time.Second))
-		if err != nil {
-			t.Fatal(err)
-		}
-		var got []string
-		for m := range b.Messages() {
-			if err := m.DoubleAck(ctx); err != nil {
-				t.Fatal(err)
-			}
-			got = append(got, string(m.Data()))
-		}
-		if len(got) != 1 {
-			t.Fatalf("pulled %q from %s: %v", got, r.Name, b.Error())
-		}
-		return got[0]
-	}
 	c, err := h.dialNATS("acme/production", key, id, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := pull(c, q); got != string(text(1).Data) {
+	if got := pullNative(t, c, q); got != string(text(1).Data) {
 		t.Fatalf("pulled %q", got)
 	}
 	later := h.queue("acme", "later", QueueSpec{})
@@ -695,7 +697,7 @@ func TestNativeLoginMakesQueueConsumers(t *testing.T) {
 		t.Fatal("a queue made with a native client connected has no consumer")
 	}
 	publish(t, h.fab, later, text(2))
-	if got := pull(c, later); got != string(text(2).Data) {
+	if got := pullNative(t, c, later); got != string(text(2).Data) {
 		t.Fatalf("pulled %q", got)
 	}
 	// Once the client left and the tenant-environment went idle, the consumers go; the next
@@ -715,7 +717,7 @@ func TestNativeLoginMakesQueueConsumers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := pull(c, later); got != string(text(4).Data) {
+	if got := pullNative(t, c, later); got != string(text(4).Data) {
 		t.Fatalf("pulled %q after the consumers went", got)
 	}
 	c.nc.Close()
@@ -730,7 +732,7 @@ func TestNativeLoginMakesQueueConsumers(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.nc.Close()
-	if got := pull(c, q); got != string(text(3).Data) {
+	if got := pullNative(t, c, q); got != string(text(3).Data) {
 		t.Fatalf("pulled %q after the login", got)
 	}
 }
@@ -819,23 +821,7 @@ func TestIdleLoopMakesConsumersALoginCouldNot(t *testing.T) {
 		t.Fatalf("after the idle loop: consumers %v, ready %v", h.queueConsumers(q), ta.nativeReady.Load())
 	}
 	publish(t, h.fab, q, text(1))
-	js, _ := jetstream.NewWithAPIPrefix(c.nc, APIPrefix)
-	cons, err := js.Consumer(ctx, q.queueStream(), q.consumer())
-	if err != nil {
-		t.Fatalf("consumer over NATS: %v (%s)", err, c.errors())
-	}
-	b, err := cons.Fetch(1, jetstream.FetchMaxWait(3*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := 0
-	for m := range b.Messages() {
-		n++
-		if string(m.Data()) != string(text(1).Data) {
-			t.Fatalf("pulled %q", m.Data())
-		}
-	}
-	if n != 1 {
-		t.Fatalf("pulled %d messages: %v", n, b.Error())
+	if got := pullNative(t, c, q); got != string(text(1).Data) {
+		t.Fatalf("pulled %q", got)
 	}
 }

@@ -534,9 +534,10 @@ func TestClusterReadsItsWritesAndKnowsConflicts(t *testing.T) {
 		var won atomic.Int64
 		var mu sync.Mutex
 		var unexpected []error
+		expect := last // read before the writers start: the winner moves last under mu
 		for w := range 9 {
 			wg.Go(func() {
-				ack, err := accs[w%3].JetStream().Publish(ctx, "cas.a", []byte(fmt.Sprint(round, w)), jetstream.WithExpectLastSequencePerSubject(last))
+				ack, err := accs[w%3].JetStream().Publish(ctx, "cas.a", []byte(fmt.Sprint(round, w)), jetstream.WithExpectLastSequencePerSubject(expect))
 				mu.Lock()
 				defer mu.Unlock()
 				switch {

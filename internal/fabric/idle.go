@@ -193,10 +193,13 @@ func pendingMsgs(sub *nats.Subscription) int {
 // cannot tell).
 func (s *Service) inFlight(ta *tenantAccount) bool {
 	streams, err := s.o.Engine.AccountStreams(ta.acc.Name())
-	if err != nil {
-		return true
-	}
-	for _, st := range streams[ta.acc.Name()] {
+	return err != nil || deliveriesIn(streams[ta.acc.Name()])
+}
+
+// deliveriesIn tells whether a queue's consumer among streams has a delivery waiting for its
+// acknowledgement or a pull request waiting.
+func deliveriesIn(streams []engine.QueueState) bool {
+	for _, st := range streams {
 		if kind, app, _, ok := parseStream(st.Stream); ok && kind == "Q" {
 			for _, c := range st.Consumers {
 				if c.Name == app && (c.AckPending > 0 || c.Waiting > 0) {
@@ -209,24 +212,12 @@ func (s *Service) inFlight(ta *tenantAccount) bool {
 }
 
 // awaitingAck tells whether any queue of the tenant-environment has a message delivered and
-// not yet acknowledged. A single node reads it from the engine without a message on the
-// account's connection; a node of a cluster asks through the connection, and that traffic is
-// then not counted as use.
+// not yet acknowledged (or a pull request waiting). A single node reads it from the engine
+// without a message on the account's connection; a node of a cluster asks through the
+// connection, and that traffic is then not counted as use.
 func (s *Service) awaitingAck(ctx context.Context, ta *tenantAccount) (bool, error) {
-	streams, err := s.o.Engine.AccountStreams(ta.acc.Name())
-	if err == nil {
-		for _, st := range streams[ta.acc.Name()] {
-			kind, app, _, ok := parseStream(st.Stream)
-			if !ok || kind != "Q" {
-				continue
-			}
-			for _, c := range st.Consumers {
-				if c.Name == app && c.AckPending > 0 {
-					return true, nil
-				}
-			}
-		}
-		return false, nil
+	if streams, err := s.o.Engine.AccountStreams(ta.acc.Name()); err == nil {
+		return deliveriesIn(streams[ta.acc.Name()]), nil
 	}
 	defer ta.acc.Quiet()
 	js := ta.acc.JetStream()

@@ -125,11 +125,10 @@ func (s *Service) authNative(c engine.NativeClient) (engine.NativeGrant, bool) {
 		s.log.Error("native client: account unavailable", "tenant", tenant, "environment", env, "error", err)
 		return refuse("unavailable")
 	}
-	// It pulls from the queues' consumers directly: they must be there (queueconsumer.go).
-	// Not a refusal when the engine fails to: clients take a refused login for a revoked key
-	// and stop trying; the next login tries again,
-	// and the idle loop tries again while it is connected (readyNative).
-	// Elsewhere every queue has its consumer from its creation.
+	// It pulls from the queues' consumers directly: where they come and go with use, they are
+	// made now (elsewhere every queue has its own from its creation). A failure is not a
+	// refusal (clients take one for a revoked key and stop trying): the idle loop tries again
+	// while the client is connected (readyNative).
 	if s.lazyConsumers() {
 		if err := s.ensureConsumers(ctx, ta); err != nil {
 			s.log.Error("native client: queue consumers unavailable", "tenant", tenant, "environment", env, "error", err)

@@ -185,10 +185,7 @@ func (s *Service) Queue(ctx context.Context, r Ref) (Queue, error) {
 	case errors.Is(err, jetstream.ErrConsumerNotFound):
 		// None yet, or deleted idle (queueconsumer.go): what the next one will start from.
 		ci = &jetstream.ConsumerInfo{NumPending: si.State.Msgs}
-		ci.Config.MaxDeliver, ci.Config.AckWait, _ = consumerSettings(si.Config)
-		if ci.Config.MaxDeliver == 0 {
-			ci.Config.MaxDeliver, ci.Config.AckWait = s.cfg.MaxDeliveries, s.cfg.AckWait
-		}
+		ci.Config.MaxDeliver, ci.Config.AckWait = s.consumerSettingsOr(si.Config)
 		ci.Delivered.Stream = si.State.LastSeq
 		if si.State.Msgs > 0 {
 			ci.Delivered.Stream = si.State.FirstSeq - 1

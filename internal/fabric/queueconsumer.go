@@ -82,6 +82,15 @@ func consumerSettings(cfg jetstream.StreamConfig) (maxDeliveries int, ackWait ti
 	return md, aw, true
 }
 
+// consumerSettingsOr is consumerSettings, or the configured defaults for a queue whose stream
+// does not have them.
+func (s *Service) consumerSettingsOr(cfg jetstream.StreamConfig) (maxDeliveries int, ackWait time.Duration) {
+	if md, aw, ok := consumerSettings(cfg); ok {
+		return md, aw
+	}
+	return s.cfg.MaxDeliveries, s.cfg.AckWait
+}
+
 // ensureConsumer returns a queue's consumer, creating it with the queue's settings when it is
 // not there. ErrNotFound: no such queue.
 func (s *Service) ensureConsumer(ctx context.Context, ta *tenantAccount, r Ref) (jetstream.Consumer, error) {
@@ -94,10 +103,7 @@ func (s *Service) ensureConsumer(ctx context.Context, ta *tenantAccount, r Ref) 
 	if err != nil {
 		return nil, jsErr(err, "queue "+r.Name)
 	}
-	md, aw, ok := consumerSettings(st.CachedInfo().Config)
-	if !ok {
-		md, aw = s.cfg.MaxDeliveries, s.cfg.AckWait
-	}
+	md, aw := s.consumerSettingsOr(st.CachedInfo().Config)
 	// Created only: one made meanwhile (by another consume, a login) is taken as it is.
 	c, err = js.CreateConsumer(ctx, r.queueStream(), queueConsumerConfig(r, md, aw))
 	if errors.Is(err, jetstream.ErrConsumerExists) {

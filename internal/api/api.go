@@ -22,6 +22,7 @@ import (
 	"github.com/penstock/penstock/internal/integrity"
 	"github.com/penstock/penstock/internal/keyring"
 	"github.com/penstock/penstock/internal/lifecycle"
+	"github.com/penstock/penstock/internal/notify"
 	"github.com/penstock/penstock/internal/pipeline"
 	"github.com/penstock/penstock/internal/secrets"
 	"github.com/penstock/penstock/internal/signing"
@@ -60,6 +61,8 @@ type Options struct {
 	Backups Backups
 	// Cluster answers the cluster routes; nil on a single node.
 	Cluster Cluster
+	// Notify holds channels, rules and alerts.
+	Notify *notify.Service
 	// Now is the clock for signed requests; nil means time.Now.
 	Now func() time.Time
 }
@@ -97,6 +100,7 @@ func Handler(o Options) (http.Handler, []Route) {
 	registerAudit(g, hapi, o)
 	registerAuditExport(g, hapi, o)
 	registerFabric(g, hapi, o)
+	registerNotify(g, hapi, o)
 	if o.Pipelines != nil {
 		registerPipelines(g, hapi, o)
 		registerWebhooks(g, hapi, o)

@@ -40,6 +40,7 @@ import (
 	"github.com/penstock/penstock/internal/integrity"
 	"github.com/penstock/penstock/internal/keyring"
 	"github.com/penstock/penstock/internal/lifecycle"
+	"github.com/penstock/penstock/internal/notify"
 	"github.com/penstock/penstock/internal/pipeline"
 	"github.com/penstock/penstock/internal/redact"
 	"github.com/penstock/penstock/internal/secrets"
@@ -72,8 +73,9 @@ type App struct {
 	restored  *backup.RestoreReport // what this start restored
 	// restoredAside and restoredDamage say where a damaged directory was set aside, and why.
 	restoredAside, restoredDamage string
-	restoreMarked                 bool         // the restore-in-progress marker is there until afterRestore ends
-	backups                       *backups     // nil without backup.target
+	restoreMarked                 bool     // the restore-in-progress marker is there until afterRestore ends
+	backups                       *backups // nil without backup.target
+	notify                        *notify.Service
 	inflight                      atomic.Int64 // handlers in progress
 
 	apiSrv     *http.Server
@@ -283,8 +285,11 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger, version st
 			Help: "Open findings of damaged streams (fewer messages than recorded, lost or unreadable records); see penstock doctor.",
 		}, func() float64 { return float64(len(a.integ.Findings())) }))
 	}
+	if err := a.openNotify(ctx, reg); err != nil {
+		return nil, err
+	}
 	if a.fabric, err = fabric.Open(ctx, fabric.Options{Engine: a.eng, Identity: a.ident, Audit: a.audit, Config: cfg.Fabric,
-		Logger: log.With("component", "fabric"), Registry: reg}); err != nil {
+		Logger: log.With("component", "fabric"), Registry: reg, OnDeadLetter: a.onDeadLetter}); err != nil {
 		return nil, err
 	}
 	filesRoot := cfg.Pipelines.FilesRoot
@@ -302,7 +307,7 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger, version st
 		Leases:  a.leases,
 		Keyring: a.keys, Fabric: a.fabric, Registry: Connectors(), FilesRoot: filesRoot,
 		Logger: log.With("component", "pipeline"), DrainTimeout: cfg.Pipelines.DrainTimeout,
-		Egress: ident.EgressPolicy,
+		Egress: ident.EgressPolicy, OnRunEnd: a.onRunEnd,
 		Secrets: func(ctx context.Context, app keyring.Scope, name string) (redact.Secret, error) {
 			v, _, err := store.Get(ctx, app, name)
 			return v, err
@@ -355,7 +360,7 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger, version st
 		Limits: lim, Edge: em, Registry: reg,
 		Keyring: a.keys, Master: a.master, Secrets: store,
 		Identity: a.ident, Lockout: lockout, Nonces: nonces, Audit: a.audit, Fabric: a.fabric,
-		Pipelines: a.pipes, Lifecycle: a.life, Backups: a.backupsAPI(), Cluster: a.clusterAPI(),
+		Pipelines: a.pipes, Lifecycle: a.life, Backups: a.backupsAPI(), Cluster: a.clusterAPI(), Notify: a.notify,
 	})
 	a.routes = routes
 	a.apiSrv = &http.Server{
@@ -455,6 +460,9 @@ func (a *App) Run(ctx context.Context) error {
 		forwarders.Add(1)
 		go func() { defer forwarders.Done(); a.backups.scheduleHeld(fctx) }()
 	}
+	forwarders.Add(2)
+	go func() { defer forwarders.Done(); a.notify.Events(fctx) }()
+	go func() { defer forwarders.Done(); a.notifyTicks(fctx) }()
 	for _, sink := range a.sinks {
 		forwarders.Add(1)
 		go func() {
@@ -553,6 +561,9 @@ func (a *App) closeAll() {
 	}
 	if a.backups != nil {
 		a.backups.close() // a job in progress is canceled; its end is audited
+	}
+	if a.notify != nil {
+		a.notify.Close()
 	}
 	if a.audit != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -35,6 +35,8 @@ var may = map[authz.Action][]authz.Role{
 	authz.PipelineRun:     {authz.Owner, authz.Admin, authz.Developer, authz.Operator},
 	authz.BackupCreate:    {authz.Owner},
 	authz.BackupRestore:   {authz.Owner},
+	authz.NotifyManage:    {authz.Owner, authz.Admin},
+	authz.AlertAck:        {authz.Owner, authz.Admin, authz.Developer, authz.Operator},
 }
 
 type principal struct {
@@ -78,6 +80,10 @@ func TestEveryRouteForEveryRoleAndScope(t *testing.T) {
 	base := "/v1/tenants/acme/environments/production/applications/billing"
 	mustOK("POST", base+"/queues", map[string]any{"name": "jobs"})
 	mustOK("POST", base+"/exchanges", map[string]any{"name": "events", "type": "fanout"})
+	// Loopback, denied by egress: a channel test answers at once (502) for allowed callers.
+	hook := map[string]any{"type": "webhook", "url": "https://127.0.0.1:9/hook", "secret": "0123456789abcdef-secret"}
+	mustOK("PUT", "/v1/notify/channels/hook?tenant=acme", hook)
+	mustOK("PUT", "/v1/notify/rules/dead?tenant=acme", map[string]any{"event": "queue.dead_letters", "channels": []string{"hook"}})
 
 	scopes := []authz.Scope{{Tenant: "acme"}, {Tenant: "acme", Environment: "production"}, {Tenant: "acme", Environment: "production", Application: "billing"}}
 	principals := []principal{{label: "platform-admin", token: admin, role: authz.PlatformAdmin}}
@@ -128,6 +134,23 @@ func TestEveryRouteForEveryRoleAndScope(t *testing.T) {
 			return call{"PUT", secrets + "/" + fresh("s"), map[string]string{"value": "v"}, app}
 		},
 		"secret-list":   func(principal) call { return call{"GET", secrets, nil, app} },
+		"notify-events": func(principal) call { return call{"GET", "/v1/notify/events", nil, authz.Platform} },
+		"channel-put": func(principal) call {
+			return call{"PUT", "/v1/notify/channels/" + fresh("c") + "?tenant=acme", hook, acme}
+		},
+		"channel-list":   func(principal) call { return call{"GET", "/v1/notify/channels?tenant=acme", nil, acme} },
+		"channel-get":    func(principal) call { return call{"GET", "/v1/notify/channels/hook?tenant=acme", nil, acme} },
+		"channel-delete": func(principal) call { return call{"DELETE", "/v1/notify/channels/ghost?tenant=acme", nil, acme} },
+		"channel-test":   func(principal) call { return call{"POST", "/v1/notify/channels/hook/test?tenant=acme", nil, acme} },
+		"rule-put": func(principal) call {
+			return call{"PUT", "/v1/notify/rules/" + fresh("r") + "?tenant=acme", map[string]any{"event": "queue.depth", "threshold": 10,
+				"channels": []string{"hook"}}, acme}
+		},
+		"rule-list":     func(principal) call { return call{"GET", "/v1/notify/rules?tenant=acme", nil, acme} },
+		"rule-delete":   func(principal) call { return call{"DELETE", "/v1/notify/rules/ghost?tenant=acme", nil, acme} },
+		"alert-list":    func(principal) call { return call{"GET", "/v1/alerts?tenant=acme", nil, acme} },
+		"alert-get":     func(principal) call { return call{"GET", "/v1/alerts/a-0123456789abcdef?tenant=acme", nil, acme} },
+		"alert-ack":     func(principal) call { return call{"POST", "/v1/alerts/a-0123456789abcdef/ack?tenant=acme", nil, acme} },
 		"secret-delete": func(principal) call { return call{"DELETE", secrets + "/ghost", nil, app} },
 		"tenant-create": func(principal) call {
 			return call{"POST", "/v1/tenants", map[string]string{"name": fresh("t")}, authz.Platform}

@@ -16,6 +16,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -42,12 +43,14 @@ var ErrUnavailable = errors.New("audit log unavailable")
 
 // Log appends events and checkpoints and reads them back.
 type Log struct {
-	js     jetstream.JetStream
-	stream jetstream.Stream
-	state  jetstream.KeyValue // the latest checkpoint, kept apart from the stream
-	key    ed25519.PrivateKey
-	log    *slog.Logger
-	now    func() time.Time
+	// observer, if set, is told of every appended event (OnAppend).
+	observer atomic.Pointer[func(Event)]
+	js       jetstream.JetStream
+	stream   jetstream.Stream
+	state    jetstream.KeyValue // the latest checkpoint, kept apart from the stream
+	key      ed25519.PrivateKey
+	log      *slog.Logger
+	now      func() time.Time
 
 	delay    time.Duration // how long an event may wait for a checkpoint
 	external *FileAnchor   // nil: no anchor outside the data directory
@@ -212,10 +215,17 @@ func (l *Log) Append(ctx context.Context, e Event) (Event, error) {
 				l.pending = 0 // the hourly checkpoint retries; not every append
 			}
 		}
+		if f := l.observer.Load(); f != nil {
+			(*f)(e)
+		}
 		return e, nil
 	}
 	return Event{}, fmt.Errorf("%w: chain %s kept changing", ErrUnavailable, e.Chain)
 }
+
+// OnAppend sets a function told of every event appended from now on, under the log's lock:
+// it must not block or append (notifications hand the event to a queue of their own).
+func (l *Log) OnAppend(f func(Event)) { l.observer.Store(&f) }
 
 // headLocked returns a chain's head, loading it from the stream the first time.
 func (l *Log) headLocked(ctx context.Context, chain string) (head, error) {

@@ -38,6 +38,8 @@ const (
 	BackupCreate    Action = "backup.create" // take, list and verify backups
 	BackupRestore   Action = "backup.restore"
 	ClusterManage   Action = "cluster.manage" // cluster status and draining a node: platform admins only
+	NotifyManage    Action = "notify.manage"  // notification channels and alerting rules
+	AlertAck        Action = "alert.ack"      // acknowledge an alert (stops its escalation)
 )
 
 // Role is a fixed, documented set of actions.
@@ -61,15 +63,17 @@ var (
 		// platform users and the master key.
 		PlatformAdmin: {TenantCreate, TenantRead, TenantDelete, EnvManage, AppManage, UserManage, RoleManage, APIKeyManage,
 			AllowlistManage, EgressManage, SecretWrite, SecretRead, KeyManage, QueuePublish, QueueConsume, QueueManage, PipelineManage,
-			PipelineRun, AuditRead, BackupCreate, BackupRestore, ClusterManage},
+			PipelineRun, AuditRead, BackupCreate, BackupRestore, ClusterManage, NotifyManage, AlertAck},
 		Owner: {TenantRead, TenantDelete, EnvManage, AppManage, RoleManage, APIKeyManage, AllowlistManage, SecretWrite,
-			SecretRead, QueuePublish, QueueConsume, QueueManage, PipelineManage, PipelineRun, AuditRead, BackupCreate, BackupRestore},
+			SecretRead, QueuePublish, QueueConsume, QueueManage, PipelineManage, PipelineRun, AuditRead, BackupCreate, BackupRestore,
+			NotifyManage, AlertAck},
 		Admin: {TenantRead, EnvManage, AppManage, RoleManage, APIKeyManage, AllowlistManage, SecretWrite, SecretRead,
-			QueuePublish, QueueConsume, QueueManage, PipelineManage, PipelineRun},
-		Developer: {TenantRead, AppManage, SecretWrite, SecretRead, QueuePublish, QueueConsume, QueueManage, PipelineManage, PipelineRun},
-		Operator:  {TenantRead, SecretRead, QueuePublish, QueueConsume, PipelineRun},
-		Viewer:    readOnly,
-		Auditor:   {TenantRead, AuditRead},
+			QueuePublish, QueueConsume, QueueManage, PipelineManage, PipelineRun, NotifyManage, AlertAck},
+		Developer: {TenantRead, AppManage, SecretWrite, SecretRead, QueuePublish, QueueConsume, QueueManage, PipelineManage, PipelineRun,
+			AlertAck},
+		Operator: {TenantRead, SecretRead, QueuePublish, QueueConsume, PipelineRun, AlertAck},
+		Viewer:   readOnly,
+		Auditor:  {TenantRead, AuditRead},
 	}
 )
 

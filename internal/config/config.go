@@ -28,6 +28,31 @@ type Config struct {
 	Fabric    Fabric    `koanf:"fabric"`
 	Pipelines Pipelines `koanf:"pipelines"`
 	Backup    Backup    `koanf:"backup"`
+	Notify    Notify    `koanf:"notify"`
+}
+
+// Notify configures how alerts are evaluated and delivered (docs/notifications.md). Channels
+// and rules themselves are made through the API or `penstock notify`.
+type Notify struct {
+	// Tick is how often rules are evaluated and pending notices sent.
+	Tick time.Duration `koanf:"tick"`
+	// RetryBase is the wait after a channel's first failed attempt; each further failure
+	// doubles it, up to RetryMax.
+	RetryBase time.Duration `koanf:"retry_base"`
+	RetryMax  time.Duration `koanf:"retry_max"`
+	// GiveUpAfter is how long a notice is retried before it is abandoned (and audited).
+	GiveUpAfter time.Duration `koanf:"give_up_after"`
+	// FailingAfter is how many failed attempts in a row make a channel "failing": a platform
+	// alert (event notify.channel_failing) is raised for it.
+	FailingAfter int `koanf:"failing_after"`
+	// KeepResolved is how long a resolved alert stays listed before it is deleted.
+	KeepResolved time.Duration `koanf:"keep_resolved"`
+	// PublicURL is the API's address as people reach it, for the links in notices
+	// ("" leaves links out).
+	PublicURL string `koanf:"public_url"`
+	// PlatformEgress lists what platform channels may reach beyond the public internet
+	// ("host[:port]", "CIDR[:port]"), as `penstock egress set` does for a tenant.
+	PlatformEgress []string `koanf:"platform_egress"`
 }
 
 // Backup configures backups: where they go, how often they are taken and how many are kept,
@@ -348,6 +373,8 @@ func Default() Config {
 		Audit:     Audit{Retention: 400 * 24 * time.Hour, CheckpointDelay: 3 * time.Second},
 		Pipelines: Pipelines{DrainTimeout: 30 * time.Second},
 		Backup:    Backup{Schedule: 24 * time.Hour, KeepDaily: 7, KeepWeekly: 4, KeepMonthly: 6},
+		Notify: Notify{Tick: 5 * time.Second, RetryBase: 10 * time.Second, RetryMax: 10 * time.Minute, GiveUpAfter: 24 * time.Hour,
+			FailingAfter: 5, KeepResolved: 7 * 24 * time.Hour},
 		Fabric: Fabric{
 			CommitWindow: 5 * time.Millisecond, MaxCommit: 1000, CommitsInFlight: 16, MaxPublishBatch: 1000,
 			MaxAge: 14 * 24 * time.Hour, MaxDeliveries: 5, AckWait: 30 * time.Second, DuplicateWindow: 2 * time.Minute,

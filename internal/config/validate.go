@@ -112,6 +112,7 @@ func (c Config) validate() FieldErrors {
 	}
 	c.Audit.validate(&v, c.DataDir)
 	c.Backup.validate(&v)
+	c.Notify.validate(&v)
 	id := c.Identity
 	v.positiveDuration("identity.session_idle", id.SessionIdle)
 	v.positiveDuration("identity.session_max", id.SessionMax)
@@ -475,5 +476,31 @@ func (b Backup) validate(v *validator) {
 	}
 	if b.AutoRestore && b.Target == "" {
 		v.add("backup.auto_restore", "needs backup.target")
+	}
+}
+
+func (n Notify) validate(v *validator) {
+	for _, d := range []struct {
+		path     string
+		val, min time.Duration
+	}{{"notify.tick", n.Tick, 10 * time.Millisecond}, {"notify.retry_base", n.RetryBase, 10 * time.Millisecond},
+		{"notify.retry_max", n.RetryMax, n.RetryBase}, {"notify.give_up_after", n.GiveUpAfter, time.Second},
+		{"notify.keep_resolved", n.KeepResolved, time.Minute}} {
+		if d.val < d.min {
+			v.add(d.path, "at least "+d.min.String())
+		}
+	}
+	if n.FailingAfter < 1 || n.FailingAfter > 1000 {
+		v.add("notify.failing_after", "between 1 and 1000")
+	}
+	if n.PublicURL != "" {
+		if u, err := url.Parse(n.PublicURL); err != nil || u.Scheme != "https" || u.Host == "" || u.RawQuery != "" {
+			v.add("notify.public_url", "an https:// URL without a query, as people reach the API")
+		}
+	}
+	for i, r := range n.PlatformEgress {
+		if strings.TrimSpace(r) == "" { // the egress package parses each rule when notifications open
+			v.add(fmt.Sprintf("notify.platform_egress[%d]", i), "empty")
+		}
 	}
 }

@@ -268,6 +268,9 @@ func (s *Service) deadLetter(ctx context.Context, ta *tenantAccount, app, queue 
 		return jsErr(err, "remove from queue")
 	}
 	s.m.deadLettered.WithLabelValues(reason).Inc()
+	if s.o.OnDeadLetter != nil {
+		s.o.OnDeadLetter(Ref{Tenant: ta.tenant, Environment: ta.env, Application: app, Name: queue}, reason)
+	}
 	return nil
 }
 

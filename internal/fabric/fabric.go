@@ -122,6 +122,9 @@ type Options struct {
 	// SweepInterval is how often native connections are checked against their keys
 	// (default 1s).
 	SweepInterval time.Duration
+	// OnDeadLetter, if set, is told of every message moved to a dead-letter queue
+	// (notifications); it must not block.
+	OnDeadLetter func(r Ref, reason string)
 }
 
 // Service is the fabric.

@@ -52,6 +52,8 @@ type Options struct {
 	DrainTimeout time.Duration
 	// Resolver looks up names for egress checks at validation (default net.DefaultResolver).
 	Resolver egress.Resolver
+	// OnRunEnd, if set, is told of every run that ended (notifications); it must not block.
+	OnRunEnd func(app keyring.Scope, pipeline string, run Run)
 }
 
 // Pipeline is a stored pipeline and its state.

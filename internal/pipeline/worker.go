@@ -231,6 +231,9 @@ func (w *worker) runOnce(trigger string, continuous bool, id string, lost <-chan
 	}
 	rep.end()
 	s.saveRun(context.Background(), app, spec.Name, run)
+	if s.o.OnRunEnd != nil {
+		s.o.OnRunEnd(app, spec.Name, run)
+	}
 	return run
 }
 

@@ -1,0 +1,198 @@
+package app
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/penstock/penstock/internal/audit"
+	"github.com/penstock/penstock/internal/egress"
+	"github.com/penstock/penstock/internal/fabric"
+	"github.com/penstock/penstock/internal/keyring"
+	"github.com/penstock/penstock/internal/notify"
+	"github.com/penstock/penstock/internal/pipeline"
+)
+
+// openNotify opens notifications and has the audit log tell them of what they watch there:
+// failed logins, refused native logins and publishes, failed or missed backups, damage.
+func (a *App) openNotify(ctx context.Context, reg *prometheus.Registry) error {
+	var platform egress.Policy
+	platform.Tenant = "platform"
+	for i, r := range a.cfg.Notify.PlatformEgress {
+		rule, err := egress.ParseRule(r)
+		if err != nil {
+			return fmt.Errorf("notify.platform_egress[%d]: %w", i, err)
+		}
+		platform.Rules = append(platform.Rules, rule)
+	}
+	ident := a.ident
+	var err error
+	a.notify, err = notify.Open(ctx, notify.Options{
+		Keyring: a.keys, Config: a.cfg.Notify, Audit: a.audit, Logger: a.log.With("component", "notify"), Registry: reg,
+		Egress: func(tenant string) egress.Policy {
+			if tenant == "" {
+				return platform
+			}
+			return ident.EgressPolicy(tenant)
+		},
+		Tenants: func() []string {
+			var out []string
+			for _, t := range ident.Tenants() {
+				out = append(out, t.Name)
+			}
+			return out
+		},
+		Levels: (&levels{a: a, active: map[string]activity{}}).measure,
+	})
+	if err != nil {
+		return err
+	}
+	n := a.notify
+	a.audit.OnAppend(func(e audit.Event) {
+		ev := notify.Event{Tenant: e.Tenant, Environment: e.Environment, Time: e.Time}
+		switch {
+		case e.Action == "auth.login" && e.Result == "denied":
+			ev.Kind, ev.Tenant, ev.Resource = "auth.login_failed", "", e.Actor
+		case e.Action == "fabric.connect" && e.Result != audit.ResultOK:
+			ev.Kind, ev.Resource = "fabric.native_refused", "native"
+		case e.Action == "fabric.quota":
+			ev.Kind, ev.Resource = "fabric.quota_refused", e.Environment
+		case strings.HasPrefix(e.Action, "backup.") && (e.Result == audit.ResultError || e.Action == "backup.missed"):
+			ev.Kind, ev.Resource = "backup.failed", e.Action
+		case e.Action == "platform.stream_damaged":
+			ev.Kind, ev.Tenant, ev.Resource = "data.damaged", "", e.Details["account"]+"/"+e.Details["stream"]
+		default:
+			return
+		}
+		n.Raise(ev)
+	})
+	return nil
+}
+
+// onDeadLetter tells notifications of a message moved to a dead-letter queue.
+func (a *App) onDeadLetter(r fabric.Ref, _ string) {
+	a.notify.Raise(notify.Event{Tenant: r.Tenant, Environment: r.Environment, Application: r.Application,
+		Kind: "queue.dead_letters", Resource: r.Environment + "/" + r.Application + "/" + r.Name})
+}
+
+// onRunEnd tells notifications of a pipeline run that ended: a failure, and its error rate.
+func (a *App) onRunEnd(app keyring.Scope, name string, run pipeline.Run) {
+	ev := notify.Event{Tenant: app.Tenant, Environment: app.Environment, Application: app.Application,
+		Resource: app.Environment + "/" + app.Application + "/" + name}
+	if run.Status == "failed" {
+		f := ev
+		f.Kind = "pipeline.run_failed"
+		a.notify.Raise(f)
+	}
+	if run.In > 0 {
+		ev.Kind, ev.Value = "pipeline.error_rate", float64(run.Failed)*100/float64(run.In)
+		a.notify.Raise(ev)
+	}
+}
+
+// levels measures the queues of the tenants whose rules watch queue levels.
+type levels struct {
+	a  *App
+	mu sync.Mutex
+	// active remembers, by queue, the delivery position last seen and when it last moved.
+	active map[string]activity
+}
+
+type activity struct {
+	delivered uint64
+	at        time.Time
+}
+
+func (l *levels) measure(ctx context.Context, want map[string][]string) []notify.Event {
+	tenants := map[string]bool{}
+	for t, kinds := range want {
+		for _, k := range kinds {
+			if strings.HasPrefix(k, "queue.") {
+				if t == "" { // platform rules watch every tenant's queues
+					for _, x := range l.a.ident.Tenants() {
+						tenants[x.Name] = true
+					}
+				} else {
+					tenants[t] = true
+				}
+			}
+		}
+	}
+	var out []notify.Event
+	now := time.Now()
+	seen := map[string]bool{}
+	for t := range tenants {
+		tn, ok := l.a.ident.Tenant(t)
+		if !ok {
+			continue
+		}
+		for _, env := range tn.Environments {
+			for _, ap := range l.a.ident.Apps(t, env) {
+				qs, err := l.a.fabric.Queues(ctx, fabric.Ref{Tenant: t, Environment: env, Application: ap.Name})
+				if err != nil {
+					continue
+				}
+				for _, q := range qs {
+					ev := notify.Event{Tenant: t, Environment: env, Application: ap.Name, Resource: env + "/" + ap.Name + "/" + q.Name, Time: now}
+					key := t + "/" + ev.Resource
+					seen[key] = true
+					l.mu.Lock()
+					act, ok := l.active[key]
+					if !ok || act.delivered != q.Stats.Delivered || q.Stats.InFlight > 0 {
+						act = activity{delivered: q.Stats.Delivered, at: now}
+						l.active[key] = act
+					}
+					l.mu.Unlock()
+					age := 0.0
+					if !q.Stats.Oldest.IsZero() {
+						age = now.Sub(q.Stats.Oldest).Seconds()
+					}
+					for kind, v := range map[string]float64{"queue.depth": float64(q.Stats.Depth), "queue.oldest_age": age,
+						"queue.no_consumer": now.Sub(act.at).Seconds()} {
+						e := ev
+						e.Kind, e.Value = kind, v
+						out = append(out, e)
+					}
+				}
+			}
+		}
+	}
+	l.mu.Lock()
+	for k := range l.active {
+		if !seen[k] {
+			delete(l.active, k)
+		}
+	}
+	l.mu.Unlock()
+	return out
+}
+
+// notifyTicks runs the delivery loop on this node while it holds its lease (in a cluster), or
+// always (one node).
+func (a *App) notifyTicks(ctx context.Context) {
+	if a.leases == nil {
+		a.notify.Ticks(ctx)
+		return
+	}
+	for ctx.Err() == nil {
+		lost, release, ok := a.leases.Hold(ctx.Done(), "notify-delivery")
+		if !ok {
+			return
+		}
+		tctx, cancel := context.WithCancel(ctx)
+		go func() {
+			select {
+			case <-lost:
+				cancel()
+			case <-tctx.Done():
+			}
+		}()
+		a.notify.Ticks(tctx)
+		cancel()
+		release()
+	}
+}

@@ -1,0 +1,439 @@
+package app
+
+import (
+	"crypto/subtle"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/penstock/penstock/internal/config"
+	"github.com/penstock/penstock/internal/notify"
+	"github.com/penstock/penstock/internal/testenv"
+)
+
+// Planted in payloads and credentials: no notice may carry them.
+const (
+	payloadMarker = "PAYLOAD-MARKER-7f3a9c"
+	twilioToken   = "twilio-TOKEN-secret-55aa"
+	hookSecret    = "hook-SECRET-0123456789abcdef"
+)
+
+func fastNotify(c *config.Config) {
+	c.Notify.Tick, c.Notify.RetryBase, c.Notify.RetryMax = 100*time.Millisecond, 200*time.Millisecond, time.Second
+}
+
+// waitFor polls cond until it holds, failing the test after a minute.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(time.Minute); !cond(); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+// provider is a local Twilio-compatible API: it checks each request's path, basic
+// authentication and form, and keeps what it was asked.
+type provider struct {
+	mu    sync.Mutex
+	calls []url.Values // with "kind" = sms or voice
+	bad   []string
+	srv   *httptest.Server
+}
+
+func newProvider(t *testing.T) *provider {
+	p := &provider{}
+	p.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		user, pass, ok := r.BasicAuth()
+		if !ok || user != "AC0123456789" || subtle.ConstantTimeCompare([]byte(pass), []byte(twilioToken)) != 1 {
+			p.bad = append(p.bad, "auth")
+			http.Error(w, "unauthorized", 401)
+			return
+		}
+		if r.Method != "POST" || r.Header.Get("Content-Type") != "application/x-www-form-urlencoded" {
+			p.bad = append(p.bad, "method or content type")
+			http.Error(w, "bad request", 400)
+			return
+		}
+		_ = r.ParseForm()
+		f := r.PostForm
+		switch r.URL.Path {
+		case "/2010-04-01/Accounts/AC0123456789/Messages.json":
+			f.Set("kind", "sms")
+			if f.Get("Body") == "" {
+				p.bad = append(p.bad, "sms without Body")
+			}
+		case "/2010-04-01/Accounts/AC0123456789/Calls.json":
+			f.Set("kind", "voice")
+			if !strings.HasPrefix(f.Get("Twiml"), "<Response><Say>") {
+				p.bad = append(p.bad, "call without TwiML")
+			}
+		default:
+			p.bad = append(p.bad, "path "+r.URL.Path)
+			http.Error(w, "not found", 404)
+			return
+		}
+		if f.Get("From") != "+15550001111" || f.Get("To") != "+15550002222" {
+			p.bad = append(p.bad, "numbers")
+		}
+		p.calls = append(p.calls, f)
+		w.WriteHeader(201)
+		_, _ = w.Write([]byte(`{"sid":"SM1"}`))
+	}))
+	t.Cleanup(p.srv.Close)
+	return p
+}
+
+func (p *provider) kinds() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []string
+	for _, c := range p.calls {
+		out = append(out, c.Get("kind")+":"+c.Get("Body")+c.Get("Twiml"))
+	}
+	return out
+}
+
+func count(list []string, prefix, contains string) int {
+	n := 0
+	for _, s := range list {
+		if strings.HasPrefix(s, prefix) && strings.Contains(s, contains) {
+			n++
+		}
+	}
+	return n
+}
+
+// deadLetters publishes n messages carrying the payload marker to a queue and rejects them.
+func deadLetters(t *testing.T, ta *testApp, base, queue string, n int) {
+	t.Helper()
+	var msgs []map[string]any
+	for i := range n {
+		msgs = append(msgs, map[string]any{"data": payloadMarker + "-" + strconv.Itoa(i)})
+	}
+	if st, _, raw := ta.call(t, "POST", base+"/queues/"+queue+"/messages", "", map[string]any{"messages": msgs}); st != 200 {
+		t.Fatalf("publish: %d %s", st, raw)
+	}
+	st, out, raw := ta.call(t, "POST", base+"/queues/"+queue+"/consume", "", map[string]any{"max": n, "wait_ms": 2000})
+	if st != 200 || len(out["messages"].([]any)) != n {
+		t.Fatalf("consume: %d %s", st, raw)
+	}
+	var tokens []string
+	for _, m := range out["messages"].([]any) {
+		tokens = append(tokens, m.(map[string]any)["ack_token"].(string))
+	}
+	if st, _, raw := ta.call(t, "POST", base+"/queues/"+queue+"/reject", "", map[string]any{"tokens": tokens}); st != 204 {
+		t.Fatalf("reject: %d %s", st, raw)
+	}
+}
+
+func (ta *testApp) must(t *testing.T, method, path string, body any, want int) map[string]any {
+	t.Helper()
+	st, out, raw := ta.call(t, method, path, "", body)
+	if st != want {
+		t.Fatalf("%s %s: %d %s (want %d)", method, path, st, raw, want)
+	}
+	return out
+}
+
+func alertsOf(t *testing.T, ta *testApp, query string) []notify.Alert {
+	t.Helper()
+	st, _, raw := ta.call(t, "GET", "/v1/alerts?"+query, "", nil)
+	if st != 200 {
+		t.Fatalf("alerts: %d %s", st, raw)
+	}
+	var out struct{ Alerts []notify.Alert }
+	if err := json.Unmarshal([]byte(raw), &out); err != nil {
+		t.Fatal(err)
+	}
+	return out.Alerts
+}
+
+// TestEscalationEmailThenSMSThenVoiceStoppedByAck: a burst of dead letters is one alert,
+// mailed through a real SMTP server (STARTTLS, authenticated, read back), then texted, then
+// called about as it stays unacknowledged; an alert acknowledged at once gets its mail and
+// nothing more. No notice carries the payloads or any credential; the resolve notice follows.
+func TestEscalationEmailThenSMSThenVoiceStoppedByAck(t *testing.T) {
+	mp := testenv.StartMailpit(t)
+	prov := newProvider(t)
+	ta := startApp(t, fastNotify)
+	ta.adminSession(t)
+	ta.must(t, "POST", "/v1/tenants", map[string]string{"name": "acme"}, 201)
+	ta.must(t, "POST", "/v1/tenants/acme/environments/production/applications", map[string]string{"name": "billing"}, 201)
+	base := "/v1/tenants/acme/environments/production/applications/billing"
+	for _, q := range []string{"orders", "invoices"} {
+		ta.must(t, "POST", base+"/queues", map[string]any{"name": q}, 201)
+	}
+	provAddr := prov.srv.Listener.Addr().String()
+
+	// Loopback is denied until a platform admin allows it: a channel dials through egress.
+	email := map[string]any{"type": "email", "smtp_host": "localhost", "smtp_port": mp.SMTPPort, "tls": "starttls",
+		"username": mp.User, "password": mp.Password, "from": "Penstock <alerts@penstock.test>", "to": []string{"oncall@acme.test"},
+		"ca_pem": mp.CAPEM}
+	ta.must(t, "PUT", "/v1/notify/channels/ops-email?tenant=acme", email, 200)
+	st, out, raw := ta.call(t, "POST", "/v1/notify/channels/ops-email/test?tenant=acme", "", nil)
+	if st != 502 || !strings.Contains(raw, "egress denied") || strings.Contains(raw, mp.Password) {
+		t.Fatalf("test before egress allowed: %d %s", st, raw)
+	}
+	_, smtpPort, _ := net.SplitHostPort("localhost:" + strconv.Itoa(mp.SMTPPort))
+	ta.must(t, "PUT", "/v1/tenants/acme/egress", map[string]any{"rules": []string{"localhost:" + smtpPort, provAddr}}, 200)
+	ta.must(t, "POST", "/v1/notify/channels/ops-email/test?tenant=acme", nil, 200)
+	waitFor(t, "the test mail", func() bool { return len(mp.Messages(t)) == 1 })
+	if m := mp.Messages(t)[0]; !strings.Contains(m.Subject, "TEST") || m.To[0] != "oncall@acme.test" {
+		t.Fatalf("test mail: %+v", m)
+	}
+
+	for name, typ := range map[string]string{"oncall-sms": "sms", "oncall-voice": "voice"} {
+		out = ta.must(t, "PUT", "/v1/notify/channels/"+name+"?tenant=acme", map[string]any{"type": typ, "base_url": "http://" + provAddr,
+			"account_sid": "AC0123456789", "auth_token": twilioToken, "from": "+15550001111", "to": []string{"+15550002222"}}, 200)
+		if b, _ := json.Marshal(out); strings.Contains(string(b), twilioToken) || !strings.Contains(string(b), `"auth_token"`) {
+			t.Fatalf("channel view: %s", b)
+		}
+	}
+	st, _, raw = ta.call(t, "PUT", "/v1/notify/rules/dead?tenant=acme", "", map[string]any{"event": "queue.dead_letters",
+		"channels": []string{"ops-email"}, "escalate": []map[string]any{{"after": "1s", "channels": []string{"nope"}}}})
+	if st != 422 || !strings.Contains(raw, "escalate") || !strings.Contains(raw, `\"nope\" does not exist`) {
+		t.Fatalf("rule with a missing channel: %d %s", st, raw)
+	}
+	ta.must(t, "PUT", "/v1/notify/rules/dead?tenant=acme", map[string]any{"event": "queue.dead_letters", "application": "billing",
+		"severity": "critical", "window": "8s", "channels": []string{"ops-email"},
+		"escalate": []map[string]any{{"after": "3s", "channels": []string{"oncall-sms"}}, {"after": "6s", "channels": []string{"oncall-voice"}}}}, 200)
+
+	deadLetters(t, ta, base, "orders", 3)
+	deadLetters(t, ta, base, "invoices", 1)
+	var orders, invoices notify.Alert
+	waitFor(t, "two alerts", func() bool {
+		for _, a := range alertsOf(t, ta, "tenant=acme") {
+			switch a.Resource {
+			case "production/billing/orders":
+				orders = a
+			case "production/billing/invoices":
+				invoices = a
+			}
+		}
+		return orders.ID != "" && invoices.ID != "" && orders.Count == 3
+	})
+	ta.must(t, "POST", "/v1/alerts/"+invoices.ID+"/ack?tenant=acme", nil, 200)
+
+	waitFor(t, "the voice call of the unacknowledged alert", func() bool { return count(prov.kinds(), "voice:", orders.ID) == 1 })
+	if n := count(prov.kinds(), "sms:", orders.ID); n != 1 {
+		t.Fatalf("%d texts of the alert, want 1: %q", n, prov.kinds())
+	}
+	if n := count(prov.kinds(), "", invoices.ID); n != 0 {
+		t.Fatalf("the acknowledged alert escalated: %q", prov.kinds())
+	}
+	got, _ := json.Marshal(alertsOf(t, ta, "tenant=acme"))
+	var inv notify.Alert
+	for _, a := range alertsOf(t, ta, "tenant=acme") {
+		if a.ID == invoices.ID {
+			inv = a
+		}
+	}
+	if inv.Step != 0 || inv.AckedBy == "" || len(inv.Notices) != 1 || inv.Notices[0].Channel != "ops-email" {
+		t.Fatalf("acknowledged alert: %s", got)
+	}
+	ta.must(t, "POST", "/v1/alerts/"+orders.ID+"/ack?tenant=acme", nil, 200)
+
+	// Eight seconds without a dead letter: both resolve, and every channel told is told so.
+	waitFor(t, "the resolve notices", func() bool {
+		n := 0
+		for _, m := range mp.Messages(t) {
+			if strings.Contains(m.Subject, "RESOLVED") {
+				n++
+			}
+		}
+		return n == 2 && count(prov.kinds(), "sms:", "RESOLVED") == 1 && count(prov.kinds(), "voice:", "RESOLVED") == 1
+	})
+	mails := mp.Messages(t)
+	var firing int
+	for _, m := range mails {
+		if strings.Contains(m.Subject, "FIRING") && strings.Contains(m.Subject, "queue.dead_letters") {
+			firing++
+		}
+		for _, bad := range []string{payloadMarker, mp.Password, twilioToken} {
+			if strings.Contains(m.Text+m.Subject, bad) {
+				t.Fatalf("a mail carries %q:\n%s", bad, m.Text)
+			}
+		}
+	}
+	if firing != 2 {
+		t.Fatalf("%d firing mails, want one per alert", firing)
+	}
+	for _, c := range prov.kinds() {
+		if strings.Contains(c, payloadMarker) || strings.Contains(c, twilioToken) {
+			t.Fatalf("a text or call carries a payload or a credential: %q", c)
+		}
+	}
+	if prov.bad != nil {
+		t.Fatalf("provider requests not as the API wants them: %q", prov.bad)
+	}
+	if !strings.Contains(mails[1].Text, "penstock alerts ack") || !strings.Contains(mails[1].Text, "3 messages") {
+		t.Fatalf("the first alert mail says neither how to ack nor how many:\n%s", mails[1].Text)
+	}
+}
+
+// receiver is a webhook endpoint that checks the signature of every request and keeps the
+// deliveries it accepted, by delivery id; while failing, it answers 503.
+type receiver struct {
+	mu        sync.Mutex
+	failing   bool
+	attempts  int
+	delivered map[string]int
+	bodies    []string
+	bad       []string
+	srv       *httptest.Server
+}
+
+func newReceiver(t *testing.T, secret string, check func(r *http.Request, body []byte) string) *receiver {
+	rc := &receiver{delivered: map[string]int{}}
+	rc.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		rc.mu.Lock()
+		defer rc.mu.Unlock()
+		rc.attempts++
+		if msg := check(r, body); msg != "" {
+			rc.bad = append(rc.bad, msg)
+			http.Error(w, msg, 400)
+			return
+		}
+		if rc.failing {
+			http.Error(w, "down", 503)
+			return
+		}
+		rc.delivered[r.Header.Get("X-Penstock-Delivery")]++
+		rc.bodies = append(rc.bodies, string(body))
+		w.WriteHeader(204)
+	}))
+	t.Cleanup(rc.srv.Close)
+	return rc
+}
+
+func (rc *receiver) state() (attempts int, delivered map[string]int) {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	d := map[string]int{}
+	for k, v := range rc.delivered {
+		d[k] = v
+	}
+	return rc.attempts, d
+}
+
+func signed(secret string) func(r *http.Request, body []byte) string {
+	return func(r *http.Request, body []byte) string {
+		ts := r.Header.Get("X-Penstock-Timestamp")
+		sec, err := strconv.ParseInt(ts, 10, 64)
+		if err != nil || time.Since(time.Unix(sec, 0)).Abs() > 5*time.Minute {
+			return "stale or missing timestamp"
+		}
+		want := notify.Signature([]byte(secret), ts, body)
+		if subtle.ConstantTimeCompare([]byte(r.Header.Get("X-Penstock-Signature")), []byte(want)) != 1 {
+			return "bad signature"
+		}
+		return ""
+	}
+}
+
+// TestNoticesSurviveARestartMidRetry: a notice one channel confirmed and another keeps
+// refusing survives a restart of the process: after it, the refusing channel gets it once and
+// the confirming one never again. Signatures are checked by the receivers; chat formats too.
+func TestNoticesSurviveARestartMidRetry(t *testing.T) {
+	good := newReceiver(t, hookSecret, signed(hookSecret))
+	flaky := newReceiver(t, hookSecret+"-2", signed(hookSecret+"-2"))
+	flaky.failing = true
+	slack := newReceiver(t, "", func(r *http.Request, body []byte) string {
+		var m map[string]string
+		if json.Unmarshal(body, &m) != nil || !strings.Contains(m["text"], "queue.dead_letters") {
+			return "not a Slack message"
+		}
+		return ""
+	})
+	teams := newReceiver(t, "", func(r *http.Request, body []byte) string {
+		var m map[string]any
+		if json.Unmarshal(body, &m) != nil || m["@type"] != "MessageCard" || !strings.Contains(m["title"].(string), "queue.dead_letters") {
+			return "not a Teams card"
+		}
+		return ""
+	})
+	ta := startApp(t, fastNotify)
+	ta.adminSession(t)
+	ta.must(t, "POST", "/v1/tenants", map[string]string{"name": "acme"}, 201)
+	ta.must(t, "POST", "/v1/tenants/acme/environments/production/applications", map[string]string{"name": "billing"}, 201)
+	base := "/v1/tenants/acme/environments/production/applications/billing"
+	ta.must(t, "POST", base+"/queues", map[string]any{"name": "orders"}, 201)
+	var allow []string
+	for _, r := range []*receiver{good, flaky, slack, teams} {
+		allow = append(allow, r.srv.Listener.Addr().String())
+	}
+	ta.must(t, "PUT", "/v1/tenants/acme/egress", map[string]any{"rules": allow}, 200)
+	ta.must(t, "PUT", "/v1/notify/channels/good?tenant=acme", map[string]any{"type": "webhook", "url": good.srv.URL + "/hook", "secret": hookSecret}, 200)
+	ta.must(t, "PUT", "/v1/notify/channels/flaky?tenant=acme", map[string]any{"type": "webhook", "url": flaky.srv.URL + "/hook", "secret": hookSecret + "-2"}, 200)
+	ta.must(t, "PUT", "/v1/notify/channels/chat?tenant=acme", map[string]any{"type": "slack", "url": slack.srv.URL + "/services/T0/B0/XXXX"}, 200)
+	ta.must(t, "PUT", "/v1/notify/channels/teams?tenant=acme", map[string]any{"type": "teams", "url": teams.srv.URL + "/webhookb2/x"}, 200)
+	ta.must(t, "PUT", "/v1/notify/rules/dead?tenant=acme", map[string]any{"event": "queue.dead_letters", "window": "10m",
+		"channels": []string{"good", "flaky", "chat", "teams"}}, 200)
+
+	deadLetters(t, ta, base, "orders", 2)
+	waitFor(t, "the confirmed delivery and failed attempts", func() bool {
+		_, g := good.state()
+		n, _ := flaky.state()
+		return len(g) == 1 && n >= 2
+	})
+	alerts := alertsOf(t, ta, "tenant=acme")
+	if len(alerts) != 1 || alerts[0].Count != 2 {
+		t.Fatalf("alerts: %+v", alerts)
+	}
+	id := alerts[0].ID
+
+	ta.stop()
+	dataDir, admin := ta.cfg.DataDir, ta.admin
+	flaky.mu.Lock()
+	flaky.failing = false
+	flaky.mu.Unlock()
+	ta = startApp(t, func(c *config.Config) { fastNotify(c); c.DataDir = dataDir })
+	ta.admin = admin
+
+	waitFor(t, "the delivery after the restart", func() bool {
+		_, f := flaky.state()
+		return f[id+"/2"] == 1
+	})
+	waitFor(t, "every notice recorded as sent", func() bool {
+		a := alertsOf(t, ta, "tenant=acme")[0]
+		for _, n := range a.Notices {
+			if n.State != notify.Sent {
+				return false
+			}
+		}
+		return len(a.Notices) == 4
+	})
+	_, g := good.state()
+	_, f := flaky.state()
+	if len(g) != 1 || g[id+"/1"] != 1 || len(f) != 1 {
+		t.Fatalf("deliveries: good %v, flaky %v", g, f)
+	}
+	for _, rc := range []*receiver{good, flaky, slack, teams} {
+		if rc.bad != nil {
+			t.Fatalf("receiver refused: %q", rc.bad)
+		}
+		for _, b := range rc.bodies {
+			for _, bad := range []string{payloadMarker, hookSecret, "XXXX"} {
+				if strings.Contains(b, bad) {
+					t.Fatalf("a notice carries %q: %s", bad, b)
+				}
+			}
+		}
+	}
+	m := metrics(t, ta)
+	if !strings.Contains(m, `penstock_alert_notices_sent_total{type="webhook"}`) {
+		t.Fatalf("metrics: no sent notices")
+	}
+}

@@ -1,12 +1,16 @@
 package api
 
 import (
+	"bytes"
 	"context"
+	"crypto/subtle"
 	"errors"
+	"html/template"
 	"net/http"
 
 	"github.com/danielgtaylor/huma/v2"
 
+	"github.com/penstock/penstock/internal/audit"
 	"github.com/penstock/penstock/internal/authz"
 	"github.com/penstock/penstock/internal/keyring"
 	"github.com/penstock/penstock/internal/notify"
@@ -198,7 +202,10 @@ func registerNotify(g gate, hapi huma.API, o Options) {
 			return nil, notifyError(o, "list alerts", err, "")
 		}
 		out := &alertsOutput{}
-		out.Body.Alerts = list
+		out.Body.Alerts = make([]notify.Alert, len(list))
+		for i, a := range list {
+			out.Body.Alerts[i] = a.Public()
+		}
 		return out, nil
 	})
 	register(g, hapi, Route{Action: authz.TenantRead}, huma.Operation{
@@ -209,7 +216,7 @@ func registerNotify(g gate, hapi huma.API, o Options) {
 		if err != nil {
 			return nil, notifyError(o, "get alert", err, "alert "+in.ID)
 		}
-		return &alertOutput{Body: a}, nil
+		return &alertOutput{Body: a.Public()}, nil
 	})
 	register(g, hapi, Route{Action: authz.AlertAck}, huma.Operation{
 		OperationID: "alert-ack", Method: http.MethodPost, Path: "/v1/alerts/{id}/ack",
@@ -219,7 +226,84 @@ func registerNotify(g gate, hapi huma.API, o Options) {
 		if err != nil {
 			return nil, notifyError(o, "ack alert", err, "alert "+in.ID)
 		}
-		return &alertOutput{Body: a}, nil
+		return &alertOutput{Body: a.Public()}, nil
+	})
+	registerAckLink(g, hapi, o)
+}
+
+// ackLinkInput is the acknowledgement link a notice carries: the alert's tenant ("platform"
+// for the platform's), its id and the link's secret. The secret is the credential.
+type ackLinkInput struct {
+	Scope string `path:"scope" pattern:"^[a-z0-9][a-z0-9-]{0,62}$"`
+	ID    string `path:"id" pattern:"^a-[0-9a-f]{16}$"`
+	Key   string `path:"key" pattern:"^[0-9a-f]{64}$"`
+}
+
+func (in ackLinkInput) tenant() string {
+	if in.Scope == notify.PlatformTenant {
+		return ""
+	}
+	return in.Scope
+}
+
+// ackPage is the page an acknowledgement link opens: a button, so that mail scanners that
+// follow links do not acknowledge anything by looking.
+var ackPage = template.Must(template.New("ack").Parse(`<!doctype html>
+<html><head><meta charset="utf-8"><title>Penstock alert {{.ID}}</title></head>
+<body><h1>{{.Subject}}</h1><p>{{.State}}{{if .Acked}}, acknowledged by {{.AckedBy}}{{end}}</p>
+{{if not .Acked}}<form method="post"><button type="submit">Acknowledge</button></form>{{end}}
+</body></html>`))
+
+type ackPageData struct {
+	ID, Subject, State, AckedBy string
+	Acked                       bool
+}
+
+func registerAckLink(g gate, hapi huma.API, o Options) {
+	n := o.Notify
+	page := func(a notify.Alert) (*docsOutput, error) {
+		var b bytes.Buffer
+		if err := ackPage.Execute(&b, ackPageData{ID: a.ID, Subject: a.Subject(notify.Raised), State: a.State, AckedBy: a.AckedBy,
+			Acked: !a.Acked.IsZero()}); err != nil {
+			return nil, err
+		}
+		return &docsOutput{ContentType: "text/html; charset=utf-8", CSP: "default-src 'none'; form-action 'self'", Body: b.Bytes()}, nil
+	}
+	register(g, hapi, Route{Action: Public}, huma.Operation{
+		OperationID: "alert-ack-link", Method: http.MethodGet, Path: "/v1/ack/{scope}/{id}/{key}",
+		Summary: "The page of an alert's acknowledgement link (a notice carries it when notify.public_url is set)", Tags: []string{"notifications"},
+	}, nil, func(ctx context.Context, _ *caller, in *ackLinkInput) (*docsOutput, error) {
+		a, err := n.Alert(ctx, in.tenant(), in.ID)
+		if err != nil || subtle.ConstantTimeCompare([]byte(a.AckKey), []byte(in.Key)) != 1 {
+			return nil, notFound()
+		}
+		return page(a)
+	})
+	register(g, hapi, Route{Action: Public}, huma.Operation{
+		OperationID: "alert-ack-link-post", Method: http.MethodPost, Path: "/v1/ack/{scope}/{id}/{key}",
+		Summary: "Acknowledge an alert through its link", Tags: []string{"notifications"},
+	}, nil, func(ctx context.Context, _ *caller, in *ackLinkInput) (*docsOutput, error) {
+		a, err := n.AckWithKey(ctx, in.tenant(), in.ID, in.Key)
+		result, code := "ok", ""
+		switch {
+		case errors.Is(err, notify.ErrNotFound):
+			result, code, err = "denied", "not_found", notFound()
+		case err != nil:
+			result, code, err = "error", "notify", notifyError(o, "ack alert by link", err, "alert "+in.ID)
+		}
+		ri := requestFrom(ctx)
+		tenant := "" // a refused link names no chain: its tenant is only what the request said
+		if err == nil {
+			tenant = in.tenant()
+		}
+		if _, aerr := o.Audit.Append(ctx, audit.Event{Actor: "ack-link", Action: string(authz.AlertAck), Tenant: tenant,
+			Target: "alert/" + in.ID, Result: result, Code: code, Source: ri.source, RequestID: ri.id}); aerr != nil && err == nil {
+			return nil, internalError(o, "audit ack link", aerr)
+		}
+		if err != nil {
+			return nil, err
+		}
+		return page(a)
 	})
 }
 

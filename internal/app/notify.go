@@ -3,6 +3,8 @@ package app
 import (
 	"context"
 	"fmt"
+	"math"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -46,7 +48,7 @@ func (a *App) openNotify(ctx context.Context, reg *prometheus.Registry) error {
 			}
 			return out
 		},
-		Levels: (&levels{a: a, active: map[string]activity{}}).measure,
+		Levels: (&levels{a: a, started: time.Now(), active: map[string]activity{}}).measure,
 	})
 	if err != nil {
 		return err
@@ -69,6 +71,9 @@ func (a *App) openNotify(ctx context.Context, reg *prometheus.Registry) error {
 			return
 		}
 		n.Raise(ev)
+	})
+	a.audit.OnForwardFailure(func(sink string) {
+		n.Raise(notify.Event{Kind: "audit.forward_failed", Resource: sink})
 	})
 	return nil
 }
@@ -96,8 +101,9 @@ func (a *App) onRunEnd(app keyring.Scope, name string, run pipeline.Run) {
 
 // levels measures the queues of the tenants whose rules watch queue levels.
 type levels struct {
-	a  *App
-	mu sync.Mutex
+	a       *App
+	started time.Time
+	mu      sync.Mutex
 	// active remembers, by queue, the delivery position last seen and when it last moved.
 	active map[string]activity
 }
@@ -107,23 +113,112 @@ type activity struct {
 	at        time.Time
 }
 
+// measure measures what the rules want: queue levels, overdue pipelines, API keys and the
+// TLS certificate near expiry.
 func (l *levels) measure(ctx context.Context, want map[string][]string) []notify.Event {
-	tenants := map[string]bool{}
+	by := map[string]map[string]bool{} // kind -> tenants
 	for t, kinds := range want {
 		for _, k := range kinds {
-			if strings.HasPrefix(k, "queue.") {
-				if t == "" { // platform rules watch every tenant's queues
-					for _, x := range l.a.ident.Tenants() {
-						tenants[x.Name] = true
+			if by[k] == nil {
+				by[k] = map[string]bool{}
+			}
+			if t == "" { // platform rules watch every tenant
+				for _, x := range l.a.ident.Tenants() {
+					by[k][x.Name] = true
+				}
+			} else {
+				by[k][t] = true
+			}
+		}
+	}
+	now := time.Now()
+	queues := map[string]bool{}
+	for _, k := range []string{"queue.depth", "queue.oldest_age", "queue.no_consumer"} {
+		for t := range by[k] {
+			queues[t] = true
+		}
+	}
+	out := l.queues(ctx, queues, now)
+	out = append(out, l.late(ctx, by["pipeline.late"], now)...)
+	for t := range by["apikey.expiring"] {
+		for _, k := range l.a.ident.APIKeys("") {
+			if k.Scope.Tenant == t && !k.Revoked && !k.Expires.IsZero() {
+				out = append(out, notify.Event{Tenant: t, Environment: k.Scope.Environment, Application: k.Scope.Application,
+					Kind: "apikey.expiring", Resource: "apikey:" + k.ID, Value: days(k.Expires.Sub(now)), Time: now})
+			}
+		}
+	}
+	if _, ok := want[""]; ok && slices.Contains(want[""], "cert.expiring") {
+		if c := l.a.certs.Current(); c != nil && c.Leaf != nil {
+			out = append(out, notify.Event{Kind: "cert.expiring", Resource: "api-certificate", Value: days(c.Leaf.NotAfter.Sub(now)), Time: now})
+		}
+	}
+	return out
+}
+
+// days is d in whole days, rounded down (a certificate with 6.5 days left has 6).
+func days(d time.Duration) float64 { return math.Floor(d.Hours() / 24) }
+
+// late measures, for each scheduled pipeline of the tenants, how long its next run is overdue:
+// the time since the schedule said it should have started, while no run is in progress.
+func (l *levels) late(ctx context.Context, tenants map[string]bool, now time.Time) []notify.Event {
+	var out []notify.Event
+	for t := range tenants {
+		tn, ok := l.a.ident.Tenant(t)
+		if !ok {
+			continue
+		}
+		for _, env := range tn.Environments {
+			for _, ap := range l.a.ident.Apps(t, env) {
+				sc := keyring.Scope{Tenant: t, Environment: env, Application: ap.Name}
+				pipes, err := l.a.pipes.List(ctx, sc)
+				if err != nil {
+					continue
+				}
+				for _, p := range pipes {
+					sched, err := pipeline.ParseSchedule(p.Spec.Schedule)
+					if err != nil || p.Paused || sched.Continuous {
+						continue
 					}
-				} else {
-					tenants[t] = true
+					runs, err := l.a.pipes.Runs(ctx, sc, p.Name)
+					if err != nil {
+						continue
+					}
+					// The schedule counts from the end of the last run, the last change, or this
+					// process's start, whichever is latest (a worker starts its timer then).
+					from := p.Updated
+					if from.Before(l.started) {
+						from = l.started
+					}
+					if len(runs) > 0 {
+						if runs[0].Status == "running" || runs[0].Status == "queued" {
+							continue
+						}
+						if runs[0].End.After(from) {
+							from = runs[0].End
+						}
+					}
+					var due time.Time
+					switch {
+					case sched.Every > 0:
+						due = from.Add(sched.Every)
+					case sched.Cron != nil:
+						due = sched.Cron.Next(from)
+					default:
+						continue
+					}
+					out = append(out, notify.Event{Tenant: t, Environment: env, Application: ap.Name, Kind: "pipeline.late",
+						Resource: env + "/" + ap.Name + "/" + p.Name, Value: math.Max(0, math.Floor(now.Sub(due).Seconds())), Time: now})
 				}
 			}
 		}
 	}
+	return out
+}
+
+// queues measures every queue of the tenants.
+func (l *levels) queues(ctx context.Context, tenants map[string]bool, now time.Time) []notify.Event {
 	var out []notify.Event
-	now := time.Now()
 	seen := map[string]bool{}
 	for t := range tenants {
 		tn, ok := l.a.ident.Tenant(t)
@@ -149,10 +244,10 @@ func (l *levels) measure(ctx context.Context, want map[string][]string) []notify
 					l.mu.Unlock()
 					age := 0.0
 					if !q.Stats.Oldest.IsZero() {
-						age = now.Sub(q.Stats.Oldest).Seconds()
+						age = math.Floor(now.Sub(q.Stats.Oldest).Seconds())
 					}
 					for kind, v := range map[string]float64{"queue.depth": float64(q.Stats.Depth), "queue.oldest_age": age,
-						"queue.no_consumer": now.Sub(act.at).Seconds()} {
+						"queue.no_consumer": math.Floor(now.Sub(act.at).Seconds())} {
 						e := ev
 						e.Kind, e.Value = kind, v
 						out = append(out, e)

@@ -35,8 +35,9 @@ func TestNamePatternsAreTheNameRules(t *testing.T) {
 		}
 	}
 	walk(doc)
-	// Ids, not names: of API keys, of backups and of backup jobs.
-	ids := map[string]bool{`^[0-9a-f]{16}$`: true, `^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}(-[a-z0-9][a-z0-9-]{0,62})?$`: true, `^bj_[0-9a-f]{12}$`: true}
+	// Ids, not names: of API keys, of backups and of backup jobs, of alerts and the secret of
+	// their acknowledgement links.
+	ids := map[string]bool{`^a-[0-9a-f]{16}$`: true, `^[0-9a-f]{64}$`: true, `^[0-9a-f]{16}$`: true, `^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}(-[a-z0-9][a-z0-9-]{0,62})?$`: true, `^bj_[0-9a-f]{12}$`: true}
 	for p, n := range seen {
 		if _, ok := names.RuleOf(p); !ok && !ids[p] {
 			t.Errorf("pattern %s (%d uses) is no rule of package names", p, n)

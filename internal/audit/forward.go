@@ -89,6 +89,9 @@ func (l *Log) Forward(ctx context.Context, sink Sink) error {
 				if err := deliver(); err != nil {
 					_ = msg.InProgress() // keep the event while retrying: no redelivery elsewhere
 					l.log.Warn("audit forward: delivery failed; retrying", "sink", sink.Name(), "seq", seq, "error", err)
+					if f := l.forwardFailed.Load(); f != nil {
+						(*f)(sink.Name())
+					}
 					sleep(ctx, backoff)
 					backoff = min(backoff*2, 30*time.Second)
 					continue

@@ -45,12 +45,14 @@ var ErrUnavailable = errors.New("audit log unavailable")
 type Log struct {
 	// observer, if set, is told of every appended event (OnAppend).
 	observer atomic.Pointer[func(Event)]
-	js       jetstream.JetStream
-	stream   jetstream.Stream
-	state    jetstream.KeyValue // the latest checkpoint, kept apart from the stream
-	key      ed25519.PrivateKey
-	log      *slog.Logger
-	now      func() time.Time
+	// forwardFailed, if set, is told of every failed delivery to a SIEM (OnForwardFailure).
+	forwardFailed atomic.Pointer[func(sink string)]
+	js            jetstream.JetStream
+	stream        jetstream.Stream
+	state         jetstream.KeyValue // the latest checkpoint, kept apart from the stream
+	key           ed25519.PrivateKey
+	log           *slog.Logger
+	now           func() time.Time
 
 	delay    time.Duration // how long an event may wait for a checkpoint
 	external *FileAnchor   // nil: no anchor outside the data directory
@@ -226,6 +228,10 @@ func (l *Log) Append(ctx context.Context, e Event) (Event, error) {
 // OnAppend sets a function told of every event appended from now on, under the log's lock:
 // it must not block or append (notifications hand the event to a queue of their own).
 func (l *Log) OnAppend(f func(Event)) { l.observer.Store(&f) }
+
+// OnForwardFailure sets a function told of every failed attempt to forward to a sink; it must
+// not block.
+func (l *Log) OnForwardFailure(f func(sink string)) { l.forwardFailed.Store(&f) }
 
 // headLocked returns a chain's head, loading it from the stream the first time.
 func (l *Log) headLocked(ctx context.Context, chain string) (head, error) {

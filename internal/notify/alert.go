@@ -68,6 +68,15 @@ type Alert struct {
 	Notices []Notice `json:"notices"`
 	// Slot is the record that marks it open for its rule and resource.
 	Slot string `json:"slot,omitempty" doc:"internal"`
+	// AckKey is the secret of the acknowledgement link the notices carry (never shown).
+	AckKey string `json:"ack_key,omitempty" doc:"internal"`
+}
+
+// Public is the alert as the API and webhooks show it: without its bookkeeping and without
+// the acknowledgement link's secret.
+func (a Alert) Public() Alert {
+	a.Slot, a.AckKey = "", ""
+	return a
 }
 
 // pending says whether a notice still waits for its channel.
@@ -132,8 +141,8 @@ func (a *Alert) condition() string {
 		op = "<="
 	}
 	if !k.Level {
-		return fmt.Sprintf("%s %s %s (threshold %s), %d in all since %s", num(a.Value), a.Unit, k.Description, num(a.Threshold),
-			a.Count, a.Opened.UTC().Format(time.RFC3339))
+		return fmt.Sprintf("%s %s within the rule's window (threshold %s); %d in all since it opened", num(a.Value), k.Description,
+			num(a.Threshold), a.Count)
 	}
 	return fmt.Sprintf("%s: %s %s (threshold %s %s)", k.Description, num(a.Value), a.Unit, op, num(a.Threshold))
 }
@@ -151,7 +160,7 @@ func (a *Alert) Subject(kind string) string {
 }
 
 // Text is a notice's body: names, numbers and how to acknowledge, nothing else.
-func (a *Alert) Text(kind, link string) string {
+func (a *Alert) Text(kind string, l links) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s\n\n", a.Subject(kind))
 	fmt.Fprintf(&b, "Alert:     %s\n", a.ID)
@@ -174,9 +183,12 @@ func (a *Alert) Text(kind, link string) string {
 			tenant = " --tenant " + a.Tenant
 		}
 		fmt.Fprintf(&b, "\nAcknowledge: penstock alerts ack %s%s\n", a.ID, tenant)
+		if l.ack != "" {
+			fmt.Fprintf(&b, "         or open %s\n", l.ack)
+		}
 	}
-	if link != "" {
-		fmt.Fprintf(&b, "Details:   %s\n", link)
+	if l.details != "" {
+		fmt.Fprintf(&b, "Details:   %s\n", l.details)
 	}
 	return b.String()
 }
@@ -192,3 +204,6 @@ func (a *Alert) Short(kind string) string {
 	}
 	return s
 }
+
+// links are what a notice points to, when notify.public_url is set.
+type links struct{ details, ack string }

@@ -2,9 +2,12 @@ package notify
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"path"
 	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -231,8 +234,11 @@ func (s *Service) open(ctx context.Context, h *hit, value float64) error {
 		a.Resource = h.ev.Tenant + "/" + h.ev.Resource // a platform rule on a tenant's resource
 	}
 	if !h.kind.Level {
-		a.Count = int64(value)
+		a.Count, a.Threshold = int64(value), max(h.rule.Threshold, 1)
 	}
+	key := make([]byte, 32)
+	_, _ = rand.Read(key)
+	a.AckKey = hex.EncodeToString(key)
 	a.addNotices(Raised, h.rule.Channels, now)
 	if _, err := putJSON(ctx, s.alerts, h.owner, id, a, 0); err != nil {
 		_ = s.alerts.Delete(ctx, scopeOf(h.owner), h.key)
@@ -437,14 +443,7 @@ func (s *Service) deliver(ctx context.Context, owner string, a *Alert, n Notice)
 	if !lim.Allow() {
 		return nil // over the channel's rate: it waits for a later tick
 	}
-	link := ""
-	if base := s.o.Config.PublicURL; base != "" {
-		link = base + "/v1/alerts/" + a.ID
-		if owner != "" {
-			link = base + "/v1/tenants/" + owner + "/alerts/" + a.ID
-		}
-	}
-	sendErr := send(ctx, s.dialer(owner), c, message{alert: a, kind: n.Kind, seq: n.Seq, link: link})
+	sendErr := send(ctx, s.dialer(owner), c, message{alert: a, kind: n.Kind, seq: n.Seq, links: s.links(owner, a)})
 	s.count(c.Type, sendErr)
 	abandoned := false
 	err = s.settle(ctx, owner, a.ID, n.Seq, func(n *Notice) {
@@ -479,6 +478,24 @@ func (s *Service) deliver(ctx context.Context, owner string, a *Alert, n Notice)
 		s.audit(ctx, owner, "alert.notice_abandoned", *a, map[string]string{"channel": c.Name, "seq": strconv.Itoa(n.Seq)})
 	}
 	return err
+}
+
+// links are the alert's page and acknowledgement link, when notify.public_url is set.
+func (s *Service) links(owner string, a *Alert) links {
+	base := strings.TrimSuffix(s.o.Config.PublicURL, "/")
+	if base == "" {
+		return links{}
+	}
+	l := links{details: base + "/v1/alerts/" + a.ID}
+	scope := PlatformTenant
+	if owner != "" {
+		l.details += "?tenant=" + owner
+		scope = owner
+	}
+	if a.AckKey != "" && a.State == Firing && a.Acked.IsZero() {
+		l.ack = base + "/v1/ack/" + scope + "/" + a.ID + "/" + a.AckKey
+	}
+	return l
 }
 
 // settle records a notice's outcome on the stored alert, unless another node settled it.

@@ -33,7 +33,7 @@ type message struct {
 	alert *Alert
 	kind  string
 	seq   int
-	link  string
+	links links
 }
 
 // send delivers one notice through c, dialling through d. A nil error means the channel (the
@@ -140,7 +140,7 @@ func mailBody(c Channel, m message) []byte {
 	hdr("Content-Type", "text/plain; charset=utf-8")
 	hdr("Content-Transfer-Encoding", "8bit")
 	b.WriteString("\r\n")
-	b.WriteString(strings.ReplaceAll(m.alert.Text(m.kind, m.link), "\n", "\r\n"))
+	b.WriteString(strings.ReplaceAll(m.alert.Text(m.kind, m.links), "\n", "\r\n"))
 	return b.Bytes()
 }
 
@@ -201,12 +201,12 @@ func maskNumber(n string) string {
 }
 
 func sendChat(ctx context.Context, d *egress.Dialer, c Channel, m message) error {
-	var body any = map[string]string{"text": m.alert.Text(m.kind, m.link)}
+	var body any = map[string]string{"text": m.alert.Text(m.kind, m.links)}
 	if c.Type == Teams {
 		body = map[string]any{"@type": "MessageCard", "@context": "https://schema.org/extensions",
 			"summary": m.alert.Subject(m.kind), "title": m.alert.Subject(m.kind),
 			"themeColor": map[string]string{"critical": "D00000", "warning": "FFA500", "info": "0078D7"}[m.alert.Severity],
-			"text":       strings.ReplaceAll(m.alert.Text(m.kind, m.link), "\n", "  \n")}
+			"text":       strings.ReplaceAll(m.alert.Text(m.kind, m.links), "\n", "  \n")}
 	}
 	b, _ := json.Marshal(body)
 	return post(ctx, d, c, b, nil)
@@ -218,6 +218,7 @@ type WebhookBody struct {
 	Kind     string `json:"kind"`
 	Alert    Alert  `json:"alert"`
 	Link     string `json:"link,omitempty"`
+	AckURL   string `json:"ack_url,omitempty"`
 }
 
 // Signature is the webhook channel's signature of body at ts: "v1=" and the hex HMAC-SHA256,
@@ -231,9 +232,9 @@ func Signature(secret []byte, ts string, body []byte) string {
 }
 
 func sendWebhook(ctx context.Context, d *egress.Dialer, c Channel, m message) error {
-	a := *m.alert
+	a := m.alert.Public()
 	a.Notices = nil // delivery state is ours, not the receiver's
-	b, _ := json.Marshal(WebhookBody{Delivery: a.ID + "/" + strconv.Itoa(m.seq), Kind: m.kind, Alert: a, Link: m.link})
+	b, _ := json.Marshal(WebhookBody{Delivery: a.ID + "/" + strconv.Itoa(m.seq), Kind: m.kind, Alert: a, Link: m.links.details, AckURL: m.links.ack})
 	ts := strconv.FormatInt(time.Now().Unix(), 10)
 	return post(ctx, d, c, b, map[string]string{
 		"X-Penstock-Timestamp": ts,

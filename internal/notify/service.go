@@ -2,6 +2,7 @@ package notify
 
 import (
 	"context"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -360,6 +361,19 @@ func (s *Service) Ack(ctx context.Context, tenant, id, by string) (Alert, error)
 		}
 		return nil
 	})
+}
+
+// AckWithKey acknowledges an alert through its link: key is the link's secret. A wrong key
+// is ErrNotFound, as for an alert that does not exist.
+func (s *Service) AckWithKey(ctx context.Context, tenant, id, key string) (Alert, error) {
+	a, err := s.Alert(ctx, tenant, id)
+	if err != nil {
+		return Alert{}, err
+	}
+	if a.AckKey == "" || subtle.ConstantTimeCompare([]byte(a.AckKey), []byte(key)) != 1 {
+		return Alert{}, ErrNotFound
+	}
+	return s.Ack(ctx, tenant, id, "ack-link")
 }
 
 // update applies change to the stored alert, reading it again after a concurrent write.

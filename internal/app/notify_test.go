@@ -467,3 +467,67 @@ func TestNoticesSurviveARestartMidRetry(t *testing.T) {
 		t.Fatalf("metrics: no sent notices")
 	}
 }
+
+// TestLevelAlertResolvesAndAFailingChannelTellsThePlatform: a queue deeper than a rule's
+// threshold opens one alert (measured every tick, not once per measurement); draining it sends
+// the resolve notice. A tenant's channel that keeps failing raises the platform's
+// notify.channel_failing, delivered through a platform channel that platform egress allows.
+func TestLevelAlertResolvesAndAFailingChannelTellsThePlatform(t *testing.T) {
+	hook := newReceiver(t, hookSecret, signed(hookSecret))
+	broken := newReceiver(t, hookSecret, signed(hookSecret))
+	broken.failing = true
+	ops := newReceiver(t, hookSecret+"-ops", signed(hookSecret+"-ops"))
+	ta := startApp(t, func(c *config.Config) {
+		fastNotify(c)
+		c.Notify.FailingAfter = 2
+		c.Notify.PlatformEgress = []string{ops.srv.Listener.Addr().String()}
+	})
+	ta.adminSession(t)
+	ta.must(t, "POST", "/v1/tenants", map[string]string{"name": "acme"}, 201)
+	ta.must(t, "POST", "/v1/tenants/acme/environments/production/applications", map[string]string{"name": "billing"}, 201)
+	base := "/v1/tenants/acme/environments/production/applications/billing"
+	ta.must(t, "POST", base+"/queues", map[string]any{"name": "orders"}, 201)
+	ta.must(t, "PUT", "/v1/tenants/acme/egress", map[string]any{"rules": []string{hook.srv.Listener.Addr().String(), broken.srv.Listener.Addr().String()}}, 200)
+	ta.must(t, "PUT", "/v1/notify/channels/hook?tenant=acme", map[string]any{"type": "webhook", "url": hook.srv.URL, "secret": hookSecret}, 200)
+	ta.must(t, "PUT", "/v1/notify/channels/broken?tenant=acme", map[string]any{"type": "webhook", "url": broken.srv.URL, "secret": hookSecret}, 200)
+	ta.must(t, "PUT", "/v1/notify/channels/ops", map[string]any{"type": "webhook", "url": ops.srv.URL, "secret": hookSecret + "-ops"}, 200)
+	ta.must(t, "PUT", "/v1/notify/rules/failing", map[string]any{"event": "notify.channel_failing", "channels": []string{"ops"}}, 200)
+	// A tenant cannot watch platform events, nor filter by tenant.
+	if st, _, raw := ta.call(t, "PUT", "/v1/notify/rules/x?tenant=acme", "", map[string]any{"event": "notify.channel_failing",
+		"channels": []string{"hook"}}); st != 422 || !strings.Contains(raw, "event") {
+		t.Fatalf("tenant rule on a platform event: %d %s", st, raw)
+	}
+	ta.must(t, "PUT", "/v1/notify/rules/backlog?tenant=acme", map[string]any{"event": "queue.depth", "resource": "production/billing/orders",
+		"threshold": 3, "channels": []string{"hook", "broken"}}, 200)
+
+	var msgs []map[string]any
+	for i := range 4 {
+		msgs = append(msgs, map[string]any{"data": payloadMarker + strconv.Itoa(i)})
+	}
+	ta.must(t, "POST", base+"/queues/orders/messages", map[string]any{"messages": msgs}, 200)
+	waitFor(t, "the backlog alert", func() bool { _, d := hook.state(); return len(d) == 1 })
+	waitFor(t, "the platform alert about the failing channel", func() bool { _, d := ops.state(); return len(d) == 1 })
+	platform := alertsOf(t, ta, "")
+	if len(platform) != 1 || platform[0].Event != "notify.channel_failing" || platform[0].Resource != "channel:acme/broken" {
+		t.Fatalf("platform alerts: %+v", platform)
+	}
+	out := ta.must(t, "POST", base+"/queues/orders/consume", map[string]any{"max": 4, "wait_ms": 2000}, 200)
+	var tokens []string
+	for _, m := range out["messages"].([]any) {
+		tokens = append(tokens, m.(map[string]any)["ack_token"].(string))
+	}
+	ta.must(t, "POST", base+"/queues/orders/ack", map[string]any{"tokens": tokens}, 204)
+	waitFor(t, "the resolve notice", func() bool { _, d := hook.state(); return len(d) == 2 })
+	alerts := alertsOf(t, ta, "tenant=acme")
+	if len(alerts) != 1 || alerts[0].State != notify.Resolved || alerts[0].Value != 4 || alerts[0].Count < 1 {
+		t.Fatalf("backlog alerts: %+v", alerts)
+	}
+	for _, b := range append(hook.bodies, ops.bodies...) {
+		if strings.Contains(b, payloadMarker) || strings.Contains(b, hookSecret) {
+			t.Fatalf("a notice carries a payload or a secret: %s", b)
+		}
+	}
+	if len(alertsOf(t, ta, "tenant=acme&state=firing")) != 0 {
+		t.Fatal("a resolved alert listed as firing")
+	}
+}

@@ -378,7 +378,11 @@ func (s *Service) attend(ctx context.Context, owner, id string, now time.Time) e
 		r := s.rule(ctx, owner, a.Rule)
 		k, _ := KindOf(a.Event)
 		s.mu.Lock()
-		seen := s.seen[id]
+		seen, ok := s.seen[id]
+		if !ok { // not measured by this node yet (opened just now, or elsewhere): from its last update
+			seen = a.Last
+			s.seen[id] = seen
+		}
 		s.mu.Unlock()
 		switch {
 		case r == nil || r.Event != a.Event:

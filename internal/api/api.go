@@ -229,7 +229,7 @@ func observe(next http.Handler, log *slog.Logger, requests *prometheus.CounterVe
 		d := time.Since(start)
 		requests.WithLabelValues(*route, strconv.Itoa(sw.status)).Inc()
 		latency.WithLabelValues(*route).Observe(d.Seconds())
-		log.Info("request", "method", r.Method, "path", r.URL.Path, "status", sw.status,
+		log.Info("request", "method", r.Method, "path", loggedPath(r.URL.Path), "status", sw.status,
 			"duration_ms", float64(d.Microseconds())/1000, "remote", hostOfRemote(r.RemoteAddr), "proto", r.Proto)
 	})
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"io"
+	"strings"
 	"time"
 
 	"crypto/rand"
@@ -36,6 +37,17 @@ type requestInfo struct {
 	id, path, source string
 }
 
+// loggedPath is a request's path as logs and audit events keep it: an acknowledgement link's
+// secret (its last segment) is left out.
+func loggedPath(p string) string {
+	if rest, ok := strings.CutPrefix(p, "/v1/ack/"); ok {
+		if i := strings.LastIndexByte(rest, '/'); i >= 0 {
+			return "/v1/ack/" + rest[:i] + "/[redacted]"
+		}
+	}
+	return p
+}
+
 func requestFrom(ctx context.Context) requestInfo {
 	ri, _ := ctx.Value(requestKey{}).(requestInfo)
 	return ri
@@ -47,7 +59,7 @@ func withRequest(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b := make([]byte, 8)
 		_, _ = rand.Read(b)
-		ri := requestInfo{id: hex.EncodeToString(b), path: r.URL.Path, source: r.RemoteAddr}
+		ri := requestInfo{id: hex.EncodeToString(b), path: loggedPath(r.URL.Path), source: r.RemoteAddr}
 		if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
 			ri.source = ap.Addr().Unmap().String()
 		}

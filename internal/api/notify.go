@@ -7,11 +7,13 @@ import (
 	"errors"
 	"html/template"
 	"net/http"
+	"net/netip"
 
 	"github.com/danielgtaylor/huma/v2"
 
 	"github.com/penstock/penstock/internal/audit"
 	"github.com/penstock/penstock/internal/authz"
+	"github.com/penstock/penstock/internal/identity"
 	"github.com/penstock/penstock/internal/keyring"
 	"github.com/penstock/penstock/internal/notify"
 )
@@ -274,7 +276,7 @@ func registerAckLink(g gate, hapi huma.API, o Options) {
 		Summary: "The page of an alert's acknowledgement link (a notice carries it when notify.public_url is set)", Tags: []string{"notifications"},
 	}, nil, func(ctx context.Context, _ *caller, in *ackLinkInput) (*docsOutput, error) {
 		a, err := n.Alert(ctx, in.tenant(), in.ID)
-		if err != nil || subtle.ConstantTimeCompare([]byte(a.AckKey), []byte(in.Key)) != 1 {
+		if err != nil || subtle.ConstantTimeCompare([]byte(a.AckKey), []byte(in.Key)) != 1 || !linkAllowedFrom(o, in.tenant(), requestFrom(ctx).source) {
 			return nil, notFound()
 		}
 		return page(a)
@@ -283,21 +285,29 @@ func registerAckLink(g gate, hapi huma.API, o Options) {
 		OperationID: "alert-ack-link-post", Method: http.MethodPost, Path: "/v1/ack/{scope}/{id}/{key}",
 		Summary: "Acknowledge an alert through its link", Tags: []string{"notifications"},
 	}, nil, func(ctx context.Context, _ *caller, in *ackLinkInput) (*docsOutput, error) {
-		a, err := n.AckWithKey(ctx, in.tenant(), in.ID, in.Key)
-		result, code := "ok", ""
-		switch {
-		case errors.Is(err, notify.ErrNotFound):
-			result, code, err = "denied", "not_found", notFound()
-		case err != nil:
-			result, code, err = "error", "notify", notifyError(o, "ack alert by link", err, "alert "+in.ID)
-		}
 		ri := requestFrom(ctx)
-		tenant := "" // a refused link names no chain: its tenant is only what the request said
-		if err == nil {
-			tenant = in.tenant()
+		ev := audit.Event{Actor: "ack-link", Action: string(authz.AlertAck), Target: "alert/" + in.ID, Source: ri.source, RequestID: ri.id}
+		a, err := n.Alert(ctx, in.tenant(), in.ID)
+		if err != nil || subtle.ConstantTimeCompare([]byte(a.AckKey), []byte(in.Key)) != 1 || !linkAllowedFrom(o, in.tenant(), ri.source) {
+			// A refused link names no chain: its tenant is only what the request said.
+			ev.Result, ev.Code = "denied", "not_found"
+			if _, aerr := o.Audit.Append(ctx, ev); aerr != nil {
+				return nil, internalError(o, "audit ack link", aerr)
+			}
+			return nil, notFound()
 		}
-		if _, aerr := o.Audit.Append(ctx, audit.Event{Actor: "ack-link", Action: string(authz.AlertAck), Tenant: tenant,
-			Target: "alert/" + in.ID, Result: result, Code: code, Source: ri.source, RequestID: ri.id}); aerr != nil && err == nil {
+		// Audited before it happens, as every change is: no audit, no acknowledgement.
+		ev.Tenant, ev.Result = in.tenant(), "started"
+		if _, err := o.Audit.Append(ctx, ev); err != nil {
+			return nil, internalError(o, "audit ack link", err)
+		}
+		a, err = n.AckWithKey(ctx, in.tenant(), in.ID, in.Key)
+		ev.Result = "ok"
+		if err != nil {
+			ev.Result, ev.Code = "error", "notify"
+			err = notifyError(o, "ack alert by link", err, "alert "+in.ID)
+		}
+		if _, aerr := o.Audit.Append(ctx, ev); aerr != nil && err == nil {
 			return nil, internalError(o, "audit ack link", aerr)
 		}
 		if err != nil {
@@ -305,6 +315,20 @@ func registerAckLink(g gate, hapi huma.API, o Options) {
 		}
 		return page(a)
 	})
+}
+
+// linkAllowedFrom applies the tenant's source allow-list to an acknowledgement link, as to
+// every other call about the tenant.
+func linkAllowedFrom(o Options, tenant, source string) bool {
+	if tenant == "" {
+		return true
+	}
+	t, ok := o.Identity.Tenant(tenant)
+	if !ok {
+		return false
+	}
+	addr, err := netip.ParseAddr(source)
+	return err == nil && identity.AllowedFrom(t.AllowList, addr) || len(t.AllowList) == 0
 }
 
 func notifyError(o Options, op string, err error, what string) error {

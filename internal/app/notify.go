@@ -58,12 +58,18 @@ func (a *App) openNotify(ctx context.Context, reg *prometheus.Registry) error {
 		ev := notify.Event{Tenant: e.Tenant, Environment: e.Environment, Time: e.Time}
 		switch {
 		case e.Action == "auth.login" && e.Result == "denied":
+			// Names typed for users that do not exist are one resource: each would otherwise
+			// be an alert of its own, opened by anyone.
 			ev.Kind, ev.Tenant, ev.Resource = "auth.login_failed", "", e.Actor
+			if strings.HasPrefix(e.Actor, "unknown-user:") {
+				ev.Resource = "unknown-user"
+			}
 		case e.Action == "fabric.connect" && e.Result != audit.ResultOK:
 			ev.Kind, ev.Resource = "fabric.native_refused", "native"
 		case e.Action == "fabric.quota":
 			ev.Kind, ev.Resource = "fabric.quota_refused", e.Environment
-		case strings.HasPrefix(e.Action, "backup.") && (e.Result == audit.ResultError || e.Action == "backup.missed"):
+		case backupJobEnds[e.Action] && e.Result == audit.ResultError:
+			// The ends of backup jobs and missed schedules, not a refused backup request.
 			ev.Kind, ev.Resource = "backup.failed", e.Action
 		case e.Action == "platform.stream_damaged":
 			ev.Kind, ev.Tenant, ev.Resource = "data.damaged", "", e.Details["account"]+"/"+e.Details["stream"]
@@ -77,6 +83,10 @@ func (a *App) openNotify(ctx context.Context, reg *prometheus.Registry) error {
 	})
 	return nil
 }
+
+// backupJobEnds are the audit actions of backup jobs that ended (app/backups.go) and of a
+// missed schedule.
+var backupJobEnds = map[string]bool{"backup.created": true, "backup.verified": true, "backup.restored": true, "backup.missed": true}
 
 // onDeadLetter tells notifications of a message moved to a dead-letter queue.
 func (a *App) onDeadLetter(r fabric.Ref, _ string) {

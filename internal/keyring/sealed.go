@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/penstock/penstock/internal/engine"
 	"github.com/penstock/penstock/internal/names"
 )
 
@@ -157,6 +158,44 @@ func (s *Sealed) Delete(ctx context.Context, sc Scope, id string) error {
 		return ErrNotFound
 	}
 	return s.kv.Purge(ctx, sealedKey(sc, id))
+}
+
+// DeleteAt removes a record only if it is still at revision rev: ErrConflict if another
+// write came first, ErrNotFound if it is gone.
+func (s *Sealed) DeleteAt(ctx context.Context, sc Scope, id string, rev uint64) error {
+	if err := checkID(id); err != nil {
+		return err
+	}
+	if err := sc.Validate(); err != nil {
+		return err
+	}
+	err := s.kv.Delete(ctx, sealedKey(sc, id), jetstream.LastRevision(rev))
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		return ErrNotFound
+	case errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) || engine.WrongLastSequence(err):
+		return ErrConflict
+	}
+	return err
+}
+
+// Tenants lists the tenants that have records at the tenant scope itself (not under an
+// environment or an application), with one listing of the bucket's keys.
+func (s *Sealed) Tenants(ctx context.Context) (map[string]bool, error) {
+	lister, err := s.kv.ListKeys(ctx)
+	if err != nil {
+		if errors.Is(err, jetstream.ErrNoKeysFound) {
+			return map[string]bool{}, nil
+		}
+		return nil, fmt.Errorf("list %s: %w", s.kind, err)
+	}
+	out := map[string]bool{}
+	for key := range lister.Keys() {
+		if parts := strings.Split(key, "."); len(parts) == 2 {
+			out[parts[0]] = true
+		}
+	}
+	return out, nil
 }
 
 // List describes the scope's records, sorted by id. A destroyed scope yields ErrDestroyed.

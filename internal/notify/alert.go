@@ -68,6 +68,8 @@ type Alert struct {
 	Notices []Notice `json:"notices"`
 	// Slot is the record that marks it open for its rule and resource.
 	Slot string `json:"slot,omitempty" doc:"internal"`
+	// Opening marks an alert written whose slot is not taken yet (see open).
+	Opening bool `json:"opening,omitempty" doc:"internal"`
 	// AckKey is the secret of the acknowledgement link the notices carry (never shown).
 	AckKey string `json:"ack_key,omitempty" doc:"internal"`
 }
@@ -75,7 +77,7 @@ type Alert struct {
 // Public is the alert as the API and webhooks show it: without its bookkeeping and without
 // the acknowledgement link's secret.
 func (a Alert) Public() Alert {
-	a.Slot, a.AckKey = "", ""
+	a.Slot, a.AckKey, a.Opening = "", "", false
 	return a
 }
 

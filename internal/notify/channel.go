@@ -125,10 +125,17 @@ func (c Channel) View() View {
 	return v
 }
 
-// keep takes from old the credentials c leaves out, so a change need not repeat them.
+// keep takes from old the credentials c leaves out, so a change need not repeat them, but only
+// if c still sends them to the same place: a change of server, provider, account or trusted
+// authority needs the credentials again, or whoever may change a channel could redirect its
+// stored password to a server of their own.
 func (c *Channel) keep(old Channel) {
-	if c.Type != old.Type {
+	if c.Type != old.Type || c.SMTPHost != old.SMTPHost || c.SMTPPort != old.SMTPPort || c.TLS != old.TLS ||
+		c.Username != old.Username || c.BaseURL != old.BaseURL || c.AccountSID != old.AccountSID || c.CAPEM != old.CAPEM {
 		return
+	}
+	if !c.URL.IsZero() && !c.URL.Equal(old.URL) {
+		return // a webhook's secret signs for the receiver it was given for
 	}
 	for _, p := range []struct{ dst, src *redact.Secret }{{&c.Password, &old.Password}, {&c.AuthToken, &old.AuthToken},
 		{&c.URL, &old.URL}, {&c.Secret, &old.Secret}} {

@@ -2,10 +2,7 @@ package notify
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
-	"path"
 	"strconv"
 	"strings"
 	"time"
@@ -46,6 +43,7 @@ func (s *Service) Events(ctx context.Context) {
 // Ticks measures levels, resolves, escalates and delivers every notify.tick until ctx ends or
 // the service closes. One node runs it (in a cluster, the holder of its lease).
 func (s *Service) Ticks(ctx context.Context) {
+	defer s.work.Wait()
 	t := time.NewTicker(s.o.Config.Tick)
 	defer t.Stop()
 	s.lastScan = time.Time{} // read every stored alert at once: this node may have just taken over
@@ -61,227 +59,6 @@ func (s *Service) Ticks(ctx context.Context) {
 	}
 }
 
-type hit struct {
-	owner string // "" for a platform rule
-	rule  Rule
-	kind  Kind
-	ev    Event
-	key   string // the slot of the alert
-}
-
-// hits pairs events with the rules that look at them, summing occurrences of one rule on
-// one resource.
-func (s *Service) hits(ctx context.Context, batch []Event) []*hit {
-	var out []*hit
-	byKey := map[string]*hit{}
-	for _, e := range batch {
-		k, ok := KindOf(e.Kind)
-		if !ok {
-			continue
-		}
-		owners := []string{""}
-		if e.Tenant != "" {
-			owners = append(owners, e.Tenant)
-		}
-		for _, owner := range owners {
-			for _, r := range s.rulesOf(ctx, owner) {
-				if !r.matches(e) || owner == "" && r.Tenant != "" && !globMatch(r.Tenant, e.Tenant) {
-					continue
-				}
-				key := slotID(r.Name, e.Tenant+"/"+e.Resource)
-				if h, ok := byKey[owner+key]; ok && !k.Level {
-					h.ev.Value += e.Value
-					h.ev.Time = e.Time
-					continue
-				}
-				h := &hit{owner: owner, rule: r, kind: k, ev: e, key: key}
-				byKey[owner+key] = h
-				out = append(out, h)
-			}
-		}
-	}
-	return out
-}
-
-func globMatch(pattern, s string) bool {
-	ok, _ := path.Match(pattern, s)
-	return ok
-}
-
-func (s *Service) evaluate(ctx context.Context, batch []Event) {
-	for _, h := range s.hits(ctx, batch) {
-		var err error
-		if h.kind.Level {
-			err = s.level(ctx, h)
-		} else {
-			err = s.occur(ctx, h)
-		}
-		if err != nil && ctx.Err() == nil {
-			s.log.Warn("evaluate event", "tenant", h.ev.Tenant, "event", h.ev.Kind, "rule", h.rule.Name, "error", err)
-		}
-	}
-}
-
-// occur counts occurrences in the rule's window: an open alert takes them into its count; if
-// none is open, enough of them within the window open one.
-func (s *Service) occur(ctx context.Context, h *hit) error {
-	now := h.ev.Time
-	mk := h.owner + "|" + h.key
-	s.mu.Lock()
-	w := s.windows[mk][:0:0]
-	sum := h.ev.Value
-	for _, o := range s.windows[mk] {
-		if now.Sub(o.at) < h.rule.window {
-			w = append(w, o)
-			sum += o.n
-		}
-	}
-	s.windows[mk] = append(w, occurrence{at: now, n: h.ev.Value})
-	s.mu.Unlock()
-	id, err := s.openAlert(ctx, h.owner, h.key)
-	if err != nil {
-		return err
-	}
-	if id != "" {
-		_, err := s.update(ctx, h.owner, id, func(a *Alert) error {
-			a.Count += int64(h.ev.Value)
-			a.Value = max(a.Value, sum)
-			a.Last = now.UTC()
-			return nil
-		})
-		return err
-	}
-	if sum < max(h.rule.Threshold, 1) {
-		return nil
-	}
-	return s.open(ctx, h, sum)
-}
-
-// level compares a measurement with the rule's threshold: over it for the rule's "for" opens
-// an alert (or updates the open one); under it resolves the open one.
-func (s *Service) level(ctx context.Context, h *hit) error {
-	mk := h.owner + "|" + h.key
-	now := h.ev.Time
-	id, err := s.openAlert(ctx, h.owner, h.key)
-	if err != nil {
-		return err
-	}
-	if id != "" {
-		s.mu.Lock()
-		s.seen[id] = now
-		s.mu.Unlock()
-	}
-	if !h.rule.over(h.kind, h.ev.Value) {
-		s.mu.Lock()
-		delete(s.since, mk)
-		s.mu.Unlock()
-		if id == "" {
-			return nil
-		}
-		return s.resolve(ctx, h.owner, id, &h.rule)
-	}
-	if id != "" {
-		_, err := s.update(ctx, h.owner, id, func(a *Alert) error {
-			a.Value, a.Last = h.ev.Value, now.UTC()
-			a.Count++
-			return nil
-		})
-		return err
-	}
-	s.mu.Lock()
-	since, ok := s.since[mk]
-	if !ok {
-		since = now
-		s.since[mk] = now
-	}
-	s.mu.Unlock()
-	if now.Sub(since) < h.rule.hold {
-		return nil
-	}
-	return s.open(ctx, h, h.ev.Value)
-}
-
-// openAlert finds the open alert of a slot, or "". A slot whose alert is missing (a crash
-// between the two writes) is removed.
-func (s *Service) openAlert(ctx context.Context, owner, key string) (string, error) {
-	var sl slot
-	if _, err := getJSON(ctx, s.alerts, owner, key, &sl); errors.Is(err, ErrNotFound) {
-		return "", nil
-	} else if err != nil {
-		return "", err
-	}
-	a, err := s.Alert(ctx, owner, sl.Alert)
-	if errors.Is(err, ErrNotFound) || err == nil && a.State != Firing {
-		_ = s.alerts.Delete(ctx, scopeOf(owner), key)
-		return "", nil
-	}
-	return sl.Alert, err
-}
-
-// open makes a new alert with notices to the rule's first channels.
-func (s *Service) open(ctx context.Context, h *hit, value float64) error {
-	now := h.ev.Time.UTC()
-	id := newAlertID()
-	if _, err := putJSON(ctx, s.alerts, h.owner, h.key, slot{Alert: id}, 0); errors.Is(err, ErrConflict) {
-		return nil // another node (or an earlier batch) opened it: the next occurrence counts there
-	} else if err != nil {
-		return err
-	}
-	a := Alert{ID: id, Tenant: h.owner, Rule: h.rule.Name, Event: h.ev.Kind, Environment: h.ev.Environment,
-		Application: h.ev.Application, Resource: h.ev.Resource, Severity: h.rule.Severity, State: Firing,
-		Value: value, Threshold: h.rule.Threshold, Unit: h.kind.Unit, Count: 1, Opened: now, Last: now, Slot: h.key}
-	if h.owner == "" && h.ev.Tenant != "" {
-		a.Resource = h.ev.Tenant + "/" + h.ev.Resource // a platform rule on a tenant's resource
-	}
-	if !h.kind.Level {
-		a.Count, a.Threshold = int64(value), max(h.rule.Threshold, 1)
-	}
-	key := make([]byte, 32)
-	_, _ = rand.Read(key)
-	a.AckKey = hex.EncodeToString(key)
-	a.addNotices(Raised, h.rule.Channels, now)
-	if _, err := putJSON(ctx, s.alerts, h.owner, id, a, 0); err != nil {
-		_ = s.alerts.Delete(ctx, scopeOf(h.owner), h.key)
-		return err
-	}
-	s.track(h.owner, a)
-	s.m.raised.WithLabelValues(a.Event).Inc()
-	s.audit(ctx, h.owner, "alert.opened", a, nil)
-	return nil
-}
-
-// resolve closes an alert and queues its resolve notice to every channel told of it.
-func (s *Service) resolve(ctx context.Context, owner, id string, r *Rule) error {
-	a, err := s.update(ctx, owner, id, func(a *Alert) error {
-		if a.State != Firing {
-			return errNoChange
-		}
-		now := time.Now().UTC()
-		a.State, a.Resolved = Resolved, now
-		if r != nil && !r.NoResolve {
-			a.addNotices(Cleared, a.notified(), now)
-		}
-		return nil
-	})
-	if errors.Is(err, errNoChange) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	var sl slot
-	if _, err := getJSON(ctx, s.alerts, owner, a.Slot, &sl); err == nil && sl.Alert == id {
-		_ = s.alerts.Delete(ctx, scopeOf(owner), a.Slot)
-	}
-	s.mu.Lock()
-	delete(s.seen, id)
-	s.mu.Unlock()
-	s.audit(ctx, owner, "alert.resolved", a, nil)
-	return nil
-}
-
-var errNoChange = errors.New("no change")
-
 // scanEvery is how often the loop reads every stored alert: those other nodes opened, and
 // resolved ones past notify.keep_resolved to delete.
 const scanEvery = 30 * time.Second
@@ -293,6 +70,7 @@ const levelStale = 5 * time.Minute
 func (s *Service) tick(ctx context.Context) {
 	now := time.Now()
 	if now.Sub(s.lastScan) >= scanEvery {
+		s.refreshRuleOwners(ctx)
 		s.scan(ctx, now)
 		s.lastScan = now
 	}
@@ -301,33 +79,59 @@ func (s *Service) tick(ctx context.Context) {
 			s.evaluate(ctx, s.o.Levels(ctx, want))
 		}
 	}
+	byOwner := map[string][]string{}
 	s.mu.Lock()
-	work := make(map[string]string, len(s.active))
 	for id, owner := range s.active {
-		work[id] = owner
+		byOwner[owner] = append(byOwner[owner], id)
 	}
 	s.mu.Unlock()
-	for id, owner := range work {
-		if ctx.Err() != nil {
-			return
+	// Each owner's alerts are attended by a goroutine of their own: a channel that answers
+	// slowly (up to 30 s an attempt) holds back its owner's notices, nobody else's.
+	for owner, ids := range byOwner {
+		s.mu.Lock()
+		if s.busy[owner] || len(s.busy) >= maxAttending {
+			s.mu.Unlock()
+			continue
 		}
-		if err := s.attend(ctx, owner, id, now); err != nil && ctx.Err() == nil {
-			if errors.Is(err, ErrNotFound) || errors.Is(err, keyring.ErrDestroyed) {
-				s.mu.Lock()
-				delete(s.active, id)
-				s.mu.Unlock()
-				continue
+		s.busy[owner] = true
+		s.mu.Unlock()
+		s.work.Add(1)
+		go func() {
+			defer s.work.Done()
+			defer func() { s.mu.Lock(); delete(s.busy, owner); s.mu.Unlock() }()
+			for _, id := range ids {
+				if ctx.Err() != nil {
+					return
+				}
+				if err := s.attend(ctx, owner, id, time.Now()); err != nil && ctx.Err() == nil {
+					if errors.Is(err, ErrNotFound) || errors.Is(err, keyring.ErrDestroyed) {
+						s.mu.Lock()
+						delete(s.active, id)
+						s.mu.Unlock()
+						continue
+					}
+					s.log.Warn("alert", "tenant", owner, "alert", id, "error", err)
+				}
 			}
-			s.log.Warn("alert", "tenant", owner, "alert", id, "error", err)
-		}
+		}()
 	}
 }
+
+// maxAttending bounds the owners attended at once.
+const maxAttending = 32
 
 // levelRules lists, by tenant, the level events rules look at ("" for platform rules: any
 // tenant).
 func (s *Service) levelRules(ctx context.Context) map[string][]string {
 	out := map[string][]string{}
-	owners := append([]string{""}, s.o.Tenants()...)
+	s.mu.Lock()
+	owners := make([]string, 0, len(s.ruleOwners))
+	for o := range s.ruleOwners {
+		if o != PlatformTenant {
+			owners = append(owners, o)
+		}
+	}
+	s.mu.Unlock()
 	for _, t := range owners {
 		for _, r := range s.rulesOf(ctx, t) {
 			if k, _ := KindOf(r.Event); k.Level {
@@ -339,9 +143,33 @@ func (s *Service) levelRules(ctx context.Context) map[string][]string {
 }
 
 // scan reads every stored alert: it takes up those that need attention and deletes resolved
-// ones kept long enough.
+// ones kept long enough. It also forgets what memory holds of quiet rules and resources.
 func (s *Service) scan(ctx context.Context, now time.Time) {
-	for _, owner := range append([]string{""}, s.o.Tenants()...) {
+	owners, err := s.alerts.Tenants(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.log.Warn("scan alerts", "error", err)
+		}
+		return
+	}
+	s.mu.Lock()
+	s.levelOpen = map[string]string{}
+	for k, w := range s.windows {
+		if len(w.occ) == 0 || now.Sub(w.occ[len(w.occ)-1].at) >= w.span {
+			delete(s.windows, k)
+		}
+	}
+	for k, p := range s.since {
+		if now.Sub(p.last) >= levelStale {
+			delete(s.since, k)
+		}
+	}
+	s.mu.Unlock()
+	for o := range owners {
+		owner := o
+		if o == PlatformTenant {
+			owner = ""
+		}
 		list, err := ids(ctx, s.alerts, owner, "a-")
 		if err != nil {
 			if !errors.Is(err, keyring.ErrDestroyed) && ctx.Err() == nil {
@@ -358,11 +186,6 @@ func (s *Service) scan(ctx context.Context, now time.Time) {
 				_ = s.alerts.Delete(ctx, scopeOf(owner), id)
 				continue
 			}
-			s.mu.Lock()
-			if _, ok := s.seen[id]; !ok && a.State == Firing {
-				s.seen[id] = now // a level alert gets levelStale from now to be measured again
-			}
-			s.mu.Unlock()
 			s.track(owner, a)
 		}
 	}
@@ -374,12 +197,18 @@ func (s *Service) attend(ctx context.Context, owner, id string, now time.Time) e
 	if err != nil {
 		return err
 	}
+	if a.Opening {
+		if now.Sub(a.Opened) < openingGrace {
+			return nil
+		}
+		return s.finishOpening(ctx, owner, a)
+	}
 	if a.State == Firing {
 		r := s.rule(ctx, owner, a.Rule)
 		k, _ := KindOf(a.Event)
 		s.mu.Lock()
 		seen, ok := s.seen[id]
-		if !ok { // not measured by this node yet (opened just now, or elsewhere): from its last update
+		if !ok { // not measured by this node yet (opened elsewhere, or before a restart): from its last update
 			seen = a.Last
 			s.seen[id] = seen
 		}
@@ -445,6 +274,11 @@ func (s *Service) deliver(ctx context.Context, owner string, a *Alert, n Notice)
 	}
 	s.mu.Unlock()
 	if !lim.Allow() {
+		if now.Sub(n.Created) >= s.o.Config.GiveUpAfter {
+			return s.settle(ctx, owner, a.ID, n.Seq, func(n *Notice) {
+				n.State, n.LastError = Abandoned, "over the channel's per_hour for notify.give_up_after"
+			})
+		}
 		return nil // over the channel's rate: it waits for a later tick
 	}
 	sendErr := send(ctx, s.dialer(owner), c, message{alert: a, kind: n.Kind, seq: n.Seq, links: s.links(owner, a)})

@@ -37,7 +37,7 @@ var Kinds = []Kind{
 	{Name: "pipeline.run_failed", Description: "pipeline runs that failed", Unit: "runs"},
 	{Name: "pipeline.error_rate", Description: "share of a run's records that went to the dead-letter queue", Level: true, Unit: "percent"},
 	{Name: "pipeline.late", Description: "time a scheduled pipeline is overdue", Level: true, Unit: "seconds"},
-	{Name: "fabric.native_refused", Description: "native (NATS, MQTT, WebSocket) logins refused", Unit: "logins"},
+	{Name: "fabric.native_refused", Description: "native (NATS, MQTT, WebSocket) logins refused", Unit: "logins", Platform: true},
 	{Name: "fabric.quota_refused", Description: "publishes refused by a tenant-environment's quota", Unit: "refusals"},
 	{Name: "auth.login_failed", Description: "failed logins to the API", Unit: "logins", Platform: true},
 	{Name: "apikey.expiring", Description: "days until an API key expires", Level: true, Below: true, Unit: "days"},

@@ -117,6 +117,48 @@ func TestChannelCredentialsStayInside(t *testing.T) {
 	if !other.URL.IsZero() {
 		t.Fatal("a channel of another type took the old credentials")
 	}
+	moved := Channel{Spec: Spec{Name: "w", Type: Webhook}, URL: redact.NewSecret("https://attacker.example.com/")}
+	moved.keep(c)
+	if !moved.Secret.IsZero() {
+		t.Fatal("a webhook sent elsewhere kept the signing secret")
+	}
+
+	// Whoever may change a channel must not redirect its stored password: a new server, port,
+	// TLS mode, user, provider, account or authority needs the credentials again.
+	mail := Channel{Spec: Spec{Name: "m", Type: Email, SMTPHost: "smtp.example.com", Username: "u", From: "a@example.com",
+		To: []string{"b@example.com"}}, Password: redact.NewSecret("smtp-password")}
+	if err := mail.Normalize(); err != nil {
+		t.Fatal(err)
+	}
+	for name, change := range map[string]func(*Channel){
+		"smtp_host": func(c *Channel) { c.SMTPHost = "smtp.attacker.example" },
+		"smtp_port": func(c *Channel) { c.SMTPPort = 2525 },
+		"tls":       func(c *Channel) { c.TLS = "tls"; c.SMTPPort = 465 },
+		"username":  func(c *Channel) { c.Username = "other" },
+		"ca_pem":    func(c *Channel) { c.CAPEM = "x" },
+	} {
+		upd := Channel{Spec: mail.Spec}
+		change(&upd)
+		upd.keep(mail)
+		if !upd.Password.IsZero() {
+			t.Errorf("a change of %s kept the stored password", name)
+		}
+	}
+	same := Channel{Spec: mail.Spec}
+	same.To = []string{"c@example.com"}
+	same.keep(mail)
+	if same.Password.Reveal() != "smtp-password" {
+		t.Fatal("a change of recipients lost the stored password")
+	}
+	sms := Channel{Spec: Spec{Name: "s", Type: SMS, BaseURL: "https://api.twilio.com", AccountSID: "AC1"}, AuthToken: redact.NewSecret("tok")}
+	for _, spec := range []Spec{{Name: "s", Type: SMS, BaseURL: "https://evil.example.com", AccountSID: "AC1"},
+		{Name: "s", Type: SMS, BaseURL: "https://api.twilio.com", AccountSID: "AC2"}} {
+		upd := Channel{Spec: spec}
+		upd.keep(sms)
+		if !upd.AuthToken.IsZero() {
+			t.Errorf("%+v kept the auth token", spec)
+		}
+	}
 }
 
 // The mail's headers come from checked addresses and names only: nothing in an alert starts

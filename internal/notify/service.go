@@ -52,10 +52,14 @@ type Service struct {
 	cancel                  context.CancelFunc
 	wg                      sync.WaitGroup
 	mu                      sync.Mutex
-	ruleCache               map[string]cachedRules // by tenant ("" platform)
-	windows                 map[string][]occurrence
-	since                   map[string]time.Time // a level first over its threshold, by slot
-	seen                    map[string]time.Time // a level alert's last measurement, by alert
+	ruleCache               map[string]cachedRules  // by tenant ("" platform)
+	windows                 map[string]*window      // recent occurrences, by owner|slot
+	since                   map[string]pendingLevel // levels over their threshold, not yet for long enough
+	seen                    map[string]time.Time    // a level alert's last measurement, by alert
+	levelOpen               map[string]string       // the open level alert of owner|slot ("" none), until the next scan
+	ruleOwners              map[string]bool         // tenants ("" the platform) with rules, as of the last scan
+	busy                    map[string]bool         // owners whose alerts a delivery goroutine is attending
+	work                    sync.WaitGroup          // those goroutines
 	limiters                map[string]*rate.Limiter
 	failures                map[string]int // consecutive failed attempts, by tenant/channel
 	active                  map[string]string
@@ -84,7 +88,8 @@ const eventBuffer = 4096
 // Open opens the stores; Run evaluates and delivers.
 func Open(ctx context.Context, o Options) (*Service, error) {
 	s := &Service{o: o, log: o.Logger, events: make(chan Event, eventBuffer), ruleCache: map[string]cachedRules{},
-		windows: map[string][]occurrence{}, since: map[string]time.Time{}, seen: map[string]time.Time{},
+		windows: map[string]*window{}, since: map[string]pendingLevel{}, seen: map[string]time.Time{}, levelOpen: map[string]string{},
+		busy:     map[string]bool{},
 		limiters: map[string]*rate.Limiter{}, failures: map[string]int{}, active: map[string]string{}}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -287,6 +292,9 @@ func (s *Service) DeleteRule(ctx context.Context, tenant, name string) error {
 func (s *Service) forgetRules(tenant string) {
 	s.mu.Lock()
 	delete(s.ruleCache, tenant)
+	if s.ruleOwners != nil {
+		s.ruleOwners[tenant] = true // read again at the next use, until the next scan says
+	}
 	s.mu.Unlock()
 }
 
@@ -297,9 +305,13 @@ const ruleCacheFor = 10 * time.Second
 func (s *Service) rulesOf(ctx context.Context, tenant string) []Rule {
 	s.mu.Lock()
 	c, ok := s.ruleCache[tenant]
+	owners := s.ruleOwners
 	s.mu.Unlock()
 	if ok && time.Since(c.at) < ruleCacheFor {
 		return c.rules
+	}
+	if owners != nil && !owners[tenant] {
+		return nil // no rules as of the last scan (a rule put on this node is added at once)
 	}
 	rules, err := s.Rules(ctx, tenant)
 	if err != nil {
@@ -312,6 +324,23 @@ func (s *Service) rulesOf(ctx context.Context, tenant string) []Rule {
 	s.ruleCache[tenant] = cachedRules{rules: rules, at: time.Now()}
 	s.mu.Unlock()
 	return rules
+}
+
+// refreshRuleOwners reads which tenants have rules, with one listing of the rules bucket.
+func (s *Service) refreshRuleOwners(ctx context.Context) {
+	owners, err := s.rules.Tenants(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.log.Warn("list rules", "error", err)
+		}
+		return
+	}
+	if owners[PlatformTenant] {
+		owners[""] = true
+	}
+	s.mu.Lock()
+	s.ruleOwners = owners
+	s.mu.Unlock()
 }
 
 // Alert reads one alert.

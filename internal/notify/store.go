@@ -2,7 +2,6 @@ package notify
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -85,12 +84,6 @@ func ids(ctx context.Context, s *keyring.Sealed, tenant, prefix string) ([]strin
 // Alert records: "a-<random>" for an alert, "s-<hash>" for the slot of an open alert of one
 // rule on one resource, holding the alert's id. Creating the slot (compare and set) is what
 // makes two nodes seeing the same burst open one alert.
-func newAlertID() string {
-	b := make([]byte, 8)
-	_, _ = rand.Read(b)
-	return "a-" + hex.EncodeToString(b)
-}
-
 func slotID(rule, resource string) string {
 	h := sha256.Sum256([]byte(rule + "\x00" + resource))
 	return "s-" + hex.EncodeToString(h[:16])

@@ -150,6 +150,20 @@ func (l *levels) measure(ctx context.Context, want map[string][]string) []notify
 	}
 	out := l.queues(ctx, queues, now)
 	out = append(out, l.late(ctx, by["pipeline.late"], now)...)
+	if limit := l.a.cfg.Fabric.MaxStorage; limit > 0 {
+		for t := range by["quota.storage"] {
+			tn, ok := l.a.ident.Tenant(t)
+			if !ok {
+				continue
+			}
+			for _, env := range tn.Environments {
+				if used, err := l.a.fabric.StorageUsed(ctx, t, env); err == nil {
+					out = append(out, notify.Event{Tenant: t, Environment: env, Kind: "quota.storage", Resource: env,
+						Value: math.Floor(float64(used) * 100 / float64(limit)), Time: now})
+				}
+			}
+		}
+	}
 	for t := range by["apikey.expiring"] {
 		for _, k := range l.a.ident.APIKeys("") {
 			if k.Scope.Tenant == t && !k.Revoked && !k.Expires.IsZero() {

@@ -477,8 +477,10 @@ func TestLevelAlertResolvesAndAFailingChannelTellsThePlatform(t *testing.T) {
 	broken := newReceiver(t, hookSecret, signed(hookSecret))
 	broken.failing = true
 	ops := newReceiver(t, hookSecret+"-ops", signed(hookSecret+"-ops"))
+	quota := newReceiver(t, hookSecret, signed(hookSecret))
 	ta := startApp(t, func(c *config.Config) {
 		fastNotify(c)
+		c.Fabric.MaxStorage = 1 << 20
 		c.Notify.FailingAfter = 2
 		c.Notify.PlatformEgress = []string{ops.srv.Listener.Addr().String()}
 	})
@@ -487,7 +489,11 @@ func TestLevelAlertResolvesAndAFailingChannelTellsThePlatform(t *testing.T) {
 	ta.must(t, "POST", "/v1/tenants/acme/environments/production/applications", map[string]string{"name": "billing"}, 201)
 	base := "/v1/tenants/acme/environments/production/applications/billing"
 	ta.must(t, "POST", base+"/queues", map[string]any{"name": "orders"}, 201)
-	ta.must(t, "PUT", "/v1/tenants/acme/egress", map[string]any{"rules": []string{hook.srv.Listener.Addr().String(), broken.srv.Listener.Addr().String()}}, 200)
+	ta.must(t, "PUT", "/v1/tenants/acme/egress", map[string]any{"rules": []string{hook.srv.Listener.Addr().String(),
+		broken.srv.Listener.Addr().String(), quota.srv.Listener.Addr().String()}}, 200)
+	ta.must(t, "PUT", "/v1/notify/channels/quota?tenant=acme", map[string]any{"type": "webhook", "url": quota.srv.URL, "secret": hookSecret}, 200)
+	ta.must(t, "PUT", "/v1/notify/rules/storage?tenant=acme", map[string]any{"event": "quota.storage", "threshold": 5,
+		"channels": []string{"quota"}}, 200)
 	ta.must(t, "PUT", "/v1/notify/channels/hook?tenant=acme", map[string]any{"type": "webhook", "url": hook.srv.URL, "secret": hookSecret}, 200)
 	ta.must(t, "PUT", "/v1/notify/channels/broken?tenant=acme", map[string]any{"type": "webhook", "url": broken.srv.URL, "secret": hookSecret}, 200)
 	ta.must(t, "PUT", "/v1/notify/channels/ops", map[string]any{"type": "webhook", "url": ops.srv.URL, "secret": hookSecret + "-ops"}, 200)
@@ -500,13 +506,15 @@ func TestLevelAlertResolvesAndAFailingChannelTellsThePlatform(t *testing.T) {
 	ta.must(t, "PUT", "/v1/notify/rules/backlog?tenant=acme", map[string]any{"event": "queue.depth", "resource": "production/billing/orders",
 		"threshold": 3, "channels": []string{"hook", "broken"}}, 200)
 
+	// Four messages of 16 KiB: about 6 % of the environment's 1 MiB of storage.
 	var msgs []map[string]any
 	for i := range 4 {
-		msgs = append(msgs, map[string]any{"data": payloadMarker + strconv.Itoa(i)})
+		msgs = append(msgs, map[string]any{"data": payloadMarker + strconv.Itoa(i) + strings.Repeat("x", 16<<10)})
 	}
 	ta.must(t, "POST", base+"/queues/orders/messages", map[string]any{"messages": msgs}, 200)
 	waitFor(t, "the backlog alert", func() bool { _, d := hook.state(); return len(d) == 1 })
 	waitFor(t, "the platform alert about the failing channel", func() bool { _, d := ops.state(); return len(d) == 1 })
+	waitFor(t, "the storage alert", func() bool { _, d := quota.state(); return len(d) == 1 })
 	platform := alertsOf(t, ta, "")
 	if len(platform) != 1 || platform[0].Event != "notify.channel_failing" || platform[0].Resource != "channel:acme/broken" {
 		t.Fatalf("platform alerts: %+v", platform)
@@ -517,12 +525,21 @@ func TestLevelAlertResolvesAndAFailingChannelTellsThePlatform(t *testing.T) {
 		tokens = append(tokens, m.(map[string]any)["ack_token"].(string))
 	}
 	ta.must(t, "POST", base+"/queues/orders/ack", map[string]any{"tokens": tokens}, 204)
-	waitFor(t, "the resolve notice", func() bool { _, d := hook.state(); return len(d) == 2 })
+	waitFor(t, "the resolve notices", func() bool {
+		_, d := hook.state()
+		_, q := quota.state()
+		return len(d) == 2 && len(q) == 2
+	})
 	alerts := alertsOf(t, ta, "tenant=acme")
-	if len(alerts) != 1 || alerts[0].State != notify.Resolved || alerts[0].Value != 4 || alerts[0].Count < 1 {
-		t.Fatalf("backlog alerts: %+v", alerts)
+	if len(alerts) != 2 {
+		t.Fatalf("alerts: %+v", alerts)
 	}
-	for _, b := range append(hook.bodies, ops.bodies...) {
+	for _, a := range alerts {
+		if a.State != notify.Resolved || a.Event == "queue.depth" && a.Value != 4 || a.Event == "quota.storage" && (a.Value < 5 || a.Value > 10) {
+			t.Fatalf("alerts: %+v", alerts)
+		}
+	}
+	for _, b := range append(append(hook.bodies, ops.bodies...), quota.bodies...) {
 		if strings.Contains(b, payloadMarker) || strings.Contains(b, hookSecret) {
 			t.Fatalf("a notice carries a payload or a secret: %s", b)
 		}

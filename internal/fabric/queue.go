@@ -394,3 +394,17 @@ func validHeader(k string) error {
 	}
 	return nil
 }
+
+// StorageUsed is what a tenant-environment stores in the engine, in bytes (what
+// fabric.max_storage limits).
+func (s *Service) StorageUsed(ctx context.Context, tenant, env string) (uint64, error) {
+	ta, err := s.account(ctx, tenant, env)
+	if err != nil {
+		return 0, err
+	}
+	info, err := ta.acc.JetStream().AccountInfo(ctx)
+	if err != nil {
+		return 0, jsErr(err, "account")
+	}
+	return info.Store, nil
+}

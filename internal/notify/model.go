@@ -39,6 +39,7 @@ var Kinds = []Kind{
 	{Name: "pipeline.late", Description: "time a scheduled pipeline is overdue", Level: true, Unit: "seconds"},
 	{Name: "fabric.native_refused", Description: "native (NATS, MQTT, WebSocket) logins refused", Unit: "logins", Platform: true},
 	{Name: "fabric.quota_refused", Description: "publishes refused by a tenant-environment's quota", Unit: "refusals"},
+	{Name: "quota.storage", Description: "share of fabric.max_storage an environment stores", Level: true, Unit: "percent"},
 	{Name: "auth.login_failed", Description: "failed logins to the API", Unit: "logins", Platform: true},
 	{Name: "apikey.expiring", Description: "days until an API key expires", Level: true, Below: true, Unit: "days"},
 	{Name: "cert.expiring", Description: "days until the API's TLS certificate expires", Level: true, Below: true, Unit: "days", Platform: true},

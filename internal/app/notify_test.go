@@ -548,3 +548,68 @@ func TestLevelAlertResolvesAndAFailingChannelTellsThePlatform(t *testing.T) {
 		t.Fatal("a resolved alert listed as firing")
 	}
 }
+
+// TestEventSources: failed logins (every unknown name one resource), the API certificate and an
+// API key near expiry, and a failed pipeline run each open one alert through their rules.
+func TestEventSources(t *testing.T) {
+	hook := newReceiver(t, hookSecret, signed(hookSecret))
+	ops := newReceiver(t, hookSecret, signed(hookSecret))
+	ta := startApp(t, func(c *config.Config) {
+		fastNotify(c)
+		c.Notify.PlatformEgress = []string{ops.srv.Listener.Addr().String()}
+	})
+	ta.adminSession(t)
+	ta.must(t, "POST", "/v1/tenants", map[string]string{"name": "acme"}, 201)
+	ta.must(t, "POST", "/v1/tenants/acme/environments/production/applications", map[string]string{"name": "billing"}, 201)
+	base := "/v1/tenants/acme/environments/production/applications/billing"
+	ta.must(t, "PUT", "/v1/tenants/acme/egress", map[string]any{"rules": []string{hook.srv.Listener.Addr().String()}}, 200)
+	ta.must(t, "PUT", "/v1/notify/channels/hook?tenant=acme", map[string]any{"type": "webhook", "url": hook.srv.URL, "secret": hookSecret}, 200)
+	ta.must(t, "PUT", "/v1/notify/channels/ops", map[string]any{"type": "webhook", "url": ops.srv.URL, "secret": hookSecret}, 200)
+	for name, rule := range map[string]map[string]any{
+		"logins": {"event": "auth.login_failed", "threshold": 3, "window": "10m"},
+		"cert":   {"event": "cert.expiring", "threshold": 100000},
+	} {
+		rule["channels"] = []string{"ops"}
+		ta.must(t, "PUT", "/v1/notify/rules/"+name, rule, 200)
+	}
+	for name, rule := range map[string]map[string]any{
+		"runs": {"event": "pipeline.run_failed", "resource": "production/billing/*"},
+		"keys": {"event": "apikey.expiring", "threshold": 30},
+	} {
+		rule["channels"] = []string{"hook"}
+		ta.must(t, "PUT", "/v1/notify/rules/"+name+"?tenant=acme", rule, 200)
+	}
+
+	for i := range 3 {
+		ta.call(t, "POST", "/v1/auth/login", "-", map[string]string{"user": "nobody-" + strconv.Itoa(i), "password": "Wrong-" + payloadMarker})
+	}
+	key := ta.must(t, "POST", "/v1/apikeys", map[string]any{"role": "viewer", "scope": "acme/production", "expires": time.Now().Add(72 * time.Hour)}, 201)
+	ta.must(t, "PUT", base+"/pipelines/broken", map[string]any{
+		"source": map[string]any{"type": "file", "path": "missing.csv"}, "sink": map[string]any{"type": "file", "path": "out.jsonl"},
+		"schedule": "every 1h"}, 200)
+	ta.must(t, "POST", base+"/pipelines/broken/run", nil, 202)
+
+	waitFor(t, "the platform's two alerts", func() bool { _, d := ops.state(); return len(d) == 2 })
+	waitFor(t, "the tenant's two alerts", func() bool { _, d := hook.state(); return len(d) == 2 })
+	got := map[string]notify.Alert{}
+	for _, a := range append(alertsOf(t, ta, ""), alertsOf(t, ta, "tenant=acme")...) {
+		got[a.Event] = a
+	}
+	if a := got["auth.login_failed"]; a.Resource != "unknown-user" || a.Count != 3 {
+		t.Fatalf("failed logins: %+v", a)
+	}
+	if a := got["cert.expiring"]; a.Resource != "api-certificate" || a.Value < 1 {
+		t.Fatalf("certificate: %+v", a)
+	}
+	if a := got["apikey.expiring"]; a.Resource != "apikey:"+key["record"].(map[string]any)["id"].(string) || a.Value != 2 {
+		t.Fatalf("API key: %+v", a)
+	}
+	if a := got["pipeline.run_failed"]; a.Resource != "production/billing/broken" || a.Count != 1 {
+		t.Fatalf("pipeline: %+v", a)
+	}
+	for _, b := range append(hook.bodies, ops.bodies...) {
+		if strings.Contains(b, payloadMarker) || strings.Contains(b, "nobody-") {
+			t.Fatalf("a notice carries what a caller typed: %s", b)
+		}
+	}
+}

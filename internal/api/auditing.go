@@ -41,9 +41,11 @@ type requestInfo struct {
 // secret (its last segment) is left out.
 func loggedPath(p string) string {
 	if rest, ok := strings.CutPrefix(p, "/v1/ack/"); ok {
-		if i := strings.LastIndexByte(rest, '/'); i >= 0 {
-			return "/v1/ack/" + rest[:i] + "/[redacted]"
+		parts := strings.SplitN(rest, "/", 3)
+		if len(parts) == 3 {
+			return "/v1/ack/" + parts[0] + "/" + parts[1] + "/[redacted]"
 		}
+		return "/v1/ack/[redacted]"
 	}
 	return p
 }

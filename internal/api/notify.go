@@ -296,6 +296,9 @@ func registerAckLink(g gate, hapi huma.API, o Options) {
 			}
 			return nil, notFound()
 		}
+		if !a.Acked.IsZero() || a.State != notify.Firing {
+			return page(a) // nothing to change: nothing written, nothing audited
+		}
 		// Audited before it happens, as every change is: no audit, no acknowledgement.
 		ev.Tenant, ev.Result = in.tenant(), "started"
 		if _, err := o.Audit.Append(ctx, ev); err != nil {

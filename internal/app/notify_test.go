@@ -264,11 +264,19 @@ func TestEscalationEmailThenSMSThenVoiceStoppedByAck(t *testing.T) {
 	if st, _, raw := ta.call(t, "GET", link, "-", nil); st != 200 || !strings.Contains(raw, "<button") {
 		t.Fatalf("link page: %d %s", st, raw)
 	}
-	if st, _, raw := ta.call(t, "POST", link[:len(link)-1]+"0", "-", nil); st != 404 {
+	wrong := link[:len(link)-1] + map[bool]string{true: "1", false: "0"}[strings.HasSuffix(link, "0")]
+	if st, _, raw := ta.call(t, "POST", wrong, "-", nil); st != 404 {
 		t.Fatalf("link with a wrong secret: %d %s", st, raw)
 	}
 	if st, _, raw := ta.call(t, "POST", link, "-", nil); st != 200 || !strings.Contains(raw, "acknowledged by ack-link") {
 		t.Fatalf("link POST: %d %s", st, raw)
+	}
+	if secret := link[strings.LastIndexByte(link, '/')+1:]; strings.Contains(ta.logs.String(), secret) {
+		t.Fatal("the link's secret is in the server's log")
+	}
+	if st, _, raw := ta.call(t, "GET", "/v1/audit?limit=1000", "", nil); st != 200 || strings.Contains(raw, link[strings.LastIndexByte(link, '/')+1:]) ||
+		!strings.Contains(raw, "ack-link") {
+		t.Fatalf("audit of the link: %d %s", st, raw)
 	}
 
 	// Eight seconds without a dead letter: both resolve, and every channel told is told so.

@@ -130,6 +130,7 @@ func (c Channel) View() View {
 // authority needs the credentials again, or whoever may change a channel could redirect its
 // stored password to a server of their own.
 func (c *Channel) keep(old Channel) {
+	c.defaults() // old is stored with its defaults filled
 	if c.Type != old.Type || c.SMTPHost != old.SMTPHost || c.SMTPPort != old.SMTPPort || c.TLS != old.TLS ||
 		c.Username != old.Username || c.BaseURL != old.BaseURL || c.AccountSID != old.AccountSID || c.CAPEM != old.CAPEM {
 		return
@@ -147,6 +148,26 @@ func (c *Channel) keep(old Channel) {
 
 var phonePattern = regexp.MustCompile(`^\+[1-9][0-9]{6,14}$`)
 
+// defaults fills what a channel may leave out.
+func (c *Channel) defaults() {
+	if c.PerHour == 0 {
+		c.PerHour = 60
+	}
+	switch c.Type {
+	case Email:
+		if c.TLS == "" {
+			c.TLS = "starttls"
+		}
+		if c.SMTPPort == 0 {
+			c.SMTPPort = map[string]int{"starttls": 587, "tls": 465, "none": 25}[c.TLS]
+		}
+	case SMS, Voice:
+		if c.BaseURL == "" {
+			c.BaseURL = "https://api.twilio.com"
+		}
+	}
+}
+
 // Normalize fills defaults and checks the channel, naming the field at fault.
 func (c *Channel) Normalize() error {
 	if !validName(c.Name) {
@@ -155,9 +176,7 @@ func (c *Channel) Normalize() error {
 	if !slices.Contains(channelTypes, c.Type) {
 		return invalid("type", "%q: one of %s", c.Type, strings.Join(channelTypes, ", "))
 	}
-	if c.PerHour == 0 {
-		c.PerHour = 60
-	}
+	c.defaults()
 	if c.PerHour < 1 || c.PerHour > 100000 {
 		return invalid("per_hour", "between 1 and 100000")
 	}
@@ -171,9 +190,6 @@ func (c *Channel) Normalize() error {
 	case Email:
 		return c.normalizeEmail()
 	case SMS, Voice:
-		if c.BaseURL == "" {
-			c.BaseURL = "https://api.twilio.com"
-		}
 		if err := checkURL("base_url", c.BaseURL); err != nil {
 			return err
 		}
@@ -212,14 +228,8 @@ func (c *Channel) normalizeEmail() error {
 	if c.SMTPHost == "" || len(c.SMTPHost) > 253 || strings.ContainsAny(c.SMTPHost, "/ :@") {
 		return invalid("smtp_host", "required: a host name or address")
 	}
-	if c.TLS == "" {
-		c.TLS = "starttls"
-	}
 	if !slices.Contains([]string{"starttls", "tls", "none"}, c.TLS) {
 		return invalid("tls", "%q: starttls, tls or none", c.TLS)
-	}
-	if c.SMTPPort == 0 {
-		c.SMTPPort = map[string]int{"starttls": 587, "tls": 465, "none": 25}[c.TLS]
 	}
 	if c.SMTPPort < 1 || c.SMTPPort > 65535 {
 		return invalid("smtp_port", "between 1 and 65535")

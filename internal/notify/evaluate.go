@@ -136,15 +136,18 @@ func (s *Service) level(ctx context.Context, h *hit) error {
 	now := h.ev.Time
 	s.mu.Lock()
 	id, cached := s.levelOpen[h.mk()]
+	cached = cached && !h.kind.PerRun // per-run levels come to any node: read the store
 	s.mu.Unlock()
 	if !cached {
 		var err error
 		if id, err = s.openAlert(ctx, h.owner, h.key); err != nil {
 			return err
 		}
-		s.mu.Lock()
-		s.levelOpen[h.mk()] = id
-		s.mu.Unlock()
+		if !h.kind.PerRun {
+			s.mu.Lock()
+			s.levelOpen[h.mk()] = id
+			s.mu.Unlock()
+		}
 	}
 	if id != "" {
 		s.mu.Lock()
@@ -161,14 +164,21 @@ func (s *Service) level(ctx context.Context, h *hit) error {
 		return s.resolve(ctx, h.owner, id, &h.rule)
 	}
 	if id != "" {
+		// Measured every tick: written when the value changed, else once a minute.
 		_, err := s.update(ctx, h.owner, id, func(a *Alert) error {
 			if a.State != Firing {
 				return errNoChange
+			}
+			if a.Value == h.ev.Value && now.Sub(a.Last) < time.Minute {
+				return errSame
 			}
 			a.Value, a.Last = h.ev.Value, now.UTC()
 			a.Count++
 			return nil
 		})
+		if errors.Is(err, errSame) {
+			return nil
+		}
 		if !errors.Is(err, errNoChange) {
 			return err
 		}
@@ -270,8 +280,13 @@ func (s *Service) finishOpening(ctx context.Context, owner string, a Alert) erro
 	} else if sl.Alert != a.ID {
 		return s.alerts.Delete(ctx, scopeOf(owner), a.ID)
 	}
-	_, err := s.update(ctx, owner, a.ID, func(a *Alert) error { a.Opening = false; return nil })
-	return err
+	opened, err := s.update(ctx, owner, a.ID, func(a *Alert) error { a.Opening = false; return nil })
+	if err != nil {
+		return err
+	}
+	s.m.raised.WithLabelValues(opened.Event).Inc()
+	s.audit(ctx, owner, "alert.opened", opened, nil)
+	return nil
 }
 
 // resolve closes an alert and queues its resolve notice to every channel told of it.
@@ -281,7 +296,7 @@ func (s *Service) resolve(ctx context.Context, owner, id string, r *Rule) error 
 			return errNoChange
 		}
 		now := time.Now().UTC()
-		a.State, a.Resolved = Resolved, now
+		a.State, a.Resolved, a.Opening = Resolved, now, false
 		if r != nil && !r.NoResolve {
 			a.addNotices(Cleared, a.notified(), now)
 		}
@@ -305,7 +320,10 @@ func (s *Service) resolve(ctx context.Context, owner, id string, r *Rule) error 
 	return nil
 }
 
-var errNoChange = errors.New("no change")
+var (
+	errNoChange = errors.New("no change")
+	errSame     = errors.New("same value")
+)
 
 func newAlertID() string {
 	b := make([]byte, 8)

@@ -36,25 +36,55 @@ func (s *Service) Events(ctx context.Context) {
 				}
 			}
 			s.evaluate(ctx, batch)
+			s.mu.Lock()
+			due := time.Since(s.lastPrune) >= scanEvery
+			s.mu.Unlock()
+			if due {
+				s.prune(time.Now())
+			}
 		}
 	}
 }
 
 // Ticks measures levels, resolves, escalates and delivers every notify.tick until ctx ends or
 // the service closes. One node runs it (in a cluster, the holder of its lease).
+//
+// Delivery never waits for the rest: each tick hands every tenant's due alerts to a goroutine
+// of their own, and the scan of stored alerts and the measurement of levels run in one
+// goroutine beside it, a round at a time.
 func (s *Service) Ticks(ctx context.Context) {
-	defer s.work.Wait()
+	s.mu.Lock()
+	s.ticking = true
+	s.mu.Unlock()
+	defer func() {
+		s.work.Wait()
+		s.mu.Lock()
+		s.ticking, s.active, s.levelOpen = false, map[string]string{}, map[string]string{}
+		s.mu.Unlock()
+	}()
+	s.lastScan = time.Time{} // read every stored alert at once: this node may have just taken over
+	s.measure(ctx)
 	t := time.NewTicker(s.o.Config.Tick)
 	defer t.Stop()
-	s.lastScan = time.Time{} // read every stored alert at once: this node may have just taken over
+	measuring := make(chan struct{}, 1)
 	for {
-		s.tick(ctx)
 		select {
 		case <-ctx.Done():
 			return
 		case <-s.ctx.Done():
 			return
 		case <-t.C:
+		}
+		s.dispatch(ctx)
+		select {
+		case measuring <- struct{}{}:
+			s.work.Add(1)
+			go func() {
+				defer s.work.Done()
+				defer func() { <-measuring }()
+				s.measure(ctx)
+			}()
+		default: // the last round is still measuring
 		}
 	}
 }
@@ -67,9 +97,9 @@ const scanEvery = 30 * time.Second
 // rule's filter changed) before it resolves.
 const levelStale = 5 * time.Minute
 
-func (s *Service) tick(ctx context.Context) {
-	now := time.Now()
-	if now.Sub(s.lastScan) >= scanEvery {
+// measure scans the stored alerts when due, then measures the levels rules watch.
+func (s *Service) measure(ctx context.Context) {
+	if now := time.Now(); now.Sub(s.lastScan) >= scanEvery {
 		s.refreshRuleOwners(ctx)
 		s.scan(ctx, now)
 		s.lastScan = now
@@ -79,6 +109,11 @@ func (s *Service) tick(ctx context.Context) {
 			s.evaluate(ctx, s.o.Levels(ctx, want))
 		}
 	}
+}
+
+// dispatch hands each owner's alerts to a goroutine that resolves, escalates and delivers
+// them, unless one is still at it.
+func (s *Service) dispatch(ctx context.Context) {
 	byOwner := map[string][]string{}
 	s.mu.Lock()
 	for id, owner := range s.active {
@@ -154,17 +189,8 @@ func (s *Service) scan(ctx context.Context, now time.Time) {
 	}
 	s.mu.Lock()
 	s.levelOpen = map[string]string{}
-	for k, w := range s.windows {
-		if len(w.occ) == 0 || now.Sub(w.occ[len(w.occ)-1].at) >= w.span {
-			delete(s.windows, k)
-		}
-	}
-	for k, p := range s.since {
-		if now.Sub(p.last) >= levelStale {
-			delete(s.since, k)
-		}
-	}
 	s.mu.Unlock()
+	s.prune(now)
 	for o := range owners {
 		owner := o
 		if o == PlatformTenant {
@@ -187,6 +213,29 @@ func (s *Service) scan(ctx context.Context, now time.Time) {
 				continue
 			}
 			s.track(owner, a)
+		}
+	}
+}
+
+// prune forgets what memory holds of quiet rules and resources: occurrence windows past their
+// span, levels no longer over their threshold, measurements of alerts long gone.
+func (s *Service) prune(now time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.lastPrune = now
+	for k, w := range s.windows {
+		if len(w.occ) == 0 || now.Sub(w.occ[len(w.occ)-1].at) >= w.span {
+			delete(s.windows, k)
+		}
+	}
+	for k, p := range s.since {
+		if now.Sub(p.last) >= levelStale {
+			delete(s.since, k)
+		}
+	}
+	for id, t := range s.seen {
+		if now.Sub(t) >= 2*levelStale {
+			delete(s.seen, id)
 		}
 	}
 }
@@ -218,7 +267,7 @@ func (s *Service) attend(ctx context.Context, owner, id string, now time.Time) e
 			return s.resolve(ctx, owner, id, nil) // the rule is gone: nobody is told
 		case !k.Level && now.Sub(a.Last) >= r.window:
 			return s.resolve(ctx, owner, id, r)
-		case k.Level && now.Sub(seen) >= levelStale:
+		case k.Level && !k.PerRun && now.Sub(later(seen, a.Last)) >= levelStale:
 			return s.resolve(ctx, owner, id, r)
 		case a.Acked.IsZero() && a.Step < len(r.Escalate) && now.Sub(a.Opened) >= r.Escalate[a.Step].after:
 			step := r.Escalate[a.Step]
@@ -244,6 +293,13 @@ func (s *Service) attend(ctx context.Context, owner, id string, now time.Time) e
 	return nil
 }
 
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
 func (s *Service) rule(ctx context.Context, owner, name string) *Rule {
 	for _, r := range s.rulesOf(ctx, owner) {
 		if r.Name == name {
@@ -258,6 +314,8 @@ func (s *Service) deliver(ctx context.Context, owner string, a *Alert, n Notice)
 	now := time.Now()
 	c, err := s.Channel(ctx, owner, n.Channel)
 	if errors.Is(err, ErrNotFound) {
+		s.audit(ctx, owner, "alert.notice_abandoned", *a, map[string]string{"channel": n.Channel, "seq": strconv.Itoa(n.Seq),
+			"reason": "the channel was deleted"})
 		return s.settle(ctx, owner, a.ID, n.Seq, func(n *Notice) {
 			n.State, n.LastError = Abandoned, "the channel was deleted"
 		})
@@ -275,6 +333,8 @@ func (s *Service) deliver(ctx context.Context, owner string, a *Alert, n Notice)
 	s.mu.Unlock()
 	if !lim.Allow() {
 		if now.Sub(n.Created) >= s.o.Config.GiveUpAfter {
+			s.audit(ctx, owner, "alert.notice_abandoned", *a, map[string]string{"channel": c.Name, "seq": strconv.Itoa(n.Seq),
+				"reason": "over the channel's per_hour for notify.give_up_after"})
 			return s.settle(ctx, owner, a.ID, n.Seq, func(n *Notice) {
 				n.State, n.LastError = Abandoned, "over the channel's per_hour for notify.give_up_after"
 			})
@@ -336,8 +396,28 @@ func (s *Service) links(owner string, a *Alert) links {
 	return l
 }
 
-// settle records a notice's outcome on the stored alert, unless another node settled it.
+// settle records a notice's outcome on the stored alert, unless another node settled it. It
+// does not stop with ctx (a shutdown, a lost lease): a confirmation the channel gave is
+// recorded if the store takes it within settleTimeout, a few attempts.
 func (s *Service) settle(ctx context.Context, owner, id string, seq int, f func(*Notice)) error {
+	var err error
+	for attempt := range 3 {
+		if attempt > 0 {
+			time.Sleep(time.Duration(attempt) * 100 * time.Millisecond)
+		}
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
+		err = s.settleOnce(sctx, owner, id, seq, f)
+		cancel()
+		if err == nil || errors.Is(err, ErrNotFound) || errors.Is(err, keyring.ErrDestroyed) {
+			return err
+		}
+	}
+	return err
+}
+
+const settleTimeout = 5 * time.Second
+
+func (s *Service) settleOnce(ctx context.Context, owner, id string, seq int, f func(*Notice)) error {
 	_, err := s.update(ctx, owner, id, func(a *Alert) error {
 		for i := range a.Notices {
 			if a.Notices[i].Seq == seq {

@@ -21,9 +21,12 @@ type Kind struct {
 	// threshold (or falls to it, Below) and resolves when it no longer does. The others are
 	// occurrences: an alert opens when Threshold of them arrive within the rule's window, and
 	// resolves after a window without any.
-	Level bool   `json:"level"`
-	Below bool   `json:"below,omitempty"`
-	Unit  string `json:"unit"`
+	Level bool `json:"level"`
+	// PerRun levels are measured once per run (a pipeline's error rate): an alert on one
+	// stays open until a run measures under the threshold.
+	PerRun bool   `json:"per_run,omitempty"`
+	Below  bool   `json:"below,omitempty"`
+	Unit   string `json:"unit"`
 	// Platform kinds happen outside any tenant: only platform rules see them.
 	Platform bool `json:"platform,omitempty"`
 }
@@ -35,7 +38,7 @@ var Kinds = []Kind{
 	{Name: "queue.oldest_age", Description: "age of the oldest message in a queue", Level: true, Unit: "seconds"},
 	{Name: "queue.no_consumer", Description: "time since anything consumed from a queue", Level: true, Unit: "seconds"},
 	{Name: "pipeline.run_failed", Description: "pipeline runs that failed", Unit: "runs"},
-	{Name: "pipeline.error_rate", Description: "share of a run's records that went to the dead-letter queue", Level: true, Unit: "percent"},
+	{Name: "pipeline.error_rate", Description: "share of a run's records that went to the dead-letter queue", Level: true, PerRun: true, Unit: "percent"},
 	{Name: "pipeline.late", Description: "time a scheduled pipeline is overdue", Level: true, Unit: "seconds"},
 	{Name: "fabric.native_refused", Description: "native (NATS, MQTT, WebSocket) logins refused", Unit: "logins", Platform: true},
 	{Name: "fabric.quota_refused", Description: "publishes refused by a tenant-environment's quota", Unit: "refusals"},

@@ -150,6 +150,13 @@ func TestChannelCredentialsStayInside(t *testing.T) {
 	if same.Password.Reveal() != "smtp-password" {
 		t.Fatal("a change of recipients lost the stored password")
 	}
+	// The same file put again, defaults left out as they were the first time.
+	again := Channel{Spec: Spec{Name: "m", Type: Email, SMTPHost: "smtp.example.com", Username: "u", From: "a@example.com",
+		To: []string{"b@example.com"}}}
+	again.keep(mail)
+	if err := again.Normalize(); err != nil || again.Password.Reveal() != "smtp-password" {
+		t.Fatalf("the same channel put again without its password: %v", err)
+	}
 	sms := Channel{Spec: Spec{Name: "s", Type: SMS, BaseURL: "https://api.twilio.com", AccountSID: "AC1"}, AuthToken: redact.NewSecret("tok")}
 	for _, spec := range []Spec{{Name: "s", Type: SMS, BaseURL: "https://evil.example.com", AccountSID: "AC1"},
 		{Name: "s", Type: SMS, BaseURL: "https://api.twilio.com", AccountSID: "AC2"}} {

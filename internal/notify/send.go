@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/hmac"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
 	"encoding/hex"
@@ -118,8 +117,6 @@ func sendMail(ctx context.Context, d *egress.Dialer, c Channel, m message) error
 // address or from names and numbers, and carries no line break.
 func mailBody(c Channel, m message) []byte {
 	var b bytes.Buffer
-	id := make([]byte, 12)
-	_, _ = rand.Read(id)
 	host := "penstock"
 	if from, err := parseAddress(c.From); err == nil {
 		if i := strings.LastIndexByte(from, '@'); i >= 0 {
@@ -133,7 +130,9 @@ func mailBody(c Channel, m message) []byte {
 	hdr("To", strings.Join(c.To, ", "))
 	hdr("Subject", m.alert.Subject(m.kind))
 	hdr("Date", time.Now().UTC().Format(time.RFC1123Z))
-	hdr("Message-ID", "<"+hex.EncodeToString(id)+"@"+host+">")
+	// The same on every attempt of one notice: a mail system that keeps Message-IDs drops a
+	// second copy.
+	hdr("Message-ID", "<"+m.alert.ID+"."+strconv.Itoa(m.seq)+"@"+host+">")
 	hdr("X-Penstock-Alert", m.alert.ID)
 	hdr("X-Penstock-Delivery", m.alert.ID+"/"+strconv.Itoa(m.seq))
 	hdr("MIME-Version", "1.0")

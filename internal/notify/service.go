@@ -59,7 +59,9 @@ type Service struct {
 	levelOpen               map[string]string       // the open level alert of owner|slot ("" none), until the next scan
 	ruleOwners              map[string]bool         // tenants ("" the platform) with rules, as of the last scan
 	busy                    map[string]bool         // owners whose alerts a delivery goroutine is attending
-	work                    sync.WaitGroup          // those goroutines
+	ticking                 bool                    // this node runs Ticks (delivers, measures levels)
+	lastPrune               time.Time
+	work                    sync.WaitGroup // those goroutines
 	limiters                map[string]*rate.Limiter
 	failures                map[string]int // consecutive failed attempts, by tenant/channel
 	active                  map[string]string
@@ -305,12 +307,12 @@ const ruleCacheFor = 10 * time.Second
 func (s *Service) rulesOf(ctx context.Context, tenant string) []Rule {
 	s.mu.Lock()
 	c, ok := s.ruleCache[tenant]
-	owners := s.ruleOwners
+	none := s.ruleOwners != nil && !s.ruleOwners[tenant]
 	s.mu.Unlock()
 	if ok && time.Since(c.at) < ruleCacheFor {
 		return c.rules
 	}
-	if owners != nil && !owners[tenant] {
+	if none {
 		return nil // no rules as of the last scan (a rule put on this node is added at once)
 	}
 	rules, err := s.Rules(ctx, tenant)
@@ -381,15 +383,20 @@ func (s *Service) Ack(ctx context.Context, tenant, id, by string) (Alert, error)
 	if !ValidAlertID(id) {
 		return Alert{}, ErrNotFound
 	}
-	return s.update(ctx, tenant, id, func(a *Alert) error {
+	a, err := s.update(ctx, tenant, id, func(a *Alert) error {
 		if a.State != Firing {
 			return fmt.Errorf("%w: alert %s is %s", ErrInvalid, id, a.State)
 		}
-		if a.Acked.IsZero() {
-			a.Acked, a.AckedBy = time.Now().UTC(), by
+		if !a.Acked.IsZero() {
+			return errNoChange // the first acknowledgement stands; nothing is written
 		}
+		a.Acked, a.AckedBy = time.Now().UTC(), by
 		return nil
 	})
+	if errors.Is(err, errNoChange) {
+		return a, nil
+	}
+	return a, err
 }
 
 // AckWithKey acknowledges an alert through its link: key is the link's secret. A wrong key
@@ -431,6 +438,9 @@ func (s *Service) update(ctx context.Context, tenant, id string, change func(*Al
 func (s *Service) track(tenant string, a Alert) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if !s.ticking { // another node delivers: its scan finds the alert
+		return
+	}
 	if a.State == Firing || a.pending() {
 		s.active[a.ID] = tenant
 	} else {

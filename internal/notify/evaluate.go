@@ -231,6 +231,10 @@ const openingGrace = time.Minute
 // stored alert, and the loser of a race between nodes deletes its own.
 func (s *Service) open(ctx context.Context, h *hit, value float64) error {
 	now := h.ev.Time.UTC()
+	if !s.mayOpen(h.owner, now) {
+		s.m.capped.Inc()
+		return nil
+	}
 	id := newAlertID()
 	a := Alert{ID: id, Tenant: h.owner, Rule: h.rule.Name, Event: h.ev.Kind, Environment: h.ev.Environment,
 		Application: h.ev.Application, Resource: h.ev.Resource, Severity: h.rule.Severity, State: Firing,
@@ -269,6 +273,30 @@ func (s *Service) open(ctx context.Context, h *hit, value float64) error {
 	s.m.raised.WithLabelValues(a.Event).Inc()
 	s.audit(ctx, h.owner, "alert.opened", a, nil)
 	return nil
+}
+
+// maxOpensPerHour bounds the alerts one owner's rules open in an hour on one node: rules that
+// match a resource per name a caller chooses cannot flood the store and the channels.
+const maxOpensPerHour = 500
+
+type openCount struct {
+	from time.Time
+	n    int
+}
+
+func (s *Service) mayOpen(owner string, now time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.opens[owner]
+	if now.Sub(c.from) >= time.Hour {
+		c = openCount{from: now}
+	}
+	if c.n >= maxOpensPerHour {
+		return false
+	}
+	c.n++
+	s.opens[owner] = c
+	return true
 }
 
 // finishOpening decides the fate of an alert left opening past openingGrace: open if its slot

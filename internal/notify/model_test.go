@@ -214,3 +214,22 @@ func TestOccurrenceAndLevelMatching(t *testing.T) {
 		t.Fatal("a below kind alerts at or under its threshold")
 	}
 }
+
+func TestOpensPerHourAreBounded(t *testing.T) {
+	s := &Service{opens: map[string]openCount{}}
+	now := time.Now()
+	for i := range maxOpensPerHour {
+		if !s.mayOpen("acme", now.Add(time.Duration(i)*time.Millisecond)) {
+			t.Fatalf("open %d refused", i)
+		}
+	}
+	if s.mayOpen("acme", now.Add(time.Second)) {
+		t.Fatal("open past the hour's bound allowed")
+	}
+	if !s.mayOpen("globex", now) {
+		t.Fatal("another owner is bounded by acme's opens")
+	}
+	if !s.mayOpen("acme", now.Add(time.Hour)) {
+		t.Fatal("a new hour still refused")
+	}
+}

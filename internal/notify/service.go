@@ -60,6 +60,7 @@ type Service struct {
 	ruleOwners              map[string]bool         // tenants ("" the platform) with rules, as of the last scan
 	busy                    map[string]bool         // owners whose alerts a delivery goroutine is attending
 	ticking                 bool                    // this node runs Ticks (delivers, measures levels)
+	opens                   map[string]openCount    // alerts opened in the hour, by owner
 	lastPrune               time.Time
 	work                    sync.WaitGroup // those goroutines
 	limiters                map[string]*rate.Limiter
@@ -80,7 +81,7 @@ type occurrence struct {
 
 type metrics struct {
 	raised, sent, failed *prometheus.CounterVec
-	dropped              prometheus.Counter
+	dropped, capped      prometheus.Counter
 }
 
 // eventBuffer bounds events waiting for evaluation; a raise past it is dropped and counted,
@@ -91,7 +92,7 @@ const eventBuffer = 4096
 func Open(ctx context.Context, o Options) (*Service, error) {
 	s := &Service{o: o, log: o.Logger, events: make(chan Event, eventBuffer), ruleCache: map[string]cachedRules{},
 		windows: map[string]*window{}, since: map[string]pendingLevel{}, seen: map[string]time.Time{}, levelOpen: map[string]string{},
-		busy:     map[string]bool{},
+		busy: map[string]bool{}, opens: map[string]openCount{},
 		limiters: map[string]*rate.Limiter{}, failures: map[string]int{}, active: map[string]string{}}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -115,9 +116,11 @@ func Open(ctx context.Context, o Options) (*Service, error) {
 			Help: "Failed attempts to deliver a notice (each is retried), by channel type."}, []string{"type"}),
 		dropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "penstock_notify_events_dropped_total",
 			Help: "Events not evaluated because the evaluation queue was full."}),
+		capped: prometheus.NewCounter(prometheus.CounterOpts{Name: "penstock_alerts_capped_total",
+			Help: "Alerts not opened because their owner's rules opened 500 in the hour on this node."}),
 	}
 	if o.Registry != nil {
-		o.Registry.MustRegister(s.m.raised, s.m.sent, s.m.failed, s.m.dropped)
+		o.Registry.MustRegister(s.m.raised, s.m.sent, s.m.failed, s.m.dropped, s.m.capped)
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	return s, nil

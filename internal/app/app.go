@@ -307,7 +307,7 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger, version st
 		Leases:  a.leases,
 		Keyring: a.keys, Fabric: a.fabric, Registry: Connectors(), FilesRoot: filesRoot,
 		Logger: log.With("component", "pipeline"), DrainTimeout: cfg.Pipelines.DrainTimeout,
-		Egress: ident.EgressPolicy, OnRunEnd: a.onRunEnd,
+		Egress: ident.EgressPolicy, OnRunEnd: a.onRunEnd, OnDeadLetters: a.onPipelineDeadLetters,
 		Secrets: func(ctx context.Context, app keyring.Scope, name string) (redact.Secret, error) {
 			v, _, err := store.Get(ctx, app, name)
 			return v, err

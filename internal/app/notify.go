@@ -109,6 +109,13 @@ func (a *App) onRunEnd(app keyring.Scope, name string, run pipeline.Run) {
 	}
 }
 
+// onPipelineDeadLetters tells notifications of records a pipeline run sent to its dead-letter
+// queue (continuous runs never end: their failures are told as they go).
+func (a *App) onPipelineDeadLetters(app keyring.Scope, name string, records int64) {
+	a.notify.Raise(notify.Event{Tenant: app.Tenant, Environment: app.Environment, Application: app.Application,
+		Kind: "pipeline.dead_letters", Resource: app.Environment + "/" + app.Application + "/" + name, Value: float64(records)})
+}
+
 // levels measures the queues of the tenants whose rules watch queue levels.
 type levels struct {
 	a       *App

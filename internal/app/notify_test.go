@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -581,8 +583,10 @@ func TestEventSources(t *testing.T) {
 		ta.must(t, "PUT", "/v1/notify/rules/"+name, rule, 200)
 	}
 	for name, rule := range map[string]map[string]any{
-		"runs": {"event": "pipeline.run_failed", "resource": "production/billing/*"},
-		"keys": {"event": "apikey.expiring", "threshold": 30},
+		"runs":  {"event": "pipeline.run_failed", "resource": "production/billing/*"},
+		"keys":  {"event": "apikey.expiring", "threshold": 30},
+		"bad":   {"event": "pipeline.dead_letters", "resource": "production/billing/mixed"},
+		"ratio": {"event": "pipeline.error_rate", "threshold": 10},
 	} {
 		rule["channels"] = []string{"hook"}
 		ta.must(t, "PUT", "/v1/notify/rules/"+name+"?tenant=acme", rule, 200)
@@ -596,9 +600,24 @@ func TestEventSources(t *testing.T) {
 		"source": map[string]any{"type": "file", "path": "missing.csv"}, "sink": map[string]any{"type": "file", "path": "out.jsonl"},
 		"schedule": "every 1h"}, 200)
 	ta.must(t, "POST", base+"/pipelines/broken/run", nil, 202)
+	// One record of three fails validation: it goes to the dead-letter queue with its value,
+	// which no notice carries.
+	files := filepath.Join(ta.cfg.DataDir, "files", "acme")
+	if err := os.MkdirAll(files, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(files, "mixed.jsonl"), []byte("{\"n\": 1}\n{\"n\": \""+payloadMarker+"\"}\n{\"n\": 3}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ta.must(t, "PUT", base+"/pipelines/mixed", map[string]any{
+		"source": map[string]any{"type": "file", "path": "mixed.jsonl"}, "sink": map[string]any{"type": "file", "path": "out.jsonl"},
+		"transforms": []any{map[string]any{"validate": map[string]any{"schema": map[string]any{"type": "object",
+			"properties": map[string]any{"n": map[string]any{"type": "integer"}}, "required": []string{"n"}}}}},
+		"schedule": "every 1h"}, 200)
+	ta.must(t, "POST", base+"/pipelines/mixed/run", nil, 202)
 
 	waitFor(t, "the platform's two alerts", func() bool { _, d := ops.state(); return len(d) == 2 })
-	waitFor(t, "the tenant's two alerts", func() bool { _, d := hook.state(); return len(d) == 2 })
+	waitFor(t, "the tenant's four alerts", func() bool { _, d := hook.state(); return len(d) == 4 })
 	got := map[string]notify.Alert{}
 	for _, a := range append(alertsOf(t, ta, ""), alertsOf(t, ta, "tenant=acme")...) {
 		got[a.Event] = a
@@ -614,6 +633,12 @@ func TestEventSources(t *testing.T) {
 	}
 	if a := got["pipeline.run_failed"]; a.Resource != "production/billing/broken" || a.Count != 1 {
 		t.Fatalf("pipeline: %+v", a)
+	}
+	if a := got["pipeline.dead_letters"]; a.Resource != "production/billing/mixed" || a.Count != 1 {
+		t.Fatalf("pipeline dead letters: %+v", a)
+	}
+	if a := got["pipeline.error_rate"]; a.Resource != "production/billing/mixed" || a.Value < 33 || a.Value > 34 {
+		t.Fatalf("pipeline error rate: %+v", a)
 	}
 	for _, b := range append(hook.bodies, ops.bodies...) {
 		if strings.Contains(b, payloadMarker) || strings.Contains(b, "nobody-") {

@@ -37,6 +37,7 @@ var Kinds = []Kind{
 	{Name: "queue.depth", Description: "messages waiting in a queue", Level: true, Unit: "messages"},
 	{Name: "queue.oldest_age", Description: "age of the oldest message in a queue", Level: true, Unit: "seconds"},
 	{Name: "queue.no_consumer", Description: "time since anything consumed from a queue", Level: true, Unit: "seconds"},
+	{Name: "pipeline.dead_letters", Description: "records a pipeline run sent to its dead-letter queue", Unit: "records"},
 	{Name: "pipeline.run_failed", Description: "pipeline runs that failed", Unit: "runs"},
 	{Name: "pipeline.error_rate", Description: "share of a run's records that went to the dead-letter queue", Level: true, PerRun: true, Unit: "percent"},
 	{Name: "pipeline.late", Description: "time a scheduled pipeline is overdue", Level: true, Unit: "seconds"},

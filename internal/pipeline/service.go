@@ -54,6 +54,9 @@ type Options struct {
 	Resolver egress.Resolver
 	// OnRunEnd, if set, is told of every run that ended (notifications); it must not block.
 	OnRunEnd func(app keyring.Scope, pipeline string, run Run)
+	// OnDeadLetters, if set, is told of records a run sent to the dead-letter queue, as the
+	// run reports its progress; it must not block.
+	OnDeadLetters func(app keyring.Scope, pipeline string, records int64)
 }
 
 // Pipeline is a stored pipeline and its state.

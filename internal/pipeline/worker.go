@@ -300,6 +300,9 @@ func (p *reporter) end() {
 
 func (p *reporter) count() {
 	st := p.run.RunStats
+	if f := p.s.o.OnDeadLetters; f != nil && st.Failed > p.reported.Failed {
+		f(p.app, p.spec.Name, st.Failed-p.reported.Failed)
+	}
 	p.s.m.add(st, p.reported)
 	p.reported = st
 }

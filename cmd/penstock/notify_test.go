@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -213,4 +214,89 @@ func mustRead(t *testing.T, path string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// In a cluster of three, dead letters rejected through every node are one alert, delivered by
+// one node (the holder of the delivery lease); kill -9 of that node while the receiver refuses
+// the notice: another node takes the lease over and delivers it once.
+func TestClusterNotifyOneAlertOneDeliveryAcrossKill9(t *testing.T) {
+	tc := newTestCluster(t)
+	tc.env = append(tc.env, "PENSTOCK_NOTIFY_TICK=100ms", "PENSTOCK_NOTIFY_RETRY_BASE=200ms", "PENSTOCK_NOTIFY_RETRY_MAX=1s")
+	tc.start()
+	admin := tc.admin()
+	key := setupQueue(t, admin)
+	hook := newHookReceiver(t, "cluster-secret-0123456789")
+	hook.down = true
+	cli := func(i int, stdin string, args ...string) {
+		t.Helper()
+		if code, out := adminCLIStdin(t, admin, tc.node(i).api, stdin, args...); code != 0 {
+			t.Fatalf("penstock %s: %d\n%s", strings.Join(args, " "), code, out)
+		}
+	}
+	cli(0, "", "egress", "set", "--tenant", "acme", hook.srv.Listener.Addr().String())
+	cli(1, "type: webhook\nurl: "+hook.srv.URL+"\nsecret: cluster-secret-0123456789\n", "notify", "channel", "put", "--tenant", "acme", "-f", "-", "hook")
+	cli(2, "event: queue.dead_letters\nwindow: 10m\nchannels: [hook]\n", "notify", "rule", "put", "--tenant", "acme", "-f", "-", "dead")
+
+	base := "/v1/tenants/acme/environments/production/applications/shop/queues/orders"
+	for i := range 3 {
+		p := tc.node(i)
+		c := clientFor(p)
+		if st, body, err := p.post(c, key, base+"/messages", map[string]any{"messages": []map[string]string{{"data": fmt.Sprint("PAYLOAD-", i)}}}); err != nil || st != 200 {
+			t.Fatalf("publish on node %d: %d %v %s", i, st, err, body)
+		}
+		var got consumed
+		waitUntil(t, time.Minute, "a delivery", func() bool {
+			st, body, err := p.post(c, key, base+"/consume", map[string]any{"max": 1, "wait_ms": 1000})
+			return err == nil && st == 200 && json.Unmarshal(body, &got) == nil && len(got.Messages) == 1
+		})
+		if st, body, err := p.post(c, key, base+"/reject", map[string]any{"tokens": []string{got.Messages[0].AckToken}}); err != nil || st != 204 {
+			t.Fatalf("reject on node %d: %d %v %s", i, st, err, body)
+		}
+	}
+	// The node that tries to deliver (and is refused) holds the lease: it logs the refusal.
+	holder := -1
+	waitUntil(t, 2*time.Minute, "a refused delivery", func() bool {
+		for i := range 3 {
+			if strings.Contains(tc.node(i).logs.String(), "notice not delivered") {
+				holder = i
+				return true
+			}
+		}
+		return false
+	})
+	other := (holder + 1) % 3
+	type alert struct {
+		ID    string `json:"id"`
+		Count int    `json:"count"`
+	}
+	var alerts []alert
+	var last string
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(100 * time.Millisecond) {
+		code, out := adminCLI(t, admin, tc.node(other).api, "alerts", "list", "--tenant", "acme", "-o", "json")
+		var list struct{ Alerts []alert }
+		if code == 0 && firstJSON(out, &list) == nil {
+			if alerts = list.Alerts; len(alerts) == 1 && alerts[0].Count == 3 {
+				break
+			}
+		}
+		last = out
+		if time.Now().After(deadline) {
+			t.Fatalf("not one alert counting the three dead letters:\n%s", last)
+		}
+	}
+	if err := tc.node(holder).cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-tc.node(holder).exited
+	hook.mu.Lock()
+	hook.down = false
+	hook.mu.Unlock()
+	waitUntil(t, 2*time.Minute, "the delivery by another node", func() bool {
+		_, d := hook.state()
+		return d[alerts[0].ID+"/1"] == 1
+	})
+	_, d := hook.state()
+	if len(d) != 1 || hook.bad != nil {
+		t.Fatalf("deliveries %v, bad %v", d, hook.bad)
+	}
 }

@@ -102,28 +102,36 @@ func (s *Service) occur(ctx context.Context, h *hit) error {
 	}
 	w.occ = append(kept, occurrence{at: now, n: h.ev.Value})
 	s.mu.Unlock()
-	id, err := s.openAlert(ctx, h.owner, h.key)
-	if err != nil {
-		return err
-	}
-	if id != "" {
-		_, err := s.update(ctx, h.owner, id, func(a *Alert) error {
-			if a.State != Firing {
-				return errNoChange // resolved meanwhile: these occurrences open the next one
-			}
-			a.Count += int64(h.ev.Value)
-			a.Value = max(a.Value, sum)
-			a.Last = now.UTC()
-			return nil
-		})
-		if !errors.Is(err, errNoChange) {
+	// A node that lost the race to open the alert counts these occurrences in the one that
+	// won (a read of the slot may lag a write made on another node: a few rounds).
+	for range 5 {
+		id, err := s.openAlert(ctx, h.owner, h.key)
+		if err != nil {
 			return err
 		}
+		if id != "" {
+			_, err := s.update(ctx, h.owner, id, func(a *Alert) error {
+				if a.State != Firing {
+					return errNoChange // resolved meanwhile: these occurrences open the next one
+				}
+				a.Count += int64(h.ev.Value)
+				a.Value = max(a.Value, sum)
+				a.Last = now.UTC()
+				return nil
+			})
+			if !errors.Is(err, errNoChange) {
+				return err
+			}
+		}
+		if sum < max(h.rule.Threshold, 1) {
+			return nil
+		}
+		if err := s.open(ctx, h, sum); !errors.Is(err, errSlotTaken) {
+			return err
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
-	if sum < max(h.rule.Threshold, 1) {
-		return nil
-	}
-	return s.open(ctx, h, sum)
+	return ErrConflict
 }
 
 // pendingLevel is a level over its threshold, not long enough yet for the rule's "for".
@@ -198,7 +206,10 @@ func (s *Service) level(ctx context.Context, h *hit) error {
 	if now.Sub(p.first) < h.rule.hold {
 		return nil
 	}
-	return s.open(ctx, h, h.ev.Value)
+	if err := s.open(ctx, h, h.ev.Value); !errors.Is(err, errSlotTaken) {
+		return err
+	}
+	return nil // levels are measured on one node: the next measurement finds the alert
 }
 
 // openAlert finds the open alert of a slot, or "". A slot whose alert is resolved or gone (a
@@ -255,7 +266,7 @@ func (s *Service) open(ctx context.Context, h *hit, value float64) error {
 	if _, err := putJSON(ctx, s.alerts, h.owner, h.key, slot{Alert: id}, 0); err != nil {
 		_ = s.alerts.Delete(ctx, scopeOf(h.owner), id)
 		if errors.Is(err, ErrConflict) {
-			return nil // another node (or an earlier batch) opened it: the next occurrence counts there
+			return errSlotTaken // another node opened it meanwhile: the caller counts there
 		}
 		return err
 	}
@@ -349,8 +360,9 @@ func (s *Service) resolve(ctx context.Context, owner, id string, r *Rule) error 
 }
 
 var (
-	errNoChange = errors.New("no change")
-	errSame     = errors.New("same value")
+	errNoChange  = errors.New("no change")
+	errSame      = errors.New("same value")
+	errSlotTaken = errors.New("opened by another node")
 )
 
 func newAlertID() string {

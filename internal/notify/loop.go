@@ -17,6 +17,7 @@ import (
 // an alert is opened once whichever node sees the burst (the slot is created by compare and
 // set).
 func (s *Service) Events(ctx context.Context) {
+	s.watchRules(ctx)
 	for {
 		select {
 		case <-ctx.Done():
@@ -100,7 +101,6 @@ const levelStale = 5 * time.Minute
 // measure scans the stored alerts when due, then measures the levels rules watch.
 func (s *Service) measure(ctx context.Context) {
 	if now := time.Now(); now.Sub(s.lastScan) >= scanEvery {
-		s.refreshRuleOwners(ctx)
 		s.scan(ctx, now)
 		s.lastScan = now
 	}

@@ -331,19 +331,40 @@ func (s *Service) rulesOf(ctx context.Context, tenant string) []Rule {
 	return rules
 }
 
-// refreshRuleOwners reads which tenants have rules, with one listing of the rules bucket.
-func (s *Service) refreshRuleOwners(ctx context.Context) {
+// watchRules keeps, on every node, which tenants have rules, and forgets a tenant's cached
+// rules as soon as any node changes one of them. Until the first listing is read (or if the
+// watch cannot start) every tenant's rules are read from the store.
+func (s *Service) watchRules(ctx context.Context) {
+	watched := map[string]bool{} // owners seen by the watch, under s.mu
+	err := s.rules.Watch(ctx, s.log, func(sc keyring.Scope, _ string, _ bool) {
+		owner := sc.Tenant
+		if owner == PlatformTenant {
+			owner = ""
+		}
+		s.mu.Lock()
+		watched[owner] = true
+		if s.ruleOwners != nil {
+			s.ruleOwners[owner] = true
+		}
+		delete(s.ruleCache, owner)
+		s.mu.Unlock()
+	})
+	if err != nil {
+		s.log.Warn("watch rules; every tenant's rules are read from the store", "error", err)
+		return
+	}
 	owners, err := s.rules.Tenants(ctx)
 	if err != nil {
-		if ctx.Err() == nil {
-			s.log.Warn("list rules", "error", err)
-		}
+		s.log.Warn("list rules; every tenant's rules are read from the store", "error", err)
 		return
 	}
 	if owners[PlatformTenant] {
 		owners[""] = true
 	}
 	s.mu.Lock()
+	for o := range watched { // written between the watch's start and the listing
+		owners[o] = true
+	}
 	s.ruleOwners = owners
 	s.mu.Unlock()
 }

@@ -40,11 +40,11 @@ func newHookReceiver(t *testing.T, secret string) *hookReceiver {
 		h.attempts++
 		if !hmac.Equal([]byte(r.Header.Get("X-Penstock-Signature")), []byte("v1="+hex.EncodeToString(mac.Sum(nil)))) {
 			h.bad = append(h.bad, "signature")
-			http.Error(w, "bad signature", 400)
+			http.Error(w, "bad signature", http.StatusBadRequest)
 			return
 		}
 		if h.down {
-			http.Error(w, "down", 503)
+			http.Error(w, "down", http.StatusServiceUnavailable)
 			return
 		}
 		h.delivered[r.Header.Get("X-Penstock-Delivery")]++

@@ -50,7 +50,6 @@ type Service struct {
 	m                       metrics
 	ctx                     context.Context
 	cancel                  context.CancelFunc
-	wg                      sync.WaitGroup
 	mu                      sync.Mutex
 	ruleCache               map[string]cachedRules  // by tenant ("" platform)
 	windows                 map[string]*window      // recent occurrences, by owner|slot

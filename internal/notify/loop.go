@@ -64,6 +64,23 @@ func (s *Service) Ticks(ctx context.Context) {
 		s.mu.Unlock()
 	}()
 	s.lastScan = time.Time{} // read every stored alert at once: this node may have just taken over
+	// Alerts other nodes open (or change) are taken up as they are written, not at the next scan.
+	if err := s.alerts.Watch(ctx, s.log, func(sc keyring.Scope, id string, deleted bool) {
+		if deleted || !ValidAlertID(id) {
+			return
+		}
+		owner := sc.Tenant
+		if owner == PlatformTenant {
+			owner = ""
+		}
+		s.mu.Lock()
+		if s.ticking {
+			s.active[id] = owner
+		}
+		s.mu.Unlock()
+	}); err != nil {
+		s.log.Warn("watch alerts; other nodes' alerts are taken up by the scan", "error", err)
+	}
 	s.measure(ctx)
 	t := time.NewTicker(s.o.Config.Tick)
 	defer t.Stop()
@@ -245,6 +262,10 @@ func (s *Service) attend(ctx context.Context, owner, id string, now time.Time) e
 	a, err := s.Alert(ctx, owner, id)
 	if err != nil {
 		return err
+	}
+	if a.State != Firing && !a.pending() {
+		s.track(owner, a) // nothing left to do: no longer attended
+		return nil
 	}
 	if a.Opening {
 		if now.Sub(a.Opened) < openingGrace {

@@ -1,8 +1,10 @@
 package app
 
 import (
+	"context"
 	"crypto/subtle"
 	"encoding/json"
+	"encoding/pem"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -15,8 +17,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/penstock/penstock/internal/audit"
 	"github.com/penstock/penstock/internal/config"
 	"github.com/penstock/penstock/internal/notify"
+	"github.com/penstock/penstock/internal/redact"
 	"github.com/penstock/penstock/internal/testenv"
 )
 
@@ -644,5 +648,88 @@ func TestEventSources(t *testing.T) {
 		if strings.Contains(b, payloadMarker) || strings.Contains(b, "nobody-") {
 			t.Fatalf("a notice carries what a caller typed: %s", b)
 		}
+	}
+}
+
+// TestPlatformEventsAndRateLimits: a SIEM that refuses the audit log, a failed backup and
+// damage found (as their subsystems audit them) each open a platform alert; a channel's
+// per_hour holds back a second alert's notice while an unlimited channel of the same rule
+// takes it.
+func TestPlatformEventsAndRateLimits(t *testing.T) {
+	siem := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "down", http.StatusInternalServerError)
+	}))
+	t.Cleanup(siem.Close)
+	caFile := filepath.Join(t.TempDir(), "siem.pem")
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: siem.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ops := newReceiver(t, hookSecret, signed(hookSecret))
+	free := newReceiver(t, hookSecret, signed(hookSecret))
+	limited := newReceiver(t, hookSecret, signed(hookSecret))
+	ta := startApp(t, func(c *config.Config) {
+		fastNotify(c)
+		c.Notify.PlatformEgress = []string{ops.srv.Listener.Addr().String()}
+		c.Audit.WebhookURL, c.Audit.WebhookCAFile = siem.URL, caFile
+		c.Audit.WebhookSecret = redact.NewSecret("siem-secret-0123456789")
+	})
+	ta.adminSession(t)
+	ta.must(t, "PUT", "/v1/notify/channels/ops", map[string]any{"type": "webhook", "url": ops.srv.URL, "secret": hookSecret}, 200)
+	for name, rule := range map[string]map[string]any{
+		"siem":    {"event": "audit.forward_failed", "threshold": 2},
+		"backups": {"event": "backup.failed"},
+		"damage":  {"event": "data.damaged", "severity": "critical"},
+	} {
+		rule["channels"] = []string{"ops"}
+		ta.must(t, "PUT", "/v1/notify/rules/"+name, rule, 200)
+	}
+	ctx := context.Background()
+	for _, e := range []audit.Event{
+		{Actor: "system", Action: "backup.missed", Result: audit.ResultError, Details: map[string]string{"late": "25h0m0s"}},
+		{Actor: "system", Action: "platform.stream_damaged", Result: audit.ResultError,
+			Details: map[string]string{"account": "t_acme_production", "stream": "Q_shop_orders", "problem": "missing"}},
+	} {
+		if _, err := ta.audit.Append(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "three platform alerts", func() bool { _, d := ops.state(); return len(d) == 3 })
+	got := map[string]notify.Alert{}
+	for _, a := range alertsOf(t, ta, "") {
+		got[a.Event] = a
+	}
+	if got["audit.forward_failed"].Resource != "webhook" || got["backup.failed"].Resource != "backup.missed" ||
+		got["data.damaged"].Resource != "t_acme_production/Q_shop_orders" {
+		t.Fatalf("platform alerts: %+v", got)
+	}
+
+	ta.must(t, "POST", "/v1/tenants", map[string]string{"name": "acme"}, 201)
+	ta.must(t, "POST", "/v1/tenants/acme/environments/production/applications", map[string]string{"name": "billing"}, 201)
+	base := "/v1/tenants/acme/environments/production/applications/billing"
+	ta.must(t, "PUT", "/v1/tenants/acme/egress", map[string]any{"rules": []string{free.srv.Listener.Addr().String(), limited.srv.Listener.Addr().String()}}, 200)
+	ta.must(t, "PUT", "/v1/notify/channels/free?tenant=acme", map[string]any{"type": "webhook", "url": free.srv.URL, "secret": hookSecret}, 200)
+	ta.must(t, "PUT", "/v1/notify/channels/limited?tenant=acme", map[string]any{"type": "webhook", "url": limited.srv.URL, "secret": hookSecret, "per_hour": 1}, 200)
+	ta.must(t, "PUT", "/v1/notify/rules/dead?tenant=acme", map[string]any{"event": "queue.dead_letters", "window": "10m",
+		"channels": []string{"limited", "free"}}, 200)
+	for _, q := range []string{"orders", "invoices"} {
+		ta.must(t, "POST", base+"/queues", map[string]any{"name": q}, 201)
+		deadLetters(t, ta, base, q, 1)
+	}
+	// Each alert's notices are attended together, the limited channel's first: once the free
+	// channel has both, the limited one was asked for both and took one.
+	waitFor(t, "both alerts through the unlimited channel", func() bool { _, d := free.state(); return len(d) == 2 })
+	if n, d := limited.state(); n != 1 || len(d) != 1 {
+		t.Fatalf("the channel limited to 1 an hour was sent %d (%v)", n, d)
+	}
+	pending := 0
+	for _, a := range alertsOf(t, ta, "tenant=acme") {
+		for _, n := range a.Notices {
+			if n.Channel == "limited" && n.State == notify.Pending && n.Attempts == 0 {
+				pending++
+			}
+		}
+	}
+	if pending != 1 {
+		t.Fatalf("%d notices held back by the limit, want 1", pending)
 	}
 }

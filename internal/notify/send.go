@@ -62,6 +62,9 @@ func sendMail(ctx context.Context, d *egress.Dialer, c Channel, m message) error
 	defer conn.Close()
 	deadline, _ := ctx.Deadline()
 	_ = conn.SetDeadline(deadline)
+	// A shutdown (or a lost lease) cancels ctx: the conversation ends at once, not at its deadline.
+	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
+	defer stop()
 	if c.TLS == "tls" {
 		tc := tls.Client(conn, c.tlsConfig(c.SMTPHost))
 		if err := tc.HandshakeContext(ctx); err != nil {

@@ -271,19 +271,21 @@ func TestClusterNotifyOneAlertOneDeliveryAcrossKill9(t *testing.T) {
 	}
 	var alerts []alert
 	var last string
-	for deadline := time.Now().Add(time.Minute); ; time.Sleep(100 * time.Millisecond) {
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("alerts last listed:\n%s", last)
+		}
+	})
+	waitUntil(t, time.Minute, "one alert counting the three dead letters", func() bool {
 		code, out := adminCLI(t, admin, tc.node(other).api, "alerts", "list", "--tenant", "acme", "-o", "json")
-		var list struct{ Alerts []alert }
-		if code == 0 && firstJSON(out, &list) == nil {
-			if alerts = list.Alerts; len(alerts) == 1 && alerts[0].Count == 3 {
-				break
-			}
-		}
 		last = out
-		if time.Now().After(deadline) {
-			t.Fatalf("not one alert counting the three dead letters:\n%s", last)
+		var list struct{ Alerts []alert }
+		if code != 0 || firstJSON(out, &list) != nil {
+			return false
 		}
-	}
+		alerts = list.Alerts
+		return len(alerts) == 1 && alerts[0].Count == 3
+	})
 	if err := tc.node(holder).cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}

@@ -319,11 +319,7 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger, version st
 		Apps: func() []keyring.Scope {
 			var out []keyring.Scope
 			for _, t := range ident.Tenants() {
-				for _, e := range t.Environments {
-					for _, ap := range ident.Apps(t.Name, e) {
-						out = append(out, keyring.Scope{Tenant: t.Name, Environment: e, Application: ap.Name})
-					}
-				}
+				out = append(out, a.appsOf(t.Name)...)
 			}
 			return out
 		},

@@ -187,6 +187,21 @@ func (l *levels) measure(ctx context.Context, want map[string][]string) []notify
 	return out
 }
 
+// appsOf lists the applications of a tenant.
+func (a *App) appsOf(tenant string) []keyring.Scope {
+	t, ok := a.ident.Tenant(tenant)
+	if !ok {
+		return nil
+	}
+	var out []keyring.Scope
+	for _, e := range t.Environments {
+		for _, ap := range a.ident.Apps(tenant, e) {
+			out = append(out, keyring.Scope{Tenant: tenant, Environment: e, Application: ap.Name})
+		}
+	}
+	return out
+}
+
 // days is d in whole days, rounded down (a certificate with 6.5 days left has 6).
 func days(d time.Duration) float64 { return math.Floor(d.Hours() / 24) }
 
@@ -195,52 +210,45 @@ func days(d time.Duration) float64 { return math.Floor(d.Hours() / 24) }
 func (l *levels) late(ctx context.Context, tenants map[string]bool, now time.Time) []notify.Event {
 	var out []notify.Event
 	for t := range tenants {
-		tn, ok := l.a.ident.Tenant(t)
-		if !ok {
-			continue
-		}
-		for _, env := range tn.Environments {
-			for _, ap := range l.a.ident.Apps(t, env) {
-				sc := keyring.Scope{Tenant: t, Environment: env, Application: ap.Name}
-				pipes, err := l.a.pipes.List(ctx, sc)
+		for _, sc := range l.a.appsOf(t) {
+			pipes, err := l.a.pipes.List(ctx, sc)
+			if err != nil {
+				continue
+			}
+			for _, p := range pipes {
+				sched, err := pipeline.ParseSchedule(p.Spec.Schedule)
+				if err != nil || p.Paused || sched.Continuous {
+					continue
+				}
+				runs, err := l.a.pipes.Runs(ctx, sc, p.Name)
 				if err != nil {
 					continue
 				}
-				for _, p := range pipes {
-					sched, err := pipeline.ParseSchedule(p.Spec.Schedule)
-					if err != nil || p.Paused || sched.Continuous {
-						continue
-					}
-					runs, err := l.a.pipes.Runs(ctx, sc, p.Name)
-					if err != nil {
-						continue
-					}
-					// The schedule counts from the end of the last run, the last change, or this
-					// process's start, whichever is latest (a worker starts its timer then).
-					from := p.Updated
-					if from.Before(l.started) {
-						from = l.started
-					}
-					if len(runs) > 0 {
-						if runs[0].Status == "running" || runs[0].Status == "queued" {
-							continue
-						}
-						if runs[0].End.After(from) {
-							from = runs[0].End
-						}
-					}
-					var due time.Time
-					switch {
-					case sched.Every > 0:
-						due = from.Add(sched.Every)
-					case sched.Cron != nil:
-						due = sched.Cron.Next(from)
-					default:
-						continue
-					}
-					out = append(out, notify.Event{Tenant: t, Environment: env, Application: ap.Name, Kind: "pipeline.late",
-						Resource: env + "/" + ap.Name + "/" + p.Name, Value: math.Max(0, math.Floor(now.Sub(due).Seconds())), Time: now})
+				// The schedule counts from the end of the last run, the last change, or this
+				// process's start, whichever is latest (a worker starts its timer then).
+				from := p.Updated
+				if from.Before(l.started) {
+					from = l.started
 				}
+				if len(runs) > 0 {
+					if runs[0].Status == "running" || runs[0].Status == "queued" {
+						continue
+					}
+					if runs[0].End.After(from) {
+						from = runs[0].End
+					}
+				}
+				var due time.Time
+				switch {
+				case sched.Every > 0:
+					due = from.Add(sched.Every)
+				case sched.Cron != nil:
+					due = sched.Cron.Next(from)
+				default:
+					continue
+				}
+				out = append(out, notify.Event{Tenant: t, Environment: sc.Environment, Application: sc.Application, Kind: "pipeline.late",
+					Resource: sc.Environment + "/" + sc.Application + "/" + p.Name, Value: math.Max(0, math.Floor(now.Sub(due).Seconds())), Time: now})
 			}
 		}
 	}
@@ -252,37 +260,32 @@ func (l *levels) queues(ctx context.Context, tenants map[string]bool, now time.T
 	var out []notify.Event
 	seen := map[string]bool{}
 	for t := range tenants {
-		tn, ok := l.a.ident.Tenant(t)
-		if !ok {
-			continue
-		}
-		for _, env := range tn.Environments {
-			for _, ap := range l.a.ident.Apps(t, env) {
-				qs, err := l.a.fabric.Queues(ctx, fabric.Ref{Tenant: t, Environment: env, Application: ap.Name})
-				if err != nil {
-					continue
+		for _, sc := range l.a.appsOf(t) {
+			qs, err := l.a.fabric.Queues(ctx, fabric.Ref{Tenant: t, Environment: sc.Environment, Application: sc.Application})
+			if err != nil {
+				continue
+			}
+			for _, q := range qs {
+				ev := notify.Event{Tenant: t, Environment: sc.Environment, Application: sc.Application,
+					Resource: sc.Environment + "/" + sc.Application + "/" + q.Name, Time: now}
+				key := t + "/" + ev.Resource
+				seen[key] = true
+				l.mu.Lock()
+				act, ok := l.active[key]
+				if !ok || act.delivered != q.Stats.Delivered || q.Stats.InFlight > 0 {
+					act = activity{delivered: q.Stats.Delivered, at: now}
+					l.active[key] = act
 				}
-				for _, q := range qs {
-					ev := notify.Event{Tenant: t, Environment: env, Application: ap.Name, Resource: env + "/" + ap.Name + "/" + q.Name, Time: now}
-					key := t + "/" + ev.Resource
-					seen[key] = true
-					l.mu.Lock()
-					act, ok := l.active[key]
-					if !ok || act.delivered != q.Stats.Delivered || q.Stats.InFlight > 0 {
-						act = activity{delivered: q.Stats.Delivered, at: now}
-						l.active[key] = act
-					}
-					l.mu.Unlock()
-					age := 0.0
-					if !q.Stats.Oldest.IsZero() {
-						age = math.Floor(now.Sub(q.Stats.Oldest).Seconds())
-					}
-					for kind, v := range map[string]float64{"queue.depth": float64(q.Stats.Depth), "queue.oldest_age": age,
-						"queue.no_consumer": math.Floor(now.Sub(act.at).Seconds())} {
-						e := ev
-						e.Kind, e.Value = kind, v
-						out = append(out, e)
-					}
+				l.mu.Unlock()
+				age := 0.0
+				if !q.Stats.Oldest.IsZero() {
+					age = math.Floor(now.Sub(q.Stats.Oldest).Seconds())
+				}
+				for kind, v := range map[string]float64{"queue.depth": float64(q.Stats.Depth), "queue.oldest_age": age,
+					"queue.no_consumer": math.Floor(now.Sub(act.at).Seconds())} {
+					e := ev
+					e.Kind, e.Value = kind, v
+					out = append(out, e)
 				}
 			}
 		}

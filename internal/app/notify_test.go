@@ -35,16 +35,6 @@ func fastNotify(c *config.Config) {
 	c.Notify.Tick, c.Notify.RetryBase, c.Notify.RetryMax = 100*time.Millisecond, 200*time.Millisecond, time.Second
 }
 
-// waitFor polls cond until it holds, failing the test after a minute.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(time.Minute); !cond(); time.Sleep(50 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-	}
-}
-
 // provider is a local Twilio-compatible API: it checks each request's path, basic
 // authentication and form, and keeps what it was asked.
 type provider struct {
@@ -192,7 +182,7 @@ func TestEscalationEmailThenSMSThenVoiceStoppedByAck(t *testing.T) {
 	}
 	ta.must(t, "PUT", "/v1/tenants/acme/egress", map[string]any{"rules": []string{"localhost:" + strconv.Itoa(mp.SMTPPort), provAddr}}, 200)
 	ta.must(t, "POST", "/v1/notify/channels/ops-email/test?tenant=acme", nil, 200)
-	waitFor(t, "the test mail", func() bool { return len(mp.Messages(t)) == 1 })
+	waitUntil(t, "the test mail", func() bool { return len(mp.Messages(t)) == 1 })
 	if m := mp.Messages(t)[0]; !strings.Contains(m.Subject, "TEST") || m.To[0] != "oncall@acme.test" {
 		t.Fatalf("test mail: %+v", m)
 	}
@@ -218,7 +208,7 @@ func TestEscalationEmailThenSMSThenVoiceStoppedByAck(t *testing.T) {
 	deadLetters(t, ta, base, "orders", 3)
 	deadLetters(t, ta, base, "invoices", 1)
 	var orders, invoices notify.Alert
-	waitFor(t, "two alerts", func() bool {
+	waitUntil(t, "two alerts", func() bool {
 		for _, a := range alertsOf(t, ta, "tenant=acme") {
 			switch a.Resource {
 			case "production/billing/orders":
@@ -231,7 +221,7 @@ func TestEscalationEmailThenSMSThenVoiceStoppedByAck(t *testing.T) {
 	})
 	ta.must(t, "POST", "/v1/alerts/"+invoices.ID+"/ack?tenant=acme", nil, 200)
 
-	waitFor(t, "the voice call of the unacknowledged alert", func() bool { return count(prov.kinds(), "voice:", orders.ID) == 1 })
+	waitUntil(t, "the voice call of the unacknowledged alert", func() bool { return count(prov.kinds(), "voice:", orders.ID) == 1 })
 	if n := count(prov.kinds(), "sms:", orders.ID); n != 1 {
 		t.Fatalf("%d texts of the alert, want 1: %q", n, prov.kinds())
 	}
@@ -286,7 +276,7 @@ func TestEscalationEmailThenSMSThenVoiceStoppedByAck(t *testing.T) {
 	}
 
 	// A window without a dead letter: both resolve, and every channel told is told so.
-	waitFor(t, "the resolve notices", func() bool {
+	waitUntil(t, "the resolve notices", func() bool {
 		n := 0
 		for _, m := range mp.Messages(t) {
 			if strings.Contains(m.Subject, "RESOLVED") {
@@ -427,7 +417,7 @@ func TestNoticesSurviveARestartMidRetry(t *testing.T) {
 		"channels": []string{"good", "flaky", "chat", "teams"}}, 200)
 
 	deadLetters(t, ta, base, "orders", 2)
-	waitFor(t, "the confirmed delivery and failed attempts", func() bool {
+	waitUntil(t, "the confirmed delivery and failed attempts", func() bool {
 		_, g := good.state()
 		n, _ := flaky.state()
 		return len(g) == 1 && n >= 2
@@ -446,11 +436,11 @@ func TestNoticesSurviveARestartMidRetry(t *testing.T) {
 	ta = startApp(t, func(c *config.Config) { fastNotify(c); c.DataDir = dataDir })
 	ta.admin = admin
 
-	waitFor(t, "the delivery after the restart", func() bool {
+	waitUntil(t, "the delivery after the restart", func() bool {
 		_, f := flaky.state()
 		return f[id+"/2"] == 1
 	})
-	waitFor(t, "every notice recorded as sent", func() bool {
+	waitUntil(t, "every notice recorded as sent", func() bool {
 		a := alertsOf(t, ta, "tenant=acme")[0]
 		for _, n := range a.Notices {
 			if n.State != notify.Sent {
@@ -526,9 +516,9 @@ func TestLevelAlertResolvesAndAFailingChannelTellsThePlatform(t *testing.T) {
 		msgs = append(msgs, map[string]any{"data": payloadMarker + strconv.Itoa(i) + strings.Repeat("x", 16<<10)})
 	}
 	ta.must(t, "POST", base+"/queues/orders/messages", map[string]any{"messages": msgs}, 200)
-	waitFor(t, "the backlog alert", func() bool { _, d := hook.state(); return len(d) == 1 })
-	waitFor(t, "the platform alert about the failing channel", func() bool { _, d := ops.state(); return len(d) == 1 })
-	waitFor(t, "the storage alert", func() bool { _, d := quota.state(); return len(d) == 1 })
+	waitUntil(t, "the backlog alert", func() bool { _, d := hook.state(); return len(d) == 1 })
+	waitUntil(t, "the platform alert about the failing channel", func() bool { _, d := ops.state(); return len(d) == 1 })
+	waitUntil(t, "the storage alert", func() bool { _, d := quota.state(); return len(d) == 1 })
 	platform := alertsOf(t, ta, "")
 	if len(platform) != 1 || platform[0].Event != "notify.channel_failing" || platform[0].Resource != "channel:acme/broken" {
 		t.Fatalf("platform alerts: %+v", platform)
@@ -539,7 +529,7 @@ func TestLevelAlertResolvesAndAFailingChannelTellsThePlatform(t *testing.T) {
 		tokens = append(tokens, m.(map[string]any)["ack_token"].(string))
 	}
 	ta.must(t, "POST", base+"/queues/orders/ack", map[string]any{"tokens": tokens}, 204)
-	waitFor(t, "the resolve notices", func() bool {
+	waitUntil(t, "the resolve notices", func() bool {
 		_, d := hook.state()
 		_, q := quota.state()
 		return len(d) == 2 && len(q) == 2
@@ -620,8 +610,8 @@ func TestEventSources(t *testing.T) {
 		"schedule": "every 1h"}, 200)
 	ta.must(t, "POST", base+"/pipelines/mixed/run", nil, 202)
 
-	waitFor(t, "the platform's two alerts", func() bool { _, d := ops.state(); return len(d) == 2 })
-	waitFor(t, "the tenant's four alerts", func() bool { _, d := hook.state(); return len(d) == 4 })
+	waitUntil(t, "the platform's two alerts", func() bool { _, d := ops.state(); return len(d) == 2 })
+	waitUntil(t, "the tenant's four alerts", func() bool { _, d := hook.state(); return len(d) == 4 })
 	got := map[string]notify.Alert{}
 	for _, a := range append(alertsOf(t, ta, ""), alertsOf(t, ta, "tenant=acme")...) {
 		got[a.Event] = a
@@ -693,7 +683,7 @@ func TestPlatformEventsAndRateLimits(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, "three platform alerts", func() bool { _, d := ops.state(); return len(d) == 3 })
+	waitUntil(t, "three platform alerts", func() bool { _, d := ops.state(); return len(d) == 3 })
 	got := map[string]notify.Alert{}
 	for _, a := range alertsOf(t, ta, "") {
 		got[a.Event] = a
@@ -717,7 +707,7 @@ func TestPlatformEventsAndRateLimits(t *testing.T) {
 	}
 	// Each alert's notices are attended together, the limited channel's first: once the free
 	// channel has both, the limited one was asked for both and took one.
-	waitFor(t, "both alerts through the unlimited channel", func() bool { _, d := free.state(); return len(d) == 2 })
+	waitUntil(t, "both alerts through the unlimited channel", func() bool { _, d := free.state(); return len(d) == 2 })
 	if n, d := limited.state(); n != 1 || len(d) != 1 {
 		t.Fatalf("the channel limited to 1 an hour was sent %d (%v)", n, d)
 	}

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -24,30 +25,89 @@ Who may, with a role bound at the tenant (or as a platform-admin):
   channel put/delete, rule put/delete, test   ` + string(authz.NotifyManage) + `: ` + holders(authz.NotifyManage) + `
   list                                        ` + string(authz.TenantRead) + `: ` + holders(authz.TenantRead),
 	}
-	channel := &cobra.Command{Use: "channel", Short: "Channels: where notices go, with their credentials (write-only)"}
-	channel.AddCommand(notifyPutCmd(environ, "channels", `Create or replace a channel from a YAML or JSON file. Credentials (password,
-auth_token, url, secret) are write-only; left out of a later put, they keep their stored values.
+	kinds := map[string]string{"channels": `Create or replace a channel from a YAML or JSON file. Credentials (password,
+auth_token, url, secret) are write-only; left out of a later put, they keep their stored values
+as long as the channel still sends them to the same server, provider or URL.
 
-  penstock notify channel put --tenant acme -f ops-email.yaml ops-email`),
-		notifyListCmd(environ, "channels"), notifyDeleteCmd(environ, "channels"))
-	rule := &cobra.Command{Use: "rule", Short: "Rules: which events raise an alert, whom it reaches, and its escalation"}
-	rule.AddCommand(notifyPutCmd(environ, "rules", `Create or replace a rule from a YAML or JSON file.
+  penstock notify channel put --tenant acme -f ops-email.yaml ops-email`,
+		"rules": `Create or replace a rule from a YAML or JSON file.
 
-  penstock notify rule put --tenant acme -f orders-backlog.yaml orders-backlog`),
-		notifyListCmd(environ, "rules"), notifyDeleteCmd(environ, "rules"))
-	cmd.AddCommand(channel, rule, notifyTestCmd(environ), notifyEventsCmd(environ))
+  penstock notify rule put --tenant acme -f orders-backlog.yaml orders-backlog`}
+	sub := func(kind string) []*cobra.Command {
+		base := func(a []string) string { return "/v1/notify/" + kind + "/" + esc(a[0]) }
+		put := tenantCmd(environ, "put [--tenant T] -f FILE NAME", "Create or replace one", cobra.ExactArgs(1), "PUT", base, readDoc, nil)
+		put.Long = kinds[kind] + "\n\nNeeds " + string(authz.NotifyManage) + "."
+		put.Flags().StringP("file", "f", "", "YAML or JSON, - for standard input")
+		_ = put.MarkFlagRequired("file")
+		return []*cobra.Command{put,
+			tenantCmd(environ, "list [--tenant T]", "List them (channels without their credentials)", cobra.NoArgs, "GET",
+				func([]string) string { return "/v1/notify/" + kind }, nil, nil),
+			tenantCmd(environ, "delete [--tenant T] NAME", "Delete one", cobra.ExactArgs(1), "DELETE", base, nil,
+				func(a []string) string { return a[0] + " deleted" })}
+	}
+	cmd.AddCommand(
+		group("channel", "Channels: where notices go, with their credentials (write-only)", sub("channels")...),
+		group("rule", "Rules: which events raise an alert, whom it reaches, and its escalation", sub("rules")...),
+		tenantCmd(environ, "test [--tenant T] CHANNEL", "Send a test notice through a channel now, and say whether it was taken",
+			cobra.ExactArgs(1), "POST", func(a []string) string { return "/v1/notify/channels/" + esc(a[0]) + "/test" }, nil,
+			func(a []string) string { return a[0] + " took the test notice" }),
+		apiCmd(environ, "events", "List the built-in events rules can watch", cobra.NoArgs,
+			jsonCall("GET", func([]string) string { return "/v1/notify/events" }, nil)))
 	return cmd
 }
 
-func tenantQS(tenant string) string {
-	if tenant == "" {
-		return ""
+func alertsCmd(environ []string) *cobra.Command {
+	byID := func(suffix string) func(a []string) string {
+		return func(a []string) string { return "/v1/alerts/" + esc(a[0]) + suffix }
 	}
-	return "?tenant=" + url.QueryEscape(tenant)
+	list := tenantCmd(environ, "list [--tenant T] [--state firing|resolved|unacknowledged]", "List alerts, newest first", cobra.NoArgs, "GET",
+		func([]string) string { return "/v1/alerts" }, nil, nil)
+	list.Flags().String("state", "", "firing, resolved or unacknowledged")
+	return group("alerts", "Alerts: list, show, acknowledge ("+string(authz.AlertAck)+": "+holders(authz.AlertAck)+")", list,
+		tenantCmd(environ, "show [--tenant T] ID", "Show an alert and the delivery of each notice", cobra.ExactArgs(1), "GET", byID(""), nil, nil),
+		tenantCmd(environ, "ack [--tenant T] ID", "Acknowledge an alert: its escalation stops (the resolve notice still goes out)",
+			cobra.ExactArgs(1), "POST", byID("/ack"), nil, nil))
 }
 
-// readDoc reads a YAML or JSON file (or standard input, "-") as JSON.
-func readDoc(cmd *cobra.Command, file string) (any, error) {
+// tenantCmd is a command of notify or alerts: it calls method on path(args), with --tenant
+// (none: the platform's) and --state when the command has it, and the body from body. It
+// prints the answer, or the sentence said gives.
+func tenantCmd(environ []string, use, short string, args cobra.PositionalArgs, method string, path func([]string) string,
+	body func(*cobra.Command) (any, error), said func([]string) string) *cobra.Command {
+	cmd := apiCmd(environ, use, short, args, func(ctx context.Context, cf *clientFlags, cmd *cobra.Command, a []string) error {
+		q := url.Values{}
+		for _, f := range []string{"tenant", "state"} {
+			if v, _ := cmd.Flags().GetString(f); v != "" {
+				q.Set(f, v)
+			}
+		}
+		p := path(a)
+		if len(q) > 0 {
+			p += "?" + q.Encode()
+		}
+		var b any
+		if body != nil {
+			var err error
+			if b, err = body(cmd); err != nil {
+				return err
+			}
+		}
+		var out json.RawMessage
+		if err := cf.call(ctx, method, p, b, &out); err != nil {
+			return err
+		}
+		if said != nil {
+			fmt.Fprintln(cmd.OutOrStdout(), said(a))
+			return nil
+		}
+		return render(cmd, out, "")
+	})
+	return withFlag(cmd, "tenant", "the tenant (empty: the platform's)")
+}
+
+// readDoc reads --file, a YAML or JSON document (- for standard input), as the API's JSON.
+func readDoc(cmd *cobra.Command) (any, error) {
+	file, _ := cmd.Flags().GetString("file")
 	var b []byte
 	var err error
 	if file == "-" {
@@ -63,167 +123,4 @@ func readDoc(cmd *cobra.Command, file string) (any, error) {
 		return nil, fmt.Errorf("%s: %w", file, err)
 	}
 	return doc, nil
-}
-
-func notifyPutCmd(environ []string, kind, long string) *cobra.Command {
-	var tenant, file string
-	cf := clientFlags{environ: environ}
-	cmd := &cobra.Command{
-		Use:   "put [--tenant T] -f FILE NAME",
-		Short: "Create or replace one",
-		Long:  long + "\n\nNeeds " + string(authz.NotifyManage) + ".",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			doc, err := readDoc(cmd, file)
-			if err != nil {
-				return err
-			}
-			var out json.RawMessage
-			if err := cf.call(cmd.Context(), "PUT", "/v1/notify/"+kind+"/"+url.PathEscape(args[0])+tenantQS(tenant), doc, &out); err != nil {
-				return err
-			}
-			return render(cmd, out, args[0]+" stored")
-		},
-	}
-	cmd.Flags().StringVar(&tenant, "tenant", "", "the tenant (empty: the platform's)")
-	cmd.Flags().StringVarP(&file, "file", "f", "", "YAML or JSON, - for standard input")
-	_ = cmd.MarkFlagRequired("file")
-	cf.addAuth(cmd)
-	return cmd
-}
-
-func notifyListCmd(environ []string, kind string) *cobra.Command {
-	var tenant string
-	cf := clientFlags{environ: environ}
-	cmd := &cobra.Command{
-		Use:   "list [--tenant T]",
-		Short: "List them (channels without their credentials)",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			var out json.RawMessage
-			if err := cf.call(cmd.Context(), "GET", "/v1/notify/"+kind+tenantQS(tenant), nil, &out); err != nil {
-				return err
-			}
-			return render(cmd, out, "")
-		},
-	}
-	cmd.Flags().StringVar(&tenant, "tenant", "", "the tenant (empty: the platform's)")
-	cf.addAuth(cmd)
-	return cmd
-}
-
-func notifyDeleteCmd(environ []string, kind string) *cobra.Command {
-	var tenant string
-	cf := clientFlags{environ: environ}
-	cmd := &cobra.Command{
-		Use:   "delete [--tenant T] NAME",
-		Short: "Delete one",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := cf.call(cmd.Context(), "DELETE", "/v1/notify/"+kind+"/"+url.PathEscape(args[0])+tenantQS(tenant), nil, nil); err != nil {
-				return err
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s deleted\n", args[0])
-			return nil
-		},
-	}
-	cmd.Flags().StringVar(&tenant, "tenant", "", "the tenant (empty: the platform's)")
-	cf.addAuth(cmd)
-	return cmd
-}
-
-func notifyTestCmd(environ []string) *cobra.Command {
-	var tenant string
-	cf := clientFlags{environ: environ}
-	cmd := &cobra.Command{
-		Use:   "test [--tenant T] CHANNEL",
-		Short: "Send a test notice through a channel now, and say whether it was taken",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := cf.call(cmd.Context(), "POST", "/v1/notify/channels/"+url.PathEscape(args[0])+"/test"+tenantQS(tenant), nil, nil); err != nil {
-				return err
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s took the test notice\n", args[0])
-			return nil
-		},
-	}
-	cmd.Flags().StringVar(&tenant, "tenant", "", "the tenant (empty: the platform's)")
-	cf.addAuth(cmd)
-	return cmd
-}
-
-func notifyEventsCmd(environ []string) *cobra.Command {
-	cf := clientFlags{environ: environ}
-	cmd := &cobra.Command{
-		Use:   "events",
-		Short: "List the built-in events rules can watch",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			var out json.RawMessage
-			if err := cf.call(cmd.Context(), "GET", "/v1/notify/events", nil, &out); err != nil {
-				return err
-			}
-			return render(cmd, out, "")
-		},
-	}
-	cf.addAuth(cmd)
-	return cmd
-}
-
-func alertsCmd(environ []string) *cobra.Command {
-	cmd := &cobra.Command{
-		Use:   "alerts",
-		Short: "Alerts: list, show, acknowledge (" + string(authz.AlertAck) + ": " + holders(authz.AlertAck) + ")",
-	}
-	var tenant, state string
-	cf := clientFlags{environ: environ}
-	list := &cobra.Command{
-		Use:   "list [--tenant T] [--state firing|resolved|unacknowledged]",
-		Short: "List alerts, newest first",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			q := url.Values{}
-			if tenant != "" {
-				q.Set("tenant", tenant)
-			}
-			if state != "" {
-				q.Set("state", state)
-			}
-			var out json.RawMessage
-			if err := cf.call(cmd.Context(), "GET", "/v1/alerts?"+q.Encode(), nil, &out); err != nil {
-				return err
-			}
-			return render(cmd, out, "")
-		},
-	}
-	list.Flags().StringVar(&tenant, "tenant", "", "the tenant (empty: the platform's)")
-	list.Flags().StringVar(&state, "state", "", "firing, resolved or unacknowledged")
-	cf.addAuth(list)
-	cmd.AddCommand(list, alertCmd(environ, "show", "GET", "", "Show an alert and the delivery of each notice"),
-		alertCmd(environ, "ack", "POST", "/ack", "Acknowledge an alert: its escalation stops (the resolve notice still goes out)"))
-	return cmd
-}
-
-func alertCmd(environ []string, use, method, suffix, short string) *cobra.Command {
-	var tenant string
-	cf := clientFlags{environ: environ}
-	cmd := &cobra.Command{
-		Use:   use + " [--tenant T] ID",
-		Short: short,
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			var out json.RawMessage
-			if err := cf.call(cmd.Context(), method, "/v1/alerts/"+url.PathEscape(args[0])+suffix+tenantQS(tenant), nil, &out); err != nil {
-				return err
-			}
-			sentence := ""
-			if use == "ack" {
-				sentence = args[0] + " acknowledged"
-			}
-			return render(cmd, out, sentence)
-		},
-	}
-	cmd.Flags().StringVar(&tenant, "tenant", "", "the tenant (empty: the platform's)")
-	cf.addAuth(cmd)
-	return cmd
 }

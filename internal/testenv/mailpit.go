@@ -41,18 +41,7 @@ type Mail struct {
 // the binary the test skips, saying how to install it; under CI it fails.
 func StartMailpit(t testing.TB) *Mailpit {
 	t.Helper()
-	bin := os.Getenv("PENSTOCK_MAILPIT")
-	if bin == "" {
-		bin = filepath.Join(ToolsDir(), "mailpit")
-	}
-	if _, err := os.Stat(bin); err != nil {
-		msg := "mailpit is not installed at " + bin + " (bash .ci/services installs it, or: GOBIN=" + ToolsDir() +
-			" go install github.com/axllent/mailpit@" + MailpitVersion + ")"
-		if os.Getenv("CI") != "" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
+	bin := Tool(t, "PENSTOCK_MAILPIT", "mailpit", "github.com/axllent/mailpit@"+MailpitVersion)
 	dir := t.TempDir()
 	WriteCert(t, filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"), "localhost")
 	ca, err := os.ReadFile(filepath.Join(dir, "cert.pem"))

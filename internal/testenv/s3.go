@@ -35,6 +35,24 @@ func ToolsDir() string {
 	return filepath.Join(home, ".cache", "penstock-ci", "bin")
 }
 
+// Tool finds a program .ci/services installs into ToolsDir (the variable env names another
+// binary). Without it the test skips, saying how to install it; under CI it fails.
+func Tool(t testing.TB, env, name, module string) string {
+	t.Helper()
+	bin := os.Getenv(env)
+	if bin == "" {
+		bin = filepath.Join(ToolsDir(), name)
+	}
+	if _, err := os.Stat(bin); err != nil {
+		msg := name + " is not installed at " + bin + " (bash .ci/services installs it, or: GOBIN=" + ToolsDir() + " go install " + module + ")"
+		if os.Getenv("CI") != "" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	return bin
+}
+
 // S3Bucket starts an S3-compatible server of the test's own (versitygw on a random loopback
 // port, its objects in a temporary directory, signature checks on), creates a bucket in it
 // and opens the bucket through gocloud.dev's s3blob, as a backup target is opened. Without
@@ -69,18 +87,7 @@ func (s S3) URL() string { return "s3://" + s.Bucket + "?region=us-east-1&endpoi
 // it, and returns where it is and its credentials.
 func S3Target(t testing.TB) S3 {
 	t.Helper()
-	bin := os.Getenv("PENSTOCK_VERSITYGW")
-	if bin == "" {
-		bin = filepath.Join(ToolsDir(), "versitygw")
-	}
-	if _, err := os.Stat(bin); err != nil {
-		msg := "versitygw is not installed at " + bin + " (bash .ci/services installs it, or: GOBIN=" + ToolsDir() +
-			" go install github.com/versity/versitygw/cmd/versitygw@" + VersityGWVersion + ")"
-		if os.Getenv("CI") != "" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
+	bin := Tool(t, "PENSTOCK_VERSITYGW", "versitygw", "github.com/versity/versitygw/cmd/versitygw@"+VersityGWVersion)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -15,6 +15,7 @@ import (
 	"github.com/danielgtaylor/huma/v2/adapters/humago"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/penstock/penstock/internal/activity"
 	"github.com/penstock/penstock/internal/config"
 	"github.com/penstock/penstock/internal/edge"
 	"github.com/penstock/penstock/internal/fabric"
@@ -24,6 +25,7 @@ import (
 	"github.com/penstock/penstock/internal/lifecycle"
 	"github.com/penstock/penstock/internal/notify"
 	"github.com/penstock/penstock/internal/pipeline"
+	"github.com/penstock/penstock/internal/retention"
 	"github.com/penstock/penstock/internal/secrets"
 	"github.com/penstock/penstock/internal/signing"
 )
@@ -63,6 +65,11 @@ type Options struct {
 	Cluster Cluster
 	// Notify holds channels, rules and alerts.
 	Notify *notify.Service
+	// Activity notes calls about an environment by its tenant's principals (retention).
+	Activity *activity.Tracker
+	// Retention answers the retention routes and warns in responses about a warned
+	// environment.
+	Retention *retention.Service
 	// Now is the clock for signed requests; nil means time.Now.
 	Now func() time.Time
 }
@@ -101,6 +108,7 @@ func Handler(o Options) (http.Handler, []Route) {
 	registerAuditExport(g, hapi, o)
 	registerFabric(g, hapi, o)
 	registerNotify(g, hapi, o)
+	registerRetention(g, hapi, o)
 	if o.Pipelines != nil {
 		registerPipelines(g, hapi, o)
 		registerWebhooks(g, hapi, o)

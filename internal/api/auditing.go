@@ -35,6 +35,8 @@ type requestKey struct{}
 // requestInfo is what every audit event says of its request.
 type requestInfo struct {
 	id, path, source string
+	// header is the response's, for what a handler adds before it answers.
+	header http.Header
 }
 
 // loggedPath is a request's path as logs and audit events keep it: an acknowledgement link's
@@ -61,7 +63,7 @@ func withRequest(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b := make([]byte, 8)
 		_, _ = rand.Read(b)
-		ri := requestInfo{id: hex.EncodeToString(b), path: loggedPath(r.URL.Path), source: r.RemoteAddr}
+		ri := requestInfo{id: hex.EncodeToString(b), path: loggedPath(r.URL.Path), source: r.RemoteAddr, header: w.Header()}
 		if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
 			ri.source = ap.Addr().Unmap().String()
 		}

@@ -112,6 +112,9 @@ func register[I, O any](g gate, hapi huma.API, r Route, op huma.Operation, resou
 				g.record(ctx, c, r, sc, err)
 				return nil, err
 			}
+			if !r.Deletion {
+				noteUse(ctx, g.o, c, sc)
+			}
 		}
 		if op.Method == http.MethodGet || r.DataPlane {
 			return h(ctx, c, in)

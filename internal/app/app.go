@@ -26,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/penstock/penstock/internal/activity"
 	"github.com/penstock/penstock/internal/api"
 	"github.com/penstock/penstock/internal/audit"
 	"github.com/penstock/penstock/internal/backup"
@@ -43,6 +44,7 @@ import (
 	"github.com/penstock/penstock/internal/notify"
 	"github.com/penstock/penstock/internal/pipeline"
 	"github.com/penstock/penstock/internal/redact"
+	"github.com/penstock/penstock/internal/retention"
 	"github.com/penstock/penstock/internal/secrets"
 )
 
@@ -76,6 +78,8 @@ type App struct {
 	restoreMarked                 bool     // the restore-in-progress marker is there until afterRestore ends
 	backups                       *backups // nil without backup.target
 	notify                        *notify.Service
+	activity                      *activity.Tracker
+	retention                     *retention.Service
 	inflight                      atomic.Int64 // handlers in progress
 
 	apiSrv     *http.Server
@@ -117,7 +121,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 var restoreKeeps = []string{keyring.MasterKeyFile, "tls/ca.key", "tls/ca.crt"}
 
 func newApp(ctx context.Context, cfg config.Config, log *slog.Logger, version string, o options) (_ *App, err error) {
-	a := &App{cfg: cfg, log: log, drain: make(chan struct{})}
+	a := &App{cfg: cfg, log: log, drain: make(chan struct{}), activity: activity.New(o.now)}
 	defer func() {
 		if err != nil {
 			a.closeAll()
@@ -289,7 +293,7 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger, version st
 		return nil, err
 	}
 	if a.fabric, err = fabric.Open(ctx, fabric.Options{Engine: a.eng, Identity: a.ident, Audit: a.audit, Config: cfg.Fabric,
-		Logger: log.With("component", "fabric"), Registry: reg, OnDeadLetter: a.onDeadLetter}); err != nil {
+		Logger: log.With("component", "fabric"), Registry: reg, OnDeadLetter: a.onDeadLetter, Activity: a.activity}); err != nil {
 		return nil, err
 	}
 	filesRoot := cfg.Pipelines.FilesRoot
@@ -328,8 +332,13 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger, version st
 	}
 	reg.MustRegister(a.pipes.Collectors()...)
 	a.life = lifecycle.New(lifecycle.Options{Identity: a.ident, Keyring: a.keys, Fabric: a.fabric, Pipelines: a.pipes,
-		Engine: a.eng, Audit: a.audit, FilesRoot: filesRoot, Logger: log.With("component", "lifecycle")})
+		Engine: a.eng, Audit: a.audit, FilesRoot: filesRoot, Activity: a.activity, Logger: log.With("component", "lifecycle")})
 	if err := a.life.Resume(ctx); err != nil { // before serving: an interrupted deletion finishes first
+		return nil, err
+	}
+	if a.retention, err = retention.Open(ctx, retention.Options{Keyring: a.keys, Identity: a.ident, Lifecycle: a.life,
+		Tracker: a.activity, Config: cfg.Retention, InUse: a.inUse, Notify: a.notify, Audit: a.audit,
+		Logger: log.With("component", "retention")}); err != nil {
 		return nil, err
 	}
 	if err := a.openBackups(ctx, reg); err != nil {
@@ -357,6 +366,7 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger, version st
 		Keyring: a.keys, Master: a.master, Secrets: store,
 		Identity: a.ident, Lockout: lockout, Nonces: nonces, Audit: a.audit, Fabric: a.fabric,
 		Pipelines: a.pipes, Lifecycle: a.life, Backups: a.backupsAPI(), Cluster: a.clusterAPI(), Notify: a.notify,
+		Activity: a.activity, Retention: a.retention,
 	})
 	a.routes = routes
 	a.apiSrv = &http.Server{
@@ -456,9 +466,11 @@ func (a *App) Run(ctx context.Context) error {
 		forwarders.Add(1)
 		go func() { defer forwarders.Done(); a.backups.scheduleHeld(fctx) }()
 	}
-	forwarders.Add(2)
+	forwarders.Add(4)
 	go func() { defer forwarders.Done(); a.notify.Events(fctx) }()
-	go func() { defer forwarders.Done(); a.notifyTicks(fctx) }()
+	go func() { defer forwarders.Done(); a.held(fctx, "notify-delivery", a.notify.Ticks) }()
+	go func() { defer forwarders.Done(); a.retention.Loop(fctx, activityFlush) }()
+	go func() { defer forwarders.Done(); a.held(fctx, "retention", a.retention.Schedule) }()
 	for _, sink := range a.sinks {
 		forwarders.Add(1)
 		go func() {

@@ -37,7 +37,13 @@ type options struct {
 	// replaced and aside are set on the start after damage was set aside.
 	replaced []integrity.Finding
 	aside    string
+	// now is the clock of activity and retention (time.Now when nil).
+	now func() time.Time
 }
+
+// WithClock gives activity tracking and retention a clock of their own: tests move it ahead
+// by months to see environments warned and deleted.
+func WithClock(now func() time.Time) Option { return func(o *options) { o.now = now } }
 
 // replaceDamaged stops a start that found damage that backup.auto_restore allows to be
 // replaced.

@@ -25,6 +25,7 @@ var may = map[authz.Action][]authz.Role{
 	authz.APIKeyManage:    {authz.Owner, authz.Admin},
 	authz.AllowlistManage: {authz.Owner, authz.Admin},
 	authz.EgressManage:    {},
+	authz.RetentionManage: {},
 	authz.SecretWrite:     {authz.Owner, authz.Admin, authz.Developer},
 	authz.SecretRead:      {authz.Owner, authz.Admin, authz.Developer, authz.Operator, authz.Viewer},
 	authz.AuditRead:       {authz.Owner, authz.Auditor},
@@ -169,6 +170,21 @@ func TestEveryRouteForEveryRoleAndScope(t *testing.T) {
 			return call{"PUT", "/v1/tenants/acme/allowlist", map[string]any{"cidrs": []string{}}, acme}
 		},
 		"env-list": func(principal) call { return call{"GET", "/v1/tenants/acme/environments", nil, acme} },
+		"env-get":  func(principal) call { return call{"GET", "/v1/tenants/acme/environments/production", nil, env} },
+		"env-delete": func(principal) call {
+			// An environment of its own for every call.
+			name := fresh("gone")
+			mustOK("POST", "/v1/tenants/acme/environments", map[string]string{"name": name})
+			return call{"DELETE", "/v1/tenants/acme/environments/" + name + "?confirm=acme/" + name, nil, authz.Scope{Tenant: "acme", Environment: name}}
+		},
+		"retention-report": func(principal) call { return call{"GET", "/v1/retention?tenant=acme", nil, acme} },
+		"retention-run": func(principal) call {
+			return call{"POST", "/v1/retention/run", map[string]any{"dry_run": true}, authz.Platform}
+		},
+		"retention-policy-get": func(principal) call { return call{"GET", "/v1/retention/tenants/acme", nil, acme} },
+		"retention-policy-put": func(principal) call {
+			return call{"PUT", "/v1/retention/tenants/acme", map[string]any{"inactive_after": "90d"}, acme}
+		},
 		"env-create": func(principal) call {
 			return call{"POST", "/v1/tenants/acme/environments", map[string]string{"name": fresh("e")}, acme}
 		},

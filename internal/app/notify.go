@@ -11,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/penstock/penstock/internal/activity"
 	"github.com/penstock/penstock/internal/audit"
 	"github.com/penstock/penstock/internal/egress"
 	"github.com/penstock/penstock/internal/fabric"
@@ -48,7 +49,7 @@ func (a *App) openNotify(ctx context.Context, reg *prometheus.Registry) error {
 			}
 			return out
 		},
-		Levels: (&levels{a: a, started: time.Now(), active: map[string]activity{}}).measure,
+		Levels: (&levels{a: a, started: time.Now(), active: map[string]queueMove{}}).measure,
 	})
 	if err != nil {
 		return err
@@ -96,6 +97,7 @@ func (a *App) onDeadLetter(r fabric.Ref, _ string) {
 
 // onRunEnd tells notifications of a pipeline run that ended: a failure, and its error rate.
 func (a *App) onRunEnd(app keyring.Scope, name string, run pipeline.Run) {
+	a.activity.Touch(app.Tenant, app.Environment, activity.Pipeline)
 	ev := notify.Event{Tenant: app.Tenant, Environment: app.Environment, Application: app.Application,
 		Resource: app.Environment + "/" + app.Application + "/" + name}
 	if run.Status == "failed" {
@@ -122,10 +124,10 @@ type levels struct {
 	started time.Time
 	mu      sync.Mutex
 	// active remembers, by queue, the delivery position last seen and when it last moved.
-	active map[string]activity
+	active map[string]queueMove
 }
 
-type activity struct {
+type queueMove struct {
 	delivered uint64
 	at        time.Time
 }
@@ -273,7 +275,7 @@ func (l *levels) queues(ctx context.Context, tenants map[string]bool, now time.T
 				l.mu.Lock()
 				act, ok := l.active[key]
 				if !ok || act.delivered != q.Stats.Delivered || q.Stats.InFlight > 0 {
-					act = activity{delivered: q.Stats.Delivered, at: now}
+					act = queueMove{delivered: q.Stats.Delivered, at: now}
 					l.active[key] = act
 				}
 				l.mu.Unlock()
@@ -300,15 +302,15 @@ func (l *levels) queues(ctx context.Context, tenants map[string]bool, now time.T
 	return out
 }
 
-// notifyTicks runs the delivery loop on this node while it holds its lease (in a cluster), or
-// always (one node).
-func (a *App) notifyTicks(ctx context.Context) {
+// held runs fn while this node holds the cluster lease of task (on a single node, always),
+// until ctx ends: notify delivery, the retention run.
+func (a *App) held(ctx context.Context, task string, fn func(context.Context)) {
 	if a.leases == nil {
-		a.notify.Ticks(ctx)
+		fn(ctx)
 		return
 	}
 	for ctx.Err() == nil {
-		lost, release, ok := a.leases.Hold(ctx.Done(), "notify-delivery")
+		lost, release, ok := a.leases.Hold(ctx.Done(), task)
 		if !ok {
 			return
 		}
@@ -320,8 +322,22 @@ func (a *App) notifyTicks(ctx context.Context) {
 			case <-tctx.Done():
 			}
 		}()
-		a.notify.Ticks(tctx)
+		fn(tctx)
 		cancel()
 		release()
+	}
+}
+
+// activityFlush is how often each node writes the activity it noted (retention).
+const activityFlush = time.Minute
+
+// inUse notes what is in use on this node without a call that notes it: native clients
+// connected, pipeline runs in progress.
+func (a *App) inUse(t *activity.Tracker) {
+	for _, e := range a.fabric.NativeEnvs() {
+		t.Touch(e[0], e[1], activity.Native)
+	}
+	for _, app := range a.pipes.Running() {
+		t.Touch(app.Tenant, app.Environment, activity.Pipeline)
 	}
 }

@@ -37,9 +37,10 @@ const (
 	AuditRead       Action = "audit.read"
 	BackupCreate    Action = "backup.create" // take, list and verify backups
 	BackupRestore   Action = "backup.restore"
-	ClusterManage   Action = "cluster.manage" // cluster status and draining a node: platform admins only
-	NotifyManage    Action = "notify.manage"  // notification channels and alerting rules
-	AlertAck        Action = "alert.ack"      // acknowledge an alert (stops its escalation)
+	ClusterManage   Action = "cluster.manage"   // cluster status and draining a node: platform admins only
+	NotifyManage    Action = "notify.manage"    // notification channels and alerting rules
+	AlertAck        Action = "alert.ack"        // acknowledge an alert (stops its escalation)
+	RetentionManage Action = "retention.manage" // run retention, set a tenant's retention: platform admins only
 )
 
 // Role is a fixed, documented set of actions.
@@ -63,7 +64,7 @@ var (
 		// platform users and the master key.
 		PlatformAdmin: {TenantCreate, TenantRead, TenantDelete, EnvManage, AppManage, UserManage, RoleManage, APIKeyManage,
 			AllowlistManage, EgressManage, SecretWrite, SecretRead, KeyManage, QueuePublish, QueueConsume, QueueManage, PipelineManage,
-			PipelineRun, AuditRead, BackupCreate, BackupRestore, ClusterManage, NotifyManage, AlertAck},
+			PipelineRun, AuditRead, BackupCreate, BackupRestore, ClusterManage, NotifyManage, AlertAck, RetentionManage},
 		Owner: {TenantRead, TenantDelete, EnvManage, AppManage, RoleManage, APIKeyManage, AllowlistManage, SecretWrite,
 			SecretRead, QueuePublish, QueueConsume, QueueManage, PipelineManage, PipelineRun, AuditRead, BackupCreate, BackupRestore,
 			NotifyManage, AlertAck},

@@ -29,6 +29,24 @@ type Config struct {
 	Pipelines Pipelines `koanf:"pipelines"`
 	Backup    Backup    `koanf:"backup"`
 	Notify    Notify    `koanf:"notify"`
+	Retention Retention `koanf:"retention"`
+}
+
+// Retention configures the deletion of unused environments (docs/retention.md). Per-tenant
+// overrides and exemptions are set through the API (`penstock retention policy`).
+type Retention struct {
+	// InactiveAfter is how long an environment may go without use (a publish, a consume, an
+	// API call by one of its tenant's principals, a native connection, a pipeline run) before
+	// it is deleted with its keys; warnings go 30, 7 and 1 days before. 0 deletes nothing.
+	InactiveAfter time.Duration `koanf:"inactive_after"`
+	// Exempt lists environments never deleted for inactivity, as tenant/environment globs
+	// ("*/production").
+	Exempt []string `koanf:"exempt"`
+	// CheckEvery is how often the retention run looks at every environment (warnings, then
+	// deletions).
+	CheckEvery time.Duration `koanf:"check_every"`
+	// Grace is the least time between the last warning and the deletion.
+	Grace time.Duration `koanf:"grace"`
 }
 
 // Notify configures how alerts are evaluated and delivered (docs/notifications.md). Channels
@@ -120,6 +138,9 @@ type Fabric struct {
 	// node, deletes its queue consumers that hold nothing; 0 keeps every one open. Embedded
 	// engine only.
 	IdleClose time.Duration `koanf:"idle_close"`
+	// DeadLetterMaxAge bounds how long a dead letter is kept, whatever its queue's max_age:
+	// failed payloads do not stay forever.
+	DeadLetterMaxAge time.Duration `koanf:"dead_letter_max_age"`
 }
 
 // Audit configures the audit log.
@@ -375,10 +396,11 @@ func Default() Config {
 		Backup:    Backup{Schedule: 24 * time.Hour, KeepDaily: 7, KeepWeekly: 4, KeepMonthly: 6},
 		Notify: Notify{Tick: 5 * time.Second, RetryBase: 10 * time.Second, RetryMax: 10 * time.Minute, GiveUpAfter: 24 * time.Hour,
 			FailingAfter: 5, KeepResolved: 7 * 24 * time.Hour},
+		Retention: Retention{InactiveAfter: 90 * 24 * time.Hour, CheckEvery: time.Hour, Grace: 24 * time.Hour},
 		Fabric: Fabric{
 			CommitWindow: 5 * time.Millisecond, MaxCommit: 1000, CommitsInFlight: 16, MaxPublishBatch: 1000,
 			MaxAge: 14 * 24 * time.Hour, MaxDeliveries: 5, AckWait: 30 * time.Second, DuplicateWindow: 2 * time.Minute,
-			IdleClose:      2 * time.Minute,
+			IdleClose:      2 * time.Minute, DeadLetterMaxAge: 14 * 24 * time.Hour,
 			MaxConnections: 1000, MaxSubscriptions: 10000, MaxPayload: 1 << 20,
 		},
 		Identity: Identity{

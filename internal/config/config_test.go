@@ -345,3 +345,24 @@ func TestDocumentedKeysMatchTheCode(t *testing.T) {
 		t.Errorf("docs/configuration.md documents %s, which the code does not read", k)
 	}
 }
+
+func TestDurationsTakeDays(t *testing.T) {
+	for in, want := range map[string]time.Duration{"90d": 90 * 24 * time.Hour, "1d12h": 36 * time.Hour, "30s": 30 * time.Second, "0": 0} {
+		got, err := config.ParseDuration(in)
+		if err != nil || got != want {
+			t.Errorf("ParseDuration(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"d", "-1d", "1.5d", "1dx", "1d-2h", "99999999d"} {
+		if d, err := config.ParseDuration(bad); err == nil {
+			t.Errorf("ParseDuration(%q) = %v, want an error", bad, d)
+		}
+	}
+	cfg, err := config.Load(config.Sources{Environ: []string{"PENSTOCK_RETENTION_INACTIVE_AFTER=30d", "PENSTOCK_RETENTION_EXEMPT=*/production"}})
+	if err != nil || cfg.Retention.InactiveAfter != 30*24*time.Hour || len(cfg.Retention.Exempt) != 1 {
+		t.Fatalf("retention from the environment: %+v %v", cfg.Retention, err)
+	}
+	if _, err := config.Load(config.Sources{Environ: []string{"PENSTOCK_RETENTION_EXEMPT=production"}}); err == nil || !strings.Contains(err.Error(), "retention.exempt[0]") {
+		t.Fatalf("an exemption without a tenant: %v", err)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -161,6 +162,7 @@ func decodeLeaf(cfg *Config, key string, t reflect.Type, raw any) error {
 	dst := reflect.New(t)
 	dec, err := mapstructure.NewDecoder(&mapstructure.DecoderConfig{
 		DecodeHook: mapstructure.ComposeDecodeHookFunc(
+			daysHook,
 			mapstructure.StringToTimeDurationHookFunc(),
 			mapstructure.TextUnmarshallerHookFunc(),
 		),
@@ -357,3 +359,33 @@ func cleanYAMLError(err error) string {
 }
 
 var quotedInput = regexp.MustCompile("`[^`]*`|\"[^\"]*\"|'[^']*'")
+
+// ParseDuration is time.ParseDuration with days: "90d", "1d12h". Retention periods are
+// written in days.
+func ParseDuration(s string) (time.Duration, error) {
+	days, rest, ok := strings.Cut(s, "d")
+	if !ok || days == "" || strings.ContainsAny(days, "+-.") {
+		return time.ParseDuration(s)
+	}
+	n, err := strconv.ParseUint(days, 10, 16)
+	if err != nil {
+		return time.ParseDuration(s)
+	}
+	d := time.Duration(n) * 24 * time.Hour
+	if rest != "" {
+		r, err := time.ParseDuration(rest)
+		if err != nil || r < 0 {
+			return 0, fmt.Errorf("time: invalid duration %q", s)
+		}
+		d += r
+	}
+	return d, nil
+}
+
+// daysHook decodes durations written with days.
+func daysHook(from, to reflect.Type, data any) (any, error) {
+	if from.Kind() != reflect.String || to != reflect.TypeFor[time.Duration]() {
+		return data, nil
+	}
+	return ParseDuration(data.(string))
+}

@@ -6,6 +6,7 @@ import (
 
 	"net"
 	"net/url"
+	"path"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -113,6 +114,7 @@ func (c Config) validate() FieldErrors {
 	c.Audit.validate(&v, c.DataDir)
 	c.Backup.validate(&v)
 	c.Notify.validate(&v)
+	c.Retention.validate(&v)
 	id := c.Identity
 	v.positiveDuration("identity.session_idle", id.SessionIdle)
 	v.positiveDuration("identity.session_max", id.SessionMax)
@@ -159,6 +161,7 @@ func (f Fabric) validate(v *validator, e Engine) {
 		// Longer than the longest long-poll (30 s), with room for a consumer's next one.
 		v.add("fabric.idle_close", "must be 0 (keep every tenant-environment open) or at least 1m")
 	}
+	v.positiveDuration("fabric.dead_letter_max_age", f.DeadLetterMaxAge)
 	if f.DuplicateWindow < 0 || f.DuplicateWindow > f.MaxAge {
 		v.add("fabric.duplicate_window", "must be between 0 and fabric.max_age")
 	}
@@ -476,6 +479,26 @@ func (b Backup) validate(v *validator) {
 	}
 	if b.AutoRestore && b.Target == "" {
 		v.add("backup.auto_restore", "needs backup.target")
+	}
+}
+
+func (r Retention) validate(v *validator) {
+	if r.InactiveAfter < 0 {
+		v.add("retention.inactive_after", "must be 0 (delete nothing) or a positive duration such as 90d")
+	}
+	if r.CheckEvery < time.Second {
+		v.add("retention.check_every", "at least 1s")
+	}
+	if r.Grace < 0 {
+		v.add("retention.grace", "must not be negative")
+	}
+	for i, g := range r.Exempt {
+		t, e, ok := strings.Cut(g, "/")
+		_, err1 := path.Match(t, "")
+		_, err2 := path.Match(e, "")
+		if !ok || t == "" || e == "" || strings.Contains(e, "/") || err1 != nil || err2 != nil {
+			v.add(fmt.Sprintf("retention.exempt[%d]", i), "a tenant/environment glob such as */production")
+		}
 	}
 }
 

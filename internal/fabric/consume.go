@@ -11,6 +11,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/penstock/penstock/internal/activity"
 )
 
 // Delivery is one message handed to a consumer. It stays the consumer's until acknowledged,
@@ -44,6 +46,8 @@ func (s *Service) Consume(ctx context.Context, r Ref, maxN int, wait time.Durati
 	if err != nil {
 		return nil, err
 	}
+	// A poll of an empty queue is use too.
+	s.o.Activity.Touch(r.Tenant, r.Environment, activity.Consume)
 	ta.useMu.RLock() // its consumer is not deleted as idle meanwhile (queueconsumer.go)
 	defer ta.useMu.RUnlock()
 	cons, err := s.consumer(ctx, ta, r, true)
@@ -218,6 +222,7 @@ func (s *Service) Settle(ctx context.Context, r Ref, tokens []string, how Settle
 	if delay < 0 || delay > 12*time.Hour {
 		return invalidf("delay: 0 to 12h")
 	}
+	s.o.Activity.Touch(r.Tenant, r.Environment, activity.Consume)
 	subjects := make([]string, len(tokens))
 	seqs := make([]uint64, len(tokens))
 	for i, t := range tokens {

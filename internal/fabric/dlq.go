@@ -277,8 +277,14 @@ func (s *Service) deadLetter(ctx context.Context, ta *tenantAccount, app, queue 
 // deadStreamConfig is the dead-letter queue of a queue whose stream has configuration q: its
 // age and size limits, and its duplicate window (which makes a move retried after a crash
 // store the message once).
-func deadStreamConfig(r Ref, q jetstream.StreamConfig) jetstream.StreamConfig {
-	dup := q.Duplicates
+// Its age is the queue's, at most fabric.dead_letter_max_age (maxAge): failed payloads do not
+// stay forever.
+func deadStreamConfig(r Ref, q jetstream.StreamConfig, maxAge time.Duration) jetstream.StreamConfig {
+	age := q.MaxAge
+	if maxAge > 0 && (age == 0 || age > maxAge) {
+		age = maxAge
+	}
+	dup := min(q.Duplicates, age)
 	if dup <= time.Millisecond {
 		dup = 0 // the queue remembers no ids (see CreateQueue): the engine's default here
 	}
@@ -287,7 +293,7 @@ func deadStreamConfig(r Ref, q jetstream.StreamConfig) jetstream.StreamConfig {
 		Description: "dead letters of queue " + r.Name,
 		Subjects:    []string{r.deadSubject()},
 		Retention:   jetstream.LimitsPolicy,
-		MaxAge:      q.MaxAge,
+		MaxAge:      age,
 		MaxBytes:    q.MaxBytes,
 		Storage:     jetstream.FileStorage,
 		Duplicates:  dup,
@@ -299,8 +305,17 @@ func deadStreamConfig(r Ref, q jetstream.StreamConfig) jetstream.StreamConfig {
 // does not exist yet. A queue deleted meanwhile does not keep one.
 func (s *Service) ensureDeadStream(ctx context.Context, ta *tenantAccount, r Ref, queue jetstream.Stream) error {
 	js := ta.acc.JetStream()
-	_, err := js.Stream(ctx, r.deadStream())
+	st, err := js.Stream(ctx, r.deadStream())
 	if err == nil {
+		// One made before fabric.dead_letter_max_age was lowered (or before it existed)
+		// takes the bound now.
+		if c := st.CachedInfo().Config; c.MaxAge == 0 || c.MaxAge > s.cfg.DeadLetterMaxAge && s.cfg.DeadLetterMaxAge > 0 {
+			want := deadStreamConfig(r, c, s.cfg.DeadLetterMaxAge)
+			c.MaxAge, c.Duplicates = want.MaxAge, want.Duplicates
+			if _, err := js.UpdateStream(ctx, c); err != nil {
+				s.log.Warn("bound a dead-letter queue's age", "queue", r.Name, "error", err)
+			}
+		}
 		return nil
 	}
 	if !errors.Is(err, jetstream.ErrStreamNotFound) {
@@ -310,7 +325,7 @@ func (s *Service) ensureDeadStream(ctx context.Context, ta *tenantAccount, r Ref
 	// listed the streams would outlive it.
 	s.life.RLock()
 	defer s.life.RUnlock()
-	if _, err := js.CreateOrUpdateStream(ctx, deadStreamConfig(r, queue.CachedInfo().Config)); err != nil {
+	if _, err := js.CreateOrUpdateStream(ctx, deadStreamConfig(r, queue.CachedInfo().Config, s.cfg.DeadLetterMaxAge)); err != nil {
 		return jsErr(err, "create dead-letter queue")
 	}
 	if _, err := js.Stream(ctx, r.queueStream()); errors.Is(err, jetstream.ErrStreamNotFound) {

@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
 
+	"github.com/penstock/penstock/internal/activity"
 	"github.com/penstock/penstock/internal/audit"
 	"github.com/penstock/penstock/internal/config"
 	"github.com/penstock/penstock/internal/engine"
@@ -125,6 +126,8 @@ type Options struct {
 	// OnDeadLetter, if set, is told of every message moved to a dead-letter queue
 	// (notifications); it must not block.
 	OnDeadLetter func(r Ref, reason string)
+	// Activity is told of every publish, consume and native login (retention); nil is none.
+	Activity *activity.Tracker
 }
 
 // Service is the fabric.

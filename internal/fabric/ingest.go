@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/penstock/penstock/internal/activity"
 	"github.com/penstock/penstock/internal/engine"
 	"github.com/penstock/penstock/internal/names"
 )
@@ -81,6 +82,7 @@ func (ta *tenantAccount) stopIngest() {
 }
 
 func (s *Service) ingest(ta *tenantAccount, m *nats.Msg) {
+	s.o.Activity.Touch(ta.tenant, ta.env, activity.Publish)
 	conn := ta.acc.Conn()
 	stream, subject, ok := ingestTarget(ta, strings.TrimPrefix(m.Subject, ingestPrefix))
 	if !ok {

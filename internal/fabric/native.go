@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/penstock/penstock/internal/activity"
 	"github.com/penstock/penstock/internal/audit"
 	"github.com/penstock/penstock/internal/authz"
 	"github.com/penstock/penstock/internal/engine"
@@ -144,6 +145,7 @@ func (s *Service) authNative(c engine.NativeClient) (engine.NativeGrant, bool) {
 	s.conns[c.ID] = nativeConn{keyID: k.ID, tenant: tenant, env: env, source: src, grant: grantKey(g), added: time.Now()}
 	s.mu.Unlock()
 	s.m.nativeAuth.WithLabelValues("ok").Inc()
+	s.o.Activity.Touch(tenant, env, activity.Native)
 	s.auditNative(tenant, env, k.ID, src, "ok", "")
 	if s.groupNative {
 		g = throughIngest(g)
@@ -376,4 +378,21 @@ func (s *Service) auditQuota(tenant, env, quota, path, detail string) {
 	if err != nil {
 		s.log.Error("audit quota event", "error", err)
 	}
+}
+
+// NativeEnvs lists the tenant-environments with a native client connected to this node:
+// retention counts a connected client as use, however quiet.
+func (s *Service) NativeEnvs() [][2]string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	seen := map[[2]string]bool{}
+	var out [][2]string
+	for _, c := range s.conns {
+		k := [2]string{c.tenant, c.env}
+		if !seen[k] {
+			seen[k] = true
+			out = append(out, k)
+		}
+	}
+	return out
 }

@@ -14,6 +14,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
+
+	"github.com/penstock/penstock/internal/activity"
 )
 
 // Message is one message to publish.
@@ -128,6 +130,7 @@ func (s *Service) Publish(ctx context.Context, t Target, msgs []Message) ([]Rece
 		}
 		return nil, r.err
 	}
+	s.o.Activity.Touch(t.Tenant, t.Environment, activity.Publish)
 	s.m.published.WithLabelValues("https").Add(float64(len(msgs)))
 	s.m.publishedBytes.WithLabelValues("https").Add(float64(size))
 	return r.receipts, nil

@@ -108,7 +108,7 @@ func (s *Service) CreateQueue(ctx context.Context, r Ref, spec QueueSpec) (Queue
 	// queue whose size reserves storage under a storage quota gets it now, reserving its size
 	// too: the quota refuses the queue rather than its first dead letter. One left by a queue
 	// of the same name takes the new queue's settings.
-	dead := deadStreamConfig(r, jetstream.StreamConfig{MaxAge: spec.MaxAge, MaxBytes: spec.MaxBytes, Duplicates: spec.DuplicateWindow})
+	dead := deadStreamConfig(r, jetstream.StreamConfig{MaxAge: spec.MaxAge, MaxBytes: spec.MaxBytes, Duplicates: spec.DuplicateWindow}, s.cfg.DeadLetterMaxAge)
 	_, err = js.Stream(ctx, r.deadStream())
 	left := err == nil
 	made := false // by this call: deleted again if the queue cannot be

@@ -28,6 +28,8 @@ type Deletion struct {
 	// Audited is set once the deletion's audit event is written, so a resumed deletion does
 	// not write it twice.
 	Audited bool `json:"audited,omitempty"`
+	// Reason says why, for the audit event ("inactive since ...": the retention run).
+	Reason string `json:"reason,omitempty"`
 }
 
 func deletionKey(sc authz.Scope) string {

@@ -15,6 +15,7 @@ import (
 	"slices"
 	"sync"
 
+	"github.com/penstock/penstock/internal/activity"
 	"github.com/penstock/penstock/internal/audit"
 	"github.com/penstock/penstock/internal/authz"
 	"github.com/penstock/penstock/internal/crashpoint"
@@ -41,7 +42,9 @@ type Options struct {
 	Audit  Auditor
 	// FilesRoot holds one directory per tenant for file connectors ("" when they are off).
 	FilesRoot string
-	Logger    *slog.Logger
+	// Activity forgets what it noted of a deleted environment (nil: nothing is noted).
+	Activity *activity.Tracker
+	Logger   *slog.Logger
 }
 
 // Service creates and deletes tenants, environments and applications.
@@ -159,6 +162,11 @@ func (s *Service) exists(sc authz.Scope) bool { return s.o.Identity.Stored(sc) }
 // exists nor is being deleted. A deletion that was started and interrupted is finished by
 // calling Delete again, or by Resume.
 func (s *Service) Delete(ctx context.Context, actor string, sc authz.Scope) error {
+	return s.DeleteFor(ctx, actor, "", sc)
+}
+
+// DeleteFor is Delete with the reason the audit event gives (the retention run's).
+func (s *Service) DeleteFor(ctx context.Context, actor, reason string, sc authz.Scope) error {
 	if sc.Tenant == "" || sc.Validate() != nil {
 		return fmt.Errorf("%w: scope %q: a tenant, environment or application", identity.ErrInvalid, sc.String())
 	}
@@ -169,7 +177,7 @@ func (s *Service) Delete(ctx context.Context, actor string, sc authz.Scope) erro
 			return identity.ErrNotFound
 		}
 		var err error
-		if d, err = s.o.Identity.MarkDeletion(ctx, identity.Deletion{Scope: sc, Actor: actor}); err != nil {
+		if d, err = s.o.Identity.MarkDeletion(ctx, identity.Deletion{Scope: sc, Actor: actor, Reason: reason}); err != nil {
 			return err
 		}
 	}
@@ -265,6 +273,9 @@ func (s *Service) finish(ctx context.Context, d identity.Deletion, resumed bool)
 		if closed > 0 {
 			details["native_connections_closed"] = fmt.Sprint(closed)
 		}
+		if d.Reason != "" {
+			details["reason"] = d.Reason
+		}
 		if _, err := s.o.Audit.Append(ctx, audit.Event{Actor: d.Actor, Tenant: sc.Tenant, Environment: sc.Environment,
 			Application: sc.Application, Action: map[string]string{"app": "application", "env": "environment", "tenant": "tenant"}[kind(sc)] + ".deleted",
 			Target: sc.String(), Result: audit.ResultOK, Details: details}); err != nil {
@@ -286,6 +297,9 @@ func (s *Service) finish(ctx context.Context, d identity.Deletion, resumed bool)
 	}
 	if err := s.o.Identity.Unmark(ctx, sc); err != nil {
 		return err
+	}
+	if sc.Application == "" {
+		s.o.Activity.Forget(sc.Tenant, sc.Environment)
 	}
 	s.o.Logger.Info("deleted", "scope", sc.String(), "resumed", resumed)
 	return nil

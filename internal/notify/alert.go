@@ -51,6 +51,7 @@ type Alert struct {
 	Environment string  `json:"environment,omitempty"`
 	Application string  `json:"application,omitempty"`
 	Resource    string  `json:"resource"`
+	Detail      string  `json:"detail,omitempty"`
 	Severity    string  `json:"severity"`
 	State       string  `json:"state"`
 	Value       float64 `json:"value" doc:"the last level measured, or the occurrences within the rule's window when it opened"`
@@ -172,6 +173,9 @@ func (a *Alert) Text(kind string, l links) string {
 	fmt.Fprintf(&b, "Rule:      %s\n", a.Rule)
 	fmt.Fprintf(&b, "Resource:  %s\n", a.Resource)
 	fmt.Fprintf(&b, "Condition: %s\n", a.condition())
+	if a.Detail != "" {
+		fmt.Fprintf(&b, "Detail:    %s\n", a.Detail)
+	}
 	fmt.Fprintf(&b, "Opened:    %s\n", a.Opened.UTC().Format(time.RFC3339))
 	if !a.Resolved.IsZero() {
 		fmt.Fprintf(&b, "Resolved:  %s\n", a.Resolved.UTC().Format(time.RFC3339))
@@ -198,6 +202,9 @@ func (a *Alert) Text(kind string, l links) string {
 // Short is the text of an SMS or a voice call.
 func (a *Alert) Short(kind string) string {
 	s := fmt.Sprintf("Penstock %s %s: %s on %s, %s %s", strings.ToUpper(a.State), a.Severity, a.Event, a.where(), num(a.Value), a.Unit)
+	if a.Detail != "" {
+		s += ": " + a.Detail
+	}
 	if kind == Test {
 		s = "Penstock test notice from " + a.where()
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"path"
+	"slices"
 	"time"
 
 	"github.com/penstock/penstock/internal/keyring"
@@ -37,7 +38,11 @@ func (s *Service) hits(ctx context.Context, batch []Event) []*hit {
 			owners = append(owners, e.Tenant)
 		}
 		for _, owner := range owners {
-			for _, r := range s.rulesOf(ctx, owner) {
+			rules := s.rulesOf(ctx, owner)
+			if r, ok := s.builtin(ctx, owner, e.Kind, rules); ok {
+				rules = append(slices.Clip(rules), r)
+			}
+			for _, r := range rules {
 				if !r.matches(e) || owner == "" && r.Tenant != "" && !globMatch(r.Tenant, e.Tenant) {
 					continue
 				}
@@ -248,7 +253,7 @@ func (s *Service) open(ctx context.Context, h *hit, value float64) error {
 	}
 	id := newAlertID()
 	a := Alert{ID: id, Tenant: h.owner, Rule: h.rule.Name, Event: h.ev.Kind, Environment: h.ev.Environment,
-		Application: h.ev.Application, Resource: h.ev.Resource, Severity: h.rule.Severity, State: Firing,
+		Application: h.ev.Application, Resource: h.ev.Resource, Detail: h.ev.Detail, Severity: h.rule.Severity, State: Firing,
 		Value: value, Threshold: h.rule.Threshold, Unit: h.kind.Unit, Count: 1, Opened: now, Last: now, Slot: h.key, Opening: true}
 	if h.owner == "" && h.ev.Tenant != "" {
 		a.Resource = h.ev.Tenant + "/" + h.ev.Resource // a platform rule on a tenant's resource

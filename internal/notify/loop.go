@@ -322,12 +322,63 @@ func later(a, b time.Time) time.Time {
 }
 
 func (s *Service) rule(ctx context.Context, owner, name string) *Rule {
-	for _, r := range s.rulesOf(ctx, owner) {
+	rules := s.rulesOf(ctx, owner)
+	for _, r := range rules {
 		if r.Name == name {
 			return &r
 		}
 	}
+	if name == BuiltinRetentionRule {
+		if r, ok := s.builtin(ctx, owner, RetentionWarning, rules); ok {
+			return &r
+		}
+	}
 	return nil
+}
+
+// RetentionWarning is the event of an environment retention will delete; BuiltinRetentionRule
+// is the rule it takes in a tenant none of whose rules is for it: every channel of the
+// tenant, without a resolve notice. A tenant that wants its warnings elsewhere (or nowhere)
+// makes a rule for the event.
+const (
+	RetentionWarning     = "retention.warning"
+	BuiltinRetentionRule = "builtin.retention"
+)
+
+// builtin is the built-in rule of a tenant for an event of kind, if it takes one.
+func (s *Service) builtin(ctx context.Context, owner, kind string, rules []Rule) (Rule, bool) {
+	if kind != RetentionWarning || owner == "" || owner == PlatformTenant {
+		return Rule{}, false
+	}
+	for _, r := range rules {
+		if r.Event == RetentionWarning {
+			return Rule{}, false
+		}
+	}
+	s.mu.Lock()
+	c, ok := s.channelNames[owner]
+	s.mu.Unlock()
+	if !ok || time.Since(c.at) >= ruleCacheFor {
+		names, err := ids(ctx, s.channels, owner, "")
+		if err != nil {
+			return Rule{}, false
+		}
+		c = cachedNames{names: names, at: time.Now()}
+		s.mu.Lock()
+		s.channelNames[owner] = c
+		s.mu.Unlock()
+	}
+	if len(c.names) == 0 {
+		return Rule{}, false
+	}
+	// Open for a day: a warning sent again within it (a retried run) is counted, not resent.
+	return Rule{Name: BuiltinRetentionRule, Event: RetentionWarning, Severity: "warning", Channels: c.names, NoResolve: true,
+		window: 24 * time.Hour}, true
+}
+
+type cachedNames struct {
+	names []string
+	at    time.Time
 }
 
 // deliver sends one notice and records the outcome: sent, or the next attempt's time.

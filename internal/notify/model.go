@@ -50,7 +50,7 @@ var Kinds = []Kind{
 	{Name: "backup.failed", Description: "backups that failed or were missed", Unit: "backups"},
 	{Name: "audit.forward_failed", Description: "failures forwarding the audit log to a SIEM", Unit: "failures", Platform: true},
 	{Name: "data.damaged", Description: "damaged streams found by the data-safety checks", Unit: "streams", Platform: true},
-	{Name: "retention.warning", Description: "an environment that retention will delete", Unit: "warnings"},
+	{Name: "retention.warning", Description: "warnings that retention will delete an unused environment (30, 7 and 1 days before)", Unit: "warnings"},
 	{Name: "notify.channel_failing", Description: "a channel whose deliveries keep failing", Unit: "attempts", Platform: true},
 }
 
@@ -74,6 +74,10 @@ type Event struct {
 	// Value is the measured level (level kinds) or the number of occurrences (at least 1).
 	Value float64
 	Time  time.Time
+	// Detail is a line of text Penstock wrote about it ("deleted on 2027-03-06 unless it is
+	// used"), shown in the notices: never a payload, a record value or an error of a remote
+	// system.
+	Detail string
 }
 
 // Step is one stage of escalation: after After unacknowledged, notify Channels.

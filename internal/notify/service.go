@@ -52,6 +52,7 @@ type Service struct {
 	cancel                  context.CancelFunc
 	mu                      sync.Mutex
 	ruleCache               map[string]cachedRules  // by tenant ("" platform)
+	channelNames            map[string]cachedNames  // by tenant, for the built-in rule
 	windows                 map[string]*window      // recent occurrences, by owner|slot
 	since                   map[string]pendingLevel // levels over their threshold, not yet for long enough
 	seen                    map[string]time.Time    // a level alert's last measurement, by alert
@@ -89,7 +90,7 @@ const eventBuffer = 4096
 
 // Open opens the stores; Run evaluates and delivers.
 func Open(ctx context.Context, o Options) (*Service, error) {
-	s := &Service{o: o, log: o.Logger, events: make(chan Event, eventBuffer), ruleCache: map[string]cachedRules{},
+	s := &Service{o: o, log: o.Logger, events: make(chan Event, eventBuffer), ruleCache: map[string]cachedRules{}, channelNames: map[string]cachedNames{},
 		windows: map[string]*window{}, since: map[string]pendingLevel{}, seen: map[string]time.Time{}, levelOpen: map[string]string{},
 		busy: map[string]bool{}, opens: map[string]openCount{},
 		limiters: map[string]*rate.Limiter{}, failures: map[string]int{}, active: map[string]string{}}
@@ -168,6 +169,7 @@ func (s *Service) PutChannel(ctx context.Context, tenant string, c Channel) (Vie
 	if _, err := putJSON(ctx, s.channels, tenant, c.Name, c.stored(), rev); err != nil {
 		return View{}, err
 	}
+	s.forgetChannels(tenant)
 	return c.View(), nil
 }
 
@@ -200,6 +202,13 @@ func (s *Service) Channels(ctx context.Context, tenant string) ([]View, error) {
 	return out, nil
 }
 
+// forgetChannels drops the cached names of a tenant's channels (the built-in rule's).
+func (s *Service) forgetChannels(tenant string) {
+	s.mu.Lock()
+	delete(s.channelNames, tenant)
+	s.mu.Unlock()
+}
+
 // DeleteChannel removes a channel. Notices still pending for it are abandoned when their
 // turn comes (the channel is gone).
 func (s *Service) DeleteChannel(ctx context.Context, tenant, name string) error {
@@ -207,6 +216,7 @@ func (s *Service) DeleteChannel(ctx context.Context, tenant, name string) error 
 		return ErrNotFound
 	}
 	err := s.channels.Delete(ctx, scopeOf(tenant), name)
+	s.forgetChannels(tenant)
 	if errors.Is(err, keyring.ErrNotFound) {
 		return ErrNotFound
 	}

@@ -734,3 +734,17 @@ func (s *Service) resources(app keyring.Scope, name string, log *slog.Logger) co
 	}
 	return res
 }
+
+// Running lists the applications with a run in progress on this node (a continuous
+// pipeline's run never ends): retention counts it as use.
+func (s *Service) Running() []keyring.Scope {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []keyring.Scope
+	for _, w := range s.workers {
+		if w.isRunning() {
+			out = append(out, w.app)
+		}
+	}
+	return out
+}

@@ -1,0 +1,614 @@
+package retention
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/penstock/penstock/internal/activity"
+	"github.com/penstock/penstock/internal/audit"
+	"github.com/penstock/penstock/internal/authz"
+	"github.com/penstock/penstock/internal/config"
+	"github.com/penstock/penstock/internal/crashpoint"
+	"github.com/penstock/penstock/internal/identity"
+	"github.com/penstock/penstock/internal/keyring"
+	"github.com/penstock/penstock/internal/lifecycle"
+	"github.com/penstock/penstock/internal/notify"
+)
+
+// Bucket holds the records, each sealed with its scope's data key: an environment's with the
+// environment's (its deletion shreds it), a tenant's policy with the tenant's.
+const Bucket = "penstock_retention"
+
+// Actor is who the audit log says deleted an environment for inactivity.
+const Actor = "system:retention"
+
+const (
+	activityID = "activity"
+	policyID   = "policy"
+	warnedID   = "warned"
+)
+
+// platformScope holds the index of warned environments every node reads.
+var platformScope = keyring.Scope{Tenant: notify.PlatformTenant}
+
+// Auditor appends audit events.
+type Auditor interface {
+	Append(ctx context.Context, e audit.Event) (audit.Event, error)
+}
+
+// Options are what retention reads and acts through.
+type Options struct {
+	Keyring   *keyring.Keyring
+	Identity  *identity.Store
+	Lifecycle *lifecycle.Service
+	Tracker   *activity.Tracker
+	Config    config.Retention
+	// InUse notes, at each flush, what is in use on this node without a call to note it: a
+	// native client connected, however quiet; a pipeline run in progress (a continuous
+	// pipeline's never ends).
+	InUse func(*activity.Tracker)
+	// Notify raises the warnings (nil: the audit log and the API say it only).
+	Notify *notify.Service
+	Audit  Auditor
+	Logger *slog.Logger
+}
+
+// Service keeps activity and applies the policy.
+type Service struct {
+	o     Options
+	store *keyring.Sealed
+	run   sync.Mutex // one run at a time in this process (in a cluster, the lease holder's)
+
+	mu     sync.Mutex
+	warned map[activity.Env]Warning // the index, as last read
+}
+
+// Open opens the store.
+func Open(ctx context.Context, o Options) (*Service, error) {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	st, err := o.Keyring.Sealed(ctx, Bucket, "retention")
+	if err != nil {
+		return nil, err
+	}
+	return &Service{o: o, store: st, warned: map[activity.Env]Warning{}}, nil
+}
+
+func (s *Service) now() time.Time { return s.o.Tracker.Now().UTC() }
+
+// ErrInvalid wraps refusals of bad input; the message names the field.
+var ErrInvalid = errors.New("invalid")
+
+// TenantPolicy is a tenant's own retention, set by platform admins.
+type TenantPolicy struct {
+	InactiveAfter string   `json:"inactive_after,omitempty" doc:"how long an environment of the tenant may go unused (90d, 720h); empty: retention.inactive_after; 0: never deleted"`
+	Exempt        []string `json:"exempt,omitempty" doc:"environments of the tenant never deleted for inactivity"`
+}
+
+// Normalize checks the policy.
+func (p *TenantPolicy) Normalize() error {
+	if p.InactiveAfter != "" {
+		d, err := config.ParseDuration(p.InactiveAfter)
+		if err != nil || d < 0 {
+			return fmt.Errorf("%w: inactive_after: a duration such as 90d or 720h, or 0", ErrInvalid)
+		}
+		if d != 0 && d < time.Hour {
+			return fmt.Errorf("%w: inactive_after: at least 1h (0 keeps the tenant's environments)", ErrInvalid)
+		}
+	}
+	if len(p.Exempt) > 100 {
+		return fmt.Errorf("%w: exempt: at most 100 environments", ErrInvalid)
+	}
+	for i, e := range p.Exempt {
+		if err := identity.CheckName("environment", e); err != nil {
+			return fmt.Errorf("%w: exempt[%d]: %v", ErrInvalid, i, err)
+		}
+	}
+	slices.Sort(p.Exempt)
+	p.Exempt = slices.Compact(p.Exempt)
+	return nil
+}
+
+func (p TenantPolicy) inactiveAfter(def time.Duration) (time.Duration, string) {
+	if p.InactiveAfter == "" {
+		return def, "retention.inactive_after"
+	}
+	d, _ := config.ParseDuration(p.InactiveAfter) // checked when stored
+	return d, "tenant policy"
+}
+
+// SetPolicy stores a tenant's policy (platform admins).
+func (s *Service) SetPolicy(ctx context.Context, tenant string, p TenantPolicy) (TenantPolicy, error) {
+	if err := p.Normalize(); err != nil {
+		return TenantPolicy{}, err
+	}
+	if _, ok := s.o.Identity.Tenant(tenant); !ok {
+		return TenantPolicy{}, identity.ErrNotFound
+	}
+	b, _ := json.Marshal(p)
+	if _, err := s.store.Put(ctx, keyring.Scope{Tenant: tenant}, policyID, b); err != nil {
+		return TenantPolicy{}, err
+	}
+	return p, nil
+}
+
+// PolicyOf reads a tenant's policy (empty when none was set).
+func (s *Service) PolicyOf(ctx context.Context, tenant string) (TenantPolicy, error) {
+	var p TenantPolicy
+	b, _, err := s.store.Get(ctx, keyring.Scope{Tenant: tenant}, policyID)
+	if errors.Is(err, keyring.ErrNotFound) {
+		return p, nil
+	}
+	if err != nil {
+		return p, err
+	}
+	if err := json.Unmarshal(b, &p); err != nil {
+		return p, fmt.Errorf("stored retention policy of %s: %w", tenant, err)
+	}
+	return p, nil
+}
+
+// get reads an environment's record and its revision (0: none).
+func (s *Service) get(ctx context.Context, e activity.Env) (Record, uint64, error) {
+	var r Record
+	b, ent, err := s.store.Get(ctx, keyring.Scope{Tenant: e.Tenant, Environment: e.Environment}, activityID)
+	if errors.Is(err, keyring.ErrNotFound) {
+		return r, 0, nil
+	}
+	if err != nil {
+		return r, 0, err
+	}
+	if err := json.Unmarshal(b, &r); err != nil {
+		return r, 0, fmt.Errorf("stored activity of %s/%s: %w", e.Tenant, e.Environment, err)
+	}
+	return r, ent.Revision, nil
+}
+
+// update changes an environment's record by compare and set (a record that is not there
+// starts at now).
+func (s *Service) update(ctx context.Context, e activity.Env, change func(*Record) bool) (Record, error) {
+	for range 5 {
+		r, rev, err := s.get(ctx, e)
+		if err != nil {
+			return r, err
+		}
+		if rev == 0 {
+			r.Since = s.now()
+		}
+		if !change(&r) && rev != 0 {
+			return r, nil
+		}
+		b, _ := json.Marshal(r)
+		_, err = s.store.Update(ctx, keyring.Scope{Tenant: e.Tenant, Environment: e.Environment}, activityID, b, rev)
+		if errors.Is(err, keyring.ErrConflict) {
+			continue // another node wrote it: read again
+		}
+		return r, err
+	}
+	return Record{}, fmt.Errorf("activity of %s/%s: %w", e.Tenant, e.Environment, keyring.ErrConflict)
+}
+
+// live says whether the environment exists and is not being deleted.
+func (s *Service) live(e activity.Env) bool {
+	sc := authz.Scope{Tenant: e.Tenant, Environment: e.Environment}
+	return s.o.Identity.Exists(sc) && !s.o.Identity.Deleting(sc)
+}
+
+// Flush writes what the tracker noted since the last flush, after noting what is in use
+// here (InUse).
+func (s *Service) Flush(ctx context.Context) error {
+	if s.o.InUse != nil {
+		s.o.InUse(s.o.Tracker)
+	}
+	var errs []error
+	for e, t := range s.o.Tracker.Take() {
+		if !s.live(e) {
+			continue
+		}
+		if _, err := s.update(ctx, e, func(r *Record) bool { return r.merge(t) }); err != nil {
+			s.o.Tracker.Untake(e)
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// EnvStatus is one environment as retention sees it.
+type EnvStatus struct {
+	Tenant      string `json:"tenant"`
+	Environment string `json:"environment"`
+	// State: active (not within a warning yet), warned, due (deleted at the next run),
+	// exempt, off (the policy deletes nothing), deleting.
+	State            string               `json:"state" enum:"active,warned,due,exempt,off,deleting,unknown"`
+	LastActivity     time.Time            `json:"last_activity,omitzero"`
+	LastActivityKind string               `json:"last_activity_kind,omitempty"`
+	Activity         map[string]time.Time `json:"activity,omitempty"`
+	Since            time.Time            `json:"tracked_since,omitzero"`
+	InactiveAfter    string               `json:"inactive_after"`
+	PolicyFrom       string               `json:"policy_from"`
+	ExemptBy         string               `json:"exempt_by,omitempty"`
+	// WarnAt: the warnings' dates, 30, 7 and 1 days before (sent ones at their sending).
+	WarnAt   []WarningDate `json:"warnings,omitempty"`
+	DeleteAt time.Time     `json:"delete_at,omitzero"`
+}
+
+// WarningDate is one warning's date.
+type WarningDate struct {
+	Days int       `json:"days"`
+	At   time.Time `json:"at"`
+	Sent bool      `json:"sent"`
+}
+
+// exemptBy says what exempts an environment ("" if nothing).
+func (s *Service) exemptBy(e activity.Env, p TenantPolicy) string {
+	for _, g := range s.o.Config.Exempt {
+		if ok, _ := path.Match(g, e.Tenant+"/"+e.Environment); ok {
+			return "retention.exempt " + g
+		}
+	}
+	if slices.Contains(p.Exempt, e.Environment) {
+		return "tenant policy"
+	}
+	return ""
+}
+
+// status describes an environment from its record (whose warnings are current).
+func (s *Service) status(e activity.Env, r Record, p TenantPolicy, now time.Time) (EnvStatus, Plan) {
+	st := EnvStatus{Tenant: e.Tenant, Environment: e.Environment, Activity: r.Activity, Since: r.Since}
+	st.LastActivity, st.LastActivityKind = r.Last()
+	d, from := p.inactiveAfter(s.o.Config.InactiveAfter)
+	st.InactiveAfter, st.PolicyFrom = Days(d), from
+	if d == 0 {
+		st.InactiveAfter = "0"
+	}
+	if st.ExemptBy = s.exemptBy(e, p); st.ExemptBy != "" {
+		st.State = "exempt"
+		return st, Plan{}
+	}
+	if d == 0 {
+		st.State = "off"
+		return st, Plan{}
+	}
+	if r.Since.IsZero() {
+		st.State = "unknown" // not seen by a run yet: the next one starts counting
+		return st, Plan{}
+	}
+	pl := plan(r, d, s.o.Config.Grace, now)
+	for _, stage := range Stages {
+		_, sent := r.sent(stage)
+		st.WarnAt = append(st.WarnAt, WarningDate{Days: stage, At: pl.WarnAt[stage], Sent: sent})
+	}
+	st.DeleteAt = pl.DeleteAt
+	switch {
+	case pl.Delete:
+		st.State = "due"
+	case len(r.Warnings) > 0 || pl.Warn != 0:
+		st.State = "warned"
+	default:
+		st.State = "active"
+	}
+	return st, pl
+}
+
+// Env describes one environment now.
+func (s *Service) Env(ctx context.Context, tenant, env string) (EnvStatus, error) {
+	e := activity.Env{Tenant: tenant, Environment: env}
+	if s.o.Identity.Deleting(authz.Scope{Tenant: tenant, Environment: env}) {
+		return EnvStatus{Tenant: tenant, Environment: env, State: "deleting"}, nil
+	}
+	p, err := s.PolicyOf(ctx, tenant)
+	if err != nil {
+		return EnvStatus{}, err
+	}
+	r, _, err := s.get(ctx, e)
+	if err != nil {
+		return EnvStatus{}, err
+	}
+	r.current()
+	st, _ := s.status(e, r, p, s.now())
+	return st, nil
+}
+
+// Report describes every environment (of one tenant, or all with tenant "").
+func (s *Service) Report(ctx context.Context, tenant string) ([]EnvStatus, error) {
+	out := []EnvStatus{}
+	for _, t := range s.o.Identity.Tenants() {
+		if tenant != "" && t.Name != tenant {
+			continue
+		}
+		for _, env := range t.Environments {
+			st, err := s.Env(ctx, t.Name, env)
+			if err != nil {
+				return nil, fmt.Errorf("%s/%s: %w", t.Name, env, err)
+			}
+			out = append(out, st)
+		}
+	}
+	return out, nil
+}
+
+// Action is one thing a run did (or, dry, would do).
+type RunAction struct {
+	Tenant      string    `json:"tenant"`
+	Environment string    `json:"environment"`
+	Action      string    `json:"action" enum:"warn,delete,cleared"`
+	Days        int       `json:"days,omitempty" doc:"the warning's stage"`
+	DeleteAt    time.Time `json:"delete_at,omitzero"`
+	LastUse     time.Time `json:"last_activity,omitzero"`
+	Error       string    `json:"error,omitempty"`
+}
+
+// RunResult is a run's outcome.
+type RunResult struct {
+	At      time.Time   `json:"at"`
+	DryRun  bool        `json:"dry_run"`
+	Checked int         `json:"checked"`
+	Actions []RunAction `json:"actions"`
+}
+
+// Run looks at every environment: warnings whose date has come are sent, environments past
+// their date (and past the grace after their last warning) are deleted through the
+// lifecycle. Dry, it only says what it would do. A run stopped by a crash is simply run
+// again: warnings are recorded as they go, and a deletion once marked is finished by the
+// lifecycle at the next start.
+func (s *Service) Run(ctx context.Context, dry bool) (RunResult, error) {
+	s.run.Lock()
+	defer s.run.Unlock()
+	res := RunResult{At: s.now(), DryRun: dry, Actions: []RunAction{}}
+	if err := s.Flush(ctx); err != nil {
+		s.o.Logger.Warn("retention: activity not written", "error", err)
+	}
+	index := map[activity.Env]Warning{}
+	var errs []error
+	for _, t := range s.o.Identity.Tenants() {
+		if s.o.Identity.Deleting(authz.Scope{Tenant: t.Name}) {
+			continue
+		}
+		p, err := s.PolicyOf(ctx, t.Name)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, env := range t.Environments {
+			e := activity.Env{Tenant: t.Name, Environment: env}
+			if !s.live(e) {
+				continue
+			}
+			res.Checked++
+			a, w, err := s.runEnv(ctx, e, p, dry)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s/%s: %w", t.Name, env, err))
+				if a != nil {
+					a.Error = err.Error()
+				}
+			}
+			if a != nil {
+				res.Actions = append(res.Actions, *a)
+			}
+			if w.Days != 0 {
+				index[e] = w
+			}
+		}
+	}
+	if !dry {
+		if err := s.writeIndex(ctx, index); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return res, errors.Join(errs...)
+}
+
+// runEnv applies the policy to one environment; it returns what it did and the environment's
+// latest warning, if one stands.
+func (s *Service) runEnv(ctx context.Context, e activity.Env, p TenantPolicy, dry bool) (*RunAction, Warning, error) {
+	now := s.now()
+	r, rev, err := s.get(ctx, e)
+	if err != nil {
+		return nil, Warning{}, err
+	}
+	if rev == 0 {
+		if dry {
+			return nil, Warning{}, nil
+		}
+		// First seen (created, or this is the first run since the upgrade): counted from now.
+		_, err := s.update(ctx, e, func(*Record) bool { return true })
+		return nil, Warning{}, err
+	}
+	voided := r.current()
+	st, pl := s.status(e, r, p, now)
+	last := st.LastActivity
+	if st.State == "exempt" || st.State == "off" {
+		if len(r.Warnings) > 0 {
+			voided = true
+		}
+		pl = Plan{}
+	}
+	if voided {
+		a := &RunAction{Tenant: e.Tenant, Environment: e.Environment, Action: "cleared", LastUse: last}
+		if !dry {
+			if _, err := s.update(ctx, e, func(r *Record) bool {
+				r.Warnings, r.Basis = nil, time.Time{}
+				return true
+			}); err != nil {
+				return a, Warning{}, err
+			}
+		}
+		if pl.Warn == 0 && !pl.Delete {
+			return a, Warning{}, nil
+		}
+	}
+	switch {
+	case pl.Delete:
+		a := &RunAction{Tenant: e.Tenant, Environment: e.Environment, Action: "delete", DeleteAt: pl.DeleteAt, LastUse: last}
+		if dry {
+			return a, Warning{}, nil
+		}
+		// Use noted on this node since the run began keeps it.
+		if err := s.Flush(ctx); err != nil {
+			return a, Warning{}, err
+		}
+		if r2, _, err := s.get(ctx, e); err != nil {
+			return a, Warning{}, err
+		} else if l2, _ := r2.Last(); l2.After(last) {
+			a.Action = "cleared"
+			return a, Warning{}, nil
+		}
+		reason := fmt.Sprintf("no use since %s (inactive_after %s, from %s)", last.Format(time.RFC3339), st.InactiveAfter, st.PolicyFrom)
+		crashpoint.Hit("retention/deleting")
+		err := s.o.Lifecycle.DeleteFor(ctx, Actor, reason, authz.Scope{Tenant: e.Tenant, Environment: e.Environment})
+		if errors.Is(err, identity.ErrNotFound) {
+			err = nil // deleted meanwhile
+		}
+		return a, Warning{}, err
+	case pl.Warn != 0:
+		w := Warning{Days: pl.Warn, At: now, DeleteAt: pl.DeleteAt}
+		a := &RunAction{Tenant: e.Tenant, Environment: e.Environment, Action: "warn", Days: w.Days, DeleteAt: w.DeleteAt, LastUse: last}
+		if dry {
+			return a, Warning{}, nil
+		}
+		if err := s.warn(ctx, e, w, last, st); err != nil {
+			return a, Warning{}, err
+		}
+		return a, w, nil
+	}
+	if n := len(r.Warnings); n > 0 && !voided {
+		return nil, r.Warnings[n-1], nil
+	}
+	return nil, Warning{}, nil
+}
+
+// warn audits a warning, records it, then tells the tenant's channels (the event
+// retention.warning). A crash before the record sends it again at the next run (audited
+// twice); one between the record and the notice loses the notice, never the record, so no
+// environment is deleted without a recorded warning.
+func (s *Service) warn(ctx context.Context, e activity.Env, w Warning, last time.Time, st EnvStatus) error {
+	if _, err := s.o.Audit.Append(ctx, audit.Event{Actor: Actor, Tenant: e.Tenant, Environment: e.Environment, Action: "retention.warned",
+		Target: e.Tenant + "/" + e.Environment, Result: audit.ResultOK, Details: map[string]string{
+			"days": fmt.Sprint(w.Days), "delete_at": w.DeleteAt.Format(time.RFC3339), "last_activity": last.Format(time.RFC3339),
+			"inactive_after": st.InactiveAfter, "policy_from": st.PolicyFrom}}); err != nil {
+		return err
+	}
+	if _, err := s.update(ctx, e, func(r *Record) bool {
+		if _, ok := r.sent(w.Days); ok {
+			return false
+		}
+		r.Basis = last
+		r.Warnings = append(r.Warnings, w)
+		return true
+	}); err != nil {
+		return err
+	}
+	crashpoint.Hit("retention/warned")
+	detail := fmt.Sprintf("environment %s of tenant %s has not been used since %s; it will be deleted with all of its data on %s unless it is used before (%d-day warning; inactive_after %s)",
+		e.Environment, e.Tenant, last.Format("2006-01-02 15:04 MST"), w.DeleteAt.Format("2006-01-02 15:04 MST"), w.Days, st.InactiveAfter)
+	s.o.Notify.Raise(notify.Event{Tenant: e.Tenant, Environment: e.Environment, Kind: notify.RetentionWarning,
+		Resource: fmt.Sprintf("%s/%dd-warning", e.Environment, w.Days), Detail: detail})
+	return nil
+}
+
+// indexEntry is one warned environment in the index every node reads.
+type indexEntry struct {
+	Tenant      string  `json:"tenant"`
+	Environment string  `json:"environment"`
+	Warning     Warning `json:"warning"`
+}
+
+func (s *Service) writeIndex(ctx context.Context, index map[activity.Env]Warning) error {
+	list := make([]indexEntry, 0, len(index))
+	for e, w := range index {
+		list = append(list, indexEntry{Tenant: e.Tenant, Environment: e.Environment, Warning: w})
+	}
+	b, _ := json.Marshal(list)
+	if _, err := s.store.Put(ctx, platformScope, warnedID, b); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.warned = index
+	s.mu.Unlock()
+	return nil
+}
+
+// ReadIndex reads the warned environments the last run wrote (every node, once a minute).
+func (s *Service) ReadIndex(ctx context.Context) error {
+	b, _, err := s.store.Get(ctx, platformScope, warnedID)
+	if errors.Is(err, keyring.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var list []indexEntry
+	if err := json.Unmarshal(b, &list); err != nil {
+		return fmt.Errorf("stored index of warned environments: %w", err)
+	}
+	index := make(map[activity.Env]Warning, len(list))
+	for _, x := range list {
+		index[activity.Env{Tenant: x.Tenant, Environment: x.Environment}] = x.Warning
+	}
+	s.mu.Lock()
+	s.warned = index
+	s.mu.Unlock()
+	return nil
+}
+
+// Warned returns the standing warning of an environment, for the API's responses.
+func (s *Service) Warned(tenant, env string) (Warning, bool) {
+	if s == nil {
+		return Warning{}, false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	w, ok := s.warned[activity.Env{Tenant: tenant, Environment: env}]
+	return w, ok
+}
+
+// Loop flushes activity and reads the index every interval until ctx ends (every node).
+func (s *Service) Loop(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		if err := s.Flush(ctx); err != nil && ctx.Err() == nil {
+			s.o.Logger.Warn("retention: activity not written; retried at the next flush", "error", err)
+		}
+		if err := s.ReadIndex(ctx); err != nil && ctx.Err() == nil {
+			s.o.Logger.Warn("retention: warned environments not read", "error", err)
+		}
+		select {
+		case <-ctx.Done():
+			// What was noted since the last flush is written before the process stops.
+			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			_ = s.Flush(fctx)
+			cancel()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Schedule runs retention every check_every until ctx ends (the lease holder in a cluster).
+func (s *Service) Schedule(ctx context.Context) {
+	t := time.NewTicker(s.o.Config.CheckEvery)
+	defer t.Stop()
+	for {
+		res, err := s.Run(ctx, false)
+		if err != nil && ctx.Err() == nil {
+			s.o.Logger.Warn("retention run", "error", err)
+		}
+		if n := len(res.Actions); n > 0 {
+			s.o.Logger.Info("retention run", "checked", res.Checked, "actions", n)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}

@@ -21,7 +21,10 @@ func apiCmd(environ []string, use, short string, args cobra.PositionalArgs,
 	run func(ctx context.Context, cf *clientFlags, cmd *cobra.Command, args []string) error) *cobra.Command {
 	cf := &clientFlags{environ: environ}
 	cmd := &cobra.Command{Use: use, Short: short, Args: args,
-		RunE: func(cmd *cobra.Command, args []string) error { return run(cmd.Context(), cf, cmd, args) }}
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cf.warn = cmd.ErrOrStderr()
+			return run(cmd.Context(), cf, cmd, args)
+		}}
 	cf.addAuth(cmd)
 	return cmd
 }
@@ -119,6 +122,8 @@ func accessCmds(environ []string) []*cobra.Command {
 				t, _ := cmd.Flags().GetString("tenant")
 				return jsonCall("GET", func([]string) string { return "/v1/tenants/" + esc(t) + "/environments" }, nil)(ctx, cf, cmd, nil)
 			}), "tenant", "tenant"),
+			envGetCmd(environ),
+			envDeleteCmd(environ),
 		),
 		group("app", "Applications",
 			withFlag(apiCmd(environ, "create --env T/E NAME", "Create an application", cobra.ExactArgs(1), func(ctx context.Context, cf *clientFlags, cmd *cobra.Command, a []string) error {

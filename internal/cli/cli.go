@@ -63,6 +63,6 @@ func commands(environ []string) *cobra.Command {
 	root.AddCommand(serveCmd(environ), doctorCmd(environ), versionCmd(), configCmd(environ), statusCmd(), keysCmd(environ), secretsCmd(environ))
 	root.AddCommand(accessCmds(environ)...)
 	root.AddCommand(auditCmd(environ), backupCmd(environ), queueCmd(environ), exchangeCmd(environ), pipelineCmd(environ))
-	root.AddCommand(clusterCmd(environ), nodeCmd(environ), engineCmd(), notifyCmd(environ), alertsCmd(environ))
+	root.AddCommand(clusterCmd(environ), nodeCmd(environ), engineCmd(), notifyCmd(environ), alertsCmd(environ), retentionCmd(environ))
 	return root
 }

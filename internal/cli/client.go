@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/penstock/penstock/internal/api"
 	"github.com/penstock/penstock/internal/config"
 	"github.com/penstock/penstock/internal/identity"
 	"github.com/penstock/penstock/internal/redact"
@@ -158,6 +159,14 @@ func (f *clientFlags) call(ctx context.Context, method, path string, body, out a
 		return err
 	}
 	defer resp.Body.Close()
+	if w := resp.Header.Get(api.RetentionWarningHeader); w != "" && f.warn != nil {
+		fmt.Fprintf(f.warn, "penstock: warning: %s\n", escapeUnsafe([]byte(strings.Map(func(r rune) rune {
+			if r < 0x20 {
+				return -1
+			}
+			return r
+		}, w))))
+	}
 	rb, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
 	if err != nil {
 		return err

@@ -23,6 +23,9 @@ type clientFlags struct {
 	apiKeyFile          string
 	sign                bool
 	environ             []string
+	// warn takes the server's warnings about what a call touched (an environment retention
+	// will delete): the command's standard error.
+	warn io.Writer
 	// client is the HTTP client made for these flags, kept so that a command's calls share its
 	// connections: one that polls (--wait) would otherwise open a connection per call and hold
 	// each open until the server's idle timeout, and meet the server's limit of connections

@@ -400,7 +400,7 @@ func Default() Config {
 		Fabric: Fabric{
 			CommitWindow: 5 * time.Millisecond, MaxCommit: 1000, CommitsInFlight: 16, MaxPublishBatch: 1000,
 			MaxAge: 14 * 24 * time.Hour, MaxDeliveries: 5, AckWait: 30 * time.Second, DuplicateWindow: 2 * time.Minute,
-			IdleClose:      2 * time.Minute, DeadLetterMaxAge: 14 * 24 * time.Hour,
+			IdleClose: 2 * time.Minute, DeadLetterMaxAge: 14 * 24 * time.Hour,
 			MaxConnections: 1000, MaxSubscriptions: 10000, MaxPayload: 1 << 20,
 		},
 		Identity: Identity{

@@ -124,7 +124,7 @@ func main() {
 	n := flag.Int("n", 20000, "messages per run")
 	sizesFlag := flag.String("sizes", "128,1024", "payload sizes in bytes")
 	skipRabbit := flag.Bool("skip-rabbitmq", false, "leave out the RabbitMQ peer")
-	only := flag.String("only", "", "run only the HTTPS runs (https), the native ones (native), the closed-loop single-message runs (closed-loop), or the engine's commit cost (commit-cost)")
+	only := flag.String("only", "", "run only the HTTPS runs (https), the native ones (native), the closed-loop single-message runs (closed-loop), the engine's commit cost (commit-cost), or what retention's activity tracking costs a publish (activity)")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the run here")
 	commitWindow = flag.Duration("commit-window", -1, "fabric.commit_window for the HTTPS runs (default: the configuration default)")
 	maxCommit = flag.Int("max-commit", 0, "fabric.max_commit for the HTTPS runs (default: the configuration default)")
@@ -159,6 +159,12 @@ func main() {
 	}
 	if *only == "closed-loop" {
 		if err := closedLoop(*n, 1024, *clients, *skipRabbit); err != nil {
+			log.Fatal(err)
+		}
+		return
+	}
+	if *only == "activity" {
+		if err := activityCost(*n); err != nil {
 			log.Fatal(err)
 		}
 		return
@@ -504,7 +510,7 @@ func openPenstock(sync string, fcfg config.Fabric) (*penstockStack, error) {
 		return nil, err
 	}
 	reg := prometheus.NewRegistry()
-	fab, err := fabric.Open(ctx, fabric.Options{Engine: st.Engine, Identity: ids, Config: fcfg, Registry: reg})
+	fab, err := fabric.Open(ctx, fabric.Options{Engine: st.Engine, Identity: ids, Config: fcfg, Registry: reg, Activity: tracking})
 	if err != nil {
 		return nil, err
 	}

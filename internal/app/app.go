@@ -338,7 +338,7 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger, version st
 	}
 	if a.retention, err = retention.Open(ctx, retention.Options{Keyring: a.keys, Identity: a.ident, Lifecycle: a.life,
 		Tracker: a.activity, Config: cfg.Retention, InUse: a.inUse, Notify: a.notify, Audit: a.audit,
-		Logger: log.With("component", "retention")}); err != nil {
+		Logger: log.With("component", "retention"), Registry: reg}); err != nil {
 		return nil, err
 	}
 	if err := a.openBackups(ctx, reg); err != nil {

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/penstock/penstock/internal/activity"
 	"github.com/penstock/penstock/internal/audit"
 	"github.com/penstock/penstock/internal/authz"
@@ -55,9 +57,10 @@ type Options struct {
 	// pipeline's never ends).
 	InUse func(*activity.Tracker)
 	// Notify raises the warnings (nil: the audit log and the API say it only).
-	Notify *notify.Service
-	Audit  Auditor
-	Logger *slog.Logger
+	Notify   *notify.Service
+	Audit    Auditor
+	Logger   *slog.Logger
+	Registry prometheus.Registerer
 }
 
 // Service keeps activity and applies the policy.
@@ -68,6 +71,9 @@ type Service struct {
 
 	mu     sync.Mutex
 	warned map[activity.Env]Warning // the index, as last read
+
+	warnings, deletions prometheus.Counter
+	lastRun             prometheus.Gauge
 }
 
 // Open opens the store.
@@ -79,7 +85,18 @@ func Open(ctx context.Context, o Options) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Service{o: o, store: st, warned: map[activity.Env]Warning{}}, nil
+	s := &Service{o: o, store: st, warned: map[activity.Env]Warning{},
+		warnings: prometheus.NewCounter(prometheus.CounterOpts{Name: "penstock_retention_warnings_total",
+			Help: "Warnings sent that retention will delete an unused environment."}),
+		deletions: prometheus.NewCounter(prometheus.CounterOpts{Name: "penstock_retention_deletions_total",
+			Help: "Environments retention deleted for inactivity."}),
+		lastRun: prometheus.NewGauge(prometheus.GaugeOpts{Name: "penstock_retention_last_run_timestamp_seconds",
+			Help: "Unix time of the last retention run that went through every environment without an error (0: none yet on this node)."}),
+	}
+	if o.Registry != nil {
+		o.Registry.MustRegister(s.warnings, s.deletions, s.lastRun)
+	}
+	return s, nil
 }
 
 func (s *Service) now() time.Time { return s.o.Tracker.Now().UTC() }
@@ -402,6 +419,9 @@ func (s *Service) Run(ctx context.Context, dry bool) (RunResult, error) {
 		if err := s.writeIndex(ctx, index); err != nil {
 			errs = append(errs, err)
 		}
+		if len(errs) == 0 {
+			s.lastRun.Set(float64(time.Now().Unix()))
+		}
 	}
 	return res, errors.Join(errs...)
 }
@@ -466,6 +486,8 @@ func (s *Service) runEnv(ctx context.Context, e activity.Env, p TenantPolicy, dr
 		err := s.o.Lifecycle.DeleteFor(ctx, Actor, reason, authz.Scope{Tenant: e.Tenant, Environment: e.Environment})
 		if errors.Is(err, identity.ErrNotFound) {
 			err = nil // deleted meanwhile
+		} else if err == nil {
+			s.deletions.Inc()
 		}
 		return a, Warning{}, err
 	case pl.Warn != 0:
@@ -511,6 +533,7 @@ func (s *Service) warn(ctx context.Context, e activity.Env, w Warning, last time
 		e.Environment, e.Tenant, last.Format("2006-01-02 15:04 MST"), w.DeleteAt.Format("2006-01-02 15:04 MST"), w.Days, st.InactiveAfter)
 	s.o.Notify.Raise(notify.Event{Tenant: e.Tenant, Environment: e.Environment, Kind: notify.RetentionWarning,
 		Resource: fmt.Sprintf("%s/%dd-warning", e.Environment, w.Days), Detail: detail})
+	s.warnings.Inc()
 	return nil
 }
 

@@ -5,12 +5,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/penstock/penstock/internal/api"
 	"github.com/penstock/penstock/internal/audit"
@@ -269,5 +272,137 @@ func TestRetentionWarnsThenDeletesAnUnusedEnvironment(t *testing.T) {
 	}
 	if gone, err := tb.keys.IsDestroyed(ctx, keyring.Scope{Tenant: "acme", Environment: "staging"}); err != nil || !gone {
 		t.Fatalf("staging's keys after the restore: %v %v", gone, err)
+	}
+}
+
+// What is in use stays however quiet: an environment whose only use is a connected native
+// client, one whose only use is a continuous pipeline. A tenant's own policy (a shorter
+// inactive_after, an exempt environment) applies to it alone; a tenant's own rule for
+// retention.warning decides where its warnings go, and a tenant without one gets them on every
+// channel. Bad policies and deletions without their confirmation are refused, naming the field.
+func TestRetentionKeepsWhatIsInUseAndFollowsTenantPolicies(t *testing.T) {
+	mp := testenv.StartMailpit(t)
+	clk := &clock{}
+	ta := startAppOpts(t, func(c *config.Config) {
+		fastNotify(c)
+		c.Fabric.NATSListen = "127.0.0.1:0"
+		c.Retention.CheckEvery = time.Hour
+		c.API.Limits.RequestRate, c.API.Limits.RequestBurst = 1e6, 1e6
+	}, nil, WithClock(clk.now))
+	t0 := clk.now()
+	channel := func(tenant, name, to string) {
+		t.Helper()
+		ta.must(t, "PUT", "/v1/notify/channels/"+name+"?tenant="+tenant, map[string]any{"type": "email", "smtp_host": "localhost",
+			"smtp_port": mp.SMTPPort, "tls": "starttls", "username": mp.User, "password": mp.Password, "from": "alerts@penstock.test",
+			"to": []string{to}, "ca_pem": mp.CAPEM}, 200)
+	}
+	for _, tenant := range []string{"acme", "globex"} {
+		ta.must(t, "POST", "/v1/tenants", map[string]string{"name": tenant}, 201)
+		ta.must(t, "PUT", "/v1/tenants/"+tenant+"/egress", map[string]any{"rules": []string{"localhost:" + strconv.Itoa(mp.SMTPPort)}}, 200)
+	}
+	channel("acme", "owners", "owners@acme.test")
+	channel("acme", "ops", "ops@acme.test")
+	channel("globex", "all", "all@globex.test")
+	ta.must(t, "PUT", "/v1/notify/rules/unused?tenant=acme", map[string]any{"event": "retention.warning", "channels": []string{"ops"}}, 200)
+
+	// acme/production: a native client, connected and quiet.
+	ta.must(t, "POST", "/v1/tenants/acme/environments/production/applications", map[string]string{"name": "shop"}, 201)
+	svc := ta.must(t, "POST", "/v1/apikeys", map[string]any{"role": "developer", "scope": "acme/production/shop", "service": true}, 201)["key"].(string)
+	nc, err := nats.Connect("tls://"+ta.eng.NativeAddrs().NATS, nats.UserInfo("acme/production", svc),
+		nats.Secure(nil), nats.RootCAs(filepath.Join(ta.cfg.DataDir, "tls", "ca.crt")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	// acme/staging: a continuous pipeline between two queues nobody else touches.
+	ta.must(t, "POST", "/v1/tenants/acme/environments/staging/applications", map[string]string{"name": "etl"}, 201)
+	etl := appPath("acme/staging/etl")
+	for _, q := range []string{"in", "out"} {
+		ta.must(t, "POST", etl+"/queues", map[string]any{"name": q}, 201)
+	}
+	ta.must(t, "PUT", etl+"/pipelines/copy", map[string]any{"source": map[string]any{"type": "queue", "queue": "in"},
+		"sink": map[string]any{"type": "queue", "queue": "out"}, "schedule": "continuous"}, 200)
+	waitUntil(t, "the continuous run", func() bool {
+		_, out, _ := ta.call(t, "GET", etl+"/pipelines/copy/runs", "", nil)
+		runs, _ := out["runs"].([]any)
+		return len(runs) > 0 && runs[0].(map[string]any)["status"] == "running"
+	})
+
+	// Bad policies name the field; a platform admin sets globex's: 45 days, staging exempt.
+	for _, bad := range []struct {
+		body  map[string]any
+		field string
+	}{
+		{map[string]any{"inactive_after": "soon"}, "inactive_after"},
+		{map[string]any{"inactive_after": "30m"}, "inactive_after"},
+		{map[string]any{"exempt": []string{"Bad Name"}}, "exempt[0]"},
+	} {
+		if st, out, raw := ta.call(t, "PUT", "/v1/retention/tenants/globex", "", bad.body); st != 422 || !strings.Contains(fmt.Sprint(out["message"]), bad.field) {
+			t.Fatalf("policy %v: %d %s", bad.body, st, raw)
+		}
+	}
+	ta.must(t, "PUT", "/v1/retention/tenants/globex", map[string]any{"inactive_after": "45d", "exempt": []string{"staging"}}, 200)
+	owner := ta.must(t, "POST", "/v1/apikeys", map[string]any{"role": "owner", "scope": "acme"}, 201)["key"].(string)
+	for _, c := range []struct {
+		method, path string
+		status       int
+		code         string
+	}{
+		{"PUT", "/v1/retention/tenants/acme", 403, "forbidden"},
+		{"GET", "/v1/retention", 403, "forbidden"},
+		{"GET", "/v1/retention?tenant=globex", 404, "not_found"},
+		{"DELETE", "/v1/tenants/acme/environments/test", 400, "confirmation_required"},
+		{"DELETE", "/v1/tenants/acme/environments/test?confirm=globex/test", 400, "confirmation_required"},
+		{"GET", "/v1/tenants/acme/environments/nope", 404, "not_found"},
+	} {
+		var body any
+		if c.method == "PUT" {
+			body = map[string]any{"inactive_after": "0"}
+		}
+		if st, out, raw := ta.call(t, c.method, c.path, owner, body); st != c.status || out["code"] != c.code {
+			t.Fatalf("%s %s as acme's owner: %d %s", c.method, c.path, st, raw)
+		}
+	}
+
+	if got := actionsOf(runRetention(t, ta, false)); len(got) != 0 {
+		t.Fatalf("first run: %q", got)
+	}
+	clk.advance(16 * day)
+	if got := actionsOf(runRetention(t, ta, false)); !slices.Equal(got, []string{"warn globex/production 30", "warn globex/test 30"}) {
+		t.Fatalf("run at day 16: %q", got)
+	}
+	if st, _ := envStatus(t, ta, "globex", "staging"); st.State != "exempt" || st.ExemptBy != "tenant policy" || st.InactiveAfter != "45d" {
+		t.Fatalf("globex/staging: %+v", st)
+	}
+	clk.advance(61*day - clk.at(t0))
+	if got := actionsOf(runRetention(t, ta, false)); !slices.Equal(got, []string{"warn acme/test 30", "warn globex/production 1", "warn globex/test 1"}) {
+		t.Fatalf("run at day 61: %q", got)
+	}
+	for env, kind := range map[string]string{"production": "native", "staging": "pipeline"} {
+		st, header := envStatus(t, ta, "acme", env)
+		if st.State != "active" || st.LastActivityKind != kind && !(kind == "pipeline" && st.LastActivityKind == "consume") || header != "" ||
+			st.LastActivity.Before(t0.Add(60*day)) {
+			t.Fatalf("acme/%s, in use: %+v %q", env, st, header)
+		}
+	}
+	waitUntil(t, "five warnings by mail", func() bool { return len(mp.Messages(t)) == 5 })
+	to := map[string]int{}
+	for _, m := range mp.Messages(t) {
+		to[m.To[0]]++
+	}
+	if to["ops@acme.test"] != 1 || to["owners@acme.test"] != 0 || to["all@globex.test"] != 4 {
+		t.Fatalf("warnings went to %v", to)
+	}
+	// globex's environments go after the grace; acme's own rule and exemptions are untouched.
+	clk.advance(62*day - clk.at(t0))
+	if got := actionsOf(runRetention(t, ta, false)); !slices.Equal(got, []string{"delete globex/production", "delete globex/test"}) {
+		t.Fatalf("run at day 62: %q", got)
+	}
+	out := ta.must(t, "GET", "/v1/tenants/globex/environments", nil, 200)
+	if envs := fmt.Sprint(out["environments"]); envs != "[staging]" {
+		t.Fatalf("globex after retention: %s", envs)
+	}
+	if !nc.IsConnected() {
+		t.Fatal("acme's native client was disconnected")
 	}
 }

@@ -825,3 +825,46 @@ func TestIdleLoopMakesConsumersALoginCouldNot(t *testing.T) {
 		t.Fatalf("pulled %q", got)
 	}
 }
+
+// A dead-letter queue keeps its queue's age, at most fabric.dead_letter_max_age; one made
+// before the bound (here: set back to no age at all) takes it with its next dead letter.
+func TestDeadLettersAreKeptNoLongerThanTheBound(t *testing.T) {
+	h := open(t, func(c *config.Fabric) { c.DeadLetterMaxAge = 2 * time.Hour })
+	q := h.queue("acme", "jobs", QueueSpec{MaxAge: 30 * 24 * time.Hour, DuplicateWindow: 3 * time.Hour})
+	reject := func() {
+		t.Helper()
+		publish(t, h.fab, q, text(1))
+		ds, err := h.fab.Consume(ctx, q, 1, time.Second)
+		if err != nil || len(ds) != 1 {
+			t.Fatalf("consume: %d, %v", len(ds), err)
+		}
+		if err := h.fab.Settle(ctx, q, []string{ds[0].AckToken}, Reject, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reject()
+	ta, err := h.fab.account(ctx, "acme", "production")
+	if err != nil {
+		t.Fatal(err)
+	}
+	js := ta.acc.JetStream()
+	st, err := js.Stream(ctx, q.deadStream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := st.CachedInfo().Config
+	if c.MaxAge != 2*time.Hour || c.Duplicates != 2*time.Hour {
+		t.Fatalf("dead-letter stream: max age %s, duplicates %s; want both 2h", c.MaxAge, c.Duplicates)
+	}
+	c.MaxAge, c.Duplicates = 0, time.Minute
+	if _, err := js.UpdateStream(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	reject()
+	if st, err = js.Stream(ctx, q.deadStream()); err != nil || st.CachedInfo().Config.MaxAge != 2*time.Hour {
+		t.Fatalf("an unbounded dead-letter stream after its next dead letter: %v %v", st.CachedInfo().Config.MaxAge, err)
+	}
+	if dl, _, err := h.fab.DeadLetters(ctx, q, 0, 10); err != nil || len(dl) != 2 {
+		t.Fatalf("dead letters: %d %v", len(dl), err)
+	}
+}

@@ -111,7 +111,7 @@ func plan(r Record, inactiveAfter, grace time.Duration, now time.Time) Plan {
 	// The most urgent warning whose date has come is the one to send: after a long stop of
 	// the scheduler (or a shortened policy) the 30-day warning is skipped for the 7-day one,
 	// not sent after it.
-	for _, d := range Stages {
+	for _, d := range stages(inactiveAfter) {
 		at := p.Due.Add(-time.Duration(d) * day)
 		if w, ok := r.sent(d); ok {
 			at = w.At
@@ -135,6 +135,18 @@ func plan(r Record, inactiveAfter, grace time.Duration, now time.Time) Plan {
 	p.DeleteAt = later(p.Due, w.At.Add(grace))
 	p.Delete = warned && !now.Before(p.DeleteAt)
 	return p
+}
+
+// stages are the warnings of an environment with this inactive_after: those that fall after
+// its last use (a 30-day policy warns 7 and 1 days before), and the last one always.
+func stages(inactiveAfter time.Duration) []int {
+	var out []int
+	for i, d := range Stages {
+		if time.Duration(d)*day < inactiveAfter || i == len(Stages)-1 {
+			out = append(out, d)
+		}
+	}
+	return out
 }
 
 func later(a, b time.Time) time.Time {

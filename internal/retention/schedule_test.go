@@ -78,3 +78,18 @@ func TestUseVoidsWarnings(t *testing.T) {
 		t.Fatalf("last use: %s %s", last, kind)
 	}
 }
+
+// A policy of 30 days warns 7 and 1 days before; one of a day warns once, at its last use.
+func TestShortPoliciesSkipWarningsBeforeTheLastUse(t *testing.T) {
+	t0 := time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC)
+	r := Record{Since: t0}
+	if p := plan(r, 30*day, day, t0.Add(time.Hour)); p.Warn != 0 || len(p.WarnAt) != 2 {
+		t.Fatalf("30-day policy just after use: %+v", p)
+	}
+	if p := plan(r, 30*day, day, t0.Add(23*day)); p.Warn != 7 {
+		t.Fatalf("30-day policy 7 days before: %+v", p)
+	}
+	if p := plan(r, 12*time.Hour, time.Hour, t0.Add(time.Minute)); p.Warn != 1 || !p.DeleteAt.Equal(t0.Add(12*time.Hour)) {
+		t.Fatalf("12-hour policy: %+v", p)
+	}
+}

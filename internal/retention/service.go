@@ -299,7 +299,7 @@ func (s *Service) status(e activity.Env, r Record, p TenantPolicy, now time.Time
 		return st, Plan{}
 	}
 	pl := plan(r, d, s.o.Config.Grace, now)
-	for _, stage := range Stages {
+	for _, stage := range stages(d) {
 		_, sent := r.sent(stage)
 		st.WarnAt = append(st.WarnAt, WarningDate{Days: stage, At: pl.WarnAt[stage], Sent: sent})
 	}

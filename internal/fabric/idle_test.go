@@ -224,14 +224,7 @@ func TestDeadLetterQueueComesWithTheFirstDeadLetter(t *testing.T) {
 		t.Fatalf("dead letters of a queue that does not exist: %v", err)
 	}
 
-	publish(t, h.fab, q, text(1))
-	ds, err := h.fab.Consume(ctx, q, 1, time.Second)
-	if err != nil || len(ds) != 1 {
-		t.Fatalf("consume: %d, %v", len(ds), err)
-	}
-	if err := h.fab.Settle(ctx, q, []string{ds[0].AckToken}, Reject, 0); err != nil {
-		t.Fatal(err)
-	}
+	rejectOne(t, h, q)
 	st, err := js.Stream(ctx, q.deadStream())
 	if err != nil {
 		t.Fatalf("dead-letter stream after a reject: %v", err)
@@ -831,18 +824,7 @@ func TestIdleLoopMakesConsumersALoginCouldNot(t *testing.T) {
 func TestDeadLettersAreKeptNoLongerThanTheBound(t *testing.T) {
 	h := open(t, func(c *config.Fabric) { c.DeadLetterMaxAge = 2 * time.Hour })
 	q := h.queue("acme", "jobs", QueueSpec{MaxAge: 30 * 24 * time.Hour, DuplicateWindow: 3 * time.Hour})
-	reject := func() {
-		t.Helper()
-		publish(t, h.fab, q, text(1))
-		ds, err := h.fab.Consume(ctx, q, 1, time.Second)
-		if err != nil || len(ds) != 1 {
-			t.Fatalf("consume: %d, %v", len(ds), err)
-		}
-		if err := h.fab.Settle(ctx, q, []string{ds[0].AckToken}, Reject, 0); err != nil {
-			t.Fatal(err)
-		}
-	}
-	reject()
+	rejectOne(t, h, q)
 	ta, err := h.fab.account(ctx, "acme", "production")
 	if err != nil {
 		t.Fatal(err)
@@ -860,11 +842,24 @@ func TestDeadLettersAreKeptNoLongerThanTheBound(t *testing.T) {
 	if _, err := js.UpdateStream(ctx, c); err != nil {
 		t.Fatal(err)
 	}
-	reject()
+	rejectOne(t, h, q)
 	if st, err = js.Stream(ctx, q.deadStream()); err != nil || st.CachedInfo().Config.MaxAge != 2*time.Hour {
 		t.Fatalf("an unbounded dead-letter stream after its next dead letter: %v %v", st.CachedInfo().Config.MaxAge, err)
 	}
 	if dl, _, err := h.fab.DeadLetters(ctx, q, 0, 10); err != nil || len(dl) != 2 {
 		t.Fatalf("dead letters: %d %v", len(dl), err)
+	}
+}
+
+// rejectOne publishes text(1) to q, consumes it and rejects it: one dead letter.
+func rejectOne(t *testing.T, h *harness, q Ref) {
+	t.Helper()
+	publish(t, h.fab, q, text(1))
+	ds, err := h.fab.Consume(ctx, q, 1, time.Second)
+	if err != nil || len(ds) != 1 {
+		t.Fatalf("consume: %d, %v", len(ds), err)
+	}
+	if err := h.fab.Settle(ctx, q, []string{ds[0].AckToken}, Reject, 0); err != nil {
+		t.Fatal(err)
 	}
 }

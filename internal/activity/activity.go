@@ -75,9 +75,12 @@ func (t *Tracker) Touch(tenant, env string, k Kind) {
 	e := v.(*entry)
 	now := t.now().Unix()
 	// Within a second nothing is written: the common case of a busy environment is one
-	// atomic load.
-	if e.last[k].Load() < now {
-		e.last[k].Store(now)
+	// atomic load. A later time is never replaced by an earlier one.
+	for {
+		old := e.last[k].Load()
+		if old >= now || e.last[k].CompareAndSwap(old, now) {
+			return
+		}
 	}
 }
 

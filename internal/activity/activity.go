@@ -84,29 +84,48 @@ func (t *Tracker) Touch(tenant, env string, k Kind) {
 	}
 }
 
-// Take returns the environments used since the previous Take, with their last use of every
-// kind seen by this process.
-func (t *Tracker) Take() map[Env]Times {
+// Take returns the environments with a use to write, with their last use of every kind seen
+// by this process: those with a use of a kind not written yet, or later by at least step than
+// the one written. A busy environment is written at most once a step; one used again after a
+// quiet spell longer than step is written at the next Take.
+func (t *Tracker) Take(step time.Duration) map[Env]Times {
 	out := map[Env]Times{}
 	if t == nil {
 		return out
 	}
+	s := int64(step / time.Second)
 	t.envs.Range(func(k, v any) bool {
 		e := v.(*entry)
 		var ts Times
-		changed := false
+		due := false
 		for i := range ts {
 			ts[i] = e.last[i].Load()
-			if e.flushed[i].Swap(ts[i]) != ts[i] {
-				changed = true
+			if f := e.flushed[i].Load(); ts[i] > f && (f == 0 || ts[i]-f >= s) {
+				due = true
 			}
 		}
-		if changed {
+		if due {
+			for i := range ts {
+				e.flushed[i].Store(ts[i])
+			}
 			out[k.(Env)] = ts
 		}
 		return true
 	})
 	return out
+}
+
+// Prune forgets the environments keep refuses (deleted ones).
+func (t *Tracker) Prune(keep func(Env) bool) {
+	if t == nil {
+		return
+	}
+	t.envs.Range(func(k, _ any) bool {
+		if !keep(k.(Env)) {
+			t.envs.Delete(k)
+		}
+		return true
+	})
 }
 
 // Untake marks what Take returned as not written (the store refused it): the next Take

@@ -219,14 +219,20 @@ func (s *Service) live(e activity.Env) bool {
 	return s.o.Identity.Exists(sc) && !s.o.Identity.Deleting(sc)
 }
 
+// writeStep is the most often a busy environment's use is written (per node): dates of
+// warnings and deletions are days apart, and a use after a long quiet spell (one that voids a
+// warning) is written at the next flush all the same.
+const writeStep = time.Hour
+
 // Flush writes what the tracker noted since the last flush, after noting what is in use
 // here (InUse).
 func (s *Service) Flush(ctx context.Context) error {
 	if s.o.InUse != nil {
 		s.o.InUse(s.o.Tracker)
 	}
+	s.o.Tracker.Prune(s.live)
 	var errs []error
-	for e, t := range s.o.Tracker.Take() {
+	for e, t := range s.o.Tracker.Take(writeStep) {
 		if !s.live(e) {
 			continue
 		}

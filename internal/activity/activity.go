@@ -1,7 +1,7 @@
 // Package activity keeps when each tenant-environment was last used: a publish, a consume, an
 // API call by one of the tenant's own principals, a native connection, a pipeline run. Use is
 // noted in memory (a map lookup and an atomic compare per call, no write, no lock on the
-// path of a publish); the retention package writes it to the store once a minute and decides
+// path of a publish); the retention package writes it to the store (checked every minute) and decides
 // from it. It has no dependencies inside Penstock, so every subsystem can note use.
 package activity
 

@@ -1,5 +1,5 @@
 // Package retention deletes environments nobody uses: it keeps when each was last used (from
-// the activity tracker, written to the store once a minute), warns the tenant 30, 7 and 1
+// the activity tracker, written to the store within a minute, at most hourly when busy), warns the tenant 30, 7 and 1
 // days before the deletion (notification channels, the audit log, the API's responses), and
 // then deletes the environment through the lifecycle, which destroys its keys: what it held
 // cannot be read again, from the store or from any backup. It never deletes an exempt

@@ -58,6 +58,19 @@ func TestRetentionKill9MidDeletionFinishes(t *testing.T) {
 	if code, out := p.cli("", "retention", "run", "--dry-run", "-o", "json"); code != 0 || !strings.Contains(out, `"dry_run": true`) {
 		t.Fatalf("retention run --dry-run: %d\n%s", code, out)
 	}
+	// A tenant's policy, one flag at a time: what a flag leaves out stays.
+	for _, args := range [][]string{{"--inactive-after", "400d"}, {"--exempt", "production,qa"}} {
+		if code, out := p.cli("", append([]string{"retention", "policy", "set", "acme"}, args...)...); code != 0 {
+			t.Fatalf("retention policy set %v: %d\n%s", args, code, out)
+		}
+	}
+	if code, out := p.cli("", "retention", "policy", "get", "acme", "-o", "json"); code != 0 || !strings.Contains(out, `"inactive_after": "400d"`) ||
+		!strings.Contains(out, `"qa"`) {
+		t.Fatalf("retention policy get: %d\n%s", code, out)
+	}
+	if code, out := p.cli("", "retention", "policy", "set", "acme", "--inactive-after", "soon"); code == 0 || !strings.Contains(out, "inactive_after") {
+		t.Fatalf("a bad policy: %d\n%s", code, out)
+	}
 
 	// Early deletion by the tenant's owner: refused without the confirmation, done with it.
 	code, out = p.cli("", "apikey", "create", "--role", "owner", "--scope", "acme")

@@ -61,19 +61,28 @@ func retentionCmd(environ []string) *cobra.Command {
 	set := apiCmd(environ, "set TENANT [--inactive-after 30d] [--exempt production,...]",
 		"Set a tenant's retention: its own inactive_after (0: never) and its exempt environments", cobra.ExactArgs(1),
 		func(ctx context.Context, cf *clientFlags, cmd *cobra.Command, a []string) error {
-			body := map[string]any{}
-			if v, _ := cmd.Flags().GetString("inactive-after"); v != "" {
-				body["inactive_after"] = v
-			}
-			ex, _ := cmd.Flags().GetStringSlice("exempt")
-			body["exempt"] = ex
-			if len(body) == 1 && len(ex) == 0 && !cmd.Flags().Changed("exempt") {
+			if !cmd.Flags().Changed("inactive-after") && !cmd.Flags().Changed("exempt") {
 				return errors.New("give --inactive-after, --exempt or both")
 			}
-			return jsonCall("PUT", func([]string) string { return "/v1/retention/tenants/" + esc(a[0]) }, func([]string) any { return body })(ctx, cf, cmd, a)
+			// What a flag leaves out stays as it is.
+			path := "/v1/retention/tenants/" + esc(a[0])
+			var body struct {
+				InactiveAfter string   `json:"inactive_after,omitempty"`
+				Exempt        []string `json:"exempt"`
+			}
+			if err := cf.call(ctx, "GET", path, nil, &body); err != nil {
+				return err
+			}
+			if cmd.Flags().Changed("inactive-after") {
+				body.InactiveAfter, _ = cmd.Flags().GetString("inactive-after")
+			}
+			if cmd.Flags().Changed("exempt") {
+				body.Exempt, _ = cmd.Flags().GetStringSlice("exempt")
+			}
+			return jsonCall("PUT", func([]string) string { return path }, func([]string) any { return body })(ctx, cf, cmd, a)
 		})
-	set.Flags().String("inactive-after", "", "how long the tenant's environments may go unused (90d, 720h; 0: never deleted); empty: the platform's")
-	set.Flags().StringSlice("exempt", nil, "environments of the tenant never deleted for inactivity (replaces the list)")
+	set.Flags().String("inactive-after", "", "how long the tenant's environments may go unused (90d, 720h; 0: never deleted); \"\": the platform's")
+	set.Flags().StringSlice("exempt", nil, "environments of the tenant never deleted for inactivity (replaces the list; --exempt= empties it)")
 	cmd := group("retention", "Retention of unused environments (docs/retention.md)", report, run,
 		group("policy", "A tenant's own retention (setting it: "+string(authz.RetentionManage)+", platform-admin only)", set,
 			apiCmd(environ, "get TENANT", "Show a tenant's own retention (empty: the platform's)", cobra.ExactArgs(1),

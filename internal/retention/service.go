@@ -524,15 +524,21 @@ func (s *Service) warn(ctx context.Context, e activity.Env, w Warning, last time
 			"inactive_after": st.InactiveAfter, "policy_from": st.PolicyFrom}}); err != nil {
 		return err
 	}
+	recorded := false
 	if _, err := s.update(ctx, e, func(r *Record) bool {
 		if _, ok := r.sent(w.Days); ok {
+			recorded = false // another run (a process on the same engine) sent it
 			return false
 		}
 		r.Basis = last
 		r.Warnings = append(r.Warnings, w)
+		recorded = true
 		return true
 	}); err != nil {
 		return err
+	}
+	if !recorded {
+		return nil
 	}
 	crashpoint.Hit("retention/warned")
 	detail := fmt.Sprintf("environment %s of tenant %s has not been used since %s; it will be deleted with all of its data on %s unless it is used before (%d-day warning; inactive_after %s)",

@@ -332,13 +332,22 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger, version st
 	}
 	reg.MustRegister(a.pipes.Collectors()...)
 	a.life = lifecycle.New(lifecycle.Options{Identity: a.ident, Keyring: a.keys, Fabric: a.fabric, Pipelines: a.pipes,
-		Engine: a.eng, Audit: a.audit, FilesRoot: filesRoot, Activity: a.activity, Logger: log.With("component", "lifecycle")})
-	if err := a.life.Resume(ctx); err != nil { // before serving: an interrupted deletion finishes first
-		return nil, err
-	}
+		Engine: a.eng, Audit: a.audit, FilesRoot: filesRoot, OnDeleted: a.onDeleted, Logger: log.With("component", "lifecycle")})
+	// Opened before the deletions resume: the purge of a deleted environment's records reaches
+	// every sealed store opened by then, retention's included.
 	if a.retention, err = retention.Open(ctx, retention.Options{Keyring: a.keys, Identity: a.ident, Lifecycle: a.life,
 		Tracker: a.activity, Config: cfg.Retention, InUse: a.inUse, Notify: a.notify, Audit: a.audit,
 		Logger: log.With("component", "retention"), Registry: reg}); err != nil {
+		return nil, err
+	}
+	if a.restored != nil {
+		// What the backup says of each environment's use is as old as the backup: counted from
+		// now, with no warning standing.
+		if err := a.retention.Restart(ctx, ""); err != nil {
+			return nil, err
+		}
+	}
+	if err := a.life.Resume(ctx); err != nil { // before serving: an interrupted deletion finishes first
 		return nil, err
 	}
 	if err := a.openBackups(ctx, reg); err != nil {

@@ -448,6 +448,8 @@ func (b *backupAPI) Start(kind, tenant, id, actor string) (backup.BackupJob, err
 						errs = append(errs, a.fabric.ResetAccount(ctx, t.Name, env))
 					}
 					errs = append(errs, a.pipes.StartScope(ctx, keyring.Scope{Tenant: t.Name}))
+					// Its environments' use is as old as the backup: counted from now.
+					errs = append(errs, a.retention.Restart(ctx, t.Name))
 					return errors.Join(errs...)
 				},
 			}, progress)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/penstock/penstock/internal/activity"
 	"github.com/penstock/penstock/internal/audit"
+	"github.com/penstock/penstock/internal/authz"
 	"github.com/penstock/penstock/internal/egress"
 	"github.com/penstock/penstock/internal/fabric"
 	"github.com/penstock/penstock/internal/keyring"
@@ -328,8 +329,18 @@ func (a *App) held(ctx context.Context, task string, fn func(context.Context)) {
 	}
 }
 
-// activityFlush is how often each node writes the activity it noted (retention).
-const activityFlush = time.Minute
+// activityFlush is how often each node writes the activity it noted (retention): well within
+// retention.Settle, so a use just before a deletion's date is seen by the run that would delete.
+const activityFlush = 10 * time.Second
+
+// onDeleted forgets what retention kept of a deleted tenant or environment on this node.
+func (a *App) onDeleted(sc authz.Scope) {
+	if sc.Application != "" {
+		return
+	}
+	a.activity.Forget(sc.Tenant, sc.Environment)
+	a.retention.Forget(sc.Tenant, sc.Environment)
+}
 
 // inUse notes what is in use on this node without a call that notes it: native clients
 // connected, pipeline runs in progress.

@@ -133,6 +133,7 @@ func TestRetentionWarnsThenDeletesAnUnusedEnvironment(t *testing.T) {
 	if backup["state"] != "done" {
 		t.Fatalf("backup: %v", backup)
 	}
+	backedUp := time.Now()
 
 	mails := func() []testenv.Mail {
 		var out []testenv.Mail
@@ -193,7 +194,7 @@ func TestRetentionWarnsThenDeletesAnUnusedEnvironment(t *testing.T) {
 		t.Fatalf("the used environment's responses warn: %q", header)
 	}
 
-	if !slices.ContainsFunc(records(t, ta.App, "acme"), func(r keyring.Record) bool {
+	if !slices.ContainsFunc(allRecords(t, ta.App, "acme"), func(r keyring.Record) bool {
 		return r.Bucket == retention.Bucket && r.Key == "acme.staging.activity"
 	}) {
 		t.Fatal("no activity record of staging in the store")
@@ -221,7 +222,7 @@ func TestRetentionWarnsThenDeletesAnUnusedEnvironment(t *testing.T) {
 	if st, _, raw := ta.call(t, "GET", appPath("acme/staging/shop")+"/queues/orders", "", nil); st != 404 {
 		t.Fatalf("staging's queue: %d %s", st, raw)
 	}
-	for _, r := range records(t, ta.App, "acme") {
+	for _, r := range allRecords(t, ta.App, "acme") {
 		if strings.HasPrefix(r.Key, "acme.staging.") {
 			t.Fatalf("a record of staging is left: %s %s", r.Bucket, r.Key)
 		}
@@ -244,6 +245,11 @@ func TestRetentionWarnsThenDeletesAnUnusedEnvironment(t *testing.T) {
 	}
 	if got := actionsOf(runRetention(t, ta, false)); len(got) != 0 {
 		t.Fatalf("the run after: %q", got)
+	}
+	// A new environment of the same name starts afresh: no warning stands for it.
+	ta.must(t, "POST", "/v1/tenants/acme/environments", map[string]string{"name": "staging"}, 201)
+	if st, header := envStatus(t, ta, "acme", "staging"); header != "" || len(st.WarnAt) > 0 && st.WarnAt[0].Sent {
+		t.Fatalf("the new staging: %+v %q", st, header)
 	}
 	for _, env := range []string{"production", "test"} {
 		if got := (&backupWorld{testApp: ta}).drain(t, owner, "acme/"+env+"/shop", "orders", 1); !got["kept-in-"+env] {
@@ -272,6 +278,14 @@ func TestRetentionWarnsThenDeletesAnUnusedEnvironment(t *testing.T) {
 	}
 	if gone, err := tb.keys.IsDestroyed(ctx, keyring.Scope{Tenant: "acme", Environment: "staging"}); err != nil || !gone {
 		t.Fatalf("staging's keys after the restore: %v %v", gone, err)
+	}
+	// The backup's records of use are as old as the backup: the restored environments count
+	// from the restore, with no warning standing.
+	for _, env := range []string{"production", "test"} {
+		st, header := envStatus(t, tb, "acme", env)
+		if !st.Since.After(backedUp) || header != "" || st.State != "active" && st.State != "exempt" {
+			t.Fatalf("acme/%s after the restore: %+v %q", env, st, header)
+		}
 	}
 }
 
@@ -374,9 +388,16 @@ func TestRetentionKeepsWhatIsInUseAndFollowsTenantPolicies(t *testing.T) {
 	if st, _ := envStatus(t, ta, "globex", "staging"); st.State != "exempt" || st.ExemptBy != "tenant policy" || st.InactiveAfter != "45d" {
 		t.Fatalf("globex/staging: %+v", st)
 	}
+	// A longer policy voids the warnings, which start again for the new date; a shorter one
+	// keeps them, and the most urgent warning due goes.
+	ta.must(t, "PUT", "/v1/retention/tenants/globex", map[string]any{"inactive_after": "90d", "exempt": []string{"staging"}}, 200)
 	clk.advance(61*day - clk.at(t0))
-	if got := actionsOf(runRetention(t, ta, false)); !slices.Equal(got, []string{"warn acme/test 30", "warn globex/production 1", "warn globex/test 1"}) {
-		t.Fatalf("run at day 61: %q", got)
+	if got := actionsOf(runRetention(t, ta, false)); !slices.Equal(got, []string{"warn acme/test 30", "warn globex/production 30", "warn globex/test 30"}) {
+		t.Fatalf("run at day 61 after the lengthening: %q", got)
+	}
+	ta.must(t, "PUT", "/v1/retention/tenants/globex", map[string]any{"inactive_after": "45d", "exempt": []string{"staging"}}, 200)
+	if got := actionsOf(runRetention(t, ta, false)); !slices.Equal(got, []string{"warn globex/production 1", "warn globex/test 1"}) {
+		t.Fatalf("run at day 61 after the shortening: %q", got)
 	}
 	for env, kind := range map[string]string{"production": "native", "staging": "pipeline"} {
 		st, header := envStatus(t, ta, "acme", env)
@@ -385,16 +406,16 @@ func TestRetentionKeepsWhatIsInUseAndFollowsTenantPolicies(t *testing.T) {
 			t.Fatalf("acme/%s, in use: %+v %q", env, st, header)
 		}
 	}
-	waitUntil(t, "five warnings by mail", func() bool { return len(mp.Messages(t)) == 5 })
+	waitUntil(t, "seven warnings by mail", func() bool { return len(mp.Messages(t)) == 7 })
 	to := map[string]int{}
 	for _, m := range mp.Messages(t) {
 		to[m.To[0]]++
 	}
-	if to["ops@acme.test"] != 1 || to["owners@acme.test"] != 0 || to["all@globex.test"] != 4 {
+	if to["ops@acme.test"] != 1 || to["owners@acme.test"] != 0 || to["all@globex.test"] != 6 {
 		t.Fatalf("warnings went to %v", to)
 	}
 	// globex's environments go after the grace; acme's own rule and exemptions are untouched.
-	clk.advance(62*day - clk.at(t0))
+	clk.advance(62*day + 2*retention.Settle - clk.at(t0))
 	if got := actionsOf(runRetention(t, ta, false)); !slices.Equal(got, []string{"delete globex/production", "delete globex/test"}) {
 		t.Fatalf("run at day 62: %q", got)
 	}
@@ -404,5 +425,30 @@ func TestRetentionKeepsWhatIsInUseAndFollowsTenantPolicies(t *testing.T) {
 	}
 	if !nc.IsConnected() {
 		t.Fatal("acme's native client was disconnected")
+	}
+
+	// A record that does not read (damage): that environment is said to be in error and is
+	// never deleted; the others' reports and runs go on.
+	st, err := ta.keys.Sealed(context.Background(), retention.Bucket, "retention")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Put(context.Background(), keyring.Scope{Tenant: "acme", Environment: "test"}, "activity", []byte("{not json")); err != nil {
+		t.Fatal(err)
+	}
+	report := ta.must(t, "GET", "/v1/retention", nil, 200)
+	states := map[string]string{}
+	for _, e := range report["environments"].([]any) {
+		m := e.(map[string]any)
+		states[fmt.Sprint(m["tenant"], "/", m["environment"])] = fmt.Sprint(m["state"])
+	}
+	if states["acme/test"] != "error" || states["acme/production"] != "active" || states["globex/staging"] != "exempt" {
+		t.Fatalf("report with a damaged record: %v", states)
+	}
+	if got := actionsOf(runRetention(t, ta, false)); len(got) != 1 || !strings.HasPrefix(got[0], "error acme/test") {
+		t.Fatalf("run with a damaged record: %q", got)
+	}
+	if out := ta.must(t, "GET", "/v1/tenants/acme/environments", nil, 200); !strings.Contains(fmt.Sprint(out["environments"]), "test") {
+		t.Fatalf("the environment with a damaged record was deleted: %v", out)
 	}
 }

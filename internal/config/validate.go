@@ -489,8 +489,8 @@ func (r Retention) validate(v *validator) {
 	if r.CheckEvery < time.Second {
 		v.add("retention.check_every", "at least 1s")
 	}
-	if r.Grace < 0 {
-		v.add("retention.grace", "must not be negative")
+	if r.Grace <= 0 {
+		v.add("retention.grace", "must be a positive duration (24h by default): the least time between the last warning and the deletion")
 	}
 	for i, g := range r.Exempt {
 		t, e, ok := strings.Cut(g, "/")

@@ -15,7 +15,6 @@ import (
 	"slices"
 	"sync"
 
-	"github.com/penstock/penstock/internal/activity"
 	"github.com/penstock/penstock/internal/audit"
 	"github.com/penstock/penstock/internal/authz"
 	"github.com/penstock/penstock/internal/crashpoint"
@@ -42,9 +41,10 @@ type Options struct {
 	Audit  Auditor
 	// FilesRoot holds one directory per tenant for file connectors ("" when they are off).
 	FilesRoot string
-	// Activity forgets what it noted of a deleted environment (nil: nothing is noted).
-	Activity *activity.Tracker
-	Logger   *slog.Logger
+	// OnDeleted is told of every scope deleted, once its deletion is complete (retention
+	// forgets its activity and warnings); nil is nobody.
+	OnDeleted func(authz.Scope)
+	Logger    *slog.Logger
 }
 
 // Service creates and deletes tenants, environments and applications.
@@ -298,8 +298,8 @@ func (s *Service) finish(ctx context.Context, d identity.Deletion, resumed bool)
 	if err := s.o.Identity.Unmark(ctx, sc); err != nil {
 		return err
 	}
-	if sc.Application == "" {
-		s.o.Activity.Forget(sc.Tenant, sc.Environment)
+	if s.o.OnDeleted != nil {
+		s.o.OnDeleted(sc)
 	}
 	s.o.Logger.Info("deleted", "scope", sc.String(), "resumed", resumed)
 	return nil

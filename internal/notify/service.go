@@ -129,10 +129,11 @@ func Open(ctx context.Context, o Options) (*Service, error) {
 // Close stops Events and Ticks (their caller waits for them).
 func (s *Service) Close() { s.cancel() }
 
-// Raise hands an event to evaluation. It never blocks: a full queue drops it (counted).
-func (s *Service) Raise(e Event) {
+// Raise hands an event to evaluation and reports whether it was queued. It never blocks: a
+// full queue drops it (counted).
+func (s *Service) Raise(e Event) bool {
 	if s == nil {
-		return
+		return false
 	}
 	if e.Time.IsZero() {
 		e.Time = time.Now()
@@ -144,8 +145,10 @@ func (s *Service) Raise(e Event) {
 	}
 	select {
 	case s.events <- e:
+		return true
 	default:
 		s.m.dropped.Inc()
+		return false
 	}
 }
 

@@ -68,11 +68,17 @@ func (r *Record) merge(t activity.Times) bool {
 	return changed
 }
 
-// current drops warnings sent for an earlier stretch of inactivity (the environment was used
-// since); it reports whether it dropped any.
-func (r *Record) current() bool {
+// current drops warnings that no longer hold: sent for an earlier stretch of inactivity (the
+// environment was used since), or for a date earlier than the one inactiveAfter now gives (the
+// policy was lengthened: the warnings start again for the new date, never a deletion on a
+// date nobody was told). It reports whether it dropped any.
+func (r *Record) current(inactiveAfter time.Duration) bool {
+	if len(r.Warnings) == 0 {
+		return false
+	}
 	last, _ := r.Last()
-	if len(r.Warnings) > 0 && last.After(r.Basis) {
+	told := r.Warnings[len(r.Warnings)-1].DeleteAt
+	if last.After(r.Basis) || inactiveAfter > 0 && last.Add(inactiveAfter).After(told) {
 		r.Warnings, r.Basis = nil, time.Time{}
 		return true
 	}
@@ -112,7 +118,7 @@ func plan(r Record, inactiveAfter, grace time.Duration, now time.Time) Plan {
 	// the scheduler (or a shortened policy) the 30-day warning is skipped for the 7-day one,
 	// not sent after it.
 	for _, d := range stages(inactiveAfter) {
-		at := p.Due.Add(-time.Duration(d) * day)
+		at := p.Due.Add(-lead(d, inactiveAfter))
 		if w, ok := r.sent(d); ok {
 			at = w.At
 		}
@@ -133,8 +139,22 @@ func plan(r Record, inactiveAfter, grace time.Duration, now time.Time) Plan {
 		w.At = later(p.WarnAt[final], now)
 	}
 	p.DeleteAt = later(p.Due, w.At.Add(grace))
-	p.Delete = warned && !now.Before(p.DeleteAt)
+	p.Delete = warned && !now.Before(p.DeleteAt.Add(Settle))
 	return p
+}
+
+// Settle is how long after its date an environment is deleted at the soonest: every node has
+// written the use it noted before the date by then (each writes within activity's flush
+// interval), so a use just before the date is seen.
+const Settle = time.Minute
+
+// lead is how long before the deletion a warning of days goes: days, or half of a policy not
+// longer than that (a 12-hour policy warns 6 hours before, not at every use).
+func lead(days int, inactiveAfter time.Duration) time.Duration {
+	if d := time.Duration(days) * day; d < inactiveAfter {
+		return d
+	}
+	return inactiveAfter / 2
 }
 
 // stages are the warnings of an environment with this inactive_after: those that fall after

@@ -23,7 +23,8 @@ func TestPlanWarnsOnEachDateThenDeletes(t *testing.T) {
 		{at(89*day - time.Minute), 0, false},
 		{at(89 * day), 1, false},
 		{due.Add(-time.Minute), 0, false},
-		{due, 0, true},
+		{due, 0, false},
+		{due.Add(Settle), 0, true},
 	}
 	for i, s := range steps {
 		p := plan(r, after, grace, s.now)
@@ -54,7 +55,7 @@ func TestPlanLateWarningPostponesTheDeletion(t *testing.T) {
 	if p := plan(r, 90*day, day, now.Add(day-time.Second)); p.Delete || p.Warn != 0 {
 		t.Fatalf("within the grace: %+v", p)
 	}
-	if p := plan(r, 90*day, day, now.Add(day)); !p.Delete {
+	if p := plan(r, 90*day, day, now.Add(day+Settle)); !p.Delete {
 		t.Fatalf("after the grace: %+v", p)
 	}
 	// The 7-day warning sent, the 30-day one never: it is not sent after it.
@@ -66,12 +67,12 @@ func TestPlanLateWarningPostponesTheDeletion(t *testing.T) {
 
 func TestUseVoidsWarnings(t *testing.T) {
 	t0 := time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC)
-	r := Record{Since: t0, Basis: t0, Warnings: []Warning{{Days: 30, At: t0.Add(60 * day)}}}
-	if r.current() {
+	r := Record{Since: t0, Basis: t0, Warnings: []Warning{{Days: 30, At: t0.Add(60 * day), DeleteAt: t0.Add(90 * day)}}}
+	if r.current(90 * day) {
 		t.Fatal("voided without use")
 	}
 	r.merge([5]int64{0, t0.Add(61 * day).Unix()})
-	if !r.current() || len(r.Warnings) != 0 {
+	if !r.current(90*day) || len(r.Warnings) != 0 {
 		t.Fatalf("a consume after the warning left it: %+v", r)
 	}
 	if last, kind := r.Last(); kind != "consume" || !last.Equal(t0.Add(61*day)) {
@@ -89,7 +90,29 @@ func TestShortPoliciesSkipWarningsBeforeTheLastUse(t *testing.T) {
 	if p := plan(r, 30*day, day, t0.Add(23*day)); p.Warn != 7 {
 		t.Fatalf("30-day policy 7 days before: %+v", p)
 	}
-	if p := plan(r, 12*time.Hour, time.Hour, t0.Add(time.Minute)); p.Warn != 1 || !p.DeleteAt.Equal(t0.Add(12*time.Hour)) {
-		t.Fatalf("12-hour policy: %+v", p)
+	if p := plan(r, 12*time.Hour, time.Hour, t0.Add(time.Minute)); p.Warn != 0 {
+		t.Fatalf("12-hour policy just after use: %+v", p)
+	}
+	if p := plan(r, 12*time.Hour, time.Hour, t0.Add(6*time.Hour)); p.Warn != 1 || !p.DeleteAt.Equal(t0.Add(12*time.Hour)) {
+		t.Fatalf("12-hour policy half way: %+v", p)
+	}
+}
+
+// Warnings name a date; a longer policy voids them (the ladder starts again for the new date),
+// a shorter one keeps them.
+func TestLengthenedPolicyVoidsWarnings(t *testing.T) {
+	t0 := time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC)
+	r := Record{Since: t0, Basis: t0, Warnings: []Warning{{Days: 1, At: t0.Add(44 * day), DeleteAt: t0.Add(45 * day)}}}
+	if r.current(45 * day) {
+		t.Fatal("voided under the same policy")
+	}
+	if r.current(30 * day) {
+		t.Fatal("voided under a shorter policy")
+	}
+	if !r.current(90*day) || len(r.Warnings) != 0 {
+		t.Fatalf("kept under a longer policy: %+v", r)
+	}
+	if p := plan(r, 90*day, day, t0.Add(46*day)); p.Warn != 0 || p.Delete {
+		t.Fatalf("after the lengthening: %+v", p)
 	}
 }

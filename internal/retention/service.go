@@ -249,8 +249,9 @@ type EnvStatus struct {
 	Tenant      string `json:"tenant"`
 	Environment string `json:"environment"`
 	// State: active (not within a warning yet), warned, due (deleted at the next run),
-	// exempt, off (the policy deletes nothing), deleting.
-	State            string               `json:"state" enum:"active,warned,due,exempt,off,deleting,unknown"`
+	// exempt, off (the policy deletes nothing), deleting, unknown (not seen by a run yet),
+	// error (its record does not read: never deleted while so).
+	State            string               `json:"state" enum:"active,warned,due,exempt,off,deleting,unknown,error"`
 	LastActivity     time.Time            `json:"last_activity,omitzero"`
 	LastActivityKind string               `json:"last_activity_kind,omitempty"`
 	Activity         map[string]time.Time `json:"activity,omitempty"`
@@ -261,6 +262,8 @@ type EnvStatus struct {
 	// WarnAt: the warnings' dates, 30, 7 and 1 days before (sent ones at their sending).
 	WarnAt   []WarningDate `json:"warnings,omitempty"`
 	DeleteAt time.Time     `json:"delete_at,omitzero"`
+	// Error says why the state is "error" (a record that does not read).
+	Error string `json:"error,omitempty"`
 }
 
 // WarningDate is one warning's date.
@@ -329,13 +332,20 @@ func (s *Service) Env(ctx context.Context, tenant, env string) (EnvStatus, error
 	}
 	p, err := s.PolicyOf(ctx, tenant)
 	if err != nil {
-		return EnvStatus{}, err
+		s.o.Logger.Error("retention: a tenant's policy does not read; its environments are not deleted while it does not", "tenant", tenant,
+			"error", err)
+		return EnvStatus{Tenant: tenant, Environment: env, State: "error", Error: "the tenant's retention policy does not read"}, nil
 	}
 	r, _, err := s.get(ctx, e)
 	if err != nil {
-		return EnvStatus{}, err
+		// One record that does not read (damage) is said where it is, not as a failure of
+		// every report: such an environment is never deleted, its record is kept for repair.
+		s.o.Logger.Error("retention: an environment's record does not read; it is not deleted while it does not", "tenant", tenant,
+			"environment", env, "error", err)
+		return EnvStatus{Tenant: tenant, Environment: env, State: "error", Error: "its retention record does not read"}, nil
 	}
-	r.current()
+	d, _ := p.inactiveAfter(s.o.Config.InactiveAfter)
+	r.current(d)
 	st, _ := s.status(e, r, p, s.now())
 	return st, nil
 }
@@ -362,7 +372,7 @@ func (s *Service) Report(ctx context.Context, tenant string) ([]EnvStatus, error
 type RunAction struct {
 	Tenant      string    `json:"tenant"`
 	Environment string    `json:"environment"`
-	Action      string    `json:"action" enum:"warn,delete,cleared"`
+	Action      string    `json:"action" enum:"warn,delete,cleared,resumed,error"`
 	Days        int       `json:"days,omitempty" doc:"the warning's stage"`
 	DeleteAt    time.Time `json:"delete_at,omitzero"`
 	LastUse     time.Time `json:"last_activity,omitzero"`
@@ -391,6 +401,26 @@ func (s *Service) Run(ctx context.Context, dry bool) (RunResult, error) {
 	}
 	index := map[activity.Env]Warning{}
 	var errs []error
+	if !dry {
+		// A deletion of its own that failed part way (an engine error, a lost lease) is
+		// finished here rather than left until the next start.
+		for _, d := range s.o.Identity.Deletions() {
+			if d.Actor != Actor {
+				continue
+			}
+			a := RunAction{Tenant: d.Scope.Tenant, Environment: d.Scope.Environment, Action: "resumed"}
+			if err := s.o.Lifecycle.DeleteFor(ctx, Actor, d.Reason, d.Scope); err != nil && !errors.Is(err, identity.ErrNotFound) {
+				a.Error = err.Error()
+				errs = append(errs, err)
+			}
+			res.Actions = append(res.Actions, a)
+		}
+		if err := s.checkClock(ctx); err != nil {
+			errs = append(errs, err)
+			s.o.Logger.Error("retention: nothing is warned or deleted while this node's clock disagrees with the engine's", "error", err)
+			return res, errors.Join(errs...)
+		}
+	}
 	for _, t := range s.o.Identity.Tenants() {
 		if s.o.Identity.Deleting(authz.Scope{Tenant: t.Name}) {
 			continue
@@ -398,6 +428,7 @@ func (s *Service) Run(ctx context.Context, dry bool) (RunResult, error) {
 		p, err := s.PolicyOf(ctx, t.Name)
 		if err != nil {
 			errs = append(errs, err)
+			res.Actions = append(res.Actions, RunAction{Tenant: t.Name, Action: "error", Error: "the tenant's retention policy does not read"})
 			continue
 		}
 		for _, env := range t.Environments {
@@ -409,9 +440,10 @@ func (s *Service) Run(ctx context.Context, dry bool) (RunResult, error) {
 			a, w, err := s.runEnv(ctx, e, p, dry)
 			if err != nil {
 				errs = append(errs, fmt.Errorf("%s/%s: %w", t.Name, env, err))
-				if a != nil {
-					a.Error = err.Error()
+				if a == nil {
+					a = &RunAction{Tenant: t.Name, Environment: env, Action: "error"}
 				}
+				a.Error = err.Error()
 			}
 			if a != nil {
 				res.Actions = append(res.Actions, *a)
@@ -448,7 +480,8 @@ func (s *Service) runEnv(ctx context.Context, e activity.Env, p TenantPolicy, dr
 		_, err := s.update(ctx, e, func(*Record) bool { return true })
 		return nil, Warning{}, err
 	}
-	voided := r.current()
+	d, _ := p.inactiveAfter(s.o.Config.InactiveAfter)
+	voided := r.current(d)
 	st, pl := s.status(e, r, p, now)
 	last := st.LastActivity
 	if st.State == "exempt" || st.State == "off" {
@@ -543,8 +576,18 @@ func (s *Service) warn(ctx context.Context, e activity.Env, w Warning, last time
 	crashpoint.Hit("retention/warned")
 	detail := fmt.Sprintf("environment %s of tenant %s has not been used since %s; it will be deleted with all of its data on %s unless it is used before (%d-day warning; inactive_after %s)",
 		e.Environment, e.Tenant, last.Format("2006-01-02 15:04 MST"), w.DeleteAt.Format("2006-01-02 15:04 MST"), w.Days, st.InactiveAfter)
-	s.o.Notify.Raise(notify.Event{Tenant: e.Tenant, Environment: e.Environment, Kind: notify.RetentionWarning,
-		Resource: fmt.Sprintf("%s/%dd-warning", e.Environment, w.Days), Detail: detail})
+	if s.o.Notify != nil && !s.o.Notify.Raise(notify.Event{Tenant: e.Tenant, Environment: e.Environment, Kind: notify.RetentionWarning,
+		Resource: fmt.Sprintf("%s/delete-%s/%dd-warning", e.Environment, w.DeleteAt.UTC().Format("2006-01-02"), w.Days), Detail: detail}) {
+		// The notifications' queue is full: the warning is taken back, to go at the next run
+		// (nothing is deleted on a warning nobody could be told of).
+		if _, err := s.update(ctx, e, func(r *Record) bool {
+			r.Warnings = slices.DeleteFunc(r.Warnings, func(x Warning) bool { return x.Days == w.Days && x.At.Equal(w.At) })
+			return true
+		}); err != nil {
+			return err
+		}
+		return errors.New("the notifications' queue is full: the warning goes at the next run")
+	}
 	s.warnings.Inc()
 	return nil
 }
@@ -646,4 +689,77 @@ func (s *Service) Schedule(ctx context.Context) {
 		case <-t.C:
 		}
 	}
+}
+
+// maxSkew is how far this node's clock may be from the engine's for a run to warn or delete:
+// a node whose clock ran ahead would otherwise see every quiet environment as overdue.
+const maxSkew = 5 * time.Minute
+
+// checkClock compares this node's clock with the engine's (the time the engine stamps on a
+// record it stores, from its stream leader's clock in a cluster).
+func (s *Service) checkClock(ctx context.Context) error {
+	before := time.Now()
+	if _, err := s.store.Put(ctx, platformScope, "clock", []byte(`{}`)); err != nil {
+		return err
+	}
+	_, e, err := s.store.Get(ctx, platformScope, "clock")
+	if err != nil {
+		return err
+	}
+	after := time.Now()
+	if e.Updated.Before(before.Add(-maxSkew)) || e.Updated.After(after.Add(maxSkew)) {
+		return fmt.Errorf("this node's clock (%s) and the engine's (%s) are more than %s apart", after.UTC().Format(time.RFC3339),
+			e.Updated.UTC().Format(time.RFC3339), maxSkew)
+	}
+	return nil
+}
+
+// Forget drops the standing warning of a deleted environment (env "": every environment of
+// the tenant) from the index, here and in the store, so that a new one of the same name is
+// not said to be warned.
+func (s *Service) Forget(tenant, env string) {
+	s.mu.Lock()
+	index := make(map[activity.Env]Warning, len(s.warned))
+	changed := false
+	for e, w := range s.warned {
+		if e.Tenant == tenant && (env == "" || e.Environment == env) {
+			changed = true
+			continue
+		}
+		index[e] = w
+	}
+	s.mu.Unlock()
+	if !changed {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.writeIndex(ctx, index); err != nil {
+		s.o.Logger.Warn("retention: index of warned environments not rewritten; the next run does", "error", err)
+	}
+}
+
+// Restart starts the count of every environment (of one tenant, or all with tenant "") from
+// now, with no warning standing: after a restore, whose records are as old as the backup.
+func (s *Service) Restart(ctx context.Context, tenant string) error {
+	now := s.now()
+	for _, t := range s.o.Identity.Tenants() {
+		if tenant != "" && t.Name != tenant {
+			continue
+		}
+		for _, env := range t.Environments {
+			e := activity.Env{Tenant: t.Name, Environment: env}
+			if !s.live(e) {
+				continue
+			}
+			if _, err := s.update(ctx, e, func(r *Record) bool {
+				r.Since, r.Warnings, r.Basis = now, nil, time.Time{}
+				return true
+			}); err != nil {
+				s.o.Logger.Warn("retention: an environment's count not restarted after a restore", "tenant", t.Name, "environment", env, "error", err)
+			}
+		}
+		s.Forget(t.Name, "")
+	}
+	return nil
 }

@@ -75,7 +75,7 @@ type App struct {
 	restored  *backup.RestoreReport // what this start restored
 	// restoredAside and restoredDamage say where a damaged directory was set aside, and why.
 	restoredAside, restoredDamage string
-	restoreMarked                 bool     // the restore-in-progress marker is there until afterRestore ends
+	restoreMarked                 bool     // the restore-in-progress marker is there until restoreDone
 	backups                       *backups // nil without backup.target
 	notify                        *notify.Service
 	activity                      *activity.Tracker
@@ -344,8 +344,11 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger, version st
 		// What the backup says of each environment's use is as old as the backup: counted from
 		// now, with no warning standing.
 		if err := a.retention.Restart(ctx, ""); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("restore: %w", err)
 		}
+	}
+	if err := a.restoreDone(); err != nil {
+		return nil, err
 	}
 	if err := a.life.Resume(ctx); err != nil { // before serving: an interrupted deletion finishes first
 		return nil, err

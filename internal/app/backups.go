@@ -195,6 +195,12 @@ func (a *App) afterRestore(ctx context.Context) error {
 			}
 		}
 	}
+	return nil
+}
+
+// restoreDone ends a restore at start: the marker goes once everything the restore changes is
+// done (retention's restart included), so a crash before is an interrupted restore.
+func (a *App) restoreDone() error {
 	if a.restoreMarked {
 		if err := datadir.ClearRestoring(a.cfg.DataDir); err != nil {
 			return fmt.Errorf("restore: %w", err)
@@ -437,6 +443,11 @@ func (b *backupAPI) Start(kind, tenant, id, actor string) (backup.BackupJob, err
 		case "restore":
 			rep, err := bs.svc.RestoreTenant(ctx, id, tenant, backup.TenantHooks{
 				Stop: func(ctx context.Context, t backup.Tenant) {
+					// Before its records are replaced by the backup's, as old as the backup: its
+					// environments count as used now (again in Start, which reports a failure).
+					if err := a.retention.Restart(ctx, t.Name); err != nil {
+						a.log.Warn("retention: restore time not recorded before the restore", "tenant", t.Name, "error", err)
+					}
 					a.pipes.StopScope(keyring.Scope{Tenant: t.Name})
 					for _, env := range t.Environments {
 						a.fabric.ForgetAccount(t.Name, env)

@@ -355,7 +355,7 @@ func TestRetentionKeepsWhatIsInUseAndFollowsTenantPolicies(t *testing.T) {
 			t.Fatalf("policy %v: %d %s", bad.body, st, raw)
 		}
 	}
-	ta.must(t, "PUT", "/v1/retention/tenants/globex", map[string]any{"inactive_after": "45d", "exempt": []string{"staging"}}, 200)
+	ta.must(t, "PUT", "/v1/retention/tenants/globex", map[string]any{"inactive_after": "70d", "exempt": []string{"staging"}}, 200)
 	owner := ta.must(t, "POST", "/v1/apikeys", map[string]any{"role": "owner", "scope": "acme"}, 201)["key"].(string)
 	for _, c := range []struct {
 		method, path string
@@ -381,23 +381,31 @@ func TestRetentionKeepsWhatIsInUseAndFollowsTenantPolicies(t *testing.T) {
 	if got := actionsOf(runRetention(t, ta, false)); len(got) != 0 {
 		t.Fatalf("first run: %q", got)
 	}
-	clk.advance(16 * day)
-	if got := actionsOf(runRetention(t, ta, false)); !slices.Equal(got, []string{"warn globex/production 30", "warn globex/test 30"}) {
-		t.Fatalf("run at day 16: %q", got)
+	clk.advance(41 * day)
+	globexWarned := []string{"warn globex/production 30", "warn globex/test 30"}
+	if got := actionsOf(runRetention(t, ta, false)); !slices.Equal(got, globexWarned) {
+		t.Fatalf("run at day 41: %q", got)
 	}
-	if st, _ := envStatus(t, ta, "globex", "staging"); st.State != "exempt" || st.ExemptBy != "tenant policy" || st.InactiveAfter != "45d" {
+	if st, _ := envStatus(t, ta, "globex", "staging"); st.State != "exempt" || st.ExemptBy != "tenant policy" || st.InactiveAfter != "70d" {
 		t.Fatalf("globex/staging: %+v", st)
 	}
-	// A longer policy voids the warnings, which start again for the new date; a shorter one
-	// keeps them, and the most urgent warning due goes.
-	ta.must(t, "PUT", "/v1/retention/tenants/globex", map[string]any{"inactive_after": "90d", "exempt": []string{"staging"}}, 200)
-	clk.advance(61*day - clk.at(t0))
-	if got := actionsOf(runRetention(t, ta, false)); !slices.Equal(got, []string{"warn acme/test 30", "warn globex/production 30", "warn globex/test 30"}) {
-		t.Fatalf("run at day 61 after the lengthening: %q", got)
+	// A longer policy voids the warnings (they named an earlier date); back to the shorter
+	// one, they start again.
+	ta.must(t, "PUT", "/v1/retention/tenants/globex", map[string]any{"inactive_after": "120d", "exempt": []string{"staging"}}, 200)
+	if got := actionsOf(runRetention(t, ta, false)); !slices.Equal(got, []string{"cleared globex/production", "cleared globex/test"}) {
+		t.Fatalf("run after the lengthening: %q", got)
 	}
-	ta.must(t, "PUT", "/v1/retention/tenants/globex", map[string]any{"inactive_after": "45d", "exempt": []string{"staging"}}, 200)
+	ta.must(t, "PUT", "/v1/retention/tenants/globex", map[string]any{"inactive_after": "70d", "exempt": []string{"staging"}}, 200)
+	if got := actionsOf(runRetention(t, ta, false)); !slices.Equal(got, globexWarned) {
+		t.Fatalf("run after the shortening: %q", got)
+	}
+	clk.advance(64*day - clk.at(t0))
+	if got := actionsOf(runRetention(t, ta, false)); !slices.Equal(got, []string{"warn acme/test 30", "warn globex/production 7", "warn globex/test 7"}) {
+		t.Fatalf("run at day 64: %q", got)
+	}
+	clk.advance(69*day + time.Hour - clk.at(t0))
 	if got := actionsOf(runRetention(t, ta, false)); !slices.Equal(got, []string{"warn globex/production 1", "warn globex/test 1"}) {
-		t.Fatalf("run at day 61 after the shortening: %q", got)
+		t.Fatalf("run at day 69: %q", got)
 	}
 	for env, kind := range map[string]string{"production": "native", "staging": "pipeline"} {
 		st, header := envStatus(t, ta, "acme", env)
@@ -415,9 +423,9 @@ func TestRetentionKeepsWhatIsInUseAndFollowsTenantPolicies(t *testing.T) {
 		t.Fatalf("warnings went to %v", to)
 	}
 	// globex's environments go after the grace; acme's own rule and exemptions are untouched.
-	clk.advance(62*day + 2*retention.Settle - clk.at(t0))
+	clk.advance(70*day + time.Hour + 2*retention.Settle - clk.at(t0))
 	if got := actionsOf(runRetention(t, ta, false)); !slices.Equal(got, []string{"delete globex/production", "delete globex/test"}) {
-		t.Fatalf("run at day 62: %q", got)
+		t.Fatalf("run at day 70: %q", got)
 	}
 	out := ta.must(t, "GET", "/v1/tenants/globex/environments", nil, 200)
 	if envs := fmt.Sprint(out["environments"]); envs != "[staging]" {

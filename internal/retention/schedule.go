@@ -148,25 +148,33 @@ func plan(r Record, inactiveAfter, grace time.Duration, now time.Time) Plan {
 // interval), so a use just before the date is seen.
 const Settle = time.Minute
 
-// lead is how long before the deletion a warning of days goes: days, or half of a policy not
-// longer than that (a 12-hour policy warns 6 hours before, not at every use).
+// No warning goes before half of the policy has passed without use: a busy environment's use
+// is written to the store up to an hour late (per node), and a warning must never reach one
+// in use. A 45-day policy warns 7 and 1 days before; a 12-hour one, once, 6 hours before.
+
+// lead is how long before the deletion a warning of days goes.
 func lead(days int, inactiveAfter time.Duration) time.Duration {
-	if d := time.Duration(days) * day; d < inactiveAfter {
-		return d
-	}
-	return inactiveAfter / 2
+	return min(time.Duration(days)*day, inactiveAfter/2)
 }
 
-// stages are the warnings of an environment with this inactive_after: those that fall after
-// its last use (a 30-day policy warns 7 and 1 days before), and the last one always.
+// stages are the warnings of an environment with this inactive_after: those that fall in the
+// second half of the policy, and the last one always.
 func stages(inactiveAfter time.Duration) []int {
 	var out []int
 	for i, d := range Stages {
-		if time.Duration(d)*day < inactiveAfter || i == len(Stages)-1 {
+		if time.Duration(d)*day <= inactiveAfter/2 || i == len(Stages)-1 {
 			out = append(out, d)
 		}
 	}
 	return out
+}
+
+// floor counts the environment as used at t (a restore of its tenant: what the backup said of
+// its use is as old as the backup).
+func (r *Record) floor(t time.Time) {
+	if t.After(r.Since) {
+		r.Since = t
+	}
 }
 
 func later(a, b time.Time) time.Time {

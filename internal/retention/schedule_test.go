@@ -80,12 +80,19 @@ func TestUseVoidsWarnings(t *testing.T) {
 	}
 }
 
-// A policy of 30 days warns 7 and 1 days before; one of a day warns once, at its last use.
+// No warning before half of the policy: 45 days warn 7 and 1 days before; 12 hours, once, 6
+// hours before.
 func TestShortPoliciesSkipWarningsBeforeTheLastUse(t *testing.T) {
 	t0 := time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC)
 	r := Record{Since: t0}
+	if p := plan(r, 45*day, day, t0.Add(20*day)); p.Warn != 0 || len(p.WarnAt) != 2 {
+		t.Fatalf("45-day policy before half way: %+v", p)
+	}
 	if p := plan(r, 30*day, day, t0.Add(time.Hour)); p.Warn != 0 || len(p.WarnAt) != 2 {
 		t.Fatalf("30-day policy just after use: %+v", p)
+	}
+	if p := plan(r, 25*time.Hour, day, t0.Add(2*time.Hour)); p.Warn != 0 {
+		t.Fatalf("25-hour policy two hours after use: %+v", p)
 	}
 	if p := plan(r, 30*day, day, t0.Add(23*day)); p.Warn != 7 {
 		t.Fatalf("30-day policy 7 days before: %+v", p)

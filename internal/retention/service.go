@@ -117,8 +117,8 @@ func (p *TenantPolicy) Normalize() error {
 		if err != nil || d < 0 {
 			return fmt.Errorf("%w: inactive_after: a duration such as 90d or 720h, or 0", ErrInvalid)
 		}
-		if d != 0 && d < time.Hour {
-			return fmt.Errorf("%w: inactive_after: at least 1h (0 keeps the tenant's environments)", ErrInvalid)
+		if d != 0 && d < day {
+			return fmt.Errorf("%w: inactive_after: at least 1d (0 keeps the tenant's environments)", ErrInvalid)
 		}
 	}
 	if len(p.Exempt) > 100 {
@@ -164,11 +164,14 @@ func (s *Service) PolicyOf(ctx context.Context, tenant string) (TenantPolicy, er
 	if errors.Is(err, keyring.ErrNotFound) {
 		return p, nil
 	}
+	if errors.Is(err, keyring.ErrDecrypt) || errors.Is(err, keyring.ErrMalformed) {
+		return p, fmt.Errorf("stored retention policy of %s: %w: %v", tenant, errDamaged, err)
+	}
 	if err != nil {
 		return p, err
 	}
 	if err := json.Unmarshal(b, &p); err != nil {
-		return p, fmt.Errorf("stored retention policy of %s: %w", tenant, err)
+		return p, fmt.Errorf("stored retention policy of %s: %w: %v", tenant, errDamaged, err)
 	}
 	return p, nil
 }
@@ -180,11 +183,14 @@ func (s *Service) get(ctx context.Context, e activity.Env) (Record, uint64, erro
 	if errors.Is(err, keyring.ErrNotFound) {
 		return r, 0, nil
 	}
+	if errors.Is(err, keyring.ErrDecrypt) || errors.Is(err, keyring.ErrMalformed) {
+		return r, 0, fmt.Errorf("stored activity of %s/%s: %w: %v", e.Tenant, e.Environment, errDamaged, err)
+	}
 	if err != nil {
 		return r, 0, err
 	}
 	if err := json.Unmarshal(b, &r); err != nil {
-		return r, 0, fmt.Errorf("stored activity of %s/%s: %w", e.Tenant, e.Environment, err)
+		return r, 0, fmt.Errorf("stored activity of %s/%s: %w: %v", e.Tenant, e.Environment, errDamaged, err)
 	}
 	return r, ent.Revision, nil
 }
@@ -219,10 +225,19 @@ func (s *Service) live(e activity.Env) bool {
 	return s.o.Identity.Exists(sc) && !s.o.Identity.Deleting(sc)
 }
 
-// writeStep is the most often a busy environment's use is written (per node): dates of
-// warnings and deletions are days apart, and a use after a long quiet spell (one that voids a
-// warning) is written at the next flush all the same.
-const writeStep = time.Hour
+// errDamaged marks a record that is there and does not read.
+var errDamaged = errors.New("damaged")
+
+// writeStep is the most often a busy environment's use is written (per node): an hour, or an
+// eighth of retention.inactive_after if that is shorter. No warning goes before half of a
+// policy (at least a day for a tenant's own), so a use written this late never gets one; a
+// use after a long quiet spell (one that voids a warning) is written at the next flush.
+func (s *Service) writeStep() time.Duration {
+	if d := s.o.Config.InactiveAfter / 8; d > 0 && d < time.Hour {
+		return d
+	}
+	return time.Hour
+}
 
 // Flush writes what the tracker noted since the last flush, after noting what is in use
 // here (InUse).
@@ -232,7 +247,7 @@ func (s *Service) Flush(ctx context.Context) error {
 	}
 	s.o.Tracker.Prune(s.live)
 	var errs []error
-	for e, t := range s.o.Tracker.Take(writeStep) {
+	for e, t := range s.o.Tracker.Take(s.writeStep()) {
 		if !s.live(e) {
 			continue
 		}
@@ -330,20 +345,32 @@ func (s *Service) Env(ctx context.Context, tenant, env string) (EnvStatus, error
 	if s.o.Identity.Deleting(authz.Scope{Tenant: tenant, Environment: env}) {
 		return EnvStatus{Tenant: tenant, Environment: env, State: "deleting"}, nil
 	}
+	// A record that does not read (damage) is said where it is, not as a failure of every
+	// report: such an environment is never deleted, its record is kept for repair. An engine
+	// error is an error.
 	p, err := s.PolicyOf(ctx, tenant)
-	if err != nil {
+	if errors.Is(err, errDamaged) {
 		s.o.Logger.Error("retention: a tenant's policy does not read; its environments are not deleted while it does not", "tenant", tenant,
 			"error", err)
 		return EnvStatus{Tenant: tenant, Environment: env, State: "error", Error: "the tenant's retention policy does not read"}, nil
 	}
-	r, _, err := s.get(ctx, e)
 	if err != nil {
-		// One record that does not read (damage) is said where it is, not as a failure of
-		// every report: such an environment is never deleted, its record is kept for repair.
+		return EnvStatus{}, err
+	}
+	floor, err := s.floorOf(ctx, tenant)
+	if err != nil {
+		return EnvStatus{}, err
+	}
+	r, _, err := s.get(ctx, e)
+	if errors.Is(err, errDamaged) {
 		s.o.Logger.Error("retention: an environment's record does not read; it is not deleted while it does not", "tenant", tenant,
 			"environment", env, "error", err)
 		return EnvStatus{Tenant: tenant, Environment: env, State: "error", Error: "its retention record does not read"}, nil
 	}
+	if err != nil {
+		return EnvStatus{}, err
+	}
+	r.floor(floor)
 	d, _ := p.inactiveAfter(s.o.Config.InactiveAfter)
 	r.current(d)
 	st, _ := s.status(e, r, p, s.now())
@@ -426,9 +453,13 @@ func (s *Service) Run(ctx context.Context, dry bool) (RunResult, error) {
 			continue
 		}
 		p, err := s.PolicyOf(ctx, t.Name)
+		var floor time.Time
+		if err == nil {
+			floor, err = s.floorOf(ctx, t.Name)
+		}
 		if err != nil {
 			errs = append(errs, err)
-			res.Actions = append(res.Actions, RunAction{Tenant: t.Name, Action: "error", Error: "the tenant's retention policy does not read"})
+			res.Actions = append(res.Actions, RunAction{Tenant: t.Name, Action: "error", Error: err.Error()})
 			continue
 		}
 		for _, env := range t.Environments {
@@ -437,7 +468,7 @@ func (s *Service) Run(ctx context.Context, dry bool) (RunResult, error) {
 				continue
 			}
 			res.Checked++
-			a, w, err := s.runEnv(ctx, e, p, dry)
+			a, w, err := s.runEnv(ctx, e, p, floor, dry)
 			if err != nil {
 				errs = append(errs, fmt.Errorf("%s/%s: %w", t.Name, env, err))
 				if a == nil {
@@ -466,12 +497,13 @@ func (s *Service) Run(ctx context.Context, dry bool) (RunResult, error) {
 
 // runEnv applies the policy to one environment; it returns what it did and the environment's
 // latest warning, if one stands.
-func (s *Service) runEnv(ctx context.Context, e activity.Env, p TenantPolicy, dry bool) (*RunAction, Warning, error) {
+func (s *Service) runEnv(ctx context.Context, e activity.Env, p TenantPolicy, floor time.Time, dry bool) (*RunAction, Warning, error) {
 	now := s.now()
 	r, rev, err := s.get(ctx, e)
 	if err != nil {
 		return nil, Warning{}, err
 	}
+	r.floor(floor)
 	if rev == 0 {
 		if dry {
 			return nil, Warning{}, nil
@@ -599,21 +631,6 @@ type indexEntry struct {
 	Warning     Warning `json:"warning"`
 }
 
-func (s *Service) writeIndex(ctx context.Context, index map[activity.Env]Warning) error {
-	list := make([]indexEntry, 0, len(index))
-	for e, w := range index {
-		list = append(list, indexEntry{Tenant: e.Tenant, Environment: e.Environment, Warning: w})
-	}
-	b, _ := json.Marshal(list)
-	if _, err := s.store.Put(ctx, platformScope, warnedID, b); err != nil {
-		return err
-	}
-	s.mu.Lock()
-	s.warned = index
-	s.mu.Unlock()
-	return nil
-}
-
 // ReadIndex reads the warned environments the last run wrote (every node, once a minute).
 func (s *Service) ReadIndex(ctx context.Context) error {
 	b, _, err := s.store.Get(ctx, platformScope, warnedID)
@@ -695,11 +712,128 @@ func (s *Service) Schedule(ctx context.Context) {
 // a node whose clock ran ahead would otherwise see every quiet environment as overdue.
 const maxSkew = 5 * time.Minute
 
+// editIndex changes the stored index of warned environments by compare and set, then keeps
+// what it wrote: the run replaces it, a deletion takes its environment out, and neither
+// brings back what the other changed.
+func (s *Service) editIndex(ctx context.Context, change func(map[activity.Env]Warning)) error {
+	for range 5 {
+		b, ent, err := s.store.Get(ctx, platformScope, warnedID)
+		index := map[activity.Env]Warning{}
+		switch {
+		case errors.Is(err, keyring.ErrNotFound):
+			ent.Revision = 0
+		case err != nil:
+			return err
+		default:
+			var list []indexEntry
+			if json.Unmarshal(b, &list) == nil {
+				for _, x := range list {
+					index[activity.Env{Tenant: x.Tenant, Environment: x.Environment}] = x.Warning
+				}
+			}
+		}
+		change(index)
+		list := make([]indexEntry, 0, len(index))
+		for e, w := range index {
+			list = append(list, indexEntry{Tenant: e.Tenant, Environment: e.Environment, Warning: w})
+		}
+		nb, _ := json.Marshal(list)
+		_, err = s.store.Update(ctx, platformScope, warnedID, nb, ent.Revision)
+		if errors.Is(err, keyring.ErrConflict) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		s.mu.Lock()
+		s.warned = index
+		s.mu.Unlock()
+		return nil
+	}
+	return fmt.Errorf("index of warned environments: %w", keyring.ErrConflict)
+}
+
+// writeIndex replaces the index with a run's (leaving out environments deleted meanwhile).
+func (s *Service) writeIndex(ctx context.Context, index map[activity.Env]Warning) error {
+	return s.editIndex(ctx, func(m map[activity.Env]Warning) {
+		clear(m)
+		for e, w := range index {
+			if s.live(e) {
+				m[e] = w
+			}
+		}
+	})
+}
+
+// Forget takes a deleted environment (env "": every environment of the tenant) out of the
+// index, so that a new one of the same name is not said to be warned.
+func (s *Service) Forget(tenant, env string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.editIndex(ctx, func(m map[activity.Env]Warning) {
+		for e := range m {
+			if e.Tenant == tenant && (env == "" || e.Environment == env) {
+				delete(m, e)
+			}
+		}
+	}); err != nil {
+		s.o.Logger.Warn("retention: index of warned environments not rewritten; the next run does", "error", err)
+	}
+}
+
+func floorID(tenant string) string { return "floor-" + tenant }
+
+// floorOf is when a tenant's environments were last restored (zero: never): they count as
+// used then.
+func (s *Service) floorOf(ctx context.Context, tenant string) (time.Time, error) {
+	b, _, err := s.store.Get(ctx, platformScope, floorID(tenant))
+	if errors.Is(err, keyring.ErrNotFound) {
+		return time.Time{}, nil
+	}
+	if err != nil {
+		return time.Time{}, fmt.Errorf("restore time of %s: %w", tenant, err)
+	}
+	var t time.Time
+	if err := t.UnmarshalText(b); err != nil {
+		return time.Time{}, fmt.Errorf("restore time of %s: %w: %v", tenant, errDamaged, err)
+	}
+	return t, nil
+}
+
+// Restart counts every environment of a tenant (of every tenant, with "") as used now, with no
+// warning standing: after a restore, whose records of use are as old as the backup. It is one
+// record per tenant, written before the restored records are used (the platform's before the
+// deletions resume; a tenant's when its restore stops it), so no run sees them alone.
+func (s *Service) Restart(ctx context.Context, tenant string) error {
+	now, _ := s.now().MarshalText()
+	var errs []error
+	for _, t := range s.o.Identity.Tenants() {
+		if tenant != "" && t.Name != tenant {
+			continue
+		}
+		if _, err := s.store.Put(ctx, platformScope, floorID(t.Name), now); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := s.editIndex(ctx, func(m map[activity.Env]Warning) {
+		for e := range m {
+			if tenant == "" || e.Tenant == tenant {
+				delete(m, e)
+			}
+		}
+	}); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
 // checkClock compares this node's clock with the engine's (the time the engine stamps on a
-// record it stores, from its stream leader's clock in a cluster).
+// record it stores, from its stream leader's clock in a cluster). A read that does not return
+// the record just written (a follower behind) checks nothing rather than refuse.
 func (s *Service) checkClock(ctx context.Context) error {
 	before := time.Now()
-	if _, err := s.store.Put(ctx, platformScope, "clock", []byte(`{}`)); err != nil {
+	rev, err := s.store.Put(ctx, platformScope, "clock", []byte(`{}`))
+	if err != nil {
 		return err
 	}
 	_, e, err := s.store.Get(ctx, platformScope, "clock")
@@ -707,59 +841,12 @@ func (s *Service) checkClock(ctx context.Context) error {
 		return err
 	}
 	after := time.Now()
+	if e.Revision != rev {
+		return nil
+	}
 	if e.Updated.Before(before.Add(-maxSkew)) || e.Updated.After(after.Add(maxSkew)) {
 		return fmt.Errorf("this node's clock (%s) and the engine's (%s) are more than %s apart", after.UTC().Format(time.RFC3339),
 			e.Updated.UTC().Format(time.RFC3339), maxSkew)
-	}
-	return nil
-}
-
-// Forget drops the standing warning of a deleted environment (env "": every environment of
-// the tenant) from the index, here and in the store, so that a new one of the same name is
-// not said to be warned.
-func (s *Service) Forget(tenant, env string) {
-	s.mu.Lock()
-	index := make(map[activity.Env]Warning, len(s.warned))
-	changed := false
-	for e, w := range s.warned {
-		if e.Tenant == tenant && (env == "" || e.Environment == env) {
-			changed = true
-			continue
-		}
-		index[e] = w
-	}
-	s.mu.Unlock()
-	if !changed {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := s.writeIndex(ctx, index); err != nil {
-		s.o.Logger.Warn("retention: index of warned environments not rewritten; the next run does", "error", err)
-	}
-}
-
-// Restart starts the count of every environment (of one tenant, or all with tenant "") from
-// now, with no warning standing: after a restore, whose records are as old as the backup.
-func (s *Service) Restart(ctx context.Context, tenant string) error {
-	now := s.now()
-	for _, t := range s.o.Identity.Tenants() {
-		if tenant != "" && t.Name != tenant {
-			continue
-		}
-		for _, env := range t.Environments {
-			e := activity.Env{Tenant: t.Name, Environment: env}
-			if !s.live(e) {
-				continue
-			}
-			if _, err := s.update(ctx, e, func(r *Record) bool {
-				r.Since, r.Warnings, r.Basis = now, nil, time.Time{}
-				return true
-			}); err != nil {
-				s.o.Logger.Warn("retention: an environment's count not restarted after a restore", "tenant", t.Name, "environment", env, "error", err)
-			}
-		}
-		s.Forget(t.Name, "")
 	}
 	return nil
 }

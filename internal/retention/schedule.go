@@ -145,8 +145,8 @@ func plan(r Record, inactiveAfter, grace time.Duration, now time.Time) Plan {
 
 // Settle is how long after its date an environment is deleted at the soonest: every node has
 // written the use it noted before the date by then (each writes within activity's flush
-// interval), so a use just before the date is seen.
-const Settle = time.Minute
+// interval, 10 seconds; this is twice that), so a use just before the date is seen.
+const Settle = 20 * time.Second
 
 // No warning goes before half of the policy has passed without use: a busy environment's use
 // is written to the store up to an hour late (per node), and a warning must never reach one

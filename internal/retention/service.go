@@ -68,6 +68,9 @@ type Service struct {
 	o     Options
 	store *keyring.Sealed
 	run   sync.Mutex // one run at a time in this process (in a cluster, the lease holder's)
+	// flush: one flush at a time, so that a run's flush returns only once what another flush
+	// took from the tracker is written.
+	flush sync.Mutex
 
 	mu     sync.Mutex
 	warned map[activity.Env]Warning // the index, as last read
@@ -242,6 +245,8 @@ func (s *Service) writeStep() time.Duration {
 // Flush writes what the tracker noted since the last flush, after noting what is in use
 // here (InUse).
 func (s *Service) Flush(ctx context.Context) error {
+	s.flush.Lock()
+	defer s.flush.Unlock()
 	if s.o.InUse != nil {
 		s.o.InUse(s.o.Tracker)
 	}

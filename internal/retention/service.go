@@ -400,7 +400,7 @@ func (s *Service) Report(ctx context.Context, tenant string) ([]EnvStatus, error
 	return out, nil
 }
 
-// Action is one thing a run did (or, dry, would do).
+// RunAction is one thing a run did (or, dry, would do).
 type RunAction struct {
 	Tenant      string    `json:"tenant"`
 	Environment string    `json:"environment"`

@@ -346,26 +346,49 @@ func (s *Service) status(e activity.Env, r Record, p TenantPolicy, now time.Time
 
 // Env describes one environment now.
 func (s *Service) Env(ctx context.Context, tenant, env string) (EnvStatus, error) {
-	e := activity.Env{Tenant: tenant, Environment: env}
-	if s.o.Identity.Deleting(authz.Scope{Tenant: tenant, Environment: env}) {
-		return EnvStatus{Tenant: tenant, Environment: env, State: "deleting"}, nil
+	t, err := s.tenantOf(ctx, tenant)
+	if err != nil {
+		return EnvStatus{}, err
 	}
-	// A record that does not read (damage) is said where it is, not as a failure of every
-	// report: such an environment is never deleted, its record is kept for repair. An engine
-	// error is an error.
-	p, err := s.PolicyOf(ctx, tenant)
+	return s.envOf(ctx, activity.Env{Tenant: tenant, Environment: env}, t)
+}
+
+// judged is what a tenant's environments are judged by: its policy and its restore time.
+type judged struct {
+	policy  TenantPolicy
+	floor   time.Time
+	damaged bool // the policy does not read: its environments are in state error
+}
+
+// tenantOf reads a tenant's policy and restore time. A record that does not read (damage) is
+// said where it is, not as a failure of every report: such an environment is never deleted,
+// its record is kept for repair. An engine error is an error.
+func (s *Service) tenantOf(ctx context.Context, tenant string) (judged, error) {
+	var j judged
+	var err error
+	j.policy, err = s.PolicyOf(ctx, tenant)
 	if errors.Is(err, errDamaged) {
 		s.o.Logger.Error("retention: a tenant's policy does not read; its environments are not deleted while it does not", "tenant", tenant,
 			"error", err)
+		return judged{damaged: true}, nil
+	}
+	if err != nil {
+		return j, err
+	}
+	j.floor, err = s.floorOf(ctx, tenant)
+	return j, err
+}
+
+// envOf describes one environment of a tenant now.
+func (s *Service) envOf(ctx context.Context, e activity.Env, j judged) (EnvStatus, error) {
+	tenant, env := e.Tenant, e.Environment
+	if s.o.Identity.Deleting(authz.Scope{Tenant: tenant, Environment: env}) {
+		return EnvStatus{Tenant: tenant, Environment: env, State: "deleting"}, nil
+	}
+	if j.damaged {
 		return EnvStatus{Tenant: tenant, Environment: env, State: "error", Error: "the tenant's retention policy does not read"}, nil
 	}
-	if err != nil {
-		return EnvStatus{}, err
-	}
-	floor, err := s.floorOf(ctx, tenant)
-	if err != nil {
-		return EnvStatus{}, err
-	}
+	p := j.policy
 	r, _, err := s.get(ctx, e)
 	if errors.Is(err, errDamaged) {
 		s.o.Logger.Error("retention: an environment's record does not read; it is not deleted while it does not", "tenant", tenant,
@@ -375,7 +398,7 @@ func (s *Service) Env(ctx context.Context, tenant, env string) (EnvStatus, error
 	if err != nil {
 		return EnvStatus{}, err
 	}
-	r.floor(floor)
+	r.floor(j.floor)
 	d, _ := p.inactiveAfter(s.o.Config.InactiveAfter)
 	r.current(d)
 	st, _ := s.status(e, r, p, s.now())
@@ -389,8 +412,12 @@ func (s *Service) Report(ctx context.Context, tenant string) ([]EnvStatus, error
 		if tenant != "" && t.Name != tenant {
 			continue
 		}
+		j, err := s.tenantOf(ctx, t.Name)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", t.Name, err)
+		}
 		for _, env := range t.Environments {
-			st, err := s.Env(ctx, t.Name, env)
+			st, err := s.envOf(ctx, activity.Env{Tenant: t.Name, Environment: env}, j)
 			if err != nil {
 				return nil, fmt.Errorf("%s/%s: %w", t.Name, env, err)
 			}
@@ -457,10 +484,9 @@ func (s *Service) Run(ctx context.Context, dry bool) (RunResult, error) {
 		if s.o.Identity.Deleting(authz.Scope{Tenant: t.Name}) {
 			continue
 		}
-		p, err := s.PolicyOf(ctx, t.Name)
-		var floor time.Time
-		if err == nil {
-			floor, err = s.floorOf(ctx, t.Name)
+		j, err := s.tenantOf(ctx, t.Name)
+		if err == nil && j.damaged {
+			err = errors.New("the tenant's retention policy does not read")
 		}
 		if err != nil {
 			errs = append(errs, err)
@@ -473,7 +499,7 @@ func (s *Service) Run(ctx context.Context, dry bool) (RunResult, error) {
 				continue
 			}
 			res.Checked++
-			a, w, err := s.runEnv(ctx, e, p, floor, dry)
+			a, w, err := s.runEnv(ctx, e, j.policy, j.floor, dry)
 			if err != nil {
 				errs = append(errs, fmt.Errorf("%s/%s: %w", t.Name, env, err))
 				if a == nil {

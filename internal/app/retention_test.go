@@ -301,7 +301,9 @@ func TestRetentionKeepsWhatIsInUseAndFollowsTenantPolicies(t *testing.T) {
 		fastNotify(c)
 		c.Fabric.NATSListen = "127.0.0.1:0"
 		c.Retention.CheckEvery = time.Hour
+		// Many calls from one address, each on a connection of its own.
 		c.API.Limits.RequestRate, c.API.Limits.RequestBurst = 1e6, 1e6
+		c.API.Limits.ConnRate, c.API.Limits.ConnBurst = 1e6, 1e6
 	}, nil, WithClock(clk.now))
 	t0 := clk.now()
 	channel := func(tenant, name, to string) {

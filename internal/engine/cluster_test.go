@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -23,23 +22,15 @@ import (
 	"github.com/penstock/penstock/internal/datadir"
 	"github.com/penstock/penstock/internal/engine"
 	"github.com/penstock/penstock/internal/redact"
+	"github.com/penstock/penstock/internal/testenv"
 )
 
-// freePorts reserves n loopback ports and releases them for the nodes to listen on.
+// freePorts returns n loopback addresses for the nodes to listen on.
 func freePorts(t *testing.T, n int) []string {
 	t.Helper()
-	var ls []net.Listener
 	var out []string
 	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ls = append(ls, l)
-		out = append(out, l.Addr().String())
-	}
-	for _, l := range ls {
-		l.Close()
+		out = append(out, testenv.FreeAddr(t))
 	}
 	return out
 }

@@ -91,12 +91,7 @@ func StartMailpit(t testing.TB) *Mailpit {
 
 func freePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return FreePort(t)
 }
 
 // Messages reads every message the server received, with its text, oldest first.

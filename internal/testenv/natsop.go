@@ -3,7 +3,6 @@ package testenv
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -102,10 +101,7 @@ func StartOperatorNATS(t testing.TB) *OperatorNATS {
 	o.OperatorKeyFile = filepath.Join(dir, "operator", engine.OperatorSigningFile)
 	o.SystemCredsFile = filepath.Join(dir, "operator", engine.SystemCredsFile)
 
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	must(err)
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
+	port := FreePort(t)
 	conf := fmt.Sprintf("server_name: penstock-test-operator\nlisten: 127.0.0.1:%d\njetstream: { store_dir: %q }\ninclude %q\n",
 		port, filepath.Join(dir, "js"), "operator/"+engine.ResolverConfFile) // relative to the file that includes it
 	o.conf = filepath.Join(dir, "nats.conf")

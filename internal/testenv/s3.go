@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -88,12 +87,7 @@ func (s S3) URL() string { return "s3://" + s.Bucket + "?region=us-east-1&endpoi
 func S3Target(t testing.TB) S3 {
 	t.Helper()
 	bin := Tool(t, "PENSTOCK_VERSITYGW", "versitygw", "github.com/versity/versitygw/cmd/versitygw@"+VersityGWVersion)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
+	port := FreePort(t)
 	dir := t.TempDir()
 	if err := os.Mkdir(filepath.Join(dir, "data"), 0o700); err != nil {
 		t.Fatal(err)

@@ -261,3 +261,17 @@ func Grants(bindings []Binding, role Role, at Scope) bool {
 	}
 	return true
 }
+
+// CheckGrant says whether role may be granted at scope: platform-admin at the platform scope
+// only, viewer and auditor anywhere, every other role inside a tenant.
+func CheckGrant(role Role, scope Scope) error {
+	switch {
+	case !ValidRole(role):
+		return fmt.Errorf("role %q: one of %v", role, Roles())
+	case role == PlatformAdmin && scope != Platform:
+		return fmt.Errorf("platform-admin is granted at the platform scope only")
+	case role != PlatformAdmin && scope == Platform && role != Viewer && role != Auditor:
+		return fmt.Errorf("role %s is granted in a tenant, not at the platform scope", role)
+	}
+	return nil
+}

@@ -30,6 +30,64 @@ type Config struct {
 	Backup    Backup    `koanf:"backup"`
 	Notify    Notify    `koanf:"notify"`
 	Retention Retention `koanf:"retention"`
+	Directory Directory `koanf:"directory"`
+}
+
+// Directory configures users who log in through an LDAP directory and get their roles from
+// its groups (docs/access.md). With directory.ldap.url empty, only local users log in.
+type Directory struct {
+	LDAP LDAP `koanf:"ldap"`
+	// Mappings give a directory group a role at a scope, each "ROLE@SCOPE=GROUP-DN" (e.g.
+	// "platform-admin@platform=cn=ops,ou=groups,dc=example,dc=org"); more are added through
+	// the API (penstock directory map). Set them in the file: a DN has commas, which split a
+	// list given in the environment.
+	Mappings []string `koanf:"mappings"`
+	// RecheckEvery is how often every directory user's groups are read again: a user taken out
+	// of a group loses its roles (sessions, API keys, native connections) within this time.
+	RecheckEvery time.Duration `koanf:"recheck_every"`
+	// RolesValidFor is how long roles read from the directory hold without a successful
+	// re-check: while the directory cannot be reached, directory users keep their roles this
+	// long, then have none (local break-glass users still log in).
+	RolesValidFor time.Duration `koanf:"roles_valid_for"`
+	// BreakGlassUsers are the local users who may still log in with their Penstock password
+	// once a directory is configured (none by default); every such login is audited with a
+	// warning.
+	BreakGlassUsers []string `koanf:"break_glass_users"`
+}
+
+// LDAP is the directory server and how users and groups are found in it.
+type LDAP struct {
+	// URL is ldaps://host:636, or ldap://host:389 with StartTLS. Plain LDAP is refused unless
+	// AllowPlaintext is set and the host is a loopback address.
+	URL            string `koanf:"url"`
+	StartTLS       bool   `koanf:"start_tls"`
+	AllowPlaintext bool   `koanf:"allow_plaintext"`
+	// CAFile is the PEM file of the CA that signed the server's certificate (the system's
+	// roots if empty).
+	CAFile string `koanf:"ca_file"`
+	// BindDN and BindPassword are the service account that searches users and groups; set the
+	// password through PENSTOCK_DIRECTORY_LDAP_BIND_PASSWORD.
+	BindDN       string        `koanf:"bind_dn"`
+	BindPassword redact.Secret `koanf:"bind_password"`
+	// UserBase and UserFilter find a user: {user} in the filter is the login name, escaped.
+	UserBase   string `koanf:"user_base"`
+	UserFilter string `koanf:"user_filter"`
+	// GroupBase and GroupFilter find a user's groups: {dn} is the user's (or, for nested
+	// groups, a group's) DN, escaped. With MemberOfAttribute set (memberOf), groups are read
+	// from that attribute of the user's entry instead.
+	GroupBase         string `koanf:"group_base"`
+	GroupFilter       string `koanf:"group_filter"`
+	MemberOfAttribute string `koanf:"member_of_attribute"`
+	// NestedGroups follows groups that are members of groups (up to 10 levels).
+	NestedGroups bool `koanf:"nested_groups"`
+	// MFAAttribute, "attribute=value" (e.g. "employeeType=mfa"), says a user's second factor
+	// is checked by the directory: such a user is not asked for Penstock's TOTP. Off (empty)
+	// by default: directory admins enrol TOTP in Penstock.
+	MFAAttribute string `koanf:"mfa_attribute"`
+	// Timeout bounds connecting and each operation; PoolSize is how many connections are
+	// kept (and the most used at once).
+	Timeout  time.Duration `koanf:"timeout"`
+	PoolSize int           `koanf:"pool_size"`
 }
 
 // Retention configures the deletion of unused environments (docs/retention.md). Per-tenant
@@ -406,6 +464,13 @@ func Default() Config {
 		Identity: Identity{
 			SessionIdle: 30 * time.Minute, SessionMax: 12 * time.Hour, PasswordMinLength: 12,
 			Argon2MemoryKiB: 64 << 10, Argon2Time: 3, Argon2Threads: 2,
+		},
+		Directory: Directory{
+			RecheckEvery: 5 * time.Minute, RolesValidFor: 15 * time.Minute,
+			LDAP: LDAP{
+				UserFilter: "(&(objectClass=person)(uid={user}))", GroupFilter: "(|(member={dn})(uniqueMember={dn}))",
+				NestedGroups: true, Timeout: 5 * time.Second, PoolSize: 4,
+			},
 		},
 	}
 }

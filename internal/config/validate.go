@@ -6,6 +6,7 @@ import (
 
 	"net"
 	"net/url"
+	"os"
 	"path"
 	"path/filepath"
 	"sort"
@@ -13,6 +14,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/penstock/penstock/internal/authz"
+	"github.com/penstock/penstock/internal/names"
 	"github.com/penstock/penstock/internal/redact"
 )
 
@@ -115,6 +118,7 @@ func (c Config) validate() FieldErrors {
 	c.Backup.validate(&v)
 	c.Notify.validate(&v)
 	c.Retention.validate(&v)
+	c.Directory.validate(&v)
 	id := c.Identity
 	v.positiveDuration("identity.session_idle", id.SessionIdle)
 	v.positiveDuration("identity.session_max", id.SessionMax)
@@ -526,4 +530,118 @@ func (n Notify) validate(v *validator) {
 			v.add(fmt.Sprintf("notify.platform_egress[%d]", i), "empty")
 		}
 	}
+}
+
+func (d Directory) validate(v *validator) {
+	for i, m := range d.Mappings {
+		if _, _, _, err := ParseMapping(m); err != nil {
+			v.add(fmt.Sprintf("directory.mappings[%d]", i), err.Error())
+		}
+	}
+	for i, u := range d.BreakGlassUsers {
+		if err := names.Check("user", u); err != nil {
+			v.add(fmt.Sprintf("directory.break_glass_users[%d]", i), err.Error())
+		}
+	}
+	if d.RecheckEvery < time.Second {
+		v.add("directory.recheck_every", "at least 1s")
+	}
+	if d.RolesValidFor < d.RecheckEvery {
+		v.add("directory.roles_valid_for", "at least directory.recheck_every (roles would lapse between two re-checks)")
+	}
+	l := d.LDAP
+	if l.URL == "" {
+		return
+	}
+	u, err := url.Parse(l.URL)
+	switch {
+	case err != nil || u.Host == "" || (u.Scheme != "ldap" && u.Scheme != "ldaps"):
+		v.add("directory.ldap.url", "ldaps://host:636, or ldap://host:389 with directory.ldap.start_tls")
+	case u.Scheme == "ldaps" && l.StartTLS:
+		v.add("directory.ldap.start_tls", "not with ldaps:// (already TLS)")
+	case u.Scheme == "ldap" && !l.StartTLS && !l.AllowPlaintext:
+		v.add("directory.ldap.url", "plain ldap:// sends passwords in clear: use ldaps://, or set directory.ldap.start_tls")
+	case u.Scheme == "ldap" && !l.StartTLS && !loopbackHost(u.Hostname()):
+		v.add("directory.ldap.allow_plaintext", "plain LDAP is allowed only to a loopback server (localhost, 127.0.0.1, ::1)")
+	}
+	if l.BindDN == "" {
+		v.add("directory.ldap.bind_dn", "required: the service account that searches users and groups")
+	}
+	if l.BindPassword.IsZero() {
+		v.add("directory.ldap.bind_password", "required (set PENSTOCK_DIRECTORY_LDAP_BIND_PASSWORD)")
+	}
+	v.required("directory.ldap.user_base", l.UserBase)
+	if !strings.Contains(l.UserFilter, "{user}") || !balancedFilter(l.UserFilter) {
+		v.add("directory.ldap.user_filter", "an LDAP filter in parentheses with {user} where the login name goes, such as (uid={user})")
+	}
+	if l.MemberOfAttribute == "" {
+		v.required("directory.ldap.group_base", l.GroupBase)
+		if !strings.Contains(l.GroupFilter, "{dn}") || !balancedFilter(l.GroupFilter) {
+			v.add("directory.ldap.group_filter", "an LDAP filter in parentheses with {dn} where a member's DN goes, such as (member={dn})")
+		}
+	}
+	if l.MFAAttribute != "" {
+		if a, val, ok := strings.Cut(l.MFAAttribute, "="); !ok || a == "" || val == "" {
+			v.add("directory.ldap.mfa_attribute", "attribute=value, such as employeeType=mfa")
+		}
+	}
+	if l.CAFile != "" {
+		if _, err := os.Stat(l.CAFile); err != nil {
+			v.add("directory.ldap.ca_file", "cannot be read: "+err.Error())
+		}
+	}
+	if l.Timeout < 100*time.Millisecond {
+		v.add("directory.ldap.timeout", "at least 100ms")
+	}
+	if l.PoolSize < 1 || l.PoolSize > 64 {
+		v.add("directory.ldap.pool_size", "between 1 and 64")
+	}
+}
+
+// ParseMapping reads a directory mapping "ROLE@SCOPE=GROUP".
+func ParseMapping(s string) (group string, role authz.Role, scope authz.Scope, err error) {
+	left, group, ok := strings.Cut(s, "=")
+	r, sc, ok2 := strings.Cut(left, "@")
+	if !ok || !ok2 || strings.TrimSpace(group) == "" {
+		return "", "", authz.Scope{}, fmt.Errorf("ROLE@SCOPE=GROUP, such as platform-admin@platform=cn=ops,ou=groups,dc=example,dc=org")
+	}
+	role = authz.Role(strings.TrimSpace(r))
+	if scope, err = authz.ParseScope(strings.TrimSpace(sc)); err != nil {
+		return "", "", authz.Scope{}, err
+	}
+	if err := authz.CheckGrant(role, scope); err != nil {
+		return "", "", authz.Scope{}, err
+	}
+	return strings.TrimSpace(group), role, scope, nil
+}
+
+func loopbackHost(h string) bool {
+	if h == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(h)
+	return ip != nil && ip.IsLoopback()
+}
+
+// balancedFilter reports whether f is one parenthesized LDAP filter.
+func balancedFilter(f string) bool {
+	if !strings.HasPrefix(f, "(") || !strings.HasSuffix(f, ")") {
+		return false
+	}
+	depth := 0
+	for i, r := range f {
+		switch r {
+		case '(':
+			depth++
+		case ')':
+			depth--
+			if depth == 0 && i != len(f)-1 {
+				return false
+			}
+		}
+		if depth < 0 {
+			return false
+		}
+	}
+	return depth == 0
 }

@@ -91,14 +91,8 @@ func (s *Store) EndSessions(ctx context.Context, user string, except ...string) 
 
 // Grant binds role at scope to subject ("user:<name>" or "apikey:<id>"), which must exist.
 func (s *Store) Grant(ctx context.Context, subject string, role authz.Role, scope authz.Scope) (RoleBinding, error) {
-	if !authz.ValidRole(role) {
-		return RoleBinding{}, invalidf("role %q: one of %v", role, authz.Roles())
-	}
-	if role == authz.PlatformAdmin && scope != authz.Platform {
-		return RoleBinding{}, invalidf("platform-admin is granted at the platform scope only")
-	}
-	if role != authz.PlatformAdmin && scope == authz.Platform && role != authz.Viewer && role != authz.Auditor {
-		return RoleBinding{}, invalidf("role %s is granted in a tenant, not at the platform scope", role)
+	if err := authz.CheckGrant(role, scope); err != nil {
+		return RoleBinding{}, invalidf("%v", err)
 	}
 	if err := s.scopeExists(scope); err != nil {
 		return RoleBinding{}, err

@@ -1,0 +1,252 @@
+package testenv
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/go-ldap/ldap/v3"
+)
+
+// SlapdBinary is Debian's OpenLDAP server, which .ci/services installs (package slapd).
+const SlapdBinary = "/usr/sbin/slapd"
+
+// LDAP directory seeded for the tests. Passwords are the user name with this suffix.
+const (
+	LDAPBase          = "dc=example,dc=org"
+	LDAPServiceDN     = "cn=penstock,ou=services," + LDAPBase
+	LDAPServicePass   = "service-Secret-7f3a"
+	LDAPPasswordTail  = "-Passw0rd!x"
+	ldapAdminDN       = "cn=admin," + LDAPBase
+	ldapAdminPassword = "admin-Secret-9c1d"
+)
+
+// LDAPSeed is the directory every LDAP test starts from:
+//   - alice: in ops (mapped to platform-admin by the tests);
+//   - bob: in acme-devs;
+//   - carol: in acme-leads, itself a member of acme-owners (a nested group);
+//   - dave: in no group;
+//   - erin: in acme-devs, with the attribute that says the directory did MFA (employeeType: mfa).
+var LDAPSeed = `dn: dc=example,dc=org
+objectClass: dcObject
+objectClass: organization
+o: Example
+dc: example
+
+dn: ou=people,dc=example,dc=org
+objectClass: organizationalUnit
+ou: people
+
+dn: ou=groups,dc=example,dc=org
+objectClass: organizationalUnit
+ou: groups
+
+dn: ou=services,dc=example,dc=org
+objectClass: organizationalUnit
+ou: services
+
+dn: cn=penstock,ou=services,dc=example,dc=org
+objectClass: organizationalRole
+objectClass: simpleSecurityObject
+cn: penstock
+userPassword: ` + LDAPServicePass + `
+` + ldapPeople + `
+dn: cn=ops,ou=groups,dc=example,dc=org
+objectClass: groupOfNames
+cn: ops
+member: uid=alice,ou=people,dc=example,dc=org
+
+dn: cn=acme-devs,ou=groups,dc=example,dc=org
+objectClass: groupOfNames
+cn: acme-devs
+member: uid=bob,ou=people,dc=example,dc=org
+member: uid=erin,ou=people,dc=example,dc=org
+
+dn: cn=acme-leads,ou=groups,dc=example,dc=org
+objectClass: groupOfNames
+cn: acme-leads
+member: uid=carol,ou=people,dc=example,dc=org
+
+dn: cn=acme-owners,ou=groups,dc=example,dc=org
+objectClass: groupOfNames
+cn: acme-owners
+member: cn=acme-leads,ou=groups,dc=example,dc=org
+`
+
+var ldapPeople = func() string {
+	var b strings.Builder
+	for _, u := range []string{"alice", "bob", "carol", "dave", "erin"} {
+		fmt.Fprintf(&b, "\ndn: uid=%s,ou=people,dc=example,dc=org\nobjectClass: inetOrgPerson\nuid: %s\ncn: %s\nsn: %s\nmail: %s@example.org\nuserPassword: %s\n",
+			u, u, u, u, u, u+LDAPPasswordTail)
+		if u == "erin" {
+			b.WriteString("employeeType: mfa\n")
+		}
+	}
+	return b.String()
+}()
+
+// Slapd is an OpenLDAP server of a test's own, seeded with LDAPSeed: plain LDAP (for StartTLS)
+// and LDAPS on loopback ports, a certificate for localhost (CAFile trusts it). Anonymous
+// clients can read nothing; the service account reads everything but passwords.
+type Slapd struct {
+	LDAPURL, LDAPSURL string
+	CAFile            string
+	dir               string
+	log               *LogBuffer
+	mu                sync.Mutex
+	cmd               *exec.Cmd
+	exited            chan error
+}
+
+// StartSlapd starts slapd, stopped when the test ends. Without the binary the test skips,
+// saying how to install it; under CI it fails.
+func StartSlapd(t testing.TB) *Slapd {
+	t.Helper()
+	if _, err := os.Stat(SlapdBinary); err != nil {
+		msg := "OpenLDAP's slapd is not installed (bash .ci/services installs it, or: apt-get install slapd ldap-utils)"
+		if os.Getenv("CI") != "" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	dir := t.TempDir()
+	s := &Slapd{dir: dir, log: &LogBuffer{}, CAFile: filepath.Join(dir, "cert.pem")}
+	WriteCert(t, s.CAFile, filepath.Join(dir, "key.pem"), "localhost")
+	s.LDAPURL = "ldap://localhost:" + strconv.Itoa(FreePort(t))
+	s.LDAPSURL = "ldaps://localhost:" + strconv.Itoa(FreePort(t))
+	if err := os.Mkdir(filepath.Join(dir, "db"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	conf := fmt.Sprintf(`include /etc/ldap/schema/core.schema
+include /etc/ldap/schema/cosine.schema
+include /etc/ldap/schema/inetorgperson.schema
+include /etc/ldap/schema/nis.schema
+pidfile %[1]s/slapd.pid
+modulepath /usr/lib/ldap
+moduleload back_mdb
+TLSCertificateFile %[1]s/cert.pem
+TLSCertificateKeyFile %[1]s/key.pem
+database mdb
+maxsize 67108864
+suffix "%[2]s"
+rootdn "%[3]s"
+rootpw %[4]s
+directory %[1]s/db
+access to attrs=userPassword
+  by self write
+  by anonymous auth
+  by * none
+access to *
+  by dn.exact="%[5]s" read
+  by self read
+  by * none
+`, dir, LDAPBase, ldapAdminDN, ldapAdminPassword, LDAPServiceDN)
+	if err := os.WriteFile(filepath.Join(dir, "slapd.conf"), []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "seed.ldif"), []byte(LDAPSeed), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("/usr/sbin/slapadd", "-f", filepath.Join(dir, "slapd.conf"), "-l", filepath.Join(dir, "seed.ldif")).CombinedOutput(); err != nil {
+		t.Fatalf("slapadd: %v\n%s", err, out)
+	}
+	s.Start(t)
+	t.Cleanup(func() { s.Stop(t) })
+	return s
+}
+
+// Start starts the server (again, on the same ports and data) and waits until it answers.
+func (s *Slapd) Start(t testing.TB) {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd != nil {
+		return
+	}
+	// -d 0: stay in the foreground (so the test owns the process), log nothing but errors.
+	cmd := exec.Command(SlapdBinary, "-f", filepath.Join(s.dir, "slapd.conf"), "-h", s.LDAPURL+"/ "+s.LDAPSURL+"/", "-d", "0")
+	cmd.Stdout, cmd.Stderr = s.log, s.log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	s.cmd, s.exited = cmd, exited
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(50 * time.Millisecond) {
+		if c, err := net.DialTimeout("tcp", strings.TrimPrefix(s.LDAPSURL, "ldaps://"), time.Second); err == nil {
+			c.Close()
+			return
+		}
+		select {
+		case err := <-exited:
+			t.Fatalf("slapd exited: %v\n%s", err, s.log.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("slapd did not listen within a minute\n%s", s.log.String())
+		}
+	}
+}
+
+// Stop kills the server: the directory is down until Start.
+func (s *Slapd) Stop(t testing.TB) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return
+	}
+	_ = s.cmd.Process.Kill()
+	<-s.exited
+	s.cmd = nil
+}
+
+// Admin runs f on a connection bound as the directory's administrator (to change groups).
+func (s *Slapd) Admin(t testing.TB, f func(c *ldap.Conn) error) {
+	t.Helper()
+	c, err := ldap.DialURL(s.LDAPURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Bind(ldapAdminDN, ldapAdminPassword); err != nil {
+		t.Fatal(err)
+	}
+	if err := f(c); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// RemoveMember takes a member (a DN) out of a group (cn=NAME,ou=groups).
+func (s *Slapd) RemoveMember(t testing.TB, group, member string) {
+	t.Helper()
+	s.Admin(t, func(c *ldap.Conn) error {
+		m := ldap.NewModifyRequest("cn="+group+",ou=groups,"+LDAPBase, nil)
+		m.Delete("member", []string{member})
+		return c.Modify(m)
+	})
+}
+
+// AddMember puts a member (a DN) into a group (cn=NAME,ou=groups).
+func (s *Slapd) AddMember(t testing.TB, group, member string) {
+	t.Helper()
+	s.Admin(t, func(c *ldap.Conn) error {
+		m := ldap.NewModifyRequest("cn="+group+",ou=groups,"+LDAPBase, nil)
+		m.Add("member", []string{member})
+		return c.Modify(m)
+	})
+}
+
+// UserDN is the DN of a seeded user.
+func UserDN(name string) string { return "uid=" + name + ",ou=people," + LDAPBase }
+
+// GroupDN is the DN of a seeded group.
+func GroupDN(name string) string { return "cn=" + name + ",ou=groups," + LDAPBase }

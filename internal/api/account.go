@@ -92,11 +92,28 @@ func registerAccount(g gate, hapi huma.API, o Options) {
 		Errors:  []int{http.StatusUnauthorized, http.StatusTooManyRequests},
 	}, nil, func(ctx context.Context, _ *caller, in *loginInput) (*loginOutput, error) {
 		src := sourceFrom(ctx)
-		tok, sess, err := o.Identity.Login(ctx, o.Lockout, in.Body.User, redact.NewSecret(in.Body.Password), in.Body.Code, src)
-		actor := "user:" + in.Body.User
-		if _, known := o.Identity.User(in.Body.User); !known {
+		name := in.Body.User
+		// With a directory, every login but a break-glass user's goes to it.
+		via := map[string]string{"via": "local"}
+		var (
+			tok  redact.Secret
+			sess identity.Session
+			err  error
+		)
+		if o.Directory != nil && !o.Identity.BreakGlass(name) {
+			name = strings.ToLower(name)
+			via["via"] = "directory"
+			tok, sess, err = o.Identity.LoginDirectory(ctx, o.Lockout, o.Directory, name, redact.NewSecret(in.Body.Password), in.Body.Code, src)
+		} else {
+			if o.Directory != nil {
+				via["break_glass"] = "true"
+			}
+			tok, sess, err = o.Identity.Login(ctx, o.Lockout, name, redact.NewSecret(in.Body.Password), in.Body.Code, src)
+		}
+		actor := "user:" + name
+		if _, known := o.Identity.User(name); !known {
 			// What was typed may be a password: record only a fingerprint of it.
-			sum := sha256.Sum256([]byte("penstock unknown user\x00" + in.Body.User))
+			sum := sha256.Sum256([]byte("penstock unknown user\x00" + name))
 			actor = "unknown-user:" + hex.EncodeToString(sum[:6])
 		}
 		if err != nil {
@@ -108,16 +125,27 @@ func registerAccount(g gate, hapi huma.API, o Options) {
 				code = "auth.mfa_required"
 			case errors.Is(err, identity.ErrBadCode):
 				code = "auth.invalid_code"
+			case errors.Is(err, identity.ErrDirectoryUnavailable):
+				code = "auth.directory_unavailable"
+				o.Logger.Error("directory login failed: the directory cannot be asked", "error", err)
 			}
-			if aerr := recordAuth(ctx, o, actor, "auth.login", "denied", code); aerr != nil {
+			if aerr := recordAuthDetails(ctx, o, actor, "auth.login", "denied", code, via); aerr != nil {
 				o.Logger.Error("audit log: failed login not recorded", "error", aerr)
 			}
-		} else if aerr := recordAuth(ctx, o, actor, "auth.login", "ok", ""); aerr != nil {
+		} else if aerr := recordAuthDetails(ctx, o, actor, "auth.login", "ok", "", via); aerr != nil {
 			// A login the audit log does not know of does not happen.
 			_ = o.Identity.Logout(ctx, tok.Reveal())
 			return nil, NewError(http.StatusServiceUnavailable, "audit.unavailable", "the audit log cannot be written, so the login was not made")
+		} else if via["break_glass"] != "" {
+			o.Logger.Warn("break-glass login: a local user logged in with a password while a directory is configured", "user", name)
+			if aerr := recordAuthDetails(ctx, o, actor, "auth.break_glass", "ok", "", map[string]string{"warning": "local password login while a directory is configured"}); aerr != nil {
+				_ = o.Identity.Logout(ctx, tok.Reveal())
+				return nil, NewError(http.StatusServiceUnavailable, "audit.unavailable", "the audit log cannot be written, so the login was not made")
+			}
 		}
 		switch {
+		case errors.Is(err, identity.ErrDirectoryUnavailable):
+			return nil, NewError(http.StatusServiceUnavailable, "auth.directory_unavailable", "the directory cannot be reached; try again later")
 		case errors.Is(err, identity.ErrLocked):
 			return nil, NewError(http.StatusTooManyRequests, "auth.locked", "too many failed attempts; try again later")
 		case errors.Is(err, identity.ErrMFARequired):

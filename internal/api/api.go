@@ -70,6 +70,13 @@ type Options struct {
 	// Retention answers the retention routes and warns in responses about a warned
 	// environment.
 	Retention *retention.Service
+	// Directory checks directory users' passwords and finds their groups; nil when no
+	// directory is configured (local users only).
+	Directory identity.Authenticator
+	// DirectoryConfig is the directory's configuration, for its status route.
+	DirectoryConfig config.Directory
+	// Recheck reads every directory user's groups again now (and audits what changed).
+	Recheck func(ctx context.Context) ([]identity.DirectoryChange, error)
 	// Now is the clock for signed requests; nil means time.Now.
 	Now func() time.Time
 }
@@ -109,6 +116,7 @@ func Handler(o Options) (http.Handler, []Route) {
 	registerFabric(g, hapi, o)
 	registerNotify(g, hapi, o)
 	registerRetention(g, hapi, o)
+	registerDirectory(g, hapi, o)
 	if o.Pipelines != nil {
 		registerPipelines(g, hapi, o)
 		registerWebhooks(g, hapi, o)

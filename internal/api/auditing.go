@@ -176,9 +176,13 @@ func (g gate) auditFailed() {
 
 // recordAuth writes an authentication event: a login, a refused credential.
 func recordAuth(ctx context.Context, o Options, actor, action, result, code string) error {
+	return recordAuthDetails(ctx, o, actor, action, result, code, nil)
+}
+
+func recordAuthDetails(ctx context.Context, o Options, actor, action, result, code string, details map[string]string) error {
 	ri := requestFrom(ctx)
 	_, err := o.Audit.Append(ctx, audit.Event{Actor: actor, Action: action, Result: result, Code: code,
-		Target: ri.path, Source: ri.source, RequestID: ri.id})
+		Target: ri.path, Source: ri.source, RequestID: ri.id, Details: details})
 	return err
 }
 

@@ -80,6 +80,7 @@ type App struct {
 	notify                        *notify.Service
 	activity                      *activity.Tracker
 	retention                     *retention.Service
+	dir                           *dirState // nil without a directory
 	inflight                      atomic.Int64 // handlers in progress
 
 	apiSrv     *http.Server
@@ -237,6 +238,16 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger, version st
 	icfg.MFAForAll, icfg.SessionIdle, icfg.SessionMax = ic.MFAAllUsers, ic.SessionIdle, ic.SessionMax
 	icfg.Policy.MinLength = ic.PasswordMinLength
 	icfg.Argon2 = identity.Argon2Params{Memory: ic.Argon2MemoryKiB, Time: ic.Argon2Time, Threads: ic.Argon2Threads}
+	ldapClient, err := directoryConfig(cfg.Directory, &icfg)
+	if err != nil {
+		return nil, err
+	}
+	if ldapClient != nil {
+		a.dir = &dirState{ldap: ldapClient, rechecks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "penstock_directory_rechecks_total",
+			Help: "Re-checks of every directory user's groups, by result (ok, error).",
+		}, []string{"result"})}
+	}
 	if a.ident, err = identity.Open(ctx, plat, a.keys, icfg, log.With("component", "identity")); err != nil {
 		return nil, err
 	}
@@ -372,14 +383,19 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger, version st
 		Name: "penstock_auth_lockouts_total",
 		Help: "Login lockouts started (per account or per source address) since the process started.",
 	}, func() float64 { return float64(lockout.Lockouts()) }))
-	handler, routes := api.Handler(api.Options{
+	apiOpts := api.Options{
 		Version: version, Logger: log.With("component", "api"), Ready: a.eng, Damage: a.damage,
 		Limits: lim, Edge: em, Registry: reg,
 		Keyring: a.keys, Master: a.master, Secrets: store,
 		Identity: a.ident, Lockout: lockout, Nonces: nonces, Audit: a.audit, Fabric: a.fabric,
 		Pipelines: a.pipes, Lifecycle: a.life, Backups: a.backupsAPI(), Cluster: a.clusterAPI(), Notify: a.notify,
-		Activity: a.activity, Retention: a.retention,
-	})
+		Activity: a.activity, Retention: a.retention, DirectoryConfig: cfg.Directory,
+	}
+	if a.dir != nil {
+		reg.MustRegister(a.dir.rechecks)
+		apiOpts.Directory, apiOpts.Recheck = a.dir.ldap, a.recheckDirectory
+	}
+	handler, routes := api.Handler(apiOpts)
 	a.routes = routes
 	a.apiSrv = &http.Server{
 		Handler:           a.track(handler),
@@ -483,6 +499,10 @@ func (a *App) Run(ctx context.Context) error {
 	go func() { defer forwarders.Done(); a.held(fctx, "notify-delivery", a.notify.Ticks) }()
 	go func() { defer forwarders.Done(); a.retention.Loop(fctx, activityFlush) }()
 	go func() { defer forwarders.Done(); a.held(fctx, "retention", a.retention.Schedule) }()
+	if a.dir != nil {
+		forwarders.Add(1)
+		go func() { defer forwarders.Done(); a.held(fctx, "directory", a.directoryLoop) }()
+	}
 	for _, sink := range a.sinks {
 		forwarders.Add(1)
 		go func() {
@@ -573,6 +593,9 @@ func engineMode(e *engine.Engine) string {
 // closeAll releases everything New opened, in reverse order; Run calls it at the end and
 // New when it fails part way.
 func (a *App) closeAll() {
+	if a.dir != nil {
+		a.dir.ldap.Close()
+	}
 	if a.apiLn != nil {
 		a.apiLn.Close()
 	}

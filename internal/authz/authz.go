@@ -41,6 +41,7 @@ const (
 	NotifyManage    Action = "notify.manage"    // notification channels and alerting rules
 	AlertAck        Action = "alert.ack"        // acknowledge an alert (stops its escalation)
 	RetentionManage Action = "retention.manage" // run retention, set a tenant's retention: platform admins only
+	DirectoryManage Action = "directory.manage" // directory mappings, what a directory user would get: platform admins only
 )
 
 // Role is a fixed, documented set of actions.
@@ -64,7 +65,7 @@ var (
 		// platform users and the master key.
 		PlatformAdmin: {TenantCreate, TenantRead, TenantDelete, EnvManage, AppManage, UserManage, RoleManage, APIKeyManage,
 			AllowlistManage, EgressManage, SecretWrite, SecretRead, KeyManage, QueuePublish, QueueConsume, QueueManage, PipelineManage,
-			PipelineRun, AuditRead, BackupCreate, BackupRestore, ClusterManage, NotifyManage, AlertAck, RetentionManage},
+			PipelineRun, AuditRead, BackupCreate, BackupRestore, ClusterManage, NotifyManage, AlertAck, RetentionManage, DirectoryManage},
 		Owner: {TenantRead, TenantDelete, EnvManage, AppManage, RoleManage, APIKeyManage, AllowlistManage, SecretWrite,
 			SecretRead, QueuePublish, QueueConsume, QueueManage, PipelineManage, PipelineRun, AuditRead, BackupCreate, BackupRestore,
 			NotifyManage, AlertAck},

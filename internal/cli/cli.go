@@ -64,5 +64,6 @@ func commands(environ []string) *cobra.Command {
 	root.AddCommand(accessCmds(environ)...)
 	root.AddCommand(auditCmd(environ), backupCmd(environ), queueCmd(environ), exchangeCmd(environ), pipelineCmd(environ))
 	root.AddCommand(clusterCmd(environ), nodeCmd(environ), engineCmd(), notifyCmd(environ), alertsCmd(environ), retentionCmd(environ))
+	root.AddCommand(authCmd(environ), directoryCmd(environ))
 	return root
 }

@@ -46,6 +46,29 @@ type User struct {
 	Disabled     bool      `json:"disabled"`
 	MFA          *MFA      `json:"mfa,omitempty"`
 	Created      time.Time `json:"created"`
+	// Directory is set for a user who logs in through the directory (no PasswordHash then).
+	Directory *DirectoryUser `json:"directory,omitempty"`
+}
+
+// DirectoryUser is what the directory said of a user at its last login or re-check. The
+// user's roles come from its groups through the directory mappings, and hold only while the
+// answer is recent (Config.DirectoryValidFor).
+type DirectoryUser struct {
+	DN      string    `json:"dn"`
+	Groups  []string  `json:"groups" doc:"group DNs, normalized"`
+	MFA     bool      `json:"mfa,omitempty" doc:"the entry carries the attribute that says the directory checks a second factor"`
+	Gone    bool      `json:"gone,omitempty" doc:"the directory no longer has this user"`
+	Checked time.Time `json:"checked"`
+}
+
+// DirectoryMapping gives the members of a directory group a role at a scope.
+type DirectoryMapping struct {
+	ID      string      `json:"id"`
+	Group   string      `json:"group" doc:"the group's DN"`
+	Role    authz.Role  `json:"role"`
+	Scope   authz.Scope `json:"scope"`
+	Source  string      `json:"source" enum:"config,api" doc:"config: directory.mappings (changed in the file only); api: made through the API"`
+	Created time.Time   `json:"created,omitzero"`
 }
 
 // MFA is a user's TOTP enrolment. The secret is sealed by the keyring; recovery codes are

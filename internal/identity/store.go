@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/penstock/penstock/internal/authz"
+	"github.com/penstock/penstock/internal/directory"
 	"github.com/penstock/penstock/internal/engine"
 	"github.com/penstock/penstock/internal/keyring"
 )
@@ -49,6 +50,11 @@ type Store struct {
 	// looks its tenant and application up.
 	tenants map[string]Tenant
 	apps    map[string]Application
+	// dirmaps are the directory mappings made through the API (by id); synced is when every
+	// directory user was last re-checked.
+	dirmaps map[string]DirectoryMapping
+	synced  time.Time
+	cfgMaps []DirectoryMapping // cfg.DirectoryMappings with their groups normalized
 	// gone holds, for keys this process deleted, the last revision it knew: a put of that
 	// revision or older that the watch delivers late must not bring the key back.
 	gone map[string]uint64
@@ -69,6 +75,14 @@ type Config struct {
 	// SessionIdle and SessionMax bound a session's life without and with activity.
 	SessionIdle, SessionMax time.Duration
 	Now                     func() time.Time
+	// Directory is set when users log in through a directory: local users then log in only
+	// if named in BreakGlass.
+	Directory  bool
+	BreakGlass []string
+	// DirectoryValidFor is how long a directory user's groups hold without a re-check;
+	// DirectoryMappings are those of the configuration (the API adds more).
+	DirectoryValidFor time.Duration
+	DirectoryMappings []DirectoryMapping
 }
 
 // DefaultConfig: DefaultArgon2, DefaultPolicy, sessions idle 30 minutes, at most 12 hours.
@@ -98,8 +112,12 @@ func Open(ctx context.Context, plat *engine.Account, keys *keyring.Keyring, cfg 
 	}
 	s := &Store{kv: kv, keys: keys, log: log, cfg: cfg, view: map[string]jetstream.KeyValueEntry{}, apiKeys: map[string]APIKey{},
 		bindings: map[string]map[string]RoleBinding{}, users: map[string]User{}, gone: map[string]uint64{},
-		tenants: map[string]Tenant{}, apps: map[string]Application{},
+		tenants: map[string]Tenant{}, apps: map[string]Application{}, dirmaps: map[string]DirectoryMapping{},
 		stop: cancel, watched: make(chan struct{})}
+	for _, m := range cfg.DirectoryMappings {
+		m.Group = directory.NormalizeDN(m.Group)
+		s.cfgMaps = append(s.cfgMaps, m)
+	}
 	s.dummyHash() // now, so the first login for a missing user costs what any other does
 	ready := make(chan struct{})
 	go s.follow(w, ready)
@@ -171,6 +189,19 @@ func (s *Store) apply(e jetstream.KeyValueEntry) {
 			s.users[u.Name] = u
 		} else {
 			delete(s.users, key[len("user."):])
+		}
+	case strings.HasPrefix(key, "dirmap."):
+		var m DirectoryMapping
+		if live && json.Unmarshal(e.Value(), &m) == nil {
+			m.Group = directory.NormalizeDN(m.Group)
+			s.dirmaps[m.ID] = m
+		} else {
+			delete(s.dirmaps, key[len("dirmap."):])
+		}
+	case key == syncedKey:
+		var v struct{ At time.Time }
+		if live && json.Unmarshal(e.Value(), &v) == nil {
+			s.synced = v.At
 		}
 	case strings.HasPrefix(key, "binding."):
 		s.unindexBindingLocked(key[len("binding."):])
@@ -277,6 +308,8 @@ func (s *Store) del(ctx context.Context, key string) error {
 		delete(s.apiKeys, key[len("apikey."):])
 	case strings.HasPrefix(key, "user."):
 		delete(s.users, key[len("user."):])
+	case strings.HasPrefix(key, "dirmap."):
+		delete(s.dirmaps, key[len("dirmap."):])
 	case strings.HasPrefix(key, "binding."):
 		s.unindexBindingLocked(key[len("binding."):])
 	}
@@ -284,13 +317,20 @@ func (s *Store) del(ctx context.Context, key string) error {
 	return nil
 }
 
-// Principal collects a subject's ("user:alice", "apikey:<id>") role bindings.
+// Principal collects a subject's ("user:alice", "apikey:<id>") role bindings: those granted
+// in Penstock and, for a directory user, those its groups map to while the directory's answer
+// is recent.
 func (s *Store) Principal(subject string) authz.Principal {
 	kind, name, _ := strings.Cut(subject, ":")
 	p := authz.Principal{Kind: kind, Name: name}
 	s.mu.RLock()
 	for _, b := range s.bindings[subject] {
 		p.Bindings = append(p.Bindings, authz.Binding{Role: b.Role, Scope: b.Scope})
+	}
+	if kind == "user" {
+		if u, ok := s.users[name]; ok && u.Directory != nil && s.directoryFreshLocked(u.Directory) {
+			p.Bindings = append(p.Bindings, s.directoryBindingsLocked(u.Directory.Groups)...)
+		}
 	}
 	s.mu.RUnlock()
 	return p

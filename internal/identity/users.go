@@ -157,6 +157,11 @@ func (s *Store) Login(ctx context.Context, lock *Lockout, name string, password 
 		return redact.Secret{}, Session{}, ErrLocked
 	}
 	u, exists := s.User(name)
+	if exists && (u.Directory != nil || s.cfg.Directory && !s.BreakGlass(name)) {
+		// A directory user has no password here; with a directory configured, only the
+		// break-glass users log in with one.
+		exists = false
+	}
 	hash := s.dummyHash()
 	if exists {
 		hash = u.PasswordHash
@@ -254,16 +259,24 @@ func (s *Store) ConfirmMFA(ctx context.Context, lock *Lockout, name, code string
 // MFARequired reports whether a user must have a second factor: platform admins and tenant
 // owners always, everyone with Config.MFAForAll.
 func (s *Store) MFARequired(name string) bool {
+	return s.MFARequiredFor(s.Principal("user:" + name).Bindings)
+}
+
+// MFARequiredFor reports whether a user with these bindings must have a second factor.
+func (s *Store) MFARequiredFor(bindings []authz.Binding) bool {
 	if s.cfg.MFAForAll {
 		return true
 	}
-	for _, b := range s.Principal("user:" + name).Bindings {
+	for _, b := range bindings {
 		if b.Role == authz.PlatformAdmin || b.Role == authz.Owner {
 			return true
 		}
 	}
 	return false
 }
+
+// CheckUserName refuses a name no user can have.
+func CheckUserName(name string) error { return checkName("user", name) }
 
 // dummyHash is verified against when a user does not exist, so a login for a missing user
 // costs what one for an existing user does and does not reveal that it is missing.

@@ -1,0 +1,258 @@
+package identity
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/penstock/penstock/internal/authz"
+	"github.com/penstock/penstock/internal/directory"
+	"github.com/penstock/penstock/internal/names"
+	"github.com/penstock/penstock/internal/redact"
+)
+
+// syncedKey records when every directory user was last re-checked.
+const syncedKey = "directory.synced"
+
+// ErrDirectoryUnavailable means the directory could not be asked; the login may be tried
+// again. It says nothing of the user.
+var ErrDirectoryUnavailable = errors.New("the directory cannot be reached; try again later")
+
+// Authenticator checks a directory user's password, and finds a user without one.
+type Authenticator interface {
+	Authenticate(ctx context.Context, name string, password redact.Secret) (directory.Entry, error)
+	Lookup(ctx context.Context, name string) (directory.Entry, error)
+}
+
+// DirectoryChange is what a re-check changed for one user.
+type DirectoryChange struct {
+	User          string
+	Before, After []authz.Binding
+	Gone          bool
+}
+
+// directoryFreshLocked reports whether a directory user's groups still hold; s.mu is held.
+func (s *Store) directoryFreshLocked(d *DirectoryUser) bool {
+	if d.Gone {
+		return false
+	}
+	last := d.Checked
+	if s.synced.After(last) {
+		last = s.synced
+	}
+	return s.cfg.Now().Sub(last) <= s.cfg.DirectoryValidFor
+}
+
+// directoryBindingsLocked maps normalized group DNs to bindings; s.mu is held.
+func (s *Store) directoryBindingsLocked(groups []string) []authz.Binding {
+	var out []authz.Binding
+	add := func(m DirectoryMapping) {
+		b := authz.Binding{Role: m.Role, Scope: m.Scope}
+		if slices.Contains(groups, m.Group) && !slices.Contains(out, b) {
+			out = append(out, b)
+		}
+	}
+	for _, m := range s.cfgMaps {
+		add(m)
+	}
+	for _, m := range s.dirmaps {
+		add(m)
+	}
+	slices.SortFunc(out, func(a, b authz.Binding) int {
+		return strings.Compare(string(a.Role)+" "+a.Scope.String(), string(b.Role)+" "+b.Scope.String())
+	})
+	return out
+}
+
+// DirectoryRoles is what a member of groups (DNs) gets through the mappings.
+func (s *Store) DirectoryRoles(groups []string) []authz.Binding {
+	norm := normalizeAll(groups)
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.directoryBindingsLocked(norm)
+}
+
+func normalizeAll(dns []string) []string {
+	out := make([]string, 0, len(dns))
+	for _, g := range dns {
+		out = append(out, directory.NormalizeDN(g))
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// BreakGlass reports whether a local user may log in with a password while a directory is
+// configured.
+func (s *Store) BreakGlass(name string) bool {
+	return s.cfg.Directory && slices.Contains(s.cfg.BreakGlass, name)
+}
+
+// LoginDirectory logs a directory user in: the password is checked by the directory, the
+// user's record (made at its first login) takes its DN and groups, and the second factor is
+// asked as for a local user, unless the directory says it checked one. Wrong password,
+// unknown user, a name no user can have and a local user's name all give ErrBadCredentials.
+func (s *Store) LoginDirectory(ctx context.Context, lock *Lockout, dir Authenticator, name string, password redact.Secret, code, source string) (redact.Secret, Session, error) {
+	name = strings.ToLower(name)
+	keys := []string{"user:" + name, "ip:" + source}
+	if locked, _ := lock.Locked(keys...); locked {
+		return redact.Secret{}, Session{}, ErrLocked
+	}
+	e, err := dir.Authenticate(ctx, name, password)
+	switch {
+	case errors.Is(err, directory.ErrUnavailable):
+		return redact.Secret{}, Session{}, fmt.Errorf("%w: %v", ErrDirectoryUnavailable, err)
+	case err != nil:
+		lock.Fail(keys...)
+		return redact.Secret{}, Session{}, ErrBadCredentials
+	}
+	u, exists := s.User(name)
+	if names.Check("user", name) != nil || exists && (u.Directory == nil || u.Disabled) {
+		// A name Penstock cannot hold, a local user of the same name (a directory user
+		// does not take its roles over), or a user disabled in Penstock.
+		lock.Fail(keys...)
+		if exists && u.Directory == nil {
+			s.log.Warn("directory login refused: a local user has this name", "user", name)
+		}
+		return redact.Secret{}, Session{}, ErrBadCredentials
+	}
+	d := &DirectoryUser{DN: e.DN, Groups: normalizeAll(e.Groups), MFA: e.MFA, Checked: s.cfg.Now().UTC()}
+	if !exists {
+		u = User{ID: NewID("usr_"), Name: name, Created: s.cfg.Now().UTC(), Directory: d}
+		if err := s.put(ctx, "user."+name, u, 0); err != nil && !errors.Is(err, ErrExists) {
+			return redact.Secret{}, Session{}, err
+		}
+	}
+	if u, err = s.updateUser(ctx, name, func(u *User) error {
+		if u.Directory == nil {
+			return ErrBadCredentials
+		}
+		u.Directory = d
+		return nil
+	}); err != nil {
+		return redact.Secret{}, Session{}, err
+	}
+	// d.MFA is only ever set when the operator names the attribute (directory.ldap.mfa_attribute).
+	mfa := d.MFA
+	if !mfa && u.MFA != nil && u.MFA.Confirmed {
+		if code == "" {
+			return redact.Secret{}, Session{}, ErrMFARequired
+		}
+		if err := s.checkCode(ctx, name, code); err != nil {
+			lock.Fail(keys...)
+			return redact.Secret{}, Session{}, err
+		}
+		mfa = true
+	}
+	lock.Succeed("user:" + name)
+	return s.newSession(ctx, name, mfa)
+}
+
+// DirectoryUsers lists the users who log in through the directory.
+func (s *Store) DirectoryUsers() []User {
+	var out []User
+	for _, u := range s.Users() {
+		if u.Directory != nil {
+			out = append(out, u)
+		}
+	}
+	return out
+}
+
+// RecheckDirectory reads every directory user's groups again. A user the directory no longer
+// has loses its roles and sessions; a user whose groups changed gets the new ones at once (on
+// every node, through the store). Once every user is read, the time is recorded: roles hold
+// for Config.DirectoryValidFor from it. An error from the directory stops the round (nothing
+// recorded, so the roles lapse if it lasts).
+func (s *Store) RecheckDirectory(ctx context.Context, dir Authenticator) ([]DirectoryChange, error) {
+	start := s.cfg.Now().UTC()
+	var changes []DirectoryChange
+	for _, u := range s.DirectoryUsers() {
+		e, err := dir.Lookup(ctx, u.Name)
+		gone := errors.Is(err, directory.ErrNotFound)
+		if err != nil && !gone {
+			return changes, fmt.Errorf("%w: %v", ErrDirectoryUnavailable, err)
+		}
+		next := DirectoryUser{DN: e.DN, Groups: normalizeAll(e.Groups), MFA: e.MFA, Gone: gone}
+		old := *u.Directory
+		if old.Gone == next.Gone && old.DN == next.DN && old.MFA == next.MFA && slices.Equal(old.Groups, next.Groups) {
+			continue
+		}
+		before := s.Principal("user:" + u.Name).Bindings
+		if _, err := s.updateUser(ctx, u.Name, func(u *User) error {
+			if u.Directory == nil {
+				return nil
+			}
+			next.Checked = start
+			u.Directory = &next
+			return nil
+		}); err != nil {
+			return changes, err
+		}
+		c := DirectoryChange{User: u.Name, Before: before, After: s.Principal("user:" + u.Name).Bindings, Gone: gone}
+		if gone {
+			if err := s.EndSessions(ctx, u.Name); err != nil {
+				return changes, err
+			}
+		}
+		changes = append(changes, c)
+	}
+	var cur struct{ At time.Time }
+	rev, _ := s.get(syncedKey, &cur)
+	cur.At = start
+	if err := s.put(ctx, syncedKey, cur, rev); err != nil && rev != 0 {
+		// Another node recorded its round meanwhile: that is as good.
+		if _, ok := s.get(syncedKey, &cur); !ok {
+			return changes, err
+		}
+	} else if err != nil {
+		return changes, err
+	}
+	return changes, nil
+}
+
+// DirectoryMappings lists the mappings: the configuration's, then those made through the API.
+func (s *Store) DirectoryMappings() []DirectoryMapping {
+	out := slices.Clone(s.cfg.DirectoryMappings)
+	api := list[DirectoryMapping](s, "dirmap.")
+	slices.SortFunc(api, func(a, b DirectoryMapping) int { return a.Created.Compare(b.Created) })
+	return append(out, api...)
+}
+
+// AddDirectoryMapping gives the members of group a role at scope.
+func (s *Store) AddDirectoryMapping(ctx context.Context, group string, role authz.Role, scope authz.Scope) (DirectoryMapping, error) {
+	group = strings.TrimSpace(group)
+	if group == "" || len(group) > 1024 || strings.ContainsAny(group, "\x00\n\r") {
+		return DirectoryMapping{}, invalidf("group: a group DN such as cn=ops,ou=groups,dc=example,dc=org (at most 1024 characters)")
+	}
+	if err := authz.CheckGrant(role, scope); err != nil {
+		return DirectoryMapping{}, invalidf("%v", err)
+	}
+	if err := s.scopeExists(scope); err != nil {
+		return DirectoryMapping{}, err
+	}
+	norm := directory.NormalizeDN(group)
+	for _, m := range s.DirectoryMappings() {
+		if directory.NormalizeDN(m.Group) == norm && m.Role == role && m.Scope == scope {
+			return m, nil
+		}
+	}
+	m := DirectoryMapping{ID: NewID("dm_"), Group: group, Role: role, Scope: scope, Source: "api", Created: s.cfg.Now().UTC()}
+	return m, s.put(ctx, "dirmap."+m.ID, m, 0)
+}
+
+// RemoveDirectoryMapping removes a mapping made through the API.
+func (s *Store) RemoveDirectoryMapping(ctx context.Context, id string) error {
+	var m DirectoryMapping
+	if _, ok := s.get("dirmap."+id, &m); !ok {
+		for _, c := range s.cfg.DirectoryMappings {
+			if c.ID == id {
+				return invalidf("mapping %s is in the configuration (directory.mappings): change it there", id)
+			}
+		}
+		return ErrNotFound
+	}
+	return s.del(ctx, "dirmap."+id)
+}

@@ -250,3 +250,39 @@ func UserDN(name string) string { return "uid=" + name + ",ou=people," + LDAPBas
 
 // GroupDN is the DN of a seeded group.
 func GroupDN(name string) string { return "cn=" + name + ",ou=groups," + LDAPBase }
+
+// AddUser adds a person (uid=NAME,ou=people) whose password is NAME+LDAPPasswordTail; with
+// mfa, it carries employeeType: mfa.
+func (s *Slapd) AddUser(t testing.TB, name string, mfa bool) {
+	t.Helper()
+	s.Admin(t, func(c *ldap.Conn) error {
+		a := ldap.NewAddRequest(UserDN(name), nil)
+		a.Attribute("objectClass", []string{"inetOrgPerson"})
+		a.Attribute("uid", []string{name})
+		a.Attribute("cn", []string{name})
+		a.Attribute("sn", []string{name})
+		a.Attribute("userPassword", []string{name + LDAPPasswordTail})
+		if mfa {
+			a.Attribute("employeeType", []string{"mfa"})
+		}
+		return c.Add(a)
+	})
+}
+
+// AddGroup adds a group (cn=NAME,ou=groups) with members (DNs; at least one).
+func (s *Slapd) AddGroup(t testing.TB, name string, members ...string) {
+	t.Helper()
+	s.Admin(t, func(c *ldap.Conn) error {
+		a := ldap.NewAddRequest(GroupDN(name), nil)
+		a.Attribute("objectClass", []string{"groupOfNames"})
+		a.Attribute("cn", []string{name})
+		a.Attribute("member", members)
+		return c.Add(a)
+	})
+}
+
+// DeleteUser removes a person from the directory.
+func (s *Slapd) DeleteUser(t testing.TB, name string) {
+	t.Helper()
+	s.Admin(t, func(c *ldap.Conn) error { return c.Del(ldap.NewDelRequest(UserDN(name), nil)) })
+}

@@ -80,7 +80,7 @@ type App struct {
 	notify                        *notify.Service
 	activity                      *activity.Tracker
 	retention                     *retention.Service
-	dir                           *dirState // nil without a directory
+	dir                           *dirState    // nil without a directory
 	inflight                      atomic.Int64 // handlers in progress
 
 	apiSrv     *http.Server

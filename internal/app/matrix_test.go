@@ -5,10 +5,12 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/penstock/penstock/internal/api"
 	"github.com/penstock/penstock/internal/authz"
 	"github.com/penstock/penstock/internal/config"
+	"github.com/penstock/penstock/internal/testenv"
 )
 
 // may is the documented role table (docs/access.md), written out independently of the code's
@@ -26,6 +28,7 @@ var may = map[authz.Action][]authz.Role{
 	authz.AllowlistManage: {authz.Owner, authz.Admin},
 	authz.EgressManage:    {},
 	authz.RetentionManage: {},
+	authz.DirectoryManage: {},
 	authz.SecretWrite:     {authz.Owner, authz.Admin, authz.Developer},
 	authz.SecretRead:      {authz.Owner, authz.Admin, authz.Developer, authz.Operator, authz.Viewer},
 	authz.AuditRead:       {authz.Owner, authz.Auditor},
@@ -45,6 +48,7 @@ type principal struct {
 	token string
 	role  authz.Role
 	scope authz.Scope // platform for the administrator
+	key   bool        // an API key (keys do not create keys), else a session
 }
 
 // call describes one request of a route, made fresh for each principal.
@@ -65,6 +69,59 @@ func TestEveryRouteForEveryRoleAndScope(t *testing.T) {
 		c.API.Limits.RequestRate, c.API.Limits.RequestBurst = 1e6, 1e6
 	})
 	admin := ta.adminSession(t)
+	routeMatrix(t, ta, admin, func(mustOK func(method, path string, body any) map[string]any) []principal {
+		principals := []principal{{label: "platform-admin", token: admin, role: authz.PlatformAdmin}}
+		for _, role := range tenantRoles {
+			for _, sc := range matrixScopes {
+				out := mustOK("POST", "/v1/apikeys", map[string]any{"role": role, "scope": sc.String()})
+				principals = append(principals, principal{label: string(role) + "@" + sc.String(), token: out["key"].(string), role: role, scope: sc, key: true})
+			}
+		}
+		out := mustOK("POST", "/v1/apikeys", map[string]any{"role": authz.Owner, "scope": "globex"})
+		return append(principals, principal{label: "owner@globex", token: out["key"].(string), role: authz.Owner, scope: authz.Scope{Tenant: "globex"}, key: true})
+	})
+}
+
+// The same walk with directory users: each logs in through the directory (a session) and has
+// its role only through a group mapped to it; the platform administrator is a member of the
+// group the configuration maps to platform-admin.
+func TestEveryRouteForDirectoryPrincipals(t *testing.T) {
+	s := testenv.StartSlapd(t)
+	ta := startApp(t, func(c *config.Config) {
+		useDirectory(c, s)
+		c.Directory.RecheckEvery, c.Directory.RolesValidFor = time.Minute, time.Hour // no re-check needed here
+	})
+	admin := ta.adminSession(t) // break-glass, for the setup
+	routeMatrix(t, ta, admin, func(mustOK func(method, path string, body any) map[string]any) []principal {
+		// Every user carries the attribute that says the directory checked a second factor, so
+		// owners' and admins' sessions are not held back for TOTP enrolment.
+		s.AddUser(t, "root-ops", true)
+		s.AddMember(t, "ops", testenv.UserDN("root-ops"))
+		principals := []principal{{label: "directory platform-admin", token: ta.dirSession(t, "root-ops"), role: authz.PlatformAdmin}}
+		add := func(role authz.Role, sc authz.Scope, n int) {
+			user, group := fmt.Sprintf("m-%s-%d", role, n), fmt.Sprintf("g-%s-%d", role, n)
+			s.AddUser(t, user, true)
+			s.AddGroup(t, group, testenv.UserDN(user))
+			mustOK("POST", "/v1/directory/mappings", map[string]string{"group": testenv.GroupDN(group), "role": string(role), "scope": sc.String()})
+			principals = append(principals, principal{label: "directory " + string(role) + "@" + sc.String(), token: ta.dirSession(t, user), role: role, scope: sc})
+		}
+		for _, role := range tenantRoles {
+			for i, sc := range matrixScopes {
+				add(role, sc, i)
+			}
+		}
+		add(authz.Owner, authz.Scope{Tenant: "globex"}, 9)
+		return principals
+	})
+}
+
+var (
+	tenantRoles  = []authz.Role{authz.Owner, authz.Admin, authz.Developer, authz.Operator, authz.Viewer, authz.Auditor}
+	matrixScopes = []authz.Scope{{Tenant: "acme"}, {Tenant: "acme", Environment: "production"}, {Tenant: "acme", Environment: "production", Application: "billing"}}
+)
+
+// routeMatrix sets up acme and globex, makes the principals and walks every route with each.
+func routeMatrix(t *testing.T, ta *testApp, admin string, makePrincipals func(mustOK func(method, path string, body any) map[string]any) []principal) {
 	mustOK := func(method, path string, body any) map[string]any {
 		t.Helper()
 		status, out, raw := ta.call(t, method, path, admin, body)
@@ -85,17 +142,7 @@ func TestEveryRouteForEveryRoleAndScope(t *testing.T) {
 	hook := map[string]any{"type": "webhook", "url": "https://127.0.0.1:9/hook", "secret": "0123456789abcdef-secret"}
 	mustOK("PUT", "/v1/notify/channels/hook?tenant=acme", hook)
 	mustOK("PUT", "/v1/notify/rules/dead?tenant=acme", map[string]any{"event": "queue.dead_letters", "channels": []string{"hook"}})
-
-	scopes := []authz.Scope{{Tenant: "acme"}, {Tenant: "acme", Environment: "production"}, {Tenant: "acme", Environment: "production", Application: "billing"}}
-	principals := []principal{{label: "platform-admin", token: admin, role: authz.PlatformAdmin}}
-	for _, role := range []authz.Role{authz.Owner, authz.Admin, authz.Developer, authz.Operator, authz.Viewer, authz.Auditor} {
-		for _, sc := range scopes {
-			out := mustOK("POST", "/v1/apikeys", map[string]any{"role": role, "scope": sc.String()})
-			principals = append(principals, principal{label: string(role) + "@" + sc.String(), token: out["key"].(string), role: role, scope: sc})
-		}
-	}
-	out := mustOK("POST", "/v1/apikeys", map[string]any{"role": authz.Owner, "scope": "globex"})
-	principals = append(principals, principal{label: "owner@globex", token: out["key"].(string), role: authz.Owner, scope: authz.Scope{Tenant: "globex"}})
+	principals := makePrincipals(mustOK)
 
 	app := authz.Scope{Tenant: "acme", Environment: "production", Application: "billing"}
 	env := authz.Scope{Tenant: "acme", Environment: "production"}
@@ -177,7 +224,17 @@ func TestEveryRouteForEveryRoleAndScope(t *testing.T) {
 			mustOK("POST", "/v1/tenants/acme/environments", map[string]string{"name": name})
 			return call{"DELETE", "/v1/tenants/acme/environments/" + name + "?confirm=acme/" + name, nil, authz.Scope{Tenant: "acme", Environment: name}}
 		},
-		"retention-report": func(principal) call { return call{"GET", "/v1/retention?tenant=acme", nil, acme} },
+		"directory-status":   func(principal) call { return call{"GET", "/v1/directory", nil, authz.Platform} },
+		"directory-mappings": func(principal) call { return call{"GET", "/v1/directory/mappings", nil, authz.Platform} },
+		"directory-map": func(principal) call {
+			return call{"POST", "/v1/directory/mappings", map[string]string{"group": "cn=" + fresh("matrix") + ",ou=groups,dc=example,dc=org",
+				"role": "viewer", "scope": "acme"}, authz.Platform}
+		},
+		"directory-unmap": func(principal) call { return call{"DELETE", "/v1/directory/mappings/dm_ghost", nil, authz.Platform} },
+		// Without a directory an allowed call answers 409 directory.not_configured.
+		"directory-user":    func(principal) call { return call{"GET", "/v1/directory/users/nobody", nil, authz.Platform} },
+		"directory-recheck": func(principal) call { return call{"POST", "/v1/directory/recheck", nil, authz.Platform} },
+		"retention-report":  func(principal) call { return call{"GET", "/v1/retention?tenant=acme", nil, acme} },
 		"retention-run": func(principal) call {
 			return call{"POST", "/v1/retention/run", map[string]any{"dry_run": true}, authz.Platform}
 		},
@@ -302,7 +359,7 @@ func TestEveryRouteForEveryRoleAndScope(t *testing.T) {
 			}
 			status, body, raw := ta.call(t, c.method, c.path, p.token, c.body)
 			want := expected(p, r.Action, c.scope)
-			if r.OperationID == "apikey-create" && p.role != authz.PlatformAdmin && want == "allowed" {
+			if r.OperationID == "apikey-create" && p.key && want == "allowed" {
 				want = "denied" // these principals are API keys, and keys do not create keys
 			}
 			got := "allowed"

@@ -92,10 +92,16 @@ type userView struct {
 	Disabled   bool   `json:"disabled"`
 	MFA        bool   `json:"mfa" doc:"a second factor is enrolled"`
 	MustChange bool   `json:"must_change_password"`
+	Source     string `json:"source" enum:"local,directory" doc:"directory: logs in through the directory, which holds its password and groups"`
+	DN         string `json:"dn,omitempty" doc:"a directory user's entry"`
 }
 
 func viewUser(u identity.User) userView {
-	return userView{Name: u.Name, Email: u.Email, Disabled: u.Disabled, MFA: u.MFA != nil && u.MFA.Confirmed, MustChange: u.MustChange}
+	v := userView{Name: u.Name, Email: u.Email, Disabled: u.Disabled, MFA: u.MFA != nil && u.MFA.Confirmed, MustChange: u.MustChange, Source: "local"}
+	if u.Directory != nil {
+		v.Source, v.DN = "directory", u.Directory.DN
+	}
+	return v
 }
 
 type createUserInput struct {

@@ -78,6 +78,17 @@ func TestDirectoryUsersGetRolesFromTheirGroups(t *testing.T) {
 	if st, _, _ := ta.call(t, "POST", "/v1/tenants", bob, map[string]string{"name": "bobs"}); st != 403 {
 		t.Fatalf("bob creates a tenant: %d", st)
 	}
+	// The directory holds bob's password: Penstock neither resets nor changes it.
+	if st, _, raw := ta.call(t, "POST", "/v1/users/bob/reset-password", admin, nil); st != 422 || !strings.Contains(raw, "directory") {
+		t.Fatalf("reset bob's password: %d %s", st, raw)
+	}
+	if st, _, raw := ta.call(t, "POST", "/v1/auth/password", bob, map[string]string{"current": "bob" + testenv.LDAPPasswordTail, "new": "Another-Passw0rd!x"}); st != 422 {
+		t.Fatalf("bob changes his password: %d %s", st, raw)
+	}
+	if st, _, raw := ta.call(t, "GET", "/v1/users", admin, nil); st != 200 || !strings.Contains(raw, `"name":"bob"`) ||
+		!strings.Contains(raw, `"source":"directory"`) || !strings.Contains(raw, `"dn":"uid=bob,ou=people,dc=example,dc=org"`) {
+		t.Fatalf("users: %d %s", st, raw)
+	}
 
 	// Every refusal is the same answer: wrong password, unknown user, empty password, names
 	// that would widen an unescaped filter, a local user's name.

@@ -112,7 +112,13 @@ func (s *Store) ResetPassword(ctx context.Context, name string) (redact.Secret, 
 	if err != nil {
 		return redact.Secret{}, err
 	}
-	if _, err := s.updateUser(ctx, name, func(u *User) error { u.PasswordHash, u.MustChange = hash, true; return nil }); err != nil {
+	if _, err := s.updateUser(ctx, name, func(u *User) error {
+		if u.Directory != nil {
+			return invalidf("user %s logs in through the directory, which holds its password", name)
+		}
+		u.PasswordHash, u.MustChange = hash, true
+		return nil
+	}); err != nil {
 		return redact.Secret{}, err
 	}
 	return pw, s.EndSessions(ctx, name)
@@ -122,6 +128,9 @@ func (s *Store) ResetPassword(ctx context.Context, name string) (redact.Secret, 
 // so a stolen session cannot guess it) and the policy, and ends the user's other sessions.
 func (s *Store) ChangePassword(ctx context.Context, lock *Lockout, name string, current, next redact.Secret, session string) error {
 	u, ok := s.User(name)
+	if ok && u.Directory != nil {
+		return invalidf("user %s logs in through the directory: change the password there", name)
+	}
 	if !ok {
 		return ErrNotFound
 	}

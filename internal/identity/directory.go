@@ -46,25 +46,47 @@ func (s *Store) directoryFreshLocked(d *DirectoryUser) bool {
 	return s.cfg.Now().Sub(last) <= s.cfg.DirectoryValidFor
 }
 
-// directoryBindingsLocked maps normalized group DNs to bindings; s.mu is held.
+// directoryBindingsLocked maps normalized group DNs to bindings; s.mu is held. It runs on
+// every request of a directory user: a lookup per group in the index of the mappings.
 func (s *Store) directoryBindingsLocked(groups []string) []authz.Binding {
 	var out []authz.Binding
+	for _, g := range groups {
+		for _, b := range s.groupIndex[g] {
+			if !slices.Contains(out, b) {
+				out = append(out, b)
+			}
+		}
+	}
+	return out
+}
+
+// reindexGroupsLocked rebuilds the index of mappings by group, in the order DirectoryMappings
+// lists them; s.mu is held for writing.
+func (s *Store) reindexGroupsLocked() {
+	idx := map[string][]authz.Binding{}
 	add := func(m DirectoryMapping) {
 		b := authz.Binding{Role: m.Role, Scope: m.Scope}
-		if slices.Contains(groups, m.Group) && !slices.Contains(out, b) {
-			out = append(out, b)
+		if !slices.Contains(idx[m.Group], b) {
+			idx[m.Group] = append(idx[m.Group], b)
 		}
 	}
 	for _, m := range s.cfgMaps {
 		add(m)
 	}
+	api := make([]DirectoryMapping, 0, len(s.dirmaps))
 	for _, m := range s.dirmaps {
+		api = append(api, m)
+	}
+	slices.SortFunc(api, func(a, b DirectoryMapping) int {
+		if c := a.Created.Compare(b.Created); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
+	for _, m := range api {
 		add(m)
 	}
-	slices.SortFunc(out, func(a, b authz.Binding) int {
-		return strings.Compare(string(a.Role)+" "+a.Scope.String(), string(b.Role)+" "+b.Scope.String())
-	})
-	return out
+	s.groupIndex = idx
 }
 
 // DirectoryRoles is what a member of groups (DNs) gets through the mappings.

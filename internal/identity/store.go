@@ -55,6 +55,8 @@ type Store struct {
 	dirmaps map[string]DirectoryMapping
 	synced  time.Time
 	cfgMaps []DirectoryMapping // cfg.DirectoryMappings with their groups normalized
+	// groupIndex holds every mapping's binding by normalized group (reindexGroupsLocked).
+	groupIndex map[string][]authz.Binding
 	// gone holds, for keys this process deleted, the last revision it knew: a put of that
 	// revision or older that the watch delivers late must not bring the key back.
 	gone map[string]uint64
@@ -118,6 +120,7 @@ func Open(ctx context.Context, plat *engine.Account, keys *keyring.Keyring, cfg 
 		m.Group = directory.NormalizeDN(m.Group)
 		s.cfgMaps = append(s.cfgMaps, m)
 	}
+	s.reindexGroupsLocked()
 	s.dummyHash() // now, so the first login for a missing user costs what any other does
 	ready := make(chan struct{})
 	go s.follow(w, ready)
@@ -198,6 +201,7 @@ func (s *Store) apply(e jetstream.KeyValueEntry) {
 		} else {
 			delete(s.dirmaps, key[len("dirmap."):])
 		}
+		s.reindexGroupsLocked()
 	case key == syncedKey:
 		var v struct{ At time.Time }
 		if live && json.Unmarshal(e.Value(), &v) == nil {
@@ -310,6 +314,7 @@ func (s *Store) del(ctx context.Context, key string) error {
 		delete(s.users, key[len("user."):])
 	case strings.HasPrefix(key, "dirmap."):
 		delete(s.dirmaps, key[len("dirmap."):])
+		s.reindexGroupsLocked()
 	case strings.HasPrefix(key, "binding."):
 		s.unindexBindingLocked(key[len("binding."):])
 	}

@@ -117,13 +117,26 @@ func StartSlapd(t testing.TB) *Slapd {
 		}
 		t.Skip(msg)
 	}
-	dir := t.TempDir()
-	s := &Slapd{dir: dir, log: &LogBuffer{}, CAFile: filepath.Join(dir, "cert.pem")}
-	WriteCert(t, s.CAFile, filepath.Join(dir, "key.pem"), "localhost")
-	s.LDAPURL = "ldap://localhost:" + strconv.Itoa(FreePort(t))
-	s.LDAPSURL = "ldaps://localhost:" + strconv.Itoa(FreePort(t))
-	if err := os.Mkdir(filepath.Join(dir, "db"), 0o700); err != nil {
+	s, err := NewSlapd(t.TempDir(), FreePort(t), FreePort(t))
+	if err != nil {
 		t.Fatal(err)
+	}
+	t.Cleanup(s.Kill)
+	s.Start(t)
+	return s
+}
+
+// NewSlapd seeds a directory in dir (which must be empty) for a server on the two loopback
+// ports (plain LDAP, LDAPS); StartErr starts it. For programs that are not tests (benchmarks).
+func NewSlapd(dir string, ldapPort, ldapsPort int) (*Slapd, error) {
+	s := &Slapd{dir: dir, log: &LogBuffer{}, CAFile: filepath.Join(dir, "cert.pem")}
+	if err := writeCert(s.CAFile, filepath.Join(dir, "key.pem"), "localhost"); err != nil {
+		return nil, err
+	}
+	s.LDAPURL = "ldap://localhost:" + strconv.Itoa(ldapPort)
+	s.LDAPSURL = "ldaps://localhost:" + strconv.Itoa(ldapsPort)
+	if err := os.Mkdir(filepath.Join(dir, "db"), 0o700); err != nil {
+		return nil, err
 	}
 	conf := fmt.Sprintf(`include /etc/ldap/schema/core.schema
 include /etc/ldap/schema/cosine.schema
@@ -150,33 +163,38 @@ access to *
   by * none
 `, dir, LDAPBase, ldapAdminDN, ldapAdminPassword, LDAPServiceDN)
 	if err := os.WriteFile(filepath.Join(dir, "slapd.conf"), []byte(conf), 0o600); err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	if err := os.WriteFile(filepath.Join(dir, "seed.ldif"), []byte(LDAPSeed), 0o600); err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	if out, err := exec.Command("/usr/sbin/slapadd", "-f", filepath.Join(dir, "slapd.conf"), "-l", filepath.Join(dir, "seed.ldif")).CombinedOutput(); err != nil {
-		t.Fatalf("slapadd: %v\n%s", err, out)
+		return nil, fmt.Errorf("slapadd: %v\n%s", err, out)
 	}
-	s.Start(t)
-	t.Cleanup(func() { s.Stop(t) })
-	return s
+	return s, nil
 }
 
 // Start starts the server (again, on the same ports and data) and waits until it answers.
 func (s *Slapd) Start(t testing.TB) {
 	t.Helper()
+	if err := s.StartErr(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// StartErr is Start for programs that are not tests.
+func (s *Slapd) StartErr() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.cmd != nil {
-		return
+		return nil
 	}
-	// -d 0: stay in the foreground (so the test owns the process), log nothing but errors.
+	// -d 0: stay in the foreground (so the caller owns the process), log nothing but errors.
 	cmd := exec.Command(SlapdBinary, "-f", filepath.Join(s.dir, "slapd.conf"), "-h", s.LDAPURL+"/ "+s.LDAPSURL+"/", "-d", "0")
 	cmd.Stdout, cmd.Stderr = s.log, s.log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+		return err
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
@@ -184,21 +202,25 @@ func (s *Slapd) Start(t testing.TB) {
 	for deadline := time.Now().Add(time.Minute); ; time.Sleep(50 * time.Millisecond) {
 		if c, err := net.DialTimeout("tcp", strings.TrimPrefix(s.LDAPSURL, "ldaps://"), time.Second); err == nil {
 			c.Close()
-			return
+			return nil
 		}
 		select {
 		case err := <-exited:
-			t.Fatalf("slapd exited: %v\n%s", err, s.log.String())
+			s.cmd = nil
+			return fmt.Errorf("slapd exited: %v\n%s", err, s.log.String())
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("slapd did not listen within a minute\n%s", s.log.String())
+			return fmt.Errorf("slapd did not listen within a minute\n%s", s.log.String())
 		}
 	}
 }
 
 // Stop kills the server: the directory is down until Start.
-func (s *Slapd) Stop(t testing.TB) {
+func (s *Slapd) Stop(t testing.TB) { s.Kill() }
+
+// Kill stops the server if it runs.
+func (s *Slapd) Kill() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.cmd == nil {

@@ -51,13 +51,26 @@ func Require(t testing.TB, name, addr, start string) {
 // reading them never sees half a file.
 func WriteCert(t testing.TB, certPath, keyPath, cn string) *x509.Certificate {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	cert, err := writeCertErr(certPath, keyPath, cn)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return cert
+}
+
+func writeCert(certPath, keyPath, cn string) error {
+	_, err := writeCertErr(certPath, keyPath, cn)
+	return err
+}
+
+func writeCertErr(certPath, keyPath, cn string) (*x509.Certificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
 	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: serial, Subject: pkix.Name{CommonName: cn}, DNSNames: []string{"localhost"},
@@ -65,28 +78,24 @@ func WriteCert(t testing.TB, certPath, keyPath, cn string) *x509.Certificate {
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	kb, err := x509.MarshalECPrivateKey(key)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	for path, block := range map[string]*pem.Block{
 		keyPath:  {Type: "EC PRIVATE KEY", Bytes: kb},
 		certPath: {Type: "CERTIFICATE", Bytes: der},
 	} {
 		if err := os.WriteFile(path+".tmp", pem.EncodeToMemory(block), 0o600); err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
 		if err := os.Rename(path+".tmp", path); err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
 	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cert
+	return x509.ParseCertificate(der)
 }
 
 // LogBuffer collects output written from several goroutines.

@@ -28,6 +28,9 @@ var (
 	ErrInvalidCredentials = errors.New("invalid user name or password")
 	// ErrNotFound means the directory answered and has no such user (only Lookup says so).
 	ErrNotFound = errors.New("no such user in the directory")
+	// ErrAmbiguous means more than one entry answers to a name: nobody logs in as either, and
+	// a re-check takes the user's roles away.
+	ErrAmbiguous = errors.New("directory.ldap.user_filter matches more than one entry for one name")
 	// ErrUnavailable means the directory could not be asked: down, too slow, TLS refused, or
 	// the service account refused. The wrapped error says which, for the operator's log.
 	ErrUnavailable = errors.New("the directory cannot be reached")
@@ -288,7 +291,7 @@ func (l *LDAP) find(c *ldap.Conn, name string) (Entry, error) {
 		return Entry{}, ErrNotFound
 	case len(res.Entries) > 1:
 		// Two entries answer to one name: the filter is too wide; nobody logs in as either.
-		return Entry{}, fmt.Errorf("%w: directory.ldap.user_filter matches more than one entry for one name", ErrUnavailable)
+		return Entry{}, ErrAmbiguous
 	}
 	ent := res.Entries[0]
 	e := Entry{Name: name, DN: ent.DN}

@@ -202,3 +202,29 @@ func TestPoolBoundsConnections(t *testing.T) {
 		t.Fatalf("%d connections opened for a pool of 3", n)
 	}
 }
+
+// Two entries that answer to one name: nobody logs in as either, and a lookup says so.
+func TestAmbiguousNames(t *testing.T) {
+	s := testenv.StartSlapd(t)
+	s.Admin(t, func(c *ldap.Conn) error {
+		a := ldap.NewAddRequest("cn=bob-twin,ou=services,"+testenv.LDAPBase, nil)
+		a.Attribute("objectClass", []string{"inetOrgPerson"})
+		a.Attribute("uid", []string{"bob"})
+		a.Attribute("cn", []string{"bob-twin"})
+		a.Attribute("sn", []string{"twin"})
+		a.Attribute("userPassword", []string{"bob" + testenv.LDAPPasswordTail})
+		return c.Add(a)
+	})
+	c := testConfig(s)
+	c.UserBase = testenv.LDAPBase // wide enough to see both
+	l := open(t, c)
+	if _, err := l.Authenticate(context.Background(), "bob", pw("bob")); !errors.Is(err, ErrAmbiguous) {
+		t.Fatalf("login: %v, want ambiguous", err)
+	}
+	if _, err := l.Lookup(context.Background(), "bob"); !errors.Is(err, ErrAmbiguous) {
+		t.Fatalf("lookup: %v, want ambiguous", err)
+	}
+	if _, err := l.Authenticate(context.Background(), "carol", pw("carol")); err != nil {
+		t.Fatalf("another user: %v", err)
+	}
+}

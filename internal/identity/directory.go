@@ -127,6 +127,9 @@ func (s *Store) LoginDirectory(ctx context.Context, lock *Lockout, dir Authentic
 	case errors.Is(err, directory.ErrUnavailable):
 		return redact.Secret{}, Session{}, fmt.Errorf("%w: %v", ErrDirectoryUnavailable, err)
 	case err != nil:
+		if errors.Is(err, directory.ErrAmbiguous) {
+			s.log.Warn("directory login refused", "user", name, "error", err)
+		}
 		lock.Fail(keys...)
 		return redact.Secret{}, Session{}, ErrBadCredentials
 	}
@@ -193,7 +196,11 @@ func (s *Store) RecheckDirectory(ctx context.Context, dir Authenticator) ([]Dire
 	var changes []DirectoryChange
 	for _, u := range s.DirectoryUsers() {
 		e, err := dir.Lookup(ctx, u.Name)
-		gone := errors.Is(err, directory.ErrNotFound)
+		// A user the directory no longer has, or that two entries answer to, has no roles.
+		gone := errors.Is(err, directory.ErrNotFound) || errors.Is(err, directory.ErrAmbiguous)
+		if gone {
+			e = directory.Entry{}
+		}
 		if err != nil && !gone {
 			return changes, fmt.Errorf("%w: %v", ErrDirectoryUnavailable, err)
 		}
@@ -204,7 +211,8 @@ func (s *Store) RecheckDirectory(ctx context.Context, dir Authenticator) ([]Dire
 		}
 		before := s.Principal("user:" + u.Name).Bindings
 		if _, err := s.updateUser(ctx, u.Name, func(u *User) error {
-			if u.Directory == nil {
+			if u.Directory == nil || u.Directory.Checked.After(start) {
+				// A login since this round began wrote a newer answer: keep it.
 				return nil
 			}
 			next.Checked = start

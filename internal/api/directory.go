@@ -162,7 +162,7 @@ func registerDirectory(g gate, hapi huma.API, o Options) {
 		case errors.Is(err, directory.ErrNotFound):
 			return nil, NewError(http.StatusNotFound, "directory.user_not_found", "the directory has no user "+quoteName(name))
 		case err != nil:
-			o.Logger.Error("directory lookup failed", "error", err)
+			o.Logger.Error("directory lookup failed", "user", name, "error", err)
 			return nil, NewError(http.StatusServiceUnavailable, "directory.unavailable", "the directory cannot be reached: "+err.Error())
 		}
 		out := &directoryUserOutput{}

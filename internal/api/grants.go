@@ -108,6 +108,11 @@ func registerGrants(g gate, hapi huma.API, o Options) {
 				return nil, invalidField("body.scope", err.Error())
 			}
 			role := authz.Role(in.Body.Role)
+			if in.Body.Subject == c.principal.Kind+":"+c.principal.Name {
+				// What one holds through a directory group must not outlive the group: a
+				// grant to oneself would. Another administrator grants it, if at all.
+				return nil, NewError(http.StatusForbidden, "forbidden", "you cannot grant a role to yourself")
+			}
 			if !authz.Grants(c.principal.Bindings, role, sc) {
 				return nil, NewError(http.StatusForbidden, "forbidden", "you cannot grant a role you do not hold at that scope")
 			}

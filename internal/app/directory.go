@@ -53,7 +53,10 @@ func (a *App) recheckDirectory(ctx context.Context) ([]identity.DirectoryChange,
 	for _, c := range changes {
 		details := map[string]string{"before": bindingsText(c.Before), "after": bindingsText(c.After)}
 		if c.Gone {
-			details["gone"] = "the directory no longer has this user; its sessions ended"
+			details["gone"] = "the directory no longer has this user (or another entry has its name): sessions ended, API keys revoked, grants and record removed"
+		}
+		if c.Error != "" {
+			details["error"] = c.Error
 		}
 		if _, aerr := a.audit.Append(ctx, audit.Event{Actor: "system:directory", Action: "directory.roles_changed", Result: audit.ResultOK,
 			Target: "user:" + c.User, Details: details}); aerr != nil {

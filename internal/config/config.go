@@ -78,6 +78,9 @@ type LDAP struct {
 	GroupBase         string `koanf:"group_base"`
 	GroupFilter       string `koanf:"group_filter"`
 	MemberOfAttribute string `koanf:"member_of_attribute"`
+	// IDAttribute is the attribute that identifies an entry for good (entryUUID; objectGUID on
+	// Active Directory): a new entry given a departed user's name is a new user.
+	IDAttribute string `koanf:"id_attribute"`
 	// NestedGroups follows groups that are members of groups (up to 10 levels).
 	NestedGroups bool `koanf:"nested_groups"`
 	// MFAAttribute, "attribute=value" (e.g. "employeeType=mfa"), says a user's second factor
@@ -469,7 +472,7 @@ func Default() Config {
 			RecheckEvery: 5 * time.Minute, RolesValidFor: 15 * time.Minute,
 			LDAP: LDAP{
 				UserFilter: "(&(objectClass=person)(uid={user}))", GroupFilter: "(|(member={dn})(uniqueMember={dn}))",
-				NestedGroups: true, Timeout: 5 * time.Second, PoolSize: 4,
+				NestedGroups: true, Timeout: 5 * time.Second, PoolSize: 4, IDAttribute: "entryUUID",
 			},
 		},
 	}

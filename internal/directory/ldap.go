@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -31,6 +32,10 @@ var (
 	// ErrAmbiguous means more than one entry answers to a name: nobody logs in as either, and
 	// a re-check takes the user's roles away.
 	ErrAmbiguous = errors.New("directory.ldap.user_filter matches more than one entry for one name")
+	// ErrUnreadable means the directory answered but could not give this user's entry or
+	// groups (a size limit on the service account, say): the user cannot log in, and a
+	// re-check withholds its roles without stopping for the others.
+	ErrUnreadable = errors.New("the directory could not read this user's entry or groups")
 	// ErrUnavailable means the directory could not be asked: down, too slow, TLS refused, or
 	// the service account refused. The wrapped error says which, for the operator's log.
 	ErrUnavailable = errors.New("the directory cannot be reached")
@@ -45,6 +50,10 @@ type Entry struct {
 	DN     string   // the user's entry
 	Groups []string // DNs of every group the user is in, nested ones included, sorted
 	MFA    bool     // the entry carries the configured MFA attribute
+	// ID is the entry's unique identifier (directory.ldap.id_attribute: entryUUID, or
+	// objectGUID in hex), empty if the entry has none: a new entry given a departed user's
+	// name has another.
+	ID string
 }
 
 // LDAP is a connection pool to one directory server.
@@ -201,7 +210,10 @@ func isNetwork(err error) bool {
 
 // Authenticate checks name's password by binding as the user and returns the entry. A name
 // that is not a possible user, an unknown user and a wrong password all give
-// ErrInvalidCredentials, after the same work (a bind).
+// ErrInvalidCredentials, after the same work: a search, a bind, a bind back and the group
+// search (of a DN that has no groups when the user is unknown), so neither the answer nor its
+// time says whether the user exists or the password was right but the login refused later.
+// Any other failure of the directory is ErrUnavailable: never a wrong password.
 func (l *LDAP) Authenticate(ctx context.Context, name string, password redact.Secret) (Entry, error) {
 	var e Entry
 	err := l.do(ctx, func(c *ldap.Conn) error {
@@ -210,7 +222,7 @@ func (l *LDAP) Authenticate(ctx context.Context, name string, password redact.Se
 		dn := e.DN
 		if errors.Is(err, ErrNotFound) {
 			// Bind to an entry that does not exist, as a known user's bind would cost.
-			dn, err = "uid=penstock-no-such-user-"+fmt.Sprint(time.Now().UnixNano())+","+l.cfg.UserBase, nil
+			dn, err = "uid=penstock-no-such-user,"+l.cfg.UserBase, nil
 		}
 		if err != nil {
 			return err
@@ -224,13 +236,16 @@ func (l *LDAP) Authenticate(ctx context.Context, name string, password redact.Se
 		// The connection is bound as the user now: bind it back as the service account
 		// before it returns to the pool.
 		if rerr := l.serviceBind(c); rerr != nil {
-			if berr == nil || ldap.IsErrorWithCode(berr, ldap.LDAPResultInvalidCredentials) {
-				return fmt.Errorf("%w: %v", errRebind, rerr)
-			}
+			return fmt.Errorf("%w: %v", errRebind, rerr)
 		}
+		// The group search runs whatever the bind said (its answer is dropped on a failure),
+		// so a right password does not take longer to refuse than a wrong one.
+		probe := Entry{DN: dn, Groups: e.Groups}
+		gerr := l.fillGroups(c, &probe)
 		switch {
 		case berr == nil && e.DN != "":
-			return l.fillGroups(c, &e)
+			e.Groups = probe.Groups
+			return gerr
 		case berr == nil, ldap.IsErrorWithCode(berr, ldap.LDAPResultInvalidCredentials),
 			ldap.IsErrorWithCode(berr, ldap.LDAPResultInappropriateAuthentication),
 			ldap.IsErrorWithCode(berr, ldap.LDAPResultNoSuchObject):
@@ -239,11 +254,12 @@ func (l *LDAP) Authenticate(ctx context.Context, name string, password redact.Se
 			return berr
 		}
 	})
-	if errors.Is(err, errRebind) {
-		err = fmt.Errorf("%w: %v", ErrUnavailable, err)
-	}
-	if errors.Is(err, ErrNotFound) {
+	switch {
+	case err == nil, errors.Is(err, ErrInvalidCredentials), errors.Is(err, ErrAmbiguous), errors.Is(err, ErrUnavailable):
+	case errors.Is(err, ErrNotFound):
 		err = ErrInvalidCredentials
+	default:
+		err = fmt.Errorf("%w: %v", ErrUnreadable, err)
 	}
 	return e, err
 }
@@ -259,6 +275,11 @@ func (l *LDAP) Lookup(ctx context.Context, name string) (Entry, error) {
 		}
 		return l.fillGroups(c, &e)
 	})
+	switch {
+	case err == nil, errors.Is(err, ErrNotFound), errors.Is(err, ErrAmbiguous), errors.Is(err, ErrUnavailable):
+	default:
+		err = fmt.Errorf("%w: %v", ErrUnreadable, err)
+	}
 	return e, err
 }
 
@@ -268,7 +289,7 @@ func (l *LDAP) find(c *ldap.Conn, name string) (Entry, error) {
 		return Entry{}, ErrNotFound
 	}
 	filter := strings.ReplaceAll(l.cfg.UserFilter, "{user}", ldap.EscapeFilter(name))
-	attrs := []string{"1.1"}
+	attrs := []string{"1.1", l.idAttr()}
 	if a := l.mfaAttr(); a != "" {
 		attrs = append(attrs, a)
 	}
@@ -295,6 +316,13 @@ func (l *LDAP) find(c *ldap.Conn, name string) (Entry, error) {
 	}
 	ent := res.Entries[0]
 	e := Entry{Name: name, DN: ent.DN}
+	if raw := ent.GetRawAttributeValue(l.idAttr()); len(raw) > 0 {
+		if strings.EqualFold(l.idAttr(), "objectGUID") {
+			e.ID = hex.EncodeToString(raw)
+		} else {
+			e.ID = string(raw)
+		}
+	}
 	if a := l.mfaAttr(); a != "" {
 		want := l.mfaValue()
 		e.MFA = slices.ContainsFunc(ent.GetAttributeValues(a), func(v string) bool { return strings.EqualFold(v, want) })
@@ -303,6 +331,13 @@ func (l *LDAP) find(c *ldap.Conn, name string) (Entry, error) {
 		e.Groups = ent.GetAttributeValues(l.cfg.MemberOfAttribute)
 	}
 	return e, nil
+}
+
+func (l *LDAP) idAttr() string {
+	if l.cfg.IDAttribute == "" {
+		return "entryUUID"
+	}
+	return l.cfg.IDAttribute
 }
 
 func (l *LDAP) mfaAttr() string  { a, _, _ := strings.Cut(l.cfg.MFAAttribute, "="); return a }
@@ -364,8 +399,9 @@ func (l *LDAP) groupsOf(c *ldap.Conn, members []string) ([]string, error) {
 			f.WriteString(strings.ReplaceAll(l.cfg.GroupFilter, "{dn}", ldap.EscapeFilter(m)))
 		}
 		f.WriteString(")")
-		res, err := c.Search(ldap.NewSearchRequest(l.cfg.GroupBase, ldap.ScopeWholeSubtree, ldap.NeverDerefAliases, 1000,
-			int(l.cfg.Timeout/time.Second), false, f.String(), []string{"1.1"}, nil))
+		// Paged: a user may be in more groups than the server returns at once.
+		res, err := c.SearchWithPaging(ldap.NewSearchRequest(l.cfg.GroupBase, ldap.ScopeWholeSubtree, ldap.NeverDerefAliases, 0,
+			int(l.cfg.Timeout/time.Second), false, f.String(), []string{"1.1"}, nil), 500)
 		if err != nil {
 			if ldap.IsErrorWithCode(err, ldap.LDAPResultNoSuchObject) {
 				return nil, fmt.Errorf("%w: directory.ldap.group_base %q does not exist", ErrUnavailable, l.cfg.GroupBase)

@@ -226,6 +226,15 @@ func (s *Store) RemoveScope(ctx context.Context, sc authz.Scope) error {
 			return err
 		}
 	}
+	// Directory mappings made through the API into the scope go with it: a new tenant of the
+	// same name starts with none (those of the configuration are the operator's, by name).
+	for _, m := range list[DirectoryMapping](s, "dirmap.") {
+		if sc.Contains(m.Scope) {
+			if err := s.del(ctx, "dirmap."+m.ID); err != nil {
+				return err
+			}
+		}
+	}
 	if sc.Application != "" {
 		return s.delIfPresent(ctx, appKey(sc.Tenant, sc.Environment, sc.Application))
 	}

@@ -10,7 +10,6 @@ import (
 
 	"github.com/penstock/penstock/internal/authz"
 	"github.com/penstock/penstock/internal/directory"
-	"github.com/penstock/penstock/internal/names"
 	"github.com/penstock/penstock/internal/redact"
 )
 
@@ -31,12 +30,13 @@ type Authenticator interface {
 type DirectoryChange struct {
 	User          string
 	Before, After []authz.Binding
-	Gone          bool
+	Gone          bool   // forgotten: sessions ended, keys revoked, grants and record removed
+	Error         string // the user could not be read: its roles are withheld
 }
 
 // directoryFreshLocked reports whether a directory user's groups still hold; s.mu is held.
 func (s *Store) directoryFreshLocked(d *DirectoryUser) bool {
-	if d.Gone {
+	if d.Gone || d.Error != "" {
 		return false
 	}
 	last := d.Checked
@@ -122,9 +122,18 @@ func (s *Store) LoginDirectory(ctx context.Context, lock *Lockout, dir Authentic
 	if locked, _ := lock.Locked(keys...); locked {
 		return redact.Secret{}, Session{}, ErrLocked
 	}
+	if CheckUserName(name) != nil {
+		// Not a name Penstock can hold ("bob ", full-width letters, a filter): the directory
+		// might still match an entry with it, so it never sees it; the same work is done for
+		// a name that matches nothing.
+		_, _ = dir.Authenticate(ctx, "", password)
+		lock.Fail(keys...)
+		return redact.Secret{}, Session{}, ErrBadCredentials
+	}
 	e, err := dir.Authenticate(ctx, name, password)
 	switch {
-	case errors.Is(err, directory.ErrUnavailable):
+	case errors.Is(err, directory.ErrUnavailable), errors.Is(err, directory.ErrUnreadable):
+		// The directory's trouble, never a wrong password: no lockout, and the cause logged.
 		return redact.Secret{}, Session{}, fmt.Errorf("%w: %v", ErrDirectoryUnavailable, err)
 	case err != nil:
 		if errors.Is(err, directory.ErrAmbiguous) {
@@ -134,7 +143,16 @@ func (s *Store) LoginDirectory(ctx context.Context, lock *Lockout, dir Authentic
 		return redact.Secret{}, Session{}, ErrBadCredentials
 	}
 	u, exists := s.User(name)
-	if names.Check("user", name) != nil || exists && (u.Directory == nil || u.Disabled) {
+	if exists && u.Directory != nil && u.Directory.EntryID != "" && e.ID != "" && u.Directory.EntryID != e.ID {
+		// Another entry now has this name (the user left, a new one came): nothing of the
+		// departed user's passes to it.
+		s.log.Warn("directory user's entry changed: the old user's keys, grants and sessions are removed", "user", name)
+		if err := s.ForgetDirectoryUser(ctx, name); err != nil {
+			return redact.Secret{}, Session{}, err
+		}
+		u, exists = User{}, false
+	}
+	if exists && (u.Directory == nil || u.Disabled) {
 		// A name Penstock cannot hold, a local user of the same name (a directory user
 		// does not take its roles over), or a user disabled in Penstock.
 		lock.Fail(keys...)
@@ -143,7 +161,7 @@ func (s *Store) LoginDirectory(ctx context.Context, lock *Lockout, dir Authentic
 		}
 		return redact.Secret{}, Session{}, ErrBadCredentials
 	}
-	d := &DirectoryUser{DN: e.DN, Groups: normalizeAll(e.Groups), MFA: e.MFA, Checked: s.cfg.Now().UTC()}
+	d := &DirectoryUser{DN: e.DN, EntryID: e.ID, Groups: normalizeAll(e.Groups), MFA: e.MFA, Checked: s.cfg.Now().UTC()}
 	if !exists {
 		u = User{ID: NewID("usr_"), Name: name, Created: s.cfg.Now().UTC(), Directory: d}
 		if err := s.put(ctx, "user."+name, u, 0); err != nil && !errors.Is(err, ErrExists) {
@@ -187,29 +205,40 @@ func (s *Store) DirectoryUsers() []User {
 }
 
 // RecheckDirectory reads every directory user's groups again. A user the directory no longer
-// has loses its roles and sessions; a user whose groups changed gets the new ones at once (on
-// every node, through the store). Once every user is read, the time is recorded: roles hold
-// for Config.DirectoryValidFor from it. An error from the directory stops the round (nothing
+// has (or whose name another entry now has) is forgotten: its sessions end, its API keys are
+// revoked, its grants removed and its record deleted, so a later user of the same name starts
+// with nothing. A user whose groups changed gets the new roles at once (on every node, through
+// the store). A user that cannot be read (a group search the server refuses) has its roles
+// withheld until it can. Once every user is read, the time is recorded: roles hold for
+// Config.DirectoryValidFor from it. The directory being unreachable stops the round (nothing
 // recorded, so the roles lapse if it lasts).
 func (s *Store) RecheckDirectory(ctx context.Context, dir Authenticator) ([]DirectoryChange, error) {
 	start := s.cfg.Now().UTC()
 	var changes []DirectoryChange
 	for _, u := range s.DirectoryUsers() {
 		e, err := dir.Lookup(ctx, u.Name)
-		// A user the directory no longer has, or that two entries answer to, has no roles.
-		gone := errors.Is(err, directory.ErrNotFound) || errors.Is(err, directory.ErrAmbiguous)
-		if gone {
-			e = directory.Entry{}
-		}
-		if err != nil && !gone {
+		if errors.Is(err, directory.ErrUnavailable) {
 			return changes, fmt.Errorf("%w: %v", ErrDirectoryUnavailable, err)
 		}
-		next := DirectoryUser{DN: e.DN, Groups: normalizeAll(e.Groups), MFA: e.MFA, Gone: gone}
 		old := *u.Directory
-		if old.Gone == next.Gone && old.DN == next.DN && old.MFA == next.MFA && slices.Equal(old.Groups, next.Groups) {
+		gone := errors.Is(err, directory.ErrNotFound) || errors.Is(err, directory.ErrAmbiguous) ||
+			err == nil && old.EntryID != "" && e.ID != "" && old.EntryID != e.ID
+		before := s.Principal("user:" + u.Name).Bindings
+		if gone {
+			if err := s.ForgetDirectoryUser(ctx, u.Name); err != nil {
+				return changes, err
+			}
+			changes = append(changes, DirectoryChange{User: u.Name, Before: before, Gone: true})
 			continue
 		}
-		before := s.Principal("user:" + u.Name).Bindings
+		next := DirectoryUser{DN: e.DN, EntryID: e.ID, Groups: normalizeAll(e.Groups), MFA: e.MFA}
+		if err != nil {
+			next = old
+			next.Error = err.Error()
+		}
+		if old.DN == next.DN && old.EntryID == next.EntryID && old.MFA == next.MFA && old.Error == next.Error && slices.Equal(old.Groups, next.Groups) {
+			continue
+		}
 		if _, err := s.updateUser(ctx, u.Name, func(u *User) error {
 			if u.Directory == nil || u.Directory.Checked.After(start) {
 				// A login since this round began wrote a newer answer: keep it.
@@ -221,13 +250,7 @@ func (s *Store) RecheckDirectory(ctx context.Context, dir Authenticator) ([]Dire
 		}); err != nil {
 			return changes, err
 		}
-		c := DirectoryChange{User: u.Name, Before: before, After: s.Principal("user:" + u.Name).Bindings, Gone: gone}
-		if gone {
-			if err := s.EndSessions(ctx, u.Name); err != nil {
-				return changes, err
-			}
-		}
-		changes = append(changes, c)
+		changes = append(changes, DirectoryChange{User: u.Name, Before: before, After: s.Principal("user:" + u.Name).Bindings, Error: next.Error})
 	}
 	var cur struct{ At time.Time }
 	rev, _ := s.get(syncedKey, &cur)
@@ -241,6 +264,27 @@ func (s *Store) RecheckDirectory(ctx context.Context, dir Authenticator) ([]Dire
 		return changes, err
 	}
 	return changes, nil
+}
+
+// ForgetDirectoryUser removes what a directory user had in Penstock: its sessions end, the
+// API keys it owns are revoked, its grants are removed, and its record is deleted.
+func (s *Store) ForgetDirectoryUser(ctx context.Context, name string) error {
+	if err := s.EndSessions(ctx, name); err != nil {
+		return err
+	}
+	for _, k := range s.APIKeys("user:" + name) {
+		if !k.Revoked {
+			if err := s.RevokeAPIKey(ctx, k.ID); err != nil {
+				return err
+			}
+		}
+	}
+	for _, b := range s.Bindings("user:" + name) {
+		if err := s.Revoke(ctx, b.ID); err != nil && !errors.Is(err, ErrNotFound) {
+			return err
+		}
+	}
+	return s.delIfPresent(ctx, "user."+name)
 }
 
 // DirectoryMappings lists the mappings: the configuration's, then those made through the API.

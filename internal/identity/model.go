@@ -55,9 +55,11 @@ type User struct {
 // answer is recent (Config.DirectoryValidFor).
 type DirectoryUser struct {
 	DN      string    `json:"dn"`
+	EntryID string    `json:"entry_id,omitempty" doc:"the entry's entryUUID (or objectGUID): another entry of the same name is another user"`
 	Groups  []string  `json:"groups" doc:"group DNs, normalized"`
 	MFA     bool      `json:"mfa,omitempty" doc:"the entry carries the attribute that says the directory checks a second factor"`
 	Gone    bool      `json:"gone,omitempty" doc:"the directory no longer has this user"`
+	Error   string    `json:"error,omitempty" doc:"why the last re-check could not read this user (its roles are withheld until one can)"`
 	Checked time.Time `json:"checked"`
 }
 

@@ -231,6 +231,25 @@ func (s *Slapd) Kill() {
 	s.cmd = nil
 }
 
+// UnlimitedSearches lifts the server's default size limit (500 entries, paged or not) for the
+// service account, as a directory's administrator does for an application that reads groups,
+// and restarts the server.
+func (s *Slapd) UnlimitedSearches(t testing.TB) {
+	t.Helper()
+	path := filepath.Join(s.dir, "slapd.conf")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	limits := fmt.Sprintf("limits dn.exact=%q size=unlimited\n", LDAPServiceDN)
+	conf := strings.Replace(string(b), "access to attrs=userPassword", limits+"access to attrs=userPassword", 1)
+	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s.Kill()
+	s.Start(t)
+}
+
 // Admin runs f on a connection bound as the directory's administrator (to change groups).
 func (s *Slapd) Admin(t testing.TB, f func(c *ldap.Conn) error) {
 	t.Helper()

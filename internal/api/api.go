@@ -73,6 +73,8 @@ type Options struct {
 	// Directory checks directory users' passwords and finds their groups; nil when no
 	// directory is configured (local users only).
 	Directory identity.Authenticator
+	// OIDC is the single sign-on relying party; nil without directory.oidc.issuer.
+	OIDC OIDC
 	// DirectoryConfig is the directory's configuration, for its status route.
 	DirectoryConfig config.Directory
 	// Recheck reads every directory user's groups again now (and audits what changed).
@@ -117,6 +119,7 @@ func Handler(o Options) (http.Handler, []Route) {
 	registerNotify(g, hapi, o)
 	registerRetention(g, hapi, o)
 	registerDirectory(g, hapi, o)
+	registerOIDC(g, hapi, o)
 	if o.Pipelines != nil {
 		registerPipelines(g, hapi, o)
 		registerWebhooks(g, hapi, o)

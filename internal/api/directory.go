@@ -19,7 +19,8 @@ import (
 type directoryStatus struct {
 	Body struct {
 		Configured      bool                        `json:"configured" doc:"users log in through a directory"`
-		Server          string                      `json:"server,omitempty" doc:"the directory's host and port"`
+		Server          string                      `json:"server,omitempty" doc:"the LDAP directory's host and port"`
+		Issuer          string                      `json:"issuer,omitempty" doc:"the OpenID provider users log in through (single sign-on)"`
 		RecheckEvery    string                      `json:"recheck_every"`
 		RolesValidFor   string                      `json:"roles_valid_for"`
 		BreakGlassUsers []string                    `json:"break_glass_users"`
@@ -88,9 +89,12 @@ func registerDirectory(g gate, hapi huma.API, o Options) {
 	}, platform, func(ctx context.Context, _ *caller, _ *struct{}) (*directoryStatus, error) {
 		out := &directoryStatus{}
 		b := &out.Body
-		b.Configured = o.Directory != nil
-		if u, err := url.Parse(o.DirectoryConfig.LDAP.URL); err == nil && b.Configured {
+		b.Configured = o.Directory != nil || o.OIDC != nil
+		if u, err := url.Parse(o.DirectoryConfig.LDAP.URL); err == nil && o.Directory != nil {
 			b.Server = u.Scheme + "://" + u.Host
+		}
+		if o.OIDC != nil {
+			b.Issuer = o.DirectoryConfig.OIDC.Issuer
 		}
 		b.RecheckEvery, b.RolesValidFor = o.DirectoryConfig.RecheckEvery.String(), o.DirectoryConfig.RolesValidFor.String()
 		b.BreakGlassUsers = append([]string{}, o.DirectoryConfig.BreakGlassUsers...)
@@ -154,7 +158,7 @@ func registerDirectory(g gate, hapi huma.API, o Options) {
 		Errors: []int{http.StatusServiceUnavailable},
 	}, func(*directoryUserPath) authz.Scope { return authz.Platform }, func(ctx context.Context, c *caller, in *directoryUserPath) (*directoryUserOutput, error) {
 		if o.Directory == nil {
-			return nil, NewError(http.StatusConflict, "directory.not_configured", "no directory is configured (directory.ldap.url)")
+			return nil, NewError(http.StatusConflict, "directory.not_configured", "no LDAP directory is configured (directory.ldap.url): single sign-on users are known once they log in")
 		}
 		name := strings.ToLower(in.Name)
 		e, err := o.Directory.Lookup(ctx, name)
@@ -192,7 +196,7 @@ func registerDirectory(g gate, hapi huma.API, o Options) {
 		Summary: "Read every directory user's groups again now (as every directory.recheck_every); returns what changed", Tags: tags,
 		Errors: []int{http.StatusServiceUnavailable},
 	}, platform, func(ctx context.Context, _ *caller, _ *struct{}) (*recheckOutput, error) {
-		if o.Directory == nil || o.Recheck == nil {
+		if o.Recheck == nil {
 			return nil, NewError(http.StatusConflict, "directory.not_configured", "no directory is configured (directory.ldap.url)")
 		}
 		changes, err := o.Recheck(ctx)

@@ -238,15 +238,8 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger, version st
 	icfg.MFAForAll, icfg.SessionIdle, icfg.SessionMax = ic.MFAAllUsers, ic.SessionIdle, ic.SessionMax
 	icfg.Policy.MinLength = ic.PasswordMinLength
 	icfg.Argon2 = identity.Argon2Params{Memory: ic.Argon2MemoryKiB, Time: ic.Argon2Time, Threads: ic.Argon2Threads}
-	ldapClient, err := directoryConfig(cfg.Directory, &icfg)
-	if err != nil {
+	if a.dir, err = directoryConfig(cfg.Directory, &icfg); err != nil {
 		return nil, err
-	}
-	if ldapClient != nil {
-		a.dir = &dirState{ldap: ldapClient, rechecks: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "penstock_directory_rechecks_total",
-			Help: "Re-checks of every directory user's groups, by result (ok, error).",
-		}, []string{"result"})}
 	}
 	if a.ident, err = identity.Open(ctx, plat, a.keys, icfg, log.With("component", "identity")); err != nil {
 		return nil, err
@@ -393,7 +386,10 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger, version st
 	}
 	if a.dir != nil {
 		reg.MustRegister(a.dir.rechecks)
-		apiOpts.Directory, apiOpts.Recheck = a.dir.ldap, a.recheckDirectory
+		apiOpts.Directory, apiOpts.Recheck = a.dir.authenticator(), a.recheckDirectory
+		if a.dir.oidc != nil {
+			apiOpts.OIDC = a.dir.oidc
+		}
 	}
 	handler, routes := api.Handler(apiOpts)
 	a.routes = routes
@@ -593,7 +589,7 @@ func engineMode(e *engine.Engine) string {
 // closeAll releases everything New opened, in reverse order; Run calls it at the end and
 // New when it fails part way.
 func (a *App) closeAll() {
-	if a.dir != nil {
+	if a.dir != nil && a.dir.ldap != nil {
 		a.dir.ldap.Close()
 	}
 	if a.apiLn != nil {

@@ -18,15 +18,16 @@ import (
 
 // dirState is the directory's client and what the last re-check found.
 type dirState struct {
-	ldap     *directory.LDAP
+	ldap     *directory.LDAP // nil without directory.ldap.url
+	oidc     *directory.OIDC // nil without directory.oidc.issuer
 	mu       sync.Mutex // one re-check at a time on this node
 	down     bool       // the last re-check failed (its failure is audited once)
 	rechecks *prometheus.CounterVec
 }
 
-// directoryConfig fills the identity settings of the directory and opens its client (nil
-// without directory.ldap.url).
-func directoryConfig(dc config.Directory, icfg *identity.Config) (*directory.LDAP, error) {
+// directoryConfig fills the identity settings of the directory and opens its clients (nil
+// without directory.ldap.url and directory.oidc.issuer).
+func directoryConfig(dc config.Directory, icfg *identity.Config) (*dirState, error) {
 	icfg.DirectoryValidFor = dc.RolesValidFor
 	for i, m := range dc.Mappings {
 		g, r, sc, err := config.ParseMapping(m)
@@ -36,11 +37,41 @@ func directoryConfig(dc config.Directory, icfg *identity.Config) (*directory.LDA
 		icfg.DirectoryMappings = append(icfg.DirectoryMappings, identity.DirectoryMapping{
 			ID: fmt.Sprintf("config-%d", i+1), Group: g, Role: r, Scope: sc, Source: "config"})
 	}
-	if dc.LDAP.URL == "" {
+	if dc.LDAP.URL == "" && dc.OIDC.Issuer == "" {
 		return nil, nil
 	}
+	d := &dirState{rechecks: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "penstock_directory_rechecks_total",
+		Help: "Re-checks of every directory user's groups, by result (ok, error).",
+	}, []string{"result"})}
+	var err error
+	if dc.LDAP.URL != "" {
+		if d.ldap, err = directory.New(dc.LDAP); err != nil {
+			return nil, err
+		}
+	}
+	if dc.OIDC.Issuer != "" {
+		if d.oidc, err = directory.NewOIDC(dc.OIDC); err != nil {
+			return nil, err
+		}
+	}
 	icfg.Directory, icfg.BreakGlass = true, dc.BreakGlassUsers
-	return directory.New(dc.LDAP)
+	return d, nil
+}
+
+// authenticator is the LDAP client as identity takes it (nil, not a nil pointer, without one).
+func (d *dirState) authenticator() identity.Authenticator {
+	if d == nil || d.ldap == nil {
+		return nil
+	}
+	return d.ldap
+}
+
+func (d *dirState) refresher() identity.Refresher {
+	if d == nil || d.oidc == nil {
+		return nil
+	}
+	return d.oidc
 }
 
 // recheckDirectory reads every directory user's groups again and audits what changed, and the
@@ -49,7 +80,7 @@ func (a *App) recheckDirectory(ctx context.Context) ([]identity.DirectoryChange,
 	d := a.dir
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	changes, err := a.ident.RecheckDirectory(ctx, d.ldap)
+	changes, err := a.ident.RecheckDirectory(ctx, d.authenticator(), d.refresher())
 	for _, c := range changes {
 		details := map[string]string{"before": bindingsText(c.Before), "after": bindingsText(c.After)}
 		if c.Gone {

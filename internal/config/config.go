@@ -37,6 +37,7 @@ type Config struct {
 // its groups (docs/access.md). With directory.ldap.url empty, only local users log in.
 type Directory struct {
 	LDAP LDAP `koanf:"ldap"`
+	OIDC OIDC `koanf:"oidc"`
 	// Mappings give a directory group a role at a scope, each "ROLE@SCOPE=GROUP-DN" (e.g.
 	// "platform-admin@platform=cn=ops,ou=groups,dc=example,dc=org"); more are added through
 	// the API (penstock directory map). Set them in the file: a DN has commas, which split a
@@ -53,6 +54,33 @@ type Directory struct {
 	// once a directory is configured (none by default); every such login is audited with a
 	// warning.
 	BreakGlassUsers []string `koanf:"break_glass_users"`
+}
+
+// OIDC is an OpenID Connect issuer users log in through (single sign-on): the browser by the
+// authorization code flow with PKCE, the CLI by the device flow.
+type OIDC struct {
+	// Issuer is the issuer's URL (https), as in its discovery document.
+	Issuer string `koanf:"issuer"`
+	// ClientID and ClientSecret are Penstock's client at the issuer (a confidential client
+	// allowed the authorization_code, refresh_token and device_code grants); set the secret
+	// through PENSTOCK_DIRECTORY_OIDC_CLIENT_SECRET.
+	ClientID     string        `koanf:"client_id"`
+	ClientSecret redact.Secret `koanf:"client_secret"`
+	// RedirectURL is Penstock's callback as the browser reaches it:
+	// https://HOST:PORT/v1/auth/oidc/callback, registered at the issuer.
+	RedirectURL string `koanf:"redirect_url"`
+	// CAFile is the PEM CA of the issuer's certificate (the system's roots if empty).
+	CAFile string `koanf:"ca_file"`
+	// Scopes asked; offline_access gives the refresh token the re-check uses.
+	Scopes []string `koanf:"scopes"`
+	// UsernameClaim names the user (it must be one the issuer controls, not the user);
+	// GroupsClaim lists the groups the mappings apply to.
+	UsernameClaim string `koanf:"username_claim"`
+	GroupsClaim   string `koanf:"groups_claim"`
+	// TrustAMR takes an ID token whose amr holds mfa, otp or hwk as a second factor done (no
+	// TOTP asked). Off by default.
+	TrustAMR bool          `koanf:"trust_amr"`
+	Timeout  time.Duration `koanf:"timeout"`
 }
 
 // LDAP is the directory server and how users and groups are found in it.
@@ -470,6 +498,8 @@ func Default() Config {
 		},
 		Directory: Directory{
 			RecheckEvery: 5 * time.Minute, RolesValidFor: 15 * time.Minute,
+			OIDC: OIDC{Scopes: []string{"openid", "profile", "email", "groups", "offline_access"}, UsernameClaim: "preferred_username",
+				GroupsClaim: "groups", Timeout: 10 * time.Second},
 			LDAP: LDAP{
 				UserFilter: "(&(objectClass=person)(uid={user}))", GroupFilter: "(|(member={dn})(uniqueMember={dn}))",
 				NestedGroups: true, Timeout: 5 * time.Second, PoolSize: 4, IDAttribute: "entryUUID",

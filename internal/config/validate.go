@@ -9,6 +9,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -549,6 +550,7 @@ func (d Directory) validate(v *validator) {
 	if d.RolesValidFor < d.RecheckEvery {
 		v.add("directory.roles_valid_for", "at least directory.recheck_every (roles would lapse between two re-checks)")
 	}
+	d.OIDC.validate(v)
 	l := d.LDAP
 	if l.URL == "" {
 		return
@@ -644,4 +646,33 @@ func balancedFilter(f string) bool {
 		}
 	}
 	return depth == 0
+}
+
+func (o OIDC) validate(v *validator) {
+	if o.Issuer == "" {
+		return
+	}
+	if u, err := url.Parse(o.Issuer); err != nil || u.Scheme != "https" || u.Host == "" {
+		v.add("directory.oidc.issuer", "an https:// URL, the issuer of the OpenID provider")
+	}
+	v.required("directory.oidc.client_id", o.ClientID)
+	if o.ClientSecret.IsZero() {
+		v.add("directory.oidc.client_secret", "required (set PENSTOCK_DIRECTORY_OIDC_CLIENT_SECRET)")
+	}
+	if u, err := url.Parse(o.RedirectURL); err != nil || u.Scheme != "https" || u.Host == "" || u.Path != "/v1/auth/oidc/callback" {
+		v.add("directory.oidc.redirect_url", "https://HOST:PORT/v1/auth/oidc/callback, Penstock's callback as the browser reaches it")
+	}
+	if !slices.Contains(o.Scopes, "openid") {
+		v.add("directory.oidc.scopes", "must include openid")
+	}
+	v.required("directory.oidc.username_claim", o.UsernameClaim)
+	v.required("directory.oidc.groups_claim", o.GroupsClaim)
+	if o.CAFile != "" {
+		if _, err := os.Stat(o.CAFile); err != nil {
+			v.add("directory.oidc.ca_file", "cannot be read: "+err.Error())
+		}
+	}
+	if o.Timeout < 100*time.Millisecond {
+		v.add("directory.oidc.timeout", "at least 100ms")
+	}
 }

@@ -26,6 +26,11 @@ type Authenticator interface {
 	Lookup(ctx context.Context, name string) (directory.Entry, error)
 }
 
+// Refresher reads an OpenID Connect user's claims again with its refresh token.
+type Refresher interface {
+	Refresh(ctx context.Context, refresh string) (directory.Claims, string, error)
+}
+
 // DirectoryChange is what a re-check changed for one user.
 type DirectoryChange struct {
 	User          string
@@ -40,7 +45,9 @@ func (s *Store) directoryFreshLocked(d *DirectoryUser) bool {
 		return false
 	}
 	last := d.Checked
-	if s.synced.After(last) {
+	// A round of re-checks covers every user it can read: not an OpenID Connect user without
+	// a refresh token, whose roles hold from its login only.
+	if s.synced.After(last) && (d.Source != "oidc" || len(d.SealedRefresh) > 0) {
 		last = s.synced
 	}
 	return s.cfg.Now().Sub(last) <= s.cfg.DirectoryValidFor
@@ -143,6 +150,12 @@ func (s *Store) LoginDirectory(ctx context.Context, lock *Lockout, dir Authentic
 		return redact.Secret{}, Session{}, ErrBadCredentials
 	}
 	u, exists := s.User(name)
+	if exists && u.Directory != nil && u.Directory.Source == "oidc" {
+		// An OpenID Connect user of this name: not the LDAP entry's to take over.
+		lock.Fail(keys...)
+		s.log.Warn("directory login refused: an OpenID Connect user has this name", "user", name)
+		return redact.Secret{}, Session{}, ErrBadCredentials
+	}
 	if exists && u.Directory != nil && u.Directory.EntryID != "" && e.ID != "" && u.Directory.EntryID != e.ID {
 		// Another entry now has this name (the user left, a new one came): nothing of the
 		// departed user's passes to it.
@@ -161,7 +174,7 @@ func (s *Store) LoginDirectory(ctx context.Context, lock *Lockout, dir Authentic
 		}
 		return redact.Secret{}, Session{}, ErrBadCredentials
 	}
-	d := &DirectoryUser{DN: e.DN, EntryID: e.ID, Groups: normalizeAll(e.Groups), MFA: e.MFA, Checked: s.cfg.Now().UTC()}
+	d := &DirectoryUser{Source: "ldap", DN: e.DN, EntryID: e.ID, Groups: normalizeAll(e.Groups), MFA: e.MFA, Checked: s.cfg.Now().UTC()}
 	if !exists {
 		u = User{ID: NewID("usr_"), Name: name, Created: s.cfg.Now().UTC(), Directory: d}
 		if err := s.put(ctx, "user."+name, u, 0); err != nil && !errors.Is(err, ErrExists) {
@@ -212,10 +225,23 @@ func (s *Store) DirectoryUsers() []User {
 // withheld until it can. Once every user is read, the time is recorded: roles hold for
 // Config.DirectoryValidFor from it. The directory being unreachable stops the round (nothing
 // recorded, so the roles lapse if it lasts).
-func (s *Store) RecheckDirectory(ctx context.Context, dir Authenticator) ([]DirectoryChange, error) {
+func (s *Store) RecheckDirectory(ctx context.Context, dir Authenticator, op Refresher) ([]DirectoryChange, error) {
 	start := s.cfg.Now().UTC()
 	var changes []DirectoryChange
 	for _, u := range s.DirectoryUsers() {
+		if u.Directory.Source == "oidc" {
+			c, err := s.recheckOIDC(ctx, op, u, start)
+			if err != nil {
+				return changes, err
+			}
+			if c != nil {
+				changes = append(changes, *c)
+			}
+			continue
+		}
+		if dir == nil {
+			continue // no LDAP directory any more: the roles lapse with their freshness
+		}
 		e, err := dir.Lookup(ctx, u.Name)
 		if errors.Is(err, directory.ErrUnavailable) {
 			return changes, fmt.Errorf("%w: %v", ErrDirectoryUnavailable, err)
@@ -231,7 +257,7 @@ func (s *Store) RecheckDirectory(ctx context.Context, dir Authenticator) ([]Dire
 			changes = append(changes, DirectoryChange{User: u.Name, Before: before, Gone: true})
 			continue
 		}
-		next := DirectoryUser{DN: e.DN, EntryID: e.ID, Groups: normalizeAll(e.Groups), MFA: e.MFA}
+		next := DirectoryUser{Source: "ldap", DN: e.DN, EntryID: e.ID, Groups: normalizeAll(e.Groups), MFA: e.MFA}
 		if err != nil {
 			next = old
 			next.Error = err.Error()
@@ -264,6 +290,100 @@ func (s *Store) RecheckDirectory(ctx context.Context, dir Authenticator) ([]Dire
 		return changes, err
 	}
 	return changes, nil
+}
+
+// recheckOIDC reads an OpenID Connect user's groups again with its refresh token. A user the
+// issuer refuses is not forgotten (an issuer also refuses after a password change there): its
+// roles are withheld until its next login.
+func (s *Store) recheckOIDC(ctx context.Context, op Refresher, u User, start time.Time) (*DirectoryChange, error) {
+	old := *u.Directory
+	if op == nil || len(old.SealedRefresh) == 0 {
+		return nil, nil // nothing to ask with: its roles hold from its login only
+	}
+	before := s.Principal("user:" + u.Name).Bindings
+	refresh, err := s.keys.Unseal(ctx, platformScope, "oidc-refresh", u.Name, old.SealedRefresh)
+	var c directory.Claims
+	var next string
+	if err == nil {
+		c, next, err = op.Refresh(ctx, string(refresh))
+		clear(refresh)
+	}
+	if errors.Is(err, directory.ErrUnavailable) {
+		return nil, fmt.Errorf("%w: %v", ErrDirectoryUnavailable, err)
+	}
+	refused := errors.Is(err, directory.ErrNotFound) || errors.Is(err, directory.ErrInvalidCredentials) || err == nil && c.Subject != old.EntryID
+	nd := old
+	switch {
+	case refused:
+		// The issuer no longer honours the refresh token (the user removed or disabled
+		// there, its sessions revoked): its roles are withheld until it logs in again.
+		nd.Error, nd.SealedRefresh = "the OpenID provider refused the refresh token: the user must log in again", nil
+	case err != nil:
+		nd.Error = err.Error()
+	default:
+		sealed, serr := s.keys.Seal(ctx, platformScope, "oidc-refresh", u.Name, []byte(next))
+		if serr != nil {
+			return nil, serr
+		}
+		nd.Groups, nd.MFA, nd.Error, nd.SealedRefresh = normalizeAll(c.Groups), c.MFA, "", sealed
+	}
+	if _, err := s.updateUser(ctx, u.Name, func(u *User) error {
+		if u.Directory == nil || u.Directory.Checked.After(start) {
+			return nil
+		}
+		nd.Checked = start
+		u.Directory = &nd
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	if slices.Equal(old.Groups, nd.Groups) && old.MFA == nd.MFA && old.Error == nd.Error {
+		return nil, nil // the same; only the refresh token turned over
+	}
+	return &DirectoryChange{User: u.Name, Before: before, After: s.Principal("user:" + u.Name).Bindings, Error: nd.Error}, nil
+}
+
+// LoginOIDC logs in a user the OpenID provider vouched for (its ID token checked): the user's
+// record (made at its first login) takes its groups, and its refresh token, sealed, for the
+// re-checks. The name comes from the configured claim; a name Penstock cannot hold, a local or
+// LDAP user of that name, or another subject than the one the name was first seen with are
+// refused. The session needs a TOTP code (mfa/verify) when the roles need a second factor,
+// unless the ID token says one was used and the configuration trusts it.
+func (s *Store) LoginOIDC(ctx context.Context, c directory.Claims, refresh string) (redact.Secret, Session, error) {
+	name := c.Name
+	if CheckUserName(name) != nil {
+		s.log.Warn("OpenID Connect login refused: the username claim is not a Penstock user name", "subject", c.Subject)
+		return redact.Secret{}, Session{}, ErrBadCredentials
+	}
+	u, exists := s.User(name)
+	if exists && (u.Directory == nil || u.Directory.Source != "oidc" || u.Directory.EntryID != c.Subject || u.Disabled) {
+		s.log.Warn("OpenID Connect login refused: another user has this name, or it is disabled", "user", name, "subject", c.Subject)
+		return redact.Secret{}, Session{}, ErrBadCredentials
+	}
+	d := &DirectoryUser{Source: "oidc", DN: c.Subject, EntryID: c.Subject, Groups: normalizeAll(c.Groups), MFA: c.MFA, Checked: s.cfg.Now().UTC()}
+	if refresh != "" {
+		sealed, err := s.keys.Seal(ctx, platformScope, "oidc-refresh", name, []byte(refresh))
+		if err != nil {
+			return redact.Secret{}, Session{}, err
+		}
+		d.SealedRefresh = sealed
+	}
+	if !exists {
+		u = User{ID: NewID("usr_"), Name: name, Created: s.cfg.Now().UTC(), Directory: d}
+		if err := s.put(ctx, "user."+name, u, 0); err != nil && !errors.Is(err, ErrExists) {
+			return redact.Secret{}, Session{}, err
+		}
+	}
+	if _, err := s.updateUser(ctx, name, func(u *User) error {
+		if u.Directory == nil || u.Directory.Source != "oidc" || u.Directory.EntryID != c.Subject {
+			return ErrBadCredentials
+		}
+		u.Directory = d
+		return nil
+	}); err != nil {
+		return redact.Secret{}, Session{}, err
+	}
+	return s.newSession(ctx, name, c.MFA)
 }
 
 // ForgetDirectoryUser removes what a directory user had in Penstock: its sessions end, the

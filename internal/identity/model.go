@@ -54,13 +54,17 @@ type User struct {
 // user's roles come from its groups through the directory mappings, and hold only while the
 // answer is recent (Config.DirectoryValidFor).
 type DirectoryUser struct {
-	DN      string    `json:"dn"`
+	Source  string    `json:"source,omitempty" enum:"ldap,oidc" doc:"ldap (empty in records made before OpenID Connect) or oidc"`
+	DN      string    `json:"dn" doc:"the LDAP entry, or issuer#subject for an OpenID Connect user"`
 	EntryID string    `json:"entry_id,omitempty" doc:"the entry's entryUUID (or objectGUID): another entry of the same name is another user"`
 	Groups  []string  `json:"groups" doc:"group DNs, normalized"`
 	MFA     bool      `json:"mfa,omitempty" doc:"the entry carries the attribute that says the directory checks a second factor"`
 	Gone    bool      `json:"gone,omitempty" doc:"the directory no longer has this user"`
 	Error   string    `json:"error,omitempty" doc:"why the last re-check could not read this user (its roles are withheld until one can)"`
 	Checked time.Time `json:"checked"`
+	// SealedRefresh is an OpenID Connect user's refresh token, sealed by the keyring: the
+	// re-check reads its groups with it. Without one, its roles hold from its login only.
+	SealedRefresh []byte `json:"sealed_refresh,omitempty"`
 }
 
 // DirectoryMapping gives the members of a directory group a role at a scope.

@@ -20,8 +20,8 @@ import (
 type dirState struct {
 	ldap     *directory.LDAP // nil without directory.ldap.url
 	oidc     *directory.OIDC // nil without directory.oidc.issuer
-	mu       sync.Mutex // one re-check at a time on this node
-	down     bool       // the last re-check failed (its failure is audited once)
+	mu       sync.Mutex      // one re-check at a time on this node
+	down     bool            // the last re-check failed (its failure is audited once)
 	rechecks *prometheus.CounterVec
 }
 

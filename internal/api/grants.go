@@ -108,6 +108,11 @@ func registerGrants(g gate, hapi huma.API, o Options) {
 				return nil, invalidField("body.scope", err.Error())
 			}
 			role := authz.Role(in.Body.Role)
+			if c.principal.Kind != "user" {
+				// A key could grant its owner the role it holds, which would outlive the
+				// owner's directory group; roles are granted by people.
+				return nil, NewError(http.StatusForbidden, "forbidden", "roles are granted by a logged-in user, not an API key")
+			}
 			if in.Body.Subject == c.principal.Kind+":"+c.principal.Name {
 				// What one holds through a directory group must not outlive the group: a
 				// grant to oneself would. Another administrator grants it, if at all.

@@ -83,8 +83,11 @@ func (a *App) recheckDirectory(ctx context.Context) ([]identity.DirectoryChange,
 	changes, err := a.ident.RecheckDirectory(ctx, d.authenticator(), d.refresher())
 	for _, c := range changes {
 		details := map[string]string{"before": bindingsText(c.Before), "after": bindingsText(c.After)}
-		if c.Gone {
-			details["gone"] = "the directory no longer has this user (or another entry has its name): sessions ended, API keys revoked, grants and record removed"
+		switch {
+		case c.Gone && c.Error != "":
+			details["gone"] = "the directory no longer has this user (or two entries answer to it): everything it holds is withheld and its sessions ended until the entry is back"
+		case c.Gone:
+			details["gone"] = "another entry has this user's name: the old user's sessions ended, API keys revoked, grants and record removed"
 		}
 		if c.Error != "" {
 			details["error"] = c.Error

@@ -2,6 +2,8 @@ package app
 
 import (
 	"strconv"
+
+	"github.com/go-ldap/ldap/v3"
 	"strings"
 	"testing"
 
@@ -41,6 +43,11 @@ func TestDirectoryRolesDoNotOutliveTheDirectory(t *testing.T) {
 		t.Fatalf("bob's key: %d %s", st, raw)
 	}
 	oldKey := key["key"].(string)
+	// bob's own key cannot grant bob anything either: roles are granted by people.
+	if st, _, raw := ta.call(t, "POST", "/v1/roles", oldKey, map[string]string{"subject": "user:bob", "role": "viewer", "scope": "acme/production"}); st != 403 {
+		t.Fatalf("bob's key grants bob a role: %d %s", st, raw)
+	}
+
 	// The platform administrator grants bob a role of his own in Penstock: it is the
 	// administrator's decision, and it stays while bob is in the directory.
 	ta.must(t, "POST", "/v1/roles", map[string]string{"subject": "user:bob", "role": "viewer", "scope": "acme"}, 201)
@@ -54,7 +61,35 @@ func TestDirectoryRolesDoNotOutliveTheDirectory(t *testing.T) {
 		t.Fatalf("bob keeps the viewer role granted in Penstock: %d", st)
 	}
 
-	// bob leaves: forgotten.
+	// Two entries answer to bob (a mistake in the directory): everything bob holds is
+	// withheld, nothing is destroyed; once the twin is gone, bob has it back.
+	s.Admin(t, func(c *ldap.Conn) error {
+		a := ldap.NewAddRequest("cn=bob-twin,ou=people,"+testenv.LDAPBase, nil)
+		a.Attribute("objectClass", []string{"inetOrgPerson"})
+		a.Attribute("uid", []string{"bob"})
+		a.Attribute("cn", []string{"bob-twin"})
+		a.Attribute("sn", []string{"twin"})
+		return c.Add(a)
+	})
+	if raw := ta.recheckNow(t); !strings.Contains(raw, `"gone":true`) {
+		t.Fatalf("recheck with two bobs: %s", raw)
+	}
+	if st, _, _ := ta.call(t, "GET", "/v1/tenants/acme", bob, nil); st != 401 {
+		t.Fatalf("bob's session with two bobs: %d, want 401", st)
+	}
+	if st, _, _ := ta.call(t, "GET", base+"/queues", oldKey, nil); st != 401 {
+		t.Fatalf("bob's key with two bobs: %d, want 401", st)
+	}
+	s.Admin(t, func(c *ldap.Conn) error {
+		return c.Del(ldap.NewDelRequest("cn=bob-twin,ou=people,"+testenv.LDAPBase, nil))
+	})
+	ta.recheckNow(t)
+	bob = ta.dirSession(t, "bob")
+	if st, _, _ := ta.call(t, "GET", "/v1/tenants/acme", bob, nil); st != 200 {
+		t.Fatalf("bob back, with his viewer grant: %d", st)
+	}
+
+	// bob leaves: withheld (his key and session stop), not yet destroyed.
 	s.DeleteUser(t, "bob")
 	if raw := ta.recheckNow(t); !strings.Contains(raw, `"gone":true`) {
 		t.Fatalf("recheck after bob left: %s", raw)
@@ -65,15 +100,10 @@ func TestDirectoryRolesDoNotOutliveTheDirectory(t *testing.T) {
 	if st, _, _ := ta.call(t, "GET", "/v1/auth/whoami", bob, nil); st != 401 {
 		t.Fatalf("departed bob's session: %d, want 401", st)
 	}
-	if _, _, raw := ta.call(t, "GET", "/v1/roles?scope=acme", "", nil); strings.Contains(raw, "user:bob") {
-		t.Fatalf("departed bob's grant is still there: %s", raw)
-	}
-	if _, _, raw := ta.call(t, "GET", "/v1/users", "", nil); strings.Contains(raw, `"name":"bob"`) {
-		t.Fatalf("departed bob's record is still there: %s", raw)
-	}
 
 	// A new person gets uid=bob (a new entry, with its own entryUUID) and, since the group
-	// still names uid=bob, is in acme-devs: bob's old key stays dead, nothing else passes.
+	// still names uid=bob, is in acme-devs: the departed bob is forgotten at this login (keys
+	// revoked, grants and record removed) and nothing of his passes.
 	s.AddUser(t, "bob", false)
 	s.AddMember(t, "acme-devs", testenv.UserDN("bob"))
 	newBob := ta.dirSession(t, "bob")
@@ -82,6 +112,9 @@ func TestDirectoryRolesDoNotOutliveTheDirectory(t *testing.T) {
 	}
 	if _, _, raw := ta.call(t, "GET", "/v1/auth/whoami", newBob, nil); strings.Contains(raw, "viewer") {
 		t.Fatalf("the new bob has the old bob's grant: %s", raw)
+	}
+	if _, _, raw := ta.call(t, "GET", "/v1/roles?scope=acme", "", nil); strings.Contains(raw, "user:bob") {
+		t.Fatalf("the departed bob's grant is still there: %s", raw)
 	}
 
 	// A new entry given the name between two re-checks: the next login sees another

@@ -301,11 +301,18 @@ func apikeyCreateCmd(environ []string) *cobra.Command {
 func loginCmd(environ []string) *cobra.Command {
 	cf := &clientFlags{environ: environ}
 	var user, code string
+	var sso bool
 	cmd := &cobra.Command{
-		Use:   "login --user NAME [--code CODE] < password",
-		Short: "Log in (password on standard input) and save the session for the CLI (0600, in your configuration directory)",
+		Use:   "login --user NAME [--code CODE] < password | login --sso",
+		Short: "Log in (password on standard input, or single sign-on in a browser) and save the session for the CLI (0600, in your configuration directory)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if sso {
+				return ssoLogin(cmd, cf)
+			}
+			if user == "" {
+				return errors.New("give --user NAME (or --sso for single sign-on)")
+			}
 			l := readLines(cmd.InOrStdin(), 1)
 			if len(l) != 1 {
 				return errors.New("give the password on standard input")
@@ -338,7 +345,7 @@ func loginCmd(environ []string) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&user, "user", "", "user name")
 	cmd.Flags().StringVar(&code, "code", "", "one-time code from your authenticator (or a recovery code)")
-	_ = cmd.MarkFlagRequired("user")
+	cmd.Flags().BoolVar(&sso, "sso", false, "single sign-on: prints an address and a code to approve in a browser (any device), then waits")
 	cf.add(cmd)
 	return cmd
 }
@@ -385,4 +392,54 @@ func readPasswordChange(ctx context.Context, cf *clientFlags, cmd *cobra.Command
 		return "", "", errors.New("the two new passwords differ; nothing was changed")
 	}
 	return current, next, nil
+}
+
+// ssoLogin is the device login: the server asks the OpenID provider for a code, the user
+// approves it in a browser, and the CLI waits for the session.
+func ssoLogin(cmd *cobra.Command, cf *clientFlags) error {
+	c, err := cf.httpClient()
+	if err != nil {
+		return err
+	}
+	c.Timeout = 30 * time.Second // each poll waits up to 8 s on the server
+	var start struct {
+		VerificationURI         string `json:"verification_uri"`
+		VerificationURIComplete string `json:"verification_uri_complete"`
+		UserCode                string `json:"user_code"`
+		ExpiresIn               int64  `json:"expires_in"`
+		Handle                  string `json:"handle"`
+	}
+	ctx := cmd.Context()
+	if err := postJSON(ctx, c, cf.server+"/v1/auth/oidc/device", map[string]string{}, &start); err != nil {
+		return err
+	}
+	w := cmd.ErrOrStderr()
+	fmt.Fprintf(w, "Open %s and enter the code %s", start.VerificationURI, start.UserCode)
+	if start.VerificationURIComplete != "" {
+		fmt.Fprintf(w, " (or open %s)", start.VerificationURIComplete)
+	}
+	fmt.Fprintf(w, "; waiting up to %s.\n", time.Duration(start.ExpiresIn)*time.Second)
+	var out struct {
+		Token        string `json:"token"`
+		MustEnrolMFA bool   `json:"must_enrol_mfa"`
+	}
+	for {
+		err := postJSON(ctx, c, cf.server+"/v1/auth/oidc/device/token", map[string]string{"handle": start.Handle}, &out)
+		var ae *apiError
+		if errors.As(err, &ae) && ae.Code == "auth.pending" {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		break
+	}
+	if err := saveSession(savedSession{Server: cf.server, Token: out.Token}); err != nil {
+		return err
+	}
+	fmt.Fprintln(cmd.OutOrStdout(), "logged in by single sign-on")
+	if out.MustEnrolMFA {
+		fmt.Fprintln(cmd.OutOrStdout(), "your roles need a second factor: penstock mfa enrol, then penstock mfa verify CODE (once enrolled: penstock mfa verify CODE after each single sign-on)")
+	}
+	return nil
 }

@@ -208,12 +208,11 @@ func isNetwork(err error) bool {
 	return errors.As(err, &ne) || errors.Is(err, ErrUnavailable)
 }
 
-// Authenticate checks name's password by binding as the user and returns the entry. A name
-// that is not a possible user, an unknown user and a wrong password all give
-// ErrInvalidCredentials, after the same work: a search, a bind, a bind back and the group
-// search (of a DN that has no groups when the user is unknown), so neither the answer nor its
-// time says whether the user exists or the password was right but the login refused later.
-// Any other failure of the directory is ErrUnavailable: never a wrong password.
+// Authenticate checks name's password by binding as the user and returns the entry. An
+// unknown user and a wrong password give ErrInvalidCredentials after the same work (a search,
+// a bind, a bind back), so neither the answer nor its time says whether the user exists; the
+// groups are read only once the password is right. Any other failure of the directory is
+// ErrUnavailable or ErrUnreadable: never a wrong password.
 func (l *LDAP) Authenticate(ctx context.Context, name string, password redact.Secret) (Entry, error) {
 	var e Entry
 	err := l.do(ctx, func(c *ldap.Conn) error {
@@ -238,14 +237,9 @@ func (l *LDAP) Authenticate(ctx context.Context, name string, password redact.Se
 		if rerr := l.serviceBind(c); rerr != nil {
 			return fmt.Errorf("%w: %v", errRebind, rerr)
 		}
-		// The group search runs whatever the bind said (its answer is dropped on a failure),
-		// so a right password does not take longer to refuse than a wrong one.
-		probe := Entry{DN: dn, Groups: e.Groups}
-		gerr := l.fillGroups(c, &probe)
 		switch {
 		case berr == nil && e.DN != "":
-			e.Groups = probe.Groups
-			return gerr
+			return l.fillGroups(c, &e)
 		case berr == nil, ldap.IsErrorWithCode(berr, ldap.LDAPResultInvalidCredentials),
 			ldap.IsErrorWithCode(berr, ldap.LDAPResultInappropriateAuthentication),
 			ldap.IsErrorWithCode(berr, ldap.LDAPResultNoSuchObject):
@@ -316,19 +310,22 @@ func (l *LDAP) find(c *ldap.Conn, name string) (Entry, error) {
 	}
 	ent := res.Entries[0]
 	e := Entry{Name: name, DN: ent.DN}
-	if raw := ent.GetRawAttributeValue(l.idAttr()); len(raw) > 0 {
-		if strings.EqualFold(l.idAttr(), "objectGUID") {
-			e.ID = hex.EncodeToString(raw)
-		} else {
-			e.ID = string(raw)
-		}
+	raw := ent.GetEqualFoldRawAttributeValue(l.idAttr())
+	if len(raw) == 0 {
+		// Without it a new entry of a departed user's name could not be told apart.
+		return Entry{}, fmt.Errorf("%w: the entry has no %s (directory.ldap.id_attribute; objectGUID on Active Directory)", ErrUnreadable, l.idAttr())
+	}
+	if strings.EqualFold(l.idAttr(), "objectGUID") {
+		e.ID = hex.EncodeToString(raw)
+	} else {
+		e.ID = string(raw)
 	}
 	if a := l.mfaAttr(); a != "" {
 		want := l.mfaValue()
-		e.MFA = slices.ContainsFunc(ent.GetAttributeValues(a), func(v string) bool { return strings.EqualFold(v, want) })
+		e.MFA = slices.ContainsFunc(ent.GetEqualFoldAttributeValues(a), func(v string) bool { return strings.EqualFold(v, want) })
 	}
 	if l.cfg.MemberOfAttribute != "" {
-		e.Groups = ent.GetAttributeValues(l.cfg.MemberOfAttribute)
+		e.Groups = ent.GetEqualFoldAttributeValues(l.cfg.MemberOfAttribute)
 	}
 	return e, nil
 }
@@ -428,7 +425,7 @@ func (l *LDAP) memberOf(c *ldap.Conn, groups []string) ([]string, error) {
 			return nil, err
 		}
 		for _, e := range res.Entries {
-			out = append(out, e.GetAttributeValues(l.cfg.MemberOfAttribute)...)
+			out = append(out, e.GetEqualFoldAttributeValues(l.cfg.MemberOfAttribute)...)
 		}
 	}
 	return out, nil

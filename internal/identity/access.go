@@ -49,7 +49,7 @@ func (s *Store) Session(ctx context.Context, token string) (Session, error) {
 	}
 	now := s.cfg.Now()
 	u, uok := s.User(sess.User)
-	if !uok || u.Disabled || now.After(sess.Expires) || now.Sub(sess.LastSeen) > s.cfg.SessionIdle {
+	if !uok || u.Disabled || u.Directory != nil && u.Directory.Gone || now.After(sess.Expires) || now.Sub(sess.LastSeen) > s.cfg.SessionIdle {
 		return Session{}, ErrUnauthenticated
 	}
 	if now.Sub(sess.LastSeen) > time.Minute {

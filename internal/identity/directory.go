@@ -35,7 +35,7 @@ type Refresher interface {
 type DirectoryChange struct {
 	User          string
 	Before, After []authz.Binding
-	Gone          bool   // forgotten: sessions ended, keys revoked, grants and record removed
+	Gone          bool   // gone from the directory: withheld (Error says why), or forgotten when another entry has the name
 	Error         string // the user could not be read: its roles are withheld
 }
 
@@ -156,7 +156,7 @@ func (s *Store) LoginDirectory(ctx context.Context, lock *Lockout, dir Authentic
 		s.log.Warn("directory login refused: an OpenID Connect user has this name", "user", name)
 		return redact.Secret{}, Session{}, ErrBadCredentials
 	}
-	if exists && u.Directory != nil && u.Directory.EntryID != "" && e.ID != "" && u.Directory.EntryID != e.ID {
+	if exists && u.Directory != nil && u.Directory.EntryID != "" && u.Directory.EntryID != e.ID {
 		// Another entry now has this name (the user left, a new one came): nothing of the
 		// departed user's passes to it.
 		s.log.Warn("directory user's entry changed: the old user's keys, grants and sessions are removed", "user", name)
@@ -247,14 +247,40 @@ func (s *Store) RecheckDirectory(ctx context.Context, dir Authenticator, op Refr
 			return changes, fmt.Errorf("%w: %v", ErrDirectoryUnavailable, err)
 		}
 		old := *u.Directory
-		gone := errors.Is(err, directory.ErrNotFound) || errors.Is(err, directory.ErrAmbiguous) ||
-			err == nil && old.EntryID != "" && e.ID != "" && old.EntryID != e.ID
 		before := s.Principal("user:" + u.Name).Bindings
-		if gone {
-			if err := s.ForgetDirectoryUser(ctx, u.Name); err != nil {
+		if err == nil && old.EntryID != "" && e.ID != old.EntryID {
+			// Another entry has the name now: the user left and someone new came.
+			forgotten, err := s.forgetIfUnchanged(ctx, u.Name, old.EntryID, start)
+			if err != nil {
 				return changes, err
 			}
-			changes = append(changes, DirectoryChange{User: u.Name, Before: before, Gone: true})
+			if forgotten {
+				changes = append(changes, DirectoryChange{User: u.Name, Before: before, Gone: true})
+			}
+			continue
+		}
+		if errors.Is(err, directory.ErrNotFound) || errors.Is(err, directory.ErrAmbiguous) {
+			// The directory has no such user (or two): everything it held is withheld and its
+			// sessions end, but nothing is destroyed (a mistake in the directory or its ACLs
+			// must not wipe users out); the same entry coming back gets it all back.
+			if old.Gone {
+				continue
+			}
+			if _, uerr := s.updateUser(ctx, u.Name, func(u *User) error {
+				if u.Directory == nil || u.Directory.Checked.After(start) {
+					return nil
+				}
+				d := *u.Directory
+				d.Gone, d.Checked = true, start
+				u.Directory = &d
+				return nil
+			}); uerr != nil {
+				return changes, uerr
+			}
+			if uerr := s.EndSessions(ctx, u.Name); uerr != nil {
+				return changes, uerr
+			}
+			changes = append(changes, DirectoryChange{User: u.Name, Before: before, Gone: true, Error: err.Error()})
 			continue
 		}
 		next := DirectoryUser{Source: "ldap", DN: e.DN, EntryID: e.ID, Groups: normalizeAll(e.Groups), MFA: e.MFA}
@@ -262,7 +288,8 @@ func (s *Store) RecheckDirectory(ctx context.Context, dir Authenticator, op Refr
 			next = old
 			next.Error = err.Error()
 		}
-		if old.DN == next.DN && old.EntryID == next.EntryID && old.MFA == next.MFA && old.Error == next.Error && slices.Equal(old.Groups, next.Groups) {
+		if old.DN == next.DN && old.EntryID == next.EntryID && old.MFA == next.MFA && old.Error == next.Error && old.Gone == next.Gone &&
+			slices.Equal(old.Groups, next.Groups) {
 			continue
 		}
 		if _, err := s.updateUser(ctx, u.Name, func(u *User) error {
@@ -384,6 +411,16 @@ func (s *Store) LoginOIDC(ctx context.Context, c directory.Claims, refresh strin
 		return redact.Secret{}, Session{}, err
 	}
 	return s.newSession(ctx, name, c.MFA)
+}
+
+// forgetIfUnchanged forgets a directory user whose record still names the entry a re-check
+// judged gone and was not written by a login since the round began.
+func (s *Store) forgetIfUnchanged(ctx context.Context, name, entryID string, start time.Time) (bool, error) {
+	cur, ok := s.User(name)
+	if !ok || cur.Directory == nil || cur.Directory.EntryID != entryID || cur.Directory.Checked.After(start) {
+		return false, nil
+	}
+	return true, s.ForgetDirectoryUser(ctx, name)
 }
 
 // ForgetDirectoryUser removes what a directory user had in Penstock: its sessions end, the

@@ -333,7 +333,10 @@ func (s *Store) Principal(subject string) authz.Principal {
 		p.Bindings = append(p.Bindings, authz.Binding{Role: b.Role, Scope: b.Scope})
 	}
 	if kind == "user" {
-		if u, ok := s.users[name]; ok && u.Directory != nil && s.directoryFreshLocked(u.Directory) {
+		if u, ok := s.users[name]; ok && u.Directory != nil && u.Directory.Gone {
+			// Gone from the directory: nothing, not even what was granted in Penstock.
+			p.Bindings = nil
+		} else if ok && u.Directory != nil && s.directoryFreshLocked(u.Directory) {
 			p.Bindings = append(p.Bindings, s.directoryBindingsLocked(u.Directory.Groups)...)
 		}
 	}

@@ -1,6 +1,7 @@
 package fabric
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"runtime"
@@ -63,8 +64,12 @@ func nativeGroupCommit(t *testing.T, h *harness) {
 			}
 			defer sc.nc.Close()
 			sjs, _ := jetstream.NewWithAPIPrefix(sc.nc, APIPrefix)
+			// A minute, not the client's default 5 s: behind 3,000 asynchronous publishes, each
+			// commit fsynced, a busy machine takes longer than that, which is not what is tested.
+			pctx, cancel := context.WithTimeout(ctx, time.Minute)
+			defer cancel()
 			for i := range each {
-				if _, err := sjs.Publish(ctx, q.queueSubject(), fmt.Appendf(nil, "s%d-%d", w, i)); err != nil {
+				if _, err := sjs.Publish(pctx, q.queueSubject(), fmt.Appendf(nil, "s%d-%d", w, i)); err != nil {
 					errs <- err
 					return
 				}

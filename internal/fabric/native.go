@@ -28,6 +28,7 @@ type nativeConn struct {
 	grant           string // the permissions it was given, to notice a change of role
 	inMsgs, inBytes int64
 	seen            bool
+	misses          int // sweeps in a row that did not list it
 	added           time.Time
 }
 
@@ -282,9 +283,19 @@ func (s *Service) sweepOnce() {
 		}
 	}
 	for id, c := range s.conns {
-		// Not in the list: closed, unless it was let in after the list was taken.
-		if !c.seen && c.added.Before(listed) {
-			delete(s.conns, id)
+		// Not in the list: closed, unless it was let in after the list was taken, or is
+		// still being registered (the engine lists a client only some time after letting it
+		// in, longer on a busy machine): forgotten when two sweeps in a row miss it.
+		switch {
+		case c.seen:
+			c.misses = 0
+			s.conns[id] = c
+		case c.added.Before(listed):
+			if c.misses++; c.misses >= 2 {
+				delete(s.conns, id)
+			} else {
+				s.conns[id] = c
+			}
 		}
 	}
 	s.mu.Unlock()

@@ -8,7 +8,9 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/danielgtaylor/huma/v2"
@@ -33,6 +35,12 @@ type OIDC interface {
 }
 
 var oidcScope = keyring.Scope{Tenant: "platform"}
+
+// devicePolls holds the device codes being polled now; devicePollSlots bounds how many are.
+var (
+	devicePolls     sync.Map
+	devicePollSlots = make(chan struct{}, 64)
+)
 
 type oidcPending struct {
 	State, Nonce, Verifier, ReturnTo string `json:",omitempty"`
@@ -61,6 +69,19 @@ func (o Options) openPending(ctx context.Context, kind, s string) (oidcPending, 
 		return oidcPending{}, false
 	}
 	return p, true
+}
+
+// localPath reports whether s is a path on this server and nothing else: printable ASCII
+// without spaces or backslashes (a browser drops tabs and newlines and reads \ as /, which
+// would make "/\t/evil.example" a link elsewhere), no scheme or host, one leading /.
+func localPath(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] >= 0x7f || s[i] == '\\' {
+			return false
+		}
+	}
+	u, err := url.Parse(s)
+	return err == nil && u.Scheme == "" && u.Host == "" && u.User == nil && strings.HasPrefix(s, "/") && !strings.HasPrefix(s, "//")
 }
 
 func randomText() string {
@@ -122,7 +143,7 @@ func registerOIDC(g gate, hapi huma.API, o Options) {
 		if ret == "" {
 			ret = "/v1/auth/whoami"
 		}
-		if !strings.HasPrefix(ret, "/") || strings.HasPrefix(ret, "//") || strings.ContainsAny(ret, "\\\r\n") {
+		if !localPath(ret) {
 			return nil, &Error{Status: http.StatusBadRequest, Code: "invalid_request", Message: "return_to must be a path on this server, such as /v1/auth/whoami",
 				Details: []*ErrorDetail{{Location: "query.return_to", Message: "a path starting with one /"}}}
 		}
@@ -149,7 +170,7 @@ func registerOIDC(g gate, hapi huma.API, o Options) {
 			return nil, notConfigured()
 		}
 		p, ok := o.openPending(ctx, "oidc-login", in.Pending)
-		if !ok || subtle.ConstantTimeCompare([]byte(p.State), []byte(in.State)) != 1 {
+		if !ok || subtle.ConstantTimeCompare([]byte(p.State), []byte(in.State)) != 1 || !localPath(p.ReturnTo) {
 			_ = recordAuthDetails(ctx, o, "anonymous", "auth.login", "denied", "auth.oidc_state", map[string]string{"via": "oidc"})
 			return nil, NewError(http.StatusBadRequest, "auth.oidc_state", "this login was not started here, or took longer than 10 minutes: start again at /v1/auth/oidc/login")
 		}
@@ -197,7 +218,7 @@ func registerOIDC(g gate, hapi huma.API, o Options) {
 
 	register(g, hapi, Route{Action: Public}, huma.Operation{
 		OperationID: "oidc-device-token", Method: http.MethodPost, Path: "/v1/auth/oidc/device/token", Tags: tags,
-		Summary: "Finish a device login: waits up to 8 s for the approval; 428 auth.pending means ask again",
+		Summary: "Finish a device login: waits up to 8 s (longer if the provider asks for a longer interval) for the approval; 428 auth.pending means ask again",
 		Errors:  []int{http.StatusBadRequest, http.StatusUnauthorized, http.StatusPreconditionRequired, http.StatusServiceUnavailable},
 	}, nil, func(ctx context.Context, _ *caller, in *deviceTokenInput) (*loginOutput, error) {
 		if o.OIDC == nil {
@@ -208,7 +229,22 @@ func registerOIDC(g gate, hapi huma.API, o Options) {
 			return nil, &Error{Status: http.StatusBadRequest, Code: "auth.oidc_state", Message: "unknown or expired device login: start again",
 				Details: []*ErrorDetail{{Location: "body.handle", Message: "not a handle from oidc/device, or expired"}}}
 		}
-		wctx, cancel := context.WithTimeout(ctx, min(8*time.Second, time.Until(p.Expires)))
+		// One poll of the provider at a time per device code, and a bounded number in all:
+		// the route is public, and each poll uses Penstock's client at the provider.
+		key := p.DeviceCode
+		if _, busy := devicePolls.LoadOrStore(key, struct{}{}); busy {
+			return nil, NewError(http.StatusPreconditionRequired, "auth.pending", "not approved yet: ask again")
+		}
+		defer devicePolls.Delete(key)
+		select {
+		case devicePollSlots <- struct{}{}:
+			defer func() { <-devicePollSlots }()
+		default:
+			return nil, NewError(http.StatusTooManyRequests, "rate_limited", "too many device logins waiting: ask again in a few seconds")
+		}
+		// Long enough for one poll after the provider's interval, short of the CLI's timeout.
+		wait := min(max(8*time.Second, time.Duration(p.Interval+2)*time.Second), 25*time.Second, time.Until(p.Expires))
+		wctx, cancel := context.WithTimeout(ctx, wait)
 		defer cancel()
 		claims, refresh, err := o.OIDC.DeviceToken(wctx, p.DeviceCode, p.Interval)
 		if errors.Is(err, directory.ErrPending) {
@@ -235,7 +271,7 @@ func (o Options) oidcLogin(ctx context.Context, claims directory.Claims, refresh
 	)
 	if err == nil {
 		actor = "user:" + claims.Name
-		tok, sess, err = o.Identity.LoginOIDC(ctx, claims, refresh)
+		tok, sess, err = o.Identity.LoginOIDC(ctx, claims, refresh, o.Directory)
 	}
 	switch {
 	case err == nil:
@@ -244,7 +280,7 @@ func (o Options) oidcLogin(ctx context.Context, claims directory.Claims, refresh
 			return redact.Secret{}, identity.Session{}, NewError(http.StatusServiceUnavailable, "audit.unavailable", "the audit log cannot be written, so the login was not made")
 		}
 		return tok, sess, nil
-	case errors.Is(err, directory.ErrUnavailable), errors.Is(err, directory.ErrUnreadable):
+	case errors.Is(err, directory.ErrUnavailable), errors.Is(err, directory.ErrUnreadable), errors.Is(err, identity.ErrDirectoryUnavailable):
 		o.Logger.Error("single sign-on failed: the OpenID provider", "error", err)
 		_ = recordAuthDetails(ctx, o, actor, "auth.login", "denied", "auth.directory_unavailable", via)
 		return redact.Secret{}, identity.Session{}, NewError(http.StatusServiceUnavailable, "auth.directory_unavailable", "the OpenID provider cannot be reached; try again later")

@@ -121,8 +121,12 @@ func TestSingleSignOn(t *testing.T) {
 	addr := testenv.FreeAddr(t)
 	redirect := "https://" + addr + "/v1/auth/oidc/callback"
 	accounts := map[string]testenv.OIDCAccount{
-		"olive":    {Password: "olive-Passw0rd!", Groups: []string{"acme-devs"}},
-		"oscar":    {Password: "oscar-Passw0rd!", Groups: []string{"ops"}, AMR: []string{"pwd", "otp"}},
+		"olive": {Password: "olive-Passw0rd!", Groups: []string{"acme-devs"}},
+		"oscar": {Password: "oscar-Passw0rd!", Groups: []string{"ops"}, AMR: []string{"pwd", "otp"}},
+		// One factor (a passwordless code) is not two, and a group named like an LDAP
+		// group's DN is not that group.
+		"otto":     {Password: "otto-Passw0rd!", Groups: []string{"ops"}, AMR: []string{"otp"}},
+		"mallory":  {Password: "mallory-Passw0rd!", Groups: []string{"CN=ops, OU=groups, DC=example, DC=org"}, AMR: []string{"pwd", "otp"}},
 		"bad.name": {Password: "bad-Passw0rd!", Groups: []string{"ops"}},
 	}
 	op := testenv.StartOIDC(t, redirect, accounts)
@@ -131,7 +135,7 @@ func TestSingleSignOn(t *testing.T) {
 		o := &c.Directory.OIDC
 		o.Issuer, o.ClientID, o.ClientSecret = op.Issuer, op.ClientID, redact.NewSecret(op.ClientSecret)
 		o.RedirectURL, o.CAFile, o.TrustAMR = redirect, op.CAFile, true
-		c.Directory.Mappings = []string{"platform-admin@platform=ops"}
+		c.Directory.Mappings = []string{"platform-admin@platform=oidc:ops", "platform-admin@platform=cn=ops,ou=groups,dc=example,dc=org"}
 		c.Directory.BreakGlassUsers = []string{"admin"}
 		c.Directory.RecheckEvery, c.Directory.RolesValidFor = time.Second, 4*time.Second
 		c.API.Limits.ConnRate, c.API.Limits.ConnBurst = 1e6, 1e6
@@ -139,7 +143,7 @@ func TestSingleSignOn(t *testing.T) {
 	})
 	admin := ta.adminSession(t) // break-glass
 	ta.must(t, "POST", "/v1/tenants", map[string]string{"name": "acme"}, 201)
-	ta.must(t, "POST", "/v1/directory/mappings", map[string]string{"group": "acme-devs", "role": "admin", "scope": "acme/production"}, 201)
+	ta.must(t, "POST", "/v1/directory/mappings", map[string]string{"group": "oidc:acme-devs", "role": "admin", "scope": "acme/production"}, 201)
 
 	// The browser: olive lands on whoami, admin of acme/production through acme-devs.
 	st, who, olive := newBrowser(t, ta, op).ssoLogin(ta, "olive", "olive-Passw0rd!")
@@ -158,6 +162,12 @@ func TestSingleSignOn(t *testing.T) {
 	if st, _, raw := ta.call(t, "GET", "/v1/directory", oscar, nil); st != 200 || !strings.Contains(raw, op.Issuer) {
 		t.Fatalf("oscar reads the directory status: %d %s", st, raw)
 	}
+	if st, who, _ := newBrowser(t, ta, op).ssoLogin(ta, "otto", "otto-Passw0rd!"); st != 200 || !strings.Contains(who, `"restricted":"mfa"`) {
+		t.Fatalf("otto, one factor: %d %s", st, who)
+	}
+	if st, who, _ := newBrowser(t, ta, op).ssoLogin(ta, "mallory", "mallory-Passw0rd!"); st != 200 || strings.Contains(who, "platform-admin") {
+		t.Fatalf("mallory, a group named like an LDAP DN: %d %s", st, who)
+	}
 	// Refusals: a wrong password stays at the provider; a username claim Penstock cannot hold
 	// is refused at the callback; a callback this server did not start is refused; return_to
 	// must be a path here.
@@ -172,8 +182,10 @@ func TestSingleSignOn(t *testing.T) {
 	if resp, out := newBrowser(t, ta, op).get(ta.url("/v1/auth/oidc/callback?code=x&state=y")); resp.StatusCode != 400 || !strings.Contains(out, "auth.oidc_state") {
 		t.Fatalf("a callback not started here: %d %s", resp.StatusCode, out)
 	}
-	if st, _, raw := ta.call(t, "GET", "/v1/auth/oidc/login?return_to=//evil.example/x", "-", nil); st != 400 || !strings.Contains(raw, "query.return_to") {
-		t.Fatalf("return_to elsewhere: %d %s", st, raw)
+	for _, to := range []string{"//evil.example/x", "/%09/evil.example/x", "/%5Cevil.example", "https://evil.example/", "/%0a/evil.example", "/ /evil.example"} {
+		if st, _, raw := ta.call(t, "GET", "/v1/auth/oidc/login?return_to="+to, "-", nil); st != 400 || !strings.Contains(raw, "query.return_to") {
+			t.Fatalf("return_to %s: %d %s", to, st, raw)
+		}
 	}
 	// Local users other than break-glass ones no longer log in with a password.
 	ta.must(t, "POST", "/v1/users", map[string]string{"name": "localonly", "password": "Local-Passw0rd!x"}, 201)
@@ -253,9 +265,14 @@ func TestSingleSignOn(t *testing.T) {
 		t.Fatalf("olive's device session: %d %s", st, raw)
 	}
 
-	// The provider restarts with a new signing key: the next login's ID token is checked with
-	// the key fetched anew.
+	// The provider restarts with a new signing key (and, its store being in memory, without
+	// the grants it gave): the re-check's refresh is refused, so olive's sessions end and what
+	// she holds is withheld; her next login's ID token is checked with the key fetched anew.
 	op.Restart(t)
+	waitUntil(t, "olive's session to end once the provider refuses her refresh token", func() bool {
+		st, _, _ := ta.call(t, "GET", "/v1/auth/whoami", olive, nil)
+		return st == 401
+	})
 	if st, who, _ := newBrowser(t, ta, op).ssoLogin(ta, "olive", "olive-Passw0rd!"); st != 200 || !strings.Contains(who, `"role":"admin"`) {
 		t.Fatalf("login after the provider's key changed: %d %s", st, who)
 	}

@@ -432,8 +432,12 @@ func (l *LDAP) memberOf(c *ldap.Conn, groups []string) ([]string, error) {
 }
 
 // NormalizeDN is a DN's comparable form: attribute types and values in lower case, no spaces
-// around separators. A string that does not parse as a DN is compared in lower case.
+// around separators. A string that does not parse as a DN is compared in lower case; a group
+// of an OpenID provider (oidc:NAME) exactly.
 func NormalizeDN(dn string) string {
+	if strings.HasPrefix(dn, GroupPrefixOIDC) {
+		return dn // an OpenID provider's group name: compared exactly
+	}
 	p, err := ldap.ParseDN(dn)
 	if err != nil {
 		return strings.ToLower(strings.TrimSpace(dn))

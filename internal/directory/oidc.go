@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -18,6 +17,10 @@ import (
 
 	"github.com/penstock/penstock/internal/config"
 )
+
+// GroupPrefixOIDC marks a group named by an OpenID provider (mappings name it so:
+// "owner@acme=oidc:acme-owners"); such names are compared exactly.
+const GroupPrefixOIDC = "oidc:"
 
 // ErrPending means a device login has not been approved yet.
 var ErrPending = errors.New("the login is not approved yet")
@@ -190,25 +193,58 @@ func (o *OIDC) claims(ctx context.Context, tok *oauth2.Token, nonce string) (Cla
 		return Claims{}, "", fmt.Errorf("%w: ID token claims: %v", ErrUnreadable, err)
 	}
 	name, _ := all[o.cfg.UsernameClaim].(string)
-	c := Claims{Name: strings.ToLower(name), Subject: idt.Issuer + "#" + idt.Subject}
+	c := Claims{Subject: idt.Issuer + "#" + idt.Subject}
+	if isASCII(name) {
+		// Lower case folds some other letters onto ASCII ones (the Kelvin sign onto k):
+		// only ASCII names are taken, so two names at the provider stay two here.
+		c.Name = strings.ToLower(name)
+	}
+	// Groups keep the provider's spelling, under their own prefix: a group named like an
+	// LDAP group's DN must not take that group's mappings.
 	switch g := all[o.cfg.GroupsClaim].(type) {
 	case []any:
 		for _, v := range g {
-			if s, ok := v.(string); ok {
-				c.Groups = append(c.Groups, s)
+			if s, ok := v.(string); ok && s != "" {
+				c.Groups = append(c.Groups, GroupPrefixOIDC+s)
 			}
 		}
 	case string:
-		c.Groups = []string{g}
+		c.Groups = []string{GroupPrefixOIDC + g}
 	}
 	if o.cfg.TrustAMR {
-		if amr, ok := all["amr"].([]any); ok {
-			c.MFA = slices.ContainsFunc(amr, func(v any) bool { s, _ := v.(string); return s == "mfa" || s == "otp" || s == "hwk" })
-		}
+		amr, _ := all["amr"].([]any)
+		c.MFA = twoFactors(amr)
 	}
 	refresh, _ := tok.Extra("refresh_token").(string)
 	if refresh == "" {
 		refresh = tok.RefreshToken
 	}
 	return c, refresh, nil
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
+// twoFactors reports whether an amr claim (RFC 8176) says a second factor was used: "mfa", or
+// a knowledge factor with a possession or inherence one. "otp" or "hwk" alone is one factor
+// (a passwordless code, a key without a PIN).
+func twoFactors(amr []any) bool {
+	var know, other bool
+	for _, v := range amr {
+		switch s, _ := v.(string); s {
+		case "mfa":
+			return true
+		case "pwd", "pin", "kba":
+			know = true
+		case "otp", "sms", "tel", "hwk", "swk", "sc", "fpt", "face", "iris", "retina", "vbm":
+			other = true
+		}
+	}
+	return know && other
 }

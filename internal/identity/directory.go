@@ -343,8 +343,9 @@ func (s *Store) recheckOIDC(ctx context.Context, op Refresher, u User, start tim
 	switch {
 	case refused:
 		// The issuer no longer honours the refresh token (the user removed or disabled
-		// there, its sessions revoked): its roles are withheld until it logs in again.
-		nd.Error, nd.SealedRefresh = "the OpenID provider refused the refresh token: the user must log in again", nil
+		// there, its sessions revoked): everything it holds is withheld and its sessions end
+		// until it logs in again.
+		nd.Error, nd.SealedRefresh, nd.Gone = "the OpenID provider refused the refresh token: the user must log in again", nil, true
 	case err != nil:
 		nd.Error = err.Error()
 	default:
@@ -364,6 +365,12 @@ func (s *Store) recheckOIDC(ctx context.Context, op Refresher, u User, start tim
 	}); err != nil {
 		return nil, err
 	}
+	if nd.Gone {
+		if err := s.EndSessions(ctx, u.Name); err != nil {
+			return nil, err
+		}
+		return &DirectoryChange{User: u.Name, Before: before, Gone: true, Error: nd.Error}, nil
+	}
 	if slices.Equal(old.Groups, nd.Groups) && old.MFA == nd.MFA && old.Error == nd.Error {
 		return nil, nil // the same; only the refresh token turned over
 	}
@@ -376,11 +383,23 @@ func (s *Store) recheckOIDC(ctx context.Context, op Refresher, u User, start tim
 // LDAP user of that name, or another subject than the one the name was first seen with are
 // refused. The session needs a TOTP code (mfa/verify) when the roles need a second factor,
 // unless the ID token says one was used and the configuration trusts it.
-func (s *Store) LoginOIDC(ctx context.Context, c directory.Claims, refresh string) (redact.Secret, Session, error) {
+func (s *Store) LoginOIDC(ctx context.Context, c directory.Claims, refresh string, ldap Authenticator) (redact.Secret, Session, error) {
 	name := c.Name
-	if CheckUserName(name) != nil {
-		s.log.Warn("OpenID Connect login refused: the username claim is not a Penstock user name", "subject", c.Subject)
+	if CheckUserName(name) != nil || slices.Contains(s.cfg.BreakGlass, name) {
+		s.log.Warn("OpenID Connect login refused: the username claim is not a Penstock user name, or names a break-glass user", "subject", c.Subject)
 		return redact.Secret{}, Session{}, ErrBadCredentials
+	}
+	if _, exists := s.User(name); !exists && ldap != nil {
+		// With an LDAP directory too, a name it has is its user's, even before that user's
+		// first login: an OpenID provider user must not take it.
+		_, err := ldap.Lookup(ctx, name)
+		switch {
+		case err == nil || errors.Is(err, directory.ErrAmbiguous):
+			s.log.Warn("OpenID Connect login refused: the LDAP directory has a user of this name", "user", name, "subject", c.Subject)
+			return redact.Secret{}, Session{}, ErrBadCredentials
+		case !errors.Is(err, directory.ErrNotFound):
+			return redact.Secret{}, Session{}, fmt.Errorf("%w: %v", ErrDirectoryUnavailable, err)
+		}
 	}
 	u, exists := s.User(name)
 	if exists && (u.Directory == nil || u.Directory.Source != "oidc" || u.Directory.EntryID != c.Subject || u.Disabled) {

@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"html"
 	"net/http"
 	"net/url"
 	"strings"
@@ -102,6 +103,13 @@ type redirectOutput struct {
 	SetCookie []string `header:"Set-Cookie"`
 }
 
+type landingOutput struct {
+	ContentType  string   `header:"Content-Type"`
+	CacheControl string   `header:"Cache-Control"`
+	SetCookie    []string `header:"Set-Cookie"`
+	Body         []byte
+}
+
 type oidcCallbackInput struct {
 	Code    string `query:"code" maxLength:"2048"`
 	State   string `query:"state" maxLength:"256"`
@@ -163,9 +171,9 @@ func registerOIDC(g gate, hapi huma.API, o Options) {
 
 	register(g, hapi, Route{Action: Public}, huma.Operation{
 		OperationID: "oidc-callback", Method: http.MethodGet, Path: "/v1/auth/oidc/callback", Tags: tags,
-		Summary:       "Where the OpenID provider sends the browser back: checks the login, sets the session cookie and redirects",
-		DefaultStatus: http.StatusSeeOther, Errors: []int{http.StatusBadRequest, http.StatusUnauthorized, http.StatusServiceUnavailable},
-	}, nil, func(ctx context.Context, _ *caller, in *oidcCallbackInput) (*redirectOutput, error) {
+		Summary:       "Where the OpenID provider sends the browser back: checks the login, sets the session cookie, and a page that goes on to return_to",
+		DefaultStatus: http.StatusOK, Errors: []int{http.StatusBadRequest, http.StatusUnauthorized, http.StatusServiceUnavailable},
+	}, nil, func(ctx context.Context, _ *caller, in *oidcCallbackInput) (*landingOutput, error) {
 		if o.OIDC == nil {
 			return nil, notConfigured()
 		}
@@ -185,7 +193,14 @@ func registerOIDC(g gate, hapi huma.API, o Options) {
 		}
 		session := &http.Cookie{Name: SessionCookie, Value: tok.Reveal(), Path: "/", Secure: true, HttpOnly: true, SameSite: http.SameSiteStrictMode, Expires: sess.Expires}
 		gone := &http.Cookie{Name: OIDCCookie, Value: "", Path: "/v1/auth/oidc/", MaxAge: -1, Secure: true, HttpOnly: true, SameSite: http.SameSiteLaxMode}
-		return &redirectOutput{Status: http.StatusSeeOther, Location: p.ReturnTo, SetCookie: []string{session.String(), gone.String()}}, nil
+		// A page that moves on by itself rather than a redirect: a browser does not send a
+		// SameSite=Strict cookie along a redirect chain that began at another site (the
+		// provider), so the landing page would look logged out; the page's own navigation is
+		// same-site.
+		to := html.EscapeString(p.ReturnTo)
+		body := "<!doctype html><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"0;url=" + to + "\"><title>Logged in</title>" +
+			"<p>Logged in. <a href=\"" + to + "\">Continue</a></p>\n"
+		return &landingOutput{ContentType: "text/html; charset=utf-8", CacheControl: "no-store", SetCookie: []string{session.String(), gone.String()}, Body: []byte(body)}, nil
 	})
 
 	register(g, hapi, Route{Action: Public}, huma.Operation{

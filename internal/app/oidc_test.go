@@ -103,6 +103,17 @@ func (b *browser) ssoLogin(ta *testApp, user, password string) (int, string, str
 		b.t.Fatalf("the provider's login page: %d %s\n%s", page.StatusCode, page.Request.URL, body)
 	}
 	resp, out := b.submit(page, body, map[string]string{"login": user, "password": password})
+	// The callback's page moves on by itself (a meta refresh), as a browser does.
+	if m := regexp.MustCompile(`http-equiv="refresh" content="0;url=([^"]+)"`).FindStringSubmatch(out); m != nil && resp.StatusCode == 200 {
+		to, err := resp.Request.URL.Parse(html.UnescapeString(m[1]))
+		if err != nil {
+			b.t.Fatal(err)
+		}
+		if to.Host != resp.Request.URL.Host {
+			b.t.Fatalf("the landing page goes elsewhere: %s", to)
+		}
+		resp, out = b.get(to.String())
+	}
 	session := ""
 	for _, c := range b.c.Jar.Cookies(resp.Request.URL) {
 		if c.Name == "penstock_session" {

@@ -192,15 +192,8 @@ func (s *Store) LoginDirectory(ctx context.Context, lock *Lockout, dir Authentic
 	}
 	// d.MFA is only ever set when the operator names the attribute (directory.ldap.mfa_attribute).
 	mfa := d.MFA
-	if !mfa && u.MFA != nil && u.MFA.Confirmed {
-		if code == "" {
-			return redact.Secret{}, Session{}, ErrMFARequired
-		}
-		if err := s.checkCode(ctx, name, code); err != nil {
-			lock.Fail(keys...)
-			return redact.Secret{}, Session{}, err
-		}
-		mfa = true
+	if err := s.secondFactor(ctx, lock, keys, u, code, &mfa); err != nil {
+		return redact.Secret{}, Session{}, err
 	}
 	lock.Succeed("user:" + name)
 	return s.newSession(ctx, name, mfa)

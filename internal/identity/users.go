@@ -181,15 +181,8 @@ func (s *Store) Login(ctx context.Context, lock *Lockout, name string, password 
 		return redact.Secret{}, Session{}, ErrBadCredentials
 	}
 	mfa := false
-	if u.MFA != nil && u.MFA.Confirmed {
-		if code == "" {
-			return redact.Secret{}, Session{}, ErrMFARequired
-		}
-		if err := s.checkCode(ctx, name, code); err != nil {
-			lock.Fail(keys...)
-			return redact.Secret{}, Session{}, err
-		}
-		mfa = true
+	if err := s.secondFactor(ctx, lock, keys, u, code, &mfa); err != nil {
+		return redact.Secret{}, Session{}, err
 	}
 	lock.Succeed("user:" + name)
 	if rehash {
@@ -200,6 +193,23 @@ func (s *Store) Login(ctx context.Context, lock *Lockout, name string, password 
 		}
 	}
 	return s.newSession(ctx, name, mfa)
+}
+
+// secondFactor asks a user with a confirmed TOTP enrolment for its code, unless *mfa says one
+// was already checked (by the directory); a good code sets *mfa.
+func (s *Store) secondFactor(ctx context.Context, lock *Lockout, keys []string, u User, code string, mfa *bool) error {
+	if *mfa || u.MFA == nil || !u.MFA.Confirmed {
+		return nil
+	}
+	if code == "" {
+		return ErrMFARequired
+	}
+	if err := s.checkCode(ctx, u.Name, code); err != nil {
+		lock.Fail(keys...)
+		return err
+	}
+	*mfa = true
+	return nil
 }
 
 // checkCode accepts a TOTP code (once per step) or a recovery code (once).
